@@ -1,0 +1,191 @@
+"""Per-series cleaning rules: bronze rows of one series -> silver rows, or quarantine.
+
+``clean_series(pdf, config)`` is the group function of ``mmf refine`` (the engines run
+it per series). It returns silver readings rows (``REFINE_OUT``), or a single row whose
+``_reason`` is set when the series is quarantined. Rules, in order:
+
+1. Non-finite ``y`` (NaN, ±inf) counts as missing. ``too_large``: more rows than
+   ``cleaning.max_points_per_series``. ``all_missing``: no finite reading.
+2. Duplicated timestamps: ``duplicates: last`` keeps the reading ingested last (ties:
+   the later row of the file); ``mean`` averages the conflicting values.
+3. ``irregular``: the series' modal spacing is not the collection's frequency, or its
+   timestamps are off the grid.
+4. The series is put on the regular grid from its first to its last reading. Runs of
+   missing steps up to ``cleaning.max_gap_fill`` are interpolated linearly; longer runs
+   are filled from the same step one season earlier (else interpolated) and all filled
+   steps are flagged ``is_filled``. ``too_many_gaps``: more than
+   ``cleaning.max_missing_share`` of the grid was missing.
+5. ``negative_values``: more negative readings than ``cleaning.max_negative_share``.
+   ``constant``: a single distinct value. ``too_short``: fewer readings than
+   ``cleaning.min_length``.
+6. Outliers: a robust z-score of the residual to a centred rolling median (one season
+   wide) above ``cleaning.outlier_z`` is flagged ``is_outlier``; with
+   ``cleaning.clip_outliers`` the reading is replaced by the rolling median.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from forecasting import contract as C
+from forecasting.frequency import seasonalities_for, step_of
+
+REFINE_OUT = pa.schema(
+    [
+        *C.SILVER_READINGS,
+        ("_reason", pa.string()),
+        ("_detail", pa.string()),
+        ("_n_duplicates", pa.int64()),
+    ]
+)
+
+
+def quarantine_row(series_id: str, reason: str, detail: str) -> pd.DataFrame:
+    assert reason in C.QUARANTINE_REASONS, reason
+    return pd.DataFrame(
+        {
+            C.SERIES_ID: [series_id],
+            C.TS: pd.Series([pd.NaT], dtype="datetime64[us]"),
+            C.Y: [np.nan],
+            "temperature": [np.nan],
+            "is_filled": [False],
+            "is_outlier": [False],
+            "_reason": [reason],
+            "_detail": [detail],
+            "_n_duplicates": [0],
+        }
+    )
+
+
+def clean_series(pdf: pd.DataFrame, config: Any) -> pd.DataFrame:
+    """Clean one series' bronze rows (see the module docstring for the rules).
+
+    Never raises for a bad series: an unexpected error quarantines it as
+    ``processing_failed`` with the error in ``detail``.
+    """
+    sid = str(pdf[C.SERIES_ID].iloc[0])
+    try:
+        return _clean(sid, pdf, config)
+    except Exception as exc:  # a bad series never stops the others
+        return quarantine_row(sid, "processing_failed", f"{type(exc).__name__}: {exc}")
+
+
+def _clean(sid: str, pdf: pd.DataFrame, config: Any) -> pd.DataFrame:
+    cfg = config.cleaning
+    freq = config.freq
+    step = step_of(freq)
+    season = seasonalities_for(freq)[0]
+
+    if len(pdf) > cfg.max_points_per_series:
+        return quarantine_row(sid, "too_large", f"{len(pdf)} rows > cleaning.max_points_per_series={cfg.max_points_per_series}")
+
+    sort_cols = [c for c in ("_ingested_at", "_row") if c in pdf.columns]
+    df = pdf.sort_values(sort_cols, kind="stable") if sort_cols else pdf
+    y = pd.to_numeric(df[C.Y], errors="coerce").to_numpy(dtype=float)
+    finite = np.isfinite(y)
+    if not finite.any():
+        return quarantine_row(sid, "all_missing", f"{len(y)} rows, none with a finite reading")
+    temp = df["temperature"].to_numpy(dtype=float) if "temperature" in df else np.full(len(df), np.nan)
+    frame = pd.DataFrame({"ts": df[C.TS].to_numpy(dtype="datetime64[us]"), "y": np.where(finite, y, np.nan), "t": temp})
+    frame = frame[frame["ts"].notna()]
+
+    # 2. duplicates
+    dup_mask = frame.duplicated("ts", keep=False)
+    n_dup = int(frame.duplicated("ts").sum())
+    if n_dup:
+        if cfg.duplicates == "mean":
+            frame = frame.groupby("ts", as_index=False).agg(y=("y", "mean"), t=("t", "mean"))
+        else:
+            frame = frame.drop_duplicates("ts", keep="last")
+    frame = frame.sort_values("ts", kind="stable").reset_index(drop=True)
+    del dup_mask
+
+    # 3. regularity
+    ts = frame["ts"].to_numpy()
+    if len(ts) >= 2:
+        offsets = (ts - ts[0]).astype("timedelta64[ns]").astype("int64") % step.value
+        off_grid = int((offsets != 0).sum())
+        if off_grid > 0.01 * len(ts):
+            return quarantine_row(sid, "irregular", f"{off_grid} of {len(ts)} timestamps are off the {freq} grid")
+        frame = frame[offsets == 0]
+
+    # 4. regular grid and gaps
+    grid = pd.date_range(frame["ts"].iloc[0], frame["ts"].iloc[-1], freq=step)
+    reg = frame.set_index("ts").reindex(grid)
+    yv = reg["y"].to_numpy(dtype=float)
+    missing = ~np.isfinite(yv)
+    n_missing = int(missing.sum())
+    if len(grid) and n_missing / len(grid) > cfg.max_missing_share:
+        return quarantine_row(
+            sid, "too_many_gaps",
+            f"{n_missing} of {len(grid)} steps missing ({n_missing / len(grid):.0%} > cleaning.max_missing_share={cfg.max_missing_share})",
+        )
+
+    valid = yv[~missing]
+    neg_share = float((valid < 0).mean())
+    if neg_share > cfg.max_negative_share:
+        return quarantine_row(
+            sid, "negative_values",
+            f"{int((valid < 0).sum())} negative readings ({neg_share:.1%} > cleaning.max_negative_share={cfg.max_negative_share}); min {valid.min():g}",
+        )
+    if np.nanmax(valid) == np.nanmin(valid):
+        return quarantine_row(sid, "constant", f"all {len(valid)} readings equal {valid[0]:g}")
+    if len(valid) < cfg.min_length:
+        return quarantine_row(sid, "too_short", f"{len(valid)} valid readings < cleaning.min_length={cfg.min_length}")
+
+    filled = _fill(yv, missing, cfg.max_gap_fill, season)
+
+    # 6. outliers
+    s = pd.Series(filled)
+    med = s.rolling(season + 1, center=True, min_periods=1).median().to_numpy()
+    resid = filled - med
+    mad = 1.4826 * np.median(np.abs(resid - np.median(resid)))
+    is_outlier = np.abs(resid - np.median(resid)) > cfg.outlier_z * mad if mad > 0 else np.zeros(len(filled), bool)
+    is_outlier &= ~missing
+    if cfg.clip_outliers:
+        filled = np.where(is_outlier, med, filled)
+
+    t = reg["t"].to_numpy(dtype=float)
+    if np.isfinite(t).any():
+        t = pd.Series(t).interpolate(limit_direction="both").to_numpy()
+
+    n = len(grid)
+    return pd.DataFrame(
+        {
+            C.SERIES_ID: np.full(n, sid, dtype=object),
+            C.TS: grid.to_numpy(dtype="datetime64[us]"),
+            C.Y: filled,
+            "temperature": t,
+            "is_filled": missing,
+            "is_outlier": is_outlier,
+            "_reason": pd.Series([None] * n, dtype=object),
+            "_detail": pd.Series([None] * n, dtype=object),
+            "_n_duplicates": np.full(n, n_dup, dtype="int64"),
+        }
+    )
+
+
+def _fill(y: np.ndarray, missing: np.ndarray, max_gap: int, season: int) -> np.ndarray:
+    """Interpolate short gaps; fill long ones from one season earlier (else interpolate)."""
+    if not missing.any():
+        return y.copy()
+    s = pd.Series(y)
+    run_id = np.cumsum(~missing)
+    run_len = pd.Series(missing).groupby(run_id).transform("sum").to_numpy()
+    short = missing & (run_len <= max_gap)
+    out = s.interpolate(limit_direction="both").to_numpy()
+    long_ = missing & ~short
+    if long_.any():
+        seasonal = y.copy()
+        for i in np.flatnonzero(long_):
+            j = i - season
+            while j >= 0 and not np.isfinite(seasonal[j]):
+                j -= season
+            if j >= 0:
+                seasonal[i] = seasonal[j]
+        out = np.where(long_ & np.isfinite(seasonal), seasonal, out)
+    return out

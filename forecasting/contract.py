@@ -1,0 +1,176 @@
+"""The data contract: column names and table schemas, declared once.
+
+Long format: one row per (``series_id``, ``ts``) with the target ``y``; optional
+exogenous columns (``temperature``); optional static attributes (``site``, ``region``)
+in a separate series table. Every table the platform writes has its Arrow schema here,
+and both engines use these schemas (the Spark engine converts them).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import pyarrow as pa
+
+SERIES_ID = "series_id"
+TS = "ts"
+Y = "y"
+EXOG = ("temperature",)
+ATTRIBUTES = ("site", "region")
+REQUIRED = (SERIES_ID, TS, Y)
+
+# Series statuses carried by every result row.
+OK, FALLBACK, FAILED, QUARANTINED = "ok", "fallback", "failed", "quarantined"
+STATUSES = (OK, FALLBACK, FAILED, QUARANTINED)
+
+# Fixed vocabulary of quarantine reasons (silver/quarantine.reason).
+QUARANTINE_REASONS = {
+    "all_missing": "every reading is missing or not finite",
+    "too_short": "fewer valid readings than the minimum history",
+    "constant": "every reading has the same value",
+    "negative_values": "negative readings above the allowed share",
+    "non_finite": "infinite readings above the allowed share",
+    "too_many_gaps": "more missing steps than the allowed share after regularisation",
+    "irregular": "timestamps do not fit the configured frequency",
+    "too_large": "more readings than the per-series limit",
+    "processing_failed": "cleaning this series crashed or killed its worker (detail says how)",
+}
+
+TS_TYPE = pa.timestamp("us")  # naive UTC everywhere after bronze
+
+LINEAGE = pa.schema(
+    [
+        ("_source_file", pa.string()),
+        ("_content_hash", pa.string()),
+        ("_batch_id", pa.string()),
+        ("_ingested_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+BRONZE_READINGS = pa.schema(
+    [
+        (SERIES_ID, pa.string()),
+        (TS, TS_TYPE),
+        (Y, pa.float64()),
+        ("temperature", pa.float64()),
+        ("site", pa.string()),
+        ("region", pa.string()),
+        *LINEAGE,
+    ]
+)
+
+SILVER_READINGS = pa.schema(
+    [
+        (SERIES_ID, pa.string()),
+        (TS, TS_TYPE),
+        (Y, pa.float64()),
+        ("temperature", pa.float64()),
+        ("is_filled", pa.bool_()),
+        ("is_outlier", pa.bool_()),
+    ]
+)
+
+SILVER_SERIES = pa.schema(
+    [
+        (SERIES_ID, pa.string()),
+        ("site", pa.string()),
+        ("region", pa.string()),
+        ("freq", pa.string()),
+        ("start", TS_TYPE),
+        ("end", TS_TYPE),
+        ("n_obs", pa.int64()),
+        ("n_filled", pa.int64()),
+        ("n_outliers", pa.int64()),
+        ("n_duplicates", pa.int64()),
+        ("bronze_version", pa.int64()),
+    ]
+)
+
+SILVER_QUARANTINE = pa.schema(
+    [
+        (SERIES_ID, pa.string()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+        ("bronze_version", pa.int64()),
+    ]
+)
+
+# What the per-series training function returns: one row per series. Nested results
+# travel as JSON strings so that the very same schema works for a process pool and for
+# Spark's applyInPandas.
+TRAIN_RESULT = pa.schema(
+    [
+        (SERIES_ID, pa.string()),
+        ("status", pa.string()),
+        ("reason", pa.string()),
+        ("model", pa.string()),
+        ("metric", pa.string()),
+        ("metric_value", pa.float64()),
+        ("n_obs", pa.int64()),
+        ("end", TS_TYPE),
+        ("backtest_json", pa.string()),  # list of {model, window, cutoff, metrics...}
+        ("candidates_json", pa.string()),  # {model: {"status", "reason", "score", "fit_s"}}
+        ("model_json", pa.string()),  # Forecaster.to_dict() of the chosen model
+        ("tuned_json", pa.string()),  # tuned hyper-parameters, "{}" when not tuned
+    ]
+)
+
+METRICS = ("mae", "rmse", "smape", "mase", "bias")
+
+
+def forecast_schema(levels: Sequence[int]) -> pa.Schema:
+    """gold/forecasts, with one lower/upper column pair per interval level."""
+    fields = [(SERIES_ID, pa.string()), (TS, TS_TYPE), ("yhat", pa.float64())]
+    for lv in levels:
+        fields += [(f"yhat_lower_{lv}", pa.float64()), (f"yhat_upper_{lv}", pa.float64())]
+    fields += [
+        ("model", pa.string()),
+        ("model_version", pa.string()),
+        ("run_id", pa.string()),
+        ("cutoff", TS_TYPE),
+        ("created_at", pa.timestamp("us", tz="UTC")),
+    ]
+    return pa.schema(fields)
+
+
+def backtest_schema(levels: Sequence[int]) -> pa.Schema:
+    """gold/backtest: one row per series, model and window."""
+    fields = [
+        ("run_id", pa.string()),
+        (SERIES_ID, pa.string()),
+        ("model", pa.string()),
+        ("window", pa.int64()),
+        ("cutoff", TS_TYPE),
+        *[(m, pa.float64()) for m in METRICS],
+    ]
+    for lv in levels:
+        fields += [(f"coverage_{lv}", pa.float64()), (f"pinball_{lv}", pa.float64())]
+    return pa.schema(fields)
+
+
+GOLD_SELECTION = pa.schema(
+    [
+        ("run_id", pa.string()),
+        (SERIES_ID, pa.string()),
+        ("status", pa.string()),
+        ("reason", pa.string()),
+        ("model", pa.string()),
+        ("metric", pa.string()),
+        ("metric_value", pa.float64()),
+        ("silver_version", pa.int64()),
+        ("created_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+GOLD_PORTFOLIO = pa.schema(
+    [
+        ("level", pa.string()),  # "region", "site" or "total"
+        ("key", pa.string()),
+        ("day", pa.date32()),
+        ("yhat", pa.float64()),
+        ("n_series", pa.int64()),
+        ("model_version", pa.string()),
+        ("cutoff", TS_TYPE),
+        ("created_at", pa.timestamp("us", tz="UTC")),
+    ]
+)

@@ -1,0 +1,117 @@
+"""The one forecaster interface every per-series model implements.
+
+Models see numpy arrays, never DataFrames. ``__init__`` stores hyper-parameters only;
+``fit`` sets trailing-underscore state and returns ``self``; ``predict`` returns plain
+arrays keyed ``mean``, ``lo-<level>`` and ``hi-<level>``.
+
+A fitted model serializes to explicit, versioned, JSON-compatible data with
+``to_dict`` and comes back with ``from_dict``; nothing is ever pickled.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+
+from forecasting.errors import ModelError
+
+FORMAT_VERSION = 1
+
+
+class Forecaster:
+    """Base class: one model for one series.
+
+    Args:
+        season_length: the main season in steps (24 for hourly data with a daily cycle).
+        seasonalities: every season in steps, shortest first (e.g. ``(24, 168)``).
+        freq: pandas frequency alias of the series (``"h"``, ``"30min"``, ``"D"``).
+        **params: model hyper-parameters (see each model's docstring).
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    supports_exog: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        season_length: int = 24,
+        seasonalities: Sequence[int] = (24, 168),
+        freq: str = "h",
+        **params: Any,
+    ) -> None:
+        self.season_length = int(season_length)
+        self.seasonalities = tuple(int(s) for s in seasonalities)
+        self.freq = freq
+        self.params = dict(params)
+
+    # -- to implement -------------------------------------------------------------
+    def fit(
+        self, y: np.ndarray, X: np.ndarray | None = None, ts: np.ndarray | None = None
+    ) -> "Forecaster":
+        """Fit on history ``y`` (1-d float, no NaN), optional regressors ``X`` (n x k)
+        and timestamps ``ts`` (datetime64, same length as ``y``)."""
+        raise NotImplementedError
+
+    def predict(
+        self, h: int, X: np.ndarray | None = None, level: Sequence[int] = (80, 95)
+    ) -> dict[str, np.ndarray]:
+        """Forecast ``h`` steps after the end of the history; ``X`` holds future
+        regressors (h x k) when the model uses them."""
+        raise NotImplementedError
+
+    def get_state(self) -> dict[str, Any]:
+        """Fitted state as JSON-compatible data (lists, floats, strings)."""
+        raise NotImplementedError
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restore what ``get_state`` returned."""
+        raise NotImplementedError
+
+    # -- shared -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Explicit, versioned serialization of the fitted model."""
+        return {
+            "model": self.name,
+            "format_version": FORMAT_VERSION,
+            "season_length": self.season_length,
+            "seasonalities": list(self.seasonalities),
+            "freq": self.freq,
+            "params": self.params,
+            "state": self.get_state(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Forecaster":
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ModelError(
+                f"model {data.get('model')!r} has format_version {version!r}: "
+                f"this release reads format_version {FORMAT_VERSION}"
+            )
+        model = cls(
+            season_length=data["season_length"],
+            seasonalities=data["seasonalities"],
+            freq=data["freq"],
+            **data["params"],
+        )
+        model.set_state(data["state"])
+        return model
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(season_length={self.season_length}, params={self.params})"
+
+
+def normal_intervals(
+    mean: np.ndarray, sigma: np.ndarray | float, level: Sequence[int]
+) -> dict[str, np.ndarray]:
+    """Gaussian prediction intervals around ``mean`` with per-step ``sigma``."""
+    from scipy.stats import norm
+
+    out = {"mean": np.asarray(mean, dtype=float)}
+    sigma = np.broadcast_to(np.asarray(sigma, dtype=float), out["mean"].shape)
+    for lv in level:
+        z = norm.ppf(0.5 + lv / 200.0)
+        out[f"lo-{lv}"] = out["mean"] - z * sigma
+        out[f"hi-{lv}"] = out["mean"] + z * sigma
+    return out

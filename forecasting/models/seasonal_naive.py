@@ -1,0 +1,46 @@
+"""Seasonal naive: the value one season ago. The fallback for every series."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from forecasting.errors import ModelError
+from forecasting.models.base import Forecaster, normal_intervals
+
+
+class SeasonalNaive(Forecaster):
+    """``yhat[t+h] = y[t+h-m*k]``; intervals from the seasonal-difference residuals,
+    widening with the number of seasons ahead (as in statsforecast's SeasonalNaive).
+
+    Params: ``season`` overrides ``season_length``.
+    """
+
+    name = "seasonal_naive"
+    description = "Repeats the last season; the fallback model (configurable season)."
+
+    def fit(self, y, X=None, ts=None):
+        m = int(self.params.get("season", self.season_length))
+        y = np.asarray(y, dtype=float)
+        if len(y) == 0:
+            raise ModelError("seasonal_naive needs at least one observation")
+        m = min(m, len(y))
+        self.last_season_ = y[-m:].copy()
+        resid = y[m:] - y[:-m] if len(y) > m else np.zeros(1)
+        self.sigma_ = float(np.sqrt(np.mean(resid**2))) if len(resid) else 0.0
+        return self
+
+    def predict(self, h, X=None, level: Sequence[int] = (80, 95)):
+        m = len(self.last_season_)
+        idx = np.arange(h)
+        mean = self.last_season_[idx % m]
+        k = idx // m + 1
+        return normal_intervals(mean, self.sigma_ * np.sqrt(k), level)
+
+    def get_state(self) -> dict[str, Any]:
+        return {"last_season": self.last_season_.tolist(), "sigma": self.sigma_}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.last_season_ = np.asarray(state["last_season"], dtype=float)
+        self.sigma_ = float(state["sigma"])

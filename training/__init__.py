@@ -1,0 +1,1 @@
+"""Execution: engines, the lakehouse table layer, the jobs and the CLI."""

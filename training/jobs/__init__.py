@@ -1,0 +1,1 @@
+"""The jobs: ingest -> refine -> train -> forecast -> aggregate, and nightly around them."""

@@ -1,0 +1,183 @@
+"""``mmf ingest``: raw CSV/Parquet files -> bronze/readings, exactly as received.
+
+Each file is validated whole before anything is written: a file with missing or
+mistyped columns, no rows, or bytes that are not UTF-8 is refused with a message naming
+the file and the column, and no table changes. Rows are appended with lineage columns
+(source file, content hash, batch id, ingested-at). A file whose content hash is
+already in bronze is skipped, so ingesting the same file twice adds nothing.
+Timestamps are stored as naive UTC: timezone-aware values are converted, naive ones
+are taken as UTC. Columns outside the contract are ignored and reported.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import logging
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from forecasting import contract as C
+from forecasting.errors import DataContractError
+from training.tables import Lakehouse, to_arrow
+
+log = logging.getLogger(__name__)
+
+SUFFIXES = (".csv", ".parquet", ".pq")
+BRONZE = "bronze/readings"
+KNOWN = set(C.REQUIRED) | set(C.EXOG) | set(C.ATTRIBUTES)
+
+
+@dataclass
+class IngestReport:
+    batch_id: str
+    added: dict[str, int] = field(default_factory=dict)  # file -> rows appended
+    skipped: list[str] = field(default_factory=list)  # already ingested (same content)
+    refused: dict[str, str] = field(default_factory=dict)  # file -> reason
+    ignored_columns: dict[str, list[str]] = field(default_factory=dict)
+    bronze_version: int | None = None
+
+    @property
+    def rows(self) -> int:
+        return sum(self.added.values())
+
+
+def list_sources(source: str | Path) -> list[Path]:
+    p = Path(source)
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in SUFFIXES)
+        if not files:
+            raise DataContractError(f"source folder {p} holds no .csv or .parquet file")
+        return files
+    if not p.is_file():
+        raise DataContractError(f"source {p} does not exist: expected a CSV or Parquet file or a folder of them")
+    if p.suffix.lower() not in SUFFIXES:
+        raise DataContractError(f"source {p} has suffix {p.suffix!r}: expected .csv or .parquet")
+    return [p]
+
+
+def read_raw(path: Path, content: bytes) -> pd.DataFrame:
+    """Parse one raw file and check it against the contract; raise naming file and column."""
+    name = str(path)
+    if not content.strip():
+        raise DataContractError(f"{name}: the file is empty; expected a header and rows")
+    if path.suffix.lower() == ".csv":
+        try:
+            text = content.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataContractError(f"{name}: not UTF-8 (byte {exc.start}: {content[exc.start:exc.start + 1]!r}); save the file as UTF-8") from None
+        try:
+            df = pd.read_csv(io.StringIO(text), dtype={C.SERIES_ID: str}, keep_default_na=True)
+        except Exception as exc:
+            raise DataContractError(f"{name}: cannot be parsed as CSV ({exc})") from None
+    else:
+        try:
+            df = pq.read_table(io.BytesIO(content)).to_pandas()
+        except Exception as exc:
+            raise DataContractError(f"{name}: cannot be read as Parquet ({exc})") from None
+
+    missing = [c for c in C.REQUIRED if c not in df.columns]
+    if missing:
+        raise DataContractError(
+            f"{name}: missing column(s) {', '.join(missing)}; expected {', '.join(C.REQUIRED)} "
+            f"(found {', '.join(map(str, df.columns))})"
+        )
+    if df.empty:
+        raise DataContractError(f"{name}: the file has a header but no rows")
+
+    sid = df[C.SERIES_ID]
+    if sid.isna().any():
+        raise DataContractError(f"{name}: column series_id has {int(sid.isna().sum())} empty value(s); every row needs a series id")
+    df[C.SERIES_ID] = sid.astype(str)
+
+    df[C.TS] = _parse_ts(df[C.TS], name)
+    y = df[C.Y]
+    if y.dtype == object or not (pd.api.types.is_numeric_dtype(y) or pd.api.types.is_bool_dtype(y)):
+        num = pd.to_numeric(y, errors="coerce")
+        bad = y[num.isna() & y.notna() & (y.astype(str).str.strip().str.lower().isin(["", "nan", "null", "na"]) == False)]  # noqa: E712
+        if len(bad):
+            raise DataContractError(f"{name}: column y has non-numeric value {bad.iloc[0]!r} (row {bad.index[0]}); expected numbers")
+        y = num
+    df[C.Y] = y.astype(float)
+    if "temperature" in df.columns:
+        t = pd.to_numeric(df["temperature"], errors="coerce")
+        bad = df["temperature"][t.isna() & df["temperature"].notna()]
+        if len(bad):
+            raise DataContractError(f"{name}: column temperature has non-numeric value {bad.iloc[0]!r}; expected numbers")
+        df["temperature"] = t.astype(float)
+    for col in C.ATTRIBUTES:
+        if col in df.columns:
+            df[col] = df[col].astype("string").astype(object).where(df[col].notna(), None)
+    return df
+
+
+def _parse_ts(col: pd.Series, name: str) -> pd.Series:
+    if isinstance(col.dtype, pd.DatetimeTZDtype):
+        return col.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[us]")
+    if pd.api.types.is_datetime64_any_dtype(col):
+        return col.astype("datetime64[us]")
+    try:
+        parsed = pd.to_datetime(col, utc=True, format="mixed")
+    except (ValueError, TypeError) as exc:
+        raise DataContractError(f"{name}: column ts has a value that is not a timestamp ({exc}); expected ISO 8601 times") from None
+    if parsed.isna().any():
+        first = col[parsed.isna()].iloc[0]
+        raise DataContractError(f"{name}: column ts has a value that is not a timestamp: {first!r}; expected ISO 8601 times")
+    return parsed.dt.tz_localize(None).astype("datetime64[us]")
+
+
+def ingested_hashes(lake: Lakehouse) -> set[str]:
+    if not lake.exists(BRONZE):
+        return set()
+    col = lake.arrow(BRONZE, columns=["_content_hash"]).column(0)
+    import pyarrow.compute as pc
+
+    return set(pc.unique(col).to_pylist())
+
+
+def ingest(lake: Lakehouse, source: str | Path, strict: bool = True) -> IngestReport:
+    """Append every new file under ``source`` to bronze. With ``strict`` (the CLI's
+    default for a single file) a refused file raises; otherwise it is reported and the
+    other files still land."""
+    report = IngestReport(batch_id=uuid.uuid4().hex[:12])
+    files = list_sources(source)
+    seen = ingested_hashes(lake)
+    frames = []
+    now = pd.Timestamp(dt.datetime.now(dt.timezone.utc)).as_unit("us")
+    for path in files:
+        content = path.read_bytes()
+        digest = hashlib.sha256(content).hexdigest()
+        if digest in seen:
+            report.skipped.append(str(path))
+            continue
+        try:
+            df = read_raw(path, content)
+        except DataContractError as exc:
+            if strict:
+                raise
+            report.refused[str(path)] = str(exc)
+            log.error("refused %s", exc)
+            continue
+        extra = [c for c in df.columns if c not in KNOWN]
+        if extra:
+            report.ignored_columns[str(path)] = extra
+        df["_source_file"] = str(path)
+        df["_content_hash"] = digest
+        df["_batch_id"] = report.batch_id
+        df["_ingested_at"] = now
+        frames.append((str(path), df))
+        seen.add(digest)
+    if frames:
+        table = to_arrow(pd.concat([f for _, f in frames], ignore_index=True), lake.schema(BRONZE))
+        report.bronze_version = lake.write(BRONZE, table, metadata={"mmf.batch_id": report.batch_id})
+        report.added = {p: len(f) for p, f in frames}
+    else:
+        report.bronze_version = lake.version(BRONZE)
+    return report
+
+
