@@ -1,0 +1,129 @@
+"""``mmf forecast`` and the portfolio aggregate: the champion's forecasts into Gold.
+
+The champion many-models pyfunc (``models:/<name>@champion``) forecasts ``horizon``
+steps after each series' last training timestamp (its cutoff). Rows land in
+``gold/forecasts`` with replace-where on the model version, so writing the same
+(cutoff, model_version) again replaces and never duplicates. Future temperature, for
+models that use it, is the same hour one week earlier (a persistence forecast; a
+weather feed can replace it by passing its own frame).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from forecasting import contract as C
+from forecasting.config import Config
+from forecasting.errors import RegistryError
+from forecasting.frequency import step_of
+from training.tables import Lakehouse
+
+log = logging.getLogger(__name__)
+APP_FORECAST = "mmf-forecast"
+APP_PORTFOLIO = "mmf-portfolio"
+
+
+@dataclass
+class ForecastReport:
+    model_version: str
+    run_id: str
+    n_series: int
+    n_rows: int
+    table_version: int
+    skipped: bool = False
+
+
+def champion_series(lake: Lakehouse, run_id: str) -> pd.DataFrame:
+    """Series the champion holds a model for, with their cutoff (from gold/selection)."""
+    sel = lake.read("gold/selection", filters=[("run_id", "=", run_id)])
+    return sel[sel["status"].isin([C.OK, C.FALLBACK])]
+
+
+def future_frame(lake: Lakehouse, silver_version: int, ends: pd.Series, freq: str, horizon: int) -> pd.DataFrame:
+    """Rows (series_id, horizon, ts, temperature) for every series and future step."""
+    step = step_of(freq)
+    sids = ends.index.to_numpy()
+    k = np.arange(1, horizon + 1)
+    ts = (ends.to_numpy(dtype="datetime64[us]")[:, None] + (k * step).to_numpy()[None, :]).ravel()
+    frame = pd.DataFrame({C.SERIES_ID: np.repeat(sids, horizon), "horizon": horizon, C.TS: ts})
+    week = pd.Timedelta("7D")
+    hist = lake.read("silver/readings", version=silver_version, columns=[C.SERIES_ID, C.TS, "temperature"],
+                     filters=[(C.TS, ">", (ends.min() - week).to_pydatetime())])
+    if hist["temperature"].notna().any():
+        hist = hist.assign(**{C.TS: hist[C.TS] + week}).drop_duplicates([C.SERIES_ID, C.TS])
+        frame = frame.merge(hist, on=[C.SERIES_ID, C.TS], how="left")
+        # beyond one week ahead, repeat the last known week
+        frame["temperature"] = frame.groupby(C.SERIES_ID)["temperature"].transform(
+            lambda s: s.ffill().bfill() if s.isna().any() else s
+        )
+    return frame
+
+
+def forecast(lake: Lakehouse, config: Config, horizon: int | None = None, force: bool = False) -> ForecastReport:
+    from registry import pyfunc, tracking
+
+    tracking.configure(config)
+    info = pyfunc.champion_info(config)
+    if info is None:
+        raise RegistryError(
+            f"registered model {config.mlflow.registered_model!r} has no champion: run `mmf train` "
+            "(the first version is promoted) or `mmf promote VERSION`"
+        )
+    version, run_id = str(info["version"]), info["run_id"]
+    h = horizon or config.horizon
+    app_version = int(version) * 100_000 + h
+    if not force and lake.txn_version("gold/forecasts", APP_FORECAST) == app_version:
+        n = len(lake.read("gold/forecasts", columns=[C.SERIES_ID], filters=[("model_version", "=", version)]))
+        return ForecastReport(version, run_id, 0, n, lake.version("gold/forecasts"), skipped=True)
+
+    series = champion_series(lake, run_id)
+    series_info = lake.read("silver/series", columns=[C.SERIES_ID, "end", "freq"])
+    series_info = series_info[series_info[C.SERIES_ID].isin(series[C.SERIES_ID])]
+    if series_info.empty:
+        raise RegistryError(f"champion version {version} (run {run_id}) has no series with a usable model in gold/selection")
+    freq = series_info["freq"].iloc[0]
+    ends = series_info.set_index(C.SERIES_ID)["end"]
+    model = pyfunc.load_version(config, version)
+    silver_version = int(info.get("silver_version") or lake.version("silver/readings"))
+    inputs = future_frame(lake, silver_version, ends, freq, h)
+    pred = model.predict(inputs)
+
+    now = pd.Timestamp(dt.datetime.now(dt.timezone.utc)).as_unit("us")
+    pred["model_version"] = version
+    pred["run_id"] = run_id
+    pred["cutoff"] = pred[C.SERIES_ID].map(ends).astype("datetime64[us]")
+    pred["created_at"] = now
+    table_version = lake.write(
+        "gold/forecasts", pred, mode="overwrite", predicate=f"model_version = '{version}'",
+        app_id=APP_FORECAST, app_version=app_version, metadata={"mmf.run_id": run_id},
+    )
+    return ForecastReport(version, run_id, len(ends), len(pred), table_version)
+
+
+def aggregate(lake: Lakehouse, config: Config, model_version: str | None = None) -> int:
+    """gold/portfolio: daily forecast totals by region, site and overall for one model
+    version (the latest in gold/forecasts by default); replace-where on the version."""
+    fc = lake.read("gold/forecasts", columns=[C.SERIES_ID, C.TS, "yhat", "model_version", "cutoff"])
+    if fc.empty:
+        raise RegistryError("gold/forecasts is empty: run `mmf forecast` first")
+    version = model_version or max(fc["model_version"].unique(), key=int)
+    fc = fc[fc["model_version"] == version]
+    attrs = lake.read("silver/series", columns=[C.SERIES_ID, "site", "region"])
+    fc = fc.merge(attrs, on=C.SERIES_ID, how="left")
+    fc["day"] = fc[C.TS].dt.date
+    fc["total"] = "all"
+    parts = []
+    for level in ("total", "region", "site"):
+        keyed = fc.assign(key=fc[level].fillna("unknown"))
+        agg = keyed.groupby(["key", "day"]).agg(yhat=("yhat", "sum"), n_series=(C.SERIES_ID, "nunique"), cutoff=("cutoff", "max"))
+        parts.append(agg.reset_index().assign(level=level))
+    out = pd.concat(parts, ignore_index=True)
+    out["model_version"] = version
+    out["created_at"] = pd.Timestamp(dt.datetime.now(dt.timezone.utc)).as_unit("us")
+    return lake.write("gold/portfolio", out, mode="overwrite", predicate=f"model_version = '{version}'",
+                      app_id=APP_PORTFOLIO, app_version=int(version))

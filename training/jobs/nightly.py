@@ -1,0 +1,130 @@
+"""``mmf nightly``: ingest -> refine -> train -> forecast -> aggregate, restartable.
+
+Each step is skipped when its input Delta version has not changed since it last
+succeeded; what "succeeded" means is read from the tables themselves (Delta
+application transactions), never from a side file, so a run killed anywhere can simply
+be started again. Only one nightly runs per lakehouse at a time (a lock file beside
+local tables; a second run waits ``lock_timeout_s`` and then exits with a message).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from forecasting.config import Config
+from forecasting.errors import MMFError
+from training.jobs import forecast as forecast_job
+from training.jobs import train as train_job
+from training.jobs.ingest import ingest
+from training.jobs.refine import refine
+from training.tables import Lakehouse
+
+log = logging.getLogger(__name__)
+
+
+class LockedError(MMFError):
+    """Another job holds the lakehouse lock."""
+
+
+@contextlib.contextmanager
+def lakehouse_lock(lake: Lakehouse, timeout_s: float = 0) -> Iterator[None]:
+    """An exclusive lock on a local lakehouse (remote roots rely on Delta's own
+    optimistic concurrency and are not locked)."""
+    if "://" in lake.root:
+        yield
+        return
+    Path(lake.root).mkdir(parents=True, exist_ok=True)
+    path = Path(lake.root) / "_mmf.lock"
+    with open(path, "a+") as fh:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    fh.seek(0)
+                    holder = fh.read().strip() or "unknown"
+                    raise LockedError(
+                        f"another mmf job (pid {holder}) is running on lakehouse {lake.root}; "
+                        "wait for it to finish or retry later"
+                    ) from None
+                time.sleep(0.5)
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@dataclass
+class NightlyReport:
+    steps: dict[str, str] = field(default_factory=dict)  # step -> "done" | "skipped: why"
+    ingest: Any = None
+    refine: Any = None
+    train: Any = None
+    forecast: Any = None
+    failed: bool = False
+    failure: str = ""
+
+
+def nightly(
+    lake: Lakehouse,
+    config: Config,
+    horizon: int | None = None,
+    lock_timeout_s: float = 0,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> NightlyReport:
+    report = NightlyReport()
+
+    def step_progress(name):
+        return (lambda done, total: progress(name, done, total)) if progress else None
+
+    with lakehouse_lock(lake, lock_timeout_s):
+        if config.nightly.source:
+            report.ingest = ingest(lake, config.nightly.source, strict=False)
+            report.steps["ingest"] = f"done: {report.ingest.rows} rows from {len(report.ingest.added)} file(s)"
+        else:
+            report.steps["ingest"] = "skipped: no nightly.source configured"
+
+        report.refine = refine(lake, config, progress=step_progress("refine"))
+        report.steps["refine"] = (
+            f"skipped: silver already built from bronze version {report.refine.bronze_version}"
+            if report.refine.skipped else f"done: bronze version {report.refine.bronze_version}"
+        )
+
+        silver_version = lake.version("silver/readings")
+        if lake.txn_version("gold/selection", train_job.APP_ID) == silver_version:
+            report.steps["train"] = f"skipped: already trained on silver version {silver_version}"
+        else:
+            report.train = train_job.train(lake, config, progress=step_progress("train"))
+            report.steps["train"] = f"done: run {report.train.run_id}, model version {report.train.model_version}"
+            if report.train.failed_share > config.nightly.max_failed_share:
+                report.failed = True
+                report.failure = (
+                    f"{report.train.failed_share:.0%} of series failed > nightly.max_failed_share="
+                    f"{config.nightly.max_failed_share}"
+                )
+
+        report.forecast = forecast_job.forecast(lake, config, horizon=horizon)
+        report.steps["forecast"] = (
+            f"skipped: champion version {report.forecast.model_version} already forecast"
+            if report.forecast.skipped else f"done: {report.forecast.n_rows} rows for version {report.forecast.model_version}"
+        )
+        version = report.forecast.model_version
+        if lake.txn_version("gold/portfolio", forecast_job.APP_PORTFOLIO) == int(version) and report.forecast.skipped:
+            report.steps["aggregate"] = f"skipped: portfolio of version {version} is current"
+        else:
+            forecast_job.aggregate(lake, config, version)
+            report.steps["aggregate"] = f"done: portfolio for version {version}"
+    return report

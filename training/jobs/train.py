@@ -1,0 +1,155 @@
+"""``mmf train``: every series in silver gets its own model, chosen on its own backtest.
+
+Silver is read at a pinned Delta version (recorded in the MLflow run, so the exact data
+can be re-read by time travel). The engine maps :func:`forecasting.pipeline.process_series`
+over the series; then, on the driver and once: one MLflow run with the results, one
+many-models pyfunc registered as ``challenger`` (promoted to ``champion`` by the gate),
+and the run's rows in ``gold/backtest`` and ``gold/selection``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import pandas as pd
+
+from forecasting import contract as C
+from forecasting.config import Config
+from forecasting.errors import DataContractError, TableError
+from forecasting.frequency import alias, modal_step
+from forecasting.pipeline import process_series
+from training.engines import get_engine
+from training.tables import Lakehouse
+
+log = logging.getLogger(__name__)
+APP_ID = "mmf-train"
+
+
+@dataclass
+class TrainReport:
+    run_id: str
+    silver_version: int
+    freq: str
+    model_version: str | None
+    promoted: bool
+    status_counts: dict[str, int] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    chosen: dict[str, int] = field(default_factory=dict)
+    decision: object | None = None
+    results: pd.DataFrame | None = None
+
+    @property
+    def failed_share(self) -> float:
+        n = sum(v for k, v in self.status_counts.items() if k != C.QUARANTINED)
+        return self.status_counts.get(C.FAILED, 0) / n if n else 0.0
+
+
+def failed_result(series_id: str, reason: str) -> pd.DataFrame:
+    """The result row of a series whose worker died (engine ``on_error``)."""
+    row = {f.name: None for f in C.TRAIN_RESULT}
+    row.update(series_id=series_id, status=C.FAILED, reason=reason, backtest_json="[]", candidates_json="{}", tuned_json="{}")
+    return pd.DataFrame([row])
+
+
+def read_silver(lake: Lakehouse, version: int | None, series_ids: Sequence[str] | None = None) -> tuple[int, pd.DataFrame]:
+    if not lake.exists("silver/readings"):
+        raise TableError("silver/readings does not exist: run `mmf refine` first")
+    v = lake.version("silver/readings") if version is None else version
+    filters = [(C.SERIES_ID, "in", list(series_ids))] if series_ids else None
+    frame = lake.read("silver/readings", version=v, filters=filters)
+    if series_ids:
+        unknown = sorted(set(series_ids) - set(frame[C.SERIES_ID].unique()))
+        if unknown:
+            raise DataContractError(f"series id(s) not in silver/readings version {v}: {', '.join(unknown[:10])}")
+    return v, frame
+
+
+def data_freq(config: Config, frame: pd.DataFrame) -> str:
+    if config.freq:
+        return config.freq
+    if frame.empty:
+        raise DataContractError("silver/readings is empty: every series was quarantined (see silver/quarantine)")
+    first = frame[C.SERIES_ID].iloc[0]
+    return alias(modal_step(frame.loc[frame[C.SERIES_ID] == first, C.TS].to_numpy()))
+
+
+def train(
+    lake: Lakehouse,
+    config: Config,
+    silver_version: int | None = None,
+    series_ids: Sequence[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> TrainReport:
+    from registry import promotion, pyfunc, tracking
+
+    version, readings = read_silver(lake, silver_version, series_ids)
+    cfg = config.replace(freq=data_freq(config, readings))
+    engine = get_engine(cfg)
+    tracking.configure(cfg)
+    tracking.mark_orphans_failed(cfg)
+    quarantine = lake.read("silver/quarantine")
+    if series_ids:
+        quarantine = quarantine[quarantine[C.SERIES_ID].isin(series_ids)]
+
+    with tracking.start_training_run(cfg, silver_version=version, engine=engine.name) as run:
+        run_id = run.info.run_id
+        results = engine.map_groups(
+            readings, C.SERIES_ID, process_series, C.TRAIN_RESULT, cfg, on_error=failed_result, progress=progress
+        )
+        metrics = tracking.log_results(results, cfg, history=readings, n_quarantined=len(quarantine))
+        usable = results["status"].isin([C.OK, C.FALLBACK])
+        mv = pyfunc.log_many_models(results, cfg, silver_version=version) if usable.any() else None
+        decision = promotion.gate(cfg, mv.version, results) if mv is not None else None
+        write_gold_training(lake, cfg, run_id, version, results, quarantine)
+
+    counts = results["status"].value_counts().to_dict()
+    if len(quarantine):
+        counts[C.QUARANTINED] = len(quarantine)
+    return TrainReport(
+        run_id=run_id,
+        silver_version=version,
+        freq=cfg.freq,
+        model_version=mv.version if mv is not None else None,
+        promoted=bool(decision and decision.promoted),
+        status_counts={k: int(v) for k, v in counts.items()},
+        metrics=metrics,
+        chosen=results.loc[usable, "model"].value_counts().to_dict(),
+        decision=decision,
+        results=results,
+    )
+
+
+def backtest_rows(results: pd.DataFrame, run_id: str) -> pd.DataFrame:
+    rows = []
+    for sid, payload in zip(results[C.SERIES_ID], results["backtest_json"]):
+        for r in json.loads(payload or "[]"):
+            rows.append({**r, C.SERIES_ID: sid, "run_id": run_id})
+    frame = pd.DataFrame(rows)
+    if len(frame):
+        frame["cutoff"] = pd.to_datetime(frame["cutoff"]).astype("datetime64[us]")
+    return frame
+
+
+def write_gold_training(lake, cfg, run_id, silver_version, results, quarantine) -> None:
+    """This run's rows in gold/backtest and gold/selection, replacing any earlier
+    attempt of the same run (replace-where on run_id), so a retry never duplicates."""
+    now = pd.Timestamp(dt.datetime.now(dt.timezone.utc)).as_unit("us")
+    where = f"run_id = '{run_id}'"
+    bt = backtest_rows(results, run_id)
+    lake.write("gold/backtest", bt, mode="overwrite", predicate=where)
+    sel = results[[C.SERIES_ID, "status", "reason", "model", "metric", "metric_value"]].copy()
+    q = quarantine.rename(columns={"detail": "_detail"})
+    if len(q):
+        q = pd.DataFrame({C.SERIES_ID: q[C.SERIES_ID], "status": C.QUARANTINED, "reason": q["reason"] + ": " + q["_detail"].fillna("")})
+        sel = pd.concat([sel, q], ignore_index=True)
+    sel["run_id"] = run_id
+    sel["silver_version"] = silver_version
+    sel["created_at"] = now
+    lake.write(
+        "gold/selection", sel, mode="overwrite", predicate=where,
+        app_id=APP_ID, app_version=silver_version, metadata={"mmf.run_id": run_id},
+    )
