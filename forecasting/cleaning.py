@@ -18,13 +18,15 @@ it per series). It returns silver readings rows (``REFINE_OUT``), or a single ro
 5. ``negative_values``: more negative readings than ``cleaning.max_negative_share``.
    ``constant``: a single distinct value. ``too_short``: fewer readings than
    ``cleaning.min_length``.
-6. Outliers: a robust z-score of the residual to a centred rolling median (one season
-   wide) above ``cleaning.outlier_z`` is flagged ``is_outlier``; with
-   ``cleaning.clip_outliers`` the reading is replaced by the rolling median.
+6. Outliers: a robust z-score of the residual to the seasonal median (the same hour of
+   the week over the 5 nearest weeks, or of the day over 7 days for short series),
+   scaled by that hour's MAD, above ``cleaning.outlier_z`` is flagged ``is_outlier``;
+   with ``cleaning.clip_outliers`` the reading is replaced by that seasonal median.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -78,7 +80,8 @@ def _clean(sid: str, pdf: pd.DataFrame, config: Any) -> pd.DataFrame:
     cfg = config.cleaning
     freq = config.freq
     step = step_of(freq)
-    season = seasonalities_for(freq)[0]
+    seasons = seasonalities_for(freq)
+    season = seasons[0]
 
     if len(pdf) > cfg.max_points_per_series:
         return quarantine_row(sid, "too_large", f"{len(pdf)} rows > cleaning.max_points_per_series={cfg.max_points_per_series}")
@@ -140,12 +143,10 @@ def _clean(sid: str, pdf: pd.DataFrame, config: Any) -> pd.DataFrame:
     filled = _fill(yv, missing, cfg.max_gap_fill, season)
 
     # 6. outliers
-    s = pd.Series(filled)
-    med = s.rolling(season + 1, center=True, min_periods=1).median().to_numpy()
-    resid = filled - med
-    mad = 1.4826 * np.median(np.abs(resid - np.median(resid)))
-    is_outlier = np.abs(resid - np.median(resid)) > cfg.outlier_z * mad if mad > 0 else np.zeros(len(filled), bool)
-    is_outlier &= ~missing
+    # weekly phase when there are enough weeks, so weekends are compared with weekends
+    phase = seasons[-1] if len(seasons) > 1 and len(filled) >= 3 * seasons[-1] else season
+    med, z = _seasonal_z(filled, phase, seasons=5 if phase != season else 7)
+    is_outlier = (np.abs(z) > cfg.outlier_z) & ~missing
     if cfg.clip_outliers:
         filled = np.where(is_outlier, med, filled)
 
@@ -167,6 +168,33 @@ def _clean(sid: str, pdf: pd.DataFrame, config: Any) -> pd.DataFrame:
             "_n_duplicates": np.full(n, n_dup, dtype="int64"),
         }
     )
+
+
+def _seasonal_z(y: np.ndarray, season: int, seasons: int = 7) -> tuple[np.ndarray, np.ndarray]:
+    """Robust z-scores against the same phase of nearby seasons.
+
+    The reference of each step is the median of the same phase over the ``seasons``
+    nearest seasons (the same hour on the surrounding days or weeks), so a meter busy
+    only part of the time is compared with its own busy hours, not with its base load.
+    The scale is the MAD of the residuals of that phase (load noise grows with load),
+    floored at half the overall MAD.
+    """
+    n = len(y)
+    rows = -(-n // season)
+    padded = np.full(rows * season, np.nan)
+    padded[:n] = y
+    by_phase = padded.reshape(rows, season)
+    med = pd.DataFrame(by_phase).rolling(seasons, center=True, min_periods=1).median().to_numpy()
+    resid = by_phase - med
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        centre = np.nanmedian(resid, axis=0)
+        col_mad = 1.4826 * np.nanmedian(np.abs(resid - centre), axis=0)
+        overall = 1.4826 * np.nanmedian(np.abs(resid - np.nanmedian(resid)))
+        scale = np.fmax(np.nan_to_num(col_mad), 0.5 * overall)
+        z = np.where(scale > 0, (resid - centre) / scale, 0.0)
+    med = np.where(np.isfinite(med), med, by_phase).ravel()[:n]
+    return med, np.nan_to_num(z.ravel()[:n])
 
 
 def _fill(y: np.ndarray, missing: np.ndarray, max_gap: int, season: int) -> np.ndarray:

@@ -60,6 +60,10 @@ engine_option = click.option("--engine", type=click.Choice(["local", "spark"]), 
 def cli(verbose: bool) -> None:
     """mmf: many-models forecasting on Delta Lake and MLflow."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+        logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def main() -> None:
@@ -231,9 +235,9 @@ def _summary(lake, config, rep):
     click.echo("")
     if rep.train is not None:
         _print_train(rep.train)
-        for k in ("mase_mean", "smape_mean", "metric_mean"):
-            if k in rep.train.metrics:
-                click.echo(f"  backtest {k}: {rep.train.metrics[k]:.3f}")
+        shown = {k: v for k, v in rep.train.metrics.items() if k.startswith("backtest.") and "_" not in k}
+        if shown:
+            click.echo("  backtest of chosen models (mean over series): " + ", ".join(f"{k.split('.', 1)[1]} {v:.3f}" for k, v in shown.items()))
     info = pyfunc.champion_info(config)
     if info:
         click.echo(f"champion: {info['name']} version {info['version']} (run {info['run_id']})")

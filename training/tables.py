@@ -172,7 +172,10 @@ class Lakehouse:
     ) -> int:
         """Append or overwrite (optionally only where ``predicate`` holds); returns the
         new table version. ``app_id``/``app_version`` record a Delta application
-        transaction so a retried step can tell it already committed."""
+        transaction so a retried step can tell it already committed. A replace-where
+        (``mode="overwrite"`` with a ``predicate``) on an absent table creates it."""
+        if predicate is not None and not self.exists(name):
+            mode, predicate = "append", None  # nothing to replace yet: create the table
         schema = self.schema(name)
         data = df if isinstance(df, pa.Table) else to_arrow(df, schema)
         data = data.select(schema.names).cast(schema)

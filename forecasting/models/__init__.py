@@ -10,11 +10,16 @@ from __future__ import annotations
 from typing import Any
 
 from forecasting.errors import UnknownModelError
+from forecasting.models.arima import ARIMA
 from forecasting.models.base import FORMAT_VERSION, Forecaster
+from forecasting.models.ets import ETS
+from forecasting.models.mstl import MSTL
+from forecasting.models.prophet_model import ProphetModel
 from forecasting.models.seasonal_naive import SeasonalNaive
+from forecasting.models.theta import Theta
 
 MODELS: dict[str, type[Forecaster]] = {
-    SeasonalNaive.name: SeasonalNaive,
+    cls.name: cls for cls in (SeasonalNaive, ETS, ARIMA, Theta, MSTL, ProphetModel)
 }
 
 

@@ -49,7 +49,7 @@ def future_frame(lake: Lakehouse, silver_version: int, ends: pd.Series, freq: st
     step = step_of(freq)
     sids = ends.index.to_numpy()
     k = np.arange(1, horizon + 1)
-    ts = (ends.to_numpy(dtype="datetime64[us]")[:, None] + (k * step).to_numpy()[None, :]).ravel()
+    ts = (ends.to_numpy(dtype="datetime64[us]")[:, None] + (k * step.to_timedelta64())[None, :]).ravel()
     frame = pd.DataFrame({C.SERIES_ID: np.repeat(sids, horizon), "horizon": horizon, C.TS: ts})
     week = pd.Timedelta("7D")
     hist = lake.read("silver/readings", version=silver_version, columns=[C.SERIES_ID, C.TS, "temperature"],

@@ -93,7 +93,11 @@ def nightly(
     with lakehouse_lock(lake, lock_timeout_s):
         if config.nightly.source:
             report.ingest = ingest(lake, config.nightly.source, strict=False)
-            report.steps["ingest"] = f"done: {report.ingest.rows} rows from {len(report.ingest.added)} file(s)"
+            rep = report.ingest
+            report.steps["ingest"] = (
+                f"done: {rep.rows} rows from {len(rep.added)} file(s)" if rep.added
+                else f"skipped: {len(rep.skipped)} file(s) already ingested"
+            ) + (f"; {len(rep.refused)} file(s) refused: " + "; ".join(rep.refused.values()) if rep.refused else "")
         else:
             report.steps["ingest"] = "skipped: no nightly.source configured"
 

@@ -26,8 +26,8 @@ def reproduce(lake: Lakehouse, config: Config, run_id: str, rel_tol: float = 1e-
     cfg: Config = from_dict(recorded_cfg)
     version, readings = read_silver(lake, record["silver_version"], record.get("series_ids"))
     results = get_engine(cfg).map_groups(readings, C.SERIES_ID, process_series, C.TRAIN_RESULT, cfg, on_error=failed_result)
-    quarantine = lake.read("silver/quarantine", version=None)
-    now = tracking.aggregate_metrics(results, cfg, n_quarantined=record["metrics"].get("n_quarantined", len(quarantine)))
+    quarantine = lake.read("silver/quarantine")
+    now = tracking.aggregate_metrics(results, n_quarantined=int(record["metrics"].get("n_quarantined", len(quarantine))))
     out = {}
     for name, recorded in sorted(record["metrics"].items()):
         if name not in now:

@@ -97,13 +97,15 @@ def train(
 
     with tracking.start_training_run(cfg, silver_version=version, engine=engine.name) as run:
         run_id = run.info.run_id
+        if series_ids:
+            tracking.log_series_subset(list(series_ids))
         results = engine.map_groups(
             readings, C.SERIES_ID, process_series, C.TRAIN_RESULT, cfg, on_error=failed_result, progress=progress
         )
         metrics = tracking.log_results(results, cfg, history=readings, n_quarantined=len(quarantine))
         usable = results["status"].isin([C.OK, C.FALLBACK])
         mv = pyfunc.log_many_models(results, cfg, silver_version=version) if usable.any() else None
-        decision = promotion.gate(cfg, mv.version, results) if mv is not None else None
+        decision = promotion.gate(cfg, str(mv.version), results) if mv is not None else None
         write_gold_training(lake, cfg, run_id, version, results, quarantine)
 
     counts = results["status"].value_counts().to_dict()
@@ -113,7 +115,7 @@ def train(
         run_id=run_id,
         silver_version=version,
         freq=cfg.freq,
-        model_version=mv.version if mv is not None else None,
+        model_version=str(mv.version) if mv is not None else None,
         promoted=bool(decision and decision.promoted),
         status_counts={k: int(v) for k, v in counts.items()},
         metrics=metrics,

@@ -1,0 +1,236 @@
+"""Prophet with country holidays and the temperature regressor.
+
+The fitted model is Prophet's own JSON (``prophet.serialize.model_to_json``), kept as a
+string in the state. ``predict`` always works from a model rebuilt from that string, so
+a reloaded model forecasts exactly as the original did (Prophet's JSON rounds its
+history frame, so the in-memory model would differ in the last digits).
+
+Prediction intervals: Prophet draws ``uncertainty_samples`` paths from its posterior
+predictive (trend changes + observation noise); ``lo-L`` / ``hi-L`` are the
+``(100-L)/2`` and ``(100+L)/2`` percentiles of those same draws, so every level comes
+from one set of samples and the intervals nest. The draws use a fixed ``seed`` (the
+global NumPy RNG state is saved and restored around them), so forecasts are
+reproducible.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from forecasting.errors import ConfigError, ModelError
+from forecasting.models.base import Forecaster
+from forecasting.models.ets import _check_h, _check_keys, _clean_y, _max_history
+
+_QUIET_LOGGERS = ("prophet", "prophet.plot", "prophet.models", "cmdstanpy")
+_MODES = ("additive", "multiplicative")
+
+
+class ProphetModel(Forecaster):
+    """Prophet (Taylor & Letham 2018): piecewise-linear trend, Fourier daily/weekly
+    seasonality (Prophet's automatic choice from the history length), country holidays
+    and, when ``X`` is given, ``temperature`` (column 0 of ``X``) as a linear regressor.
+
+    ``fit`` needs ``ts`` (datetime64, one per point); ``predict`` continues from the
+    last timestamp at ``freq``.
+
+    Params:
+        country: holiday calendar for ``add_country_holidays`` (default ``"GB"``);
+            ``None`` for no holidays.
+        changepoint_prior_scale: trend flexibility (default 0.05, Prophet's default).
+        seasonality_mode: ``"additive"`` or ``"multiplicative"`` (default additive).
+        uncertainty_samples: posterior predictive draws for the intervals (default 500).
+        seed: seed of those draws (default 0).
+        max_history: fit on at most this many trailing points (default
+            ``4 * max(seasonalities)``, 672 for hourly data); ``None`` uses everything.
+            Prophet's JSON holds this window, so it also bounds the state size.
+
+    Raises:
+        ModelError: no ``ts``, fewer than 10 points, non-finite regressors, a missing
+            ``X`` in ``predict`` after fitting with one, or a failed fit.
+    """
+
+    name = "prophet"
+    description = "Prophet with country holidays and a temperature regressor (slow)."
+    supports_exog = True
+
+    def __init__(
+        self,
+        season_length: int = 24,
+        seasonalities: Sequence[int] = (24, 168),
+        freq: str = "h",
+        **params: Any,
+    ) -> None:
+        super().__init__(season_length, seasonalities, freq, **params)
+        allowed = (
+            "country",
+            "changepoint_prior_scale",
+            "seasonality_mode",
+            "uncertainty_samples",
+            "seed",
+            "max_history",
+        )
+        _check_keys(self.name, params, allowed)
+        self.country = params.get("country", "GB")
+        self.changepoint_prior_scale = params.get("changepoint_prior_scale", 0.05)
+        self.seasonality_mode = params.get("seasonality_mode", "additive")
+        self.uncertainty_samples = params.get("uncertainty_samples", 500)
+        self.seed = params.get("seed", 0)
+        if self.country is not None and not isinstance(self.country, str):
+            raise ConfigError("prophet.country", self.country, "a country code like 'GB' or null")
+        cps = self.changepoint_prior_scale
+        if isinstance(cps, bool) or not isinstance(cps, (int, float)) or cps <= 0:
+            raise ConfigError("prophet.changepoint_prior_scale", cps, "a number > 0")
+        if self.seasonality_mode not in _MODES:
+            raise ConfigError("prophet.seasonality_mode", self.seasonality_mode, " or ".join(_MODES))
+        n = self.uncertainty_samples
+        if isinstance(n, bool) or not isinstance(n, int) or n < 50:
+            raise ConfigError("prophet.uncertainty_samples", n, "an integer >= 50")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError("prophet.seed", self.seed, "an integer >= 0")
+        self.max_history = _max_history(
+            self.name, params, 4 * max(self.seasonalities or (self.season_length,))
+        )
+
+    def fit(self, y, X=None, ts=None):
+        import pandas as pd
+
+        y = _clean_y(self.name, y, None)
+        if ts is None:
+            raise ModelError("prophet needs the timestamps: call fit(y, X, ts=...)")
+        ts = pd.DatetimeIndex(pd.to_datetime(np.asarray(ts)))
+        if len(ts) != len(y):
+            raise ModelError(f"prophet: ts has {len(ts)} values for {len(y)} points")
+        temperature = _temperature(X, len(y), "fit")
+        if self.max_history is not None:
+            y, ts = y[-self.max_history :], ts[-self.max_history :]
+            if temperature is not None:
+                temperature = temperature[-self.max_history :]
+        if len(y) < 10:
+            raise ModelError(f"prophet needs at least 10 points; got {len(y)}")
+
+        df = pd.DataFrame({"ds": ts.tz_convert(None) if ts.tz else ts, "y": y})  # naive UTC
+        with _quiet():
+            from prophet import Prophet
+            from prophet.serialize import model_to_json
+
+            model = Prophet(
+                changepoint_prior_scale=float(self.changepoint_prior_scale),
+                seasonality_mode=self.seasonality_mode,
+                uncertainty_samples=self.uncertainty_samples,
+            )
+            if self.country:
+                try:
+                    model.add_country_holidays(self.country)
+                except (AttributeError, ValueError, NotImplementedError) as exc:
+                    raise ModelError(f"prophet: unknown holiday country {self.country!r}") from exc
+            if temperature is not None:
+                model.add_regressor("temperature")
+                df["temperature"] = temperature
+            try:
+                model.fit(df)
+            except (RuntimeError, ValueError) as exc:
+                raise ModelError(f"prophet fit failed on {len(y)} points: {exc}") from exc
+            self.model_json_ = model_to_json(model)
+        self.last_ts_ = df["ds"].iloc[-1].isoformat()
+        self.has_temperature_ = temperature is not None
+        self._model = None
+        return self
+
+    def predict(self, h, X=None, level: Sequence[int] = (80, 95)):
+        import pandas as pd
+
+        h = _check_h(h)
+        last = pd.Timestamp(self.last_ts_)
+        future = pd.DataFrame({"ds": pd.date_range(last, periods=h + 1, freq=self.freq)[1:]})
+        if self.has_temperature_:
+            if X is None:
+                raise ModelError(f"prophet was fitted with temperature: predict needs X of shape ({h}, k)")
+            future["temperature"] = _temperature(X, h, "predict")
+        model = self._prophet()
+        with _quiet():
+            n = model.uncertainty_samples
+            model.uncertainty_samples = 0  # point forecast only; draws are taken below
+            try:
+                mean = model.predict(future)["yhat"].to_numpy(dtype=float)
+            finally:
+                model.uncertainty_samples = n
+            rng_state = np.random.get_state()
+            np.random.seed(self.seed)
+            try:
+                draws = model.predictive_samples(future)["yhat"]
+            finally:
+                np.random.set_state(rng_state)
+        if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(draws))):
+            raise ModelError("prophet forecast is not finite")
+        out = {"mean": mean}
+        for lv in level:
+            lo, hi = np.percentile(draws, [50 - lv / 2, 50 + lv / 2], axis=1)
+            # With a few hundred draws the percentile can miss the point forecast.
+            out[f"lo-{lv}"] = np.minimum(lo, mean)
+            out[f"hi-{lv}"] = np.maximum(hi, mean)
+        return out
+
+    def _prophet(self):
+        if self._model is None:
+            with _quiet():
+                from prophet.serialize import model_from_json
+
+                self._model = model_from_json(self.model_json_)
+        return self._model
+
+    def get_state(self) -> dict[str, Any]:
+        return {
+            "prophet_json": self.model_json_,
+            "last_ts": self.last_ts_,
+            "has_temperature": self.has_temperature_,
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.model_json_ = str(state["prophet_json"])
+        self.last_ts_ = str(state["last_ts"])
+        self.has_temperature_ = bool(state["has_temperature"])
+        self._model = None
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Drop Prophet's and cmdstanpy's INFO chatter and the 'plotly' import error for the
+    duration. A filter rather than a level, because cmdstanpy resets its logger's level
+    the first time it configures it."""
+    loggers = [logging.getLogger(name) for name in _QUIET_LOGGERS]
+    for lg in loggers:
+        lg.addFilter(_drop_chatter)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg in loggers:
+            lg.removeFilter(_drop_chatter)
+
+
+def _drop_chatter(record: logging.LogRecord) -> bool:
+    if record.name == "prophet.plot":  # "Importing plotly failed": plots are not used
+        return False
+    return record.levelno >= logging.ERROR
+
+
+def _temperature(X: Any, n: int, where: str) -> np.ndarray | None:
+    if X is None:
+        return None
+    X = np.asarray(X, dtype=float)
+    if X.ndim == 1:
+        X = X[:, None]
+    if X.ndim != 2 or X.shape[0] != n or X.shape[1] == 0:
+        raise ModelError(f"prophet.{where}: X must have shape ({n}, k>=1); got {X.shape}")
+    temperature = X[:, 0]
+    if not np.all(np.isfinite(temperature)):
+        raise ModelError(
+            f"prophet.{where}: temperature has {int(np.sum(~np.isfinite(temperature)))} non-finite values"
+        )
+    return temperature

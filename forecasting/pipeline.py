@@ -1,0 +1,505 @@
+"""The per-series function: one series' silver rows in, one TRAIN_RESULT row out.
+
+:func:`process_series` is what every engine runs for each group (the local process
+pool and Spark's ``applyInPandas`` call the very same function). It never raises for a
+bad series: whatever goes wrong ends as a ``failed`` row with the reason.
+
+Steps: sort by ``ts``; take ``y``, the timestamps and (when complete) ``temperature``
+as the regressor of models that support one; derive the season lengths from the
+frequency; backtest every configured model, each under ``config.model_timeout_s``;
+add the ensemble candidate when enabled; choose (:mod:`forecasting.choice`); refit the
+chosen model on the full history and serialize it.
+
+Conventions of the result row:
+
+* ``backtest_json``: a list of ``{model, window, cutoff, <metrics>}`` for every
+  candidate that finished its backtest (ensemble included), in the order of
+  ``config.models``; ``cutoff`` is the ISO timestamp of the *last training*
+  observation of the window (statsforecast's ``cross_validation`` convention, and that
+  of ``gold/forecasts.cutoff``); non-finite metrics are ``null``.
+* ``candidates_json``: ``{model: {status, reason, score, fit_s}}`` with status ``ok``,
+  ``failed`` or ``timeout``; ``fit_s`` is wall-clock time, the one field that is not
+  reproducible from run to run.
+* ``model_json``: ``Forecaster.to_dict()`` of the chosen model, or
+  ``{"model": "ensemble", "format_version", "method", "members": [...]}``; read it
+  back with :func:`load_fitted`. Empty for a failed series.
+
+Determinism: the global numpy and ``random`` generators are seeded with
+``config.seed`` before every fit, and BLAS runs on one thread, so the same rows (in
+any order) give the same result.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import signal
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Callable, Sequence, TypeVar
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from threadpoolctl import threadpool_limits
+
+from forecasting.backtest import backtest, check_forecast
+from forecasting.choice import (
+    CANDIDATE_FAILED,
+    CANDIDATE_TIMEOUT,
+    ENSEMBLE,
+    Candidate,
+    combine,
+    decide,
+    ensemble_candidate,
+    scored,
+    short_reason,
+)
+from forecasting.config import Config
+from forecasting.contract import FAILED, SERIES_ID, TRAIN_RESULT, TS, Y
+from forecasting.errors import DataContractError, FrequencyError, ModelError
+from forecasting.models import FORMAT_VERSION, Forecaster, get_model, load_model, model_class
+
+EXOG_COLUMN = "temperature"
+
+T = TypeVar("T")
+
+
+# -- frequency -------------------------------------------------------------------------
+def seasonalities_for(freq: str) -> tuple[int, ...]:
+    """Season lengths in steps for a pandas frequency alias, main season first.
+
+    Sub-daily steps that divide a day give (steps per day, steps per week): ``"h"`` →
+    ``(24, 168)``, ``"30min"`` → ``(48, 336)``, ``"15min"`` → ``(96, 672)``. Daily gives
+    ``(7, 365)``; business days ``(5, 260)``; weekly ``(52,)``; monthly ``(12,)``;
+    quarterly ``(4,)``; anything else ``(1,)`` (no season).
+    """
+    off = pd.tseries.frequencies.to_offset(freq)
+    if isinstance(off, pd.offsets.Tick):
+        td, day = pd.Timedelta(off), pd.Timedelta(days=1)
+        if td < day and day % td == pd.Timedelta(0):
+            per_day = int(day // td)
+            return (per_day, 7 * per_day)
+        if td == day:
+            return (7, 365)
+        if td == 7 * day:
+            return (52,)
+        return (1,)
+    base = off.name.split("-")[0]
+    if base in ("B", "C"):
+        return (5, 260) if off.n == 1 else (1,)
+    if "Q" in base:
+        per_year = 4
+    elif "Y" in base or base.startswith("A"):
+        per_year = 1
+    elif base.startswith("SM"):
+        per_year = 24
+    elif "M" in base:
+        per_year = 12
+    elif base == "W":
+        per_year = 52
+    else:
+        per_year = 1
+    return (max(1, round(per_year / max(off.n, 1))),)
+
+
+def infer_freq(ts: np.ndarray) -> str:
+    """The pandas alias of the timestamps' spacing (``pd.infer_freq``, else the median
+    step).
+
+    Raises:
+        FrequencyError: fewer than 2 timestamps.
+    """
+    idx = pd.DatetimeIndex(ts)
+    if len(idx) >= 3:
+        try:
+            freq = pd.infer_freq(idx)
+        except (TypeError, ValueError):
+            freq = None
+        if freq:
+            return freq
+    if len(idx) < 2:
+        raise FrequencyError(
+            f"cannot infer the frequency from {len(idx)} timestamp(s): set freq in the config"
+        )
+    step = pd.Timedelta(int(np.median(np.diff(idx.asi8))), unit="ns")
+    return pd.tseries.frequencies.to_offset(step).freqstr
+
+
+# -- per-candidate time limit ----------------------------------------------------------
+class CandidateTimeout(ModelError):
+    """A candidate ran past ``config.model_timeout_s``."""
+
+
+class _Alarm(BaseException):
+    # BaseException so that a model's own ``except Exception`` cannot swallow it.
+    pass
+
+
+def run_with_timeout(fn: Callable[[], T], timeout_s: float | None) -> T:
+    """``fn()`` stopped after ``timeout_s`` seconds with :class:`CandidateTimeout`.
+
+    Uses ``SIGALRM``/``setitimer``, so the limit only applies in the main thread of a
+    process (true in process-pool and Spark Python workers); elsewhere ``fn`` runs
+    without a limit. The alarm is seen when control returns to Python, so a long call
+    inside compiled code overruns until it returns. An alarm already pending (a test
+    runner's own timeout) is honoured: if it is due first its handler runs then,
+    otherwise it is re-armed with what is left of it afterwards.
+    """
+    if (
+        not timeout_s
+        or not hasattr(signal, "SIGALRM")
+        or threading.current_thread() is not threading.main_thread()
+    ):
+        return fn()
+    token = object()
+    armed = [True]
+    limit = float(timeout_s)
+    old_handler = signal.getsignal(signal.SIGALRM)
+    pending = signal.getitimer(signal.ITIMER_REAL)[0]  # someone else's alarm (pytest-timeout...)
+    outer_first = 0 < pending <= limit
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        if not armed[0]:
+            return
+        if outer_first and callable(old_handler):
+            armed[0] = False
+            old_handler(signum, frame)  # the earlier deadline is the one that came due
+            return
+        raise _Alarm(token)
+
+    start = time.monotonic()
+    signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, pending if outer_first else limit)
+    try:
+        return fn()
+    except _Alarm as alarm:
+        if alarm.args and alarm.args[0] is token:
+            raise CandidateTimeout(f"timed out after {timeout_s:g} s (model_timeout_s)") from None
+        raise
+    finally:
+        armed[0] = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old_handler)
+        if pending > 0 and not outer_first:  # give the earlier alarm back what is left of it
+            left = max(pending - (time.monotonic() - start), 1e-6)
+            signal.setitimer(signal.ITIMER_REAL, left)
+
+
+# -- ensembles -------------------------------------------------------------------------
+class EnsembleForecaster:
+    """Mean or median of fitted members' forecasts (intervals combined bound by bound)."""
+
+    name = ENSEMBLE
+
+    def __init__(self, members: Sequence[Forecaster], method: str = "median") -> None:
+        if len(members) < 1:
+            raise ModelError("an ensemble needs at least one member")
+        if method not in ("mean", "median"):
+            raise ModelError(f"ensemble method {method!r}: expected mean or median")
+        self.members = list(members)
+        self.method = method
+
+    @property
+    def supports_exog(self) -> bool:
+        return any(type(m).supports_exog for m in self.members)
+
+    def predict(
+        self, h: int, X: np.ndarray | None = None, level: Sequence[int] = (80, 95)
+    ) -> dict[str, np.ndarray]:
+        forecasts = [m.predict(h, X=X if type(m).supports_exog else None, level=level) for m in self.members]
+        return combine(forecasts, self.method)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": ENSEMBLE,
+            "format_version": FORMAT_VERSION,
+            "method": self.method,
+            "members": [m.to_dict() for m in self.members],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "EnsembleForecaster":
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ModelError(
+                f"ensemble has format_version {version!r}: this release reads format_version {FORMAT_VERSION}"
+            )
+        return cls([load_model(m) for m in data["members"]], data["method"])
+
+
+def load_fitted(model_json: str) -> Forecaster | EnsembleForecaster:
+    """A fitted model (single or ensemble) from a result row's ``model_json``; call
+    ``predict(h, X=None, level=...)`` on it."""
+    if not model_json:
+        raise ModelError("empty model_json: the series has no fitted model (status failed)")
+    data = json.loads(model_json)
+    if data.get("model") == ENSEMBLE:
+        return EnsembleForecaster.from_dict(data)
+    return load_model(data)
+
+
+# -- helpers ---------------------------------------------------------------------------
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (np.ndarray, np.generic)):
+        return obj.tolist()
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
+def result_frame_empty() -> pd.DataFrame:
+    """An empty frame with the TRAIN_RESULT columns and dtypes."""
+    return TRAIN_RESULT.empty_table().to_pandas()
+
+
+def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    return pa.Table.from_pylist(rows, schema=TRAIN_RESULT).to_pandas()
+
+
+@dataclass
+class SeriesData:
+    """One series ready for the models."""
+
+    series_id: str
+    y: np.ndarray
+    ts: np.ndarray  # datetime64[us]
+    X: np.ndarray | None
+    freq: str
+    seasonalities: tuple[int, ...]
+
+    @property
+    def season_length(self) -> int:
+        return self.seasonalities[0]
+
+
+def prepare(pdf: pd.DataFrame, config: Config) -> SeriesData:
+    """Sorted arrays of one series' silver rows.
+
+    Raises:
+        DataContractError: missing columns, no rows, missing or duplicate timestamps,
+            or ``y`` values that are missing or not finite.
+    """
+    missing = [c for c in (SERIES_ID, TS, Y) if c not in pdf.columns]
+    if missing:
+        raise DataContractError(f"series rows lack column(s) {missing}: expected {SERIES_ID}, {TS}, {Y}")
+    if len(pdf) == 0:
+        raise DataContractError("series has no rows")
+    df = pdf.sort_values(TS, kind="mergesort")
+    ts_idx = pd.DatetimeIndex(pd.to_datetime(df[TS]))
+    if ts_idx.tz is not None:
+        ts_idx = ts_idx.tz_convert("UTC").tz_localize(None)
+    if ts_idx.hasnans:
+        raise DataContractError(
+            f"{int(ts_idx.isna().sum())} missing timestamp(s): expected a cleaned (silver) series"
+        )
+    if ts_idx.has_duplicates:
+        raise DataContractError(
+            f"{int(ts_idx.duplicated().sum())} duplicate timestamp(s): expected one row per ts (run refine first)"
+        )
+    ts = ts_idx.to_numpy().astype("datetime64[us]")
+    y = df[Y].to_numpy(dtype=float)
+    bad = ~np.isfinite(y)
+    if bad.any():
+        raise DataContractError(
+            f"{int(bad.sum())} of {len(y)} y values are missing or not finite: expected a cleaned (silver) series"
+        )
+    X = None
+    if EXOG_COLUMN in df.columns:
+        temp = pd.to_numeric(df[EXOG_COLUMN], errors="coerce").to_numpy(dtype=float)
+        if np.all(np.isfinite(temp)):
+            X = temp.reshape(-1, 1)
+    freq = config.freq or infer_freq(ts)
+    return SeriesData(
+        series_id=str(df[SERIES_ID].iloc[0]),
+        y=y,
+        ts=ts,
+        X=X,
+        freq=freq,
+        seasonalities=seasonalities_for(freq),
+    )
+
+
+def _seeded(seed: int, fn: Callable[[], T]) -> T:
+    # Models that draw from the global generators get the same draws whatever ran before.
+    np.random.seed(seed)
+    random.seed(seed)
+    return fn()
+
+
+def _series_id(pdf: pd.DataFrame) -> str:
+    try:
+        return str(pdf[SERIES_ID].iloc[0])
+    except Exception:  # noqa: BLE001 - no id column or no rows: the row still goes out
+        return ""
+
+
+def _iso(ts: np.datetime64) -> str:
+    return pd.Timestamp(ts).isoformat()
+
+
+def _failed_row(series_id: str, config: Config, reason: str) -> dict[str, Any]:
+    return {
+        SERIES_ID: series_id,
+        "status": FAILED,
+        "reason": reason,
+        "model": "",
+        "metric": str(config.backtest.metric),
+        "metric_value": float("nan"),
+        "n_obs": 0,
+        "end": None,
+        "backtest_json": "[]",
+        "candidates_json": "{}",
+        "model_json": "",
+        "tuned_json": "{}",
+    }
+
+
+# -- the per-series function -----------------------------------------------------------
+def process_series(pdf: pd.DataFrame, config: Config) -> pd.DataFrame:
+    """Backtest, choose and fit one series' model.
+
+    Args:
+        pdf: the silver rows of one series (``series_id, ts, y`` and optionally
+            ``temperature, is_filled, is_outlier``), in any order.
+        config: the validated settings.
+
+    Returns:
+        One row with exactly the TRAIN_RESULT columns and dtypes.
+    """
+    row = _failed_row(_series_id(pdf), config, "")
+    row["n_obs"] = int(len(pdf))
+    try:
+        with threadpool_limits(limits=1), warnings.catch_warnings():
+            # Convergence and similar warnings from thousands of fits are noise here:
+            # a model that fits badly loses the backtest.
+            warnings.simplefilter("ignore")
+            _process(pdf, config, row)
+    except (Exception, _Alarm) as exc:  # noqa: BLE001 - failures are data
+        row["status"] = FAILED
+        row["reason"] = short_reason(exc)
+        row["model_json"] = ""
+    try:
+        return _frame([row])
+    except Exception as exc:  # noqa: BLE001 - a value the schema refuses: still one row out
+        return _frame([_failed_row(str(row[SERIES_ID]), config, short_reason(exc))])
+
+
+def _process(pdf: pd.DataFrame, config: Config, row: dict[str, Any]) -> None:
+    data = prepare(pdf, config)
+    row[SERIES_ID] = data.series_id
+    row["n_obs"] = int(len(data.y))
+    row["end"] = pd.Timestamp(data.ts[-1]).to_pydatetime()
+
+    levels = list(config.levels)
+    horizon = config.horizon
+    metric = config.backtest.metric
+    m = data.season_length
+    names = list(dict.fromkeys(config.models))  # a name listed twice runs once
+
+    def build(name: str) -> Forecaster:
+        return get_model(
+            name,
+            season_length=m,
+            seasonalities=data.seasonalities,
+            freq=data.freq,
+            **config.model_params.get(name, {}),
+        )
+
+    def exog(name: str) -> np.ndarray | None:
+        return data.X if data.X is not None and model_class(name).supports_exog else None
+
+    def run_backtest(name: str) -> list[dict[str, Any]]:
+        return backtest(
+            partial(build, name),
+            data.y,
+            exog(name),
+            data.ts,
+            horizon=horizon,
+            windows=config.backtest.windows,
+            step=config.backtest_step,
+            levels=levels,
+            m=m,
+        )
+
+    candidates: list[Candidate] = []
+    for name in names:
+        start = time.perf_counter()
+        try:
+            windows = run_with_timeout(
+                partial(_seeded, config.seed, partial(run_backtest, name)), config.model_timeout_s
+            )
+            candidates.append(scored(name, windows, metric, fit_s=time.perf_counter() - start))
+        except CandidateTimeout as exc:
+            candidates.append(Candidate(name, CANDIDATE_TIMEOUT, str(exc), fit_s=time.perf_counter() - start))
+        except Exception as exc:  # noqa: BLE001 - a failing candidate is recorded and skipped
+            candidates.append(
+                Candidate(name, CANDIDATE_FAILED, short_reason(exc), fit_s=time.perf_counter() - start)
+            )
+
+    if config.ensemble.enabled:
+        try:
+            ens = ensemble_candidate(
+                candidates,
+                top_k=config.ensemble.top_k,
+                method=config.ensemble.method,
+                metric=metric,
+                y=data.y,
+                levels=levels,
+                m=m,
+                order=names,
+            )
+        except Exception as exc:  # noqa: BLE001
+            ens = Candidate(ENSEMBLE, CANDIDATE_FAILED, short_reason(exc))
+        if ens is not None:
+            candidates.append(ens)
+
+    def fit_full(name: str) -> Forecaster:
+        def fit() -> Forecaster:
+            return build(name).fit(data.y, exog(name), data.ts)
+
+        return run_with_timeout(partial(_seeded, config.seed, fit), config.model_timeout_s)
+
+    def refit(cand: Candidate) -> str:
+        if cand.name == ENSEMBLE:
+            model: Any = EnsembleForecaster([fit_full(n) for n in cand.members], config.ensemble.method)
+            uses_x = any(exog(n) is not None for n in cand.members)
+        else:
+            model = fit_full(cand.name)
+            uses_x = exog(cand.name) is not None
+        text = json.dumps(model.to_dict(), default=_json_default)
+        loaded = load_fitted(text)  # what the forecast job will do: prove it works now
+        if not uses_x:  # future regressors are unknown here
+            check_forecast(loaded.predict(horizon, level=levels), horizon, levels, who=cand.name)
+        return text
+
+    decision = decide(candidates, refit, order=names)
+
+    bt_rows = []
+    for cand in candidates:
+        if not cand.ok:
+            continue
+        for w in cand.windows:
+            entry = {"model": cand.name, "window": int(w["window"]), "cutoff": _iso(data.ts[w["cutoff"] - 1])}
+            entry.update(
+                {k: _finite_or_none(v) for k, v in w.items() if k not in ("window", "cutoff", "forecast")}
+            )
+            bt_rows.append(entry)
+
+    row.update(
+        status=decision.status,
+        reason=decision.reason,
+        model=decision.model,
+        metric_value=float(decision.metric_value),
+        backtest_json=json.dumps(bt_rows, allow_nan=False),
+        candidates_json=json.dumps({c.name: c.summary() for c in candidates}, allow_nan=False),
+        model_json=decision.fitted or "",
+    )

@@ -1,0 +1,12 @@
+"""Models-from-code entry point of the many-models pyfunc.
+
+MLflow copies this file into the logged model and runs it at load time; it only names
+the class. The fitted models themselves are data (``artifacts/models.parquet``), so
+nothing is pickled and loading never unpickles anything.
+"""
+
+import mlflow
+
+from registry.pyfunc import ManyModels
+
+mlflow.models.set_model(ManyModels())

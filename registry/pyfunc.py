@@ -1,0 +1,483 @@
+"""One "many-models" MLflow pyfunc for every series.
+
+Logged as *models from code* (``python_model`` is the path of
+``registry/mmf_many_models.py``), so nothing is pickled. The fitted models travel as
+explicit data: the artifact ``models.parquet`` holds one row per series with
+``series_id, model, model_json, end, freq, status``, where ``model_json`` is the
+versioned ``Forecaster.to_dict()`` (or ensemble) JSON of the training result. The
+interval levels, the metric and the format version are in the pyfunc's
+``model_config``.
+
+Scoring input (one or more rows per series)::
+
+    series_id    str       required
+    horizon      int       required: steps after the series' training end
+    ts           datetime  optional, naive UTC: the future timestamps wanted; the forecast
+                           runs up to the last one and returns just those, in time order
+                           (horizon is then unused)
+    temperature  float     optional: the future regressor, one value per row (aligned
+                           with ts, else with steps 1..n in row order), for models that
+                           use it
+
+Output: ``series_id, ts, yhat, yhat_lower_<lv>, yhat_upper_<lv> ..., model`` with
+``ts = end + k * freq``. An unknown series id raises (the message lists up to 10);
+``params={"unknown": "skip"}`` leaves unknown series out instead.
+
+The scoring environment needs the ``mmf`` package installed (it holds the model code);
+the model's ``requirements.txt`` pins the third-party packages ``mmf`` depends on.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import threading
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+from forecasting import contract as C
+from forecasting.config import Config
+from forecasting.errors import RegistryError
+
+FORMAT_VERSION = 1
+ARTIFACT_NAME = "model"
+MODELS_ARTIFACT = "models"  # context.artifacts key; the file is models.parquet
+CODE_FILE = Path(__file__).resolve().parent / "mmf_many_models.py"
+CHAMPION, CHALLENGER = "champion", "challenger"
+MAX_LISTED = 10
+MAX_STEPS = 1_000_000  # no forecast runs further than this many steps
+MODELS_SCHEMA = pa.schema(
+    [
+        (C.SERIES_ID, pa.string()),
+        ("model", pa.string()),
+        ("model_json", pa.string()),
+        ("end", C.TS_TYPE),
+        ("freq", pa.string()),
+        ("status", pa.string()),
+    ]
+)
+_USABLE = (C.OK, C.FALLBACK)
+# Requirement names of mmf that scoring needs; pinned to the installed versions.
+_SCORING_REQUIREMENTS = (
+    "mlflow",
+    "numpy",
+    "pandas",
+    "pyarrow",
+    "scipy",
+    "statsmodels",
+    "prophet",
+    "holidays",
+)
+
+
+# -- the model -------------------------------------------------------------------------
+class ManyModels(mlflow.pyfunc.PythonModel):
+    """Every series' fitted model behind one ``predict``; see the module docstring for
+    the input and output columns. Models are deserialized on first use and cached."""
+
+    def load_context(self, context) -> None:
+        config = dict(context.model_config or {})
+        version = config.get("format_version", FORMAT_VERSION)
+        if version != FORMAT_VERSION:
+            raise MlflowException(
+                f"many-models format_version {version!r}: this release reads format_version {FORMAT_VERSION}"
+            )
+        self.levels: list[int] = [int(v) for v in config.get("levels", [80, 95])]
+        table = pq.read_table(context.artifacts[MODELS_ARTIFACT]).to_pydict()
+        self._entries: dict[str, tuple[str, str, pd.Timestamp, str]] = {
+            sid: (name, text, pd.Timestamp(end), freq)
+            for sid, name, text, end, freq in zip(
+                table[C.SERIES_ID], table["model"], table["model_json"], table["end"], table["freq"]
+            )
+        }
+        self._fitted: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def series_ids(self) -> list[str]:
+        return list(self._entries)
+
+    def fitted(self, series_id: str) -> Any:
+        """The fitted model of one series (deserialized once)."""
+        model = self._fitted.get(series_id)
+        if model is None:
+            model = _load_fitted(self._entries[series_id][1])
+            with self._lock:
+                self._fitted[series_id] = model
+        return model
+
+    def predict(
+        self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
+        """Forecasts for the series named in ``model_input`` (columns in the module
+        docstring); ``params={"unknown": "skip"}`` leaves unknown series out instead of
+        raising."""
+        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        unknown_mode = (params or {}).get("unknown", "error")
+        if unknown_mode not in ("error", "skip"):
+            raise MlflowException(
+                f"params unknown={unknown_mode!r}: expected 'error' or 'skip'",
+                error_code=INVALID_PARAMETER_VALUE,
+            )
+        missing = [c for c in (C.SERIES_ID,) if c not in frame.columns]
+        if missing or ("horizon" not in frame.columns and C.TS not in frame.columns):
+            raise MlflowException(
+                f"input columns {list(frame.columns)}: expected series_id and horizon "
+                "(optional: ts, temperature)",
+                error_code=INVALID_PARAMETER_VALUE,
+            )
+        ids = frame[C.SERIES_ID].astype(str)
+        unknown = sorted(set(ids) - self._entries.keys())
+        if unknown and unknown_mode == "error":
+            listed = ", ".join(unknown[:MAX_LISTED]) + (
+                f" (first {MAX_LISTED} listed)" if len(unknown) > MAX_LISTED else ""
+            )
+            raise MlflowException(
+                f"{len(unknown)} unknown series id(s): {listed}. This model holds {len(self._entries)} "
+                "series (those with status ok or fallback at training); pass "
+                "params={'unknown': 'skip'} to leave unknown series out",
+                error_code=INVALID_PARAMETER_VALUE,
+            )
+        parts: list[dict[str, Any]] = []
+        frame = frame.assign(**{C.SERIES_ID: ids})
+        for sid, rows in frame.groupby(C.SERIES_ID, sort=False):
+            if sid in self._entries:
+                parts.append(self._forecast_one(sid, rows))
+        return _output(parts, self.levels)
+
+    # -- one series --------------------------------------------------------------------
+    def _forecast_one(self, sid: str, rows: pd.DataFrame) -> dict[str, Any]:
+        name, _, end, freq = self._entries[sid]
+        off = pd.tseries.frequencies.to_offset(freq)
+        ks: np.ndarray | None = None  # step of each row with a ts
+        wanted_k: np.ndarray | None = None  # distinct steps returned
+        if C.TS in rows.columns and rows[C.TS].notna().any():
+            ts_rows = rows[rows[C.TS].notna()]
+            wanted = pd.DatetimeIndex(pd.to_datetime(ts_rows[C.TS]))
+            if wanted.tz is not None:
+                wanted = wanted.tz_convert("UTC").tz_localize(None)
+            ks = _steps(sid, end, off, wanted)
+            wanted_k = np.unique(ks)
+            h = int(wanted_k[-1])
+        else:
+            h = int(pd.to_numeric(rows["horizon"]).max())
+        if not 1 <= h <= MAX_STEPS:
+            raise MlflowException(
+                f"series {sid}: horizon {h}: expected an integer between 1 and {MAX_STEPS}",
+                error_code=INVALID_PARAMETER_VALUE,
+            )
+        model = self.fitted(sid)
+        X = None
+        if getattr(model, "supports_exog", False) and "temperature" in rows.columns:
+            X = _future_exog(sid, rows, h, ks)
+        try:
+            fc = model.predict(h, X=X, level=self.levels)
+        except Exception as exc:
+            raise MlflowException(
+                f"series {sid} ({name}) could not forecast {h} step(s): {exc}",
+                error_code=INVALID_PARAMETER_VALUE,
+            ) from exc
+        k = wanted_k if wanted_k is not None else np.arange(1, h + 1)
+        idx = k - 1
+        out = {
+            C.SERIES_ID: np.full(len(k), sid, dtype=object),
+            C.TS: _future(end, off, k),
+            "yhat": np.asarray(fc["mean"], dtype=float)[idx],
+            "model": np.full(len(k), name, dtype=object),
+        }
+        for lv in self.levels:
+            out[f"yhat_lower_{lv}"] = np.asarray(fc[f"lo-{lv}"], dtype=float)[idx]
+            out[f"yhat_upper_{lv}"] = np.asarray(fc[f"hi-{lv}"], dtype=float)[idx]
+        return out
+
+
+def output_columns(levels: list[int]) -> list[str]:
+    cols = [C.SERIES_ID, C.TS, "yhat"]
+    for lv in levels:
+        cols += [f"yhat_lower_{lv}", f"yhat_upper_{lv}"]
+    return cols + ["model"]
+
+
+def _output(parts: list[dict[str, Any]], levels: list[int]) -> pd.DataFrame:
+    cols = output_columns(levels)
+    if not parts:
+        empty = {c: pd.Series(dtype=float) for c in cols}
+        empty[C.SERIES_ID] = pd.Series(dtype=object)
+        empty["model"] = pd.Series(dtype=object)
+        empty[C.TS] = pd.Series(dtype="datetime64[us]")
+        return pd.DataFrame(empty)[cols]
+    data = {c: np.concatenate([p[c] for p in parts]) for c in cols if c != C.TS}
+    data[C.TS] = pd.DatetimeIndex(np.concatenate([p[C.TS] for p in parts])).as_unit("us")
+    return pd.DataFrame(data)[cols]
+
+
+def _future(end: pd.Timestamp, off: pd.DateOffset, k: np.ndarray) -> np.ndarray:
+    if isinstance(off, pd.offsets.Tick):
+        step = pd.Timedelta(off).to_timedelta64().astype("timedelta64[us]")
+        return np.datetime64(end, "us") + np.asarray(k, dtype="int64") * step
+    return pd.DatetimeIndex([end + int(i) * off for i in k]).to_numpy(dtype="datetime64[us]")
+
+
+def _steps(sid: str, end: pd.Timestamp, off: pd.DateOffset, wanted: pd.DatetimeIndex) -> np.ndarray:
+    """Step numbers k (``ts = end + k * freq``) of the wanted timestamps."""
+    if isinstance(off, pd.offsets.Tick):
+        step = pd.Timedelta(off).value
+        delta = np.asarray(pd.TimedeltaIndex(wanted - end).asi8)
+        ks = delta // step
+        bad = (delta % step != 0) | (ks < 1)
+    else:
+        # Calendar offsets: walk end + k * off (the grid the forecast uses) up to the last ts.
+        last, pos, k = wanted.max(), {}, 1
+        while end + k * off <= last and k <= MAX_STEPS:
+            pos[end + k * off] = k
+            k += 1
+        ks = np.array([pos.get(t, -1) for t in wanted])
+        bad = ks < 1
+    if bad.any():
+        first = wanted[np.flatnonzero(bad)[:3]]
+        raise MlflowException(
+            f"series {sid}: ts {', '.join(str(t) for t in first)} not after its training end {end} "
+            f"on the {off.freqstr} grid: expected end + k * freq with k >= 1",
+            error_code=INVALID_PARAMETER_VALUE,
+        )
+    return ks.astype(int)
+
+
+def _future_exog(sid: str, rows: pd.DataFrame, h: int, ks: np.ndarray | None) -> np.ndarray | None:
+    """Temperature for steps 1..h (h x 1), or None when the rows carry none."""
+    temp = pd.to_numeric(rows["temperature"], errors="coerce")
+    if not temp.notna().any():
+        return None
+    if ks is None:
+        values = temp.to_numpy(dtype=float)
+    else:
+        values = np.full(h, np.nan)
+        with_ts = rows[C.TS].notna().to_numpy()
+        values[ks - 1] = temp.to_numpy(dtype=float)[with_ts]
+    values = values[:h]
+    if len(values) < h or not np.all(np.isfinite(values)):
+        n_missing = h - int(np.isfinite(values).sum())
+        raise MlflowException(
+            f"series {sid}: temperature missing for {n_missing} of the {h} future step(s): its model uses "
+            "the regressor, so give one finite value for every step up to the last one wanted",
+            error_code=INVALID_PARAMETER_VALUE,
+        )
+    return values.reshape(-1, 1)
+
+
+def _load_fitted(model_json: str) -> Any:
+    try:
+        from forecasting.pipeline import load_fitted
+    except ImportError:  # pragma: no cover - a pipeline without ensembles
+        from forecasting.models import load_model
+
+        return load_model(json.loads(model_json))
+    return load_fitted(model_json)
+
+
+# -- logging ---------------------------------------------------------------------------
+def models_table(results: pd.DataFrame, config: Config) -> pa.Table:
+    """``models.parquet``: the usable series (status ok or fallback) and their models."""
+    usable = results[results["status"].isin(_USABLE) & results["model_json"].fillna("").ne("")]
+    freqs = []
+    for sid, text in zip(usable[C.SERIES_ID], usable["model_json"]):
+        data = json.loads(text)
+        freq = data.get("freq") or next(
+            (m.get("freq") for m in data.get("members") or [] if m.get("freq")), None
+        )
+        freq = freq or config.freq
+        if not freq:
+            raise RegistryError(
+                f"series {sid}: its model_json names no freq and config.freq is unset: set freq"
+            )
+        freqs.append(freq)
+    frame = pd.DataFrame(
+        {
+            C.SERIES_ID: usable[C.SERIES_ID].astype(str).to_numpy(),
+            "model": usable["model"].astype(str).to_numpy(),
+            "model_json": usable["model_json"].to_numpy(),
+            "end": pd.to_datetime(usable["end"]).to_numpy(dtype="datetime64[us]"),
+            "freq": freqs,
+            "status": usable["status"].to_numpy(),
+        }
+    )
+    return pa.Table.from_pandas(frame, schema=MODELS_SCHEMA, preserve_index=False)
+
+
+def signature(levels: list[int]):
+    """Input/output schema and the ``unknown`` param of the many-models pyfunc."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+    inputs = Schema(
+        [
+            ColSpec("string", C.SERIES_ID),
+            ColSpec("long", "horizon"),
+            ColSpec("datetime", C.TS, required=False),
+            ColSpec("double", "temperature", required=False),
+        ]
+    )
+    outs = [ColSpec("string", C.SERIES_ID), ColSpec("datetime", C.TS), ColSpec("double", "yhat")]
+    for lv in levels:
+        outs += [ColSpec("double", f"yhat_lower_{lv}"), ColSpec("double", f"yhat_upper_{lv}")]
+    outs.append(ColSpec("string", "model"))
+    params = ParamSchema([ParamSpec("unknown", "string", "error")])
+    return ModelSignature(inputs=inputs, outputs=Schema(outs), params=params)
+
+
+def scoring_requirements() -> list[str]:
+    """Pins of the installed third-party packages that scoring imports."""
+    pins = []
+    for name in _SCORING_REQUIREMENTS:
+        try:
+            pins.append(f"{name}=={importlib_metadata.version(name)}")
+        except importlib_metadata.PackageNotFoundError:
+            continue
+    return pins
+
+
+def _mean_metric(results: pd.DataFrame) -> float:
+    values = pd.to_numeric(results["metric_value"], errors="coerce")
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if len(values) else float("nan")
+
+
+def log_many_models(results: pd.DataFrame, config: Config, silver_version: int):
+    """Log every usable series' model as one pyfunc (artifact ``model``) in the active
+    run and register it as a new version of ``config.mlflow.registered_model``.
+
+    Model version tags: ``mmf.silver_version``, ``mmf.run_id``, ``mmf.metric``,
+    ``mmf.metric_value`` (mean over the model's series), ``mmf.n_series``.
+
+    Returns:
+        The registered ``ModelVersion``.
+
+    Raises:
+        RegistryError: no active run, or no series with status ok or fallback.
+    """
+    run = mlflow.active_run()
+    if run is None:
+        raise RegistryError(
+            "log_many_models needs an active MLflow run: call it inside start_training_run(...)"
+        )
+    table = models_table(results, config)
+    if table.num_rows == 0:
+        raise RegistryError(
+            "no series has a usable model (status ok or fallback): nothing to register; see the run's per_series.parquet"
+        )
+    levels = [int(v) for v in config.levels]
+    usable = results[results["status"].isin(_USABLE)]
+    metric_value = _mean_metric(usable)
+    first = table.column(C.SERIES_ID)[0].as_py()
+    example = pd.DataFrame({C.SERIES_ID: [first], "horizon": [np.int64(min(3, config.horizon))]})
+    model_config = {
+        "format_version": FORMAT_VERSION,
+        "levels": levels,
+        "metric": config.backtest.metric,
+        "silver_version": int(silver_version),
+    }
+    with tempfile.TemporaryDirectory(prefix="mmf-models-") as tmp:
+        path = Path(tmp) / "models.parquet"
+        pq.write_table(table, path, compression="zstd")
+        info = mlflow.pyfunc.log_model(
+            name=ARTIFACT_NAME,
+            python_model=str(CODE_FILE),
+            artifacts={MODELS_ARTIFACT: str(path)},
+            model_config=model_config,
+            signature=signature(levels),
+            input_example=example,
+            pip_requirements=scoring_requirements(),
+            metadata={"mmf.format_version": FORMAT_VERSION, "mmf.n_series": table.num_rows},
+            registered_model_name=config.mlflow.registered_model,
+        )
+    client = mlflow.MlflowClient()
+    name = config.mlflow.registered_model
+    version = str(info.registered_model_version)
+    tags = {
+        "mmf.silver_version": str(int(silver_version)),
+        "mmf.run_id": run.info.run_id,
+        "mmf.metric": config.backtest.metric,
+        "mmf.metric_value": repr(metric_value),
+        "mmf.n_series": str(table.num_rows),
+    }
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    return client.get_model_version(name, version)
+
+
+# -- loading ---------------------------------------------------------------------------
+def _client(config: Config):
+    from registry.tracking import set_uris
+
+    return set_uris(config)
+
+
+def load_version(config: Config, version: str | int):
+    """The many-models pyfunc of one registered version.
+
+    Raises:
+        RegistryError: the version does not exist (the message lists those that do).
+    """
+    from registry.promotion import require_version
+
+    client = _client(config)
+    require_version(client, config.mlflow.registered_model, str(version))
+    return mlflow.pyfunc.load_model(f"models:/{config.mlflow.registered_model}/{version}")
+
+
+def load_champion(config: Config):
+    """The many-models pyfunc of the ``champion`` alias.
+
+    Raises:
+        RegistryError: there is no champion yet.
+    """
+    info = champion_info(config)
+    if info is None:
+        raise RegistryError(
+            f"registered model {config.mlflow.registered_model!r} has no champion: run `mmf train` "
+            "(the first version is promoted) or `mmf promote VERSION`"
+        )
+    return mlflow.pyfunc.load_model(f"models:/{config.mlflow.registered_model}@{CHAMPION}")
+
+
+def champion_info(config: Config) -> dict[str, Any] | None:
+    """``name, version, run_id, silver_version, promoted_at, metric, metric_value,
+    n_series`` of the champion, or ``None`` when there is none."""
+    client = _client(config)
+    name = config.mlflow.registered_model
+    try:
+        mv = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+    return version_info(mv)
+
+
+def version_info(mv) -> dict[str, Any]:
+    tags = mv.tags or {}
+
+    def num(key: str, cast):
+        try:
+            return cast(tags[key])
+        except (KeyError, ValueError, TypeError):
+            return None
+
+    return {
+        "name": mv.name,
+        "version": str(mv.version),
+        "run_id": tags.get("mmf.run_id") or mv.run_id,
+        "silver_version": num("mmf.silver_version", int),
+        "promoted_at": tags.get("mmf.promoted_at"),
+        "metric": tags.get("mmf.metric"),
+        "metric_value": num("mmf.metric_value", float),
+        "n_series": num("mmf.n_series", int),
+        "aliases": list(getattr(mv, "aliases", []) or []),
+    }
