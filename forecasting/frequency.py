@@ -9,28 +9,69 @@ import pandas as pd
 
 from forecasting.errors import FrequencyError
 
-# Seasons (in steps) per frequency: daily then weekly for sub-daily data.
-_SEASONS = {
-    pd.Timedelta("15min"): (96, 672),
-    pd.Timedelta("30min"): (48, 336),
-    pd.Timedelta("1h"): (24, 168),
-    pd.Timedelta("1D"): (7, 365),
-}
-
 
 def step_of(freq: str) -> pd.Timedelta:
     return pd.Timedelta(pd.tseries.frequencies.to_offset(freq))
 
 
 def seasonalities_for(freq: str) -> tuple[int, ...]:
-    """Seasons in steps, shortest first: ``h`` -> (24, 168), ``30min`` -> (48, 336)."""
-    step = step_of(freq)
-    if step in _SEASONS:
-        return _SEASONS[step]
-    if step < pd.Timedelta("1D"):
-        day = int(pd.Timedelta("1D") / step)
-        return (day, 7 * day)
-    return (1,)
+    """Season lengths in steps for a pandas frequency alias, main season first.
+
+    Sub-daily steps that divide a day give (steps per day, steps per week): ``"h"`` →
+    ``(24, 168)``, ``"30min"`` → ``(48, 336)``, ``"15min"`` → ``(96, 672)``. Daily gives
+    ``(7, 365)``; business days ``(5, 260)``; weekly ``(52,)``; monthly ``(12,)``;
+    quarterly ``(4,)``; anything else ``(1,)`` (no season).
+    """
+    off = pd.tseries.frequencies.to_offset(freq)
+    if isinstance(off, pd.offsets.Tick):
+        td, day = pd.Timedelta(off), pd.Timedelta(days=1)
+        if td < day and day % td == pd.Timedelta(0):
+            per_day = int(day // td)
+            return (per_day, 7 * per_day)
+        if td == day:
+            return (7, 365)
+        if td == 7 * day:
+            return (52,)
+        return (1,)
+    base = off.name.split("-")[0]
+    if base in ("B", "C"):
+        return (5, 260) if off.n == 1 else (1,)
+    if "Q" in base:
+        per_year = 4
+    elif "Y" in base or base.startswith("A"):
+        per_year = 1
+    elif base.startswith("SM"):
+        per_year = 24
+    elif "M" in base:
+        per_year = 12
+    elif base == "W":
+        per_year = 52
+    else:
+        per_year = 1
+    return (max(1, round(per_year / max(off.n, 1))),)
+
+
+def freq_of(ts: np.ndarray) -> str:
+    """The pandas alias of the timestamps' spacing (``pd.infer_freq``, else the median
+    step).
+
+    Raises:
+        FrequencyError: fewer than 2 timestamps.
+    """
+    idx = pd.DatetimeIndex(ts)
+    if len(idx) >= 3:
+        try:
+            freq = pd.infer_freq(idx)
+        except (TypeError, ValueError):
+            freq = None
+        if freq:
+            return freq
+    if len(idx) < 2:
+        raise FrequencyError(
+            f"cannot infer the frequency from {len(idx)} timestamp(s): set freq in the config"
+        )
+    step = pd.Timedelta(int(np.median(np.diff(idx.asi8))), unit="ns")
+    return pd.tseries.frequencies.to_offset(step).freqstr
 
 
 def alias(step: pd.Timedelta) -> str:
@@ -63,6 +104,12 @@ def infer_freq(steps: dict[str, pd.Timedelta | None], min_share: float = 0.1) ->
         )
     total = sum(counts.values())
     major = [(s, n) for s, n in counts.most_common() if n / total >= min_share]
+    if not major:  # many different steps, none shared by min_share of the series
+        listing = ", ".join(f"{alias(s)} ({n} series)" for s, n in counts.most_common(5))
+        raise FrequencyError(
+            f"cannot infer the frequency: no step is shared by {min_share:.0%} of the series "
+            f"(most common: {listing}); set `freq` in the config (e.g. freq: h)"
+        )
     if len(major) > 1:
         listing = ", ".join(f"{alias(s)} ({n} series)" for s, n in major)
         raise FrequencyError(

@@ -61,73 +61,13 @@ from forecasting.choice import (
 )
 from forecasting.config import Config
 from forecasting.contract import FAILED, SERIES_ID, TRAIN_RESULT, TS, Y
-from forecasting.errors import DataContractError, FrequencyError, ModelError
+from forecasting.errors import DataContractError, ModelError
+from forecasting.frequency import freq_of, seasonalities_for
 from forecasting.models import FORMAT_VERSION, Forecaster, get_model, load_model, model_class
 
 EXOG_COLUMN = "temperature"
 
 T = TypeVar("T")
-
-
-# -- frequency -------------------------------------------------------------------------
-def seasonalities_for(freq: str) -> tuple[int, ...]:
-    """Season lengths in steps for a pandas frequency alias, main season first.
-
-    Sub-daily steps that divide a day give (steps per day, steps per week): ``"h"`` →
-    ``(24, 168)``, ``"30min"`` → ``(48, 336)``, ``"15min"`` → ``(96, 672)``. Daily gives
-    ``(7, 365)``; business days ``(5, 260)``; weekly ``(52,)``; monthly ``(12,)``;
-    quarterly ``(4,)``; anything else ``(1,)`` (no season).
-    """
-    off = pd.tseries.frequencies.to_offset(freq)
-    if isinstance(off, pd.offsets.Tick):
-        td, day = pd.Timedelta(off), pd.Timedelta(days=1)
-        if td < day and day % td == pd.Timedelta(0):
-            per_day = int(day // td)
-            return (per_day, 7 * per_day)
-        if td == day:
-            return (7, 365)
-        if td == 7 * day:
-            return (52,)
-        return (1,)
-    base = off.name.split("-")[0]
-    if base in ("B", "C"):
-        return (5, 260) if off.n == 1 else (1,)
-    if "Q" in base:
-        per_year = 4
-    elif "Y" in base or base.startswith("A"):
-        per_year = 1
-    elif base.startswith("SM"):
-        per_year = 24
-    elif "M" in base:
-        per_year = 12
-    elif base == "W":
-        per_year = 52
-    else:
-        per_year = 1
-    return (max(1, round(per_year / max(off.n, 1))),)
-
-
-def infer_freq(ts: np.ndarray) -> str:
-    """The pandas alias of the timestamps' spacing (``pd.infer_freq``, else the median
-    step).
-
-    Raises:
-        FrequencyError: fewer than 2 timestamps.
-    """
-    idx = pd.DatetimeIndex(ts)
-    if len(idx) >= 3:
-        try:
-            freq = pd.infer_freq(idx)
-        except (TypeError, ValueError):
-            freq = None
-        if freq:
-            return freq
-    if len(idx) < 2:
-        raise FrequencyError(
-            f"cannot infer the frequency from {len(idx)} timestamp(s): set freq in the config"
-        )
-    step = pd.Timedelta(int(np.median(np.diff(idx.asi8))), unit="ns")
-    return pd.tseries.frequencies.to_offset(step).freqstr
 
 
 # -- per-candidate time limit ----------------------------------------------------------
@@ -317,7 +257,7 @@ def prepare(pdf: pd.DataFrame, config: Config) -> SeriesData:
         temp = pd.to_numeric(df[EXOG_COLUMN], errors="coerce").to_numpy(dtype=float)
         if np.all(np.isfinite(temp)):
             X = temp.reshape(-1, 1)
-    freq = config.freq or infer_freq(ts)
+    freq = config.freq or freq_of(ts)
     return SeriesData(
         series_id=str(df[SERIES_ID].iloc[0]),
         y=y,

@@ -15,16 +15,16 @@ import pytest
 from forecasting import contract
 from forecasting.choice import Candidate, combine, decide, rank
 from forecasting.config import from_dict
+from forecasting.frequency import freq_of as infer_freq
+from forecasting.frequency import seasonalities_for
 from forecasting.models import MODELS
 from forecasting.models.base import Forecaster, normal_intervals
 from forecasting.pipeline import (
     CandidateTimeout,
-    infer_freq,
     load_fitted,
     process_series,
     result_frame_empty,
     run_with_timeout,
-    seasonalities_for,
 )
 
 H = 24

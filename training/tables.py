@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import uuid
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -22,6 +23,8 @@ from forecasting import contract as C
 from forecasting.errors import TableError
 
 log = logging.getLogger(__name__)
+
+_COMMIT_KEY = "mmf.commit_id"  # commit metadata: identifies the commit a write made
 
 TABLE_NAMES = (
     "bronze/readings",
@@ -171,20 +174,30 @@ class Lakehouse:
         metadata: dict[str, str] | None = None,
     ) -> int:
         """Append or overwrite (optionally only where ``predicate`` holds); returns the
-        new table version. ``app_id``/``app_version`` record a Delta application
+        table version this write committed (not a version another writer committed
+        meanwhile). ``app_id``/``app_version`` record a Delta application
         transaction so a retried step can tell it already committed. A replace-where
         (``mode="overwrite"`` with a ``predicate``) on an absent table creates it."""
-        if predicate is not None and not self.exists(name):
+        exists = self.exists(name)
+        if predicate is not None and not exists:
             mode, predicate = "append", None  # nothing to replace yet: create the table
         schema = self.schema(name)
         data = df if isinstance(df, pa.Table) else to_arrow(df, schema)
         data = data.select(schema.names).cast(schema)
-        props = None
-        if app_id is not None or metadata:
-            props = CommitProperties(
-                app_transactions=[Transaction(app_id, int(app_version or 0))] if app_id else None,
-                custom_metadata={k: str(v) for k, v in (metadata or {}).items()} or None,
-            )
+        # A marker in the commit lets us find *our* version when the table is created,
+        # even if another writer committed right after us.
+        marker = uuid.uuid4().hex
+        props = CommitProperties(
+            app_transactions=[Transaction(app_id, int(app_version or 0))] if app_id else None,
+            custom_metadata={**{k: str(v) for k, v in (metadata or {}).items()}, _COMMIT_KEY: marker},
+        )
+        if exists:
+            # Writing through a loaded table leaves it at the version this write
+            # committed; re-reading the latest version could return another
+            # writer's commit (concurrent ingests).
+            target = self.table(name)
+            write_deltalake(target, data, mode=mode, predicate=predicate, commit_properties=props)
+            return target.version()
         write_deltalake(
             self.uri(name),
             data,
@@ -193,7 +206,14 @@ class Lakehouse:
             storage_options=self.storage_options,
             commit_properties=props,
         )
-        return self.table(name).version()
+        return self._committed_version(name, marker)
+
+    def _committed_version(self, name: str, marker: str) -> int:
+        t = self.table(name)
+        for commit in t.history():  # newest first; only reached when creating a table
+            if commit.get(_COMMIT_KEY) == marker:
+                return int(commit["version"])
+        return t.version()  # pragma: no cover - our commit is always in the log
 
     def txn_version(self, name: str, app_id: str) -> int | None:
         """The last application-transaction version committed under ``app_id``."""

@@ -68,7 +68,7 @@ def read_raw(path: Path, content: bytes) -> pd.DataFrame:
         raise DataContractError(f"{name}: the file is empty; expected a header and rows")
     if path.suffix.lower() == ".csv":
         try:
-            text = content.decode("utf-8")
+            text = content.decode("utf-8-sig")  # a byte-order mark (Excel) is still UTF-8
         except UnicodeDecodeError as exc:
             raise DataContractError(f"{name}: not UTF-8 (byte {exc.start}: {content[exc.start:exc.start + 1]!r}); save the file as UTF-8") from None
         try:
