@@ -8,16 +8,17 @@ it per series). It returns silver readings rows (``REFINE_OUT``), or a single ro
    ``cleaning.max_points_per_series``. ``all_missing``: no finite reading.
 2. Duplicated timestamps: ``duplicates: last`` keeps the reading ingested last (ties:
    the later row of the file); ``mean`` averages the conflicting values.
-3. ``irregular``: the series' modal spacing is not the collection's frequency, or its
-   timestamps are off the grid.
+3. ``irregular``: the series' modal spacing is not the collection's frequency, or more
+   than 1% of its timestamps are off the grid (the phase most of them share); the few
+   off-grid readings of a regular series are dropped.
 4. The series is put on the regular grid from its first to its last reading. Runs of
    missing steps up to ``cleaning.max_gap_fill`` are interpolated linearly; longer runs
    are filled from the same step one season earlier (else interpolated) and all filled
    steps are flagged ``is_filled``. ``too_many_gaps``: more than
    ``cleaning.max_missing_share`` of the grid was missing.
 5. ``negative_values``: more negative readings than ``cleaning.max_negative_share``.
-   ``constant``: a single distinct value. ``too_short``: fewer readings than
-   ``cleaning.min_length``.
+   ``constant``: a single distinct value over two or more readings. ``too_short``:
+   fewer readings than ``cleaning.min_length``.
 6. Outliers: a robust z-score of the residual to the seasonal median (the same hour of
    the week over the 5 nearest weeks, or of the day over 7 days for short series),
    scaled by that hour's MAD, above ``cleaning.outlier_z`` is flagged ``is_outlier``;
@@ -34,7 +35,7 @@ import pandas as pd
 import pyarrow as pa
 
 from forecasting import contract as C
-from forecasting.frequency import seasonalities_for, step_of
+from forecasting.frequency import alias, modal_step, seasonalities_for, step_of
 
 REFINE_OUT = pa.schema(
     [
@@ -84,7 +85,9 @@ def _clean(sid: str, pdf: pd.DataFrame, config: Any) -> pd.DataFrame:
     season = seasons[0]
 
     if len(pdf) > cfg.max_points_per_series:
-        return quarantine_row(sid, "too_large", f"{len(pdf)} rows > cleaning.max_points_per_series={cfg.max_points_per_series}")
+        return quarantine_row(
+            sid, "too_large", f"{len(pdf)} rows > cleaning.max_points_per_series={cfg.max_points_per_series}"
+        )
 
     sort_cols = [c for c in ("_ingested_at", "_row") if c in pdf.columns]
     df = pdf.sort_values(sort_cols, kind="stable") if sort_cols else pdf
@@ -93,7 +96,9 @@ def _clean(sid: str, pdf: pd.DataFrame, config: Any) -> pd.DataFrame:
     if not finite.any():
         return quarantine_row(sid, "all_missing", f"{len(y)} rows, none with a finite reading")
     temp = df["temperature"].to_numpy(dtype=float) if "temperature" in df else np.full(len(df), np.nan)
-    frame = pd.DataFrame({"ts": df[C.TS].to_numpy(dtype="datetime64[us]"), "y": np.where(finite, y, np.nan), "t": temp})
+    frame = pd.DataFrame(
+        {"ts": df[C.TS].to_numpy(dtype="datetime64[us]"), "y": np.where(finite, y, np.nan), "t": temp}
+    )
     frame = frame[frame["ts"].notna()]
 
     # 2. duplicates
@@ -109,11 +114,24 @@ def _clean(sid: str, pdf: pd.DataFrame, config: Any) -> pd.DataFrame:
 
     # 3. regularity
     ts = frame["ts"].to_numpy()
+    modal = modal_step(ts)
+    if modal is not None and modal != step:
+        return quarantine_row(
+            sid,
+            "irregular",
+            f"readings are mostly {alias(modal)} apart, not the collection's frequency {freq}",
+        )
     if len(ts) >= 2:
-        offsets = (ts - ts[0]).astype("timedelta64[ns]").astype("int64") % step.value
+        # the grid is the phase most timestamps share, so one stray first reading does
+        # not put every other reading off the grid
+        residues = ts.astype("datetime64[ns]").astype("int64") % step.value
+        values, counts = np.unique(residues, return_counts=True)
+        offsets = (residues - values[np.argmax(counts)]) % step.value
         off_grid = int((offsets != 0).sum())
         if off_grid > 0.01 * len(ts):
-            return quarantine_row(sid, "irregular", f"{off_grid} of {len(ts)} timestamps are off the {freq} grid")
+            return quarantine_row(
+                sid, "irregular", f"{off_grid} of {len(ts)} timestamps are off the {freq} grid"
+            )
         frame = frame[offsets == 0]
 
     # 4. regular grid and gaps
@@ -124,7 +142,8 @@ def _clean(sid: str, pdf: pd.DataFrame, config: Any) -> pd.DataFrame:
     n_missing = int(missing.sum())
     if len(grid) and n_missing / len(grid) > cfg.max_missing_share:
         return quarantine_row(
-            sid, "too_many_gaps",
+            sid,
+            "too_many_gaps",
             f"{n_missing} of {len(grid)} steps missing ({n_missing / len(grid):.0%} > cleaning.max_missing_share={cfg.max_missing_share})",
         )
 
@@ -132,13 +151,17 @@ def _clean(sid: str, pdf: pd.DataFrame, config: Any) -> pd.DataFrame:
     neg_share = float((valid < 0).mean())
     if neg_share > cfg.max_negative_share:
         return quarantine_row(
-            sid, "negative_values",
+            sid,
+            "negative_values",
             f"{int((valid < 0).sum())} negative readings ({neg_share:.1%} > cleaning.max_negative_share={cfg.max_negative_share}); min {valid.min():g}",
         )
-    if np.nanmax(valid) == np.nanmin(valid):
+    # a single reading is too short rather than constant
+    if len(valid) >= 2 and np.nanmax(valid) == np.nanmin(valid):
         return quarantine_row(sid, "constant", f"all {len(valid)} readings equal {valid[0]:g}")
     if len(valid) < cfg.min_length:
-        return quarantine_row(sid, "too_short", f"{len(valid)} valid readings < cleaning.min_length={cfg.min_length}")
+        return quarantine_row(
+            sid, "too_short", f"{len(valid)} valid readings < cleaning.min_length={cfg.min_length}"
+        )
 
     filled = _fill(yv, missing, cfg.max_gap_fill, season)
 

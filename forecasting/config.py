@@ -97,7 +97,7 @@ class Config:
     workers: int | None = None
     seed: int = 0
     country: str = "GB"
-    models: list[str] = field(default_factory=lambda: ["seasonal_naive", "ets", "theta", "mstl"])
+    models: list[str] = field(default_factory=lambda: ["seasonal_naive", "weekly_naive", "ets", "theta", "mstl"])
     model_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     model_timeout_s: float = 60
     backtest: Backtest = field(default_factory=Backtest)
@@ -139,54 +139,123 @@ class Config:
     def validate(self) -> "Config":
         from forecasting.models import MODELS
 
-        _check(self.horizon, "horizon", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1")
+        _check(self.horizon, "horizon", lambda v: _is_int(v) and v >= 1, "an integer >= 1")
         _check(
             self.levels,
             "levels",
-            lambda v: isinstance(v, list) and v and all(isinstance(x, int) and 0 < x < 100 for x in v),
+            lambda v: isinstance(v, list) and v and all(_is_int(x) and 0 < x < 100 for x in v),
             "a non-empty list of integers between 1 and 99",
         )
         self.levels = sorted(set(self.levels))
         _check(self.engine, "engine", lambda v: v in ENGINES, f"one of {', '.join(ENGINES)}")
-        _check(self.workers, "workers", lambda v: v is None or (isinstance(v, int) and v >= 1), "null or an integer >= 1")
-        _check(self.freq, "freq", _valid_freq, "null or a pandas frequency alias such as h, 30min, D")
-        _check(self.models, "models", lambda v: isinstance(v, list) and len(v) > 0, "a non-empty list of model names")
+        _check(
+            self.workers, "workers", lambda v: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1"
+        )
+        _check(
+            self.freq,
+            "freq",
+            _valid_freq,
+            "null or a pandas frequency alias such as h, 30min, D (not the deprecated H, T)",
+        )
+        _check(
+            self.models,
+            "models",
+            lambda v: isinstance(v, list) and len(v) > 0,
+            "a non-empty list of model names",
+        )
         for name in self.models:
             _check(name, "models", lambda v: v in MODELS, f"one of {', '.join(sorted(MODELS))}")
         for name in self.model_params:
             _check(name, "model_params", lambda v: v in MODELS, f"keys among {', '.join(sorted(MODELS))}")
-        _check(self.model_timeout_s, "model_timeout_s", lambda v: isinstance(v, (int, float)) and v > 0, "a number > 0")
-        _check(self.backtest.windows, "backtest.windows", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1")
-        _check(self.backtest.step, "backtest.step", lambda v: v is None or (isinstance(v, int) and v >= 1), "null or an integer >= 1")
-        _check(self.backtest.metric, "backtest.metric", lambda v: v in METRIC_NAMES, f"one of {', '.join(METRIC_NAMES)}")
-        _check(self.ensemble.top_k, "ensemble.top_k", lambda v: isinstance(v, int) and v >= 2, "an integer >= 2")
+        _check(
+            self.model_timeout_s,
+            "model_timeout_s",
+            lambda v: isinstance(v, (int, float)) and v > 0,
+            "a number > 0",
+        )
+        _check(self.backtest.windows, "backtest.windows", lambda v: _is_int(v) and v >= 1, "an integer >= 1")
+        _check(
+            self.backtest.step,
+            "backtest.step",
+            lambda v: v is None or (_is_int(v) and v >= 1),
+            "null or an integer >= 1",
+        )
+        _check(
+            self.backtest.metric,
+            "backtest.metric",
+            lambda v: v in METRIC_NAMES,
+            f"one of {', '.join(METRIC_NAMES)}",
+        )
+        _check(self.ensemble.top_k, "ensemble.top_k", lambda v: _is_int(v) and v >= 2, "an integer >= 2")
         _check(self.ensemble.method, "ensemble.method", lambda v: v in ("mean", "median"), "mean or median")
         c = self.cleaning
-        _check(c.min_length, "cleaning.min_length", lambda v: isinstance(v, int) and v >= 2, "an integer >= 2")
-        _check(c.max_gap_fill, "cleaning.max_gap_fill", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")
+        _check(c.min_length, "cleaning.min_length", lambda v: _is_int(v) and v >= 2, "an integer >= 2")
+        _check(c.max_gap_fill, "cleaning.max_gap_fill", lambda v: _is_int(v) and v >= 0, "an integer >= 0")
+        _check(
+            c.max_points_per_series,
+            "cleaning.max_points_per_series",
+            lambda v: _is_int(v) and v >= 1,
+            "an integer >= 1",
+        )
+        _check(c.clip_outliers, "cleaning.clip_outliers", lambda v: isinstance(v, bool), "true or false")
         for key in ("max_missing_share", "max_negative_share"):
-            _check(getattr(c, key), f"cleaning.{key}", lambda v: isinstance(v, (int, float)) and 0 <= v <= 1, "a share between 0 and 1")
-        _check(c.outlier_z, "cleaning.outlier_z", lambda v: isinstance(v, (int, float)) and v > 0, "a number > 0")
+            _check(
+                getattr(c, key),
+                f"cleaning.{key}",
+                lambda v: isinstance(v, (int, float)) and 0 <= v <= 1,
+                "a share between 0 and 1",
+            )
+        _check(
+            c.outlier_z, "cleaning.outlier_z", lambda v: isinstance(v, (int, float)) and v > 0, "a number > 0"
+        )
         _check(c.duplicates, "cleaning.duplicates", lambda v: v in ("last", "mean"), "last or mean")
-        _check(self.mlflow.promotion_tolerance, "mlflow.promotion_tolerance", lambda v: isinstance(v, (int, float)) and v >= 0, "a number >= 0")
-        _check(self.mlflow.registered_model, "mlflow.registered_model", lambda v: isinstance(v, str) and v.strip() != "", "a non-empty name")
-        _check(self.nightly.max_failed_share, "nightly.max_failed_share", lambda v: isinstance(v, (int, float)) and 0 <= v <= 1, "a share between 0 and 1")
-        _check(self.serve.port, "serve.port", lambda v: isinstance(v, int) and 0 <= v < 65536, "a port number 0..65535")
+        _check(
+            self.mlflow.promotion_tolerance,
+            "mlflow.promotion_tolerance",
+            lambda v: isinstance(v, (int, float)) and v >= 0,
+            "a number >= 0",
+        )
+        _check(
+            self.mlflow.registered_model,
+            "mlflow.registered_model",
+            lambda v: isinstance(v, str) and v.strip() != "",
+            "a non-empty name",
+        )
+        _check(
+            self.nightly.max_failed_share,
+            "nightly.max_failed_share",
+            lambda v: isinstance(v, (int, float)) and 0 <= v <= 1,
+            "a share between 0 and 1",
+        )
+        _check(
+            self.serve.port, "serve.port", lambda v: _is_int(v) and 0 <= v < 65536, "a port number 0..65535"
+        )
         return self
 
 
 def _valid_freq(value: Any) -> bool:
+    """A pandas alias; deprecated ones (``H``, ``T``, ``M``) are refused whatever the
+    warning filters, and a fixed step must be positive (``0h`` would divide by zero)."""
     if value is None:
         return True
     if not isinstance(value, str):
         return False
+    import warnings
+
     import pandas as pd
 
     try:
-        pd.tseries.frequencies.to_offset(value)
-    except ValueError:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)
+            offset = pd.tseries.frequencies.to_offset(value)
+    except (ValueError, TypeError, FutureWarning):
         return False
-    return True
+    return not isinstance(offset, pd.offsets.Tick) or pd.Timedelta(offset) > pd.Timedelta(0)
+
+
+def _is_int(value: Any) -> bool:
+    """An integer setting; YAML booleans (``yes``/``true``) are not integers."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check(value: Any, key: str, ok, allowed: str) -> None:
@@ -201,8 +270,12 @@ def _check(value: Any, key: str, ok, allowed: str) -> None:
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
     node = data
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
+    for i, part in enumerate(parts[:-1]):
+        if node.get(part) is None:  # absent, or a section left empty in the YAML
+            node[part] = {}
+        elif not isinstance(node[part], dict):
+            raise ConfigError(".".join(parts[: i + 1]), node[part], "a mapping of settings")
+        node = node[part]
     node[parts[-1]] = value
 
 

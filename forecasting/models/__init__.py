@@ -15,11 +15,11 @@ from forecasting.models.base import FORMAT_VERSION, Forecaster
 from forecasting.models.ets import ETS
 from forecasting.models.mstl import MSTL
 from forecasting.models.prophet_model import ProphetModel
-from forecasting.models.seasonal_naive import SeasonalNaive
+from forecasting.models.seasonal_naive import SeasonalNaive, WeeklyNaive
 from forecasting.models.theta import Theta
 
 MODELS: dict[str, type[Forecaster]] = {
-    cls.name: cls for cls in (SeasonalNaive, ETS, ARIMA, Theta, MSTL, ProphetModel)
+    cls.name: cls for cls in (SeasonalNaive, WeeklyNaive, ETS, ARIMA, Theta, MSTL, ProphetModel)
 }
 
 

@@ -10,11 +10,13 @@ A fitted model serializes to explicit, versioned, JSON-compatible data with
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Sequence
+import contextlib
+import warnings
+from typing import Any, ClassVar, Iterator, Sequence
 
 import numpy as np
 
-from forecasting.errors import ModelError
+from forecasting.errors import ConfigError, ModelError
 
 FORMAT_VERSION = 1
 
@@ -46,9 +48,7 @@ class Forecaster:
         self.params = dict(params)
 
     # -- to implement -------------------------------------------------------------
-    def fit(
-        self, y: np.ndarray, X: np.ndarray | None = None, ts: np.ndarray | None = None
-    ) -> "Forecaster":
+    def fit(self, y: np.ndarray, X: np.ndarray | None = None, ts: np.ndarray | None = None) -> "Forecaster":
         """Fit on history ``y`` (1-d float, no NaN), optional regressors ``X`` (n x k)
         and timestamps ``ts`` (datetime64, same length as ``y``)."""
         raise NotImplementedError
@@ -115,3 +115,50 @@ def normal_intervals(
         out[f"lo-{lv}"] = out["mean"] - z * sigma
         out[f"hi-{lv}"] = out["mean"] + z * sigma
     return out
+
+
+# -- helpers shared by the models --------------------------------
+@contextlib.contextmanager
+def quiet_fit() -> Iterator[None]:
+    """Around statsmodels work: warnings off (a fit is judged by its result, and
+    ``-W error`` must not trip on a ConvergenceWarning) and BLAS on one thread (the
+    matrices are tiny; under CPU contention a multi-threaded OpenBLAS made ARIMA fits
+    10-30x slower). statsmodels must be imported before entering: its first import adds
+    "always" warning filters, which inside the block would beat the "ignore"."""
+    from threadpoolctl import threadpool_limits
+
+    with warnings.catch_warnings(), threadpool_limits(limits=1, user_api="blas"):
+        warnings.simplefilter("ignore")
+        yield
+
+
+def check_keys(model: str, params: dict[str, Any], allowed: Sequence[str]) -> None:
+    for key in params:
+        if key not in allowed:
+            raise ConfigError(f"{model}.{key}", params[key], f"one of {', '.join(allowed)}")
+
+
+def max_history(model: str, params: dict[str, Any], default: int) -> int | None:
+    value = params.get("max_history", default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 10:
+        raise ConfigError(f"{model}.max_history", value, "null or an integer >= 10")
+    return value
+
+
+def clean_y(model: str, y: Any, max_history: int | None) -> np.ndarray:
+    y = np.asarray(y, dtype=float)
+    if y.ndim != 1:
+        raise ModelError(f"{model} expects a 1-d series; got shape {y.shape}")
+    if not np.all(np.isfinite(y)):
+        raise ModelError(f"{model} got {int(np.sum(~np.isfinite(y)))} missing or infinite values")
+    if max_history is not None:
+        y = y[-max_history:]
+    return y
+
+
+def check_h(h: Any) -> int:
+    if isinstance(h, bool) or int(h) != h or h < 1:
+        raise ModelError(f"horizon h must be a positive integer; got {h!r}")
+    return int(h)

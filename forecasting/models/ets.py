@@ -8,13 +8,20 @@ and the residual variance.
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, Sequence
 
 import numpy as np
 
 from forecasting.errors import ConfigError, ModelError
-from forecasting.models.base import Forecaster, normal_intervals
+from forecasting.models.base import (
+    Forecaster,
+    check_h,
+    check_keys,
+    clean_y,
+    max_history,
+    normal_intervals,
+    quiet_fit,
+)
 
 _TRENDS = (None, "add")
 _SEASONALS = (None, "add", "mul")
@@ -54,7 +61,7 @@ class ETS(Forecaster):
         **params: Any,
     ) -> None:
         super().__init__(season_length, seasonalities, freq, **params)
-        _check_keys(self.name, params, ("trend", "damped", "seasonal", "max_history"))
+        check_keys(self.name, params, ("trend", "damped", "seasonal", "max_history"))
         self.trend = params.get("trend", "add")
         self.damped = bool(params.get("damped", True))
         self.seasonal = params.get("seasonal", "add")
@@ -64,14 +71,14 @@ class ETS(Forecaster):
             raise ConfigError("ets.seasonal", self.seasonal, "null, 'add' or 'mul'")
         if self.seasonal is not None and self.season_length < 2:
             raise ConfigError("season_length", self.season_length, "an integer >= 2")
-        self.max_history = _max_history(
+        self.max_history = max_history(
             self.name, params, 4 * max(self.seasonalities or (self.season_length,))
         )
 
     def fit(self, y, X=None, ts=None):
         from statsmodels.tsa.exponential_smoothing.ets import ETSModel
 
-        y = _clean_y(self.name, y, self.max_history)
+        y = clean_y(self.name, y, self.max_history)
         m = self.season_length if self.seasonal else 0
         min_len = max(10, 2 * m, 10 + 2 * (m // 2)) if m else 10
         if len(y) < min_len:
@@ -87,8 +94,7 @@ class ETS(Forecaster):
             )
         has_trend = self.trend is not None
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with quiet_fit():
                 model = ETSModel(
                     y,
                     error="add",
@@ -111,15 +117,18 @@ class ETS(Forecaster):
         self.slope_ = float(states[-1, 1]) if has_trend else 0.0
         # The season for steps T+1..T+m is s_{T-m+1..T}: the last m seasonal states.
         self.season_ = states[-m:, -1].copy() if m else np.zeros(0)
-        self.sigma2_ = float(np.mean(np.asarray(res.resid, dtype=float) ** 2))
+        self.resid_ = np.asarray(res.resid, dtype=float)  # one-step errors; not part of the state
+        self.sigma2_ = float(np.mean(self.resid_**2))
         values = [self.alpha_, self.beta_, self.gamma_, self.phi_, self.level_]
         values += [self.slope_, self.sigma2_, *self.season_]
         if not np.all(np.isfinite(values)):
             raise ModelError(f"ets fit on {len(y)} points gave non-finite parameters")
+        if self.seasonal == "mul" and np.min(self.season_) <= 0:
+            raise ModelError("ets(seasonal='mul') ended with a seasonal factor <= 0. Use seasonal='add'.")
         return self
 
     def predict(self, h, X=None, level: Sequence[int] = (80, 95)):
-        h = _check_h(h)
+        h = check_h(h)
         steps = np.arange(1, h + 1)
         # phi_h = phi + phi^2 + ... + phi^h (= h without damping)
         phi_pow = self.phi_ ** np.arange(1, h + 1)
@@ -176,36 +185,3 @@ class ETS(Forecaster):
         self.slope_ = float(state["slope"])
         self.season_ = np.asarray(state["season"], dtype=float)
         self.sigma2_ = float(state["sigma2"])
-
-
-# -- small helpers shared by the statsmodels-based models --------------------------------
-def _check_keys(model: str, params: dict[str, Any], allowed: Sequence[str]) -> None:
-    for key in params:
-        if key not in allowed:
-            raise ConfigError(f"{model}.{key}", params[key], f"one of {', '.join(allowed)}")
-
-
-def _max_history(model: str, params: dict[str, Any], default: int) -> int | None:
-    value = params.get("max_history", default)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 10:
-        raise ConfigError(f"{model}.max_history", value, "null or an integer >= 10")
-    return value
-
-
-def _clean_y(model: str, y: Any, max_history: int | None) -> np.ndarray:
-    y = np.asarray(y, dtype=float)
-    if y.ndim != 1:
-        raise ModelError(f"{model} expects a 1-d series; got shape {y.shape}")
-    if not np.all(np.isfinite(y)):
-        raise ModelError(f"{model} got {int(np.sum(~np.isfinite(y)))} missing or infinite values")
-    if max_history is not None:
-        y = y[-max_history:]
-    return y
-
-
-def _check_h(h: Any) -> int:
-    if isinstance(h, bool) or int(h) != h or h < 1:
-        raise ModelError(f"horizon h must be a positive integer; got {h!r}")
-    return int(h)

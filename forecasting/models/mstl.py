@@ -1,27 +1,30 @@
 """MSTL: several seasons removed by statsmodels' MSTL, the rest forecast by ETS.
 
 The seasonal components are repeated forward (last full cycle of each); the seasonally
-adjusted series (trend + remainder) is forecast by a non-seasonal damped-trend ETS,
-which also gives the prediction intervals (as statsforecast's MSTL does: the seasonal
-components are treated as known). State: the last cycle of each component plus the
-ETS state.
+adjusted series (trend + remainder) is forecast by a non-seasonal damped-trend ETS.
+State: the last cycle of each component plus the ETS state.
 """
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, Sequence
 
 import numpy as np
 
 from forecasting.errors import ConfigError, ModelError
-from forecasting.models.base import Forecaster
-from forecasting.models.ets import ETS, _check_h, _check_keys, _clean_y, _max_history
+from forecasting.models.base import Forecaster, check_h, check_keys, clean_y, max_history, quiet_fit
+from forecasting.models.ets import ETS
 
 
 class MSTL(Forecaster):
     """Multiple seasonal-trend decomposition by Loess, with an ETS(A,Ad,N) forecast of
     the seasonally adjusted series.
+
+    Intervals: the ETS forecast variance, ``sigma2 * (1 + sum c_j^2)``, with ``sigma2``
+    the mean squared one-step error when each seasonal component is taken one cycle
+    back (as the forecast takes it) rather than the ETS residual variance, which is too
+    small because the components were fitted to the same points. Hours with larger
+    swings (peaks) still get too narrow intervals: the variance is one for all steps.
 
     Seasons come from ``seasonalities`` (e.g. 24 and 168 for hourly data). A season
     needs more than two full cycles in the fitted history; seasons that do not fit are
@@ -49,7 +52,7 @@ class MSTL(Forecaster):
         **params: Any,
     ) -> None:
         super().__init__(season_length, seasonalities, freq, **params)
-        _check_keys(self.name, params, ("damped", "iterate", "max_history"))
+        check_keys(self.name, params, ("damped", "iterate", "max_history"))
         self.damped = bool(params.get("damped", True))
         self.iterate = params.get("iterate", 2)
         if isinstance(self.iterate, bool) or not isinstance(self.iterate, int) or self.iterate < 1:
@@ -58,7 +61,7 @@ class MSTL(Forecaster):
         if any(p < 2 for p in periods):
             raise ConfigError("seasonalities", list(self.seasonalities), "integers >= 2")
         self.periods = tuple(periods)
-        self.max_history = _max_history(self.name, params, 4 * max(self.periods))
+        self.max_history = max_history(self.name, params, 4 * max(self.periods))
 
     def _trend_model(self) -> ETS:
         return ETS(
@@ -74,7 +77,7 @@ class MSTL(Forecaster):
     def fit(self, y, X=None, ts=None):
         from statsmodels.tsa.seasonal import MSTL as _MSTL
 
-        y = _clean_y(self.name, y, self.max_history)
+        y = clean_y(self.name, y, self.max_history)
         periods = [p for p in self.periods if 2 * p < len(y)]  # statsmodels' own rule
         if not periods:
             raise ModelError(
@@ -83,8 +86,7 @@ class MSTL(Forecaster):
                 f"{len(y)}. Use a longer history or another model."
             )
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with quiet_fit():
                 decomposition = _MSTL(y, periods=periods, iterate=self.iterate)
                 res = decomposition.fit()
         except (ValueError, np.linalg.LinAlgError) as exc:
@@ -95,12 +97,20 @@ class MSTL(Forecaster):
         self.seasons_ = [seasonal[-p:, i].copy() for i, p in enumerate(periods)]
         adjusted = y - seasonal.sum(axis=1)
         self.trend_ = self._trend_model().fit(adjusted)
+        # The ETS errors alone are too small: each seasonal component was fitted to the
+        # very points it explains (80% intervals covered ~55% in a backtest). Use the
+        # one-step errors with every component taken one cycle back, as the forecast
+        # takes it, for the interval variance.
+        lag = max(periods)
+        extrapolated = sum(seasonal[lag - p : len(y) - p, i] for i, p in enumerate(periods))
+        errors = self.trend_.resid_[lag:] + seasonal[lag:].sum(axis=1) - extrapolated
+        self.trend_.sigma2_ = float(np.mean(errors**2))
         if not all(np.all(np.isfinite(s)) for s in self.seasons_):
             raise ModelError(f"mstl decomposition on {len(y)} points is not finite")
         return self
 
     def predict(self, h, X=None, level: Sequence[int] = (80, 95)):
-        h = _check_h(h)
+        h = check_h(h)
         out = self.trend_.predict(h, level=level)
         season = np.zeros(h)
         for s in self.seasons_:

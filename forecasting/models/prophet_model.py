@@ -23,8 +23,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from forecasting.errors import ConfigError, ModelError
-from forecasting.models.base import Forecaster
-from forecasting.models.ets import _check_h, _check_keys, _clean_y, _max_history
+from forecasting.models.base import Forecaster, check_h, check_keys, clean_y, max_history
 
 _QUIET_LOGGERS = ("prophet", "prophet.plot", "prophet.models", "cmdstanpy")
 _MODES = ("additive", "multiplicative")
@@ -74,7 +73,7 @@ class ProphetModel(Forecaster):
             "seed",
             "max_history",
         )
-        _check_keys(self.name, params, allowed)
+        check_keys(self.name, params, allowed)
         self.country = params.get("country", "GB")
         self.changepoint_prior_scale = params.get("changepoint_prior_scale", 0.05)
         self.seasonality_mode = params.get("seasonality_mode", "additive")
@@ -92,14 +91,14 @@ class ProphetModel(Forecaster):
             raise ConfigError("prophet.uncertainty_samples", n, "an integer >= 50")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError("prophet.seed", self.seed, "an integer >= 0")
-        self.max_history = _max_history(
+        self.max_history = max_history(
             self.name, params, 4 * max(self.seasonalities or (self.season_length,))
         )
 
     def fit(self, y, X=None, ts=None):
         import pandas as pd
 
-        y = _clean_y(self.name, y, None)
+        y = clean_y(self.name, y, None)
         if ts is None:
             raise ModelError("prophet needs the timestamps: call fit(y, X, ts=...)")
         ts = pd.DatetimeIndex(pd.to_datetime(np.asarray(ts)))
@@ -144,7 +143,7 @@ class ProphetModel(Forecaster):
     def predict(self, h, X=None, level: Sequence[int] = (80, 95)):
         import pandas as pd
 
-        h = _check_h(h)
+        h = check_h(h)
         last = pd.Timestamp(self.last_ts_)
         future = pd.DataFrame({"ds": pd.date_range(last, periods=h + 1, freq=self.freq)[1:]})
         if self.has_temperature_:

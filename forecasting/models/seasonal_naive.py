@@ -7,7 +7,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from forecasting.errors import ModelError
-from forecasting.models.base import Forecaster, normal_intervals
+from forecasting.models.base import Forecaster, check_keys, clean_y, normal_intervals
 
 
 class SeasonalNaive(Forecaster):
@@ -20,9 +20,13 @@ class SeasonalNaive(Forecaster):
     name = "seasonal_naive"
     description = "Repeats the last season; the fallback model (configurable season)."
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        check_keys(self.name, self.params, ("season",))
+
     def fit(self, y, X=None, ts=None):
         m = int(self.params.get("season", self.season_length))
-        y = np.asarray(y, dtype=float)
+        y = clean_y(self.name, y, None)
         if len(y) == 0:
             raise ModelError("seasonal_naive needs at least one observation")
         m = min(m, len(y))
@@ -44,3 +48,20 @@ class SeasonalNaive(Forecaster):
     def set_state(self, state: dict[str, Any]) -> None:
         self.last_season_ = np.asarray(state["last_season"], dtype=float)
         self.sigma_ = float(state["sigma"])
+
+
+class WeeklyNaive(SeasonalNaive):
+    """Seasonal naive at the longest season (a week for sub-daily data): the value at
+    the same time last week. For load with a weekly rhythm (weekends, opening hours) it
+    is a strong, nearly free baseline.
+
+    Params: ``season`` overrides the longest of ``seasonalities``.
+    """
+
+    name = "weekly_naive"
+    description = "Repeats the last week (the longest season); a strong baseline for load."
+
+    def fit(self, y, X=None, ts=None):
+        if "season" not in self.params:
+            self.params = {**self.params, "season": max(self.seasonalities)}
+        return super().fit(y, X, ts)

@@ -7,14 +7,20 @@ the SES level and the seasonal factors, which is all the state holds.
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, Sequence
 
 import numpy as np
 
 from forecasting.errors import ConfigError, ModelError
-from forecasting.models.base import Forecaster, normal_intervals
-from forecasting.models.ets import _check_h, _check_keys, _clean_y, _max_history
+from forecasting.models.base import (
+    Forecaster,
+    check_h,
+    check_keys,
+    clean_y,
+    max_history,
+    normal_intervals,
+    quiet_fit,
+)
 
 _METHODS = ("auto", "additive", "multiplicative")
 
@@ -55,7 +61,7 @@ class Theta(Forecaster):
         **params: Any,
     ) -> None:
         super().__init__(season_length, seasonalities, freq, **params)
-        _check_keys(self.name, params, ("theta", "deseasonalize", "method", "max_history"))
+        check_keys(self.name, params, ("theta", "deseasonalize", "method", "max_history"))
         self.theta = params.get("theta", 2.0)
         self.deseasonalize = bool(params.get("deseasonalize", True))
         self.method = params.get("method", "auto")
@@ -65,14 +71,14 @@ class Theta(Forecaster):
             raise ConfigError("theta.method", self.method, f"one of {', '.join(_METHODS)}")
         if self.deseasonalize and self.season_length < 2:
             raise ConfigError("season_length", self.season_length, "an integer >= 2")
-        self.max_history = _max_history(
+        self.max_history = max_history(
             self.name, params, 4 * max(self.seasonalities or (self.season_length,))
         )
 
     def fit(self, y, X=None, ts=None):
         from statsmodels.tsa.forecasting.theta import ThetaModel
 
-        y = _clean_y(self.name, y, self.max_history)
+        y = clean_y(self.name, y, self.max_history)
         m = self.season_length
         min_len = max(10, 2 * m) if self.deseasonalize else 10
         if len(y) < min_len:
@@ -88,8 +94,7 @@ class Theta(Forecaster):
                 f"the minimum is {np.min(y):g}. Use method='additive'."
             )
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with quiet_fit():
                 model = ThetaModel(
                     y,
                     period=m if self.deseasonalize else None,
@@ -124,7 +129,7 @@ class Theta(Forecaster):
         return self
 
     def predict(self, h, X=None, level: Sequence[int] = (80, 95)):
-        h = _check_h(h)
+        h = check_h(h)
         alpha, theta = self.alpha_, float(self.theta)
         steps = np.arange(h, dtype=float)  # h - 1
         if alpha > 0:
