@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -41,6 +42,7 @@ class TrainReport:
     chosen: dict[str, int] = field(default_factory=dict)
     decision: object | None = None
     results: pd.DataFrame | None = None
+    timings: dict[str, float] = field(default_factory=dict)  # engine_s, mlflow_s, gold_write_s
 
     @property
     def failed_share(self) -> float:
@@ -95,18 +97,31 @@ def train(
     if series_ids:
         quarantine = quarantine[quarantine[C.SERIES_ID].isin(series_ids)]
 
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = timings.get(name, 0.0) + now - clock
+        clock = now
+
     with tracking.start_training_run(cfg, silver_version=version, engine=engine.name) as run:
         run_id = run.info.run_id
         if series_ids:
             tracking.log_series_subset(list(series_ids))
+        lap("mlflow_s")
         results = engine.map_groups(
             readings, C.SERIES_ID, process_series, C.TRAIN_RESULT, cfg, on_error=failed_result, progress=progress
         )
+        lap("engine_s")
         metrics = tracking.log_results(results, cfg, history=readings, n_quarantined=len(quarantine))
         usable = results["status"].isin([C.OK, C.FALLBACK])
         mv = pyfunc.log_many_models(results, cfg, silver_version=version) if usable.any() else None
         decision = promotion.gate(cfg, str(mv.version), results) if mv is not None else None
+        lap("mlflow_s")
         write_gold_training(lake, cfg, run_id, version, results, quarantine)
+        lap("gold_write_s")
 
     counts = results["status"].value_counts().to_dict()
     if len(quarantine):
@@ -122,6 +137,7 @@ def train(
         chosen=results.loc[usable, "model"].value_counts().to_dict(),
         decision=decision,
         results=results,
+        timings=timings,
     )
 
 

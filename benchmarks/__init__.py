@@ -1,0 +1,1 @@
+"""Benchmarks: each script records its results under benchmarks/results/."""
