@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
-EXTRAS ?= dev,serve
+EXTRAS ?= dev,serve,spark
 PIP     = $(PY) -m pip install --disable-pip-version-check -q
 
 .PHONY: demo test test-all lint install clean

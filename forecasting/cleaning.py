@@ -6,6 +6,9 @@ it per series). It returns silver readings rows (``REFINE_OUT``), or a single ro
 
 1. Non-finite ``y`` (NaN, ±inf) counts as missing. ``too_large``: more rows than
    ``cleaning.max_points_per_series``. ``all_missing``: no finite reading.
+   ``future_timestamps``: a reading later than now + 1 day (:data:`FUTURE_TOLERANCE`).
+   The whole series is quarantined rather than the readings dropped: a meter clock
+   running ahead makes all its timestamps suspect, and its cutoff would be in the future.
 2. Duplicated timestamps: ``duplicates: last`` keeps the reading ingested last (ties:
    the later row of the file); ``mean`` averages the conflicting values.
 3. ``irregular``: the series' modal spacing is not the collection's frequency, or more
@@ -36,6 +39,8 @@ import pyarrow as pa
 
 from forecasting import contract as C
 from forecasting.frequency import alias, modal_step, seasonalities_for, step_of
+
+FUTURE_TOLERANCE = pd.Timedelta("1D")  # readings later than now + this: future_timestamps
 
 REFINE_OUT = pa.schema(
     [
@@ -95,6 +100,15 @@ def _clean(sid: str, pdf: pd.DataFrame, config: Any) -> pd.DataFrame:
     finite = np.isfinite(y)
     if not finite.any():
         return quarantine_row(sid, "all_missing", f"{len(y)} rows, none with a finite reading")
+    stamps = df[C.TS].to_numpy(dtype="datetime64[us]")
+    limit = np.datetime64(pd.Timestamp.now(tz="UTC").tz_localize(None) + FUTURE_TOLERANCE, "us")
+    future = stamps > limit  # NaT compares False
+    if future.any():
+        return quarantine_row(
+            sid,
+            "future_timestamps",
+            f"{int(future.sum())} reading(s) later than now + 1 day ({limit}); the latest is {stamps[future].max()}",
+        )
     temp = df["temperature"].to_numpy(dtype=float) if "temperature" in df else np.full(len(df), np.nan)
     frame = pd.DataFrame(
         {"ts": df[C.TS].to_numpy(dtype="datetime64[us]"), "y": np.where(finite, y, np.nan), "t": temp}

@@ -22,6 +22,7 @@ from forecasting.errors import ConfigError
 
 METRIC_NAMES = ("mae", "rmse", "smape", "mase", "bias", "pinball")
 ENGINES = ("local", "spark")
+EXTRA_COLUMNS = ("ignore", "refuse", "add")  # ingest.extra_columns
 
 
 @dataclass
@@ -60,6 +61,11 @@ class MLflow:
 
 
 @dataclass
+class Ingest:
+    extra_columns: str = "ignore"
+
+
+@dataclass
 class Nightly:
     source: str | None = None
     max_failed_share: float = 0.2
@@ -70,6 +76,16 @@ class Tune:
     enabled: bool = False
     max_evals: int = 10
     timeout_s: float = 30
+    windows: int = 1
+    search_spaces: str | None = None
+    parallelism: int = 2
+    global_timeout_s: float = 900
+
+
+@dataclass
+class Deep:
+    num_processes: int = 1
+    use_gpu: str = "auto"
 
 
 @dataclass
@@ -90,6 +106,7 @@ class Serve:
 class Config:
     lakehouse: str = "./lakehouse"
     storage_options: dict[str, str] = field(default_factory=dict)
+    retention_hours: int = 168
     freq: str | None = None
     horizon: int = 48
     levels: list[int] = field(default_factory=lambda: [80, 95])
@@ -102,10 +119,12 @@ class Config:
     model_timeout_s: float = 60
     backtest: Backtest = field(default_factory=Backtest)
     ensemble: Ensemble = field(default_factory=Ensemble)
+    ingest: Ingest = field(default_factory=Ingest)
     cleaning: Cleaning = field(default_factory=Cleaning)
     mlflow: MLflow = field(default_factory=MLflow)
     nightly: Nightly = field(default_factory=Nightly)
     tune: Tune = field(default_factory=Tune)
+    deep: Deep = field(default_factory=Deep)
     spark: Spark = field(default_factory=Spark)
     serve: Serve = field(default_factory=Serve)
 
@@ -137,9 +156,23 @@ class Config:
         return "sqlite:///" + str(Path(self.lakehouse).resolve() / "mlflow.db")
 
     def validate(self) -> "Config":
-        from forecasting.models import MODELS
+        from forecasting.models import all_models
+
+        MODELS = all_models()  # per-series and global models
 
         _check(self.horizon, "horizon", lambda v: _is_int(v) and v >= 1, "an integer >= 1")
+        _check(
+            self.retention_hours,
+            "retention_hours",
+            lambda v: _is_int(v) and v >= 0,
+            "an integer >= 0 (mmf vacuum refuses less than 168 without --force)",
+        )
+        _check(
+            self.ingest.extra_columns,
+            "ingest.extra_columns",
+            lambda v: v in EXTRA_COLUMNS,
+            f"one of {', '.join(EXTRA_COLUMNS)}",
+        )
         _check(
             self.levels,
             "levels",
@@ -167,6 +200,7 @@ class Config:
             _check(name, "models", lambda v: v in MODELS, f"one of {', '.join(sorted(MODELS))}")
         for name in self.model_params:
             _check(name, "model_params", lambda v: v in MODELS, f"keys among {', '.join(sorted(MODELS))}")
+        self._validate_tuning_and_global_models()
         _check(
             self.model_timeout_s,
             "model_timeout_s",
@@ -231,6 +265,36 @@ class Config:
             self.serve.port, "serve.port", lambda v: _is_int(v) and 0 <= v < 65536, "a port number 0..65535"
         )
         return self
+
+
+    def _validate_tuning_and_global_models(self) -> None:
+        from forecasting.models import unavailable_reason
+
+        for name in self.models:
+            why = unavailable_reason(name)
+            if why is not None:
+                raise ConfigError("models", name, f"a model whose packages are installed: {why}")
+        t = self.tune
+        _check(t.enabled, "tune.enabled", lambda v: isinstance(v, bool), "true or false")
+        _check(t.max_evals, "tune.max_evals", lambda v: _is_int(v) and v >= 1, "an integer >= 1")
+        _check(t.windows, "tune.windows", lambda v: _is_int(v) and v >= 1, "an integer >= 1")
+        _check(t.parallelism, "tune.parallelism", lambda v: _is_int(v) and v >= 1, "an integer >= 1")
+        for key in ("timeout_s", "global_timeout_s"):
+            _check(
+                getattr(t, key), f"tune.{key}",
+                lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "a number > 0",
+            )
+        _check(
+            t.search_spaces, "tune.search_spaces",
+            lambda v: v is None or (isinstance(v, str) and v.strip() != ""), "null or the path of a YAML file",
+        )
+        if t.enabled:  # a bad search-space file fails now, before any work starts
+            from forecasting.tuning import load_search_spaces
+
+            load_search_spaces(t.search_spaces)
+        d = self.deep
+        _check(d.num_processes, "deep.num_processes", lambda v: _is_int(v) and v >= 1, "an integer >= 1")
+        _check(d.use_gpu, "deep.use_gpu", lambda v: v in ("auto", True, False), "auto, true or false")
 
 
 def _valid_freq(value: Any) -> bool:

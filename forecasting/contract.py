@@ -33,6 +33,7 @@ QUARANTINE_REASONS = {
     "too_many_gaps": "more missing steps than the allowed share after regularisation",
     "irregular": "timestamps do not fit the configured frequency",
     "too_large": "more readings than the per-series limit",
+    "future_timestamps": "readings later than now + 1 day (a meter clock running ahead)",
     "processing_failed": "cleaning this series crashed or killed its worker (detail says how)",
 }
 
@@ -131,6 +132,13 @@ def forecast_schema(levels: Sequence[int]) -> pa.Schema:
         ("created_at", pa.timestamp("us", tz="UTC")),
     ]
     return pa.schema(fields)
+
+
+def scores_schema(levels: Sequence[int]) -> pa.Schema:
+    """gold/scores (``mmf score``): the forecast columns plus ``source``, the scored input
+    (a table name or path); rows of one (source, model_version) are replaced together."""
+    fields = list(forecast_schema(levels))
+    return pa.schema(fields[:-1] + [pa.field("source", pa.string()), fields[-1]])
 
 
 def backtest_schema(levels: Sequence[int]) -> pa.Schema:

@@ -23,6 +23,23 @@ Conventions of the result row:
 * ``model_json``: ``Forecaster.to_dict()`` of the chosen model, or
   ``{"model": "ensemble", "format_version", "method", "members": [...]}``; read it
   back with :func:`load_fitted`. Empty for a failed series.
+* ``tuned_json``: with ``tune.enabled``, per tuned model ``{params, best, loss,
+  default_loss, evals, tune_s}`` (:meth:`forecasting.tuning.TuneResult.summary`), or
+  ``{skipped: reason}``; ``params`` are the values used (``{}``: the configured ones
+  stayed best on the tuning windows). ``"{}"`` when nothing was tuned.
+
+Tuning (``tune.enabled``): a model with a search space is first tuned by Hyperopt on
+``tune.windows`` backtest windows that end where the selection windows begin (see
+:mod:`forecasting.tuning`), then backtested, chosen and refitted with the tuned values,
+which ``model_json`` carries in its ``params``.
+
+Global models (``global_nn``, ``global_gbm``): trained across all series on the driver
+before this step (:mod:`training.global_models`). Each series' rows carry, in the
+column :data:`GLOBAL_COLUMN` (one non-null value per series), per global model its
+backtest forecasts on this series' own windows, its fitted per-series ``model_json``
+(a reference to weights stored once, plus the series' scaling and last inputs) and the
+forecast that model_json gives; they are scored and chosen here like any candidate.
+Without that column a configured global model is a failed candidate.
 
 Determinism: the global numpy and ``random`` generators are seeded with
 ``config.seed`` before every fit, and BLAS runs on one thread, so the same rows (in
@@ -47,7 +64,7 @@ import pandas as pd
 import pyarrow as pa
 from threadpoolctl import threadpool_limits
 
-from forecasting.backtest import backtest, check_forecast
+from forecasting.backtest import backtest, check_forecast, window_cutoffs
 from forecasting.choice import (
     CANDIDATE_FAILED,
     CANDIDATE_TIMEOUT,
@@ -56,6 +73,7 @@ from forecasting.choice import (
     combine,
     decide,
     ensemble_candidate,
+    mean_score,
     scored,
     short_reason,
 )
@@ -63,9 +81,12 @@ from forecasting.config import Config
 from forecasting.contract import FAILED, SERIES_ID, TRAIN_RESULT, TS, Y
 from forecasting.errors import DataContractError, ModelError
 from forecasting.frequency import freq_of, seasonalities_for
+from forecasting.global_models import is_global
+from forecasting.metrics import evaluate
 from forecasting.models import FORMAT_VERSION, Forecaster, get_model, load_model, model_class
 
 EXOG_COLUMN = "temperature"
+GLOBAL_COLUMN = "_global_candidates"  # driver-made global-model results (JSON), one row per series
 
 T = TypeVar("T")
 
@@ -344,15 +365,13 @@ def _process(pdf: pd.DataFrame, config: Config, row: dict[str, Any]) -> None:
     metric = config.backtest.metric
     m = data.season_length
     names = list(dict.fromkeys(config.models))  # a name listed twice runs once
+    glob = global_payload(pdf)
+    tuned: dict[str, dict[str, Any]] = {}  # model -> tuned params used
+    tuned_report: dict[str, Any] = {}
 
-    def build(name: str) -> Forecaster:
-        return get_model(
-            name,
-            season_length=m,
-            seasonalities=data.seasonalities,
-            freq=data.freq,
-            **config.model_params.get(name, {}),
-        )
+    def build(name: str, extra: dict[str, Any] | None = None) -> Forecaster:
+        params = {**config.model_params.get(name, {}), **tuned.get(name, {}), **(extra or {})}
+        return get_model(name, season_length=m, seasonalities=data.seasonalities, freq=data.freq, **params)
 
     def exog(name: str) -> np.ndarray | None:
         return data.X if data.X is not None and model_class(name).supports_exog else None
@@ -370,9 +389,23 @@ def _process(pdf: pd.DataFrame, config: Config, row: dict[str, Any]) -> None:
             m=m,
         )
 
+    spaces = _search_spaces(config) if config.tune.enabled else {}
     candidates: list[Candidate] = []
     for name in names:
         start = time.perf_counter()
+        if is_global(name):
+            try:
+                candidates.append(_global_candidate(name, glob.get(name), data, config))
+            except Exception as exc:  # noqa: BLE001
+                candidates.append(Candidate(name, CANDIDATE_FAILED, short_reason(exc)))
+            if glob.get(name, {}).get("tuned"):
+                tuned_report[name] = glob[name]["tuned"]
+            continue
+        if name in spaces:
+            report = _tune(name, spaces[name], data, config, build, exog(name))
+            tuned_report[name] = report
+            if report.get("params"):
+                tuned[name] = report["params"]
         try:
             windows = run_with_timeout(
                 partial(_seeded, config.seed, partial(run_backtest, name)), config.model_timeout_s
@@ -403,21 +436,28 @@ def _process(pdf: pd.DataFrame, config: Config, row: dict[str, Any]) -> None:
             candidates.append(ens)
 
     def fit_full(name: str) -> Forecaster:
+        if is_global(name):  # fitted on the driver: its per-series state came with the rows
+            return load_model(json.loads(glob[name]["model_json"]))
+
         def fit() -> Forecaster:
             return build(name).fit(data.y, exog(name), data.ts)
 
         return run_with_timeout(partial(_seeded, config.seed, fit), config.model_timeout_s)
 
     def refit(cand: Candidate) -> str:
+        members = cand.members if cand.name == ENSEMBLE else (cand.name,)
         if cand.name == ENSEMBLE:
-            model: Any = EnsembleForecaster([fit_full(n) for n in cand.members], config.ensemble.method)
-            uses_x = any(exog(n) is not None for n in cand.members)
+            model: Any = EnsembleForecaster([fit_full(n) for n in members], config.ensemble.method)
         else:
             model = fit_full(cand.name)
-            uses_x = exog(cand.name) is not None
+        uses_x = any(exog(n) is not None for n in members)
         text = json.dumps(model.to_dict(), default=_json_default)
         loaded = load_fitted(text)  # what the forecast job will do: prove it works now
-        if not uses_x:  # future regressors are unknown here
+        for n in members:
+            if is_global(n):  # weights live on the driver: check the forecast it made there
+                check_forecast(_arrays(glob[n]["final"]), horizon, levels, who=n)
+        # future regressors are unknown here; global weights are not loaded in workers
+        if not uses_x and not any(is_global(n) for n in members):
             check_forecast(loaded.predict(horizon, level=levels), horizon, levels, who=cand.name)
         return text
 
@@ -442,4 +482,116 @@ def _process(pdf: pd.DataFrame, config: Config, row: dict[str, Any]) -> None:
         backtest_json=json.dumps(bt_rows, allow_nan=False),
         candidates_json=json.dumps({c.name: c.summary() for c in candidates}, allow_nan=False),
         model_json=decision.fitted or "",
+        tuned_json=json.dumps(tuned_report, default=_json_default, allow_nan=False),
     )
+
+
+# -- tuning ----------------------------------------------------------------------------
+_SPACES: dict[str | None, dict[str, Any]] = {}
+
+
+def _search_spaces(config: Config) -> dict[str, Any]:
+    """The validated search spaces of the per-series models (read once per process)."""
+    from forecasting.tuning import load_search_spaces
+
+    path = config.tune.search_spaces
+    if path not in _SPACES:
+        _SPACES[path] = load_search_spaces(path)
+    return {k: v for k, v in _SPACES[path].items() if not is_global(k)}
+
+
+def _tune(
+    name: str,
+    space: Any,
+    data: SeriesData,
+    config: Config,
+    build: Callable[..., Forecaster],
+    X: np.ndarray | None,
+) -> dict[str, Any]:
+    """Hyperopt search for one model on the windows before the selection windows; the
+    ``tuned_json`` entry (``params`` empty when the configured values stayed best)."""
+    from forecasting.tuning import minimize
+
+    horizon, step = config.horizon, config.backtest_step
+    try:
+        first = window_cutoffs(len(data.y), horizon, config.backtest.windows, step)[0]
+        window_cutoffs(first, horizon, config.tune.windows, step)  # room for the tuning windows?
+    except (DataContractError, ValueError) as exc:
+        return {"skipped": f"history too short to tune before the selection windows ({short_reason(exc)})"}
+    y, ts = data.y[:first], data.ts[:first]
+    Xt = None if X is None else X[:first]
+
+    def loss(params: dict[str, Any]) -> float:
+        def run() -> list[dict[str, Any]]:
+            return backtest(
+                partial(build, name, params), y, Xt, ts, horizon=horizon, windows=config.tune.windows,
+                step=step, levels=list(config.levels), m=data.season_length,
+            )
+
+        windows = run_with_timeout(partial(_seeded, config.seed, run), config.model_timeout_s)
+        return mean_score(windows, config.backtest.metric)
+
+    try:
+        default_loss = loss({})
+    except Exception:  # noqa: BLE001 - the configured values fail here: any tuned value is better
+        default_loss = float("inf")
+    if not math.isfinite(default_loss):
+        default_loss = float("inf")
+    result = minimize(
+        loss,
+        space,
+        max_evals=config.tune.max_evals,
+        timeout_s=config.tune.timeout_s,
+        seed=config.seed,
+        longest_season=max(data.seasonalities),
+        default_loss=default_loss,
+    )
+    return result.summary()
+
+
+# -- global models ---------------------------------------------------------------------
+def global_payload(pdf: pd.DataFrame) -> dict[str, Any]:
+    """The driver-made global-model results in a series' rows (``{}`` when none)."""
+    if GLOBAL_COLUMN not in pdf.columns:
+        return {}
+    values = pdf[GLOBAL_COLUMN].dropna()
+    values = values[values.astype(str) != ""]
+    if values.empty:
+        return {}
+    data = json.loads(values.iloc[0])
+    if not isinstance(data, dict):
+        raise DataContractError(f"{GLOBAL_COLUMN} holds {type(data).__name__}: expected a JSON object")
+    return data
+
+
+def _arrays(forecast: dict[str, Any]) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v, dtype=float) for k, v in forecast.items()}
+
+
+def _global_candidate(name: str, entry: dict[str, Any] | None, data: SeriesData, config: Config) -> Candidate:
+    """A global model's candidate: its driver-made backtest forecasts scored on this
+    series' own windows (the same windows and metrics as every other candidate)."""
+    if entry is None:
+        return Candidate(
+            name,
+            CANDIDATE_FAILED,
+            f"{name} is a global model and no forecasts of it came with this series: global models are "
+            "trained across series by the train job (training.global_models) before the per-series step",
+        )
+    fit_s = float(entry.get("fit_s") or 0.0)
+    if entry.get("status") != "ok":
+        return Candidate(name, CANDIDATE_FAILED, str(entry.get("reason") or "failed"), fit_s=fit_s)
+    horizon, levels, m = config.horizon, list(config.levels), data.season_length
+    cutoffs = window_cutoffs(len(data.y), horizon, config.backtest.windows, config.backtest_step)
+    expected = [_iso(data.ts[c - 1]) for c in cutoffs]
+    got = [w.get("cutoff") for w in entry.get("windows", [])]
+    if got != expected:
+        raise ModelError(
+            f"{name}: backtest windows ending {got} do not match this series' windows ending {expected}"
+        )
+    windows = []
+    for i, (cut, w) in enumerate(zip(cutoffs, entry["windows"])):
+        forecast = check_forecast(_arrays(w["forecast"]), horizon, levels, who=name)
+        metrics = evaluate(data.y[cut : cut + horizon], forecast, data.y[:cut], m, levels)
+        windows.append({"window": i, "cutoff": cut, **metrics, "forecast": forecast})
+    return scored(name, windows, config.backtest.metric, fit_s=fit_s)

@@ -210,6 +210,22 @@ def _champion_series(tracking_uri: str, run_id: str, metric: str) -> pd.Series |
     return series[np.isfinite(series)]
 
 
+def recorded_decision(config: Config, version: str | int) -> Decision | None:
+    """The gate's verdict on ``version`` when the gate already ran on it (its version
+    tag ``mmf.gate``), else ``None``: a restarted job does not gate the same version
+    twice."""
+    client = set_uris(config)
+    name = config.mlflow.registered_model
+    mv = require_version(client, name, str(version))
+    reason = (mv.tags or {}).get("mmf.gate")
+    if reason is None:
+        return None
+    champion = _champion(client, name)
+    return Decision(
+        champion == str(version), str(version), champion, None, None, 0, reason, config.backtest.metric
+    )
+
+
 def _aggregate(values: pd.Series, metric: str) -> float:
     return float(values.abs().mean() if metric == "bias" else values.mean())
 
@@ -327,4 +343,4 @@ def _log_decision(decision: Decision) -> None:
     mlflow.log_dict(asdict(decision), "gate.json")
 
 
-__all__ = ["Decision", "champion_history", "gate", "promote", "require_version", "rollback"]
+__all__ = ["Decision", "champion_history", "gate", "promote", "recorded_decision", "require_version", "rollback"]

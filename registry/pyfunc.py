@@ -106,6 +106,17 @@ class ManyModels(mlflow.pyfunc.PythonModel):
     def series_ids(self) -> list[str]:
         return list(self._entries)
 
+    def series_ends(self) -> pd.DataFrame:
+        """``series_id, end, freq`` of every series held: the training end (cutoff)
+        its forecasts start after."""
+        return pd.DataFrame(
+            {
+                C.SERIES_ID: list(self._entries),
+                "end": pd.to_datetime([e[2] for e in self._entries.values()]).as_unit("us"),
+                "freq": [e[3] for e in self._entries.values()],
+            }
+        )
+
     def fitted(self, series_id: str) -> Any:
         """The fitted model of one series (deserialized once)."""
         model = self._fitted.get(series_id)
@@ -375,8 +386,6 @@ def log_many_models(results: pd.DataFrame, config: Config, silver_version: int):
             "no series has a usable model (status ok or fallback): nothing to register; see the run's per_series.parquet"
         )
     levels = [int(v) for v in config.levels]
-    usable = results[results["status"].isin(_USABLE)]
-    metric_value = _mean_metric(usable)
     first = table.column(C.SERIES_ID)[0].as_py()
     example = pd.DataFrame({C.SERIES_ID: [first], "horizon": [np.int64(min(3, config.horizon))]})
     model_config = {
@@ -399,18 +408,27 @@ def log_many_models(results: pd.DataFrame, config: Config, silver_version: int):
             metadata={"mmf.format_version": FORMAT_VERSION, "mmf.n_series": table.num_rows},
             registered_model_name=config.mlflow.registered_model,
         )
+    return tag_version(config, str(info.registered_model_version), run.info.run_id, results, silver_version)
+
+
+def tag_version(config: Config, version: str, run_id: str, results: pd.DataFrame, silver_version: int):
+    """Set the ``mmf.*`` tags of a registered version (see :func:`log_many_models`);
+    idempotent, so a restarted job can complete the tags of a version registered by a
+    job killed before it tagged it. Returns the ``ModelVersion``."""
     client = mlflow.MlflowClient()
     name = config.mlflow.registered_model
-    version = str(info.registered_model_version)
+    usable = results[results["status"].isin(_USABLE)]
     tags = {
         "mmf.silver_version": str(int(silver_version)),
-        "mmf.run_id": run.info.run_id,
+        "mmf.run_id": run_id,
         "mmf.metric": config.backtest.metric,
-        "mmf.metric_value": repr(metric_value),
-        "mmf.n_series": str(table.num_rows),
+        "mmf.metric_value": repr(_mean_metric(usable)),
+        "mmf.n_series": str(models_table(results, config).num_rows),
     }
+    current = client.get_model_version(name, version).tags or {}
     for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, value)
+        if current.get(key) != value:
+            client.set_model_version_tag(name, version, key, value)
     return client.get_model_version(name, version)
 
 

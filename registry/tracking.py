@@ -12,11 +12,21 @@ Tags of a training run:
 ``mmf.code_version``    package version, ``+g<sha>`` when the git commit is known
 ``mmf.lakehouse``       the lakehouse root
 ``mmf.host``/``mmf.pid``  who runs it (lets :func:`mark_orphans_failed` leave live runs alone)
+``mmf.config_hash``     :func:`config_hash` of the settings that shape the results
 ``mmf.failure``         set on runs found orphaned by a killed job
+``mmf.recovered``       set when a restarted job finished a killed job's run
+                        (:func:`resume_run`, :func:`close_recovered`)
+
+Restart: a job killed after it registered its model version (run ``FAILED`` by
+:func:`mark_orphans_failed`, or ``RUNNING`` by a dead pid) is found again by
+:func:`find_resumable` (same silver version and config hash, a ``READY`` version of this
+run) and finished from its ``results.parquet`` instead of training and registering again.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -43,7 +53,13 @@ log = logging.getLogger(__name__)
 
 JOB_TAG = "mmf.job"
 FAILURE_TAG = "mmf.failure"
+RECOVERED_TAG = "mmf.recovered"
+CONFIG_HASH_TAG = "mmf.config_hash"
 ORPHAN_REASON = "orphaned: the job was killed before it finished"
+RESULTS_FILE = "results.parquet"  # the engine's TRAIN_RESULT rows, for resuming a killed job
+# where and how a job runs, not what it computes: left out of config_hash
+_RUNTIME_KEYS = ("lakehouse", "storage_options", "retention_hours", "engine", "workers", "ingest",
+                 "nightly", "spark", "serve")
 PARAM_MAX = 6000  # MLflow's limit on one param value
 TABLE_MAX_ROWS = 20_000  # per_series.json (mlflow.log_table) only below this size
 HISTORY_TAIL_SEASONS = 3  # history drawn before the forecast, in horizons
@@ -147,8 +163,24 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+def config_hash(config: Config, series_ids: list[str] | None = None) -> str:
+    """A digest of the settings that shape a training job's results (and of its series
+    subset); where and how it runs (lakehouse, engine, workers, ...) is left out."""
+    data = config.to_dict()
+    for key in _RUNTIME_KEYS:
+        data.pop(key, None)
+    data["mlflow"].pop("tracking_uri", None)
+    data["series_ids"] = sorted(series_ids) if series_ids else None
+    text = json.dumps(data, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def start_training_run(
-    config: Config, silver_version: int, engine: str, run_name: str | None = None
+    config: Config,
+    silver_version: int,
+    engine: str,
+    run_name: str | None = None,
+    series_ids: list[str] | None = None,
 ) -> mlflow.ActiveRun:
     """Start the job's one MLflow run (use it as a context manager: an exception inside
     ends the run ``FAILED``). Logs the flattened config as params, the full config as
@@ -156,6 +188,7 @@ def start_training_run(
     configure(config)
     tags = {
         JOB_TAG: "train",
+        CONFIG_HASH_TAG: config_hash(config, series_ids),
         "mmf.silver_version": str(int(silver_version)),
         "mmf.engine": engine,
         "mmf.code_version": code_version(),
@@ -195,7 +228,7 @@ def mark_orphans_failed(config: Config) -> list[str]:
         tags = run.data.tags
         if JOB_TAG not in tags or run.info.run_id == active_id:
             continue
-        if tags.get("mmf.host") == host and _alive(tags.get("mmf.pid")):
+        if _live(tags, host):
             continue
         client.set_tag(run.info.run_id, FAILURE_TAG, ORPHAN_REASON)
         client.set_terminated(run.info.run_id, status=RunStatus.to_string(RunStatus.FAILED))
@@ -203,6 +236,11 @@ def mark_orphans_failed(config: Config) -> list[str]:
     if orphans:
         log.warning("marked %d orphaned run(s) FAILED: %s", len(orphans), ", ".join(orphans))
     return orphans
+
+
+def _live(tags: dict[str, str], host: str) -> bool:
+    """The run's job is alive: started on this host by a process that still runs."""
+    return tags.get("mmf.host") == host and _alive(tags.get("mmf.pid"))
 
 
 def _alive(pid: str | None) -> bool:
@@ -214,7 +252,88 @@ def _alive(pid: str | None) -> bool:
         return True
     except OSError:
         return False
+    try:  # a killed process its parent has not reaped yet is a zombie: dead
+        stat = Path(f"/proc/{int(pid)}/stat").read_text()  # type: ignore[arg-type]
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+# -- restart ---------------------------------------------------------------------------
+def find_resumable(config: Config, silver_version: int, series_ids: list[str] | None = None):
+    """The newest training run a killed (or failed) job left after registering its model
+    version: ``(run, model_version)``, or ``None``. It must be ``FAILED`` (run
+    :func:`mark_orphans_failed` first), carry this silver version and config hash, hold a
+    ``results.parquet`` and own a ``READY`` version of ``mlflow.registered_model``."""
+    client = set_uris(config)
+    exp = client.get_experiment_by_name(config.mlflow.experiment)
+    if exp is None:
+        return None
+    query = (
+        f"attributes.status = 'FAILED' and tags.`{JOB_TAG}` = 'train' "
+        f"and tags.`mmf.silver_version` = '{int(silver_version)}' "
+        f"and tags.`{CONFIG_HASH_TAG}` = '{config_hash(config, series_ids)}'"
+    )
+    runs = client.search_runs([exp.experiment_id], filter_string=query, order_by=["attributes.start_time DESC"], max_results=20)
+    name = config.mlflow.registered_model
+    for run in runs:
+        try:
+            versions = client.search_model_versions(f"name = '{name}' and run_id = '{run.info.run_id}'")
+        except Exception:  # noqa: BLE001 - no registered model yet
+            return None
+        ready = sorted((mv for mv in versions if mv.status == "READY"), key=lambda mv: int(mv.version))
+        if ready and any(a.path == RESULTS_FILE for a in client.list_artifacts(run.info.run_id)):
+            return run, ready[0]
+    return None
+
+
+def load_results(config: Config, run_id: str) -> pd.DataFrame:
+    """The TRAIN_RESULT rows a run logged (``results.parquet``)."""
+    import pyarrow.parquet as pq
+
+    set_uris(config)
+    with tempfile.TemporaryDirectory(prefix="mmf-results-") as tmp:
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=RESULTS_FILE, dst_path=tmp)
+        return pq.read_table(path).to_pandas()
+
+
+@contextlib.contextmanager
+def resume_run(config: Config, run_id: str, note: str):
+    """Re-open a killed job's run as the active run (ended ``FINISHED``, or ``FAILED``
+    on an exception, like :func:`start_training_run`), now owned by this process."""
+    client = configure(config)
+    with mlflow.start_run(run_id=run_id) as run:
+        _mark_recovered(client, run_id, note)
+        yield run
+
+
+def close_recovered(config: Config, run_id: str, note: str) -> bool:
+    """End as ``FINISHED`` a run whose job was killed after recording everything (its
+    rows are in Gold) but before ending the run; a run still alive, or already
+    finished, is left alone. Returns whether the run was closed."""
+    client = configure(config)
+    try:
+        run = client.get_run(run_id)
+    except Exception:  # noqa: BLE001 - an unknown id: nothing to close
+        return False
+    status, tags = run.info.status, run.data.tags
+    if status == "FINISHED" or (status == "RUNNING" and _live(tags, socket.gethostname())):
+        return False
+    if status not in ("RUNNING", "FAILED"):
+        return False
+    _mark_recovered(client, run_id, note)
+    client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.FINISHED))
+    log.warning("closed run %s of a killed job: %s", run_id, note)
     return True
+
+
+def _mark_recovered(client: MlflowClient, run_id: str, note: str) -> None:
+    tags = client.get_run(run_id).data.tags
+    if FAILURE_TAG in tags:
+        client.delete_tag(run_id, FAILURE_TAG)
+    client.set_tag(run_id, RECOVERED_TAG, f"{note} (pid {os.getpid()} on {socket.gethostname()})")
+    client.set_tag(run_id, "mmf.pid", str(os.getpid()))
+    client.set_tag(run_id, "mmf.host", socket.gethostname())
 
 
 # -- results ---------------------------------------------------------------------------
@@ -312,6 +431,7 @@ def log_results(
         path = Path(tmp) / "per_series.parquet"
         table.to_parquet(path, index=False)
         mlflow.log_artifact(str(path))
+        _log_train_results(results, Path(tmp) / RESULTS_FILE)
         plots = Path(tmp) / "plots"
         plots.mkdir()
         plot_errors(results, config, plots / "error_distribution.png")
@@ -322,6 +442,18 @@ def log_results(
         json_table = table.assign(end=table["end"].astype(str))
         mlflow.log_table(json_table, artifact_file="per_series.json")
     return metrics
+
+
+def _log_train_results(results: pd.DataFrame, path: Path) -> None:
+    """``results.parquet``: the engine's rows as returned (TRAIN_RESULT), so a job killed
+    after registering can write its Gold rows without training again."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    names = [n for n in C.TRAIN_RESULT.names if n in results.columns]
+    schema = pa.schema([C.TRAIN_RESULT.field(n) for n in names])
+    pq.write_table(pa.Table.from_pandas(results[names], schema=schema, preserve_index=False), path, compression="zstd")
+    mlflow.log_artifact(str(path))
 
 
 # -- plots -----------------------------------------------------------------------------

@@ -43,3 +43,28 @@ def config(lake_root, mlflow_uri):
         workers=2,
         **{"cleaning.min_length": 48},
     )
+
+
+# -- Spark (one session for the whole test run) ------------------------------------------
+SPARK_TEST_MASTER = "local[2,2]"  # 2 cores; a failed task is retried once (retry tests)
+SPARK_TEST_CONF = {
+    "spark.ui.enabled": "false",
+    "spark.driver.memory": "1g",
+    "spark.sql.shuffle.partitions": "4",
+    "spark.default.parallelism": "2",
+    "spark.databricks.delta.snapshotPartitions": "2",
+}
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """The process's SparkSession, started once for every Spark test (skipped when the
+    spark extra is not installed; a missing JVM is an error, not a skip)."""
+    pytest.importorskip("pyspark")
+    pytest.importorskip("delta")
+    from forecasting.config import load_config
+    from training.engines.spark import get_spark, stop_spark
+
+    session = get_spark(load_config(**{"spark.master": SPARK_TEST_MASTER}), conf=SPARK_TEST_CONF)
+    yield session
+    stop_spark()

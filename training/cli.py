@@ -106,13 +106,15 @@ def ingest_cmd(source, conf):
     from training.jobs.ingest import ingest
 
     config = _config(conf)
-    rep = ingest(_lake(config), source, strict=not Path(source).is_dir())
+    rep = ingest(_lake(config), source, strict=not Path(source).is_dir(), extra_columns=config.ingest.extra_columns)
     for f, n in rep.added.items():
         click.echo(f"ingested {n:,} rows from {f}")
     for f in rep.skipped:
         click.echo(f"skipped {f}: already ingested (same content)")
     for f, cols in rep.ignored_columns.items():
         click.echo(f"note: {f}: ignored column(s) outside the contract: {', '.join(cols)}")
+    for f, cols in rep.added_columns.items():
+        click.echo(f"note: {f}: column(s) outside the contract added to bronze only: {', '.join(cols)}")
     for f, why in rep.refused.items():
         click.echo(f"refused {f}: {why}", err=True)
     click.echo(f"bronze/readings version {rep.bronze_version} (batch {rep.batch_id})")
@@ -352,18 +354,79 @@ def restore(table, version, conf):
 
 
 @cli.command()
-@click.option("--retention-hours", type=click.IntRange(min=0), default=168, show_default=True)
+@click.option("--retention-hours", type=click.IntRange(min=0), default=None, help="Default: retention_hours (168).")
 @click.option("--force", is_flag=True, help="Allow a retention below 168 hours (7 days).")
 @conf_option
 def vacuum(retention_hours, force, conf):
     """Delete files no table version within the retention needs (default 7 days)."""
-    if retention_hours < 168 and not force:
-        raise click.UsageError(f"--retention-hours {retention_hours} is below the 168-hour (7-day) minimum; add --force to allow it")
     config = _config(conf)
+    if retention_hours is None:
+        retention_hours = config.retention_hours
+    if retention_hours < 168 and not force:
+        raise click.UsageError(f"retention {retention_hours} hours is below the 168-hour (7-day) minimum; add --force to allow it")
     lake = _lake(config)
     for name in lake.existing():
         removed = lake.vacuum(name, retention_hours, force=force)
         click.echo(f"{name}: removed {len(removed)} file(s)")
+
+
+@cli.command()
+@click.option("--host", default=None, help="Interface to bind (default serve.host, 127.0.0.1).")
+@click.option("--port", type=click.IntRange(0, 65535), default=None, help="Port (default serve.port, 8080).")
+@click.option("--refresh-s", type=click.FloatRange(min=0.1), default=None, help="Seconds between checks of the champion alias and the Gold table versions (default 5).")
+@click.option("--access-log/--no-access-log", default=True, show_default=True, help="Log every request.")
+@conf_option
+def serve(host, port, refresh_s, access_log, conf):
+    """Serve the REST API and the forecast page (needs the serve extra)."""
+    try:
+        from registry.serving.app import run
+    except ImportError as exc:
+        raise click.ClickException(f"mmf serve needs the serve extra ({exc.name} is missing): pip install 'mmf[serve]'") from None
+
+    config = _config(conf, **{"serve.host": host, "serve.port": port})
+    auth = "on (X-API-Key)" if config.serve.api_key else "off"
+    click.echo(f"serving {config.lakehouse} and {config.mlflow.registered_model}@champion on http://{config.serve.host}:{config.serve.port} (API key {auth})")
+    run(config, refresh_s=refresh_s, access_log=access_log)
+
+
+
+@cli.command()
+@click.option("--input", "source", required=True, help="Scoring input: a lakehouse table, a Delta table path, or a .parquet/.csv file (series_id, horizon; optional ts, temperature).")
+@click.option("--output", type=click.Choice(["gold/scores", "gold/forecasts"]), default="gold/scores", show_default=True, help="gold/scores: replace this input's rows; gold/forecasts: MERGE on (series_id, ts, cutoff, model_version).")
+@engine_option
+@conf_option
+def score(source, output, engine, conf):
+    """Score an input with the champion many-models pyfunc and write the forecasts to Gold."""
+    from registry.scoring import score as run_score
+
+    config = _config(conf, engine=engine)
+    rep = run_score(_lake(config), config, source, output=output)
+    click.echo(f"{output} version {rep.table_version}: {rep.n_rows:,} rows for {rep.n_series} series from {rep.source} (model version {rep.model_version})")
+    if rep.n_unknown:
+        click.echo(f"note: {rep.n_unknown} series of the input have no model in the champion and were left out", err=True)
+
+
+@cli.command()
+@click.option("--once", is_flag=True, help="Process the bronze rows not yet processed, then stop (availableNow).")
+@click.option("--checkpoint", default=None, help="Checkpoint location (default <lakehouse>/_checkpoints/stream).")
+@click.option("--starting-version", type=click.IntRange(min=0), default=None, help="First bronze version of a new stream (default: the whole table).")
+@click.option("--interval-s", type=click.FloatRange(min=1), default=60, show_default=True, help="Seconds between micro-batches (without --once).")
+@click.option("--timeout-s", type=click.FloatRange(min=1), default=None, help="Stop after this many seconds (without --once).")
+@conf_option
+def stream(once, checkpoint, starting_version, interval_s, timeout_s, conf):
+    """Refresh the forecasts of series that receive new bronze rows (Spark Structured Streaming)."""
+    from training.jobs.stream import stream as run_stream
+
+    def show(b):
+        what = {"written": f"{b.n_rows:,} rows for {b.n_series} series (model version {b.model_version})",
+                "skipped": "already committed", "empty": "nothing to forecast"}[b.status]
+        extra = (f"; {len(b.quarantined)} quarantined" if b.quarantined else "") + (f"; {len(b.unknown)} without a model" if b.unknown else "")
+        click.echo(f"batch {b.batch_id}: {b.status}: {what}{extra} ({b.n_touched} series touched)")
+
+    config = _config(conf, engine="spark")
+    rep = run_stream(_lake(config), config, once=once, checkpoint=checkpoint, starting_version=starting_version,
+                     interval_s=interval_s, timeout_s=timeout_s, on_batch=show)
+    click.echo(f"stream stopped after {len(rep.batches)} batch(es); checkpoint {rep.checkpoint}")
 
 
 if __name__ == "__main__":

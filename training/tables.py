@@ -35,6 +35,7 @@ TABLE_NAMES = (
     "gold/backtest",
     "gold/selection",
     "gold/portfolio",
+    "gold/scores",
 )
 
 
@@ -48,6 +49,7 @@ def table_schema(name: str, levels: Sequence[int] = (80, 95)) -> pa.Schema:
         "gold/backtest": C.backtest_schema(levels),
         "gold/selection": C.GOLD_SELECTION,
         "gold/portfolio": C.GOLD_PORTFOLIO,
+        "gold/scores": C.scores_schema(levels),
     }[canonical(name)]
 
 
@@ -172,18 +174,34 @@ class Lakehouse:
         app_id: str | None = None,
         app_version: int | None = None,
         metadata: dict[str, str] | None = None,
+        new_columns: Sequence[str] = (),
     ) -> int:
         """Append or overwrite (optionally only where ``predicate`` holds); returns the
         table version this write committed (not a version another writer committed
         meanwhile). ``app_id``/``app_version`` record a Delta application
         transaction so a retried step can tell it already committed. A replace-where
-        (``mode="overwrite"`` with a ``predicate``) on an absent table creates it."""
+        (``mode="overwrite"`` with a ``predicate``) on an absent table creates it.
+
+        Every table is written with exactly its contract schema, so a schema change is
+        an error, never silent; the one exception is ``new_columns`` of
+        ``bronze/readings`` (``ingest.extra_columns: add``): extra nullable string
+        columns merged into bronze's schema."""
         exists = self.exists(name)
         if predicate is not None and not exists:
             mode, predicate = "append", None  # nothing to replace yet: create the table
         schema = self.schema(name)
+        bronze = canonical(name) == "bronze/readings"
+        if new_columns and not bronze:
+            raise TableError(f"new columns {list(new_columns)} refused: only bronze/readings takes columns outside the contract")
         data = df if isinstance(df, pa.Table) else to_arrow(df, schema)
+        extra = data.select(list(new_columns)).cast(pa.schema([(c, pa.string()) for c in new_columns])) if new_columns else None
         data = data.select(schema.names).cast(schema)
+        for f in extra.schema if extra is not None else []:
+            data = data.append_column(f, extra.column(f.name))
+        # bronze may hold columns added earlier (ingest.extra_columns: add): rows without
+        # them are merged in as nulls; contract columns are cast above, so their types
+        # cannot change
+        schema_mode = "merge" if bronze else None
         # A marker in the commit lets us find *our* version when the table is created,
         # even if another writer committed right after us.
         marker = uuid.uuid4().hex
@@ -196,8 +214,12 @@ class Lakehouse:
             # committed; re-reading the latest version could return another
             # writer's commit (concurrent ingests).
             target = self.table(name)
-            write_deltalake(target, data, mode=mode, predicate=predicate, commit_properties=props)
-            return target.version()
+            write_deltalake(target, data, mode=mode, predicate=predicate, commit_properties=props, schema_mode=schema_mode)
+            if target.version() >= 0:
+                return target.version()
+            # loaded while another writer was creating the table (no commit yet): the
+            # object was not advanced, so look the commit up
+            return self._committed_version(name, marker)
         write_deltalake(
             self.uri(name),
             data,
@@ -205,15 +227,25 @@ class Lakehouse:
             predicate=predicate,
             storage_options=self.storage_options,
             commit_properties=props,
+            schema_mode=schema_mode,
         )
         return self._committed_version(name, marker)
 
     def _committed_version(self, name: str, marker: str) -> int:
-        t = self.table(name)
-        for commit in t.history():  # newest first; only reached when creating a table
-            if commit.get(_COMMIT_KEY) == marker:
-                return int(commit["version"])
-        return t.version()  # pragma: no cover - our commit is always in the log
+        """The version of the commit carrying ``marker`` (only when creating a table)."""
+        for _ in range(10):
+            t = self.table(name)
+            latest = t.version()
+            commits = t.history()  # newest first
+            # deltalake numbers the listed commits down from the version it loaded, but
+            # lists up to the newest commit: trust the numbers only if none landed meanwhile
+            if self.table(name).version() != latest:
+                continue
+            for commit in commits:
+                if commit.get(_COMMIT_KEY) == marker:
+                    return int(commit["version"])
+            break
+        return self.table(name).version()  # pragma: no cover - our commit is in the log
 
     def txn_version(self, name: str, app_id: str) -> int | None:
         """The last application-transaction version committed under ``app_id``."""

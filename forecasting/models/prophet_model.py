@@ -41,6 +41,8 @@ class ProphetModel(Forecaster):
         country: holiday calendar for ``add_country_holidays`` (default ``"GB"``);
             ``None`` for no holidays.
         changepoint_prior_scale: trend flexibility (default 0.05, Prophet's default).
+        seasonality_prior_scale: strength of the seasonal terms (default 10, Prophet's
+            default).
         seasonality_mode: ``"additive"`` or ``"multiplicative"`` (default additive).
         uncertainty_samples: posterior predictive draws for the intervals (default 500).
         seed: seed of those draws (default 0).
@@ -68,6 +70,7 @@ class ProphetModel(Forecaster):
         allowed = (
             "country",
             "changepoint_prior_scale",
+            "seasonality_prior_scale",
             "seasonality_mode",
             "uncertainty_samples",
             "seed",
@@ -76,6 +79,7 @@ class ProphetModel(Forecaster):
         check_keys(self.name, params, allowed)
         self.country = params.get("country", "GB")
         self.changepoint_prior_scale = params.get("changepoint_prior_scale", 0.05)
+        self.seasonality_prior_scale = params.get("seasonality_prior_scale", 10.0)
         self.seasonality_mode = params.get("seasonality_mode", "additive")
         self.uncertainty_samples = params.get("uncertainty_samples", 500)
         self.seed = params.get("seed", 0)
@@ -84,6 +88,9 @@ class ProphetModel(Forecaster):
         cps = self.changepoint_prior_scale
         if isinstance(cps, bool) or not isinstance(cps, (int, float)) or cps <= 0:
             raise ConfigError("prophet.changepoint_prior_scale", cps, "a number > 0")
+        sps = self.seasonality_prior_scale
+        if isinstance(sps, bool) or not isinstance(sps, (int, float)) or sps <= 0:
+            raise ConfigError("prophet.seasonality_prior_scale", sps, "a number > 0")
         if self.seasonality_mode not in _MODES:
             raise ConfigError("prophet.seasonality_mode", self.seasonality_mode, " or ".join(_MODES))
         n = self.uncertainty_samples
@@ -119,6 +126,7 @@ class ProphetModel(Forecaster):
 
             model = Prophet(
                 changepoint_prior_scale=float(self.changepoint_prior_scale),
+                seasonality_prior_scale=float(self.seasonality_prior_scale),
                 seasonality_mode=self.seasonality_mode,
                 uncertainty_samples=self.uncertainty_samples,
             )

@@ -12,14 +12,18 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import threading
+import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from training import faults
 from training.engines.base import Engine, ErrorFn, GroupFn, conform
 
 log = logging.getLogger(__name__)
@@ -39,7 +43,30 @@ def iter_groups(frame: pd.DataFrame, by: str) -> Iterator[tuple[str, pd.DataFram
         yield str(sorted_keys[s]), frame.iloc[order[s:e]]
 
 
-def _init_worker() -> None:
+def _driver_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, someone else's
+        return True
+    try:  # killed but not yet reaped by its parent
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _watch_driver(pid: int, every_s: float = 1.0) -> None:
+    while _driver_alive(pid):
+        time.sleep(every_s)
+    os._exit(1)
+
+
+def _init_worker(driver_pid: int | None = None) -> None:
+    # A driver killed with SIGKILL cannot shut its pool down, and the workers would wait
+    # on their task queue forever: each one leaves when its driver is gone.
+    if driver_pid is not None:
+        threading.Thread(target=_watch_driver, args=(driver_pid,), daemon=True, name="mmf-driver-watch").start()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     os.environ.setdefault("MKL_NUM_THREADS", "1")
@@ -51,8 +78,19 @@ def _init_worker() -> None:
         pass
 
 
-def _run_chunk(fn: GroupFn, groups: list[pd.DataFrame], config: Any) -> list[pd.DataFrame]:
-    return [fn(g, config) for g in groups]
+def _run_chunk(
+    fn: GroupFn,
+    groups: list[pd.DataFrame],
+    config: Any,
+    keys: list[str] | None = None,
+    doomed: frozenset[str] = frozenset(),
+) -> list[pd.DataFrame]:
+    out = []
+    for i, g in enumerate(groups):
+        if doomed and keys:  # test hook (training.faults): this worker dies on these keys
+            faults.kill_worker_if(keys[i], doomed)
+        out.append(fn(g, config))
+    return out
 
 
 class LocalEngine(Engine):
@@ -65,7 +103,7 @@ class LocalEngine(Engine):
     def _pool(self) -> ProcessPoolExecutor:
         ctx = mp.get_context("forkserver")
         ctx.set_forkserver_preload(["forecasting.pipeline"])
-        return ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker)
+        return ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker, initargs=(os.getpid(),))
 
     def map_groups(
         self,
@@ -105,6 +143,7 @@ class LocalEngine(Engine):
 
         source = chunks()
         max_in_flight = 2 * self.workers
+        doomed = faults.worker_kills(getattr(fn, "__name__", ""))  # empty outside the reliability tests
         pool = self._pool()
         pending: dict[Future, list[tuple[str, pd.DataFrame]]] = {}
         try:
@@ -116,7 +155,7 @@ class LocalEngine(Engine):
                     except StopIteration:
                         exhausted = True
                         break
-                    pending[pool.submit(_run_chunk, fn, [g for _, g in batch], config)] = batch
+                    pending[pool.submit(_run_chunk, fn, [g for _, g in batch], config, [k for k, _ in batch], doomed)] = batch
                 if not pending:
                     break
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -153,9 +192,11 @@ class LocalEngine(Engine):
         return _concat(out, schema)
 
     def _retry_one(self, key, g, fn, schema, config, on_error) -> pd.DataFrame:
-        with ProcessPoolExecutor(1, mp_context=mp.get_context("forkserver"), initializer=_init_worker) as pool:
+        ctx = mp.get_context("forkserver")
+        with ProcessPoolExecutor(1, mp_context=ctx, initializer=_init_worker, initargs=(os.getpid(),)) as pool:
             try:
-                return conform(pool.submit(_run_chunk, fn, [g], config).result()[0], schema)
+                doomed = faults.worker_kills(getattr(fn, "__name__", ""))
+                return conform(pool.submit(_run_chunk, fn, [g], config, [key], doomed).result()[0], schema)
             except BrokenProcessPool:
                 reason = "worker process died twice while processing this series (killed or out of memory)"
                 log.error("series %s: %s", key, reason)

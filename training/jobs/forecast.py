@@ -21,6 +21,7 @@ from forecasting import contract as C
 from forecasting.config import Config
 from forecasting.errors import RegistryError
 from forecasting.frequency import step_of
+from training import faults
 from training.tables import Lakehouse
 
 log = logging.getLogger(__name__)
@@ -81,17 +82,19 @@ def forecast(lake: Lakehouse, config: Config, horizon: int | None = None, force:
         n = len(lake.read("gold/forecasts", columns=[C.SERIES_ID], filters=[("model_version", "=", version)]))
         return ForecastReport(version, run_id, 0, n, lake.version("gold/forecasts"), skipped=True)
 
-    series = champion_series(lake, run_id)
-    series_info = lake.read("silver/series", columns=[C.SERIES_ID, "end", "freq"])
-    series_info = series_info[series_info[C.SERIES_ID].isin(series[C.SERIES_ID])]
+    model = pyfunc.load_version(config, version)
+    # The cutoffs are the champion's own training ends (its models.parquet), not today's
+    # silver/series: a version trained on an earlier silver version (`mmf train
+    # --silver-version N`) forecasts from where its data ended.
+    series_info = model.unwrap_python_model().series_ends()
     if series_info.empty:
-        raise RegistryError(f"champion version {version} (run {run_id}) has no series with a usable model in gold/selection")
+        raise RegistryError(f"champion version {version} (run {run_id}) holds no series with a usable model")
     freq = series_info["freq"].iloc[0]
     ends = series_info.set_index(C.SERIES_ID)["end"]
-    model = pyfunc.load_version(config, version)
     silver_version = int(info.get("silver_version") or lake.version("silver/readings"))
     inputs = future_frame(lake, silver_version, ends, freq, h)
     pred = model.predict(inputs)
+    faults.point("before_forecast_commit")
 
     now = pd.Timestamp(dt.datetime.now(dt.timezone.utc)).as_unit("us")
     pred["model_version"] = version

@@ -6,7 +6,12 @@ the file and the column, and no table changes. Rows are appended with lineage co
 (source file, content hash, batch id, ingested-at). A file whose content hash is
 already in bronze is skipped, so ingesting the same file twice adds nothing.
 Timestamps are stored as naive UTC: timezone-aware values are converted, naive ones
-are taken as UTC. Columns outside the contract are ignored and reported.
+are taken as UTC; a ``ts`` column of numbers is refused, not read as epoch offsets.
+Columns outside the contract follow ``ingest.extra_columns``: ``ignore`` (the default:
+the file lands without them and they are reported), ``refuse`` (the file is refused,
+naming them) or ``add`` (they are stored as new nullable string columns of bronze only;
+silver and gold schemas never change). Bronze is written in one commit per run, so a
+job killed before it leaves no row and one killed after it skips these files next time.
 """
 
 from __future__ import annotations
@@ -20,10 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from forecasting import contract as C
 from forecasting.errors import DataContractError
+from training import faults
 from training.tables import Lakehouse, to_arrow
 
 log = logging.getLogger(__name__)
@@ -31,6 +38,7 @@ log = logging.getLogger(__name__)
 SUFFIXES = (".csv", ".parquet", ".pq")
 BRONZE = "bronze/readings"
 KNOWN = set(C.REQUIRED) | set(C.EXOG) | set(C.ATTRIBUTES)
+_BAD_NAME_CHARS = set(" ,;{}()\n\t=")  # not allowed in Delta column names
 
 
 @dataclass
@@ -40,6 +48,7 @@ class IngestReport:
     skipped: list[str] = field(default_factory=list)  # already ingested (same content)
     refused: dict[str, str] = field(default_factory=dict)  # file -> reason
     ignored_columns: dict[str, list[str]] = field(default_factory=dict)
+    added_columns: dict[str, list[str]] = field(default_factory=dict)  # ingest.extra_columns=add
     bronze_version: int | None = None
 
     @property
@@ -121,6 +130,11 @@ def _parse_ts(col: pd.Series, name: str) -> pd.Series:
         return col.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[us]")
     if pd.api.types.is_datetime64_any_dtype(col):
         return col.astype("datetime64[us]")
+    if pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
+        # numbers would silently become nanoseconds after 1970
+        raise DataContractError(
+            f"{name}: column ts holds numbers ({col.iloc[0]!r}), not timestamps; expected ISO 8601 times"
+        )
     try:
         parsed = pd.to_datetime(col, utc=True, format="mixed")
     except (ValueError, TypeError) as exc:
@@ -140,10 +154,31 @@ def ingested_hashes(lake: Lakehouse) -> set[str]:
     return set(pc.unique(col).to_pylist())
 
 
-def ingest(lake: Lakehouse, source: str | Path, strict: bool = True) -> IngestReport:
+def _extra_columns(name: str, df: pd.DataFrame, mode: str) -> list[str]:
+    """Columns outside the contract; raise when ``mode`` refuses them."""
+    extra = [str(c) for c in df.columns if c not in KNOWN]
+    if not extra or mode == "ignore":
+        return extra
+    if mode == "refuse":
+        raise DataContractError(
+            f"{name}: column(s) {', '.join(extra)} outside the contract ({', '.join(sorted(KNOWN))}); "
+            "remove them or set ingest.extra_columns to ignore or add"
+        )
+    reserved = [c for c in extra if c in C.LINEAGE.names]
+    bad = [c for c in extra if set(c) & _BAD_NAME_CHARS or not c]
+    if reserved or bad:
+        raise DataContractError(
+            f"{name}: column(s) {', '.join(map(repr, reserved + bad))} cannot be added to bronze "
+            "(reserved lineage names, or characters Delta refuses: space , ; { } ( ) = tab newline); rename them"
+        )
+    return extra
+
+
+def ingest(lake: Lakehouse, source: str | Path, strict: bool = True, extra_columns: str = "ignore") -> IngestReport:
     """Append every new file under ``source`` to bronze. With ``strict`` (the CLI's
     default for a single file) a refused file raises; otherwise it is reported and the
-    other files still land."""
+    other files still land. ``extra_columns`` is ``ingest.extra_columns`` (see the
+    module docstring)."""
     report = IngestReport(batch_id=uuid.uuid4().hex[:12])
     files = list_sources(source)
     seen = ingested_hashes(lake)
@@ -157,15 +192,18 @@ def ingest(lake: Lakehouse, source: str | Path, strict: bool = True) -> IngestRe
             continue
         try:
             df = read_raw(path, content)
+            extra = _extra_columns(str(path), df, extra_columns)
         except DataContractError as exc:
             if strict:
                 raise
             report.refused[str(path)] = str(exc)
             log.error("refused %s", exc)
             continue
-        extra = [c for c in df.columns if c not in KNOWN]
-        if extra:
+        if extra and extra_columns == "add":
+            report.added_columns[str(path)] = extra
+        elif extra:
             report.ignored_columns[str(path)] = extra
+            df = df.drop(columns=extra)
         df["_source_file"] = str(path)
         df["_content_hash"] = digest
         df["_batch_id"] = report.batch_id
@@ -173,9 +211,18 @@ def ingest(lake: Lakehouse, source: str | Path, strict: bool = True) -> IngestRe
         frames.append((str(path), df))
         seen.add(digest)
     if frames:
-        table = to_arrow(pd.concat([f for _, f in frames], ignore_index=True), lake.schema(BRONZE))
-        report.bronze_version = lake.write(BRONZE, table, metadata={"mmf.batch_id": report.batch_id})
+        rows = pd.concat([f for _, f in frames], ignore_index=True)
+        table = to_arrow(rows, lake.schema(BRONZE))
+        new = list(dict.fromkeys(c for cols in report.added_columns.values() for c in cols))
+        for col in new:  # ingest.extra_columns=add: nullable strings, bronze only
+            values = rows[col].astype(object).where(rows[col].notna(), None)
+            table = table.append_column(col, pa.array([None if v is None else str(v) for v in values], pa.string()))
+        faults.point("before_ingest_commit")
+        report.bronze_version = lake.write(
+            BRONZE, table, metadata={"mmf.batch_id": report.batch_id}, new_columns=new
+        )
         report.added = {p: len(f) for p, f in frames}
+        faults.point("after_ingest_commit")
     else:
         report.bronze_version = lake.version(BRONZE)
     return report

@@ -3,8 +3,11 @@
 Each step is skipped when its input Delta version has not changed since it last
 succeeded; what "succeeded" means is read from the tables themselves (Delta
 application transactions), never from a side file, so a run killed anywhere can simply
-be started again. Only one nightly runs per lakehouse at a time (a lock file beside
-local tables; a second run waits ``lock_timeout_s`` and then exits with a message).
+be started again (``tests/reliability`` kills it at every step with SIGKILL and checks
+that the restart ends in the Gold tables, registry and quarantine of an uninterrupted
+run; see :mod:`training.jobs.train` for how a killed training job is finished). Only
+one nightly runs per lakehouse at a time (a lock file beside local tables; a second run
+waits ``lock_timeout_s`` and then exits with a message).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any, Callable, Iterator
 
 from forecasting.config import Config
 from forecasting.errors import MMFError
+from training import faults
 from training.jobs import forecast as forecast_job
 from training.jobs import train as train_job
 from training.jobs.ingest import ingest
@@ -92,12 +96,15 @@ def nightly(
 
     with lakehouse_lock(lake, lock_timeout_s):
         if config.nightly.source:
-            report.ingest = ingest(lake, config.nightly.source, strict=False)
+            report.ingest = ingest(lake, config.nightly.source, strict=False, extra_columns=config.ingest.extra_columns)
             rep = report.ingest
             report.steps["ingest"] = (
-                f"done: {rep.rows} rows from {len(rep.added)} file(s)" if rep.added
-                else f"skipped: {len(rep.skipped)} file(s) already ingested"
-            ) + (f"; {len(rep.refused)} file(s) refused: " + "; ".join(rep.refused.values()) if rep.refused else "")
+                (f"done: {rep.rows} rows from {len(rep.added)} file(s)" if rep.added
+                 else f"skipped: {len(rep.skipped)} file(s) already ingested")
+                + (f"; {len(rep.refused)} file(s) refused: " + "; ".join(rep.refused.values()) if rep.refused else "")
+                + "".join(f"; {f}: ignored column(s) {', '.join(c)}" for f, c in rep.ignored_columns.items())
+                + "".join(f"; {f}: added column(s) {', '.join(c)} to bronze" for f, c in rep.added_columns.items())
+            )
         else:
             report.steps["ingest"] = "skipped: no nightly.source configured"
 
@@ -110,6 +117,9 @@ def nightly(
         silver_version = lake.version("silver/readings")
         if lake.txn_version("gold/selection", train_job.APP_ID) == silver_version:
             report.steps["train"] = f"skipped: already trained on silver version {silver_version}"
+            closed = train_job.close_killed_run(lake, config)  # a restart after a kill at the very end
+            if closed:
+                report.steps["train"] += f" (closed run {closed} of a killed job)"
         else:
             report.train = train_job.train(lake, config, progress=step_progress("train"))
             report.steps["train"] = f"done: run {report.train.run_id}, model version {report.train.model_version}"
@@ -125,6 +135,7 @@ def nightly(
             f"skipped: champion version {report.forecast.model_version} already forecast"
             if report.forecast.skipped else f"done: {report.forecast.n_rows} rows for version {report.forecast.model_version}"
         )
+        faults.point("after_forecast_commit")
         version = report.forecast.model_version
         if lake.txn_version("gold/portfolio", forecast_job.APP_PORTFOLIO) == int(version) and report.forecast.skipped:
             report.steps["aggregate"] = f"skipped: portfolio of version {version} is current"

@@ -22,6 +22,7 @@ from forecasting.cleaning import REFINE_OUT, clean_series, quarantine_row
 from forecasting.config import Config
 from forecasting.errors import TableError
 from forecasting.frequency import infer_freq, modal_step
+from training import faults
 from training.engines import get_engine
 from training.tables import Lakehouse
 
@@ -39,6 +40,16 @@ class RefineReport:
     n_rows: int = 0
     quarantined: dict[str, int] = field(default_factory=dict)  # reason -> count
     versions: dict[str, int | None] = field(default_factory=dict)
+
+
+def engine_error(series_id: str, why: str) -> pd.DataFrame:
+    """Quarantine row for a series the engine could not clean: ``"<reason>: <detail>"``
+    with a known reason keeps it (the Spark engine's ``too_large`` guard), anything else
+    is ``processing_failed``."""
+    reason, _, detail = why.partition(": ")
+    if reason in C.QUARANTINE_REASONS and detail:
+        return quarantine_row(series_id, reason, detail)
+    return quarantine_row(series_id, "processing_failed", why)
 
 
 def refine(
@@ -65,7 +76,7 @@ def refine(
     engine = get_engine(cfg)
     out = engine.map_groups(
         bronze, C.SERIES_ID, clean_series, REFINE_OUT, cfg,
-        on_error=lambda sid, why: quarantine_row(sid, "processing_failed", why),
+        on_error=engine_error,
         progress=progress,
     )
 
@@ -91,5 +102,7 @@ def refine(
             continue
         lake.write(name, frame, mode="overwrite", app_id=APP_ID, app_version=version,
                    metadata={"mmf.bronze_version": version, "mmf.freq": freq})
+        if name == SILVER[0]:
+            faults.point("mid_refine")
     report.versions = {t: lake.version(t) for t in SILVER}
     return report

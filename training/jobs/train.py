@@ -5,6 +5,15 @@ can be re-read by time travel). The engine maps :func:`forecasting.pipeline.proc
 over the series; then, on the driver and once: one MLflow run with the results, one
 many-models pyfunc registered as ``challenger`` (promoted to ``champion`` by the gate),
 and the run's rows in ``gold/backtest`` and ``gold/selection``.
+
+Restart: a job killed after registering its model version is not trained again. The
+next job finds its run (same silver version and config hash, a registered version; see
+:func:`registry.tracking.find_resumable`), re-opens it and finishes what is left from the
+run's ``results.parquet``: the gate (unless it already decided) and the Gold rows
+(replace-where on the run id). A job killed before registering leaves a run marked
+``FAILED`` (orphaned) and is trained again; one killed after its Gold rows only has its
+run closed (:func:`close_killed_run`). So a restart ends with the registry state of an
+uninterrupted run: one version, the same aliases.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from forecasting.config import Config
 from forecasting.errors import DataContractError, TableError
 from forecasting.frequency import alias, modal_step
 from forecasting.pipeline import process_series
+from training import faults
 from training.engines import get_engine
 from training.tables import Lakehouse
 
@@ -96,6 +106,19 @@ def train(
     quarantine = lake.read("silver/quarantine")
     if series_ids:
         quarantine = quarantine[quarantine[C.SERIES_ID].isin(series_ids)]
+    ids = list(series_ids) if series_ids else None
+    prior = tracking.find_resumable(cfg, version, ids)
+    if prior is not None:
+        run, mv = prior
+        if not _in_gold(lake, run.info.run_id):
+            return _resume(lake, cfg, run, mv, version, quarantine)
+        tracking.close_recovered(cfg, run.info.run_id, "closed after a restart: its Gold rows were written")
+
+    def on_progress(done: int, total: int) -> None:
+        if 0 < done < total:
+            faults.point("mid_train")
+        if progress:
+            progress(done, total)
 
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -106,23 +129,31 @@ def train(
         timings[name] = timings.get(name, 0.0) + now - clock
         clock = now
 
-    with tracking.start_training_run(cfg, silver_version=version, engine=engine.name) as run:
+    with tracking.start_training_run(cfg, silver_version=version, engine=engine.name, series_ids=ids) as run:
         run_id = run.info.run_id
         if series_ids:
             tracking.log_series_subset(list(series_ids))
         lap("mlflow_s")
         results = engine.map_groups(
-            readings, C.SERIES_ID, process_series, C.TRAIN_RESULT, cfg, on_error=failed_result, progress=progress
+            readings, C.SERIES_ID, process_series, C.TRAIN_RESULT, cfg, on_error=failed_result, progress=on_progress
         )
         lap("engine_s")
         metrics = tracking.log_results(results, cfg, history=readings, n_quarantined=len(quarantine))
         usable = results["status"].isin([C.OK, C.FALLBACK])
+        faults.point("before_register")
         mv = pyfunc.log_many_models(results, cfg, silver_version=version) if usable.any() else None
+        faults.point("after_register")
         decision = promotion.gate(cfg, str(mv.version), results) if mv is not None else None
+        faults.point("after_gate")
         lap("mlflow_s")
         write_gold_training(lake, cfg, run_id, version, results, quarantine)
+        faults.point("after_gold_selection")
         lap("gold_write_s")
+    return _report(run_id, version, cfg, mv, decision, results, quarantine, metrics, timings)
 
+
+def _report(run_id, version, cfg, mv, decision, results, quarantine, metrics, timings) -> TrainReport:
+    usable = results["status"].isin([C.OK, C.FALLBACK])
     counts = results["status"].value_counts().to_dict()
     if len(quarantine):
         counts[C.QUARANTINED] = len(quarantine)
@@ -139,6 +170,48 @@ def train(
         results=results,
         timings=timings,
     )
+
+
+def _in_gold(lake: Lakehouse, run_id: str) -> bool:
+    """Whether gold/selection holds rows of this run (its job got that far)."""
+    if not lake.exists("gold/selection"):
+        return False
+    return len(lake.read("gold/selection", columns=["run_id"], filters=[("run_id", "=", run_id)])) > 0
+
+
+def _resume(lake: Lakehouse, cfg: Config, run, mv, version: int, quarantine: pd.DataFrame) -> TrainReport:
+    """Finish a killed job's run whose model version is registered: the gate (unless it
+    already decided) and the Gold rows, from the run's own results; no retraining."""
+    from registry import promotion, pyfunc, tracking
+
+    run_id, model_version = run.info.run_id, str(mv.version)
+    log.warning("resuming run %s of a killed job: model version %s is registered; writing what is left", run_id, model_version)
+    results = tracking.load_results(cfg, run_id)
+    note = f"finished after a restart: model version {model_version} was registered, its Gold rows were not"
+    with tracking.resume_run(cfg, run_id, note):
+        pyfunc.tag_version(cfg, model_version, run_id, results, version)
+        decision = promotion.recorded_decision(cfg, model_version) or promotion.gate(cfg, model_version, results)
+        faults.point("after_gate")
+        write_gold_training(lake, cfg, run_id, version, results, quarantine)
+        faults.point("after_gold_selection")
+    metrics = {k: float(v) for k, v in run.data.metrics.items()}
+    return _report(run_id, version, cfg, mv, decision, results, quarantine, metrics, {})
+
+
+def close_killed_run(lake: Lakehouse, config: Config) -> str | None:
+    """When training is current: end the run of the job that wrote gold/selection last if
+    it was killed before ending it (all its work is recorded), and mark any other
+    orphaned run failed. Returns the id of the run closed, if any."""
+    from registry import tracking
+
+    if not lake.exists("gold/selection"):
+        return None
+    last = lake.table("gold/selection").history(1)
+    run_id = last[0].get("mmf.run_id") if last else None
+    tracking.configure(config)
+    closed = bool(run_id) and tracking.close_recovered(config, run_id, "closed after a restart: its Gold rows were written")
+    tracking.mark_orphans_failed(config)
+    return run_id if closed else None
 
 
 def backtest_rows(results: pd.DataFrame, run_id: str) -> pd.DataFrame:
@@ -159,6 +232,7 @@ def write_gold_training(lake, cfg, run_id, silver_version, results, quarantine) 
     where = f"run_id = '{run_id}'"
     bt = backtest_rows(results, run_id)
     lake.write("gold/backtest", bt, mode="overwrite", predicate=where)
+    faults.point("after_gold_backtest")
     sel = results[[C.SERIES_ID, "status", "reason", "model", "metric", "metric_value"]].copy()
     q = quarantine.rename(columns={"detail": "_detail"})
     if len(q):

@@ -1,0 +1,163 @@
+"""Jobs on Spark: a task that fails and is retried leaves no trace in Gold or MLflow;
+``mmf score`` with the champion on Spark (grouped UDF) agrees with the local path and is
+idempotent; ``mmf stream`` refreshes forecasts of the series that receive data and
+neither loses nor duplicates a micro-batch when it crashes and restarts."""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("pyspark")
+
+from forecasting import contract as C  # noqa: E402
+from forecasting.config import load_config  # noqa: E402
+from forecasting.errors import MMFError  # noqa: E402
+from forecasting.generator import generate  # noqa: E402
+from registry import scoring  # noqa: E402
+from training.engines.spark import FAIL_FIRST_ATTEMPT_ENV  # noqa: E402
+from training.jobs import forecast as forecast_job  # noqa: E402
+from training.jobs import stream as stream_job  # noqa: E402
+from training.jobs.ingest import ingest  # noqa: E402
+from training.jobs.refine import refine  # noqa: E402
+from training.jobs.train import train  # noqa: E402
+from training.tables import Lakehouse  # noqa: E402
+
+pytestmark = pytest.mark.spark
+H = 12
+KEYS = [C.SERIES_ID, C.TS, "cutoff", "model_version"]
+CUT = pd.Timestamp("2024-01-15")  # first part of the data: before it
+
+
+def _readings(n_series: int = 6, days: int = 16) -> pd.DataFrame:
+    return generate(n_series=n_series, days=days, freq="h", seed=5, clean=True).readings
+
+
+def _setup(root, readings: pd.DataFrame, **changes):
+    """A lakehouse with ``readings`` ingested, refined and trained (local engine: only the
+    step under test runs on Spark)."""
+    cfg = load_config(
+        lakehouse=str(root / "lake"), horizon=H, models=["seasonal_naive"], workers=1,
+        **{"cleaning.min_length": 96, "mlflow.tracking_uri": f"sqlite:///{root / 'mlflow.db'}", **changes},
+    )
+    lake = Lakehouse.from_config(cfg)
+    src = root / "part0.parquet"
+    readings.to_parquet(src)
+    ingest(lake, src)
+    refine(lake, cfg)
+    return cfg, lake
+
+
+def test_failed_first_attempts_leave_no_duplicates(tmp_path, spark, monkeypatch):
+    cfg, lake = _setup(tmp_path, _readings())
+    cfg = cfg.replace(engine="spark")
+    markers = tmp_path / "attempts"
+    markers.mkdir()
+    monkeypatch.setenv(FAIL_FIRST_ATTEMPT_ENV, str(markers))
+    rep = train(lake, cfg)
+    monkeypatch.delenv(FAIL_FIRST_ATTEMPT_ENV)
+    assert list(markers.iterdir()), "no task attempt was failed: the hook did not run"
+    assert rep.status_counts == {C.OK: 6}
+
+    client = mlflow.MlflowClient(cfg.mlflow_tracking_uri())
+    runs = client.search_runs([client.get_experiment_by_name(cfg.mlflow.experiment).experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    sel = lake.read("gold/selection")
+    assert len(sel) == 6 and sel[C.SERIES_ID].is_unique
+    bt = lake.read("gold/backtest")
+    assert not bt.duplicated([C.SERIES_ID, "model", "window"]).any()
+    assert len(bt) == 6 * cfg.backtest.windows * len(cfg.models)
+    fc = forecast_job.forecast(lake, cfg)
+    assert fc.n_rows == 6 * H and not lake.read("gold/forecasts").duplicated(KEYS).any()
+
+
+@pytest.fixture
+def trained(tmp_path, spark):
+    cfg, lake = _setup(tmp_path, _readings(n_series=4, days=10))
+    rep = train(lake, cfg)
+    return cfg, lake, rep
+
+
+def test_score_on_spark_matches_local_and_is_idempotent(trained, tmp_path):
+    cfg, lake, rep = trained
+    ids = sorted(rep.results[C.SERIES_ID])
+    request = pd.DataFrame({C.SERIES_ID: ids[:3] + ["NOT-A-METER"], "horizon": [5, 5, 5, 5]})
+    src = str(tmp_path / "request.parquet")
+    request.to_parquet(src)
+
+    first = scoring.score(lake, cfg, src, engine="spark")
+    assert (first.n_series, first.n_rows, first.n_unknown) == (3, 15, 1)
+    again = scoring.score(lake, cfg, src, engine="spark")  # same input, same champion
+    assert again.n_rows == 15
+    spark_rows = lake.read("gold/scores").sort_values([C.SERIES_ID, C.TS], ignore_index=True)
+    assert len(spark_rows) == 15 and (spark_rows["source"] == src).all()
+    assert (spark_rows["cutoff"] == spark_rows[C.SERIES_ID].map(rep.results.set_index(C.SERIES_ID)["end"])).all()
+
+    scoring.score(lake, cfg, src, engine="local")  # replaces the same (source, version) rows
+    local_rows = lake.read("gold/scores").sort_values([C.SERIES_ID, C.TS], ignore_index=True)
+    assert len(local_rows) == 15
+    cols = ["yhat", "yhat_lower_80", "yhat_upper_95"]
+    np.testing.assert_allclose(spark_rows[cols].to_numpy(), local_rows[cols].to_numpy(), atol=1e-9)
+    assert spark_rows[[C.SERIES_ID, C.TS, "model", "model_version"]].equals(local_rows[[C.SERIES_ID, C.TS, "model", "model_version"]])
+
+    # into gold/forecasts: MERGE next to the nightly forecast, never duplicating it
+    fc = forecast_job.forecast(lake, cfg)
+    out = scoring.score(lake, cfg, src, output="gold/forecasts", engine="spark")
+    gold = lake.read("gold/forecasts")
+    assert len(gold) == fc.n_rows and not gold.duplicated(KEYS).any()
+    assert out.n_rows == 15
+    with pytest.raises(MMFError, match="expected series_id and horizon"):
+        bad = tmp_path / "bad.parquet"
+        pd.DataFrame({"meter": ["x"]}).to_parquet(bad)
+        scoring.score(lake, cfg, str(bad), engine="spark")
+
+
+def test_stream_refreshes_touched_series_once_across_restarts(tmp_path, spark, monkeypatch):
+    readings = _readings(n_series=4, days=10)
+    start = readings[C.TS].min()
+    first = readings[readings[C.TS] < start + pd.Timedelta("9D")]
+    cfg, lake = _setup(tmp_path, first)
+    train(lake, cfg)
+    ends = first.groupby(C.SERIES_ID)[C.TS].max()
+
+    rep = stream_job.stream(lake, cfg, once=True)  # batch 0: the whole of bronze
+    assert [(b.batch_id, b.status, b.n_series, b.n_rows) for b in rep.batches] == [(0, "written", 4, 4 * H)]
+
+    # new rows for two meters; the batch crashes right after its Gold commit
+    touched = sorted(readings[C.SERIES_ID].unique())[:2]
+    more = readings[(readings[C.TS] >= start + pd.Timedelta("9D")) & (readings[C.TS] < start + pd.Timedelta("9D12h"))]
+    more = more[more[C.SERIES_ID].isin(touched)]
+    more.to_parquet(tmp_path / "part1.parquet")
+    ingest(lake, tmp_path / "part1.parquet")
+    monkeypatch.setenv(stream_job.CRASH_ENV, "after-commit")
+    with pytest.raises(MMFError, match="injected crash"):
+        stream_job.stream(lake, cfg, once=True)
+    monkeypatch.delenv(stream_job.CRASH_ENV)
+    rep = stream_job.stream(lake, cfg, once=True)  # restart: batch 1 replayed, already committed
+    assert [(b.batch_id, b.status) for b in rep.batches] == [(1, "skipped")]
+
+    # more rows for one meter; this batch crashes before its commit, then is redone
+    late = readings[(readings[C.TS] >= start + pd.Timedelta("9D12h")) & (readings[C.SERIES_ID] == touched[0])]
+    late.to_parquet(tmp_path / "part2.parquet")
+    ingest(lake, tmp_path / "part2.parquet")
+    monkeypatch.setenv(stream_job.CRASH_ENV, "before-commit")
+    with pytest.raises(MMFError, match="injected crash"):
+        stream_job.stream(lake, cfg, once=True)
+    monkeypatch.delenv(stream_job.CRASH_ENV)
+    rep = stream_job.stream(lake, cfg, once=True)
+    assert [(b.batch_id, b.status, b.n_series) for b in rep.batches] == [(2, "written", 1)]
+    assert stream_job.stream(lake, cfg, once=True).batches == []  # nothing new
+
+    gold = lake.read("gold/forecasts")
+    assert not gold.duplicated(KEYS).any()
+    got = gold.groupby([C.SERIES_ID, "cutoff"]).size().to_dict()
+    new_end = more.groupby(C.SERIES_ID)[C.TS].max()
+    expected = {(sid, ends[sid]): H for sid in ends.index}
+    expected.update({(sid, new_end[sid]): H for sid in touched})
+    expected[(touched[0], late[C.TS].max())] = H
+    assert got == expected
+    # each refreshed window starts right after the newest reading, on the hourly grid
+    row = gold[(gold[C.SERIES_ID] == touched[0]) & (gold["cutoff"] == late[C.TS].max())]
+    assert row[C.TS].min() == late[C.TS].max() + pd.Timedelta("1h")
