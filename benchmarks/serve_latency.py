@@ -216,6 +216,7 @@ def machine() -> dict:
         "cpu": cpu,
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "load_average_1m_at_start": round(os.getloadavg()[0], 2),  # other work on the box skews the tail
     }
 
 
@@ -375,7 +376,8 @@ def _markdown(r: dict) -> str:
 
 `{r["command"]}` on {r["date"]}
 
-Machine: {m["cores"]} cores ({m["cpu"]}), {m["memory_gib"]} GiB memory, Python {m["python"]}, {m["platform"]}.
+Machine: {m["cores"]} cores ({m["cpu"]}), {m["memory_gib"]} GiB memory, Python {m["python"]}, {m["platform"]};
+1-minute load average {m["load_average_1m_at_start"]} when the run started (other work on the box skews the tail).
 
 Setup: {s["series"]:,} series, horizon {s["horizon"]} ({s["gold_forecast_rows"]:,} gold/forecasts rows); {s["model"]};
 {s["server"]}; {s["client"]}; {s["warmup_per_kind"]} warm-up requests per kind. Server ready

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -291,17 +292,21 @@ def minimize(
     trials = trials if trials is not None else Trials()
     best_raw = None
     try:
-        best_raw = fmin(
-            wrapped,
-            hspace,
-            algo=tpe.suggest,
-            max_evals=int(max_evals),
-            timeout=timeout_s,
-            trials=trials,
-            rstate=np.random.default_rng(seed),
-            show_progressbar=False,
-            verbose=False,
-        )
+        with warnings.catch_warnings():
+            # SparkTrials' dispatcher thread (pinned-thread mode) warns on every trial
+            # that it got no session to copy job tags from: noise, and fatal under -W error.
+            warnings.filterwarnings("ignore", message="Spark session is not provided", category=UserWarning)
+            best_raw = fmin(
+                wrapped,
+                hspace,
+                algo=tpe.suggest,
+                max_evals=int(max_evals),
+                timeout=timeout_s,
+                trials=trials,
+                rstate=np.random.default_rng(seed),
+                show_progressbar=False,
+                verbose=False,
+            )
     except Exception as exc:  # noqa: BLE001 - hyperopt raises when every trial failed
         if "no successful" not in str(exc).lower() and "all trials failed" not in str(exc).lower():
             raise

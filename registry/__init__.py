@@ -17,6 +17,7 @@ for local lakehouses)::
     per_series.parquet          series_id, status, reason, model, metric, metric_value,
                                 n_obs, end + the chosen model's mean backtest metrics
     per_series.json             the same as an MLflow table (small runs only)
+    results.parquet             the engine's rows (TRAIN_RESULT), to finish a killed job
     plots/forecast_vs_actuals.png
     plots/error_distribution.png
     gate.json                   the promotion decision

@@ -6,7 +6,11 @@ explicit data: the artifact ``models.parquet`` holds one row per series with
 ``series_id, model, model_json, end, freq, status``, where ``model_json`` is the
 versioned ``Forecaster.to_dict()`` (or ensemble) JSON of the training result. The
 interval levels, the metric and the format version are in the pyfunc's
-``model_config``.
+``model_config``. Global models (``global_nn``, ``global_gbm``) keep their weights ONCE,
+in the artifact ``global_models.npz`` (numpy arrays and JSON strings, read with
+``allow_pickle=False``; :mod:`forecasting.global_models.common`); a series' model_json
+holds only a reference to them, its scaling and its last inputs. ``load_context`` loads
+that file once, and ``global_nn`` forecasts with numpy (no torch needed to serve).
 
 Scoring input (one or more rows per series)::
 
@@ -51,6 +55,7 @@ from forecasting.errors import RegistryError
 FORMAT_VERSION = 1
 ARTIFACT_NAME = "model"
 MODELS_ARTIFACT = "models"  # context.artifacts key; the file is models.parquet
+GLOBAL_ARTIFACT = "global_models"  # context.artifacts key of global_models.npz (when any)
 CODE_FILE = Path(__file__).resolve().parent / "mmf_many_models.py"
 CHAMPION, CHALLENGER = "champion", "challenger"
 MAX_LISTED = 10
@@ -76,6 +81,7 @@ _SCORING_REQUIREMENTS = (
     "statsmodels",
     "prophet",
     "holidays",
+    "lightgbm",  # global_gbm forecasts with its booster
 )
 
 
@@ -93,6 +99,12 @@ class ManyModels(mlflow.pyfunc.PythonModel):
             )
         self.levels: list[int] = [int(v) for v in config.get("levels", [80, 95])]
         table = pq.read_table(context.artifacts[MODELS_ARTIFACT]).to_pydict()
+        if GLOBAL_ARTIFACT in (context.artifacts or {}):
+            from forecasting.global_models import load as load_global_weights
+
+            self.global_weights: list[str] = load_global_weights(context.artifacts[GLOBAL_ARTIFACT])
+        else:
+            self.global_weights = []
         self._entries: dict[str, tuple[str, str, pd.Timestamp, str]] = {
             sid: (name, text, pd.Timestamp(end), freq)
             for sid, name, text, end, freq in zip(
@@ -362,9 +374,11 @@ def _mean_metric(results: pd.DataFrame) -> float:
     return float(values.mean()) if len(values) else float("nan")
 
 
-def log_many_models(results: pd.DataFrame, config: Config, silver_version: int):
+def log_many_models(results: pd.DataFrame, config: Config, silver_version: int, global_store: str | Path | None = None):
     """Log every usable series' model as one pyfunc (artifact ``model``) in the active
     run and register it as a new version of ``config.mlflow.registered_model``.
+    ``global_store``: the ``global_models.npz`` of the run's global models (their
+    weights, stored once), when any was trained.
 
     Model version tags: ``mmf.silver_version``, ``mmf.run_id``, ``mmf.metric``,
     ``mmf.metric_value`` (mean over the model's series), ``mmf.n_series``.
@@ -400,7 +414,7 @@ def log_many_models(results: pd.DataFrame, config: Config, silver_version: int):
         info = mlflow.pyfunc.log_model(
             name=ARTIFACT_NAME,
             python_model=str(CODE_FILE),
-            artifacts={MODELS_ARTIFACT: str(path)},
+            artifacts={MODELS_ARTIFACT: str(path), **({GLOBAL_ARTIFACT: str(global_store)} if global_store else {})},
             model_config=model_config,
             signature=signature(levels),
             input_example=example,

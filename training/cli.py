@@ -298,11 +298,17 @@ def sql(statement, fmt, engine, conf):
 
 @cli.command()
 def models():
-    """List every registered model with a one-line description."""
-    from forecasting.models import MODELS
+    """List every registered model with a one-line description (and whether it can train here)."""
+    from forecasting.models import MODELS, all_models, unavailable_reason
 
     for name, cls in sorted(MODELS.items()):
         click.echo(f"{name:<16} {cls.description}")
+    for name, cls in all_models().items():
+        if name in MODELS:
+            continue
+        why = unavailable_reason(name)
+        note = f"  [unavailable: {why}]" if why else ""
+        click.echo(f"{name:<16} {cls.description}{note}")
 
 
 @cli.command()

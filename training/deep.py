@@ -1,8 +1,9 @@
 """Distributed data-parallel training of ``global_nn`` with PyTorch.
 
 One train function, :func:`train_worker`, runs in every process. It reads the training
-windows from an ``.npz`` file, builds :class:`NBeatsNet` (the same maths as the numpy
-inference in :mod:`forecasting.global_models.nn`), wraps it in
+windows from an ``.npz`` file, builds the network
+(:func:`forecasting.global_models.nn.build_module`, the PyTorch twin of the numpy
+inference there), wraps it in
 ``DistributedDataParallel`` when there is more than one process, draws its share of the
 windows with a ``DistributedSampler``, minimises the pinball loss, and (rank 0) writes
 the final weights and the loss per epoch to an ``.npz`` file: plain arrays, no pickle.
@@ -47,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from forecasting.errors import ConfigError, ModelError
+from forecasting.global_models.nn import build_module  # the network, beside its numpy twin
 
 log = logging.getLogger(__name__)
 
@@ -64,64 +66,6 @@ def require_torch() -> None:
         raise ConfigError(
             "models", "global_nn", "a model whose packages are installed: install the deep extra: pip install -e .[deep]"
         )
-
-
-# -- the network ----------------------------------------------------------------------
-def _module_class():
-    import torch
-    from torch import nn
-
-    class NBeatsNet(nn.Module):
-        """Generic N-BEATS blocks over ``[residual input, context]`` plus the seasonal
-        naive of the input; output ``(n, H, Q)`` scaled quantiles. The last block has no
-        backcast (nothing would use it, and DDP needs every parameter in the loss)."""
-
-        def __init__(self, meta: dict[str, Any]) -> None:
-            super().__init__()
-            self.meta = dict(meta)
-            L, C, hidden = meta["input_size"], meta["context"], meta["hidden"]
-            H, Q = meta["horizon"], len(meta["quantiles"])
-            blocks = []
-            for b in range(meta["blocks"]):
-                block = nn.Module()
-                sizes = [L + C] + [hidden] * meta["layers"]
-                block.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
-                if b < meta["blocks"] - 1:  # the last block's backcast would feed nothing
-                    block.back = nn.Linear(hidden, L)
-                block.fore = nn.Linear(hidden, H * Q)
-                blocks.append(block)
-            self.blocks = nn.ModuleList(blocks)
-            m = meta["season"]
-            self.register_buffer("seasonal_index", torch.arange(H) % m + (L - m), persistent=False)
-
-        def forward(self, x, ctx):
-            H, Q = self.meta["horizon"], len(self.meta["quantiles"])
-            resid = x
-            total = None
-            for block in self.blocks:
-                h = torch.cat([resid, ctx], dim=1)
-                for layer in block.layers:
-                    h = torch.relu(layer(h))
-                if hasattr(block, "back"):
-                    resid = resid - block.back(h)
-                f = block.fore(h)
-                total = f if total is None else total + f
-            base = x[:, self.seasonal_index]
-            return total.reshape(-1, H, Q) + base.unsqueeze(-1)
-
-    return NBeatsNet
-
-
-def build_module(meta: dict[str, Any], arrays: dict[str, np.ndarray] | None = None):
-    """An ``NBeatsNet`` for ``meta``, with ``arrays`` loaded when given (for the
-    MLflow PyTorch flavour, and tests comparing it with the numpy inference)."""
-    import torch
-
-    module = _module_class()(meta)
-    if arrays is not None:
-        state = {k: torch.from_numpy(np.asarray(v, dtype=np.float32).copy()) for k, v in arrays.items()}
-        module.load_state_dict(state)
-    return module
 
 
 def pinball(pred, target, quantiles):

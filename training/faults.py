@@ -25,7 +25,7 @@ from pathlib import Path
 
 KILL_ENV = "MMF_TEST_KILL_AT"
 PAUSE_ENV = "MMF_TEST_PAUSE_AT"
-PAUSE_MAX_S = 120.0
+PAUSE_MAX_S = 600.0
 
 # Where the jobs call :func:`point`, in pipeline order.
 POINTS = (

@@ -14,8 +14,8 @@ a backcast (subtracted from the residual input) and a forecast (summed over bloc
 forecast is added to the seasonal naive of the scaled input (the last season repeated),
 so the blocks learn a correction of that strong baseline and few epochs suffice.
 
-Training runs in PyTorch (:mod:`training.deep`, data-parallel), inference here in numpy
-from the exported weights: the many-models pyfunc forecasts without torch, and the
+Training runs in PyTorch (:func:`build_module` here, trained data-parallel by
+:mod:`training.deep`), inference in numpy from the exported weights: the many-models pyfunc forecasts without torch, and the
 weights are plain arrays (``blocks.<b>.layers.<l>.weight`` ... as PyTorch names them).
 Forecasts beyond ``horizon`` steps roll the median forward, block by block.
 """
@@ -167,7 +167,7 @@ def build_samples(panel: Panel, meta: dict[str, Any], windows_per_series: int, s
 # -- inference ------------------------------------------------------------------------
 def forward(meta: dict[str, Any], arrays: dict[str, np.ndarray], x: np.ndarray, ctx: np.ndarray) -> np.ndarray:
     """The network in numpy: ``(n, H, Q)`` scaled quantiles (same maths as
-    :class:`training.deep.NBeatsNet`)."""
+    :func:`build_module`)."""
     H, Q, m = meta["horizon"], len(meta["quantiles"]), meta["season"]
     x = np.asarray(x, dtype=np.float32)
     ctx = np.asarray(ctx, dtype=np.float32)
@@ -217,3 +217,61 @@ def forecast_many(
         done += H
     allq = np.concatenate(quantiles, axis=1)[:, :h, :]
     return [quantile_forecast(allq[i], meta["quantiles"], level) for i in range(n)]
+
+
+# -- the PyTorch twin (training, the MLflow PyTorch flavour) ----------------------------
+def _module_class():
+    import torch
+    from torch import nn
+
+    class NBeatsNet(nn.Module):
+        """Generic N-BEATS blocks over ``[residual input, context]`` plus the seasonal
+        naive of the input; output ``(n, H, Q)`` scaled quantiles. The last block has no
+        backcast (nothing would use it, and DDP needs every parameter in the loss)."""
+
+        def __init__(self, meta: dict[str, Any]) -> None:
+            super().__init__()
+            self.meta = dict(meta)
+            L, C, hidden = meta["input_size"], meta["context"], meta["hidden"]
+            H, Q = meta["horizon"], len(meta["quantiles"])
+            blocks = []
+            for b in range(meta["blocks"]):
+                block = nn.Module()
+                sizes = [L + C] + [hidden] * meta["layers"]
+                block.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+                if b < meta["blocks"] - 1:  # the last block's backcast would feed nothing
+                    block.back = nn.Linear(hidden, L)
+                block.fore = nn.Linear(hidden, H * Q)
+                blocks.append(block)
+            self.blocks = nn.ModuleList(blocks)
+            m = meta["season"]
+            self.register_buffer("seasonal_index", torch.arange(H) % m + (L - m), persistent=False)
+
+        def forward(self, x, ctx):
+            H, Q = self.meta["horizon"], len(self.meta["quantiles"])
+            resid = x
+            total = None
+            for block in self.blocks:
+                h = torch.cat([resid, ctx], dim=1)
+                for layer in block.layers:
+                    h = torch.relu(layer(h))
+                if hasattr(block, "back"):
+                    resid = resid - block.back(h)
+                f = block.fore(h)
+                total = f if total is None else total + f
+            base = x[:, self.seasonal_index]
+            return total.reshape(-1, H, Q) + base.unsqueeze(-1)
+
+    return NBeatsNet
+
+
+def build_module(meta: dict[str, Any], arrays: dict[str, np.ndarray] | None = None):
+    """An ``NBeatsNet`` for ``meta``, with ``arrays`` loaded when given (for the
+    MLflow PyTorch flavour, and tests comparing it with the numpy inference)."""
+    import torch
+
+    module = _module_class()(meta)
+    if arrays is not None:
+        state = {k: torch.from_numpy(np.asarray(v, dtype=np.float32).copy()) for k, v in arrays.items()}
+        module.load_state_dict(state)
+    return module

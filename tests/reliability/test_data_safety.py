@@ -32,17 +32,18 @@ def history(tmp_path_factory):
     data[data["ts"] < cut].to_parquet(night1 / "a.parquet", index=False)
     data[data["ts"] >= cut].to_parquet(night2 / "b.parquet", index=False)
     lake_dir = new_lake(tmp / "lake", mlflow_template(tmp / "template"))
-    conf = write_conf(
-        tmp / "conf.yaml", lake_dir, night1, **{"mlflow.tracking_uri": f"sqlite:///{lake_dir / 'mlflow.db'}"}
-    )
-    cfg = load_config(conf)
+    uri = f"sqlite:///{lake_dir / 'mlflow.db'}"
+    conf = write_conf(tmp / "conf.yaml", lake_dir, night1, **{"mlflow.tracking_uri": uri})
+    # MLFLOW_TRACKING_URI (which mlflow.set_tracking_uri sets in this process) overrides a
+    # config file: pin both to this store
+    cfg = load_config(conf, **{"mlflow.tracking_uri": uri})
     lake = Lakehouse.from_config(cfg)
     assert not nightly(lake, cfg).failed
     first = lake.read("gold/forecasts")
     ingest(lake, night2)
     assert refine(lake, cfg).bronze_version == 1 and lake.version("silver/readings") == 1
 
-    runner = CliRunner()
+    runner = CliRunner(env={"MLFLOW_TRACKING_URI": uri})
     trained = runner.invoke(
         cli, ["train", "--conf", str(conf), "--silver-version", "0"], catch_exceptions=False
     )

@@ -60,7 +60,7 @@ def kill_and_restart(reference, tmp_path, point: str):
 
     # what a reader sees at the kill: only whole, final table versions
     at_kill = tables(lake)
-    assert at_kill, "nothing was committed before the kill point"
+    assert bool(at_kill) == (point != "before_ingest_commit"), sorted(at_kill)
     for name, frame in at_kill.items():
         assert_same_tables({name: frame}, {name: reference.tables[name]}, names=[name])
     stale = [r for r in runs(lake) if r.info.status == "RUNNING"]
@@ -109,6 +109,7 @@ def test_kill_and_restart_more_points(reference, tmp_path, point):
     kill_and_restart(reference, tmp_path, point)
 
 
+@pytest.mark.slow
 def test_killed_twice_in_a_row_still_converges(reference, tmp_path):
     """A restart that is itself killed (after finishing the killed run's gate) is
     finished by the next one: still one model version."""
@@ -147,3 +148,33 @@ def test_orphans_are_marked_failed_but_live_runs_are_left_alone(tmp_path, config
     after = MlflowClient().get_run(run.info.run_id)
     assert after.info.status == "FAILED"
     assert after.data.tags["mmf.failure"] == tracking.ORPHAN_REASON
+
+
+def test_a_writer_killed_inside_its_delta_commit_leaves_nothing_visible(reference, tmp_path):
+    """The one window the kill points cannot reach is inside deltalake's own write: data
+    files written, the log entry not (or half) written. Such leftovers are invisible to
+    readers and do not block the next commit."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from training.tables import Lakehouse
+
+    shutil.copytree(reference.lake / "gold" / "forecasts", tmp_path / "gold" / "forecasts")
+    lake = Lakehouse(str(tmp_path))
+    before = lake.version("gold/forecasts")
+    rows = lake.arrow("gold/forecasts")
+    folder = tmp_path / "gold" / "forecasts"
+    pq.write_table(
+        pa.concat_tables([rows, rows]),
+        folder / "part-00001-0f0f0f0f-dead-beef-0000-000000000000-c000.snappy.parquet",
+    )
+    (folder / "_delta_log" / "_commit_0f0f0f0f.json.tmp").write_text('{"add":{"path":"part-00001-0f0f')
+    assert lake.version("gold/forecasts") == before
+    assert_same_tables(tables(tmp_path), reference.tables, names=["gold/forecasts"])
+    assert (
+        lake.write("gold/forecasts", rows.slice(0, 24), mode="overwrite", predicate="model_version = '1'")
+        == before + 1
+    )
+    assert len(lake.read("gold/forecasts")) == 24

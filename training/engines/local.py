@@ -134,7 +134,7 @@ class LocalEngine(Engine):
         if total == 0:
             return schema.empty_table().to_pandas()
         if self.workers == 1:
-            for key, g in iter_groups(frame, by):
+            for _key, g in iter_groups(frame, by):
                 out.append(conform(fn(g, config), schema))
                 done += 1
                 if progress:

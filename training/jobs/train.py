@@ -32,7 +32,7 @@ from forecasting.config import Config
 from forecasting.errors import DataContractError, TableError
 from forecasting.frequency import alias, modal_step
 from forecasting.pipeline import process_series
-from training import faults
+from training import faults, global_models
 from training.engines import get_engine
 from training.tables import Lakehouse
 
@@ -101,6 +101,7 @@ def train(
     version, readings = read_silver(lake, silver_version, series_ids)
     cfg = config.replace(freq=data_freq(config, readings))
     engine = get_engine(cfg)
+    global_models.check(cfg)  # a bad global model setting fails before any work
     tracking.configure(cfg)
     tracking.mark_orphans_failed(cfg)
     quarantine = lake.read("silver/quarantine")
@@ -134,14 +135,22 @@ def train(
         if series_ids:
             tracking.log_series_subset(list(series_ids))
         lap("mlflow_s")
+        # Global models train once on the driver; each series gets their results in its rows.
+        glob = global_models.train_global_models(readings, cfg, engine=engine.name)
+        inputs = glob.attach(readings) if glob is not None else readings
+        if glob is not None:
+            tracking.log_global_models(glob)
+            lap("global_s")
         results = engine.map_groups(
-            readings, C.SERIES_ID, process_series, C.TRAIN_RESULT, cfg, on_error=failed_result, progress=on_progress
+            inputs, C.SERIES_ID, process_series, C.TRAIN_RESULT, cfg, on_error=failed_result, progress=on_progress
         )
+        del inputs
         lap("engine_s")
         metrics = tracking.log_results(results, cfg, history=readings, n_quarantined=len(quarantine))
         usable = results["status"].isin([C.OK, C.FALLBACK])
         faults.point("before_register")
-        mv = pyfunc.log_many_models(results, cfg, silver_version=version) if usable.any() else None
+        store = glob.store_path if glob is not None else None  # global weights, stored once in the pyfunc
+        mv = pyfunc.log_many_models(results, cfg, silver_version=version, global_store=store) if usable.any() else None
         faults.point("after_register")
         decision = promotion.gate(cfg, str(mv.version), results) if mv is not None else None
         faults.point("after_gate")
