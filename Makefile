@@ -7,7 +7,7 @@ PY      = $(VENV)/bin/python
 EXTRAS ?= dev,serve,spark
 PIP     = $(PY) -m pip install --disable-pip-version-check -q
 
-.PHONY: demo test test-all lint install clean
+.PHONY: demo test test-all lint install system-deps clean
 
 $(VENV)/.installed-$(EXTRAS): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,10 +20,13 @@ install: $(VENV)/.installed-$(EXTRAS)
 demo: install
 	$(VENV)/bin/mmf demo
 
-test: install
+system-deps:
+	bash tests/system-deps.sh
+
+test: install system-deps
 	$(PY) -m pytest -q
 
-test-all: install
+test-all: install system-deps
 	$(PY) -m pytest -q -m "slow or not slow"
 
 lint: install

@@ -647,7 +647,11 @@ def log_global_models(report: Any) -> dict[str, float]:
         if run.tune is not None:
             _log_trials(name, run.tune, run.trials_kind)
         if name == "global_nn" and run.weights is not None:
-            _log_pytorch(run.weights)
+            try:
+                _log_pytorch(run.weights)
+            except Exception as exc:  # noqa: BLE001 - a secondary copy never fails the job
+                log.warning("global_nn: the MLflow PyTorch flavour could not be logged: %s", exc)
+                mlflow.set_tag("mmf.global_nn_pytorch_error", str(exc)[:500])
     if metrics:
         mlflow.log_metrics(metrics)
     return metrics

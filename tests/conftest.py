@@ -50,9 +50,18 @@ SPARK_TEST_MASTER = "local[2,2]"  # 2 cores; a failed task is retried once (retr
 SPARK_TEST_CONF = {
     "spark.ui.enabled": "false",
     "spark.driver.memory": "1g",
-    "spark.sql.shuffle.partitions": "4",
     "spark.default.parallelism": "2",
-    "spark.databricks.delta.snapshotPartitions": "2",
+    "spark.sql.shuffle.partitions": "2",
+    # tiny data: planning and compiling cost more than running, so skip what only pays
+    # off at scale (C2 JIT, adaptive plans, code generation, Delta's extra log work)
+    "spark.driver.extraJavaOptions": "-Duser.timezone=UTC -XX:TieredStopAtLevel=1 -XX:+UseSerialGC",
+    "spark.sql.adaptive.enabled": "false",
+    "spark.sql.codegen.wholeStage": "false",
+    "spark.sql.codegen.factoryMode": "NO_CODEGEN",
+    "spark.databricks.delta.snapshotPartitions": "1",
+    "spark.databricks.delta.stats.collect": "false",
+    "spark.databricks.delta.writeChecksumFile.enabled": "false",
+    "spark.databricks.delta.stateReconstructionValidation.enabled": "false",
 }
 
 

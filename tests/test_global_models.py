@@ -240,3 +240,14 @@ def test_train_job_tunes_global_gbm_with_trials_as_child_runs_and_serves_it(tmp_
 def test_registering_weights_twice_is_harmless():
     w = GlobalWeights("global_gbm", {"x": 1}, {"a": np.zeros(2)})
     assert register(w) == register(GlobalWeights("global_gbm", {"x": 1}, {"a": np.zeros(2)}))
+
+
+@pytest.mark.spark
+def test_spark_engine_searches_a_global_model_with_spark_trials(spark):
+    config = cfg(["global_gbm"], engine="spark", **{"backtest.windows": 1, "tune.enabled": True, "tune.max_evals": 2,
+                                                      "tune.parallelism": 2, "spark.master": "local[2,2]"})
+    report = train_global_models(readings(n_series=4), config, engine="spark")
+    run = report.runs["global_gbm"]
+    assert run.error == "" and run.n_ok == 4
+    assert run.trials_kind == "SparkTrials" and run.tune.evals == 2
+    assert all(t["status"] == "ok" for t in run.tune.trials)

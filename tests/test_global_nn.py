@@ -90,6 +90,7 @@ def readings(n_series=4, days=14):
     return r[["series_id", "ts", "y", "temperature"]].reset_index(drop=True)
 
 
+@pytest.mark.slow  # ~1.5 min on 2 cores; the same orchestration runs with global_gbm in the default suite
 @pytest.mark.spark
 def test_spark_engine_tunes_with_spark_trials_and_trains_with_torch_distributor(spark):
     from training.global_models import train_global_models

@@ -166,6 +166,10 @@ def make_fitter(config: Config, launcher: str, num_processes: int | None = None)
     """``fit(name, panel, spec, params, seed) -> (weights, Fit)``."""
     n_proc = config.deep.num_processes if num_processes is None else num_processes
     use_gpu = config.deep.use_gpu
+    if launcher == "spark":  # TorchDistributor runs on the active session: the engine's
+        from training.engines.spark import get_spark
+
+        get_spark(config)
 
     def fit(name: str, panel: Panel, spec: Spec, params: dict[str, Any], seed: int) -> tuple[GlobalWeights, Fit]:
         start = time.perf_counter()
@@ -222,7 +226,9 @@ def _forecast(cls, weights: GlobalWeights, panel: Panel, index: Sequence[int], e
 
 
 def _lists(fc: dict[str, np.ndarray]) -> dict[str, list[float]]:
-    return {k: [float(v) for v in np.asarray(a, dtype=float)] for k, a in fc.items()}
+    """JSON-ready forecast arrays, 7 significant digits (float32 precision): these travel
+    to the workers for scoring only; the fitted state keeps full precision."""
+    return {k: [float(f"{v:.7g}") for v in np.asarray(a, dtype=float)] for k, a in fc.items()}
 
 
 def _finite(fc: dict[str, np.ndarray]) -> bool:
