@@ -51,15 +51,25 @@ def run(n_series: int, days: int, windows: int, seed: int, smoke: bool, num_proc
     models = PER_SERIES + ["global_gbm"] + ([] if unavailable_reason("global_nn") else ["global_nn"])
     params = {}
     if smoke:
-        params = {"global_nn": {"epochs": 2, "hidden": 16, "windows_per_series": 8},
-                  "global_gbm": {"num_boost_round": 20, "min_data_in_leaf": 5}}
+        params = {
+            "global_nn": {"epochs": 2, "hidden": 16, "windows_per_series": 8},
+            "global_gbm": {"num_boost_round": 20, "min_data_in_leaf": 5},
+        }
     with tempfile.TemporaryDirectory(prefix="mmf-bench-global-") as tmp:
         src = Path(tmp) / "meters.parquet"
         write(generate(n_series=n_series, days=days, freq="h", seed=seed, clean=True), src)
         cfg = load_config(
-            lakehouse=str(Path(tmp) / "lake"), horizon=48, models=models, model_params=params, seed=seed,
-            **{"backtest.windows": windows, "mlflow.tracking_uri": None, "deep.num_processes": num_processes,
-               "mlflow.sample_plots": 0},
+            lakehouse=str(Path(tmp) / "lake"),
+            horizon=48,
+            models=models,
+            model_params=params,
+            seed=seed,
+            **{
+                "backtest.windows": windows,
+                "mlflow.tracking_uri": None,
+                "deep.num_processes": num_processes,
+                "mlflow.sample_plots": 0,
+            },
         )
         lake = Lakehouse.from_config(cfg)
         ingest(lake, str(src))
@@ -84,14 +94,26 @@ def run(n_series: int, days: int, windows: int, seed: int, smoke: bool, num_proc
             "median_mase": float(finite[m].median()) if m in finite else None,
             "chosen": int(chosen.get(m, 0)),
         }
-    chosen_mase = float(np.mean([finite.loc[s, m] for s, m in zip(res["series_id"], res["model"]) if s in finite.index]))
+    chosen_mase = float(
+        np.mean([finite.loc[s, m] for s, m in zip(res["series_id"], res["model"]) if s in finite.index])
+    )
     per_series = [m for m in models if m in PER_SERIES and per_model[m]["mean_mase"] is not None]
     best_local = min(per_series, key=lambda m: per_model[m]["mean_mase"])
     return {
-        "n_series": n_series, "days": days, "freq": "h", "horizon": 48, "backtest_windows": windows,
-        "models": models, "model_params": params, "deep_num_processes": num_processes,
-        "n_scored": int(len(finite)), "train_wall_s": round(wall, 1), "train_timings": rep.timings,
-        "load_avg_1m_at_start": _load, "per_model": per_model, "chosen_mean_mase": chosen_mase,
+        "n_series": n_series,
+        "days": days,
+        "freq": "h",
+        "horizon": 48,
+        "backtest_windows": windows,
+        "models": models,
+        "model_params": params,
+        "deep_num_processes": num_processes,
+        "n_scored": int(len(finite)),
+        "train_wall_s": round(wall, 1),
+        "train_timings": rep.timings,
+        "load_avg_1m_at_start": _load,
+        "per_model": per_model,
+        "chosen_mean_mase": chosen_mase,
         "best_per_series_model": best_local,
         "global_models_note": _verdict(per_model, models, best_local),
     }
@@ -101,8 +123,13 @@ def _verdict(per_model: dict, models: list[str], best_local: str) -> dict:
     out = {}
     for g in [m for m in models if m.startswith("global_")]:
         p = per_model[g]
-        cheaper = [m for m in models if m != g and per_model[m]["cost_s_per_series"] is not None
-                   and per_model[m]["cost_s_per_series"] < p["cost_s_per_series"]]
+        cheaper = [
+            m
+            for m in models
+            if m != g
+            and per_model[m]["cost_s_per_series"] is not None
+            and per_model[m]["cost_s_per_series"] < p["cost_s_per_series"]
+        ]
         out[g] = {
             "more_accurate_than_best_per_series": bool(p["mean_mase"] < per_model[best_local]["mean_mase"]),
             "models_cheaper_per_series": cheaper,
@@ -123,7 +150,9 @@ def markdown(r: dict, command: str) -> str:
         f"horizon {r['horizon']}, {r['backtest_windows']} backtest window(s); {r['n_scored']} series scored by every model",
         f"- one train job with every candidate: {r['train_wall_s']} s wall ({', '.join(f'{k} {v:.1f}' for k, v in r['train_timings'].items())}); "
         f"1-minute load average at start {r['load_avg_1m_at_start']} on this shared 2-core machine (timings are noisy)",
-        f"- global_nn trained with {r['deep_num_processes']} process(es)" if "global_nn" in r["models"] else "- global_nn: torch not installed, not run",
+        f"- global_nn trained with {r['deep_num_processes']} process(es)"
+        if "global_nn" in r["models"]
+        else "- global_nn: torch not installed, not run",
         "",
         "| model | cost per series (s) | mean MASE | median MASE | chosen |",
         "|---|---:|---:|---:|---:|",
@@ -133,10 +162,18 @@ def markdown(r: dict, command: str) -> str:
         mean = "n/a" if p["mean_mase"] is None else f"{p['mean_mase']:.4f}"
         med = "n/a" if p["median_mase"] is None else f"{p['median_mase']:.4f}"
         lines.append(f"| {m} | {cost} | {mean} | {med} | {p['chosen']} |")
-    lines += ["", f"Chosen model per series: mean MASE {r['chosen_mean_mase']:.4f}. Best per-series model on mean MASE: {r['best_per_series_model']}.", ""]
+    lines += [
+        "",
+        f"Chosen model per series: mean MASE {r['chosen_mean_mase']:.4f}. Best per-series model on mean MASE: {r['best_per_series_model']}.",
+        "",
+    ]
     for g, v in r["global_models_note"].items():
         acc = "more accurate" if v["more_accurate_than_best_per_series"] else "not more accurate"
-        cheap = "the cheapest per series" if not v["models_cheaper_per_series"] else f"not the cheapest (cheaper: {', '.join(v['models_cheaper_per_series'])})"
+        cheap = (
+            "the cheapest per series"
+            if not v["models_cheaper_per_series"]
+            else f"not the cheapest (cheaper: {', '.join(v['models_cheaper_per_series'])})"
+        )
         lines.append(f"- {g}: {acc} than the best per-series model on mean MASE; {cheap}.")
     lines += [
         "",
@@ -161,7 +198,9 @@ def main() -> None:
         args.series, args.days, args.windows = 8, 21, 1
     r = run(args.series, args.days, args.windows, args.seed, args.smoke, args.processes)
     command = "python -m benchmarks.global_models" + (
-        " --smoke" if args.smoke else f" --series {args.series} --days {args.days} --windows {args.windows}"
+        " --smoke"
+        if args.smoke
+        else f" --series {args.series} --days {args.days} --windows {args.windows}"
         + (f" --processes {args.processes}" if args.processes != 1 else "")
     )
     md = markdown(r, command)

@@ -27,11 +27,20 @@ import pandas as pd
 
 from benchmarks.common import save
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "edrp_scotland_622hh_halfhourly_2009.parquet"
+DEFAULT_DATA = (
+    Path(__file__).resolve().parents[2] / "shared" / "data" / "edrp_scotland_622hh_halfhourly_2009.parquet"
+)
 
 
-def run(data: Path, n_series: int | None, max_evals: int, tune_windows: int, timeout_s: float, workers: int | None,
-        conf: str | None) -> dict:
+def run(
+    data: Path,
+    n_series: int | None,
+    max_evals: int,
+    tune_windows: int,
+    timeout_s: float,
+    workers: int | None,
+    conf: str | None,
+) -> dict:
     from forecasting.config import load_config
     from training.jobs.ingest import ingest
     from training.jobs.refine import refine
@@ -46,16 +55,29 @@ def run(data: Path, n_series: int | None, max_evals: int, tune_windows: int, tim
             keep = sorted(frame["series_id"].unique(), key=lambda s: int(s[1:]))[:n_series]
             src = Path(tmp) / "subset.parquet"
             frame[frame["series_id"].isin(keep)].to_parquet(src)
-        base = load_config(conf, lakehouse=str(Path(tmp) / "lake"), workers=workers,
-                           **{"mlflow.tracking_uri": None, "mlflow.sample_plots": 0})
+        base = load_config(
+            conf,
+            lakehouse=str(Path(tmp) / "lake"),
+            workers=workers,
+            **{"mlflow.tracking_uri": None, "mlflow.sample_plots": 0},
+        )
         lake = Lakehouse.from_config(base)
         ingest(lake, str(src))
         refine(lake, base)
         out: dict = {"runs": {}}
         for name, cfg in (
             ("untuned", base),
-            ("tuned", base.replace(**{"tune.enabled": True, "tune.max_evals": max_evals, "tune.windows": tune_windows,
-                                      "tune.timeout_s": timeout_s})),
+            (
+                "tuned",
+                base.replace(
+                    **{
+                        "tune.enabled": True,
+                        "tune.max_evals": max_evals,
+                        "tune.windows": tune_windows,
+                        "tune.timeout_s": timeout_s,
+                    }
+                ),
+            ),
         ):
             t0 = time.perf_counter()
             rep = train(lake, cfg)
@@ -71,9 +93,16 @@ def run(data: Path, n_series: int | None, max_evals: int, tune_windows: int, tim
                 "models": cfg.models,
             }
         out["n_quarantined"] = int(len(lake.read("silver/quarantine")))
-        out["config"] = {"models": base.models, "backtest_windows": base.backtest.windows, "horizon": base.horizon,
-                         "metric": base.backtest.metric, "max_evals": max_evals, "tune_windows": tune_windows,
-                         "tune_timeout_s": timeout_s, "workers": workers}
+        out["config"] = {
+            "models": base.models,
+            "backtest_windows": base.backtest.windows,
+            "horizon": base.horizon,
+            "metric": base.backtest.metric,
+            "max_evals": max_evals,
+            "tune_windows": tune_windows,
+            "tune_timeout_s": timeout_s,
+            "workers": workers,
+        }
     u, t = out["runs"]["untuned"]["metric"], out["runs"]["tuned"]["metric"]
     both = u.index.intersection(t.index)
     u, t = u.loc[both], t.loc[both]
@@ -152,12 +181,20 @@ def main() -> None:
     args = ap.parse_args()
     if not args.data.exists():
         raise SystemExit(f"{args.data} not found: pass --data PATH to the EDRP parquet file")
-    r = run(args.data, args.series, args.max_evals, args.tune_windows, args.timeout_s, args.workers, args.conf)
+    r = run(
+        args.data, args.series, args.max_evals, args.tune_windows, args.timeout_s, args.workers, args.conf
+    )
     command = "python -m benchmarks.tuning" + "".join(
-        f" {flag} {value}" for flag, value in (
-            ("--series", args.series), ("--max-evals", args.max_evals), ("--tune-windows", args.tune_windows),
-            ("--timeout-s", args.timeout_s), ("--workers", args.workers), ("--conf", args.conf),
-        ) if value is not None
+        f" {flag} {value}"
+        for flag, value in (
+            ("--series", args.series),
+            ("--max-evals", args.max_evals),
+            ("--tune-windows", args.tune_windows),
+            ("--timeout-s", args.timeout_s),
+            ("--workers", args.workers),
+            ("--conf", args.conf),
+        )
+        if value is not None
     )
     md = markdown(r, command)
     save("tuning", r, md)

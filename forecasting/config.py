@@ -76,7 +76,7 @@ class Tune:
     enabled: bool = False
     max_evals: int = 10
     timeout_s: float = 30
-    windows: int = 1
+    windows: int = 3
     search_spaces: str | None = None
     parallelism: int = 2
     global_timeout_s: float = 900
@@ -266,7 +266,6 @@ class Config:
         )
         return self
 
-
     def _validate_tuning_and_global_models(self) -> None:
         from forecasting.models import unavailable_reason
 
@@ -281,12 +280,16 @@ class Config:
         _check(t.parallelism, "tune.parallelism", lambda v: _is_int(v) and v >= 1, "an integer >= 1")
         for key in ("timeout_s", "global_timeout_s"):
             _check(
-                getattr(t, key), f"tune.{key}",
-                lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "a number > 0",
+                getattr(t, key),
+                f"tune.{key}",
+                lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0,
+                "a number > 0",
             )
         _check(
-            t.search_spaces, "tune.search_spaces",
-            lambda v: v is None or (isinstance(v, str) and v.strip() != ""), "null or the path of a YAML file",
+            t.search_spaces,
+            "tune.search_spaces",
+            lambda v: v is None or (isinstance(v, str) and v.strip() != ""),
+            "null or the path of a YAML file",
         )
         if t.enabled:  # a bad search-space file fails now, before any work starts
             from forecasting.tuning import load_search_spaces

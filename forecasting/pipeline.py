@@ -524,8 +524,15 @@ def _tune(
     def loss(params: dict[str, Any]) -> float:
         def run() -> list[dict[str, Any]]:
             return backtest(
-                partial(build, name, params), y, Xt, ts, horizon=horizon, windows=config.tune.windows,
-                step=step, levels=list(config.levels), m=data.season_length,
+                partial(build, name, params),
+                y,
+                Xt,
+                ts,
+                horizon=horizon,
+                windows=config.tune.windows,
+                step=step,
+                levels=list(config.levels),
+                m=data.season_length,
             )
 
         windows = run_with_timeout(partial(_seeded, config.seed, run), config.model_timeout_s)

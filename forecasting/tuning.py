@@ -128,7 +128,9 @@ def _parse_spec(key: str, spec: Any) -> ParamSpec:
         if unit == "seasons" and not all(_is_number(v) and v > 0 for v in values):
             raise ConfigError(f"{key}.choice", values, "positive numbers when unit is seasons")
         if any(isinstance(v, (dict, list)) for v in values):
-            raise ConfigError(f"{key}.choice", values, "a list of scalars (numbers, strings, true/false, null)")
+            raise ConfigError(
+                f"{key}.choice", values, "a list of scalars (numbers, strings, true/false, null)"
+            )
         return ParamSpec(kind, tuple(values), unit)
     n = 3 if kind == "quniform" else 2
     shape = "[lo, hi, q]" if kind == "quniform" else "[lo, hi]"
@@ -155,9 +157,13 @@ def _check_against_model(key: str, model: str, space: SearchSpace) -> None:
         for value in spec.samples():
             value = scale_value(spec, value, max(_SAMPLE_SEASONS))
             try:
-                get_model(model, season_length=_SAMPLE_SEASONS[0], seasonalities=_SAMPLE_SEASONS, **{name: value})
+                get_model(
+                    model, season_length=_SAMPLE_SEASONS[0], seasonalities=_SAMPLE_SEASONS, **{name: value}
+                )
             except ConfigError as exc:
-                raise ConfigError(f"{key}.{name}", value, f"a value {model} accepts ({exc.allowed})") from None
+                raise ConfigError(
+                    f"{key}.{name}", value, f"a value {model} accepts ({exc.allowed})"
+                ) from None
             except MMFError as exc:
                 raise ConfigError(f"{key}.{name}", value, f"a value {model} accepts ({exc})") from None
 
@@ -281,13 +287,28 @@ def minimize(
         try:
             loss = float(objective(params))
         except Exception as exc:  # noqa: BLE001 - a failing trial is recorded, not fatal
-            return {"status": STATUS_FAIL, "params": params, "error": f"{type(exc).__name__}: {exc}"[:300],
-                    "seconds": time.perf_counter() - t0, "started": began}
+            return {
+                "status": STATUS_FAIL,
+                "params": params,
+                "error": f"{type(exc).__name__}: {exc}"[:300],
+                "seconds": time.perf_counter() - t0,
+                "started": began,
+            }
         if not math.isfinite(loss):
-            return {"status": STATUS_FAIL, "params": params, "error": f"non-finite loss {loss}",
-                    "seconds": time.perf_counter() - t0, "started": began}
-        return {"status": STATUS_OK, "loss": loss, "params": params, "seconds": time.perf_counter() - t0,
-                "started": began}
+            return {
+                "status": STATUS_FAIL,
+                "params": params,
+                "error": f"non-finite loss {loss}",
+                "seconds": time.perf_counter() - t0,
+                "started": began,
+            }
+        return {
+            "status": STATUS_OK,
+            "loss": loss,
+            "params": params,
+            "seconds": time.perf_counter() - t0,
+            "started": began,
+        }
 
     trials = trials if trials is not None else Trials()
     best_raw = None

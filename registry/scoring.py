@@ -115,13 +115,22 @@ def champion(config: Config, version: str | None = None) -> Champion:
         if cached is not None and Path(cached.path).is_dir():
             return cached
         folder = Path(tempfile.mkdtemp(prefix=f"mmf-model-v{version}-"))
-        path = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(folder))
+        path = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{name}/{version}", dst_path=str(folder)
+        )
         found = sorted(Path(path).rglob(f"{MODELS_ARTIFACT}.parquet"))
         if not found:
-            raise RegistryError(f"version {version} of {name!r} holds no {MODELS_ARTIFACT}.parquet: not a many-models pyfunc")
+            raise RegistryError(
+                f"version {version} of {name!r} holds no {MODELS_ARTIFACT}.parquet: not a many-models pyfunc"
+            )
         models = pq.read_table(found[0], columns=[C.SERIES_ID, "model", "end", "freq"]).to_pandas()
         meta = mlflow.models.Model.load(path)
-        levels = [int(v) for v in (meta.flavors.get("python_function", {}).get("config") or {}).get("levels", config.levels)]
+        levels = [
+            int(v)
+            for v in (meta.flavors.get("python_function", {}).get("config") or {}).get(
+                "levels", config.levels
+            )
+        ]
         champ = Champion(name, str(version), str(run_id), str(path), levels, models)
         _DOWNLOADS[key] = champ
         return champ
@@ -166,7 +175,12 @@ def read_input(lake, source: str) -> pd.DataFrame:
     if kind == "delta":
         from deltalake import DeltaTable
 
-        return DeltaTable(where, storage_options=lake.storage_options).to_pyarrow_dataset().to_table().to_pandas()
+        return (
+            DeltaTable(where, storage_options=lake.storage_options)
+            .to_pyarrow_dataset()
+            .to_table()
+            .to_pandas()
+        )
     if kind == "csv":
         return pd.read_csv(where, dtype={C.SERIES_ID: str})
     return pd.read_parquet(where)
@@ -179,7 +193,9 @@ def prepare_input(frame: pd.DataFrame, horizon: int) -> pd.DataFrame:
             f"scoring input columns {list(frame.columns)}: expected series_id and horizon (optional: ts, temperature)"
         )
     out = pd.DataFrame({C.SERIES_ID: frame[C.SERIES_ID].astype(str)})
-    out["horizon"] = pd.to_numeric(frame["horizon"]).astype("int64") if "horizon" in frame.columns else int(horizon)
+    out["horizon"] = (
+        pd.to_numeric(frame["horizon"]).astype("int64") if "horizon" in frame.columns else int(horizon)
+    )
     if C.TS in frame.columns:
         ts = pd.to_datetime(frame[C.TS], utc=True)
         out[C.TS] = ts.dt.tz_localize(None).astype("datetime64[us]")
@@ -233,7 +249,16 @@ def _score_local(lake, config: Config, champ: Champion, source: str, output: str
         version = lake.write(output, pred, mode="overwrite", predicate=where)
     else:
         version = merge_local(lake, output, pred, FORECAST_KEYS)
-    return ScoreReport(source, output, champ.version, champ.run_id, pred[C.SERIES_ID].nunique(), len(pred), int(n_unknown), version)
+    return ScoreReport(
+        source,
+        output,
+        champ.version,
+        champ.run_id,
+        pred[C.SERIES_ID].nunique(),
+        len(pred),
+        int(n_unknown),
+        version,
+    )
 
 
 def finish_local(pred: pd.DataFrame, champ: Champion, now: pd.Timestamp, source: str | None) -> pd.DataFrame:
@@ -314,7 +339,9 @@ def predict_spark(spark, champ: Champion, inputs, config: Config, cutoffs: pd.Da
 
     cols = [F.col(C.SERIES_ID).cast("string").alias(C.SERIES_ID)]
     cols.append(
-        F.col("horizon").cast("long").alias("horizon") if "horizon" in inputs.columns else F.lit(int(config.horizon)).cast("long").alias("horizon")
+        F.col("horizon").cast("long").alias("horizon")
+        if "horizon" in inputs.columns
+        else F.lit(int(config.horizon)).cast("long").alias("horizon")
     )
     if C.TS in inputs.columns:
         cols.append(F.col(C.TS).cast("timestamp_ntz").alias(C.TS))
@@ -326,10 +353,18 @@ def predict_spark(spark, champ: Champion, inputs, config: Config, cutoffs: pd.Da
     fn = _group_predictor(name, list(schema.names))
     n_series = inputs.select(C.SERIES_ID).distinct().count()
     parts = SparkEngine(config, spark).partitions(n_series)
-    pred = inputs.repartition(parts, C.SERIES_ID).groupBy(C.SERIES_ID).applyInPandas(fn, schema=arrow_to_spark_schema(schema))
+    pred = (
+        inputs.repartition(parts, C.SERIES_ID)
+        .groupBy(C.SERIES_ID)
+        .applyInPandas(fn, schema=arrow_to_spark_schema(schema))
+    )
     if cutoffs is None:
         cutoffs = champ.models[[C.SERIES_ID, "end"]].rename(columns={"end": "cutoff"})
-    ends = to_spark(spark, cutoffs[[C.SERIES_ID, "cutoff"]], pa.schema([(C.SERIES_ID, pa.string()), ("cutoff", C.TS_TYPE)]))
+    ends = to_spark(
+        spark,
+        cutoffs[[C.SERIES_ID, "cutoff"]],
+        pa.schema([(C.SERIES_ID, pa.string()), ("cutoff", C.TS_TYPE)]),
+    )
     return (
         pred.join(F.broadcast(ends), on=C.SERIES_ID, how="left")
         .withColumn("model_version", F.lit(champ.version))

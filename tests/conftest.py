@@ -54,7 +54,7 @@ SPARK_TEST_CONF = {
     "spark.sql.shuffle.partitions": "2",
     # tiny data: planning and compiling cost more than running, so skip what only pays
     # off at scale (C2 JIT, adaptive plans, code generation, Delta's extra log work)
-    "spark.driver.extraJavaOptions": "-Duser.timezone=UTC -XX:TieredStopAtLevel=1 -XX:+UseSerialGC",
+    "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC",
     "spark.sql.adaptive.enabled": "false",
     "spark.sql.codegen.wholeStage": "false",
     "spark.sql.codegen.factoryMode": "NO_CODEGEN",
@@ -63,6 +63,15 @@ SPARK_TEST_CONF = {
     "spark.databricks.delta.writeChecksumFile.enabled": "false",
     "spark.databricks.delta.stateReconstructionValidation.enabled": "false",
 }
+
+
+@pytest.fixture(scope="session")
+def spark_submit_args() -> str:
+    """``PYSPARK_SUBMIT_ARGS`` giving a Spark started in a subprocess (``mmf ... --engine
+    spark``) the test session's settings."""
+    import shlex
+
+    return " ".join(f"--conf {shlex.quote(f'{k}={v}')}" for k, v in SPARK_TEST_CONF.items()) + " pyspark-shell"
 
 
 @pytest.fixture(scope="session")

@@ -55,10 +55,23 @@ def _azurite_bin() -> Path:
     if not exe.exists():
         folder.mkdir(parents=True, exist_ok=True)
         proc = subprocess.run(
-            ["npm", "install", "--prefix", str(folder), "--no-audit", "--no-fund", "--loglevel=error", "azurite"],
-            capture_output=True, text=True, timeout=600,
+            [
+                "npm",
+                "install",
+                "--prefix",
+                str(folder),
+                "--no-audit",
+                "--no-fund",
+                "--loglevel=error",
+                "azurite",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
-        assert proc.returncode == 0 and exe.exists(), f"npm install azurite failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+        assert proc.returncode == 0 and exe.exists(), (
+            f"npm install azurite failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+        )
     return exe
 
 
@@ -69,12 +82,16 @@ def _signed(method: str, url: str, path: str, query: dict[str, str]) -> urllib.r
     canon_resource = f"/{ACCOUNT}{path}" + "".join(f"\n{k}:{v}" for k, v in sorted(query.items()))
     content_type = "application/octet-stream" if method == "PUT" else ""
     to_sign = f"{method}\n\n\n\n\n{content_type}\n\n\n\n\n\n\n{canon_headers}{canon_resource}"
-    sig = base64.b64encode(hmac.new(base64.b64decode(KEY), to_sign.encode(), hashlib.sha256).digest()).decode()
+    sig = base64.b64encode(
+        hmac.new(base64.b64decode(KEY), to_sign.encode(), hashlib.sha256).digest()
+    ).decode()
     headers["Authorization"] = f"SharedKey {ACCOUNT}:{sig}"
     if content_type:
         headers["Content-Type"] = content_type
     qs = "&".join(f"{k}={v}" for k, v in query.items())
-    return urllib.request.Request(f"{url}{path}?{qs}", method=method, headers=headers, data=b"" if method == "PUT" else None)
+    return urllib.request.Request(
+        f"{url}{path}?{qs}", method=method, headers=headers, data=b"" if method == "PUT" else None
+    )
 
 
 @pytest.fixture(scope="module")
@@ -87,19 +104,34 @@ def azurite(tmp_path_factory):
     log_file = tmp_path_factory.mktemp("azurite") / "azurite.log"
     with open(log_file, "w") as out:
         proc = subprocess.Popen(
-            [str(exe), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--skipApiVersionCheck", "--loose",
-             "--inMemoryPersistence", "--disableTelemetry", "--silent"],
-            stdout=out, stderr=subprocess.STDOUT,
+            [
+                str(exe),
+                "--blobHost",
+                "127.0.0.1",
+                "--blobPort",
+                str(port),
+                "--skipApiVersionCheck",
+                "--loose",
+                "--inMemoryPersistence",
+                "--disableTelemetry",
+                "--silent",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     try:
         deadline = time.monotonic() + 60
         while True:
-            assert proc.poll() is None, f"Azurite exited with {proc.returncode}:\n{log_file.read_text()[-2000:]}"
+            assert proc.poll() is None, (
+                f"Azurite exited with {proc.returncode}:\n{log_file.read_text()[-2000:]}"
+            )
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 break
             except OSError:
-                assert time.monotonic() < deadline, f"Azurite did not listen on {port}:\n{log_file.read_text()[-2000:]}"
+                assert time.monotonic() < deadline, (
+                    f"Azurite did not listen on {port}:\n{log_file.read_text()[-2000:]}"
+                )
                 time.sleep(0.2)
         yield f"http://127.0.0.1:{port}/{ACCOUNT}"
     finally:
@@ -115,7 +147,9 @@ def container(azurite):
     """A new container; its name."""
     name = "mmf" + uuid.uuid4().hex[:12]
     base = azurite.rsplit(f"/{ACCOUNT}", 1)[0]
-    with urllib.request.urlopen(_signed("PUT", base, f"/{ACCOUNT}/{name}", {"restype": "container"}), timeout=10) as r:
+    with urllib.request.urlopen(
+        _signed("PUT", base, f"/{ACCOUNT}/{name}", {"restype": "container"}), timeout=10
+    ) as r:
         assert r.status == 201
     return name
 
@@ -184,8 +218,14 @@ def test_concurrent_appends_from_two_processes(azurite, container, tmp_path):
     env = {**os.environ, "MMF_TEST_STORAGE": json.dumps(_options(azurite))}
     n = 4
     procs = [
-        subprocess.Popen([sys.executable, "-c", APPEND, root, str(src), str(n), tag], env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent)
+        subprocess.Popen(
+            [sys.executable, "-c", APPEND, root, str(src), str(n), tag],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).parent.parent,
+        )
         for tag in ("p1", "p2")
     ]
     reports = []
@@ -220,8 +260,12 @@ def test_pipeline_on_azure_never_shows_the_key(azurite, container, tmp_path, mon
     caplog.set_level(logging.DEBUG)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cfg = load_config(
-        lakehouse=f"az://{container}/lake", storage_options=_options(azurite), horizon=12,
-        models=["seasonal_naive"], workers=1, **{"cleaning.min_length": 48, "mlflow.tracking_uri": uri},
+        lakehouse=f"az://{container}/lake",
+        storage_options=_options(azurite),
+        horizon=12,
+        models=["seasonal_naive"],
+        workers=1,
+        **{"cleaning.min_length": 48, "mlflow.tracking_uri": uri},
     )
     data = generate(n_series=3, days=5, freq="h", seed=2, clean=True)
     src = tmp_path / "meters.parquet"

@@ -27,9 +27,19 @@ from training import deep  # noqa: E402
 
 H = 12
 META = {
-    "input_size": 24, "horizon": H, "quantiles": [0.1, 0.5, 0.9], "season": 12, "context": 4 + H,
-    "hidden": 16, "blocks": 2, "layers": 2, "use_temperature": True, "t_loc": 0.0, "t_scale": 1.0,
-    "scale_tail": None, "freq": "h",
+    "input_size": 24,
+    "horizon": H,
+    "quantiles": [0.1, 0.5, 0.9],
+    "season": 12,
+    "context": 4 + H,
+    "hidden": 16,
+    "blocks": 2,
+    "layers": 2,
+    "use_temperature": True,
+    "t_loc": 0.0,
+    "t_scale": 1.0,
+    "scale_tail": None,
+    "freq": "h",
 }
 PARAMS = {"epochs": 4, "batch_size": 64, "lr": 3e-3}
 NN = {"epochs": 3, "hidden": 16, "windows_per_series": 16, "input_size": 48, "batch_size": 32}
@@ -40,7 +50,11 @@ def samples(n=256, seed=0):
     t = np.arange(n)[:, None] + np.arange(24 + H)[None, :]
     s = np.sin(2 * np.pi * t / 12) + 0.1 * rng.normal(size=t.shape)
     ctx = np.concatenate([rng.normal(size=(n, 4)), rng.normal(size=(n, H))], axis=1)
-    return {"x": s[:, :24].astype(np.float32), "ctx": ctx.astype(np.float32), "y": s[:, 24:].astype(np.float32)}
+    return {
+        "x": s[:, :24].astype(np.float32),
+        "ctx": ctx.astype(np.float32),
+        "y": s[:, 24:].astype(np.float32),
+    }
 
 
 def test_numpy_inference_matches_the_torch_network():
@@ -96,17 +110,29 @@ def test_spark_engine_tunes_with_spark_trials_and_trains_with_torch_distributor(
     from training.global_models import train_global_models
 
     config = load_config(
-        horizon=H, freq="h", models=["global_nn"], engine="spark",
+        horizon=H,
+        freq="h",
+        models=["global_nn"],
+        engine="spark",
         model_params={"global_nn": dict(NN)},
-        **{"backtest.windows": 1, "tune.enabled": True, "tune.max_evals": 2, "tune.parallelism": 2,
-           "deep.num_processes": 2, "spark.master": "local[2,2]"},
+        **{
+            "backtest.windows": 1,
+            "tune.enabled": True,
+            "tune.max_evals": 2,
+            "tune.parallelism": 2,
+            "deep.num_processes": 2,
+            "spark.master": "local[2,2]",
+        },
     )
     report = train_global_models(readings(), config, engine="spark")
     run = report.runs["global_nn"]
     assert run.error == "" and run.n_ok == 4
     assert run.trials_kind == "SparkTrials" and run.tune.evals == 2
     assert all(t["status"] == "ok" for t in run.tune.trials)
-    assert [(f.label, f.launcher, f.processes) for f in run.fits] == [("window 0", "spark", 2), ("full", "spark", 2)]
+    assert [(f.label, f.launcher, f.processes) for f in run.fits] == [
+        ("window 0", "spark", 2),
+        ("full", "spark", 2),
+    ]
 
 
 def test_spec_quantiles_follow_the_levels():
@@ -114,13 +140,13 @@ def test_spec_quantiles_follow_the_levels():
 
 
 def test_pyfunc_round_trip_of_deep_model_series_served_without_torch(tmp_path, config):
+    import mlflow
+
     from registry import pyfunc
     from training.jobs.ingest import ingest
     from training.jobs.refine import refine
     from training.jobs.train import train
     from training.tables import Lakehouse
-
-    import mlflow
 
     src = tmp_path / "m.parquet"
     readings(n_series=3).to_parquet(src)

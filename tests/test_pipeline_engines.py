@@ -94,13 +94,17 @@ def assert_same_gold(a: dict[str, pd.DataFrame], b: dict[str, pd.DataFrame]) -> 
     assert sa[C.SERIES_ID].tolist() == sb[C.SERIES_ID].tolist()
     for col in ("status", "reason", "model", "metric"):
         assert sa[col].tolist() == sb[col].tolist(), col
-    np.testing.assert_allclose(sa["metric_value"].to_numpy(float), sb["metric_value"].to_numpy(float), rtol=0, atol=TOL)
+    np.testing.assert_allclose(
+        sa["metric_value"].to_numpy(float), sb["metric_value"].to_numpy(float), rtol=0, atol=TOL
+    )
 
     ba, bb = a["backtest"], b["backtest"]
     assert ba[[C.SERIES_ID, "model", "window"]].equals(bb[[C.SERIES_ID, "model", "window"]])
     assert (ba["cutoff"] == bb["cutoff"]).all()
     metrics = [c for c in ba.columns if c not in ("run_id", C.SERIES_ID, "model", "window", "cutoff")]
-    np.testing.assert_allclose(ba[metrics].to_numpy(float), bb[metrics].to_numpy(float), rtol=0, atol=TOL, equal_nan=True)
+    np.testing.assert_allclose(
+        ba[metrics].to_numpy(float), bb[metrics].to_numpy(float), rtol=0, atol=TOL, equal_nan=True
+    )
 
     fa, fb = a["forecasts"], b["forecasts"]
     assert len(fa) == len(fb) > 0
@@ -111,7 +115,9 @@ def assert_same_gold(a: dict[str, pd.DataFrame], b: dict[str, pd.DataFrame]) -> 
 
     pa_, pb = a["portfolio"], b["portfolio"]
     assert pa_[["level", "key", "day", "n_series"]].equals(pb[["level", "key", "day", "n_series"]])
-    np.testing.assert_allclose(pa_["yhat"].to_numpy(float), pb["yhat"].to_numpy(float), rtol=0, atol=1e-6 * len(fa))
+    np.testing.assert_allclose(
+        pa_["yhat"].to_numpy(float), pb["yhat"].to_numpy(float), rtol=0, atol=1e-6 * len(fa)
+    )
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -155,9 +161,9 @@ def test_engines_agree(outcome, spark):
 
 
 @pytest.mark.spark
-def test_nightly_cli_on_spark_matches_local(outcome, dataset, tmp_path):
-    """``mmf nightly --engine spark`` in its own process (its own JVM) writes the Gold
-    tables the local engine writes."""
+def test_nightly_cli_on_spark_matches_local(outcome, dataset, tmp_path, spark_submit_args):
+    """``mmf nightly --engine spark`` in its own process (its own JVM, on a machine whose
+    local time zone is not UTC) writes the Gold tables the local engine writes."""
     _, source = dataset
     local = outcome("local")
     conf = tmp_path / "conf.yaml"
@@ -167,12 +173,15 @@ def test_nightly_cli_on_spark_matches_local(outcome, dataset, tmp_path):
         "MMF_LAKEHOUSE": str(tmp_path / "lake"),
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
         "SPARK_MASTER": "local[2]",
-        "PYSPARK_SUBMIT_ARGS": "--driver-memory 1g --conf spark.ui.enabled=false "
-        "--conf spark.sql.shuffle.partitions=4 --conf spark.databricks.delta.snapshotPartitions=2 pyspark-shell",
+        "PYSPARK_SUBMIT_ARGS": spark_submit_args,
+        "TZ": "Asia/Kolkata",  # a machine clock off UTC by a non-whole hour: nothing may shift
     }
     proc = subprocess.run(
         [MMF, "nightly", "--engine", "spark", "--conf", str(conf)],
-        env=env, capture_output=True, text=True, timeout=400,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "train      done" in proc.stdout and "forecast   done" in proc.stdout
@@ -182,6 +191,10 @@ def test_nightly_cli_on_spark_matches_local(outcome, dataset, tmp_path):
     spark_lake = Lakehouse(str(tmp_path / "lake"))
     assert_same_gold(_gold(local["lake"]), _gold(spark_lake))
     tags = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").search_runs(
-        [mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_experiment_by_name("mmf").experiment_id]
+        [
+            mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+            .get_experiment_by_name("mmf")
+            .experiment_id
+        ]
     )
     assert [r.data.tags["mmf.engine"] for r in tags] == ["spark"]

@@ -72,8 +72,14 @@ def test_partitions_follow_the_number_of_series():
 def test_sql_names_are_rewritten_outside_quotes():
     sql = "SELECT 'gold.forecasts' AS t, count(*) FROM gold.forecasts JOIN Silver.Series s USING (series_id)"
     out = rewrite_table_names(sql, ["gold/forecasts", "silver/series"])
-    assert out == "SELECT 'gold.forecasts' AS t, count(*) FROM gold_forecasts JOIN silver_series s USING (series_id)"
-    assert rewrite_table_names("SELECT * FROM gold.forecastsx", ["gold/forecasts"]) == "SELECT * FROM gold.forecastsx"
+    assert (
+        out
+        == "SELECT 'gold.forecasts' AS t, count(*) FROM gold_forecasts JOIN silver_series s USING (series_id)"
+    )
+    assert (
+        rewrite_table_names("SELECT * FROM gold.forecastsx", ["gold/forecasts"])
+        == "SELECT * FROM gold.forecastsx"
+    )
 
 
 def test_get_engine_builds_the_spark_engine(spark):
@@ -91,7 +97,9 @@ def _bronze(n_series: int = 5, days: int = 4, seed: int = 2) -> pd.DataFrame:
 
 
 def _cfg(**changes):
-    return load_config(horizon=24, models=["seasonal_naive"], **{"cleaning.min_length": 48, **changes}).replace(freq="h")
+    return load_config(
+        horizon=24, models=["seasonal_naive"], **{"cleaning.min_length": 48, **changes}
+    ).replace(freq="h")
 
 
 def _sorted(df: pd.DataFrame) -> pd.DataFrame:
@@ -100,17 +108,28 @@ def _sorted(df: pd.DataFrame) -> pd.DataFrame:
 
 def test_map_groups_matches_local_and_accepts_spark_frames(spark):
     bronze, cfg = _bronze(), _cfg()
-    local = LocalEngine(workers=1).map_groups(bronze, C.SERIES_ID, clean_series, REFINE_OUT, cfg, on_error=engine_error)
+    local = LocalEngine(workers=1).map_groups(
+        bronze, C.SERIES_ID, clean_series, REFINE_OUT, cfg, on_error=engine_error
+    )
     engine = SparkEngine(cfg)
     seen = []
-    out = engine.map_groups(bronze, C.SERIES_ID, clean_series, REFINE_OUT, cfg, on_error=engine_error,
-                            progress=lambda d, t: seen.append((d, t)))
+    out = engine.map_groups(
+        bronze,
+        C.SERIES_ID,
+        clean_series,
+        REFINE_OUT,
+        cfg,
+        on_error=engine_error,
+        progress=lambda d, t: seen.append((d, t)),
+    )
     assert list(out.columns) == REFINE_OUT.names
     assert out[C.TS].dtype == "datetime64[us]"  # the same dtypes as the local engine
     pd.testing.assert_frame_equal(_sorted(out), _sorted(local))
     assert seen[0] == (0, 5) and seen[-1] == (5, 5)
     # a Spark DataFrame in (e.g. read from Delta by the executors): the same result
-    from_spark = engine.map_groups(to_spark(spark, bronze), C.SERIES_ID, clean_series, REFINE_OUT, cfg, on_error=engine_error)
+    from_spark = engine.map_groups(
+        to_spark(spark, bronze), C.SERIES_ID, clean_series, REFINE_OUT, cfg, on_error=engine_error
+    )
     pd.testing.assert_frame_equal(_sorted(from_spark), _sorted(local))
 
 
@@ -118,7 +137,10 @@ def test_too_large_series_are_not_sent_to_workers(spark):
     bronze = _bronze(n_series=3, days=3)
     sizes = bronze.groupby(C.SERIES_ID).size()
     big = sizes.idxmax()
-    bronze = pd.concat([bronze, bronze[bronze[C.SERIES_ID] == big].assign(_row=lambda d: d["_row"] + 10_000)], ignore_index=True)
+    bronze = pd.concat(
+        [bronze, bronze[bronze[C.SERIES_ID] == big].assign(_row=lambda d: d["_row"] + 10_000)],
+        ignore_index=True,
+    )
     limit = int(sizes.max()) + 5  # only the doubled series is above it
     cfg = _cfg(**{"cleaning.max_points_per_series": limit})
     calls = []
@@ -133,7 +155,9 @@ def test_too_large_series_are_not_sent_to_workers(spark):
     q = out[out["_reason"].notna()].set_index(C.SERIES_ID)
     assert q.loc[big, "_reason"] == "too_large"
     # the same quarantine row the local path (clean_series itself) writes
-    local = LocalEngine(workers=1).map_groups(bronze, C.SERIES_ID, clean_series, REFINE_OUT, cfg, on_error=engine_error)
+    local = LocalEngine(workers=1).map_groups(
+        bronze, C.SERIES_ID, clean_series, REFINE_OUT, cfg, on_error=engine_error
+    )
     lq = local[local["_reason"].notna()].set_index(C.SERIES_ID)
     assert q.loc[big, "_detail"] == lq.loc[big, "_detail"]
     pd.testing.assert_frame_equal(_sorted(out), _sorted(local))
@@ -153,7 +177,12 @@ def test_worker_errors_become_rows(spark):
     schema = pa.schema([(C.SERIES_ID, pa.string()), ("n", pa.int64())])
     cfg = _cfg()
     out = SparkEngine(cfg).map_groups(
-        frame, C.SERIES_ID, _boom, schema, cfg, on_error=lambda sid, why: pd.DataFrame({C.SERIES_ID: [sid], "n": [-1]})
+        frame,
+        C.SERIES_ID,
+        _boom,
+        schema,
+        cfg,
+        on_error=lambda sid, why: pd.DataFrame({C.SERIES_ID: [sid], "n": [-1]}),
     )
     assert out.set_index(C.SERIES_ID)["n"].to_dict() == {"s1": 2, "s2": -1, "s3": 1}
     with pytest.raises(Exception, match="cannot fit s2"):

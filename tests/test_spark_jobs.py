@@ -9,6 +9,8 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
+from click.testing import CliRunner
 
 pytest.importorskip("pyspark")
 
@@ -17,6 +19,7 @@ from forecasting.config import load_config  # noqa: E402
 from forecasting.errors import MMFError  # noqa: E402
 from forecasting.generator import generate  # noqa: E402
 from registry import scoring  # noqa: E402
+from training.cli import cli  # noqa: E402
 from training.engines.spark import FAIL_FIRST_ATTEMPT_ENV  # noqa: E402
 from training.jobs import forecast as forecast_job  # noqa: E402
 from training.jobs import stream as stream_job  # noqa: E402
@@ -39,7 +42,10 @@ def _setup(root, readings: pd.DataFrame, **changes):
     """A lakehouse with ``readings`` ingested, refined and trained (local engine: only the
     step under test runs on Spark)."""
     cfg = load_config(
-        lakehouse=str(root / "lake"), horizon=H, models=["seasonal_naive"], workers=1,
+        lakehouse=str(root / "lake"),
+        horizon=H,
+        models=["seasonal_naive"],
+        workers=1,
         **{"cleaning.min_length": 96, "mlflow.tracking_uri": f"sqlite:///{root / 'mlflow.db'}", **changes},
     )
     lake = Lakehouse.from_config(cfg)
@@ -48,6 +54,12 @@ def _setup(root, readings: pd.DataFrame, **changes):
     ingest(lake, src)
     refine(lake, cfg)
     return cfg, lake
+
+
+def _conf_file(cfg, folder) -> str:
+    path = folder / "conf.yaml"
+    path.write_text(yaml.safe_dump(cfg.to_dict()))
+    return str(path)
 
 
 def test_failed_first_attempts_leave_no_duplicates(tmp_path, spark, monkeypatch):
@@ -89,18 +101,27 @@ def test_score_on_spark_matches_local_and_is_idempotent(trained, tmp_path):
 
     first = scoring.score(lake, cfg, src, engine="spark")
     assert (first.n_series, first.n_rows, first.n_unknown) == (3, 15, 1)
-    again = scoring.score(lake, cfg, src, engine="spark")  # same input, same champion
-    assert again.n_rows == 15
+    # the same input with the same champion, through the CLI: replaced, not added
+    result = CliRunner().invoke(
+        cli, ["score", "--engine", "spark", "--input", src, "--conf", _conf_file(cfg, tmp_path)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "gold/scores version 1: 15 rows for 3 series" in result.output
+    assert "1 series of the input have no model" in result.output
     spark_rows = lake.read("gold/scores").sort_values([C.SERIES_ID, C.TS], ignore_index=True)
     assert len(spark_rows) == 15 and (spark_rows["source"] == src).all()
-    assert (spark_rows["cutoff"] == spark_rows[C.SERIES_ID].map(rep.results.set_index(C.SERIES_ID)["end"])).all()
+    assert (
+        spark_rows["cutoff"] == spark_rows[C.SERIES_ID].map(rep.results.set_index(C.SERIES_ID)["end"])
+    ).all()
 
     scoring.score(lake, cfg, src, engine="local")  # replaces the same (source, version) rows
     local_rows = lake.read("gold/scores").sort_values([C.SERIES_ID, C.TS], ignore_index=True)
     assert len(local_rows) == 15
     cols = ["yhat", "yhat_lower_80", "yhat_upper_95"]
     np.testing.assert_allclose(spark_rows[cols].to_numpy(), local_rows[cols].to_numpy(), atol=1e-9)
-    assert spark_rows[[C.SERIES_ID, C.TS, "model", "model_version"]].equals(local_rows[[C.SERIES_ID, C.TS, "model", "model_version"]])
+    assert spark_rows[[C.SERIES_ID, C.TS, "model", "model_version"]].equals(
+        local_rows[[C.SERIES_ID, C.TS, "model", "model_version"]]
+    )
 
     # into gold/forecasts: MERGE next to the nightly forecast, never duplicating it
     fc = forecast_job.forecast(lake, cfg)
@@ -127,7 +148,9 @@ def test_stream_refreshes_touched_series_once_across_restarts(tmp_path, spark, m
 
     # new rows for two meters; the batch crashes right after its Gold commit
     touched = sorted(readings[C.SERIES_ID].unique())[:2]
-    more = readings[(readings[C.TS] >= start + pd.Timedelta("9D")) & (readings[C.TS] < start + pd.Timedelta("9D12h"))]
+    more = readings[
+        (readings[C.TS] >= start + pd.Timedelta("9D")) & (readings[C.TS] < start + pd.Timedelta("9D12h"))
+    ]
     more = more[more[C.SERIES_ID].isin(touched)]
     more.to_parquet(tmp_path / "part1.parquet")
     ingest(lake, tmp_path / "part1.parquet")
@@ -148,7 +171,10 @@ def test_stream_refreshes_touched_series_once_across_restarts(tmp_path, spark, m
     monkeypatch.delenv(stream_job.CRASH_ENV)
     rep = stream_job.stream(lake, cfg, once=True)
     assert [(b.batch_id, b.status, b.n_series) for b in rep.batches] == [(2, "written", 1)]
-    assert stream_job.stream(lake, cfg, once=True).batches == []  # nothing new
+    # nothing new: the CLI's run processes no batch
+    result = CliRunner().invoke(cli, ["stream", "--once", "--conf", _conf_file(cfg, tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "stream stopped after 0 batch(es)" in result.output
 
     gold = lake.read("gold/forecasts")
     assert not gold.duplicated(KEYS).any()

@@ -28,9 +28,22 @@ def _forecasts(version: str, series=("a", "b"), h: int = 3, shift: float = 0.0) 
     for i, sid in enumerate(series):
         for k, t in enumerate(ts):
             y = 10.0 * i + k + shift
-            rows.append({C.SERIES_ID: sid, C.TS: t, "yhat": y, "yhat_lower_80": y - 1, "yhat_upper_80": y + 1,
-                         "yhat_lower_95": y - 2, "yhat_upper_95": y + 2, "model": "theta", "model_version": version,
-                         "run_id": f"run-{version}", "cutoff": pd.Timestamp("2023-12-31 23:00"), "created_at": NOW})
+            rows.append(
+                {
+                    C.SERIES_ID: sid,
+                    C.TS: t,
+                    "yhat": y,
+                    "yhat_lower_80": y - 1,
+                    "yhat_upper_80": y + 1,
+                    "yhat_lower_95": y - 2,
+                    "yhat_upper_95": y + 2,
+                    "model": "theta",
+                    "model_version": version,
+                    "run_id": f"run-{version}",
+                    "cutoff": pd.Timestamp("2023-12-31 23:00"),
+                    "created_at": NOW,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -61,8 +74,18 @@ def test_written_by_one_layer_read_by_the_other(tables):
     assert tables.read("gold/forecasts").count() == 18
 
     # a table Spark creates is read and written by deltalake (dates and tz-aware too)
-    pf = pd.DataFrame({"level": ["total"], "key": ["all"], "day": [dt.date(2024, 1, 1)], "yhat": [1.5], "n_series": [2],
-                       "model_version": ["1"], "cutoff": [pd.Timestamp("2023-12-31 23:00")], "created_at": [NOW]})
+    pf = pd.DataFrame(
+        {
+            "level": ["total"],
+            "key": ["all"],
+            "day": [dt.date(2024, 1, 1)],
+            "yhat": [1.5],
+            "n_series": [2],
+            "model_version": ["1"],
+            "cutoff": [pd.Timestamp("2023-12-31 23:00")],
+            "created_at": [NOW],
+        }
+    )
     tables.write("gold/portfolio", pf)
     lake.write("gold/portfolio", pf.assign(model_version="2"))
     read = lake.read("gold/portfolio").sort_values("model_version", ignore_index=True)
@@ -83,16 +106,33 @@ def test_gold_replace_where_and_transactions_are_idempotent(tables):
     lake = tables.lake
     lake.write("gold/forecasts", _forecasts("1"))
     where = "model_version = '2'"
-    v1 = tables.write("gold/forecasts", _forecasts("2"), mode="overwrite", replace_where=where, app_id="mmf-forecast", app_version=2)
+    v1 = tables.write(
+        "gold/forecasts",
+        _forecasts("2"),
+        mode="overwrite",
+        replace_where=where,
+        app_id="mmf-forecast",
+        app_version=2,
+    )
     # the same write again (a retried job) commits nothing: Delta's txnAppId/txnVersion
-    v2 = tables.write("gold/forecasts", _forecasts("2", shift=9), mode="overwrite", replace_where=where, app_id="mmf-forecast", app_version=2)
+    v2 = tables.write(
+        "gold/forecasts",
+        _forecasts("2", shift=9),
+        mode="overwrite",
+        replace_where=where,
+        app_id="mmf-forecast",
+        app_version=2,
+    )
     assert v1 == v2
     assert lake.txn_version("gold/forecasts", "mmf-forecast") == 2  # deltalake sees Spark's txn
     # a new version of the same key replaces only its rows
     tables.write("gold/forecasts", _forecasts("2", shift=1), mode="overwrite", replace_where=where)
     got = lake.read("gold/forecasts")
     assert got.groupby("model_version").size().to_dict() == {"1": 6, "2": 6}
-    assert np.allclose(got.loc[got["model_version"] == "2", "yhat"].sort_values(), _forecasts("2", shift=1)["yhat"].sort_values())
+    assert np.allclose(
+        got.loc[got["model_version"] == "2", "yhat"].sort_values(),
+        _forecasts("2", shift=1)["yhat"].sort_values(),
+    )
     # and deltalake's replace-where on the same rows agrees
     lake.write("gold/forecasts", _forecasts("2", shift=2), mode="overwrite", predicate=where)
     assert tables.read("gold/forecasts").where("model_version = '2'").count() == 6
@@ -102,14 +142,18 @@ def test_merge_upserts_once_and_records_the_batch(tables):
     lake = tables.lake
     keys = [C.SERIES_ID, C.TS, "cutoff", "model_version"]
     tables.merge("gold/forecasts", _forecasts("1"), keys, app_id="stream", app_version=0)  # creates the table
-    tables.merge("gold/forecasts", _forecasts("1", series=("b", "c"), shift=5), keys, app_id="stream", app_version=1)
-    got = lake.read("gold/forecasts").set_index([C.SERIES_ID, C.TS])
+    tables.merge(
+        "gold/forecasts", _forecasts("1", series=("b", "c"), shift=5), keys, app_id="stream", app_version=1
+    )
+    got = lake.read("gold/forecasts").set_index([C.SERIES_ID, C.TS]).sort_index()
     assert len(got) == 9 and not got.index.duplicated().any()
     assert got.loc["a", "yhat"].tolist() == [0.0, 1.0, 2.0]  # untouched
     assert got.loc["b", "yhat"].tolist() == [5.0, 6.0, 7.0]  # replaced
     assert lake.txn_version("gold/forecasts", "stream") == 1
     before = lake.version("gold/forecasts")
-    tables.merge("gold/forecasts", _forecasts("1", series=("d",)), keys, app_id="stream", app_version=1)  # a replay
+    tables.merge(
+        "gold/forecasts", _forecasts("1", series=("d",)), keys, app_id="stream", app_version=1
+    )  # a replay
     assert lake.version("gold/forecasts") == before and len(lake.read("gold/forecasts")) == 9
 
 
@@ -117,7 +161,11 @@ def test_sql_with_spark_sees_every_table(tables):
     lake = tables.lake
     lake.write("gold/forecasts", _forecasts("1"))
     lake.write("gold/forecasts", _forecasts("2"))
-    out = run_sql(lake, "SELECT model_version, count(*) AS n, 'gold.forecasts' AS src FROM gold.forecasts GROUP BY 1 ORDER BY 1", engine="spark")
+    out = run_sql(
+        lake,
+        "SELECT model_version, count(*) AS n, 'gold.forecasts' AS src FROM gold.forecasts GROUP BY 1 ORDER BY 1",
+        engine="spark",
+    )
     assert out.to_dict("list") == {"model_version": ["1", "2"], "n": [6, 6], "src": ["gold.forecasts"] * 2}
     view = run_sql(lake, "SELECT min(ts) AS t FROM gold_forecasts", engine="spark")
     assert view["t"].iloc[0] == pd.Timestamp("2024-01-01")
@@ -127,10 +175,22 @@ def test_sql_with_spark_sees_every_table(tables):
 
 def test_remote_uris_and_credentials_for_spark():
     opts = {"account_name": "acct", "account_key": "s3cr3t"}
-    assert spark_uri("az://box/lake/gold/forecasts", opts) == "abfss://box@acct.dfs.core.windows.net/lake/gold/forecasts"
+    assert (
+        spark_uri("az://box/lake/gold/forecasts", opts)
+        == "abfss://box@acct.dfs.core.windows.net/lake/gold/forecasts"
+    )
     assert spark_uri("s3://bucket/lake") == "s3a://bucket/lake"
     assert spark_uri("/tmp/lake") == "/tmp/lake"
-    assert hadoop_settings(opts, "az://box/lake") == {"fs.azure.account.key.acct.dfs.core.windows.net": "s3cr3t"}
-    s3 = hadoop_settings({"aws_access_key_id": "AK", "aws_secret_access_key": "SK", "aws_endpoint_url": "http://minio:9000"}, "s3://b/l")
-    assert s3 == {"fs.s3a.access.key": "AK", "fs.s3a.secret.key": "SK", "fs.s3a.endpoint": "http://minio:9000"}
+    assert hadoop_settings(opts, "az://box/lake") == {
+        "fs.azure.account.key.acct.dfs.core.windows.net": "s3cr3t"
+    }
+    s3 = hadoop_settings(
+        {"aws_access_key_id": "AK", "aws_secret_access_key": "SK", "aws_endpoint_url": "http://minio:9000"},
+        "s3://b/l",
+    )
+    assert s3 == {
+        "fs.s3a.access.key": "AK",
+        "fs.s3a.secret.key": "SK",
+        "fs.s3a.endpoint": "http://minio:9000",
+    }
     assert "s3cr3t" not in repr(SparkTables(Lakehouse("az://box/lake", opts)))

@@ -30,9 +30,11 @@ H = 24
 # -- search spaces ---------------------------------------------------------------------
 def test_default_search_spaces_load_and_cover_the_tunable_models():
     spaces = load_search_spaces()
-    assert set(spaces) >= {"ets", "theta", "mstl", "arima", "prophet", "global_nn", "global_gbm"}
+    assert set(spaces) >= {"ets", "theta", "arima", "prophet", "global_nn", "global_gbm"}
     assert spaces["prophet"]["changepoint_prior_scale"] == ParamSpec("loguniform", (0.001, 0.5))
-    assert {"changepoint_prior_scale", "seasonality_prior_scale", "seasonality_mode"} <= set(spaces["prophet"])
+    assert {"changepoint_prior_scale", "seasonality_prior_scale", "seasonality_mode"} <= set(
+        spaces["prophet"]
+    )
     assert {"trend", "damped", "seasonal"} <= set(spaces["ets"])
     assert spaces["ets"]["max_history"].unit == "seasons"
 
@@ -52,10 +54,17 @@ def _write(tmp_path, text):
         ("ets:\n  trend: {choose: [add]}\n", "spaces.yaml: ets.trend", "exactly one of choice"),
         ("ets:\n  trend: add\n", "spaces.yaml: ets.trend", "a mapping with one of"),
         ("theta:\n  theta: {uniform: [3, 1]}\n", "spaces.yaml: theta.theta.uniform", "lo < hi"),
-        ("prophet:\n  changepoint_prior_scale: {loguniform: [0, 1]}\n",
-         "spaces.yaml: prophet.changepoint_prior_scale.loguniform", "0 < lo < hi"),
+        (
+            "prophet:\n  changepoint_prior_scale: {loguniform: [0, 1]}\n",
+            "spaces.yaml: prophet.changepoint_prior_scale.loguniform",
+            "0 < lo < hi",
+        ),
         ("arima:\n  fourier: {int: [0.5, 3]}\n", "spaces.yaml: arima.fourier.int", "[lo, hi] of integers"),
-        ("ets:\n  max_history: {choice: [2, 4], unit: weeks}\n", "spaces.yaml: ets.max_history.unit", "seasons"),
+        (
+            "ets:\n  max_history: {choice: [2, 4], unit: weeks}\n",
+            "spaces.yaml: ets.max_history.unit",
+            "seasons",
+        ),
         ("ets: []\n", "spaces.yaml: ets", "a non-empty mapping"),
         ("- ets\n", "spaces.yaml", "a mapping of model name"),
     ],
@@ -79,7 +88,12 @@ def test_config_checks_the_search_space_file_only_when_tuning(tmp_path):
     assert load_config(**{"tune.search_spaces": str(bad)}).tune.enabled is False  # not read
     with pytest.raises(ConfigError, match="trendy"):
         load_config(**{"tune.search_spaces": str(bad), "tune.enabled": True})
-    for key, value in (("tune.max_evals", 0), ("tune.windows", 0), ("tune.timeout_s", -1), ("tune.parallelism", 0)):
+    for key, value in (
+        ("tune.max_evals", 0),
+        ("tune.windows", 0),
+        ("tune.timeout_s", -1),
+        ("tune.parallelism", 0),
+    ):
         with pytest.raises(ConfigError) as err:
             load_config(**{key: value})
         assert err.value.key == key
@@ -180,8 +194,12 @@ def _series(n=24 * 12, trend=0.05):
 def test_process_series_tunes_before_the_selection_windows_and_keeps_the_tuned_values(tmp_path, tunable):
     spaces = _write(tmp_path, "fake_tunable:\n  shift: {uniform: [0.0, 3.0]}\n")
     cfg = from_dict(
-        {"horizon": H, "models": ["fake_tunable"], "backtest": {"windows": 2},
-         "tune": {"enabled": True, "max_evals": 6, "search_spaces": str(spaces), "windows": 1}}
+        {
+            "horizon": H,
+            "models": ["fake_tunable"],
+            "backtest": {"windows": 2},
+            "tune": {"enabled": True, "max_evals": 6, "search_spaces": str(spaces), "windows": 1},
+        }
     )
     pdf = _series()
     out = process_series(pdf, cfg).iloc[0]
@@ -205,8 +223,13 @@ def test_process_series_tunes_before_the_selection_windows_and_keeps_the_tuned_v
 def test_a_series_too_short_to_tune_says_so_and_still_trains(tmp_path, tunable):
     spaces = _write(tmp_path, "fake_tunable:\n  shift: {uniform: [0.0, 3.0]}\n")
     cfg = from_dict(
-        {"horizon": H, "models": ["fake_tunable"], "backtest": {"windows": 1}, "cleaning": {"min_length": 48},
-         "tune": {"enabled": True, "max_evals": 3, "search_spaces": str(spaces)}}
+        {
+            "horizon": H,
+            "models": ["fake_tunable"],
+            "backtest": {"windows": 1},
+            "cleaning": {"min_length": 48},
+            "tune": {"enabled": True, "max_evals": 3, "search_spaces": str(spaces)},
+        }
     )
     out = process_series(_series(n=80), cfg).iloc[0]  # 72 points train the selection window, 80 < 96
     assert out["status"] == "ok"
@@ -217,8 +240,12 @@ def test_real_model_tuning_run_is_small_and_reported():
     """ETS with the shipped search space, 3 evaluations: tuned_json reports it and the
     chosen model's params are what was adopted."""
     cfg = from_dict(
-        {"horizon": H, "models": ["ets"], "backtest": {"windows": 1},
-         "tune": {"enabled": True, "max_evals": 3, "timeout_s": 60}}
+        {
+            "horizon": H,
+            "models": ["ets"],
+            "backtest": {"windows": 1},
+            "tune": {"enabled": True, "max_evals": 3, "timeout_s": 60},
+        }
     )
     out = process_series(_series(n=24 * 14, trend=0.0), cfg).iloc[0]
     assert out["status"] == "ok", out["reason"]

@@ -64,7 +64,9 @@ def torch_available() -> bool:
 def require_torch() -> None:
     if not torch_available():
         raise ConfigError(
-            "models", "global_nn", "a model whose packages are installed: install the deep extra: pip install -e .[deep]"
+            "models",
+            "global_nn",
+            "a model whose packages are installed: install the deep extra: pip install -e .[deep]",
         )
 
 
@@ -75,8 +77,15 @@ def pinball(pred, target, quantiles):
 
 
 # -- the train function (every process) ----------------------------------------------
-def train_worker(data_path: str, meta: dict[str, Any], params: dict[str, Any], seed: int, out_path: str,
-                 use_gpu: Any = "auto", threads: int | None = None) -> str:
+def train_worker(
+    data_path: str,
+    meta: dict[str, Any],
+    params: dict[str, Any],
+    seed: int,
+    out_path: str,
+    use_gpu: Any = "auto",
+    threads: int | None = None,
+) -> str:
     """Train on the windows in ``data_path``; rank 0 writes ``out_path`` and returns it.
 
     Reads ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` from the environment (set by
@@ -113,7 +122,11 @@ def train_worker(data_path: str, meta: dict[str, Any], params: dict[str, Any], s
         batch = max(1, int(params["batch_size"]) // world)
         loader = DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=0)
         model = build_module(meta).to(device)
-        net = DistributedDataParallel(model, device_ids=[device.index] if gpu else None) if distributed else model
+        net = (
+            DistributedDataParallel(model, device_ids=[device.index] if gpu else None)
+            if distributed
+            else model
+        )
         opt = torch.optim.Adam(net.parameters(), lr=float(params["lr"]))
         quantiles = torch.tensor(meta["quantiles"], dtype=torch.float32, device=device)
         losses = []
@@ -126,7 +139,12 @@ def train_worker(data_path: str, meta: dict[str, Any], params: dict[str, Any], s
                 loss = pinball(net(xb, cb), yb, quantiles)
                 loss.backward()
                 opt.step()
-                total += torch.stack([loss.detach().double() * len(yb), torch.tensor(float(len(yb)), device=device, dtype=torch.float64)])
+                total += torch.stack(
+                    [
+                        loss.detach().double() * len(yb),
+                        torch.tensor(float(len(yb)), device=device, dtype=torch.float64),
+                    ]
+                )
             if distributed:
                 dist.all_reduce(total)
             losses.append(float(total[0] / total[1]))
@@ -144,8 +162,12 @@ def train_worker(data_path: str, meta: dict[str, Any], params: dict[str, Any], s
 
 def _spawn_entry(local_rank: int, world: int, port: int, args: tuple) -> None:
     os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(local_rank),
-        WORLD_SIZE=str(world), LOCAL_RANK=str(local_rank), LOCAL_WORLD_SIZE=str(world),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(local_rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(local_rank),
+        LOCAL_WORLD_SIZE=str(world),
     )
     train_worker(*args)
 
@@ -214,7 +236,9 @@ def train(
         except Exception as exc:
             raise ModelError(f"global_nn training with {n} process(es) ({launcher}) failed: {exc}") from exc
         if not Path(out_path).exists():
-            raise ModelError(f"global_nn training ({launcher}, {n} process(es)) ended without writing its weights")
+            raise ModelError(
+                f"global_nn training ({launcher}, {n} process(es)) ended without writing its weights"
+            )
         with np.load(out_path, allow_pickle=False) as out:
             arrays = {k: np.array(out[k]) for k in out.files if k != "__losses__"}
             losses = [float(v) for v in out["__losses__"]]

@@ -128,7 +128,9 @@ class GlobalReport:
         if len(out):
             first = ~out[C.SERIES_ID].astype(str).duplicated()
             sids = out.loc[first, C.SERIES_ID].astype(str)
-            column.loc[first] = [json.dumps(payload[s], allow_nan=False) if s in payload else pd.NA for s in sids]
+            column.loc[first] = [
+                json.dumps(payload[s], allow_nan=False) if s in payload else pd.NA for s in sids
+            ]
         out[GLOBAL_COLUMN] = column
         return out
 
@@ -171,7 +173,9 @@ def make_fitter(config: Config, launcher: str, num_processes: int | None = None)
 
         get_spark(config)
 
-    def fit(name: str, panel: Panel, spec: Spec, params: dict[str, Any], seed: int) -> tuple[GlobalWeights, Fit]:
+    def fit(
+        name: str, panel: Panel, spec: Spec, params: dict[str, Any], seed: int
+    ) -> tuple[GlobalWeights, Fit]:
         start = time.perf_counter()
         if name == "global_gbm":
             weights = gbm_mod.fit(panel, spec, params, seed)
@@ -184,11 +188,20 @@ def make_fitter(config: Config, launcher: str, num_processes: int | None = None)
             if meta["use_temperature"]:
                 meta["t_loc"], meta["t_scale"] = nn_mod.temperature_scaling(panel)
             samples = nn_mod.build_samples(panel, meta, int(settings["windows_per_series"]), seed)
-            res = deep.train(samples, meta, settings, seed, num_processes=n_proc, launcher=launcher, use_gpu=use_gpu)
+            res = deep.train(
+                samples, meta, settings, seed, num_processes=n_proc, launcher=launcher, use_gpu=use_gpu
+            )
             arrays = {k: np.asarray(v, dtype=np.float32) for k, v in res.arrays.items()}
             weights = GlobalWeights("global_nn", meta, arrays)
-            return weights, Fit("", time.perf_counter() - start, len(panel), res.losses, res.processes,
-                                res.launcher, res.device)
+            return weights, Fit(
+                "",
+                time.perf_counter() - start,
+                len(panel),
+                res.losses,
+                res.processes,
+                res.launcher,
+                res.device,
+            )
         raise ModelError(f"{name} is not a global model: expected one of {', '.join(GLOBAL_MODELS)}")
 
     return fit
@@ -205,8 +218,15 @@ def _temps(panel: Panel, i: int, start: int, h: int) -> np.ndarray | None:
     return block.reshape(-1, 1)
 
 
-def _forecast(cls, weights: GlobalWeights, panel: Panel, index: Sequence[int], ends: Sequence[int], h: int,
-              levels: Sequence[int]) -> tuple[dict[int, dict[str, np.ndarray]], dict[int, str]]:
+def _forecast(
+    cls,
+    weights: GlobalWeights,
+    panel: Panel,
+    index: Sequence[int],
+    ends: Sequence[int],
+    h: int,
+    levels: Sequence[int],
+) -> tuple[dict[int, dict[str, np.ndarray]], dict[int, str]]:
     """Forecasts of series ``index`` from ``ends`` (exclusive), batched; series that
     cannot be forecast (too short for the input) get a reason instead."""
     ok, states, X, failed = [], [], [], {}
@@ -236,8 +256,17 @@ def _finite(fc: dict[str, np.ndarray]) -> bool:
 
 
 # -- tuning ---------------------------------------------------------------------------
-def tune(name: str, panel: Panel, spec: Spec, params: dict[str, Any], config: Config, space: Any,
-         tune_cutoffs: dict[int, list[int]], trials: Any, trials_kind: str):
+def tune(
+    name: str,
+    panel: Panel,
+    spec: Spec,
+    params: dict[str, Any],
+    config: Config,
+    space: Any,
+    tune_cutoffs: dict[int, list[int]],
+    trials: Any,
+    trials_kind: str,
+):
     """Hyperopt search of ``name``'s hyper-parameters on the tuning windows."""
     from forecasting.tuning import minimize
 
@@ -272,8 +301,13 @@ def tune(name: str, panel: Panel, spec: Spec, params: dict[str, Any], config: Co
     except Exception:  # noqa: BLE001
         default_loss = float("inf")
     return minimize(
-        loss, space, max_evals=config.tune.max_evals, timeout_s=config.tune.global_timeout_s, seed=seed,
-        longest_season=spec.longest_season, default_loss=default_loss if math.isfinite(default_loss) else float("inf"),
+        loss,
+        space,
+        max_evals=config.tune.max_evals,
+        timeout_s=config.tune.global_timeout_s,
+        seed=seed,
+        longest_season=spec.longest_season,
+        default_loss=default_loss if math.isfinite(default_loss) else float("inf"),
         trials=trials,
     )
 
@@ -372,13 +406,25 @@ def train_global_models(
         folder.mkdir(parents=True, exist_ok=True)
         store_path = save(folder / STORE_FILE, weights)
     if skipped:
-        log.warning("%d series left out of the global models (their own step fails them): %s", len(skipped),
-                    ", ".join(list(skipped)[:5]))
+        log.warning(
+            "%d series left out of the global models (their own step fails them): %s",
+            len(skipped),
+            ", ".join(list(skipped)[:5]),
+        )
     return GlobalReport(runs, store_path, tmp)
 
 
-def _train_and_forecast(run: GlobalRun, cls, panel: Panel, spec: Spec, params: dict[str, Any], config: Config,
-                        fitter: FitFn, cutoffs: dict[int, list[int]], not_backtestable: dict[int, str]) -> None:
+def _train_and_forecast(
+    run: GlobalRun,
+    cls,
+    panel: Panel,
+    spec: Spec,
+    params: dict[str, Any],
+    config: Config,
+    fitter: FitFn,
+    cutoffs: dict[int, list[int]],
+    not_backtestable: dict[int, str],
+) -> None:
     name, h, levels, seed = run.name, spec.horizon, spec.levels, config.seed
     windows: dict[int, list[dict[str, Any]]] = {i: [] for i in cutoffs}
     failed: dict[int, str] = dict(not_backtestable)
@@ -387,7 +433,9 @@ def _train_and_forecast(run: GlobalRun, cls, panel: Panel, spec: Spec, params: d
         if not index:
             break
         ends = [cutoffs[i][w] for i in index]
-        train_panel = panel.truncated([cutoffs[i][w] if i in cutoffs else 0 for i in range(len(panel))]).subset(index)
+        train_panel = panel.truncated(
+            [cutoffs[i][w] if i in cutoffs else 0 for i in range(len(panel))]
+        ).subset(index)
         weights, fit = fitter(name, train_panel, spec, params, seed)
         fit.label = f"window {w}"
         run.fits.append(fit)
@@ -398,7 +446,9 @@ def _train_and_forecast(run: GlobalRun, cls, panel: Panel, spec: Spec, params: d
                 failed[i] = f"{name} forecast for backtest window {w} is not finite"
                 continue
             end = cutoffs[i][w]
-            windows[i].append({"cutoff": pd.Timestamp(panel.ts[i][end - 1]).isoformat(), "forecast": _lists(fc)})
+            windows[i].append(
+                {"cutoff": pd.Timestamp(panel.ts[i][end - 1]).isoformat(), "forecast": _lists(fc)}
+            )
     weights, fit = fitter(name, panel, spec, params, seed)
     fit.label = "full"
     run.fits.append(fit)
@@ -415,8 +465,13 @@ def _train_and_forecast(run: GlobalRun, cls, panel: Panel, spec: Spec, params: d
             run.entries[sid] = {"status": "failed", "reason": why}
             continue
         model = cls.from_weights(
-            weights, panel.y[i], panel.ts[i], season_length=spec.seasonalities[0] if spec.seasonalities else 1,
-            seasonalities=spec.seasonalities, freq=spec.freq, params=params,
+            weights,
+            panel.y[i],
+            panel.ts[i],
+            season_length=spec.seasonalities[0] if spec.seasonalities else 1,
+            seasonalities=spec.seasonalities,
+            freq=spec.freq,
+            params=params,
         )
         run.entries[sid] = {
             "status": "ok",

@@ -59,7 +59,7 @@ def spark_uri(uri: str, storage_options: dict[str, str] | None = None) -> str:
             raise TableError(f"{uri}: Spark needs the storage account: set storage_options.account_name")
         return f"abfss://{container}@{account}.dfs.core.windows.net/{path}".rstrip("/")
     if uri.startswith("s3://"):
-        return "s3a://" + uri[len("s3://"):]
+        return "s3a://" + uri[len("s3://") :]
     return uri
 
 
@@ -150,7 +150,9 @@ class SparkTables:
             df = reader.load(self.uri(name))
         return df.select(*columns) if columns else df
 
-    def read_pandas(self, name: str, version: int | None = None, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    def read_pandas(
+        self, name: str, version: int | None = None, columns: Sequence[str] | None = None
+    ) -> pd.DataFrame:
         """A table as pandas with the contract's dtypes (as :meth:`Lakehouse.read` gives)."""
         schema = self.lake.schema(name)
         if columns:
@@ -199,7 +201,11 @@ class SparkTables:
         )
         if query_name:
             writer = writer.queryName(query_name)
-        writer = writer.trigger(availableNow=True) if once else writer.trigger(processingTime=f"{max(interval_s, 1):g} seconds")
+        writer = (
+            writer.trigger(availableNow=True)
+            if once
+            else writer.trigger(processingTime=f"{max(interval_s, 1):g} seconds")
+        )
         query = writer.start()
         try:
             if timeout_s is None:

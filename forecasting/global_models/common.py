@@ -14,10 +14,8 @@ this process's store, which :func:`load` fills (the pyfunc does that once in
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import threading
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
@@ -115,7 +113,9 @@ def save(path: str | Path, weights: Sequence[GlobalWeights]) -> Path:
         for name, arr in w.arrays.items():
             arr = np.asarray(arr)
             if arr.dtype == object:
-                raise ModelError(f"global weights {w.id}: array {name!r} has dtype object: expected numbers or bytes")
+                raise ModelError(
+                    f"global weights {w.id}: array {name!r} has dtype object: expected numbers or bytes"
+                )
             arrays[f"{w.id}/{name}"] = arr
         index.append(w.id)
     arrays["__index__"] = np.array(json.dumps(index))
@@ -138,7 +138,7 @@ def read(path: str | Path) -> list[GlobalWeights]:
                 )
             prefix = f"{wid}/"
             arrays = {
-                k[len(prefix):]: np.array(data[k])
+                k[len(prefix) :]: np.array(data[k])
                 for k in data.files
                 if k.startswith(prefix) and k != f"{wid}/{_META}"
             }
@@ -275,7 +275,9 @@ def calendar(ts: np.ndarray) -> np.ndarray:
     return np.stack([np.sin(a), np.cos(a), np.sin(b), np.cos(b)], axis=-1)
 
 
-def quantile_forecast(q: np.ndarray, quantiles: Sequence[float], level: Sequence[int]) -> dict[str, np.ndarray]:
+def quantile_forecast(
+    q: np.ndarray, quantiles: Sequence[float], level: Sequence[int]
+) -> dict[str, np.ndarray]:
     """``mean`` (the median) and ``lo-L``/``hi-L`` from an ``(h, n_quantiles)`` array;
     quantiles are sorted first so bounds never cross.
 
@@ -314,7 +316,13 @@ class GlobalForecaster(Forecaster):
     extra: ClassVar[str] = ""  # the pip extra that brings them
     allowed_params: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, season_length: int = 24, seasonalities: Sequence[int] = (24, 168), freq: str = "h", **params: Any) -> None:
+    def __init__(
+        self,
+        season_length: int = 24,
+        seasonalities: Sequence[int] = (24, 168),
+        freq: str = "h",
+        **params: Any,
+    ) -> None:
         super().__init__(season_length, seasonalities, freq, **params)
         from forecasting.models.base import check_keys
 
@@ -352,8 +360,15 @@ class GlobalForecaster(Forecaster):
     # -- state ------------------------------------------------------------------------
     @classmethod
     def from_weights(
-        cls, weights: GlobalWeights, y: np.ndarray, ts: np.ndarray, *, season_length: int,
-        seasonalities: Sequence[int], freq: str, params: dict[str, Any],
+        cls,
+        weights: GlobalWeights,
+        y: np.ndarray,
+        ts: np.ndarray,
+        *,
+        season_length: int,
+        seasonalities: Sequence[int],
+        freq: str,
+        params: dict[str, Any],
     ) -> "GlobalForecaster":
         """The fitted per-series model of a series whose history ends with ``y``/``ts``."""
         model = cls(season_length=season_length, seasonalities=seasonalities, freq=freq, **params)
@@ -408,13 +423,3 @@ def future_exog(X: np.ndarray | None, h: int, who: str, needed: bool) -> np.ndar
     if not np.all(np.isfinite(t)):
         raise ModelError(f"{who}: temperature has {int(np.sum(~np.isfinite(t)))} non-finite values")
     return t
-
-
-def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return buf.getvalue()
-
-
-def is_npz(path: str | Path) -> bool:
-    return zipfile.is_zipfile(path)

@@ -90,7 +90,9 @@ class GlobalGBM(GlobalForecaster):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
                 raise ConfigError(f"global_gbm.{key}", v, "a number in (0, 1]")
         if params.get("objective", DEFAULTS["objective"]) not in OBJECTIVES:
-            raise ConfigError("global_gbm.objective", params.get("objective"), f"one of {', '.join(OBJECTIVES)}")
+            raise ConfigError(
+                "global_gbm.objective", params.get("objective"), f"one of {', '.join(OBJECTIVES)}"
+            )
 
     @classmethod
     def forecast_many(cls, weights, states, X, h, level):
@@ -111,7 +113,9 @@ def feature_names(meta: dict[str, Any]) -> list[str]:
     return names
 
 
-def features(meta: dict[str, Any], hist: np.ndarray, first_ts: np.ndarray, temps: np.ndarray | None) -> np.ndarray:
+def features(
+    meta: dict[str, Any], hist: np.ndarray, first_ts: np.ndarray, temps: np.ndarray | None
+) -> np.ndarray:
     """Rows for every (window, step): ``hist`` (n, L) scaled inputs ending at the
     origin, ``first_ts`` (n,) the first target's timestamp, ``temps`` (n, H) or None.
     Returns ``(n * H, n_features)``, window-major."""
@@ -127,7 +131,9 @@ def features(meta: dict[str, Any], hist: np.ndarray, first_ts: np.ndarray, temps
         cols.append(np.broadcast_to(hist[:, L - s :].mean(axis=1)[:, None], (n, H)))
     m = meta["seasons"][0]
     cols.append(np.broadcast_to(hist[:, L - m :].std(axis=1)[:, None], (n, H)))
-    step = future_ts(np.datetime64("1970-01-01T00:00:00", "us"), meta["freq"], k) - np.datetime64("1970-01-01T00:00:00", "us")
+    step = future_ts(np.datetime64("1970-01-01T00:00:00", "us"), meta["freq"], k) - np.datetime64(
+        "1970-01-01T00:00:00", "us"
+    )
     target_ts = first_ts.astype("datetime64[us]")[:, None] + (step - step[0])[None, :]
     cal = calendar(target_ts.ravel()).reshape(n, H, 4)
     cols += [cal[:, :, i] for i in range(4)]
@@ -171,8 +177,15 @@ def fit(panel: Panel, spec: Spec, params: dict[str, Any], seed: int) -> GlobalWe
     use_t = panel.has_temperature
     t_loc, t_scale = temperature_scaling(panel) if use_t else (0.0, 1.0)
     meta = {
-        "input_size": L, "horizon": H, "seasons": seasons, "freq": spec.freq, "levels": list(spec.levels),
-        "use_temperature": bool(use_t), "t_loc": t_loc, "t_scale": t_scale, "scale_tail": None,
+        "input_size": L,
+        "horizon": H,
+        "seasons": seasons,
+        "freq": spec.freq,
+        "levels": list(spec.levels),
+        "use_temperature": bool(use_t),
+        "t_loc": t_loc,
+        "t_scale": t_scale,
+        "scale_tail": None,
     }
     C = int(s["calibration_windows"])
     rng = np.random.default_rng(seed)
@@ -207,8 +220,11 @@ def fit(panel: Panel, spec: Spec, params: dict[str, Any], seed: int) -> GlobalWe
         "num_threads": int(s["num_threads"]),
         "verbose": -1,
     }
-    booster = lgb.train(lgb_params, lgb.Dataset(X, y, feature_name=feature_names(meta), free_raw_data=True),
-                        num_boost_round=int(s["num_boost_round"]))
+    booster = lgb.train(
+        lgb_params,
+        lgb.Dataset(X, y, feature_name=feature_names(meta), free_raw_data=True),
+        num_boost_round=int(s["num_boost_round"]),
+    )
     Xc, yc = _windows(panel, meta, calib_origins) if C else (X[:0], y[:0])
     if len(yc) == 0:  # nothing held out (short series or calibration_windows: 0): in-sample errors
         Xc, yc = X, y
@@ -225,11 +241,16 @@ def fit(panel: Panel, spec: Spec, params: dict[str, Any], seed: int) -> GlobalWe
 def _booster(weights: GlobalWeights):
     import lightgbm as lgb
 
-    return cached(weights.id, "booster", lambda: lgb.Booster(model_str=array_to_text(weights.arrays["booster"])))
+    return cached(
+        weights.id, "booster", lambda: lgb.Booster(model_str=array_to_text(weights.arrays["booster"]))
+    )
 
 
 def forecast_many(
-    weights: GlobalWeights, states: Sequence[dict[str, Any]], X: Sequence[np.ndarray | None], h: int,
+    weights: GlobalWeights,
+    states: Sequence[dict[str, Any]],
+    X: Sequence[np.ndarray | None],
+    h: int,
     level: Sequence[int],
 ) -> list[dict[str, np.ndarray]]:
     from forecasting.errors import ModelError
@@ -245,7 +266,9 @@ def forecast_many(
     n = len(states)
     loc = np.array([s["loc"] for s in states], dtype=float)
     scale = np.array([s["scale"] for s in states], dtype=float)
-    hist = np.array([(np.asarray(s["last_y"], dtype=float)[-L:] - lo) / sc for s, lo, sc in zip(states, loc, scale)])
+    hist = np.array(
+        [(np.asarray(s["last_y"], dtype=float)[-L:] - lo) / sc for s, lo, sc in zip(states, loc, scale)]
+    )
     last = np.array([np.datetime64(s["last_ts"], "us") for s in states])
     temps = None
     if meta["use_temperature"]:

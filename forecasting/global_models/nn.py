@@ -118,14 +118,22 @@ def architecture(params: dict[str, Any], spec: Spec, use_temperature: bool) -> d
 
 # -- samples --------------------------------------------------------------------------
 def temperature_scaling(panel: Panel) -> tuple[float, float]:
-    values = np.concatenate([t for t in panel.temperature if t is not None]) if panel.has_temperature else np.zeros(1)
+    values = (
+        np.concatenate([t for t in panel.temperature if t is not None])
+        if panel.has_temperature
+        else np.zeros(1)
+    )
     loc, scale = float(np.mean(values)), float(np.std(values))
     return loc, (scale if scale > 1e-8 else 1.0)
 
 
 def make_inputs(
-    meta: dict[str, Any], y_last: np.ndarray, loc: np.ndarray, scale: np.ndarray,
-    first_ts: np.ndarray, temps: np.ndarray | None,
+    meta: dict[str, Any],
+    y_last: np.ndarray,
+    loc: np.ndarray,
+    scale: np.ndarray,
+    first_ts: np.ndarray,
+    temps: np.ndarray | None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(x, ctx)`` for a batch: ``y_last`` (n, L) raw, ``loc``/``scale`` (n,),
     ``first_ts`` (n,) the first forecast step, ``temps`` (n, H) or None."""
@@ -136,7 +144,9 @@ def make_inputs(
     return x.astype(np.float32), np.concatenate(ctx, axis=1).astype(np.float32)
 
 
-def build_samples(panel: Panel, meta: dict[str, Any], windows_per_series: int, seed: int) -> dict[str, np.ndarray]:
+def build_samples(
+    panel: Panel, meta: dict[str, Any], windows_per_series: int, seed: int
+) -> dict[str, np.ndarray]:
     """Training windows drawn from every series (``windows_per_series`` origins each,
     without replacement, seeded): ``x`` (N, L), ``ctx`` (N, C), ``y`` (N, H) scaled."""
     L, H = meta["input_size"], meta["horizon"]
@@ -160,12 +170,16 @@ def build_samples(panel: Panel, meta: dict[str, Any], windows_per_series: int, s
         cs.append(ctx)
         ys.append(((y[tgt] - loc) / scale).astype(np.float32))
     if not xs:
-        raise ValueError(f"no series has the {L + H} observations a training window needs (input_size + horizon)")
+        raise ValueError(
+            f"no series has the {L + H} observations a training window needs (input_size + horizon)"
+        )
     return {"x": np.concatenate(xs), "ctx": np.concatenate(cs), "y": np.concatenate(ys)}
 
 
 # -- inference ------------------------------------------------------------------------
-def forward(meta: dict[str, Any], arrays: dict[str, np.ndarray], x: np.ndarray, ctx: np.ndarray) -> np.ndarray:
+def forward(
+    meta: dict[str, Any], arrays: dict[str, np.ndarray], x: np.ndarray, ctx: np.ndarray
+) -> np.ndarray:
     """The network in numpy: ``(n, H, Q)`` scaled quantiles (same maths as
     :func:`build_module`)."""
     H, Q, m = meta["horizon"], len(meta["quantiles"]), meta["season"]
@@ -176,7 +190,9 @@ def forward(meta: dict[str, Any], arrays: dict[str, np.ndarray], x: np.ndarray, 
     for b in range(meta["blocks"]):
         h = np.concatenate([resid, ctx], axis=1)
         for j in range(meta["layers"]):
-            h = np.maximum(h @ arrays[f"blocks.{b}.layers.{j}.weight"].T + arrays[f"blocks.{b}.layers.{j}.bias"], 0.0)
+            h = np.maximum(
+                h @ arrays[f"blocks.{b}.layers.{j}.weight"].T + arrays[f"blocks.{b}.layers.{j}.bias"], 0.0
+            )
         if f"blocks.{b}.back.weight" in arrays:  # every block but the last
             resid = resid - (h @ arrays[f"blocks.{b}.back.weight"].T + arrays[f"blocks.{b}.back.bias"])
         total = total + h @ arrays[f"blocks.{b}.fore.weight"].T + arrays[f"blocks.{b}.fore.bias"]
@@ -185,7 +201,10 @@ def forward(meta: dict[str, Any], arrays: dict[str, np.ndarray], x: np.ndarray, 
 
 
 def forecast_many(
-    weights: GlobalWeights, states: Sequence[dict[str, Any]], X: Sequence[np.ndarray | None], h: int,
+    weights: GlobalWeights,
+    states: Sequence[dict[str, Any]],
+    X: Sequence[np.ndarray | None],
+    h: int,
     level: Sequence[int],
 ) -> list[dict[str, np.ndarray]]:
     meta, arrays = weights.meta, weights.arrays

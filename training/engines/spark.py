@@ -93,7 +93,9 @@ def arrow_to_spark_type(t: pa.DataType) -> T.DataType:
         return T.ArrayType(arrow_to_spark_type(t.value_type), True)
     if pa.types.is_dictionary(t):
         return arrow_to_spark_type(t.value_type)
-    raise TypeError(f"Arrow type {t} has no Spark equivalent here: expected a contract type (string, int64, float64, bool, timestamp, date)")
+    raise TypeError(
+        f"Arrow type {t} has no Spark equivalent here: expected a contract type (string, int64, float64, bool, timestamp, date)"
+    )
 
 
 def arrow_to_spark_schema(schema: pa.Schema) -> T.StructType:
@@ -147,10 +149,10 @@ def session_conf(config: Any = None) -> dict[str, str]:
         "spark.app.name": "mmf",
         "spark.sql.extensions": DELTA_EXTENSION,
         "spark.sql.catalog.spark_catalog": DELTA_CATALOG,
-        # One clock: the session, the JVMs and naive timestamps are all UTC.
+        # One clock: the session is UTC and naive timestamps are TIMESTAMP_NTZ, so wall
+        # times read and written by either engine never shift (JVM options are left to
+        # the cluster's own settings).
         "spark.sql.session.timeZone": "UTC",
-        "spark.driver.extraJavaOptions": "-Duser.timezone=UTC",
-        "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
         "spark.sql.timestampType": "TIMESTAMP_NTZ",
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.sql.execution.arrow.pyspark.fallback.enabled": "false",
@@ -225,7 +227,9 @@ def stop_spark() -> None:
 
 
 # -- frames ----------------------------------------------------------------------------
-def to_spark(spark: SparkSession, frame: pd.DataFrame | pa.Table, schema: pa.Schema | None = None) -> SparkDataFrame:
+def to_spark(
+    spark: SparkSession, frame: pd.DataFrame | pa.Table, schema: pa.Schema | None = None
+) -> SparkDataFrame:
     """A pandas frame or Arrow table as a Spark DataFrame, through Arrow. With ``schema``
     the data is first given exactly those columns and types (absent ones as nulls)."""
     if isinstance(frame, pd.DataFrame):
@@ -307,8 +311,11 @@ class SparkEngine(Engine):
         rows made on the driver for groups too large to ship go to ``driver_rows`` (as
         pandas, with ``schema``'s columns). ``None`` when no group is left for the workers."""
         spark = self.spark
-        sdf = frame if isinstance(frame, SparkDataFrame) else to_spark(spark, frame)
-        counts = {str(r[0]): int(r[1]) for r in sdf.groupBy(by).count().collect()}
+        local = isinstance(frame, pd.DataFrame)
+        if local:  # counted here: no Spark job for it
+            counts = {str(k): int(n) for k, n in frame[by].value_counts(sort=False).items()}
+        else:
+            counts = {str(r[0]): int(r[1]) for r in frame.groupBy(by).count().collect()}
         self._last_total = total = len(counts)
         if progress:
             progress(0, total)
@@ -322,15 +329,25 @@ class SparkEngine(Engine):
                     f"{len(too_large)} group(s) of {by} exceed cleaning.max_points_per_series={limit} "
                     f"(first: {too_large[0]} with {counts[too_large[0]]} rows): raise the limit or drop them"
                 )
-            log.warning("%d series above cleaning.max_points_per_series=%s: not sent to a worker", len(too_large), limit)
+            log.warning(
+                "%d series above cleaning.max_points_per_series=%s: not sent to a worker",
+                len(too_large),
+                limit,
+            )
             for key in too_large:
-                rows = on_error(key, f"{TOO_LARGE}: {counts[key]} rows > cleaning.max_points_per_series={limit}")
+                rows = on_error(
+                    key, f"{TOO_LARGE}: {counts[key]} rows > cleaning.max_points_per_series={limit}"
+                )
                 if driver_rows is not None:
                     driver_rows.append(conform(rows, schema))
-            sdf = sdf.where(~F.col(by).isin(too_large))
+            if local:
+                frame = frame[~frame[by].astype(str).isin(too_large)]
+            else:
+                frame = frame.where(~F.col(by).isin(too_large))
         n_left = total - len(too_large)
         if n_left == 0:
             return None
+        sdf = to_spark(spark, frame) if local else frame
         udf = group_udf(fn, schema, config, by, on_error, os.environ.get(FAIL_FIRST_ATTEMPT_ENV) or None)
         # An explicit partition count (not AQE's coalescing, which sizes partitions by
         # bytes and would put all of a CPU-bound job's tiny groups into one task).
@@ -402,7 +419,12 @@ def rewrite_table_names(statement: str, tables: list[str]) -> str:
     names = {t.replace("/", "."): view_name(t) for t in tables}
     if not names:
         return statement
-    pattern = re.compile(r"(?<![\w.`])(" + "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)) + r")(?![\w`])", re.IGNORECASE)
+    pattern = re.compile(
+        r"(?<![\w.`])("
+        + "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+        + r")(?![\w`])",
+        re.IGNORECASE,
+    )
     parts = _QUOTED.split(statement)
     for i in range(0, len(parts), 2):  # even indexes are outside quotes
         parts[i] = pattern.sub(lambda m: names[m.group(1).lower()], parts[i])

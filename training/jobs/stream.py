@@ -87,9 +87,7 @@ def app_id_for(checkpoint: str) -> str:
     return "mmf-stream-" + hashlib.sha1(checkpoint.encode()).hexdigest()[:12]
 
 
-def future_inputs(
-    ends: pd.DataFrame, recent: pd.DataFrame, freq: str, horizon: int
-) -> pd.DataFrame:
+def future_inputs(ends: pd.DataFrame, recent: pd.DataFrame, freq: str, horizon: int) -> pd.DataFrame:
     """Pyfunc input rows ``series_id, horizon, ts, temperature`` for ``horizon`` steps
     after each series' ``cutoff`` (``ends``: ``series_id, cutoff``); temperature is the
     reading one week earlier (``recent``: ``series_id, ts, temperature``), beyond that the
@@ -104,7 +102,9 @@ def future_inputs(
         shifted = recent.assign(**{C.TS: pd.to_datetime(recent[C.TS]).astype("datetime64[us]") + WEEK})
         shifted = shifted.drop_duplicates([C.SERIES_ID, C.TS])[[C.SERIES_ID, C.TS, "temperature"]]
         frame = frame.merge(shifted, on=[C.SERIES_ID, C.TS], how="left")
-        frame["temperature"] = frame.groupby(C.SERIES_ID)["temperature"].transform(lambda s: s.ffill().bfill())
+        frame["temperature"] = frame.groupby(C.SERIES_ID)["temperature"].transform(
+            lambda s: s.ffill().bfill()
+        )
     return frame
 
 
@@ -121,7 +121,9 @@ def clean_tail(pdf: pd.DataFrame, config: Config) -> pd.DataFrame:
 class _Batches:
     """The ``foreachBatch`` function: everything a micro-batch does, on the driver."""
 
-    def __init__(self, lake: Lakehouse, config: Config, app_id: str, on_batch: Callable[[BatchReport], None] | None) -> None:
+    def __init__(
+        self, lake: Lakehouse, config: Config, app_id: str, on_batch: Callable[[BatchReport], None] | None
+    ) -> None:
         from training.engines.spark import SparkEngine
         from training.spark_tables import SparkTables
 
@@ -145,7 +147,9 @@ class _Batches:
 
         done = self.lake.txn_version(FORECASTS, self.app_id)
         if done is not None and done >= batch_id:
-            log.info("stream batch %d: already committed (transaction %s=%d); skipped", batch_id, self.app_id, done)
+            log.info(
+                "stream batch %d: already committed (transaction %s=%d); skipped", batch_id, self.app_id, done
+            )
             return BatchReport(batch_id, "skipped")
         touched = self.tables.distinct(batch_df, C.SERIES_ID)
         report = BatchReport(batch_id, "empty", n_touched=len(touched))
@@ -155,9 +159,13 @@ class _Batches:
         report.model_version = champ.version
         cfg = self.config.replace(freq=self.config.freq or champ.freq)
         history = self.tables.read_series(BRONZE, touched)
-        tails = self.engine.map_groups(history, C.SERIES_ID, clean_tail, REFINE_OUT, cfg, on_error=engine_error)
+        tails = self.engine.map_groups(
+            history, C.SERIES_ID, clean_tail, REFINE_OUT, cfg, on_error=engine_error
+        )
         bad = tails["_reason"].notna()
-        for sid, reason, detail in zip(tails.loc[bad, C.SERIES_ID], tails.loc[bad, "_reason"], tails.loc[bad, "_detail"]):
+        for sid, reason, detail in zip(
+            tails.loc[bad, C.SERIES_ID], tails.loc[bad, "_reason"], tails.loc[bad, "_detail"]
+        ):
             report.quarantined[str(sid)] = f"{reason}: {detail}"
         good = tails.loc[~bad, [C.SERIES_ID, C.TS, "temperature"]]
         ends = good.groupby(C.SERIES_ID, as_index=False)[C.TS].max().rename(columns={C.TS: "cutoff"})
@@ -176,12 +184,20 @@ class _Batches:
             report.n_rows = pred.count()
             report.n_series = len(ends)
             _crash_hook("before-commit", batch_id)
-            report.table_version = self.tables.merge(FORECASTS, pred, FORECAST_KEYS, app_id=self.app_id, app_version=batch_id)
+            report.table_version = self.tables.merge(
+                FORECASTS, pred, FORECAST_KEYS, app_id=self.app_id, app_version=batch_id
+            )
             _crash_hook("after-commit", batch_id)
         finally:
             pred.unpersist()
         report.status = "written"
-        log.info("stream batch %d: %d rows for %d series (model version %s)", batch_id, report.n_rows, report.n_series, champ.version)
+        log.info(
+            "stream batch %d: %d rows for %d series (model version %s)",
+            batch_id,
+            report.n_rows,
+            report.n_series,
+            champ.version,
+        )
         return report
 
 
@@ -218,8 +234,14 @@ def stream(
     app_id = app_id_for(location)
     batches = _Batches(lake, config, app_id, on_batch)
     batches.tables.stream(
-        BRONZE, batches, location, once=once, starting_version=starting_version,
-        interval_s=interval_s, timeout_s=timeout_s, query_name=app_id,
+        BRONZE,
+        batches,
+        location,
+        once=once,
+        starting_version=starting_version,
+        interval_s=interval_s,
+        timeout_s=timeout_s,
+        query_name=app_id,
     )
     return StreamReport(location, app_id, batches.reports)
 
