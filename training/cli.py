@@ -245,7 +245,7 @@ def _summary(lake, config, rep):
     if info:
         click.echo(f"champion: {info['name']} version {info['version']} (run {info['run_id']})")
     click.echo(f"lakehouse: {lake.root}  ({', '.join(lake.existing())})")
-    click.echo('query it:  mmf query gold/forecasts --limit 5    or    mmf sql "SELECT model, count(*) FROM gold.selection GROUP BY 1"')
+    click.echo('query it (after . .venv/bin/activate):  mmf query gold/forecasts --limit 5    or    mmf sql "SELECT model, count(*) FROM gold.selection GROUP BY 1"')
     uri = config.mlflow_tracking_uri()
     click.echo(f"MLflow UI: mlflow ui --backend-store-uri {uri}   then open http://127.0.0.1:5000")
 
