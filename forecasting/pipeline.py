@@ -307,6 +307,12 @@ def _iso(ts: np.datetime64) -> str:
     return pd.Timestamp(ts).isoformat()
 
 
+def failed_result(series_id: str, reason: str, config: Config) -> pd.DataFrame:
+    """The one-row result of a series that could not be processed at all (e.g. its
+    worker died): the engines' ``on_error`` rows."""
+    return _frame([_failed_row(series_id, config, reason)])
+
+
 def _failed_row(series_id: str, config: Config, reason: str) -> dict[str, Any]:
     return {
         SERIES_ID: series_id,

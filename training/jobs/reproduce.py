@@ -5,12 +5,13 @@ the comparison is read-only."""
 from __future__ import annotations
 
 import math
+from functools import partial
 
 from forecasting import contract as C
 from forecasting.config import Config, from_dict
-from forecasting.pipeline import process_series
+from forecasting.pipeline import failed_result, process_series
 from training.engines import get_engine
-from training.jobs.train import failed_result, read_silver
+from training.jobs.train import read_silver
 from training.tables import Lakehouse
 
 
@@ -25,7 +26,7 @@ def reproduce(lake: Lakehouse, config: Config, run_id: str, rel_tol: float = 1e-
     recorded_cfg["mlflow"]["tracking_uri"] = config.mlflow.tracking_uri
     cfg: Config = from_dict(recorded_cfg)
     version, readings = read_silver(lake, record["silver_version"], record.get("series_ids"))
-    results = get_engine(cfg).map_groups(readings, C.SERIES_ID, process_series, C.TRAIN_RESULT, cfg, on_error=failed_result)
+    results = get_engine(cfg).map_groups(readings, C.SERIES_ID, process_series, C.TRAIN_RESULT, cfg, on_error=partial(failed_result, config=cfg))
     quarantine = lake.read("silver/quarantine")
     now = tracking.aggregate_metrics(results, n_quarantined=int(record["metrics"].get("n_quarantined", len(quarantine))))
     out = {}

@@ -23,6 +23,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable, Sequence
 
 import pandas as pd
@@ -31,7 +32,7 @@ from forecasting import contract as C
 from forecasting.config import Config
 from forecasting.errors import DataContractError, TableError
 from forecasting.frequency import alias, modal_step
-from forecasting.pipeline import process_series
+from forecasting.pipeline import failed_result, process_series
 from training import faults, global_models
 from training.engines import get_engine
 from training.tables import Lakehouse
@@ -58,13 +59,6 @@ class TrainReport:
     def failed_share(self) -> float:
         n = sum(v for k, v in self.status_counts.items() if k != C.QUARANTINED)
         return self.status_counts.get(C.FAILED, 0) / n if n else 0.0
-
-
-def failed_result(series_id: str, reason: str) -> pd.DataFrame:
-    """The result row of a series whose worker died (engine ``on_error``)."""
-    row = {f.name: None for f in C.TRAIN_RESULT}
-    row.update(series_id=series_id, status=C.FAILED, reason=reason, backtest_json="[]", candidates_json="{}", tuned_json="{}")
-    return pd.DataFrame([row])
 
 
 def read_silver(lake: Lakehouse, version: int | None, series_ids: Sequence[str] | None = None) -> tuple[int, pd.DataFrame]:
@@ -142,7 +136,7 @@ def train(
             tracking.log_global_models(glob)
             lap("global_s")
         results = engine.map_groups(
-            inputs, C.SERIES_ID, process_series, C.TRAIN_RESULT, cfg, on_error=failed_result, progress=on_progress
+            inputs, C.SERIES_ID, process_series, C.TRAIN_RESULT, cfg, on_error=partial(failed_result, config=cfg), progress=on_progress
         )
         del inputs
         lap("engine_s")
