@@ -62,7 +62,6 @@ from typing import Any, Callable, Sequence, TypeVar
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from threadpoolctl import threadpool_limits
 
 from forecasting.backtest import backtest, check_forecast, window_cutoffs
 from forecasting.choice import (
@@ -84,6 +83,7 @@ from forecasting.frequency import freq_of, seasonalities_for
 from forecasting.global_models import is_global
 from forecasting.metrics import evaluate
 from forecasting.models import FORMAT_VERSION, Forecaster, get_model, load_model, model_class
+from forecasting.models.base import one_thread
 
 EXOG_COLUMN = "temperature"
 GLOBAL_COLUMN = "_global_candidates"  # driver-made global-model results (JSON), one row per series
@@ -345,7 +345,7 @@ def process_series(pdf: pd.DataFrame, config: Config) -> pd.DataFrame:
     row = _failed_row(_series_id(pdf), config, "")
     row["n_obs"] = int(len(pdf))
     try:
-        with threadpool_limits(limits=1), warnings.catch_warnings():
+        with one_thread(), warnings.catch_warnings():
             # Convergence and similar warnings from thousands of fits are noise here:
             # a model that fits badly loses the backtest.
             warnings.simplefilter("ignore")

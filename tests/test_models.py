@@ -214,3 +214,16 @@ def test_golden_file_forecasts_as_written(name):
     forecast = model.predict(expected["h"], X=X, level=tuple(expected["level"]))
     for key, values in forecast.items():
         np.testing.assert_allclose(values, expected[key], rtol=1e-6, atol=1e-12, err_msg=key)
+
+
+def test_mstl_decomposition_is_statsmodels_without_jumps_and_close_with_them(data):
+    from statsmodels.tsa.seasonal import MSTL as StatsmodelsMSTL
+
+    from forecasting.models.mstl import mstl_seasonal
+
+    y = data["y"][-672:]
+    reference = StatsmodelsMSTL(y, periods=[24, 168], iterate=2).fit().seasonal
+    np.testing.assert_allclose(mstl_seasonal(y, [24, 168], 2, jumps=False), reference, rtol=1e-10, atol=1e-10)
+    with_jumps = mstl_seasonal(y, [24, 168], 2, jumps=True)
+    assert not np.allclose(with_jumps, reference)  # the jumps do change the smoothing...
+    assert np.abs(with_jumps - reference).max() < 0.1 * np.abs(reference).max()  # ...a little
