@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,7 @@ class Deep:
 class Spark:
     master: str = "local[*]"
     shuffle_partitions: int | None = None
+    driver_memory: str | None = None
 
 
 @dataclass
@@ -295,6 +297,12 @@ class Config:
             from forecasting.tuning import load_search_spaces
 
             load_search_spaces(t.search_spaces)
+        _check(
+            self.spark.driver_memory,
+            "spark.driver_memory",
+            lambda v: v is None or (isinstance(v, str) and re.fullmatch(r"[1-9][0-9]*[kmgt]", v.lower()) is not None),
+            "null or a JVM size such as 4g or 512m",
+        )
         d = self.deep
         _check(d.num_processes, "deep.num_processes", lambda v: _is_int(v) and v >= 1, "an integer >= 1")
         _check(d.use_gpu, "deep.use_gpu", lambda v: v in ("auto", True, False), "auto, true or false")

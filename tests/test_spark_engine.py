@@ -15,6 +15,7 @@ from pyspark.sql import types as T  # noqa: E402
 from forecasting import contract as C  # noqa: E402
 from forecasting.cleaning import REFINE_OUT, clean_series  # noqa: E402
 from forecasting.config import load_config  # noqa: E402
+from forecasting.errors import ConfigError  # noqa: E402
 from forecasting.generator import generate  # noqa: E402
 from training.engines import get_engine  # noqa: E402
 from training.engines.local import LocalEngine  # noqa: E402
@@ -60,6 +61,15 @@ def test_session_settings(monkeypatch):
     assert cluster["spark.master"] == "spark://head:7077"
     assert cluster["spark.sql.shuffle.partitions"] == "64"
     assert "spark.databricks.delta.snapshotPartitions" not in cluster  # local-only tuning
+    assert "spark.driver.memory" not in cluster  # a cluster's own setting is left alone
+    assert conf["spark.driver.memory"].endswith("g") and int(conf["spark.driver.memory"][:-1]) >= 1
+    sized = session_conf(load_config(**{"spark.driver_memory": "6g"}))
+    assert sized["spark.driver.memory"] == "6g"
+
+
+def test_bad_driver_memory_is_refused_by_name():
+    with pytest.raises(ConfigError, match=r"spark.driver_memory.*lots.*4g"):
+        load_config(**{"spark.driver_memory": "lots"})
 
 
 def test_partitions_follow_the_number_of_series():

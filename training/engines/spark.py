@@ -140,6 +140,14 @@ def partitions_for(n_series: int, parallelism: int, configured: int | None = Non
     return max(1, min(int(n_series), 4 * max(1, int(parallelism)), 4096))
 
 
+def _local_driver_gib() -> int:
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 2
+    return max(1, min(16, int(total / 4 / 2**30)))
+
+
 def session_conf(config: Any = None) -> dict[str, str]:
     """Every setting :func:`get_spark` puts on a new session (without the jars)."""
     spark_cfg = getattr(config, "spark", None)
@@ -165,10 +173,16 @@ def session_conf(config: Any = None) -> dict[str, str]:
     shuffle = getattr(spark_cfg, "shuffle_partitions", None)
     if shuffle:
         conf["spark.sql.shuffle.partitions"] = str(shuffle)
+    memory = getattr(spark_cfg, "driver_memory", None)
+    if memory:
+        conf["spark.driver.memory"] = str(memory)
     if master.startswith("local"):
         # A single machine: a few partitions for Delta's log replay instead of 50.
         conf.setdefault("spark.sql.shuffle.partitions", "8")
         conf["spark.databricks.delta.snapshotPartitions"] = "4"
+        # The driver JVM is the whole cluster here; Spark's 1g default is too small for
+        # the silver rows of 10,000 hourly meters.
+        conf.setdefault("spark.driver.memory", f"{_local_driver_gib()}g")
     return conf
 
 

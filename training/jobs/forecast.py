@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -37,6 +38,7 @@ class ForecastReport:
     n_rows: int
     table_version: int
     skipped: bool = False
+    timings: dict[str, float] = field(default_factory=dict)  # load_s, score_s, gold_write_s
 
 
 def champion_series(lake: Lakehouse, run_id: str) -> pd.DataFrame:
@@ -82,7 +84,9 @@ def forecast(lake: Lakehouse, config: Config, horizon: int | None = None, force:
         n = len(lake.read("gold/forecasts", columns=[C.SERIES_ID], filters=[("model_version", "=", version)]))
         return ForecastReport(version, run_id, 0, n, lake.version("gold/forecasts"), skipped=True)
 
+    t0 = time.perf_counter()
     model = pyfunc.load_version(config, version)
+    t1 = time.perf_counter()
     # The cutoffs are the champion's own training ends (its models.parquet), not today's
     # silver/series: a version trained on an earlier silver version (`mmf train
     # --silver-version N`) forecasts from where its data ended.
@@ -94,6 +98,7 @@ def forecast(lake: Lakehouse, config: Config, horizon: int | None = None, force:
     silver_version = int(info.get("silver_version") or lake.version("silver/readings"))
     inputs = future_frame(lake, silver_version, ends, freq, h)
     pred = model.predict(inputs)
+    t2 = time.perf_counter()
     faults.point("before_forecast_commit")
 
     now = pd.Timestamp(dt.datetime.now(dt.timezone.utc)).as_unit("us")
@@ -105,7 +110,8 @@ def forecast(lake: Lakehouse, config: Config, horizon: int | None = None, force:
         "gold/forecasts", pred, mode="overwrite", predicate=f"model_version = '{version}'",
         app_id=APP_FORECAST, app_version=app_version, metadata={"mmf.run_id": run_id},
     )
-    return ForecastReport(version, run_id, len(ends), len(pred), table_version)
+    timings = {"load_s": t1 - t0, "score_s": t2 - t1, "gold_write_s": time.perf_counter() - t2}
+    return ForecastReport(version, run_id, len(ends), len(pred), table_version, timings=timings)
 
 
 def aggregate(lake: Lakehouse, config: Config, model_version: str | None = None) -> int:
