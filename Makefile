@@ -4,14 +4,20 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
-EXTRAS ?= dev,serve,spark
+EXTRAS ?= dev,serve,spark,deep
 PIP     = $(PY) -m pip install --disable-pip-version-check -q
+# PyTorch (the deep extra) is a ~3 GB download with its CUDA libraries, and pip's own
+# cache does not keep it here: its wheels are kept in WHEELS and installed from there.
+WHEELS ?= $(HOME)/.cache/mmf-wheels
 
 .PHONY: demo test test-all lint install system-deps clean
 
 $(VENV)/.installed-$(EXTRAS): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip
+	case ",$(EXTRAS)," in *,deep,*|*,all,*) \
+	    $(PY) -m pip download --disable-pip-version-check -q -d "$(WHEELS)" "torch>=2.3" && \
+	    $(PIP) --no-index --find-links "$(WHEELS)" "torch>=2.3";; esac
 	$(PIP) -e ".[$(EXTRAS)]"
 	touch $@
 

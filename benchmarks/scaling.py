@@ -46,18 +46,21 @@ import pandas as pd
 from benchmarks.common import RESULTS, machine, save
 
 H = 48
+PHASE_ENV = "MMF_SCALING_PHASE_FILE"
 
 
 # -- the monitor ------------------------------------------------------------------------
 class TreeMonitor(threading.Thread):
     """Peak RSS (sum over the process tree) and CPU time (summed per pid) of ``pid``."""
 
-    def __init__(self, pid: int, interval: float = 0.2) -> None:
+    def __init__(self, pid: int, interval: float = 0.2, phase_file: Path | None = None) -> None:
         super().__init__(daemon=True)
         import psutil
 
         self.root = psutil.Process(pid)
         self.interval = interval
+        self.phase_file = phase_file  # the cell writes the name of its current phase here
+        self.peak_by_phase: dict[str, int] = {}
         self.peak_rss = 0
         self.cpu: dict[int, float] = {}
         self.stop = threading.Event()
@@ -79,6 +82,13 @@ class TreeMonitor(threading.Thread):
                 except psutil.Error:
                     pass
             self.peak_rss = max(self.peak_rss, rss)
+            if self.phase_file is not None:
+                try:
+                    phase = self.phase_file.read_text().strip()
+                except OSError:
+                    phase = ""
+                if phase:
+                    self.peak_by_phase[phase] = max(self.peak_by_phase.get(phase, 0), rss)
             time.sleep(self.interval)
 
     @property
@@ -87,10 +97,11 @@ class TreeMonitor(threading.Thread):
 
 
 def run_cell(args: list[str]) -> dict:
-    env = {**os.environ, "MLFLOW_LOGGING_LEVEL": "WARNING", "NIXTLA_NUMBA_CACHE": "1"}
+    phase_file = Path(tempfile.mkstemp(prefix="mmf-scaling-phase-")[1])
+    env = {**os.environ, "MLFLOW_LOGGING_LEVEL": "WARNING", "NIXTLA_NUMBA_CACHE": "1", PHASE_ENV: str(phase_file)}
     proc = subprocess.Popen([sys.executable, "-m", "benchmarks.scaling", "--cell", *args],
                             stdout=subprocess.PIPE, text=True, env=env)
-    mon = TreeMonitor(proc.pid)
+    mon = TreeMonitor(proc.pid, phase_file=phase_file)
     mon.start()
     out, _ = proc.communicate()
     mon.stop.set()
@@ -98,8 +109,17 @@ def run_cell(args: list[str]) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"cell {args} failed with exit code {proc.returncode}")
     result = json.loads(out.strip().splitlines()[-1])
+    phase_file.unlink(missing_ok=True)
     result.update(cpu_s=round(mon.cpu_s, 1), peak_rss_mb=round(mon.peak_rss / 2**20, 1))
+    if "train_forecast" in mon.peak_by_phase:  # the platform cell: the model work apart from loading data
+        result["peak_rss_train_mb"] = round(mon.peak_by_phase["train_forecast"] / 2**20, 1)
     return result
+
+
+def phase(name: str) -> None:
+    path = os.environ.get(PHASE_ENV)
+    if path:
+        Path(path).write_text(name)
 
 
 # -- the cells (run in the child process) -----------------------------------------------
@@ -127,12 +147,15 @@ def cell_platform(work: Path, n: int, days: int, engine: str) -> dict:
     ingest(lake, data_path(work, n, days))
     refine(lake, cfg)
     t1 = time.perf_counter()
+    phase("train_forecast")
     rep = train(lake, cfg)
     t2 = time.perf_counter()
     fc = forecast(lake, cfg)
     t_agg = time.perf_counter()
     aggregate(lake, cfg, fc.model_version)
     t3 = time.perf_counter()
+    phase("measure")
+    silver_mb = lake.arrow("silver/readings").nbytes / 2**20
     bt = lake.read("gold/backtest")
     sel = lake.read("gold/selection")
     chosen = sel[sel["status"].isin(["ok", "fallback"])].set_index("series_id")["model"]
@@ -151,6 +174,7 @@ def cell_platform(work: Path, n: int, days: int, engine: str) -> dict:
         "gold_write_s": round(rep.timings.get("gold_write_s", 0) + fc.timings.get("gold_write_s", 0) + t3 - t_agg, 2),
         "mase": float(picked["mase"].replace(np.inf, np.nan).mean()),
         "smape": float(picked["smape"].mean()),
+        "silver_arrow_mb": round(silver_mb, 1),
         "models": cfg.models, "lakehouse": str(lake_dir),
     }
 
@@ -292,6 +316,8 @@ def main() -> None:
                          "models on the full history: ~7 CPU s per series here)")
     ap.add_argument("--work", type=Path, default=None, help="keep data and lakehouses here")
     ap.add_argument("--out", default="scaling", help="result file name under benchmarks/results/")
+    ap.add_argument("--resume", action="store_true",
+                    help="with --work: keep the cells a stopped run finished there, run the others")
     a = ap.parse_args()
     series = [20] if a.smoke else sorted(set(a.series + ([100_000] if a.large else [])))
     days = 21 if a.smoke else a.days
@@ -300,14 +326,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mmf-scaling-") as tmp:
         work = a.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
+        done_file = work / f"cells-{days}d.jsonl"  # finished cells, for --resume
+        if a.resume and done_file.exists():
+            cells = [json.loads(line) for line in done_file.read_text().splitlines() if line.strip()]
         for n in series:
             runs = [("platform", e) for e in a.engines] + [(b, b) for b in baselines]
             for tool, engine in runs:
                 if (tool == "prophet" and n > a.prophet_max) or (tool == "statsforecast" and n > a.sf_max):
                     continue
+                if any((c["tool"], c["engine"], c["n_series"]) == (tool, engine, n) for c in cells):
+                    continue
                 r = run_cell([tool, str(n), "--work", str(work), "--days", str(days), "--engine", engine])
                 r["series_per_s_per_core"] = round(n / r["wall_s"] / os.cpu_count(), 3)
                 cells.append(r)
+                with done_file.open("a") as fh:
+                    fh.write(json.dumps(r) + "\n")
                 print(json.dumps({k: v for k, v in r.items() if k not in ("models", "lakehouse")}), flush=True)
     loops = {c["n_series"]: c["wall_s"] for c in cells if c["tool"] == "loop"}
     for c in cells:
@@ -343,6 +376,19 @@ def markdown(cells: list[dict], days: int, a) -> str:
             f"{f('series_per_s_per_core', '{:.3f}')} | {f('peak_rss_mb', '{:.0f}')} | {f('engine_s')} | {f('score_s')} | {f('mlflow_s')} | "
             f"{f('gold_write_s')} | {f('loop_wall_s')} | {f('overhead_vs_loop', '{:.3f}')} | {f('mase', '{:.3f}')} | {f('smape', '{:.2f}')} |"
         )
+    mem = [c for c in cells if c["tool"] == "platform" and c.get("peak_rss_train_mb")]
+    if mem:
+        lines += [
+            "",
+            "Memory of the platform cells: the whole cell (ingest, refine, train, forecast) and the",
+            "train + forecast jobs alone, against the size of silver/readings in Arrow.",
+            "",
+            "| engine | series | peak RSS MB (cell) | peak RSS MB (train + forecast) | silver in Arrow MB |",
+            "|---|---|---|---|---|",
+        ]
+        for c in mem:
+            lines.append(f"| {c['engine']} | {c['n_series']:,} | {c['peak_rss_mb']:.0f} | {c['peak_rss_train_mb']:.0f} | "
+                         f"{c.get('silver_arrow_mb', float('nan')):.0f} |")
     lines.append("")
     return "\n".join(lines)
 

@@ -3,7 +3,8 @@ processes (torch.multiprocessing locally, TorchDistributor on Spark), reproducib
 SparkTrials tuning, and the many-models pyfunc round trip of a deep-model series
 (served without torch).
 
-Skipped only when torch is absent (the deep extra: pip install -e .[deep]); CI installs it.
+Skipped only when torch is absent (the deep extra: pip install -e .[deep]); `make test`,
+and so CI, installs it.
 """
 
 from __future__ import annotations

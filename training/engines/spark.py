@@ -261,9 +261,27 @@ def to_spark(
 
 def to_pandas(df: SparkDataFrame, schema: pa.Schema) -> pd.DataFrame:
     """A Spark DataFrame as pandas with exactly the Arrow ``schema``'s columns and dtypes
-    (so both engines hand the jobs the same frame)."""
-    table = df.select(*schema.names).toArrow()
-    return table.cast(schema).to_pandas()
+    (so both engines hand the jobs the same frame).
+
+    On a ``local`` master the rows go through Parquet files in a temporary folder rather
+    than ``toArrow()``: large collected task results live in the driver's block manager,
+    and at 10,000 hourly meters x 90 days (21.6M cleaned rows) they were evicted before
+    the driver fetched them (``TaskResultLost``). On a cluster the files would need
+    storage that the driver and every executor share, so there it stays ``toArrow()``
+    (size ``spark.driver.maxResultSize`` and the driver's memory for it)."""
+    df = df.select(*schema.names)
+    master = df.sparkSession.sparkContext.master
+    if not master.startswith("local"):
+        return df.toArrow().cast(schema).to_pandas()
+    import tempfile
+
+    import pyarrow.parquet as pq
+
+    with tempfile.TemporaryDirectory(prefix="mmf-spark-out-") as tmp:
+        df.write.mode("overwrite").parquet(tmp + "/out")
+        if not any(name.endswith(".parquet") for name in os.listdir(tmp + "/out")):
+            return schema.empty_table().to_pandas()
+        return pq.read_table(tmp + "/out").select(schema.names).cast(schema).to_pandas()
 
 
 # -- the engine ------------------------------------------------------------------------

@@ -67,7 +67,10 @@ def refine(
         freq = series["freq"].iloc[0] if len(series) else (config.freq or "")
         return RefineReport(version, freq, skipped=True, versions={t: lake.version(t) for t in SILVER})
 
-    bronze = lake.read("bronze/readings", version=version)
+    # Only what cleaning uses: the lineage strings (file, hash, batch) and columns added
+    # by ingest.extra_columns=add are as long as the data and would double its memory.
+    keep = [c for c in C.BRONZE_READINGS.names if c not in ("_source_file", "_content_hash", "_batch_id")]
+    bronze = lake.read("bronze/readings", version=version, columns=keep)
     bronze["_row"] = np.arange(len(bronze))
     freq = config.freq or infer_freq(
         {sid: modal_step(g) for sid, g in bronze.groupby(C.SERIES_ID, sort=False)[C.TS]}
