@@ -149,7 +149,6 @@ def cell_platform(work: Path, n: int, days: int, engine: str) -> dict:
     t1 = time.perf_counter()
     phase("train_forecast")
     rep = train(lake, cfg)
-    t2 = time.perf_counter()
     fc = forecast(lake, cfg)
     t_agg = time.perf_counter()
     aggregate(lake, cfg, fc.model_version)
@@ -368,7 +367,7 @@ def markdown(cells: list[dict], days: int, a) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in cells:
-        def f(k, fmt="{:.2f}"):
+        def f(k, fmt="{:.2f}", c=c):
             v = c.get(k)
             return "" if v is None else fmt.format(v)
         lines.append(
