@@ -4,7 +4,11 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
-EXTRAS ?= dev,serve,spark,deep
+# Extras per command: the demo needs no torch; the tests exercise everything, the deep
+# model included (TEST_EXTRAS=dev,serve,spark leaves torch out and skips its tests).
+DEMO_EXTRAS ?= dev,serve,spark
+TEST_EXTRAS ?= dev,serve,spark,deep
+EXTRAS ?= $(DEMO_EXTRAS)
 PIP     = $(PY) -m pip install --disable-pip-version-check -q
 # PyTorch (the deep extra) is a ~3 GB download with its CUDA libraries, and pip's own
 # cache does not keep it here: its wheels are kept in WHEELS and installed from there.
@@ -23,16 +27,19 @@ $(VENV)/.installed-$(EXTRAS): setup.cfg pyproject.toml
 
 install: $(VENV)/.installed-$(EXTRAS)
 
-demo: install
+demo:
+	$(MAKE) install EXTRAS="$(DEMO_EXTRAS)"
 	$(VENV)/bin/mmf demo
 
 system-deps:
 	bash tests/system-deps.sh
 
-test: install system-deps
+test: system-deps
+	$(MAKE) install EXTRAS="$(TEST_EXTRAS)"
 	$(PY) -m pytest -q
 
-test-all: install system-deps
+test-all: system-deps
+	$(MAKE) install EXTRAS="$(TEST_EXTRAS)"
 	$(PY) -m pytest -q -m "slow or not slow"
 
 lint: install
