@@ -48,3 +48,17 @@ def save(name: str, payload: dict, markdown: str) -> None:
                "git": git_sha(), **payload}
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
     (RESULTS / f"{name}.md").write_text(markdown)
+
+
+def first_series(data: Path, n_series: int | None, folder: Path) -> Path:
+    """``data`` itself, or (with ``n_series``) a copy in ``folder`` holding only its first
+    ``n_series`` series by number (ids like ``H12``: the real EDRP households)."""
+    if not n_series:
+        return data
+    import pandas as pd
+
+    frame = pd.read_parquet(data)
+    keep = sorted(frame["series_id"].unique(), key=lambda s: int(s[1:]))[:n_series]
+    path = folder / "subset.parquet"
+    frame[frame["series_id"].isin(keep)].to_parquet(path)
+    return path

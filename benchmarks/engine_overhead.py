@@ -18,15 +18,12 @@ Results: benchmarks/results/engine_overhead.{json,md}.
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
-import os
 import time
 
 import numpy as np
 
 from benchmarks.common import machine, save
-
-H = 48
+from benchmarks.scaling import H, loop_config, loop_map
 
 
 def _frame(n: int, days: int):
@@ -39,28 +36,13 @@ def _frame(n: int, days: int):
     return frame
 
 
-def _config():
-    from forecasting.config import load_config
-
-    return load_config(horizon=H, freq="h", **{"backtest.windows": 1})
-
-
-def _loop_one(g):
-    from forecasting.pipeline import process_series
-
-    global _CFG
-    if "_CFG" not in globals():
-        _CFG = _config()
-    return process_series(g, _CFG)
-
-
 def run_engine(frame) -> tuple[float, float, int]:
     from forecasting import contract as C
     from forecasting.pipeline import process_series
     from training.engines.local import LocalEngine
 
     t, c = time.perf_counter(), time.process_time()
-    out = LocalEngine().map_groups(frame, "series_id", process_series, C.TRAIN_RESULT, _config())
+    out = LocalEngine().map_groups(frame, "series_id", process_series, C.TRAIN_RESULT, loop_config())
     return time.perf_counter() - t, time.process_time() - c, int(out["status"].isin(["ok", "fallback"]).sum())
 
 
@@ -68,9 +50,7 @@ def run_loop(frame) -> tuple[float, float, int]:
     from training.engines.local import iter_groups
 
     t, c = time.perf_counter(), time.process_time()
-    groups = [g for _, g in iter_groups(frame, "series_id")]
-    with mp.get_context("fork").Pool(os.cpu_count()) as pool:
-        out = pool.map(_loop_one, groups, chunksize=8)
+    out = loop_map([g for _, g in iter_groups(frame, "series_id")])
     return time.perf_counter() - t, time.process_time() - c, sum(int(r["status"].iloc[0] in ("ok", "fallback")) for r in out)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.common import save
+from benchmarks.common import first_series, save
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "edrp_scotland_622hh_halfhourly_2009.parquet"
 
@@ -29,12 +29,7 @@ def run(data: Path, n_series: int | None, conf: str | None, name: str) -> dict:
     from training.tables import Lakehouse
 
     with tempfile.TemporaryDirectory(prefix="mmf-real-") as tmp:
-        src = data
-        if n_series:
-            frame = pd.read_parquet(data)
-            keep = sorted(frame["series_id"].unique(), key=lambda s: int(s[1:]))[:n_series]
-            src = Path(tmp) / "subset.parquet"
-            frame[frame["series_id"].isin(keep)].to_parquet(src)
+        src = first_series(data, n_series, Path(tmp))
         cfg = load_config(conf, lakehouse=str(Path(tmp) / "lake"), **{"nightly.source": str(src), "mlflow.tracking_uri": None})
         lake = Lakehouse.from_config(cfg)
         t0 = time.perf_counter()

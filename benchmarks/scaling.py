@@ -186,23 +186,35 @@ def _silver_groups(lake_dir: Path):
     return [g for _, g in iter_groups(silver, "series_id")]
 
 
-def _loop_one(g):
+def loop_config():
+    """The settings of every cell: the default models, one backtest window, horizon H."""
     from forecasting.config import load_config
+
+    return load_config(horizon=H, freq="h", **{"backtest.windows": 1})
+
+
+def _loop_one(g):
     from forecasting.pipeline import process_series
 
     global _CFG
     if "_CFG" not in globals():
-        _CFG = load_config(horizon=H, freq="h", **{"backtest.windows": 1})
+        _CFG = loop_config()
     return process_series(g, _CFG)
 
 
-def cell_loop(work: Path, n: int) -> dict:
+def loop_map(groups: list) -> list:
+    """The plain loop: ``process_series`` over ``groups`` in a bare fork pool, one process
+    per core, chunks of 8 series (the engine's chunk size)."""
     import multiprocessing as mp
 
+    with mp.get_context("fork").Pool(os.cpu_count()) as pool:
+        return pool.map(_loop_one, groups, chunksize=8)
+
+
+def cell_loop(work: Path, n: int) -> dict:
     groups = _silver_groups(work / f"lake_local_{n}")
     t0 = time.perf_counter()
-    with mp.get_context("fork").Pool(os.cpu_count()) as pool:
-        out = pool.map(_loop_one, groups, chunksize=8)
+    out = loop_map(groups)
     wall = time.perf_counter() - t0
     return {"tool": "loop", "engine": "loop", "n_series": n, "wall_s": round(wall, 2), "n_results": len(out)}
 

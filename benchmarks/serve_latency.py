@@ -28,12 +28,13 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from benchmarks.common import machine as common_machine
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -198,26 +199,8 @@ def _summary(times_ms: list[float], wall_s: float, nbytes: int) -> dict:
 
 # -- orchestration ---------------------------------------------------------------------
 def machine() -> dict:
-    mem_kb = 0
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem_kb = int(line.split()[1])
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cores": os.cpu_count(),
-        "memory_gib": round(mem_kb / 1024**2, 1),
-        "cpu": cpu,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "load_average_1m_at_start": round(os.getloadavg()[0], 2),  # other work on the box skews the tail
-    }
+    # other work on the box skews the tail
+    return {**common_machine(), "load_average_1m_at_start": round(os.getloadavg()[0], 2)}
 
 
 def _free_port() -> int:

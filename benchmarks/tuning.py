@@ -23,9 +23,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from benchmarks.common import save
+from benchmarks.common import first_series, save
 
 DEFAULT_DATA = (
     Path(__file__).resolve().parents[2] / "shared" / "data" / "edrp_scotland_622hh_halfhourly_2009.parquet"
@@ -49,12 +48,7 @@ def run(
 
     load = round(os.getloadavg()[0], 2)
     with tempfile.TemporaryDirectory(prefix="mmf-tuning-") as tmp:
-        src = data
-        if n_series:
-            frame = pd.read_parquet(data)
-            keep = sorted(frame["series_id"].unique(), key=lambda s: int(s[1:]))[:n_series]
-            src = Path(tmp) / "subset.parquet"
-            frame[frame["series_id"].isin(keep)].to_parquet(src)
+        src = first_series(data, n_series, Path(tmp))
         base = load_config(
             conf,
             lakehouse=str(Path(tmp) / "lake"),

@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from reliability_support import mlflow_template, new_lake
+from reliability_support import TABLES, mlflow_template, new_lake
 
 from forecasting.generator import generate
 
@@ -248,16 +248,7 @@ def test_ignored_columns_are_reported_and_schemas_do_not_move(run):
     path = str(tmp / "raw" / "extra.csv")
     assert report.ingest.ignored_columns == {path: ["note", "meter_type"]}
     assert "ignored column(s) note, meter_type" in report.steps["ingest"]
-    for name in (
-        "bronze/readings",
-        "silver/readings",
-        "silver/series",
-        "silver/quarantine",
-        "gold/forecasts",
-        "gold/backtest",
-        "gold/selection",
-        "gold/portfolio",
-    ):
+    for name in TABLES:
         got = lake.arrow(name).schema
         assert [(f.name, f.type) for f in got] == [(f.name, f.type) for f in lake.schema(name)], name
 

@@ -69,7 +69,8 @@ def refine(
 
     # Only what cleaning uses: the lineage strings (file, hash, batch) and columns added
     # by ingest.extra_columns=add are as long as the data and would double its memory.
-    keep = [c for c in C.BRONZE_READINGS.names if c not in ("_source_file", "_content_hash", "_batch_id")]
+    skip = set(C.LINEAGE.names) - {"_ingested_at"}  # cleaning orders duplicates by ingestion time
+    keep = [c for c in C.BRONZE_READINGS.names if c not in skip]
     bronze = lake.read("bronze/readings", version=version, columns=keep)
     bronze["_row"] = np.arange(len(bronze))
     freq = config.freq or infer_freq(
