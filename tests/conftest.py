@@ -81,7 +81,7 @@ def spark():
     pytest.importorskip("pyspark")
     pytest.importorskip("delta")
     from forecasting.config import load_config
-    from training.engines.spark import get_spark, stop_spark
+    from training.tables.spark_session import get_spark, stop_spark
 
     session = get_spark(load_config(**{"spark.master": SPARK_TEST_MASTER}), conf=SPARK_TEST_CONF)
     yield session

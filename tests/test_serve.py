@@ -24,7 +24,7 @@ from test_serve_support import (
     wait_until,
 )
 
-from registry.serving import schemas as S
+from training.serving import schemas as S
 
 API_KEY = "test-key-0123456789"
 
@@ -49,11 +49,11 @@ def client(server):
 
 # -- spec ------------------------------------------------------------------------------
 def test_committed_openapi_equals_generated():
-    from registry.serving.app import OPENAPI_FILE, openapi_text
+    from training.serving.app import OPENAPI_FILE, openapi_text
 
     assert OPENAPI_FILE.read_text() == openapi_text(), (
-        "registry/serving/openapi.json is stale: regenerate it with "
-        "`.venv/bin/python -m registry.serving.app --write-openapi`"
+        "training/serving/openapi.json is stale: regenerate it with "
+        "`.venv/bin/python -m training.serving.app --write-openapi`"
     )
 
 

@@ -89,7 +89,7 @@ class ServerThread:
     def __init__(self, config, refresh_s: float = 0.3) -> None:
         import uvicorn
 
-        from registry.serving.app import create_app
+        from training.serving.app import create_app
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"

@@ -19,16 +19,11 @@ from forecasting.errors import ConfigError  # noqa: E402
 from forecasting.generator import generate  # noqa: E402
 from training.engines import get_engine  # noqa: E402
 from training.engines.local import LocalEngine  # noqa: E402
-from training.engines.spark import (  # noqa: E402
-    SparkEngine,
-    arrow_to_spark_schema,
-    partitions_for,
-    rewrite_table_names,
-    session_conf,
-    to_spark,
-)
+from training.engines.spark import SparkEngine, partitions_for  # noqa: E402
 from training.jobs.refine import engine_error  # noqa: E402
 from training.tables import to_arrow  # noqa: E402
+from training.tables.spark import rewrite_table_names  # noqa: E402
+from training.tables.spark_session import arrow_to_spark_schema, session_conf, to_spark  # noqa: E402
 
 pytestmark = pytest.mark.spark
 BRONZE_IN = pa.schema([*C.BRONZE_READINGS, ("_row", pa.int64())])

@@ -14,9 +14,9 @@ import pytest
 pytest.importorskip("pyspark")
 
 from forecasting import contract as C  # noqa: E402
-from training.spark_tables import SparkTables, hadoop_settings, spark_uri  # noqa: E402
-from training.sql import run_sql  # noqa: E402
+from training.jobs.sql import run_sql  # noqa: E402
 from training.tables import Lakehouse  # noqa: E402
+from training.tables.spark import SparkTables, hadoop_settings, spark_uri  # noqa: E402
 
 pytestmark = pytest.mark.spark
 NOW = pd.Timestamp("2026-01-02 03:04:05.123456", tz="UTC")

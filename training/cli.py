@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -290,7 +289,7 @@ def _print_frame(df, fmt):
 @conf_option
 def sql(statement, fmt, engine, conf):
     """Run SQL over the lakehouse tables (gold.forecasts, silver.readings, ...)."""
-    from training.sql import run_sql
+    from training.jobs.sql import run_sql
 
     config = _config(conf, engine=engine)
     _print_frame(run_sql(_lake(config), statement, engine=config.engine), fmt)
@@ -385,7 +384,7 @@ def vacuum(retention_hours, force, conf):
 def serve(host, port, refresh_s, access_log, conf):
     """Serve the REST API and the forecast page (needs the serve extra)."""
     try:
-        from registry.serving.app import run
+        from training.serving.app import run
     except ImportError as exc:
         raise click.ClickException(f"mmf serve needs the serve extra ({exc.name} is missing): pip install 'mmf[serve]'") from None
 
@@ -403,7 +402,7 @@ def serve(host, port, refresh_s, access_log, conf):
 @conf_option
 def score(source, output, engine, conf):
     """Score an input with the champion many-models pyfunc and write the forecasts to Gold."""
-    from registry.scoring import score as run_score
+    from training.jobs.score import score as run_score
 
     config = _config(conf, engine=engine)
     rep = run_score(_lake(config), config, source, output=output)

@@ -169,7 +169,7 @@ def make_fitter(config: Config, launcher: str, num_processes: int | None = None)
     n_proc = config.deep.num_processes if num_processes is None else num_processes
     use_gpu = config.deep.use_gpu
     if launcher == "spark":  # TorchDistributor runs on the active session: the engine's
-        from training.engines.spark import get_spark
+        from training.tables.spark_session import get_spark
 
         get_spark(config)
 
@@ -320,7 +320,7 @@ def _trials(config: Config, engine: str) -> tuple[Any, str]:
         return Trials(), "Trials"
     from hyperopt import SparkTrials
 
-    from training.engines.spark import get_spark
+    from training.tables.spark_session import get_spark
 
     return SparkTrials(parallelism=config.tune.parallelism, spark_session=get_spark(config)), "SparkTrials"
 

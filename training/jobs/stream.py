@@ -10,7 +10,7 @@ micro-batch (``foreachBatch``, on the driver):
    the last week of each clean series comes back to the driver (:func:`clean_tail`);
 3. for each clean series the champion holds a model for, forecasts the ``horizon`` steps
    after its last clean reading (``cutoff`` = that reading, or the model's training end
-   when later) with the champion pyfunc (:func:`registry.scoring.predict_spark`, a
+   when later) with the champion pyfunc (:func:`training.jobs.score.predict_spark`, a
    grouped UDF); future temperature is the same step one week earlier, as in
    ``mmf forecast``;
 4. MERGEs the rows into ``gold/forecasts`` on (``series_id``, ``ts``, ``cutoff``,
@@ -125,7 +125,7 @@ class _Batches:
         self, lake: Lakehouse, config: Config, app_id: str, on_batch: Callable[[BatchReport], None] | None
     ) -> None:
         from training.engines.spark import SparkEngine
-        from training.spark_tables import SparkTables
+        from training.tables.spark import SparkTables
 
         self.lake = lake
         self.config = config
@@ -142,8 +142,8 @@ class _Batches:
             self.on_batch(report)
 
     def run(self, batch_df: Any, batch_id: int) -> BatchReport:
-        from registry.scoring import FORECAST_KEYS, champion, predict_spark
-        from training.engines.spark import to_spark
+        from training.jobs.score import FORECAST_KEYS, champion, predict_spark
+        from training.tables.spark_session import to_spark
 
         done = self.lake.txn_version(FORECASTS, self.app_id)
         if done is not None and done >= batch_id:
@@ -225,7 +225,7 @@ def stream(
             stops; run it again to resume from the checkpoint).
         RegistryError: there is no champion.
     """
-    from registry.scoring import champion
+    from training.jobs.score import champion
 
     if not lake.exists(BRONZE):
         raise TableError("bronze/readings does not exist: run `mmf ingest --source PATH` first")

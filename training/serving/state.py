@@ -40,7 +40,7 @@ from deltalake import DeltaTable
 
 from forecasting import contract as C
 from forecasting.config import Config
-from registry.serving import schemas as S
+from training.serving import schemas as S
 from training.tables import Lakehouse
 
 log = logging.getLogger(__name__)
@@ -231,7 +231,7 @@ def latest_write(table: pa.Table) -> pa.Table:
 
 
 def prediction(frame: pd.DataFrame, info: dict[str, Any], levels: list[int]) -> bytes:
-    """The pyfunc's output frame -> a validated :class:`~registry.serving.schemas.Prediction`."""
+    """The pyfunc's output frame -> a validated :class:`~training.serving.schemas.Prediction`."""
     table = pa.Table.from_pandas(frame, preserve_index=False)
     cols = _Columns(table)  # the pyfunc returns each series' rows together, in time order
     models = _objects(table["model"])

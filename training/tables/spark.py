@@ -27,6 +27,7 @@ log line. The cluster needs the matching jars (``hadoop-azure``, ``hadoop-aws``)
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence
@@ -38,8 +39,8 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from forecasting.errors import TableError
-from training.engines.spark import arrow_to_spark_schema, get_spark, to_pandas, to_spark, view_name
-from training.tables import TABLE_NAMES, Lakehouse, canonical
+from training.tables.lakehouse import TABLE_NAMES, Lakehouse, canonical
+from training.tables.spark_session import arrow_to_spark_schema, get_spark, to_pandas, to_spark
 
 log = logging.getLogger(__name__)
 
@@ -326,3 +327,39 @@ def _first_line(exc: BaseException) -> str:
 
 
 __all__ = ["SparkTables", "hadoop_settings", "spark_uri"]
+
+
+# -- SQL -------------------------------------------------------------------------------
+_QUOTED = re.compile(r"('(?:[^']|'')*'|`[^`]*`|\"[^\"]*\")")
+
+
+def view_name(table: str) -> str:
+    """``gold/forecasts`` -> ``gold_forecasts``."""
+    return table.replace("/", "_")
+
+
+def rewrite_table_names(statement: str, tables: list[str]) -> str:
+    """``gold.forecasts`` -> ``gold_forecasts`` outside quoted text, for the given tables."""
+    names = {t.replace("/", "."): view_name(t) for t in tables}
+    if not names:
+        return statement
+    pattern = re.compile(
+        r"(?<![\w.`])("
+        + "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+        + r")(?![\w`])",
+        re.IGNORECASE,
+    )
+    parts = _QUOTED.split(statement)
+    for i in range(0, len(parts), 2):  # even indexes are outside quotes
+        parts[i] = pattern.sub(lambda m: names[m.group(1).lower()], parts[i])
+    return "".join(parts)
+
+
+def spark_sql(lake: Any, statement: str) -> pd.DataFrame:
+    """Run ``statement`` with Spark SQL over the lakehouse's tables: each existing table is
+    a temporary view named ``<layer>_<table>`` (``gold_forecasts``), and ``gold.forecasts``
+    style names are rewritten to those views."""
+    tables = SparkTables(lake)
+    existing = tables.register_views()
+    df = tables.spark.sql(rewrite_table_names(statement, existing))
+    return df.toArrow().to_pandas()

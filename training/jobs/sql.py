@@ -11,7 +11,7 @@ from training.tables import Lakehouse
 def run_sql(lake: Lakehouse, statement: str, engine: str = "local") -> pd.DataFrame:
     """Run ``statement``; tables are named ``bronze.readings``, ``gold.forecasts``, ..."""
     if engine == "spark":
-        from training.engines.spark import spark_sql
+        from training.tables.spark import spark_sql
 
         return spark_sql(lake, statement)
     import duckdb

@@ -1,6 +1,6 @@
 """The REST API and the forecast page: :func:`create_app` builds the FastAPI app.
 
-Endpoints (the committed spec is ``registry/serving/openapi.json``)::
+Endpoints (the committed spec is ``training/serving/openapi.json``)::
 
     GET  /health                          liveness: 200 while the process serves
     GET  /ready                           200 once a champion and the Gold tables are loaded, else 503 + reason
@@ -11,7 +11,7 @@ Endpoints (the committed spec is ``registry/serving/openapi.json``)::
     GET  /series/{id}/backtest            gold/backtest rows of the champion's run
     GET  /portfolio                       gold/portfolio totals of the served forecasts
     POST /predict                         forecasts from the champion many-models pyfunc in memory
-    GET  /                                the forecast page (registry/static)
+    GET  /                                the forecast page (training/serving/static)
 
 With ``serve.api_key`` set (or ``MMF_API_KEY``), every request needs the header
 ``X-API-Key`` (compared in constant time) except ``/health`` and the page's own static
@@ -37,14 +37,14 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from forecasting.config import Config
-from registry.serving import schemas as S
-from registry.serving.state import DEFAULT_REFRESH_S, ServeError, ServingState
+from training.serving import schemas as S
+from training.serving.state import DEFAULT_REFRESH_S, ServeError, ServingState
 
 log = logging.getLogger(__name__)
 
 API_VERSION = "1"
 OPENAPI_FILE = Path(__file__).resolve().parent / "openapi.json"
-STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+STATIC_DIR = Path(__file__).resolve().parent / "static"
 STATIC_TYPES = {
     ".html": "text/html; charset=utf-8",
     ".js": "text/javascript; charset=utf-8",
@@ -433,7 +433,7 @@ def _parse_time(text: str) -> dt.datetime:
 
 
 def openapi_text(config: Config | None = None) -> str:
-    """The OpenAPI document as committed (``registry/serving/openapi.json``)."""
+    """The OpenAPI document as committed (``training/serving/openapi.json``)."""
     spec = create_app(config or Config(), start=False).openapi()
     return json.dumps(spec, indent=2, sort_keys=True) + "\n"
 
@@ -461,7 +461,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m registry.serving.app --write-openapi``: regenerate the committed spec."""
+    """``python -m training.serving.app --write-openapi``: regenerate the committed spec."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--write-openapi", action="store_true", help=f"write {OPENAPI_FILE}")
     args = parser.parse_args(argv)

@@ -335,7 +335,8 @@ def predict_spark(spark, champ: Champion, inputs, config: Config, cutoffs: pd.Da
     champion's training ends), ``model_version``, ``run_id`` and ``created_at`` (now)."""
     from pyspark.sql import functions as F
 
-    from training.engines.spark import SparkEngine, arrow_to_spark_schema, to_spark
+    from training.engines.spark import SparkEngine
+    from training.tables.spark_session import arrow_to_spark_schema, to_spark
 
     cols = [F.col(C.SERIES_ID).cast("string").alias(C.SERIES_ID)]
     cols.append(
@@ -375,8 +376,8 @@ def predict_spark(spark, champ: Champion, inputs, config: Config, cutoffs: pd.Da
 
 def read_input_spark(tables, source: str):
     """The scoring input as a Spark DataFrame."""
-    from training.engines.spark import to_spark
-    from training.spark_tables import spark_uri
+    from training.tables.spark import spark_uri
+    from training.tables.spark_session import to_spark
 
     kind, where = _kind(tables.lake, source)
     if kind == "table":
@@ -391,7 +392,7 @@ def read_input_spark(tables, source: str):
 def _score_spark(lake, config: Config, champ: Champion, source: str, output: str) -> ScoreReport:
     from pyspark.sql import functions as F
 
-    from training.spark_tables import SparkTables
+    from training.tables.spark import SparkTables
 
     tables = SparkTables(lake, config=config)
     spark = tables.spark

@@ -1,0 +1,15 @@
+"""The table layer: every Delta table of the lakehouse, for the jobs, scoring, serving and SQL.
+
+* :mod:`training.tables.lakehouse` — :class:`Lakehouse`, the tables through ``deltalake``
+  (no JVM): pinned-version reads, idempotent writes (application transactions,
+  replace-where), time travel, restore, vacuum.
+* :mod:`training.tables.spark_session` — the one Spark session of a process and the
+  Arrow/Spark conversions (``spark`` extra).
+* :mod:`training.tables.spark` — the same tables through delta-spark (``spark`` extra).
+
+Nothing here imports the engines, the jobs, MLflow or serving.
+"""
+
+from training.tables.lakehouse import TABLE_NAMES, Lakehouse, canonical, table_schema, to_arrow
+
+__all__ = ["TABLE_NAMES", "Lakehouse", "canonical", "table_schema", "to_arrow"]
