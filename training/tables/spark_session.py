@@ -28,6 +28,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import types as T
 
 from forecasting.errors import MMFError
+from training.tables.lakehouse import to_arrow
 
 log = logging.getLogger(__name__)
 
@@ -219,8 +220,6 @@ def to_spark(
     the data is first given exactly those columns and types (absent ones as nulls)."""
     if isinstance(frame, pd.DataFrame):
         if schema is not None:
-            from training.tables import to_arrow
-
             table = to_arrow(frame, schema)
         else:
             table = pa.Table.from_pandas(frame, preserve_index=False)

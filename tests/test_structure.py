@@ -1,0 +1,168 @@
+"""The house rules of ARCHITECTURE.md, checked on the package code itself.
+
+* layers: a module imports only modules of its own layer or below (``LAYERS``);
+* no import circle between modules (module-level imports);
+* imports inside functions only for optional heavy dependencies (``OPTIONAL``), never to
+  dodge a circle;
+* no function longer than ``MAX_FUNCTION_LINES`` lines.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("forecasting", "registry", "training")
+MAX_FUNCTION_LINES = 80
+
+# bottom -> top; the longest matching prefix decides a module's layer
+LAYERS = {
+    "forecasting": 1,  # the domain: pure, engine-free
+    "training.tables": 2,  # Delta tables (deltalake, delta-spark)
+    "registry": 3,  # MLflow only
+    "training.checkpoints": 2,
+    "training.engines": 4,
+    "training.jobs": 4,
+    "training.global_models": 4,
+    "training.deep": 4,
+    "training.serving": 5,  # REST API and page
+    "training.cli": 6,
+    "training": 4,
+}
+
+# Modules that need an optional extra (pyspark, torch, fastapi, ...): the only package
+# modules that may be imported inside a function.
+OPTIONAL = (
+    "training.engines.spark",
+    "training.tables.spark",
+    "training.tables.spark_session",
+    "training.serving",
+    "training.deep",
+)
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for pkg in PACKAGES:
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            found[name] = path
+    return found
+
+
+MODULES = _modules()
+
+
+def layer(module: str) -> int:
+    best = max((p for p in LAYERS if module == p or module.startswith(p + ".")), key=len)
+    return LAYERS[best]
+
+
+def _resolve(module: str, path: Path, node: ast.ImportFrom) -> list[str]:
+    if node.level:
+        base = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+        base = base[: len(base) - (node.level - 1)]
+        target = ".".join(base + ([node.module] if node.module else []))
+    else:
+        target = node.module or ""
+    if target.split(".")[0] not in PACKAGES:
+        return []
+    # ``from pkg import submodule`` imports the submodule
+    subs = [f"{target}.{a.name}" for a in node.names if f"{target}.{a.name}" in MODULES]
+    return subs or [target]
+
+
+def imports(module: str) -> tuple[set[str], set[str]]:
+    """(module-level imports, imports inside functions) of package modules."""
+    path = MODULES[module]
+    top: set[str] = set()
+    inner: set[str] = set()
+
+    def visit(node: ast.AST, in_function: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            nested = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef))
+            names: list[str] = []
+            if isinstance(child, ast.ImportFrom):
+                names = _resolve(module, path, child)
+            elif isinstance(child, ast.Import):
+                names = [a.name for a in child.names if a.name.split(".")[0] in PACKAGES]
+            (inner if nested else top).update(names)
+            visit(child, nested)
+
+    visit(ast.parse(path.read_text()), False)
+    return top, inner
+
+
+def test_every_package_module_has_a_layer():
+    assert MODULES, "no package modules found"
+    for module in MODULES:
+        assert layer(module) >= 1
+
+
+def test_no_module_imports_a_layer_above_it():
+    wrong = []
+    for module in MODULES:
+        top, inner = imports(module)
+        for target in top | inner:
+            if layer(target) > layer(module):
+                wrong.append(f"{module} (layer {layer(module)}) imports {target} (layer {layer(target)})")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_imports_inside_functions_only_for_optional_dependencies():
+    wrong = []
+    for module in MODULES:
+        _, inner = imports(module)
+        for target in inner:
+            if not any(target == o or target.startswith(o + ".") for o in OPTIONAL):
+                wrong.append(f"{module} imports {target} inside a function")
+    assert not wrong, "\n".join(wrong)
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt) :] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_no_import_circle():
+    graph = {m: {t for t in imports(m)[0] if t != m and t in MODULES} for m in MODULES}
+    found = _cycle(graph)
+    assert found is None, "import circle: " + " -> ".join(found or [])
+
+
+def test_the_cycle_check_finds_a_circle():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_no_function_over_the_limit(module):
+    tree = ast.parse(MODULES[module].read_text())
+    long = [
+        f"{node.name} ({node.end_lineno - node.lineno + 1} lines, line {node.lineno})"
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
+    ]
+    assert not long, f"{module}: functions over {MAX_FUNCTION_LINES} lines: {', '.join(long)}"
