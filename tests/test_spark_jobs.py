@@ -18,10 +18,10 @@ from forecasting import contract as C  # noqa: E402
 from forecasting.config import load_config  # noqa: E402
 from forecasting.errors import MMFError  # noqa: E402
 from forecasting.generator import generate  # noqa: E402
-from training.jobs import score as scoring  # noqa: E402
 from training.cli import cli  # noqa: E402
 from training.engines.spark import FAIL_FIRST_ATTEMPT_ENV  # noqa: E402
 from training.jobs import forecast as forecast_job  # noqa: E402
+from training.jobs import score as scoring  # noqa: E402
 from training.jobs import stream as stream_job  # noqa: E402
 from training.jobs.ingest import ingest  # noqa: E402
 from training.jobs.refine import refine  # noqa: E402
