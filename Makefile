@@ -1,6 +1,7 @@
 # The two commands of the README, each self-sufficient on a fresh machine:
 #   make demo   create .venv, install, run the nightly job on generated demo data
 #   make test   create .venv, install with the test tools, run the test suite
+#   make lint   ruff check + ruff format --check (CI runs it before the tests)
 PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
@@ -42,7 +43,9 @@ test-all: system-deps
 	$(MAKE) install EXTRAS="$(TEST_EXTRAS)"
 	$(PY) -m pytest -q -m "slow or not slow"
 
-lint: install
+# The same install as `make test` (CI runs `make lint` then `make test`: one install).
+lint:
+	$(MAKE) install EXTRAS="$(TEST_EXTRAS)"
 	$(VENV)/bin/ruff check forecasting training registry tests benchmarks
 	$(VENV)/bin/ruff format --check forecasting training registry tests benchmarks
 
