@@ -78,126 +78,49 @@ def clean_series(pdf: pd.DataFrame, config: Any) -> pd.DataFrame:
     sid = str(pdf[C.SERIES_ID].iloc[0])
     try:
         return _clean(sid, pdf, config)
+    except _Quarantined as q:
+        return quarantine_row(sid, q.reason, q.detail)
     except Exception as exc:  # a bad series never stops the others
         return quarantine_row(sid, "processing_failed", f"{type(exc).__name__}: {exc}")
 
 
+class _Quarantined(Exception):
+    """Raised by a cleaning step when the series breaks a rule: ``reason`` is one of
+    :data:`forecasting.contract.QUARANTINE_REASONS`, ``detail`` says what was found."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(reason, detail)
+        self.reason = reason
+        self.detail = detail
+
+
 def _clean(sid: str, pdf: pd.DataFrame, config: Any) -> pd.DataFrame:
+    """The rules of the module docstring, in order; a broken rule raises :class:`_Quarantined`."""
     cfg = config.cleaning
-    freq = config.freq
-    step = step_of(freq)
-    seasons = seasonalities_for(freq)
-    season = seasons[0]
-
+    step = step_of(config.freq)
+    seasons = seasonalities_for(config.freq)
     if len(pdf) > cfg.max_points_per_series:
-        return quarantine_row(
-            sid, "too_large", f"{len(pdf)} rows > cleaning.max_points_per_series={cfg.max_points_per_series}"
+        raise _Quarantined(
+            "too_large", f"{len(pdf)} rows > cleaning.max_points_per_series={cfg.max_points_per_series}"
         )
-
-    sort_cols = [c for c in ("_ingested_at", "_row") if c in pdf.columns]
-    df = pdf.sort_values(sort_cols, kind="stable") if sort_cols else pdf
-    y = pd.to_numeric(df[C.Y], errors="coerce").to_numpy(dtype=float)
-    finite = np.isfinite(y)
-    if not finite.any():
-        return quarantine_row(sid, "all_missing", f"{len(y)} rows, none with a finite reading")
-    stamps = df[C.TS].to_numpy(dtype="datetime64[us]")
-    limit = np.datetime64(pd.Timestamp.now(tz="UTC").tz_localize(None) + FUTURE_TOLERANCE, "us")
-    future = stamps > limit  # NaT compares False
-    if future.any():
-        return quarantine_row(
-            sid,
-            "future_timestamps",
-            f"{int(future.sum())} reading(s) later than now + 1 day ({limit}); the latest is {stamps[future].max()}",
-        )
-    temp = df["temperature"].to_numpy(dtype=float) if "temperature" in df else np.full(len(df), np.nan)
-    frame = pd.DataFrame(
-        {"ts": df[C.TS].to_numpy(dtype="datetime64[us]"), "y": np.where(finite, y, np.nan), "t": temp}
-    )
-    frame = frame[frame["ts"].notna()]
-
-    # 2. duplicates
-    dup_mask = frame.duplicated("ts", keep=False)
-    n_dup = int(frame.duplicated("ts").sum())
-    if n_dup:
-        if cfg.duplicates == "mean":
-            frame = frame.groupby("ts", as_index=False).agg(y=("y", "mean"), t=("t", "mean"))
-        else:
-            frame = frame.drop_duplicates("ts", keep="last")
-    frame = frame.sort_values("ts", kind="stable").reset_index(drop=True)
-    del dup_mask
-
-    # 3. regularity
-    ts = frame["ts"].to_numpy()
-    modal = modal_step(ts)
-    if modal is not None and modal != step:
-        return quarantine_row(
-            sid,
-            "irregular",
-            f"readings are mostly {alias(modal)} apart, not the collection's frequency {freq}",
-        )
-    if len(ts) >= 2:
-        # the grid is the phase most timestamps share, so one stray first reading does
-        # not put every other reading off the grid
-        residues = ts.astype("datetime64[ns]").astype("int64") % step.value
-        values, counts = np.unique(residues, return_counts=True)
-        offsets = (residues - values[np.argmax(counts)]) % step.value
-        off_grid = int((offsets != 0).sum())
-        if off_grid > 0.01 * len(ts):
-            return quarantine_row(
-                sid, "irregular", f"{off_grid} of {len(ts)} timestamps are off the {freq} grid"
-            )
-        frame = frame[offsets == 0]
-
-    # 4. regular grid and gaps
+    frame = _readings(pdf)
+    frame, n_dup = _dedupe(frame, cfg.duplicates)
+    frame = _on_grid(frame, step, config.freq)
     grid = pd.date_range(frame["ts"].iloc[0], frame["ts"].iloc[-1], freq=step)
     reg = frame.set_index("ts").reindex(grid)
-    yv = reg["y"].to_numpy(dtype=float)
-    missing = ~np.isfinite(yv)
-    n_missing = int(missing.sum())
-    if len(grid) and n_missing / len(grid) > cfg.max_missing_share:
-        return quarantine_row(
-            sid,
-            "too_many_gaps",
-            f"{n_missing} of {len(grid)} steps missing ({n_missing / len(grid):.0%} > cleaning.max_missing_share={cfg.max_missing_share})",
-        )
-
-    valid = yv[~missing]
-    neg_share = float((valid < 0).mean())
-    if neg_share > cfg.max_negative_share:
-        return quarantine_row(
-            sid,
-            "negative_values",
-            f"{int((valid < 0).sum())} negative readings ({neg_share:.1%} > cleaning.max_negative_share={cfg.max_negative_share}); min {valid.min():g}",
-        )
-    # a single reading is too short rather than constant
-    if len(valid) >= 2 and np.nanmax(valid) == np.nanmin(valid):
-        return quarantine_row(sid, "constant", f"all {len(valid)} readings equal {valid[0]:g}")
-    if len(valid) < cfg.min_length:
-        return quarantine_row(
-            sid, "too_short", f"{len(valid)} valid readings < cleaning.min_length={cfg.min_length}"
-        )
-
-    filled = _fill(yv, missing, cfg.max_gap_fill, season)
-
-    # 6. outliers
-    # weekly phase when there are enough weeks, so weekends are compared with weekends
-    phase = seasons[-1] if len(seasons) > 1 and len(filled) >= 3 * seasons[-1] else season
-    med, z = _seasonal_z(filled, phase, seasons=5 if phase != season else 7)
-    is_outlier = (np.abs(z) > cfg.outlier_z) & ~missing
-    if cfg.clip_outliers:
-        filled = np.where(is_outlier, med, filled)
-
-    t = reg["t"].to_numpy(dtype=float)
-    if np.isfinite(t).any():
-        t = pd.Series(t).interpolate(limit_direction="both").to_numpy()
-
+    y = reg["y"].to_numpy(dtype=float)
+    missing = ~np.isfinite(y)
+    _check_gaps(missing, cfg.max_missing_share)
+    _check_values(y[~missing], cfg)
+    filled = _fill(y, missing, cfg.max_gap_fill, seasons[0])
+    filled, is_outlier = _outliers(filled, missing, seasons, cfg)
     n = len(grid)
     return pd.DataFrame(
         {
             C.SERIES_ID: np.full(n, sid, dtype=object),
             C.TS: grid.to_numpy(dtype="datetime64[us]"),
             C.Y: filled,
-            "temperature": t,
+            "temperature": _temperature(reg["t"].to_numpy(dtype=float)),
             "is_filled": missing,
             "is_outlier": is_outlier,
             "_reason": pd.Series([None] * n, dtype=object),
@@ -205,6 +128,109 @@ def _clean(sid: str, pdf: pd.DataFrame, config: Any) -> pd.DataFrame:
             "_n_duplicates": np.full(n, n_dup, dtype="int64"),
         }
     )
+
+
+def _readings(pdf: pd.DataFrame) -> pd.DataFrame:
+    """Rule 1: the rows in ingestion order as ``ts``, ``y`` (non-finite -> NaN) and ``t``
+    (temperature), without rows lacking a timestamp. Quarantines ``all_missing`` and
+    ``future_timestamps``."""
+    sort_cols = [c for c in ("_ingested_at", "_row") if c in pdf.columns]
+    df = pdf.sort_values(sort_cols, kind="stable") if sort_cols else pdf
+    y = pd.to_numeric(df[C.Y], errors="coerce").to_numpy(dtype=float)
+    finite = np.isfinite(y)
+    if not finite.any():
+        raise _Quarantined("all_missing", f"{len(y)} rows, none with a finite reading")
+    stamps = df[C.TS].to_numpy(dtype="datetime64[us]")
+    limit = np.datetime64(pd.Timestamp.now(tz="UTC").tz_localize(None) + FUTURE_TOLERANCE, "us")
+    future = stamps > limit  # NaT compares False
+    if future.any():
+        raise _Quarantined(
+            "future_timestamps",
+            f"{int(future.sum())} reading(s) later than now + 1 day ({limit}); the latest is {stamps[future].max()}",
+        )
+    temp = df["temperature"].to_numpy(dtype=float) if "temperature" in df else np.full(len(df), np.nan)
+    frame = pd.DataFrame({"ts": stamps, "y": np.where(finite, y, np.nan), "t": temp})
+    return frame[frame["ts"].notna()]
+
+
+def _dedupe(frame: pd.DataFrame, how: str) -> tuple[pd.DataFrame, int]:
+    """Rule 2: one row per timestamp, in time order, and how many rows were duplicates.
+    ``how`` is ``last`` (the last ingested wins) or ``mean``."""
+    n_dup = int(frame.duplicated("ts").sum())
+    if n_dup:
+        if how == "mean":
+            frame = frame.groupby("ts", as_index=False).agg(y=("y", "mean"), t=("t", "mean"))
+        else:
+            frame = frame.drop_duplicates("ts", keep="last")
+    return frame.sort_values("ts", kind="stable").reset_index(drop=True), n_dup
+
+
+def _on_grid(frame: pd.DataFrame, step: pd.Timedelta, freq: str) -> pd.DataFrame:
+    """Rule 3: quarantines ``irregular`` series, drops the few off-grid readings of the others."""
+    ts = frame["ts"].to_numpy()
+    modal = modal_step(ts)
+    if modal is not None and modal != step:
+        raise _Quarantined(
+            "irregular", f"readings are mostly {alias(modal)} apart, not the collection's frequency {freq}"
+        )
+    if len(ts) < 2:
+        return frame
+    # the grid is the phase most timestamps share, so one stray first reading does
+    # not put every other reading off the grid
+    residues = ts.astype("datetime64[ns]").astype("int64") % step.value
+    values, counts = np.unique(residues, return_counts=True)
+    offsets = (residues - values[np.argmax(counts)]) % step.value
+    off_grid = int((offsets != 0).sum())
+    if off_grid > 0.01 * len(ts):
+        raise _Quarantined("irregular", f"{off_grid} of {len(ts)} timestamps are off the {freq} grid")
+    return frame[offsets == 0]
+
+
+def _check_gaps(missing: np.ndarray, max_share: float) -> None:
+    """Rule 4: quarantines ``too_many_gaps`` when more than ``max_share`` of the grid is missing."""
+    n_missing = int(missing.sum())
+    if len(missing) and n_missing / len(missing) > max_share:
+        raise _Quarantined(
+            "too_many_gaps",
+            f"{n_missing} of {len(missing)} steps missing ({n_missing / len(missing):.0%} > cleaning.max_missing_share={max_share})",
+        )
+
+
+def _check_values(valid: np.ndarray, cfg: Any) -> None:
+    """Rule 5, on the readings present: ``negative_values``, ``constant``, ``too_short``."""
+    neg_share = float((valid < 0).mean())
+    if neg_share > cfg.max_negative_share:
+        raise _Quarantined(
+            "negative_values",
+            f"{int((valid < 0).sum())} negative readings ({neg_share:.1%} > cleaning.max_negative_share={cfg.max_negative_share}); min {valid.min():g}",
+        )
+    # a single reading is too short rather than constant
+    if len(valid) >= 2 and np.nanmax(valid) == np.nanmin(valid):
+        raise _Quarantined("constant", f"all {len(valid)} readings equal {valid[0]:g}")
+    if len(valid) < cfg.min_length:
+        raise _Quarantined("too_short", f"{len(valid)} valid readings < cleaning.min_length={cfg.min_length}")
+
+
+def _outliers(
+    filled: np.ndarray, missing: np.ndarray, seasons: tuple[int, ...], cfg: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rule 6: the readings (clipped to the seasonal median with ``clip_outliers``) and
+    the outlier flags; filled steps are never outliers."""
+    season = seasons[0]
+    # weekly phase when there are enough weeks, so weekends are compared with weekends
+    phase = seasons[-1] if len(seasons) > 1 and len(filled) >= 3 * seasons[-1] else season
+    med, z = _seasonal_z(filled, phase, seasons=5 if phase != season else 7)
+    is_outlier = (np.abs(z) > cfg.outlier_z) & ~missing
+    if cfg.clip_outliers:
+        filled = np.where(is_outlier, med, filled)
+    return filled, is_outlier
+
+
+def _temperature(t: np.ndarray) -> np.ndarray:
+    """The temperature on the grid, interpolated (and extended at both ends) when any is known."""
+    if np.isfinite(t).any():
+        t = pd.Series(t).interpolate(limit_direction="both").to_numpy()
+    return t
 
 
 def _seasonal_z(y: np.ndarray, season: int, seasons: int = 7) -> tuple[np.ndarray, np.ndarray]:
