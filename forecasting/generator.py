@@ -163,23 +163,7 @@ def generate(
         ConfigError: an argument out of range, an unknown frequency, country or zone.
     """
     step, steps_per_day = _check_freq(freq)
-    _check(n_series, "n_series", isinstance(n_series, (int, np.integer)) and n_series >= 1, "an integer >= 1")
-    _check(days, "days", isinstance(days, (int, np.integer)) and days >= 1, "an integer >= 1")
-    _check(seed, "seed", isinstance(seed, (int, np.integer)) and seed >= 0, "an integer >= 0")
-    _check(
-        fault_share,
-        "fault_share",
-        isinstance(fault_share, (int, float)) and 0 <= fault_share <= 1,
-        "a number in [0, 1]",
-    )
-    t0 = _check_start(start)
-    if tz is not None:
-        try:
-            pd.Timestamp(0, tz="UTC").tz_convert(tz)
-        except Exception:
-            raise ConfigError(
-                "tz", tz, "an IANA time zone such as 'Europe/London' or 'UTC', or None"
-            ) from None
+    t0 = _check_args(n_series, days, seed, fault_share, start, tz)
     n_series, days = int(n_series), int(days)
 
     seeds = np.random.SeedSequence(seed).spawn(4)
@@ -197,18 +181,8 @@ def generate(
     region_temp = _weather(cal, weather_rng)
     y, temp = _signal(meters, cal, region_temp, signal_rng, group=24 if daily else 1)
 
-    fault_rows: list[tuple[int, str]] = []
-    changed: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     n_faulty = 0 if clean else int(round(n_series * fault_share))
-    if n_faulty:
-        chosen = fault_rng.choice(n_series, size=n_faulty, replace=False)
-        kinds = list(FAULTS)
-        fault_rows = [(int(i), kinds[k % len(kinds)]) for k, i in enumerate(chosen)]
-        for i, kind in fault_rows:
-            rows = _inject(kind, y[i], fault_rng, steps_per_day, step)
-            if rows is not None:
-                changed[i] = rows
-
+    fault_rows, changed = _faults(y, n_faulty, fault_rng, steps_per_day, step)
     readings = _assemble(meters, grid, y, temp, changed)
     if tz is not None:
         readings[C.TS] = pd.DatetimeIndex(readings[C.TS]).tz_localize("UTC").tz_convert(tz)
@@ -253,6 +227,30 @@ def write(gen: Generated, path: str | Path) -> Path:
 def _check(value: object, key: str, ok: bool, allowed: str) -> None:
     if isinstance(value, bool) or not ok:
         raise ConfigError(key, value, allowed)
+
+
+def _check_args(
+    n_series: object, days: object, seed: object, fault_share: object, start: str, tz: str | None
+) -> np.datetime64:
+    """Validate the arguments of :func:`generate` other than ``freq``; return ``start`` as UTC."""
+    _check(n_series, "n_series", isinstance(n_series, (int, np.integer)) and n_series >= 1, "an integer >= 1")
+    _check(days, "days", isinstance(days, (int, np.integer)) and days >= 1, "an integer >= 1")
+    _check(seed, "seed", isinstance(seed, (int, np.integer)) and seed >= 0, "an integer >= 0")
+    _check(
+        fault_share,
+        "fault_share",
+        isinstance(fault_share, (int, float)) and 0 <= fault_share <= 1,
+        "a number in [0, 1]",
+    )
+    t0 = _check_start(start)
+    if tz is not None:
+        try:
+            pd.Timestamp(0, tz="UTC").tz_convert(tz)
+        except Exception:
+            raise ConfigError(
+                "tz", tz, "an IANA time zone such as 'Europe/London' or 'UTC', or None"
+            ) from None
+    return t0
 
 
 def _check_freq(freq: str) -> tuple[pd.Timedelta, int]:
@@ -505,6 +503,27 @@ def _signal(
 
 
 # -- faults ----------------------------------------------------------------------------
+
+
+def _faults(
+    y: np.ndarray, n_faulty: int, rng: np.random.Generator, steps_per_day: int, step: pd.Timedelta
+) -> tuple[list[tuple[int, str]], dict[int, tuple[np.ndarray, np.ndarray]]]:
+    """Deal one fault to each of ``n_faulty`` random series, kinds round-robin, editing ``y``.
+
+    Returns the ``(series index, kind)`` pairs in the order dealt, and the new rows of the
+    series whose rows were dropped or duplicated (series index -> ``(steps, values)``).
+    """
+    if not n_faulty:
+        return [], {}
+    chosen = rng.choice(len(y), size=n_faulty, replace=False)
+    kinds = list(FAULTS)
+    fault_rows = [(int(i), kinds[k % len(kinds)]) for k, i in enumerate(chosen)]
+    changed: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for i, kind in fault_rows:
+        rows = _inject(kind, y[i], rng, steps_per_day, step)
+        if rows is not None:
+            changed[i] = rows
+    return fault_rows, changed
 
 
 def _inject(
