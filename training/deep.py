@@ -96,28 +96,19 @@ def train_worker(
     import torch
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
-    from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+    from torch.utils.data import DataLoader, DistributedSampler
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    gpu = use_gpu in ("auto", True) and torch.cuda.is_available()
-    if gpu:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        device = torch.device("cuda", local_rank % torch.cuda.device_count())
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-        torch.set_num_threads(max(1, int(threads or max(1, (os.cpu_count() or 1) // world))))
+    gpu, device = _pick_device(use_gpu, local_rank, world, threads)
     distributed = world > 1
     if distributed:
         dist.init_process_group("nccl" if gpu else "gloo", init_method="env://", rank=rank, world_size=world)
     try:
         torch.manual_seed(seed)
         torch.use_deterministic_algorithms(True, warn_only=gpu)
-        with np.load(data_path, allow_pickle=False) as data:
-            x, ctx, y = (torch.from_numpy(np.asarray(data[k], dtype=np.float32)) for k in ("x", "ctx", "y"))
-        dataset = TensorDataset(x, ctx, y)
+        dataset = _load_windows(data_path)
         sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
         batch = max(1, int(params["batch_size"]) // world)
         loader = DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=0)
@@ -132,19 +123,7 @@ def train_worker(
         losses = []
         for epoch in range(int(params["epochs"])):
             sampler.set_epoch(epoch)
-            total = torch.zeros(2, dtype=torch.float64, device=device)
-            for xb, cb, yb in loader:
-                xb, cb, yb = xb.to(device), cb.to(device), yb.to(device)
-                opt.zero_grad(set_to_none=True)
-                loss = pinball(net(xb, cb), yb, quantiles)
-                loss.backward()
-                opt.step()
-                total += torch.stack(
-                    [
-                        loss.detach().double() * len(yb),
-                        torch.tensor(float(len(yb)), device=device, dtype=torch.float64),
-                    ]
-                )
+            total = _train_epoch(net, loader, opt, quantiles, device)
             if distributed:
                 dist.all_reduce(total)
             losses.append(float(total[0] / total[1]))
@@ -158,6 +137,54 @@ def train_worker(
         if distributed:
             dist.destroy_process_group()
     return out_path
+
+
+def _pick_device(use_gpu: Any, local_rank: int, world: int, threads: int | None) -> tuple[bool, Any]:
+    """``(gpu, torch.device)``: ``cuda:<local_rank>`` with deterministic cuBLAS when a GPU
+    is wanted and visible, else the CPU with ``threads`` threads (default: the cores
+    shared by the ``world`` processes)."""
+    import torch
+
+    gpu = use_gpu in ("auto", True) and torch.cuda.is_available()
+    if gpu:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+        torch.set_num_threads(max(1, int(threads or max(1, (os.cpu_count() or 1) // world))))
+    return gpu, device
+
+
+def _load_windows(data_path: str):
+    """The ``x``, ``ctx``, ``y`` arrays of ``data_path`` as a float32 ``TensorDataset``."""
+    import torch
+    from torch.utils.data import TensorDataset
+
+    with np.load(data_path, allow_pickle=False) as data:
+        x, ctx, y = (torch.from_numpy(np.asarray(data[k], dtype=np.float32)) for k in ("x", "ctx", "y"))
+    return TensorDataset(x, ctx, y)
+
+
+def _train_epoch(net, loader, opt, quantiles, device):
+    """One pass over this process's batches; returns ``[sum of loss x batch size, windows]``
+    (float64) for the caller to reduce over the processes."""
+    import torch
+
+    total = torch.zeros(2, dtype=torch.float64, device=device)
+    for xb, cb, yb in loader:
+        xb, cb, yb = xb.to(device), cb.to(device), yb.to(device)
+        opt.zero_grad(set_to_none=True)
+        loss = pinball(net(xb, cb), yb, quantiles)
+        loss.backward()
+        opt.step()
+        total += torch.stack(
+            [
+                loss.detach().double() * len(yb),
+                torch.tensor(float(len(yb)), device=device, dtype=torch.float64),
+            ]
+        )
+    return total
 
 
 def _spawn_entry(local_rank: int, world: int, port: int, args: tuple) -> None:
