@@ -14,6 +14,7 @@ import yaml
 from pydantic import ValidationError
 
 from forecasting.config import (
+    ENGINES,
     ENV_OVERRIDES,
     Config,
     default_conf_path,
@@ -24,6 +25,9 @@ from forecasting.config.__main__ import main as config_main
 from forecasting.config.validation import allowed_text
 from forecasting.errors import ConfigError
 from forecasting.models import MODELS
+from training.cli import cli
+from training.engines import engine_class, get_engine
+from training.engines.local import LocalEngine
 
 ENV_KEYS = tuple(ENV_OVERRIDES)
 
@@ -259,6 +263,20 @@ def test_spark_and_api_key_environment_overrides(monkeypatch):
     monkeypatch.setenv("MMF_API_KEY", "k3y")
     cfg = load_config()
     assert (cfg.spark.master, cfg.serve.api_key) == ("spark://host:7077", "k3y")
+
+
+# -- the engine registry ----------------------------------------------------------------
+
+
+def test_one_registry_of_engines():
+    """The config's allowed engines, the CLI's --engine choices and get_engine agree."""
+    choices = {p.name: p for p in cli.commands["refine"].params}["engine"].type.choices
+    assert list(choices) == list(ENGINES)
+    assert engine_class("local") is LocalEngine
+    engine = get_engine(load_config(workers=3))
+    assert isinstance(engine, LocalEngine) and engine.workers == 3
+    with pytest.raises(ConfigError, match="one of local, spark"):
+        engine_class("dask")
 
 
 def test_replace_validates_too():
