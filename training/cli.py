@@ -9,14 +9,13 @@ from pathlib import Path
 
 import click
 
+from forecasting.config import ENGINES, load_config
 from forecasting.errors import MMFError
 
 log = logging.getLogger("mmf")
 
 
 def _config(conf, **overrides):
-    from forecasting.config import load_config
-
     return load_config(conf, **overrides)
 
 
@@ -51,7 +50,7 @@ class _Progress:
 
 
 conf_option = click.option("--conf", type=click.Path(dir_okay=False), default=None, help="YAML file overriding conf/default.yaml.")
-engine_option = click.option("--engine", type=click.Choice(["local", "spark"]), default=None, help="Where per-series work runs.")
+engine_option = click.option("--engine", type=click.Choice(list(ENGINES)), default=None, help="Where per-series work runs.")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120, "terminal_width": 120})

@@ -3,27 +3,31 @@
 Every engine implements ``map_groups(frame, by, fn, schema, config, on_error)``: apply
 ``fn(group_frame, config) -> frame`` to each group of rows sharing ``by`` and return the
 concatenated results with exactly ``schema``'s columns. ``local`` is a process pool;
-``spark`` runs ``groupBy(by).applyInPandas`` (imported only when asked for).
+``spark`` runs ``groupBy(by).applyInPandas``. Which engines exist is
+:data:`forecasting.config.ENGINES` (name -> ``module:class``); an engine's module is
+imported only when it is chosen (the Spark one needs the optional pyspark).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
 
+from forecasting.config import ENGINES, Config
 from forecasting.errors import ConfigError
 from training.engines.base import Engine
 
 
-def get_engine(config: Any) -> Engine:
-    if config.engine == "local":
-        from training.engines.local import LocalEngine
-
-        return LocalEngine(workers=config.workers)
-    if config.engine == "spark":
-        from training.engines.spark import SparkEngine  # noqa: F401 - optional extra
-
-        return SparkEngine(config)
-    raise ConfigError("engine", config.engine, "local or spark")
+def engine_class(name: str) -> type[Engine]:
+    """The class registered as engine ``name``, its module imported now."""
+    try:
+        module, _, attr = ENGINES[name].partition(":")
+    except KeyError:
+        raise ConfigError("engine", name, f"one of {', '.join(ENGINES)}") from None
+    return getattr(importlib.import_module(module), attr)
 
 
-__all__ = ["Engine", "get_engine"]
+def get_engine(config: Config) -> Engine:
+    return engine_class(config.engine).from_config(config)
+
+
+__all__ = ["Engine", "engine_class", "get_engine"]

@@ -7,12 +7,19 @@ from typing import Any, Callable
 import pandas as pd
 import pyarrow as pa
 
+from forecasting.config import Config
+
 GroupFn = Callable[[pd.DataFrame, Any], pd.DataFrame]
 ErrorFn = Callable[[str, str], pd.DataFrame]  # (group key, reason) -> result rows
 
 
 class Engine:
     name = "base"
+
+    @classmethod
+    def from_config(cls, config: Config) -> Engine:
+        """The engine as ``config`` sets it up (:func:`training.engines.get_engine`)."""
+        raise NotImplementedError
 
     def map_groups(
         self,

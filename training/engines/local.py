@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from forecasting.config import Config
 from training import faults
 from training.engines.base import Engine, ErrorFn, GroupFn, conform
 
@@ -99,6 +100,10 @@ class LocalEngine(Engine):
     def __init__(self, workers: int | None = None, chunk_series: int = 8) -> None:
         self.workers = workers or os.cpu_count() or 1
         self.chunk_series = chunk_series
+
+    @classmethod
+    def from_config(cls, config: Config) -> LocalEngine:
+        return cls(workers=config.workers)
 
     def _pool(self) -> ProcessPoolExecutor:
         ctx = mp.get_context("forkserver")

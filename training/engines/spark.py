@@ -33,6 +33,7 @@ from pyspark.sql import DataFrame as SparkDataFrame
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
+from forecasting.config import Config
 from forecasting.errors import MMFError
 from training.engines.base import Engine, ErrorFn, GroupFn, conform
 from training.tables.spark_session import arrow_to_spark_schema, get_spark, to_pandas, to_spark
@@ -54,9 +55,13 @@ def partitions_for(n_series: int, parallelism: int, configured: int | None = Non
 class SparkEngine(Engine):
     name = "spark"
 
-    def __init__(self, config: Any = None, spark: SparkSession | None = None) -> None:
+    def __init__(self, config: Config | None = None, spark: SparkSession | None = None) -> None:
         self.config = config
         self._spark = spark
+
+    @classmethod
+    def from_config(cls, config: Config) -> SparkEngine:
+        return cls(config)
 
     @property
     def spark(self) -> SparkSession:
@@ -65,7 +70,7 @@ class SparkEngine(Engine):
         return self._spark
 
     def partitions(self, n_series: int) -> int:
-        configured = getattr(getattr(self.config, "spark", None), "shuffle_partitions", None)
+        configured = self.config.spark.shuffle_partitions if self.config is not None else None
         return partitions_for(n_series, self.spark.sparkContext.defaultParallelism, configured)
 
     def map_groups(
@@ -156,10 +161,8 @@ class SparkEngine(Engine):
         )
 
 
-def _max_points(config: Any) -> int | None:
-    cleaning = getattr(config, "cleaning", None)
-    value = getattr(cleaning, "max_points_per_series", None)
-    return int(value) if value else None
+def _max_points(config: Config | None) -> int | None:
+    return config.cleaning.max_points_per_series if config is not None else None
 
 
 def group_udf(

@@ -1,0 +1,283 @@
+"""Every setting of the platform: its type, bounds, default and meaning, in one place.
+
+Each section of the YAML is a pydantic model; ``conf/default.yaml`` is rendered from
+these models (:mod:`forecasting.config.defaults`), never written by hand. Validators
+appear only where a rule is more than a type and a bound (a known model name, a pandas
+frequency, a readable search-space file).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import pandas as pd
+from pydantic import ConfigDict, Field, field_validator, model_validator
+
+from forecasting.config.validation import Section, refuse, set_dotted, setting, validated
+from forecasting.errors import ConfigError
+from forecasting.metrics import POINT_METRICS
+from forecasting.models import all_models, unavailable_reason
+from forecasting.tuning import load_search_spaces
+
+# The one registry of engines: name -> "module:class", imported only when chosen (the
+# Spark engine needs the optional pyspark). The config's allowed values, the CLI's
+# --engine choice and training.engines.get_engine all read it.
+ENGINES: dict[str, str] = {
+    "local": "training.engines.local:LocalEngine",
+    "spark": "training.engines.spark:SparkEngine",
+}
+METRIC_NAMES = (*POINT_METRICS, "pinball")
+EXTRA_COLUMNS = ("ignore", "refuse", "add")  # ingest.extra_columns
+
+EngineName = Literal[tuple(ENGINES)]  # type: ignore[valid-type]
+MetricName = Literal[METRIC_NAMES]  # type: ignore[valid-type]
+ExtraColumns = Literal[EXTRA_COLUMNS]  # type: ignore[valid-type]
+Number = int | float  # an int stays an int (the config hash and MLflow params see what was written)
+Level = Annotated[int, Field(gt=0, lt=100)]
+FREQ_ALLOWED = "null or a pandas frequency alias such as h, 30min, D (not the deprecated H, T)"
+
+
+class Backtest(Section):
+    windows: int = setting(1, "rolling-origin windows", ge=1)
+    step: int | None = setting(None, "steps between window cutoffs; null = horizon", ge=1)
+    metric: MetricName = setting("mase", "mae | rmse | smape | mase | bias (absolute) | pinball")
+
+
+class Ensemble(Section):
+    enabled: bool = setting(False, "a mean/median of the top-k candidates competes as one more model")
+    top_k: int = setting(3, "how many of the best candidates are combined", ge=2)
+    method: Literal["mean", "median"] = setting("median", "mean | median")
+
+
+class Ingest(Section):
+    extra_columns: ExtraColumns = setting(
+        "ignore",
+        "raw columns outside the contract: ignore (reported) | refuse (the file) |\n"
+        "add (as new nullable string columns, in bronze only)",
+    )
+
+
+class Cleaning(Section):
+    min_length: int = setting(336, "valid readings a series needs (after regularisation)", ge=2)
+    max_gap_fill: int = setting(6, "longest run of missing steps filled by interpolation", ge=0)
+    max_missing_share: Number = setting(
+        0.2, "quarantine when more of the grid than this is missing", ge=0, le=1
+    )
+    outlier_z: Number = setting(
+        6.0, "robust z-score (median/MAD) of the residual to the same hour on nearby days", gt=0
+    )
+    clip_outliers: bool = setting(False, "replace flagged outliers by the interpolated value")
+    max_negative_share: Number = setting(
+        0.0, "quarantine when more readings than this are negative", ge=0, le=1
+    )
+    duplicates: Literal["last", "mean"] = setting(
+        "last", "conflicting duplicate timestamps: last (latest ingested) | mean"
+    )
+    max_points_per_series: int = setting(500_000, "larger series are quarantined as too_large", ge=1)
+
+
+class MLflow(Section):
+    tracking_uri: str | None = setting(None, "null = sqlite:///<lakehouse>/mlflow.db (local roots only)")
+    experiment: str = setting("mmf")
+    registered_model: str = setting("mmf-many-models", allowed="a non-empty name", pattern=r"\S")
+    promotion_tolerance: Number = setting(
+        0.0, "challenger promoted when metric <= champion * (1 + tolerance)", ge=0
+    )
+    sample_plots: int = setting(4, "series drawn in the forecast-vs-actuals plot", ge=0)
+
+
+class Nightly(Section):
+    source: str | None = setting(None, "file or folder ingested first; null = start from bronze")
+    max_failed_share: Number = setting(
+        0.2, "above this share of failed series the run exits non-zero", ge=0, le=1
+    )
+
+
+class Tune(Section):
+    enabled: bool = setting(False)
+    max_evals: int = setting(10, "evaluations per series and model (and per global model)", ge=1)
+    timeout_s: Number = setting(30, "seconds of search per series and model (a started trial finishes)", gt=0)
+    windows: int = setting(3, "tuning windows, ending where the selection backtest begins (no leakage)", ge=1)
+    search_spaces: str | None = setting(
+        None,
+        "YAML of search spaces; null = conf/search_spaces.yaml",
+        allowed="null or the path of a YAML file",
+        pattern=r"\S",
+    )
+    parallelism: int = setting(
+        2, "concurrent trials of a global model's search (SparkTrials, Spark engine)", ge=1
+    )
+    global_timeout_s: Number = setting(900, "seconds of search per global model", gt=0)
+
+    @model_validator(mode="after")
+    def _search_spaces_load(self) -> Tune:
+        if self.enabled:  # a bad search-space file fails now, before any work starts
+            load_search_spaces(self.search_spaces)
+        return self
+
+
+class Deep(Section):
+    num_processes: int = setting(
+        1, "data-parallel processes (torch.distributed; TorchDistributor on Spark)", ge=1
+    )
+    use_gpu: Literal["auto"] | bool = setting("auto", "auto (a GPU when one is visible) | true | false")
+
+
+class SparkSettings(Section):
+    """The Spark engine's own settings (``spark:``)."""
+
+    master: str = setting("local[*]", "any cluster URL")
+    shuffle_partitions: int | None = setting(None, "null = chosen from the number of series", ge=1)
+    driver_memory: str | None = setting(
+        None,
+        "e.g. 8g; null = Spark's default, or a quarter of the RAM (at\n"
+        "most 16g) on local[*], where the driver JVM holds everything",
+        allowed="null or a JVM size such as 4g or 512m",
+        pattern=r"^[1-9][0-9]*[kmgtKMGT]$",
+    )
+
+
+class Serve(Section):
+    host: str = setting("127.0.0.1", "address the REST API listens on")
+    port: int = setting(8080, ge=0, le=65535)
+    api_key: str | None = setting(None, "when set, requests need header X-API-Key")
+    max_horizon: int = setting(720, "longest forecast a request may ask for", ge=1)
+
+
+MODELS_HEADING = """\
+Candidate models tried on every series (`mmf models` lists them all). The default set
+fits a nightly window for 1,000 hourly meters x 90 days on 2 cores; arima (seasonal
+search), prophet and tuning are opt-in, and so are the global models trained across all
+series: global_gbm (LightGBM) and global_nn (PyTorch, the deep extra)."""
+
+
+class Config(Section):
+    """The validated settings of one run (immutable: :meth:`replace` makes a changed,
+    validated copy)."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    lakehouse: str = setting("./lakehouse", "local folder, az://, abfss:// or s3:// root of all tables")
+    storage_options: dict[str, str] = setting(
+        {},
+        "passed to deltalake as-is (credentials: prefer the environment)",
+        allowed="a mapping of option names to strings (quote values such as 'true')",
+    )
+    retention_hours: int = setting(
+        168,
+        "`mmf vacuum` keeps files of versions this recent (< 168 needs --force)",
+        allowed="an integer >= 0 (mmf vacuum refuses less than 168 without --force)",
+        ge=0,
+    )
+    freq: str | None = setting(
+        None, "pandas alias (h, 30min, D, ...); null = inferred from the data", allowed=FREQ_ALLOWED
+    )
+    horizon: int = setting(48, "steps to forecast", ge=1)
+    levels: list[Level] = setting(
+        [80, 95],
+        "prediction-interval levels, percent",
+        allowed="a non-empty list of integers between 1 and 99",
+        min_length=1,
+    )
+    engine: EngineName = setting("local", " | ".join(ENGINES), allowed=f"one of {', '.join(ENGINES)}")
+    workers: int | None = setting(None, "local process-pool size; null = number of cores", ge=1)
+    seed: int = setting(0)
+    country: str = setting("GB", "public holidays for the generator and Prophet")
+    models: list[str] = setting(
+        ["seasonal_naive", "weekly_naive", "ets", "theta", "mstl"],
+        heading=MODELS_HEADING,
+        allowed="a non-empty list of model names",
+        min_length=1,
+    )
+    model_params: dict[str, dict[str, Any]] = setting(
+        {},
+        "per model, e.g. {arima: {seasonal: true}, prophet: {country: GB}}",
+        allowed="a mapping of model names to mappings of parameters",
+    )
+    model_timeout_s: Number = setting(
+        60, "a candidate slower than this on one series is recorded as timed out", gt=0
+    )
+    backtest: Backtest = setting(Backtest())
+    ensemble: Ensemble = setting(Ensemble())
+    ingest: Ingest = setting(Ingest())
+    cleaning: Cleaning = setting(Cleaning())
+    mlflow: MLflow = setting(MLflow())
+    nightly: Nightly = setting(Nightly())
+    tune: Tune = setting(Tune(), "Hyperopt (TPE) search of hyper-parameters (`mmf train --tune`)")
+    deep: Deep = setting(Deep(), "training of global_nn (the deep extra: pip install -e .[deep])")
+    spark: SparkSettings = setting(SparkSettings())
+    serve: Serve = setting(Serve())
+
+    @field_validator("levels")
+    @classmethod
+    def _sorted_levels(cls, levels: list[int]) -> list[int]:
+        return sorted(set(levels))
+
+    @field_validator("freq")
+    @classmethod
+    def _pandas_freq(cls, freq: str | None) -> str | None:
+        if freq is not None and not valid_freq(freq):
+            raise refuse(FREQ_ALLOWED, freq)
+        return freq
+
+    @field_validator("models")
+    @classmethod
+    def _known_installed_models(cls, names: list[str]) -> list[str]:
+        known = sorted(all_models())  # per-series and global models
+        for name in names:
+            if name not in known:
+                raise refuse(f"one of {', '.join(known)}", name)
+            why = unavailable_reason(name)
+            if why is not None:
+                raise refuse(f"a model whose packages are installed: {why}", name)
+        return names
+
+    @field_validator("model_params")
+    @classmethod
+    def _params_of_known_models(cls, params: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        known = sorted(all_models())
+        for name in params:
+            if name not in known:
+                raise refuse(f"keys among {', '.join(known)}", name)
+        return params
+
+    # -- derived --------------------------------------------------------------------
+    @property
+    def backtest_step(self) -> int:
+        return self.backtest.step or self.horizon
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump()
+
+    def replace(self, **changes: Any) -> Config:
+        """A validated copy with top-level or dotted keys changed (``backtest.windows``)."""
+        data = self.to_dict()
+        for key, value in changes.items():
+            set_dotted(data, key, value)
+        return validated(Config, data)
+
+    def mlflow_tracking_uri(self) -> str:
+        """Configured URI, else a SQLite store beside the tables (local roots only)."""
+        if self.mlflow.tracking_uri:
+            return self.mlflow.tracking_uri
+        if "://" in self.lakehouse:
+            raise ConfigError(
+                "mlflow.tracking_uri",
+                None,
+                "a tracking URI (or MLFLOW_TRACKING_URI) when the lakehouse is remote",
+            )
+        return "sqlite:///" + str(Path(self.lakehouse).resolve() / "mlflow.db")
+
+
+def valid_freq(value: str) -> bool:
+    """A pandas alias; deprecated ones (``H``, ``T``, ``M``) are refused whatever the
+    warning filters, and a fixed step must be positive (``0h`` would divide by zero)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)
+            offset = pd.tseries.frequencies.to_offset(value)
+    except (ValueError, TypeError, FutureWarning):
+        return False
+    return not isinstance(offset, pd.offsets.Tick) or pd.Timedelta(offset) > pd.Timedelta(0)
