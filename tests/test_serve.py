@@ -315,7 +315,11 @@ def test_api_key_guards_every_endpoint_but_health(lake):
                 r = c.get(path, headers=headers)
                 assert r.status_code == 401, (path, headers)
                 assert "API key" in r.json()["detail"]
-            assert c.post("/predict", json=body, headers=headers).status_code == 401
+            r = c.post("/predict", json=body, headers=headers)
+            assert r.status_code == 401 and r.headers["www-authenticate"] == "X-API-Key"
+            # FastAPI reads a JSON body before the key: a body that does not parse is still a 401
+            bad = {"content-type": "application/json", **headers}
+            assert c.post("/predict", content=b"{not json", headers=bad).status_code == 401
         for path in gets:
             assert c.get(path, headers=good).status_code == 200, path
         assert c.post("/predict", json=body, headers=good).status_code == 200
@@ -334,7 +338,11 @@ def test_page_and_static_files(client):
     r = client.get("/")
     assert r.status_code == 200 and "text/html" in r.headers["content-type"]
     assert "/static/app.js" in r.text and "Content-Security-Policy" in r.headers
-    assert client.get("/static/app.js").headers["content-type"].startswith("text/javascript")
+    js = client.get("/static/app.js")
+    assert js.headers["content-type"].startswith("text/javascript")
+    assert js.headers["content-security-policy"] == r.headers["content-security-policy"]
+    again = client.get("/static/app.js", headers={"if-none-match": js.headers["etag"]})
+    assert again.status_code == 304 and again.headers["cache-control"] == "no-cache"
     for name in ("nope.js", "..%2Fserving%2Fapp.py", "..%2F..%2Fsetup.cfg"):
         assert client.get(f"/static/{name}").status_code == 404
     assert client.get("/docs").status_code == 404  # Swagger UI would need a CDN

@@ -1,0 +1,261 @@
+"""Arrow rows -> the API's JSON bodies, validated by :mod:`training.serving.schemas`.
+
+Pure functions and small columnar indexes: no table reads, no state. Timestamps travel as
+``2024-01-22T00:00:00Z``; NaN and infinities as null.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from forecasting import contract as C
+from training.serving import schemas as S
+
+_LEVEL = re.compile(r"yhat_lower_(\d+)")
+_PORTFOLIO_ORDER = {"total": 0, "region": 1, "site": 2}
+
+
+def utc_iso(values: Any) -> list[str | None]:
+    """datetime64 values (naive UTC or UTC-aware Arrow) -> ``2024-01-22T00:00:00Z``."""
+    arr = np.asarray(values, dtype="datetime64[us]")
+    out = np.char.add(np.datetime_as_string(arr, unit="s"), "Z").tolist()
+    nat = np.isnat(arr)
+    if nat.any():
+        for i in np.flatnonzero(nat):
+            out[i] = None
+    return out
+
+
+def floats(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    return np.asarray(
+        pc.fill_null(col.cast(pa.float64()), np.nan).to_numpy(zero_copy_only=False), dtype=float
+    )
+
+
+def objects(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    return np.asarray(col.to_numpy(zero_copy_only=False), dtype=object)
+
+
+def none_if_nan(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return None
+    return value
+
+
+def levels_of(names: list[str]) -> list[int]:
+    found = [int(m.group(1)) for n in names if (m := _LEVEL.fullmatch(n))]
+    return sorted(lv for lv in found if f"yhat_upper_{lv}" in names)
+
+
+def runs(sids: np.ndarray) -> list[tuple[str, int, int]]:
+    """(series_id, start, end) of each run of equal ids in a sorted array."""
+    n = len(sids)
+    if n == 0:
+        return []
+    change = np.flatnonzero(sids[1:] != sids[:-1]) + 1
+    starts = np.concatenate([[0], change])
+    ends = np.concatenate([change, [n]])
+    return [(str(sids[s]), int(s), int(e)) for s, e in zip(starts, ends)]
+
+
+class Columns:
+    """A forecast-shaped Arrow table (sorted by series, ts) as plain arrays."""
+
+    def __init__(self, table: pa.Table) -> None:
+        self.levels = levels_of(table.column_names)
+        self.keys = [str(lv) for lv in self.levels]
+        self.sids = objects(table[C.SERIES_ID])
+        self.ts = utc_iso(table[C.TS].to_numpy())
+        self.yhat = floats(table["yhat"]).tolist()
+        self.lower = [floats(table[f"yhat_lower_{lv}"]).tolist() for lv in self.levels]
+        self.upper = [floats(table[f"yhat_upper_{lv}"]).tolist() for lv in self.levels]
+
+    def points(self, s: int, e: int) -> list[dict[str, Any]]:
+        keys, lower, upper = self.keys, self.lower, self.upper
+        return [
+            {
+                "ts": self.ts[k],
+                "yhat": self.yhat[k],
+                "lower": {key: lower[i][k] for i, key in enumerate(keys)},
+                "upper": {key: upper[i][k] for i, key in enumerate(keys)},
+            }
+            for k in range(s, e)
+        ]
+
+
+# -- forecasts and predictions -----------------------------------------------------------
+def forecast_bodies(table: pa.Table, table_version: int) -> dict[str, bytes]:
+    """gold/forecasts rows (one forecast per series) -> one validated JSON body per series."""
+    if table.num_rows == 0:
+        return {}
+    table = table.sort_by([(C.SERIES_ID, "ascending"), (C.TS, "ascending")])
+    cols = Columns(table)
+    meta = {
+        "model": objects(table["model"]),
+        "model_version": objects(table["model_version"]),
+        "run_id": objects(table["run_id"]),
+        "cutoff": utc_iso(table["cutoff"].to_numpy()),
+        "created_at": utc_iso(table["created_at"].to_numpy()),
+    }
+    out: dict[str, bytes] = {}
+    for sid, s, e in runs(cols.sids):
+        body = S.Forecast.model_validate(
+            {
+                "series_id": sid,
+                **{k: (None if v[s] is None else str(v[s])) for k, v in meta.items()},
+                "table_version": table_version,
+                "levels": cols.levels,
+                "points": cols.points(s, e),
+            }
+        )
+        out[sid] = body.model_dump_json().encode()
+    return out
+
+
+def latest_write(table: pa.Table) -> pa.Table:
+    """The rows of the most recent forecast write in ``table`` (max ``created_at``)."""
+    if table.num_rows == 0:
+        return table
+    newest = pc.max(table["created_at"])
+    version = table.filter(pc.equal(table["created_at"], newest))["model_version"][0]
+    return table.filter(pc.equal(table["model_version"], version))
+
+
+def prediction(frame: pd.DataFrame, info: dict[str, Any], levels: list[int]) -> bytes:
+    """The pyfunc's output frame -> a validated :class:`~training.serving.schemas.Prediction`."""
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    cols = Columns(table)  # the pyfunc returns each series' rows together, in time order
+    models = objects(table["model"])
+    forecasts = [
+        {"series_id": sid, "model": models[s], "points": cols.points(s, e)} for sid, s, e in runs(cols.sids)
+    ]
+    body = S.Prediction.model_validate(
+        {
+            "name": info["name"],
+            "model_version": str(info["version"]),
+            "run_id": info.get("run_id"),
+            "levels": cols.levels or levels,
+            "forecasts": forecasts,
+        }
+    )
+    return body.model_dump_json().encode()
+
+
+# -- selection, history, backtests, portfolio ----------------------------------------------
+def selection_rows(frame: pd.DataFrame, columns: list[str]) -> dict[str, dict[str, Any]]:
+    """gold/selection rows of one run -> ``{series_id: row}`` (the last row of a series wins)."""
+    frame = frame.drop_duplicates(C.SERIES_ID, keep="last").sort_values(C.SERIES_ID)
+    return {
+        str(r[C.SERIES_ID]): {k: none_if_nan(r[k]) for k in columns}
+        for r in frame.astype(object).where(frame.notna(), None).to_dict("records")
+    }
+
+
+def history_tail(table: pa.Table) -> tuple[np.ndarray, ...] | None:
+    """A series' readings -> its last ``MAX_HISTORY_POINTS`` as compact arrays
+    (ts, y, is_filled, is_outlier); None without rows."""
+    if table.num_rows == 0:
+        return None
+    table = table.sort_by([(C.TS, "ascending")]).slice(max(0, table.num_rows - S.MAX_HISTORY_POINTS))
+    flags = [
+        np.asarray(pc.fill_null(table[c], False).to_numpy(zero_copy_only=False), dtype=bool)
+        for c in ("is_filled", "is_outlier")
+    ]
+    return (np.asarray(table[C.TS].to_numpy(), dtype="datetime64[us]"), floats(table[C.Y]), *flags)
+
+
+def history_body(series_id: str, version: int, tail: tuple[np.ndarray, ...], points: int) -> bytes:
+    ts, y, filled, outlier = (a[-points:] for a in tail)
+    body = S.History.model_validate(
+        {
+            "series_id": series_id,
+            "silver_version": version,
+            "points": [
+                {"ts": t, "y": none_if_nan(v), "is_filled": f, "is_outlier": o}
+                for t, v, f, o in zip(utc_iso(ts), y.tolist(), filled.tolist(), outlier.tolist())
+            ],
+        }
+    )
+    return body.model_dump_json().encode()
+
+
+class BacktestIndex:
+    """gold/backtest rows of one run, kept columnar (sorted by series) with each series'
+    row range; a series' rows become dicts only when asked for."""
+
+    _KEYS = ("run_id", C.SERIES_ID, "model", "window", "cutoff")
+
+    def __init__(self, table: pa.Table) -> None:
+        self.table = table.sort_by(
+            [(C.SERIES_ID, "ascending"), ("model", "ascending"), ("window", "ascending")]
+        )
+        self.metrics = [c for c in self.table.column_names if c not in self._KEYS]
+        self.ranges = {sid: (s, e) for sid, s, e in runs(objects(self.table[C.SERIES_ID]))}
+
+    def rows(self, series_id: str) -> list[dict[str, Any]] | None:
+        found = self.ranges.get(series_id)
+        if found is None:
+            return None
+        part = self.table.slice(found[0], found[1] - found[0])
+        cutoffs = utc_iso(part["cutoff"].to_numpy())
+        values = {c: floats(part[c]).tolist() for c in self.metrics}
+        return [
+            {
+                "model": model,
+                "window": int(window) if window is not None else 0,
+                "cutoff": cutoffs[k],
+                "metrics": {c: none_if_nan(values[c][k]) for c in self.metrics},
+            }
+            for k, (model, window) in enumerate(zip(part["model"].to_pylist(), part["window"].to_pylist()))
+        ]
+
+
+def backtest_body(
+    series_id: str, run_id: str, row: dict[str, Any] | None, rows: list[dict[str, Any]]
+) -> bytes:
+    """A series' backtest rows and its gold/selection ``row`` -> the backtest body, with the
+    chosen model's metrics averaged over its windows."""
+    chosen_model = row["model"] if row else None
+    chosen_rows = [r["metrics"] for r in rows if r["model"] == chosen_model]
+    chosen = {}
+    if chosen_rows:
+        for key in chosen_rows[0]:
+            values = [m[key] for m in chosen_rows if m[key] is not None]
+            chosen[key] = float(np.mean(values)) if values else None
+    body = S.Backtest.model_validate(
+        {
+            "series_id": series_id,
+            "run_id": run_id,
+            "status": row["status"] if row else None,
+            "chosen_model": chosen_model,
+            "metric": row["metric"] if row else None,
+            "chosen": chosen,
+            "rows": rows,
+        }
+    )
+    return body.model_dump_json().encode()
+
+
+def portfolio_body(frame: pd.DataFrame, version: int, model_version: str) -> bytes:
+    """gold/portfolio rows of one model version -> the portfolio body (total, regions, sites)."""
+    frame = frame.assign(_o=frame["level"].map(_PORTFOLIO_ORDER).fillna(3)).sort_values(["_o", "key", "day"])
+    rows = [
+        {
+            "level": r.level,
+            "key": r.key,
+            "day": pd.Timestamp(r.day).date().isoformat(),
+            "yhat": none_if_nan(float(r.yhat)) if r.yhat is not None else None,
+            "n_series": None if pd.isna(r.n_series) else int(r.n_series),
+        }
+        for r in frame.itertuples()
+    ]
+    body = S.Portfolio.model_validate(
+        {"model_version": model_version, "table_version": version, "rows": rows}
+    )
+    return body.model_dump_json().encode()

@@ -1,0 +1,85 @@
+"""What a request reads: one immutable :class:`Snapshot` of the champion, the latest
+gold/forecasts rows of its version pre-rendered as one JSON body per series (a lookup is
+a dict hit), and its run's gold/selection rows sorted by series id (pagination by
+bisection)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from forecasting import contract as C
+from training.serving.champion import Champion
+from training.serving.render import forecast_bodies, latest_write, selection_rows
+from training.tables import Lakehouse
+
+log = logging.getLogger(__name__)
+
+FORECASTS, SELECTION, BACKTEST, PORTFOLIO, READINGS = (
+    "gold/forecasts",
+    "gold/selection",
+    "gold/backtest",
+    "gold/portfolio",
+    "silver/readings",
+)
+WATCHED = (FORECASTS, SELECTION, BACKTEST, PORTFOLIO, READINGS)
+_SELECTION_COLUMNS = [C.SERIES_ID, "status", "reason", "model", "metric", "metric_value"]
+
+
+@dataclass(frozen=True)
+class ForecastIndex:
+    table_version: int
+    wanted: str | None  # the champion version asked for
+    model_version: str | None  # the version the rows come from (wanted, or the latest written)
+    bodies: Mapping[str, bytes]
+
+
+@dataclass(frozen=True)
+class SelectionIndex:
+    table_version: int
+    run_id: str
+    ids: list[str]  # sorted
+    rows: Mapping[str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    champion: Champion | None = None
+    forecasts: ForecastIndex | None = None
+    selection: SelectionIndex | None = None
+    versions: Mapping[str, int | None] = field(default_factory=dict)
+    problem: str | None = "starting: the first refresh has not finished"
+
+
+def build_forecasts(lake: Lakehouse, table_version: int, wanted: str | None) -> ForecastIndex:
+    """The gold/forecasts rows of champion version ``wanted`` at ``table_version``, rendered;
+    the most recent forecast written while the champion has not been forecast yet."""
+    started = time.perf_counter()
+    rows = (
+        lake.arrow(FORECASTS, version=table_version, filters=[("model_version", "=", wanted)])
+        if wanted
+        else None
+    )
+    if rows is None or rows.num_rows == 0:
+        rows = latest_write(lake.arrow(FORECASTS, version=table_version))
+    model_version = rows["model_version"][0].as_py() if rows.num_rows else None
+    bodies = forecast_bodies(rows, table_version)
+    log.info(
+        "cached %d forecasts of model version %s (gold/forecasts version %d) in %.2fs",
+        len(bodies),
+        model_version,
+        table_version,
+        time.perf_counter() - started,
+    )
+    return ForecastIndex(table_version, wanted, model_version, bodies)
+
+
+def build_selection(lake: Lakehouse, table_version: int, run_id: str) -> SelectionIndex:
+    """The gold/selection rows of the champion's run at ``table_version``."""
+    table = lake.arrow(
+        SELECTION, version=table_version, columns=_SELECTION_COLUMNS, filters=[("run_id", "=", run_id)]
+    )
+    rows = selection_rows(table.to_pandas(), _SELECTION_COLUMNS)
+    return SelectionIndex(table_version, run_id, sorted(rows), rows)
