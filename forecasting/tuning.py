@@ -33,6 +33,7 @@ import math
 import time
 import warnings
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -40,6 +41,7 @@ import numpy as np
 import yaml
 
 from forecasting.errors import ConfigError, MMFError
+from forecasting.models import all_models, get_model
 
 KINDS = ("choice", "uniform", "loguniform", "quniform", "int")
 UNITS = (None, "steps", "seasons")
@@ -90,8 +92,6 @@ def load_search_spaces(path: str | Path | None = None) -> dict[str, SearchSpace]
 
 def validate_search_spaces(data: Any, source: str = "search_spaces") -> dict[str, SearchSpace]:
     """Check a parsed search-space mapping and return it as :class:`ParamSpec` s."""
-    from forecasting.models import all_models
-
     MODELS = all_models()
     if not isinstance(data, dict):
         raise ConfigError(source, data, "a mapping of model name -> {parameter: {kind: values}}")
@@ -151,8 +151,6 @@ def _parse_spec(key: str, spec: Any) -> ParamSpec:
 def _check_against_model(key: str, model: str, space: SearchSpace) -> None:
     """Build the model once per sampled value, so a parameter it does not know, or a
     value it refuses, fails now and not in the middle of a run."""
-    from forecasting.models import get_model
-
     for name, spec in space.items():
         for value in spec.samples():
             value = scale_value(spec, value, max(_SAMPLE_SEASONS))
@@ -275,41 +273,11 @@ def minimize(
     trial is adopted only when strictly better. ``trials`` defaults to a fresh
     ``hyperopt.Trials``; pass ``SparkTrials`` to spread evaluations over Spark.
     """
-    from hyperopt import STATUS_FAIL, STATUS_OK, Trials, fmin, space_eval, tpe
+    from hyperopt import STATUS_OK, Trials, fmin, space_eval, tpe
 
     start = time.perf_counter()
     hspace = hyperopt_space(space)
-
-    def wrapped(sample: dict[str, Any]) -> dict[str, Any]:
-        params = decode(space, sample, longest_season)
-        began = time.time()
-        t0 = time.perf_counter()
-        try:
-            loss = float(objective(params))
-        except Exception as exc:  # noqa: BLE001 - a failing trial is recorded, not fatal
-            return {
-                "status": STATUS_FAIL,
-                "params": params,
-                "error": f"{type(exc).__name__}: {exc}"[:300],
-                "seconds": time.perf_counter() - t0,
-                "started": began,
-            }
-        if not math.isfinite(loss):
-            return {
-                "status": STATUS_FAIL,
-                "params": params,
-                "error": f"non-finite loss {loss}",
-                "seconds": time.perf_counter() - t0,
-                "started": began,
-            }
-        return {
-            "status": STATUS_OK,
-            "loss": loss,
-            "params": params,
-            "seconds": time.perf_counter() - t0,
-            "started": began,
-        }
-
+    wrapped = partial(_trial, objective, space, longest_season)
     trials = trials if trials is not None else Trials()
     best_raw = None
     try:
@@ -348,6 +316,31 @@ def minimize(
         best=best,
         trials=records,
     )
+
+
+def _trial(
+    objective: Callable[[dict[str, Any]], float],
+    space: SearchSpace,
+    longest_season: int,
+    sample: dict[str, Any],
+) -> dict[str, Any]:
+    """One evaluation as hyperopt records it: the loss of the decoded ``sample``, or a
+    failed trial with the error (an exception or a non-finite loss)."""
+    from hyperopt import STATUS_FAIL, STATUS_OK
+
+    params = decode(space, sample, longest_season)
+    began = time.time()
+    t0 = time.perf_counter()
+    try:
+        loss = float(objective(params))
+    except Exception as exc:  # noqa: BLE001 - a failing trial is recorded, not fatal
+        outcome = {"status": STATUS_FAIL, "error": f"{type(exc).__name__}: {exc}"[:300]}
+    else:
+        if math.isfinite(loss):
+            outcome = {"status": STATUS_OK, "loss": loss}
+        else:
+            outcome = {"status": STATUS_FAIL, "error": f"non-finite loss {loss}"}
+    return {**outcome, "params": params, "seconds": time.perf_counter() - t0, "started": began}
 
 
 def _record(trial: dict[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""process_series, model choice and fallback, timeouts, ensembles, load_fitted."""
+"""process_series, model choice and fallback, timeouts (forecasting.timeout), ensembles, load_fitted."""
 
 from __future__ import annotations
 
@@ -19,13 +19,8 @@ from forecasting.frequency import freq_of as infer_freq
 from forecasting.frequency import seasonalities_for
 from forecasting.models import MODELS
 from forecasting.models.base import Forecaster, normal_intervals
-from forecasting.pipeline import (
-    CandidateTimeout,
-    load_fitted,
-    process_series,
-    result_frame_empty,
-    run_with_timeout,
-)
+from forecasting.pipeline import load_fitted, process_series, result_frame_empty
+from forecasting.timeout import CandidateTimeout, run_with_timeout
 
 H = 24
 

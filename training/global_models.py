@@ -56,6 +56,7 @@ from forecasting.global_models import gbm as gbm_mod
 from forecasting.global_models import nn as nn_mod
 from forecasting.metrics import evaluate, score
 from forecasting.pipeline import GLOBAL_COLUMN, prepare
+from forecasting.tuning import load_search_spaces, minimize
 
 log = logging.getLogger(__name__)
 STORE_FILE = "global_models.npz"
@@ -268,8 +269,6 @@ def tune(
     trials_kind: str,
 ):
     """Hyperopt search of ``name``'s hyper-parameters on the tuning windows."""
-    from forecasting.tuning import minimize
-
     metric = config.backtest.metric
     seed = config.seed
     cls = GLOBAL_MODELS[name]
@@ -368,8 +367,6 @@ def train_global_models(
 
     spaces = {}
     if config.tune.enabled:
-        from forecasting.tuning import load_search_spaces
-
         spaces = load_search_spaces(config.tune.search_spaces)
 
     runs: dict[str, GlobalRun] = {}

@@ -1,0 +1,102 @@
+"""The TRAIN_RESULT row of one series: its failed form, its JSON columns, and the frame
+that carries it (exactly the TRAIN_RESULT columns and dtypes).
+
+See :mod:`forecasting.pipeline` for what each column holds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from forecasting.choice import Candidate, Decision
+from forecasting.config import Config
+from forecasting.contract import FAILED, SERIES_ID, TRAIN_RESULT
+from forecasting.series import SeriesData
+
+
+def json_default(obj: Any) -> Any:
+    """``json.dumps`` ``default``: numpy arrays and scalars as lists and numbers."""
+    if isinstance(obj, (np.ndarray, np.generic)):
+        return obj.tolist()
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
+def result_frame_empty() -> pd.DataFrame:
+    """An empty frame with the TRAIN_RESULT columns and dtypes."""
+    return TRAIN_RESULT.empty_table().to_pandas()
+
+
+def result_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """``rows`` as a frame with the TRAIN_RESULT columns and dtypes."""
+    return pa.Table.from_pylist(rows, schema=TRAIN_RESULT).to_pandas()
+
+
+def failed_row(series_id: str, config: Config, reason: str) -> dict[str, Any]:
+    """The row of a series with nothing fitted: status ``failed`` and ``reason``."""
+    return {
+        SERIES_ID: series_id,
+        "status": FAILED,
+        "reason": reason,
+        "model": "",
+        "metric": str(config.backtest.metric),
+        "metric_value": float("nan"),
+        "n_obs": 0,
+        "end": None,
+        "backtest_json": "[]",
+        "candidates_json": "{}",
+        "model_json": "",
+        "tuned_json": "{}",
+    }
+
+
+def failed_result(series_id: str, reason: str, config: Config) -> pd.DataFrame:
+    """The one-row result of a series that could not be processed at all (e.g. its
+    worker died): the engines' ``on_error`` rows."""
+    return result_frame([failed_row(series_id, config, reason)])
+
+
+def backtest_rows(candidates: Sequence[Candidate], data: SeriesData) -> list[dict[str, Any]]:
+    """The ``backtest_json`` entries: every window of every candidate that finished its
+    backtest, metrics without the forecast, non-finite metrics as ``None``."""
+    rows = []
+    for cand in candidates:
+        if not cand.ok:
+            continue
+        for w in cand.windows:
+            entry = {"model": cand.name, "window": int(w["window"]), "cutoff": data.cutoff_iso(w["cutoff"])}
+            entry.update(
+                {k: _finite_or_none(v) for k, v in w.items() if k not in ("window", "cutoff", "forecast")}
+            )
+            rows.append(entry)
+    return rows
+
+
+def outcome_fields(
+    data: SeriesData,
+    candidates: Sequence[Candidate],
+    decision: Decision,
+    tuned_report: dict[str, Any],
+) -> dict[str, Any]:
+    """The row's columns once the series is decided: status, model, metric and JSON."""
+    return dict(
+        status=decision.status,
+        reason=decision.reason,
+        model=decision.model,
+        metric_value=float(decision.metric_value),
+        backtest_json=json.dumps(backtest_rows(candidates, data), allow_nan=False),
+        candidates_json=json.dumps({c.name: c.summary() for c in candidates}, allow_nan=False),
+        model_json=decision.fitted or "",
+        tuned_json=json.dumps(tuned_report, default=json_default, allow_nan=False),
+    )
