@@ -40,6 +40,8 @@ from deltalake import DeltaTable
 
 from forecasting import contract as C
 from forecasting.config import Config
+from registry import pyfunc
+from registry.aliases import champion_info
 from training.serving import schemas as S
 from training.tables import Lakehouse
 
@@ -351,10 +353,8 @@ class ServingState:
             return snap
 
     def _refreshed(self, prev: Snapshot) -> Snapshot:
-        from registry import pyfunc
-
         problems: list[str] = []
-        info = pyfunc.champion_info(self.config)
+        info = champion_info(self.config)
         champion = prev.champion
         if info is None:
             champion = None
@@ -398,8 +398,6 @@ class ServingState:
         )
 
     def _load_champion(self, info: dict[str, Any]) -> Champion:
-        from registry import pyfunc
-
         model = pyfunc.load_version(self.config, info["version"])
         series: frozenset[str] | None = None
         unwrap = getattr(model, "unwrap_python_model", None)
