@@ -49,7 +49,7 @@ def build(work: Path, n_series: int, horizon: int, history_days: int, seed: int)
     from forecasting import contract as C
     from forecasting.config import load_config
     from forecasting.models.seasonal_naive import SeasonalNaive
-    from registry import promotion, pyfunc, tracking
+    from registry import promotion, pyfunc, runs
     from training.tables import Lakehouse
 
     marker = work / "built.json"
@@ -107,9 +107,7 @@ def build(work: Path, n_series: int, horizon: int, history_days: int, seed: int)
         }
     )
     fitted_s = time.perf_counter() - started
-    with tracking.start_training_run(
-        cfg, silver_version=0, engine="local", run_name="serve-benchmark"
-    ) as run:
+    with runs.start_training_run(cfg, silver_version=0, engine="local", run_name="serve-benchmark") as run:
         mv = pyfunc.log_many_models(results, cfg, silver_version=0)
         run_id = run.info.run_id
     promotion.promote(cfg, mv.version)

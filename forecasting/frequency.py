@@ -14,6 +14,27 @@ def step_of(freq: str) -> pd.Timedelta:
     return pd.Timedelta(pd.tseries.frequencies.to_offset(freq))
 
 
+def future_timestamps(end, freq: str | pd.DateOffset, steps) -> np.ndarray:
+    """``end + k * freq`` for every step ``k`` in ``steps``, as ``datetime64[us]``.
+
+    ``end``: one timestamp (the result has the shape of ``steps``) or an array of them
+    (one row per end: ``len(end) x len(steps)``). Fixed steps (``h``, ``15min``, ``D``)
+    are added as one vector; calendar offsets (``MS``, ``W-SUN``, ``B``) step by step.
+    """
+    off = pd.tseries.frequencies.to_offset(freq)
+    k = np.asarray(steps, dtype="int64")
+    ends = np.asarray(end, dtype="datetime64[us]")
+    if isinstance(off, pd.offsets.Tick):
+        step = pd.Timedelta(off).to_timedelta64().astype("timedelta64[us]")
+        return ends[..., None] + k * step
+    rows = [
+        pd.DatetimeIndex([pd.Timestamp(e) + int(i) * off for i in k]).to_numpy(dtype="datetime64[us]")
+        for e in ends.ravel()
+    ]
+    out = np.stack(rows) if rows else np.empty((0, len(k)), dtype="datetime64[us]")
+    return out.reshape(ends.shape + k.shape)
+
+
 def seasonalities_for(freq: str) -> tuple[int, ...]:
     """Season lengths in steps for a pandas frequency alias, main season first.
 

@@ -1,14 +1,28 @@
-"""MLflow: the one place that imports it.
+"""MLflow: the one place that imports it. Modules, bottom to top (each imports only
+those above it in this list, and :mod:`forecasting`):
 
-* :mod:`registry.tracking` — one MLflow run per training job: configuration as params
-  and ``conf.yaml``, aggregate metrics, the per-series table and two plots, all logged
-  from the driver in a handful of calls (never one call per series); and clean-up of
-  runs a killed job left ``RUNNING``.
+* :mod:`registry.connection` — the tracking and registry URIs and the experiment.
+* :mod:`registry.metrics` — a job's results summed up per series and per run (pandas
+  only): the chosen models' backtest means and the run's aggregate metrics.
+* :mod:`registry.plots` — the run's two plots (error distribution, forecasts vs
+  actuals of a sample of series).
+* :mod:`registry.runs` — one MLflow run per training job: its ``mmf.*`` tags, the
+  configuration as params and ``conf.yaml``, the config hash, and reading a run back
+  (``mmf reproduce``).
+* :mod:`registry.results` — a job's results in its run, from the driver in a handful of
+  calls (never one call per series): aggregate metrics, ``per_series.parquet``,
+  ``results.parquet`` and the plots; ``results.parquet`` read back.
+* :mod:`registry.recovery` — runs a killed job left: orphans marked ``FAILED``, a run
+  found again and finished from its ``results.parquet``, or closed.
+* :mod:`registry.global_models` — the global models' metrics, summaries, tuning trials
+  (child runs) and the ``global_nn`` PyTorch copy.
+* :mod:`registry.aliases` — the ``champion``/``challenger`` alias names and look-ups:
+  a version that must exist, the champion and what its tags say.
 * :mod:`registry.pyfunc` — one "many-models" pyfunc for every series, logged as
   *models from code*: nothing is pickled; the fitted models travel as explicit JSON
-  data in a ``models.parquet`` artifact.
-* :mod:`registry.promotion` — the ``challenger``/``champion`` aliases, the promotion
-  gate (challenger vs champion on the series they share) and rollback.
+  data in a ``models.parquet`` artifact. Loading a version or the champion.
+* :mod:`registry.promotion` — moving the aliases: the promotion gate (challenger vs
+  champion on the series they share), promote and rollback.
 
 Artifact layout of a training run (experiment artifact root ``<lakehouse>/mlartifacts``
 for local lakehouses)::
@@ -21,6 +35,8 @@ for local lakehouses)::
     plots/forecast_vs_actuals.png
     plots/error_distribution.png
     gate.json                   the promotion decision
+    series_ids.json             the series subset (a job on some series only)
+    global_models/<name>.json   a global model's params, fits and tuning summary
 
 The many-models pyfunc is an MLflow 3 logged model named ``model`` of that run (stored
 under ``<artifact root>/models/<model_id>/artifacts``): ``MLmodel``,

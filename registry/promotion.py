@@ -37,15 +37,15 @@ from mlflow.exceptions import MlflowException
 from forecasting import contract as C
 from forecasting.config import Config
 from forecasting.errors import RegistryError
-from registry.pyfunc import CHALLENGER, CHAMPION
-from registry.tracking import set_uris
+from registry.aliases import CHALLENGER, CHAMPION, champion_version, require_version, versions
+from registry.connection import set_uris
+from registry.metrics import USABLE, chosen_backtest
 
 log = logging.getLogger(__name__)
 
 HISTORY_TAG = "mmf.champion_history"
 PROMOTED_AT_TAG = "mmf.promoted_at"
 HISTORY_MAX = 100
-_USABLE = (C.OK, C.FALLBACK)
 
 
 @dataclass
@@ -62,39 +62,7 @@ class Decision:
     metric: str = ""
 
 
-# -- versions --------------------------------------------------------------------------
-def _versions(client: MlflowClient, name: str) -> list[str]:
-    try:
-        found = client.search_model_versions(f"name = '{name}'")
-    except MlflowException:
-        return []
-    return sorted((str(mv.version) for mv in found), key=int)
-
-
-def require_version(client: MlflowClient, name: str, version: str):
-    """The ``ModelVersion``; :class:`RegistryError` listing the existing versions
-    when it does not exist."""
-    try:
-        return client.get_model_version(name, str(version))
-    except MlflowException:
-        existing = _versions(client, name)
-        if not existing:
-            raise RegistryError(
-                f"registered model {name!r} has no versions: run `mmf train` to register one"
-            ) from None
-        raise RegistryError(
-            f"version {version!r} of registered model {name!r} does not exist: existing versions are "
-            f"{', '.join(existing)}"
-        ) from None
-
-
-def _champion(client: MlflowClient, name: str) -> str | None:
-    try:
-        return str(client.get_model_version_by_alias(name, CHAMPION).version)
-    except MlflowException:
-        return None
-
-
+# -- history ---------------------------------------------------------------------------
 def champion_history(client: MlflowClient, name: str) -> list[str]:
     """Earlier champions, oldest first (the registered-model tag ``mmf.champion_history``)."""
     try:
@@ -131,7 +99,7 @@ def promote(config: Config, version: str | int) -> str:
     name = config.mlflow.registered_model
     version = str(version)
     require_version(client, name, version)
-    current = _champion(client, name)
+    current = champion_version(client, name)
     if current == version:
         return version
     history = champion_history(client, name)
@@ -154,9 +122,9 @@ def rollback(config: Config) -> str:
     """
     client = set_uris(config)
     name = config.mlflow.registered_model
-    current = _champion(client, name)
+    current = champion_version(client, name)
     history = champion_history(client, name)
-    existing = set(_versions(client, name))
+    existing = set(versions(client, name))
     while history:
         previous = history.pop()
         if previous in existing and previous != current:
@@ -171,12 +139,10 @@ def rollback(config: Config) -> str:
 
 # -- the gate --------------------------------------------------------------------------
 def _challenger_series(results: pd.DataFrame, metric: str) -> pd.Series:
-    usable = results[results["status"].isin(_USABLE)]
+    usable = results[results["status"].isin(USABLE)]
     if len(usable) and (usable["metric"] == metric).all():
         values = pd.to_numeric(usable["metric_value"], errors="coerce")
     else:
-        from registry.tracking import chosen_backtest
-
         bt = chosen_backtest(usable)
         values = (
             bt[metric].reindex(usable[C.SERIES_ID]) if metric in bt else pd.Series(np.nan, index=usable.index)
@@ -196,7 +162,7 @@ def _champion_series(tracking_uri: str, run_id: str, metric: str) -> pd.Series |
     except (MlflowException, OSError) as exc:
         log.warning("cannot read per_series.parquet of run %s: %s", run_id, exc)
         return None
-    table = table[table["status"].isin(_USABLE)]
+    table = table[table["status"].isin(USABLE)]
     if len(table) and (table["metric"] == metric).all():
         values = table["metric_value"]
     elif metric in table.columns:
@@ -220,7 +186,7 @@ def recorded_decision(config: Config, version: str | int) -> Decision | None:
     reason = (mv.tags or {}).get("mmf.gate")
     if reason is None:
         return None
-    champion = _champion(client, name)
+    champion = champion_version(client, name)
     return Decision(
         champion == str(version), str(version), champion, None, None, 0, reason, config.backtest.metric
     )
@@ -250,7 +216,7 @@ def gate(config: Config, version: str | int, results: pd.DataFrame) -> Decision:
     client.set_registered_model_alias(name, CHALLENGER, version)
     metric = config.backtest.metric
     tol = float(config.mlflow.promotion_tolerance)
-    champion = _champion(client, name)
+    champion = champion_version(client, name)
     chal_all = _challenger_series(results, metric)
     chal_mean_all = _aggregate(chal_all, metric) if len(chal_all) else None
 
@@ -343,4 +309,4 @@ def _log_decision(decision: Decision) -> None:
     mlflow.log_dict(asdict(decision), "gate.json")
 
 
-__all__ = ["Decision", "champion_history", "gate", "promote", "recorded_decision", "require_version", "rollback"]
+__all__ = ["Decision", "champion_history", "gate", "promote", "recorded_decision", "rollback"]

@@ -51,13 +51,17 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from forecasting import contract as C
 from forecasting.config import Config
 from forecasting.errors import RegistryError
+from forecasting.frequency import future_timestamps
+from forecasting.global_models import load as load_global_weights
+from registry.aliases import CHAMPION, champion_info, require_version
+from registry.connection import set_uris
+from registry.metrics import USABLE, finite_metric_values
 
 FORMAT_VERSION = 1
 ARTIFACT_NAME = "model"
 MODELS_ARTIFACT = "models"  # context.artifacts key; the file is models.parquet
 GLOBAL_ARTIFACT = "global_models"  # context.artifacts key of global_models.npz (when any)
 CODE_FILE = Path(__file__).resolve().parent / "mmf_many_models.py"
-CHAMPION, CHALLENGER = "champion", "challenger"
 MAX_LISTED = 10
 MAX_STEPS = 1_000_000  # no forecast runs further than this many steps
 MODELS_SCHEMA = pa.schema(
@@ -70,7 +74,6 @@ MODELS_SCHEMA = pa.schema(
         ("status", pa.string()),
     ]
 )
-_USABLE = (C.OK, C.FALLBACK)
 # Requirement names of mmf that scoring needs; pinned to the installed versions.
 _SCORING_REQUIREMENTS = (
     "mlflow",
@@ -100,8 +103,6 @@ class ManyModels(mlflow.pyfunc.PythonModel):
         self.levels: list[int] = [int(v) for v in config.get("levels", [80, 95])]
         table = pq.read_table(context.artifacts[MODELS_ARTIFACT]).to_pydict()
         if GLOBAL_ARTIFACT in (context.artifacts or {}):
-            from forecasting.global_models import load as load_global_weights
-
             self.global_weights: list[str] = load_global_weights(context.artifacts[GLOBAL_ARTIFACT])
         else:
             self.global_weights = []
@@ -213,7 +214,7 @@ class ManyModels(mlflow.pyfunc.PythonModel):
         idx = k - 1
         out = {
             C.SERIES_ID: np.full(len(k), sid, dtype=object),
-            C.TS: _future(end, off, k),
+            C.TS: future_timestamps(end, off, k),
             "yhat": np.asarray(fc["mean"], dtype=float)[idx],
             "model": np.full(len(k), name, dtype=object),
         }
@@ -241,13 +242,6 @@ def _output(parts: list[dict[str, Any]], levels: list[int]) -> pd.DataFrame:
     data = {c: np.concatenate([p[c] for p in parts]) for c in cols if c != C.TS}
     data[C.TS] = pd.DatetimeIndex(np.concatenate([p[C.TS] for p in parts])).as_unit("us")
     return pd.DataFrame(data)[cols]
-
-
-def _future(end: pd.Timestamp, off: pd.DateOffset, k: np.ndarray) -> np.ndarray:
-    if isinstance(off, pd.offsets.Tick):
-        step = pd.Timedelta(off).to_timedelta64().astype("timedelta64[us]")
-        return np.datetime64(end, "us") + np.asarray(k, dtype="int64") * step
-    return pd.DatetimeIndex([end + int(i) * off for i in k]).to_numpy(dtype="datetime64[us]")
 
 
 def _steps(sid: str, end: pd.Timestamp, off: pd.DateOffset, wanted: pd.DatetimeIndex) -> np.ndarray:
@@ -310,7 +304,7 @@ def _load_fitted(model_json: str) -> Any:
 # -- logging ---------------------------------------------------------------------------
 def models_table(results: pd.DataFrame, config: Config) -> pa.Table:
     """``models.parquet``: the usable series (status ok or fallback) and their models."""
-    usable = results[results["status"].isin(_USABLE) & results["model_json"].fillna("").ne("")]
+    usable = results[results["status"].isin(USABLE) & results["model_json"].fillna("").ne("")]
     freqs = []
     for sid, text in zip(usable[C.SERIES_ID], usable["model_json"]):
         data = json.loads(text)
@@ -369,12 +363,13 @@ def scoring_requirements() -> list[str]:
 
 
 def _mean_metric(results: pd.DataFrame) -> float:
-    values = pd.to_numeric(results["metric_value"], errors="coerce")
-    values = values[np.isfinite(values)]
+    values = finite_metric_values(results)
     return float(values.mean()) if len(values) else float("nan")
 
 
-def log_many_models(results: pd.DataFrame, config: Config, silver_version: int, global_store: str | Path | None = None):
+def log_many_models(
+    results: pd.DataFrame, config: Config, silver_version: int, global_store: str | Path | None = None
+):
     """Log every usable series' model as one pyfunc (artifact ``model``) in the active
     run and register it as a new version of ``config.mlflow.registered_model``.
     ``global_store``: the ``global_models.npz`` of the run's global models (their
@@ -414,7 +409,10 @@ def log_many_models(results: pd.DataFrame, config: Config, silver_version: int, 
         info = mlflow.pyfunc.log_model(
             name=ARTIFACT_NAME,
             python_model=str(CODE_FILE),
-            artifacts={MODELS_ARTIFACT: str(path), **({GLOBAL_ARTIFACT: str(global_store)} if global_store else {})},
+            artifacts={
+                MODELS_ARTIFACT: str(path),
+                **({GLOBAL_ARTIFACT: str(global_store)} if global_store else {}),
+            },
             model_config=model_config,
             signature=signature(levels),
             input_example=example,
@@ -431,7 +429,7 @@ def tag_version(config: Config, version: str, run_id: str, results: pd.DataFrame
     job killed before it tagged it. Returns the ``ModelVersion``."""
     client = mlflow.MlflowClient()
     name = config.mlflow.registered_model
-    usable = results[results["status"].isin(_USABLE)]
+    usable = results[results["status"].isin(USABLE)]
     tags = {
         "mmf.silver_version": str(int(silver_version)),
         "mmf.run_id": run_id,
@@ -447,21 +445,13 @@ def tag_version(config: Config, version: str, run_id: str, results: pd.DataFrame
 
 
 # -- loading ---------------------------------------------------------------------------
-def _client(config: Config):
-    from registry.tracking import set_uris
-
-    return set_uris(config)
-
-
 def load_version(config: Config, version: str | int):
     """The many-models pyfunc of one registered version.
 
     Raises:
         RegistryError: the version does not exist (the message lists those that do).
     """
-    from registry.promotion import require_version
-
-    client = _client(config)
+    client = set_uris(config)
     require_version(client, config.mlflow.registered_model, str(version))
     return mlflow.pyfunc.load_model(f"models:/{config.mlflow.registered_model}/{version}")
 
@@ -479,37 +469,3 @@ def load_champion(config: Config):
             "(the first version is promoted) or `mmf promote VERSION`"
         )
     return mlflow.pyfunc.load_model(f"models:/{config.mlflow.registered_model}@{CHAMPION}")
-
-
-def champion_info(config: Config) -> dict[str, Any] | None:
-    """``name, version, run_id, silver_version, promoted_at, metric, metric_value,
-    n_series`` of the champion, or ``None`` when there is none."""
-    client = _client(config)
-    name = config.mlflow.registered_model
-    try:
-        mv = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        return None
-    return version_info(mv)
-
-
-def version_info(mv) -> dict[str, Any]:
-    tags = mv.tags or {}
-
-    def num(key: str, cast):
-        try:
-            return cast(tags[key])
-        except (KeyError, ValueError, TypeError):
-            return None
-
-    return {
-        "name": mv.name,
-        "version": str(mv.version),
-        "run_id": tags.get("mmf.run_id") or mv.run_id,
-        "silver_version": num("mmf.silver_version", int),
-        "promoted_at": tags.get("mmf.promoted_at"),
-        "metric": tags.get("mmf.metric"),
-        "metric_value": num("mmf.metric_value", float),
-        "n_series": num("mmf.n_series", int),
-        "aliases": list(getattr(mv, "aliases", []) or []),
-    }

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from forecasting.errors import DataContractError, FrequencyError
-from forecasting.frequency import infer_freq, modal_step, seasonalities_for, step_of
+from forecasting.frequency import future_timestamps, infer_freq, modal_step, seasonalities_for, step_of
 from forecasting.generator import generate
 
 
@@ -87,3 +87,26 @@ def test_no_step_shared_by_enough_series_is_refused_not_a_crash():
     steps = {f"S{i}": pd.Timedelta(minutes=i + 1) for i in range(20)}  # 20 steps, 5% each
     with pytest.raises(FrequencyError, match="no step is shared"):
         infer_freq(steps)
+
+
+def test_future_timestamps_for_one_end_and_for_many():
+    end = pd.Timestamp("2024-01-31 23:00")
+    got = future_timestamps(end, "h", [1, 2, 5])
+    assert got.dtype == np.dtype("datetime64[us]")
+    assert list(pd.DatetimeIndex(got)) == [end + pd.Timedelta(hours=k) for k in (1, 2, 5)]
+    # calendar offsets step on the calendar, not by a fixed length
+    assert list(pd.DatetimeIndex(future_timestamps(end.normalize(), "MS", np.arange(1, 3)))) == [
+        pd.Timestamp("2024-02-01"),
+        pd.Timestamp("2024-03-01"),
+    ]
+    ends = pd.Series(pd.to_datetime(["2024-01-01", "2024-02-28"])).to_numpy(dtype="datetime64[us]")
+    grid = future_timestamps(ends, "D", np.arange(1, 3))
+    assert grid.shape == (2, 2) and pd.Timestamp(grid[1, 1]) == pd.Timestamp("2024-03-01")
+    monthly = future_timestamps(ends, "ME", np.arange(1, 3))
+    assert [str(pd.Timestamp(t).date()) for t in monthly.ravel()] == [
+        "2024-01-31",
+        "2024-02-29",
+        "2024-02-29",
+        "2024-03-31",
+    ]
+    assert future_timestamps(ends[:0], "ME", [1, 2]).shape == (0, 2)

@@ -17,7 +17,9 @@ from mlflow import MlflowClient
 from forecasting.errors import RegistryError
 from forecasting.models import get_model
 from forecasting.pipeline import load_fitted
-from registry import promotion, pyfunc, tracking
+from registry import aliases, promotion, pyfunc, recovery, runs
+from registry.connection import configure
+from registry.results import log_results
 
 N_OBS = 240  # ten days, hourly
 IDS = ["m-01", "m-02", "m-03", "m-04", "m-05"]
@@ -117,8 +119,8 @@ def make_results(scale: float = 1.0) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def train_version(config, results, history=None, silver_version=3):
-    with tracking.start_training_run(config, silver_version=silver_version, engine="local") as run:
-        metrics = tracking.log_results(results, config, history=history, n_quarantined=2)
+    with runs.start_training_run(config, silver_version=silver_version, engine="local") as run:
+        metrics = log_results(results, config, history=history, n_quarantined=2)
         mv = pyfunc.log_many_models(results, config, silver_version=silver_version)
         decision = promotion.gate(config, mv.version, results)
     return run.info.run_id, metrics, mv, decision
@@ -128,8 +130,8 @@ def test_training_run_logs_params_tags_metrics_and_artifacts(config, lake_root):
     results, history = make_results()
     # credentials in the config must never reach MLflow
     config = config.replace(**{"storage_options": {"account_key": "s3cr3t"}, "serve.api_key": "k3y"})
-    with tracking.start_training_run(config, silver_version=7, engine="local") as run:
-        metrics = tracking.log_results(results, config, history=history, n_quarantined=2)
+    with runs.start_training_run(config, silver_version=7, engine="local") as run:
+        metrics = log_results(results, config, history=history, n_quarantined=2)
     client = MlflowClient()
     got = client.get_run(run.info.run_id)
     assert got.info.status == "FINISHED"
@@ -225,7 +227,7 @@ def test_many_models_pyfunc_round_trip(config):
         ],
         ignore_index=True,
     )
-    with tracking.start_training_run(config, silver_version=3, engine="local") as run:
+    with runs.start_training_run(config, silver_version=3, engine="local") as run:
         mv = pyfunc.log_many_models(results, config, silver_version=3)
     assert str(mv.version) == "1"
     assert mv.tags["mmf.run_id"] == run.info.run_id and mv.tags["mmf.silver_version"] == "3"
@@ -311,7 +313,7 @@ def test_gate_promotes_first_keeps_worse_promotes_better(config):
     good, history = make_results()
     _, _, mv1, d1 = train_version(config, good, history)
     assert d1.promoted and d1.champion_version is None
-    info = pyfunc.champion_info(config)
+    info = aliases.champion_info(config)
     assert info["version"] == "1" and info["promoted_at"] and info["silver_version"] == 3
     assert info["metric_value"] == pytest.approx(0.7)
 
@@ -321,7 +323,7 @@ def test_gate_promotes_first_keeps_worse_promotes_better(config):
     assert d2.n_common_series == 4
     assert d2.challenger_metric == pytest.approx(1.5 * np.mean([0.5, 0.6, 0.7, 0.8]))
     assert d2.champion_metric == pytest.approx(np.mean([0.5, 0.6, 0.7, 0.8]))
-    assert pyfunc.champion_info(config)["version"] == "1"
+    assert aliases.champion_info(config)["version"] == "1"
     client = MlflowClient()
     assert str(client.get_model_version_by_alias(config.mlflow.registered_model, "challenger").version) == "2"
     run = client.get_run(run2)
@@ -338,7 +340,7 @@ def test_gate_promotes_first_keeps_worse_promotes_better(config):
     better, _ = make_results(scale=0.5)
     _, _, mv3, d3 = train_version(config, better)
     assert d3.promoted and d3.champion_version == "1"
-    assert pyfunc.champion_info(config)["version"] == "3"
+    assert aliases.champion_info(config)["version"] == "3"
     assert (
         pyfunc.load_champion(config).predict(pd.DataFrame({"series_id": ["m-01"], "horizon": [2]})).shape[0]
         == 2
@@ -348,13 +350,13 @@ def test_gate_promotes_first_keeps_worse_promotes_better(config):
 def test_promote_and_rollback_move_the_alias(config):
     results, _ = make_results()
     for _ in range(3):
-        with tracking.start_training_run(config, silver_version=1, engine="local"):
+        with runs.start_training_run(config, silver_version=1, engine="local"):
             pyfunc.log_many_models(results, config, silver_version=1)
     with pytest.raises(RegistryError, match="no previous champion"):
         promotion.rollback(config)
     with pytest.raises(RegistryError, match="existing versions are 1, 2, 3"):
         promotion.promote(config, "9")
-    assert pyfunc.champion_info(config) is None
+    assert aliases.champion_info(config) is None
     with pytest.raises(RegistryError, match="no champion"):
         pyfunc.load_champion(config)
 
@@ -364,28 +366,28 @@ def test_promote_and_rollback_move_the_alias(config):
     name = config.mlflow.registered_model
     assert promotion.champion_history(MlflowClient(), name) == ["1", "3"]
     assert promotion.rollback(config) == "3"
-    assert pyfunc.champion_info(config)["version"] == "3"
+    assert aliases.champion_info(config)["version"] == "3"
     assert promotion.rollback(config) == "1"
     with pytest.raises(RegistryError, match="no previous champion"):
         promotion.rollback(config)
-    assert pyfunc.champion_info(config)["version"] == "1"
+    assert aliases.champion_info(config)["version"] == "1"
     assert pyfunc.load_version(config, 2).predict(
         pd.DataFrame({"series_id": ["m-02"], "horizon": [1]})
     ).shape == (1, 8)
 
 
 def test_mark_orphans_failed(config):
-    client = tracking.configure(config)
+    client = configure(config)
     exp = client.get_experiment_by_name(config.mlflow.experiment).experiment_id
     orphan = client.create_run(exp, tags={"mmf.job": "train", "mmf.host": "elsewhere", "mmf.pid": "1"})
     live = client.create_run(
         exp, tags={"mmf.job": "train", "mmf.host": socket.gethostname(), "mmf.pid": str(os.getpid())}
     )
     foreign = client.create_run(exp, tags={"other": "x"})
-    assert tracking.mark_orphans_failed(config) == [orphan.info.run_id]
+    assert recovery.mark_orphans_failed(config) == [orphan.info.run_id]
     got = client.get_run(orphan.info.run_id)
     assert got.info.status == "FAILED"
     assert got.data.tags["mmf.failure"] == "orphaned: the job was killed before it finished"
     assert client.get_run(live.info.run_id).info.status == "RUNNING"
     assert client.get_run(foreign.info.run_id).info.status == "RUNNING"
-    assert tracking.mark_orphans_failed(config) == []
+    assert recovery.mark_orphans_failed(config) == []

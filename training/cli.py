@@ -11,6 +11,9 @@ import click
 
 from forecasting.config import ENGINES, load_config
 from forecasting.errors import MMFError
+from registry import promotion
+from registry.aliases import champion_info
+from registry.connection import configure
 
 log = logging.getLogger("mmf")
 
@@ -231,15 +234,13 @@ def demo(n_series, days, lakehouse, conf):
 
 
 def _summary(lake, config, rep):
-    from registry import pyfunc
-
     click.echo("")
     if rep.train is not None:
         _print_train(rep.train)
         shown = {k: v for k, v in rep.train.metrics.items() if k.startswith("backtest.") and "_" not in k}
         if shown:
             click.echo("  backtest of chosen models (mean over series): " + ", ".join(f"{k.split('.', 1)[1]} {v:.3f}" for k, v in shown.items()))
-    info = pyfunc.champion_info(config)
+    info = champion_info(config)
     if info:
         click.echo(f"champion: {info['name']} version {info['version']} (run {info['run_id']})")
     click.echo(f"lakehouse: {lake.root}  ({', '.join(lake.existing())})")
@@ -314,10 +315,8 @@ def models():
 @conf_option
 def promote(version, conf):
     """Move the champion alias to VERSION by hand."""
-    from registry import promotion, tracking
-
     config = _config(conf)
-    tracking.configure(config)
+    configure(config)
     click.echo(f"champion is now version {promotion.promote(config, version)}")
 
 
@@ -325,10 +324,8 @@ def promote(version, conf):
 @conf_option
 def rollback(conf):
     """Move the champion alias back to the previous champion."""
-    from registry import promotion, tracking
-
     config = _config(conf)
-    tracking.configure(config)
+    configure(config)
     click.echo(f"champion is now version {promotion.rollback(config)}")
 
 

@@ -10,7 +10,7 @@ For every global model in ``config.models`` (``global_nn``, ``global_gbm``):
    on the Spark engine) on tuning windows that end where each series' selection windows
    begin, scoring the mean ``backtest.metric`` over series. Each trial becomes an MLflow
    child run of the training run (logged by the driver afterwards,
-   :func:`registry.tracking.log_global_models`).
+   :func:`registry.global_models.log_global_models`).
 3. For each backtest window ``w``, the model is fitted on every series cut at its own
    window-``w`` cutoff, and forecasts each series' window. Then it is fitted on the full
    histories: that fit's weights are stored once (``global_models.npz``, an artifact of

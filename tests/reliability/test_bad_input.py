@@ -256,10 +256,11 @@ def test_ignored_columns_are_reported_and_schemas_do_not_move(run):
 def test_unknown_series_at_scoring_are_named_or_skipped(run):
     from mlflow.exceptions import MlflowException
 
-    from registry import pyfunc, tracking
+    from registry import pyfunc
+    from registry.connection import set_uris
 
     cfg = run[0]
-    tracking.set_uris(cfg)
+    set_uris(cfg)
     model = pyfunc.load_champion(cfg)
     ask = pd.DataFrame({"series_id": ["MTR-00001", "NOPE-1", "NAN-1"], "horizon": [3, 3, 3]})
     with pytest.raises(MlflowException, match=r"2 unknown series id\(s\): NAN-1, NOPE-1"):
@@ -270,15 +271,11 @@ def test_unknown_series_at_scoring_are_named_or_skipped(run):
 
 def test_a_refused_file_leaves_every_table_untouched(run, tmp_path):
     cfg, lake, _, _, _ = run
-    from registry import tracking
+    from registry.connection import configure, set_uris
     from training.jobs.nightly import nightly
 
     before = {t: (lake.version(t), len(lake.read(t))) for t in lake.existing()}
-    n_runs = len(
-        tracking.set_uris(cfg).search_runs(
-            [tracking.configure(cfg).get_experiment_by_name("mmf").experiment_id]
-        )
-    )
+    n_runs = len(set_uris(cfg).search_runs([configure(cfg).get_experiment_by_name("mmf").experiment_id]))
     src = tmp_path / "new"
     src.mkdir()
     (src / "later.csv").write_text("series_id,ts,y\nMTR-00001,2024-01-15T00:00:00,abc\n")
@@ -287,12 +284,7 @@ def test_a_refused_file_leaves_every_table_untouched(run, tmp_path):
     assert all(report.steps[s].startswith("skipped") for s in ("refine", "train", "forecast", "aggregate"))
     assert {t: (lake.version(t), len(lake.read(t))) for t in lake.existing()} == before
     assert (
-        len(
-            tracking.set_uris(cfg).search_runs(
-                [tracking.configure(cfg).get_experiment_by_name("mmf").experiment_id]
-            )
-        )
-        == n_runs
+        len(set_uris(cfg).search_runs([configure(cfg).get_experiment_by_name("mmf").experiment_id])) == n_runs
     )
 
 

@@ -131,23 +131,24 @@ def test_orphans_are_marked_failed_but_live_runs_are_left_alone(tmp_path, config
     that process is killed, the next call marks it FAILED with the reason."""
     from mlflow import MlflowClient
 
-    from registry import tracking
+    from registry import recovery
+    from registry.connection import configure
 
-    client = tracking.configure(config)
+    client = configure(config)
     exp = client.get_experiment_by_name(config.mlflow.experiment)
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
         tags = {"mmf.job": "train", "mmf.host": socket.gethostname(), "mmf.pid": str(sleeper.pid)}
         run = client.create_run(exp.experiment_id, tags=tags)
-        assert tracking.mark_orphans_failed(config) == []
+        assert recovery.mark_orphans_failed(config) == []
         assert MlflowClient().get_run(run.info.run_id).info.status == "RUNNING"
     finally:
         os.kill(sleeper.pid, signal.SIGKILL)
         sleeper.wait()
-    assert tracking.mark_orphans_failed(config) == [run.info.run_id]
+    assert recovery.mark_orphans_failed(config) == [run.info.run_id]
     after = MlflowClient().get_run(run.info.run_id)
     assert after.info.status == "FAILED"
-    assert after.data.tags["mmf.failure"] == tracking.ORPHAN_REASON
+    assert after.data.tags["mmf.failure"] == recovery.ORPHAN_REASON
 
 
 def test_a_writer_killed_inside_its_delta_commit_leaves_nothing_visible(reference, tmp_path):

@@ -21,7 +21,10 @@ import pandas as pd
 from forecasting import contract as C
 from forecasting.config import Config
 from forecasting.errors import RegistryError
-from forecasting.frequency import step_of
+from forecasting.frequency import future_timestamps
+from registry import pyfunc
+from registry.aliases import champion_info
+from registry.connection import configure
 from training import faults
 from training.tables import Lakehouse
 
@@ -49,10 +52,8 @@ def champion_series(lake: Lakehouse, run_id: str) -> pd.DataFrame:
 
 def future_frame(lake: Lakehouse, silver_version: int, ends: pd.Series, freq: str, horizon: int) -> pd.DataFrame:
     """Rows (series_id, horizon, ts, temperature) for every series and future step."""
-    step = step_of(freq)
     sids = ends.index.to_numpy()
-    k = np.arange(1, horizon + 1)
-    ts = (ends.to_numpy(dtype="datetime64[us]")[:, None] + (k * step.to_timedelta64())[None, :]).ravel()
+    ts = future_timestamps(ends.to_numpy(dtype="datetime64[us]"), freq, np.arange(1, horizon + 1)).ravel()
     frame = pd.DataFrame({C.SERIES_ID: np.repeat(sids, horizon), "horizon": horizon, C.TS: ts})
     week = pd.Timedelta("7D")
     hist = lake.read("silver/readings", version=silver_version, columns=[C.SERIES_ID, C.TS, "temperature"],
@@ -68,10 +69,8 @@ def future_frame(lake: Lakehouse, silver_version: int, ends: pd.Series, freq: st
 
 
 def forecast(lake: Lakehouse, config: Config, horizon: int | None = None, force: bool = False) -> ForecastReport:
-    from registry import pyfunc, tracking
-
-    tracking.configure(config)
-    info = pyfunc.champion_info(config)
+    configure(config)
+    info = champion_info(config)
     if info is None:
         raise RegistryError(
             f"registered model {config.mlflow.registered_model!r} has no champion: run `mmf train` "

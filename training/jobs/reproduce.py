@@ -10,16 +10,17 @@ from functools import partial
 from forecasting import contract as C
 from forecasting.config import Config, from_dict
 from forecasting.pipeline import failed_result, process_series
+from registry.connection import configure
+from registry.metrics import aggregate_metrics
+from registry.runs import run_record
 from training.engines import get_engine
 from training.jobs.train import read_silver
 from training.tables import Lakehouse
 
 
 def reproduce(lake: Lakehouse, config: Config, run_id: str, rel_tol: float = 1e-6) -> dict[str, tuple[float, float, bool]]:
-    from registry import tracking
-
-    tracking.configure(config)
-    record = tracking.run_record(config, run_id)
+    configure(config)
+    record = run_record(config, run_id)
     recorded_cfg = record["config"]
     # the data and tracking locations are today's, everything else is the run's
     recorded_cfg.update(lakehouse=config.lakehouse, storage_options=config.storage_options)
@@ -28,7 +29,7 @@ def reproduce(lake: Lakehouse, config: Config, run_id: str, rel_tol: float = 1e-
     version, readings = read_silver(lake, record["silver_version"], record.get("series_ids"))
     results = get_engine(cfg).map_groups(readings, C.SERIES_ID, process_series, C.TRAIN_RESULT, cfg, on_error=partial(failed_result, config=cfg))
     quarantine = lake.read("silver/quarantine")
-    now = tracking.aggregate_metrics(results, n_quarantined=int(record["metrics"].get("n_quarantined", len(quarantine))))
+    now = aggregate_metrics(results, n_quarantined=int(record["metrics"].get("n_quarantined", len(quarantine))))
     out = {}
     for name, recorded in sorted(record["metrics"].items()):
         if name not in now:

@@ -42,7 +42,9 @@ import pyarrow.parquet as pq
 from forecasting import contract as C
 from forecasting.config import Config
 from forecasting.errors import DataContractError, RegistryError, TableError
-from registry.pyfunc import CHAMPION, MODELS_ARTIFACT, champion_info, output_columns
+from registry.aliases import CHAMPION, champion_info, require_version
+from registry.connection import set_uris
+from registry.pyfunc import MODELS_ARTIFACT, output_columns
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +94,6 @@ def champion(config: Config, version: str | None = None) -> Champion:
     Raises:
         RegistryError: there is no champion yet.
     """
-    from registry.tracking import set_uris
-
     set_uris(config)
     name = config.mlflow.registered_model
     if version is None:
@@ -105,8 +105,6 @@ def champion(config: Config, version: str | None = None) -> Champion:
             )
         version, run_id = str(info["version"]), str(info["run_id"])
     else:
-        from registry.promotion import require_version
-
         mv = require_version(mlflow.MlflowClient(), name, str(version))
         run_id = (mv.tags or {}).get("mmf.run_id") or mv.run_id
     key = (config.mlflow_tracking_uri(), name, str(version))

@@ -48,6 +48,7 @@ from forecasting.config import Config
 from forecasting.errors import TableError
 from forecasting.frequency import step_of
 from training.jobs.refine import engine_error
+from training.jobs.score import FORECAST_KEYS, champion, predict_spark
 from training.tables import Lakehouse
 
 log = logging.getLogger(__name__)
@@ -142,7 +143,6 @@ class _Batches:
             self.on_batch(report)
 
     def run(self, batch_df: Any, batch_id: int) -> BatchReport:
-        from training.jobs.score import FORECAST_KEYS, champion, predict_spark
         from training.tables.spark_session import to_spark
 
         done = self.lake.txn_version(FORECASTS, self.app_id)
@@ -225,8 +225,6 @@ def stream(
             stops; run it again to resume from the checkpoint).
         RegistryError: there is no champion.
     """
-    from training.jobs.score import champion
-
     if not lake.exists(BRONZE):
         raise TableError("bronze/readings does not exist: run `mmf ingest --source PATH` first")
     champion(config)  # fail now, not in the first batch, when there is none

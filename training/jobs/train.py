@@ -8,7 +8,7 @@ and the run's rows in ``gold/backtest`` and ``gold/selection``.
 
 Restart: a job killed after registering its model version is not trained again. The
 next job finds its run (same silver version and config hash, a registered version; see
-:func:`registry.tracking.find_resumable`), re-opens it and finishes what is left from the
+:func:`registry.recovery.find_resumable`), re-opens it and finishes what is left from the
 run's ``results.parquet``: the gate (unless it already decided) and the Gold rows
 (replace-where on the run id). A job killed before registering leaves a run marked
 ``FAILED`` (orphaned) and is trained again; one killed after its Gold rows only has its
@@ -33,6 +33,10 @@ from forecasting.config import Config
 from forecasting.errors import DataContractError, TableError
 from forecasting.frequency import alias, modal_step
 from forecasting.pipeline import failed_result, process_series
+from registry import promotion, pyfunc, recovery, runs
+from registry.connection import configure
+from registry.global_models import log_global_models
+from registry.results import load_results, log_results
 from training import faults, global_models
 from training.engines import get_engine
 from training.tables import Lakehouse
@@ -90,24 +94,22 @@ def train(
     series_ids: Sequence[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> TrainReport:
-    from registry import promotion, pyfunc, tracking
-
     version, readings = read_silver(lake, silver_version, series_ids)
     cfg = config.replace(freq=data_freq(config, readings))
     engine = get_engine(cfg)
     global_models.check(cfg)  # a bad global model setting fails before any work
-    tracking.configure(cfg)
-    tracking.mark_orphans_failed(cfg)
+    configure(cfg)
+    recovery.mark_orphans_failed(cfg)
     quarantine = lake.read("silver/quarantine")
     if series_ids:
         quarantine = quarantine[quarantine[C.SERIES_ID].isin(series_ids)]
     ids = list(series_ids) if series_ids else None
-    prior = tracking.find_resumable(cfg, version, ids)
+    prior = recovery.find_resumable(cfg, version, ids)
     if prior is not None:
         run, mv = prior
         if not _in_gold(lake, run.info.run_id):
             return _resume(lake, cfg, run, mv, version, quarantine)
-        tracking.close_recovered(cfg, run.info.run_id, "closed after a restart: its Gold rows were written")
+        recovery.close_recovered(cfg, run.info.run_id, "closed after a restart: its Gold rows were written")
 
     def on_progress(done: int, total: int) -> None:
         if 0 < done < total:
@@ -124,23 +126,23 @@ def train(
         timings[name] = timings.get(name, 0.0) + now - clock
         clock = now
 
-    with tracking.start_training_run(cfg, silver_version=version, engine=engine.name, series_ids=ids) as run:
+    with runs.start_training_run(cfg, silver_version=version, engine=engine.name, series_ids=ids) as run:
         run_id = run.info.run_id
         if series_ids:
-            tracking.log_series_subset(list(series_ids))
+            runs.log_series_subset(list(series_ids))
         lap("mlflow_s")
         # Global models train once on the driver; each series gets their results in its rows.
         glob = global_models.train_global_models(readings, cfg, engine=engine.name)
         inputs = glob.attach(readings) if glob is not None else readings
         if glob is not None:
-            tracking.log_global_models(glob)
+            log_global_models(glob)
             lap("global_s")
         results = engine.map_groups(
             inputs, C.SERIES_ID, process_series, C.TRAIN_RESULT, cfg, on_error=partial(failed_result, config=cfg), progress=on_progress
         )
         del inputs
         lap("engine_s")
-        metrics = tracking.log_results(results, cfg, history=readings, n_quarantined=len(quarantine))
+        metrics = log_results(results, cfg, history=readings, n_quarantined=len(quarantine))
         usable = results["status"].isin([C.OK, C.FALLBACK])
         faults.point("before_register")
         store = glob.store_path if glob is not None else None  # global weights, stored once in the pyfunc
@@ -185,13 +187,11 @@ def _in_gold(lake: Lakehouse, run_id: str) -> bool:
 def _resume(lake: Lakehouse, cfg: Config, run, mv, version: int, quarantine: pd.DataFrame) -> TrainReport:
     """Finish a killed job's run whose model version is registered: the gate (unless it
     already decided) and the Gold rows, from the run's own results; no retraining."""
-    from registry import promotion, pyfunc, tracking
-
     run_id, model_version = run.info.run_id, str(mv.version)
     log.warning("resuming run %s of a killed job: model version %s is registered; writing what is left", run_id, model_version)
-    results = tracking.load_results(cfg, run_id)
+    results = load_results(cfg, run_id)
     note = f"finished after a restart: model version {model_version} was registered, its Gold rows were not"
-    with tracking.resume_run(cfg, run_id, note):
+    with recovery.resume_run(cfg, run_id, note):
         pyfunc.tag_version(cfg, model_version, run_id, results, version)
         decision = promotion.recorded_decision(cfg, model_version) or promotion.gate(cfg, model_version, results)
         faults.point("after_gate")
@@ -205,15 +205,13 @@ def close_killed_run(lake: Lakehouse, config: Config) -> str | None:
     """When training is current: end the run of the job that wrote gold/selection last if
     it was killed before ending it (all its work is recorded), and mark any other
     orphaned run failed. Returns the id of the run closed, if any."""
-    from registry import tracking
-
     if not lake.exists("gold/selection"):
         return None
     last = lake.table("gold/selection").history(1)
     run_id = last[0].get("mmf.run_id") if last else None
-    tracking.configure(config)
-    closed = bool(run_id) and tracking.close_recovered(config, run_id, "closed after a restart: its Gold rows were written")
-    tracking.mark_orphans_failed(config)
+    configure(config)
+    closed = bool(run_id) and recovery.close_recovered(config, run_id, "closed after a restart: its Gold rows were written")
+    recovery.mark_orphans_failed(config)
     return run_id if closed else None
 
 

@@ -15,6 +15,7 @@ from mlflow.exceptions import MlflowException
 from forecasting import contract as C
 from forecasting.config import Config
 from registry import pyfunc
+from registry.aliases import champion_info
 from training.serving import schemas as S
 from training.serving.errors import ServeError
 from training.serving.render import prediction
@@ -38,7 +39,7 @@ def follow(config: Config, held: Champion | None, problems: list[str]) -> Champi
     """The champion after one look at the alias: ``held`` again (its tags refreshed) while
     the alias stays, the new version once it moves, None without an alias. A version that
     fails to load keeps ``held`` serving; what went wrong is added to ``problems``."""
-    info = pyfunc.champion_info(config)
+    info = champion_info(config)
     if info is None:
         problems.append(
             f"no champion: registered model {config.mlflow.registered_model!r} has no champion alias "

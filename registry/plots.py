@@ -1,0 +1,126 @@
+"""The two plots of a training run: the error distribution over series and a sample of
+series' forecasts against their history (PNG files; :mod:`registry.results` logs them
+under ``plots/``)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from forecasting import contract as C
+from forecasting.config import Config
+from forecasting.frequency import future_timestamps
+from registry.metrics import USABLE, finite_metric_values
+
+HISTORY_TAIL_SEASONS = 3  # history drawn before the forecast, in horizons
+
+
+def _figure(width: float, height: float):
+    # The object API renders with Agg without touching pyplot's global backend/state.
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def plot_errors(results: pd.DataFrame, config: Config, path: Path) -> None:
+    """Histogram of ``metric_value`` over ok and fallback series."""
+    values = finite_metric_values(results[results["status"].isin(USABLE)]).to_numpy(dtype=float)
+    fig = _figure(7, 4)
+    ax = fig.add_subplot()
+    metric = config.backtest.metric
+    if len(values):
+        ax.hist(values, bins=min(50, max(5, len(values) // 5)), color="#4C72B0")
+        ax.axvline(
+            float(np.median(values)), color="k", linestyle="--", label=f"median {np.median(values):.3g}"
+        )
+        ax.legend()
+    else:
+        ax.text(
+            0.5, 0.5, "no series with a backtest metric", ha="center", va="center", transform=ax.transAxes
+        )
+    ax.set_xlabel(f"backtest {metric} of the chosen model")
+    ax.set_ylabel("series")
+    ax.set_title(f"{metric} over {len(values)} series")
+    fig.savefig(path, dpi=100)
+
+
+def sample_series(results: pd.DataFrame, config: Config) -> list[str]:
+    """``config.mlflow.sample_plots`` usable series, drawn with ``config.seed``."""
+    ids = sorted(results.loc[results["status"].isin(USABLE), C.SERIES_ID].astype(str))
+    n = min(config.mlflow.sample_plots, len(ids))
+    if n == 0:
+        return []
+    picked = np.random.default_rng(config.seed).choice(len(ids), size=n, replace=False)
+    return [ids[i] for i in sorted(picked)]
+
+
+def _load_fitted(model_json: str):
+    try:
+        from forecasting.pipeline import load_fitted
+    except ImportError:  # pragma: no cover - older pipeline without ensembles
+        from forecasting.models import load_model
+
+        return load_model(json.loads(model_json))
+    return load_fitted(model_json)
+
+
+def _model_freq(data: dict[str, Any]) -> str | None:
+    if data.get("freq"):
+        return data["freq"]
+    for member in data.get("members") or []:
+        if member.get("freq"):
+            return member["freq"]
+    return None
+
+
+def plot_forecasts(results: pd.DataFrame, config: Config, history: pd.DataFrame, path: Path) -> None:
+    """History tail and the chosen model's forecast (``config.horizon`` steps, widest
+    interval shaded) for a sample of series. A model that needs future regressors gets
+    the last observed ones repeated (a plot-only approximation)."""
+    ids = sample_series(results, config)
+    if not ids:
+        return
+    rows = results.set_index(results[C.SERIES_ID].astype(str))
+    hist = history[history[C.SERIES_ID].astype(str).isin(ids)]
+    groups = {str(k): g.sort_values(C.TS) for k, g in hist.groupby(C.SERIES_ID, sort=False)}
+    levels = sorted(config.levels)
+    h = config.horizon
+    ncols = 2 if len(ids) > 1 else 1
+    nrows = math.ceil(len(ids) / ncols)
+    fig = _figure(6 * ncols, 3 * nrows)
+    for i, sid in enumerate(ids):
+        ax = fig.add_subplot(nrows, ncols, i + 1)
+        row = rows.loc[sid]
+        g = groups.get(sid)
+        if g is not None and len(g):
+            tail = g.tail(HISTORY_TAIL_SEASONS * h)
+            ax.plot(pd.to_datetime(tail[C.TS]), tail[C.Y], color="k", lw=1, label="actual")
+        title = f"{sid}: {row['model']} ({row['status']})"
+        try:
+            fitted = _load_fitted(row["model_json"])
+            try:
+                fc = fitted.predict(h, level=levels)
+            except Exception:
+                if g is None or "temperature" not in g or not g["temperature"].notna().any():
+                    raise
+                last = g["temperature"].ffill().to_numpy(dtype=float)[-h:]
+                fc = fitted.predict(h, X=np.resize(last, h).reshape(-1, 1), level=levels)
+            freq = _model_freq(json.loads(row["model_json"])) or config.freq
+            future = pd.DatetimeIndex(future_timestamps(pd.Timestamp(row["end"]), freq, np.arange(1, h + 1)))
+            ax.plot(future, fc["mean"], color="#C44E52", lw=1.2, label="forecast")
+            for lv, alpha in zip(reversed(levels), np.linspace(0.15, 0.35, len(levels))):
+                ax.fill_between(
+                    future, fc[f"lo-{lv}"], fc[f"hi-{lv}"], color="#C44E52", alpha=alpha, lw=0, label=f"{lv}%"
+                )
+        except Exception as exc:  # noqa: BLE001 - a plot never fails the run
+            title += f" - no forecast: {str(exc)[:60]}"
+        ax.set_title(title, fontsize=9)
+        ax.tick_params(labelsize=7)
+        if i == 0:
+            ax.legend(fontsize=7)
+    fig.savefig(path, dpi=90)

@@ -1,0 +1,171 @@
+"""A training job's one MLflow run: its tags, its configuration and reading it back.
+
+Tags of a training run:
+
+``mmf.job``             ``train``
+``mmf.silver_version``  the pinned silver/readings Delta version the job read
+``mmf.engine``          ``local`` or ``spark``
+``mmf.code_version``    package version, ``+g<sha>`` when the git commit is known
+``mmf.lakehouse``       the lakehouse root
+``mmf.host``/``mmf.pid``  who runs it (lets :func:`registry.recovery.mark_orphans_failed`
+                        leave live runs alone)
+``mmf.config_hash``     :func:`config_hash` of the settings that shape the results
+``mmf.failure``         set on runs found orphaned by a killed job (:mod:`registry.recovery`)
+``mmf.recovered``       set when a restarted job finished a killed job's run
+                        (:mod:`registry.recovery`)
+
+Params: the flattened, redacted config; artifacts: ``conf.yaml`` (the same config) and,
+for a job on a subset of series, ``series_ids.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import yaml
+from mlflow.entities import RunStatus
+
+from forecasting import __version__
+from forecasting.config import Config
+from forecasting.errors import RegistryError
+from registry.connection import configure, set_uris
+
+JOB_TAG = "mmf.job"
+CONFIG_HASH_TAG = "mmf.config_hash"
+SILVER_VERSION_TAG = "mmf.silver_version"
+# where and how a job runs, not what it computes: left out of config_hash
+_RUNTIME_KEYS = (
+    "lakehouse",
+    "storage_options",
+    "retention_hours",
+    "engine",
+    "workers",
+    "ingest",
+    "nightly",
+    "spark",
+    "serve",
+)
+PARAM_MAX = 6000  # MLflow's limit on one param value
+_SECRET = "***"
+
+
+def code_version() -> str:
+    """Package version, plus ``+g<sha>`` when the source is a git checkout (fail-safe)."""
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=5, check=True
+        )
+        sha = out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{__version__}+g{sha[:12]}" if sha else __version__
+
+
+def redacted_config(config: Config) -> dict[str, Any]:
+    """The config as a dict with credentials replaced by ``***``: storage option
+    values, the API key and any user:password in the tracking URI."""
+    data = config.to_dict()
+    data["storage_options"] = {k: _SECRET for k in data.get("storage_options") or {}}
+    if data.get("serve", {}).get("api_key"):
+        data["serve"]["api_key"] = _SECRET
+    uri = data.get("mlflow", {}).get("tracking_uri")
+    if uri and "@" in uri and "://" in uri:
+        scheme, rest = uri.split("://", 1)
+        data["mlflow"]["tracking_uri"] = f"{scheme}://{_SECRET}@{rest.split('@', 1)[1]}"
+    return data
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Dotted keys to string values (lists and empty mappings as JSON), each cut to
+    MLflow's 6000-character limit."""
+    out: dict[str, str] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, name + "."))
+            continue
+        text = value if isinstance(value, str) else json.dumps(value, default=str)
+        out[name] = text if len(text) <= PARAM_MAX else text[: PARAM_MAX - 3] + "..."
+    return out
+
+
+def config_hash(config: Config, series_ids: list[str] | None = None) -> str:
+    """A digest of the settings that shape a training job's results (and of its series
+    subset); where and how it runs (lakehouse, engine, workers, ...) is left out."""
+    data = config.to_dict()
+    for key in _RUNTIME_KEYS:
+        data.pop(key, None)
+    data["mlflow"].pop("tracking_uri", None)
+    data["series_ids"] = sorted(series_ids) if series_ids else None
+    text = json.dumps(data, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def start_training_run(
+    config: Config,
+    silver_version: int,
+    engine: str,
+    run_name: str | None = None,
+    series_ids: list[str] | None = None,
+) -> mlflow.ActiveRun:
+    """Start the job's one MLflow run (use it as a context manager: an exception inside
+    ends the run ``FAILED``). Logs the flattened config as params, the full config as
+    ``conf.yaml`` and the ``mmf.*`` tags."""
+    configure(config)
+    tags = {
+        JOB_TAG: "train",
+        CONFIG_HASH_TAG: config_hash(config, series_ids),
+        SILVER_VERSION_TAG: str(int(silver_version)),
+        "mmf.engine": engine,
+        "mmf.code_version": code_version(),
+        "mmf.lakehouse": config.lakehouse,
+        "mmf.host": socket.gethostname(),
+        "mmf.pid": str(os.getpid()),
+    }
+    run = mlflow.start_run(run_name=run_name or f"train-silver-v{int(silver_version)}", tags=tags)
+    try:
+        data = redacted_config(config)
+        mlflow.log_params(flatten(data))
+        mlflow.log_text(yaml.safe_dump(data, sort_keys=False), "conf.yaml")
+    except Exception:
+        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        raise
+    return run
+
+
+def log_series_subset(series_ids: list[str]) -> None:
+    """Record that the active run trained only these series (``mmf reproduce`` reads it)."""
+    mlflow.log_dict({"series_ids": list(series_ids)}, "series_ids.json")
+
+
+def run_record(config: Config, run_id: str) -> dict[str, Any]:
+    """What a training run recorded: its config (as logged), silver version, metrics and
+    series subset, for ``mmf reproduce``."""
+    client = set_uris(config)
+    try:
+        run = client.get_run(run_id)
+    except Exception:
+        raise RegistryError(f"no MLflow run {run_id!r} in {config.mlflow_tracking_uri()}") from None
+    if run.data.tags.get(JOB_TAG) != "train":
+        raise RegistryError(
+            f"run {run_id} is not a training run (tag {JOB_TAG}={run.data.tags.get(JOB_TAG)!r})"
+        )
+    conf = yaml.safe_load(mlflow.artifacts.load_text(f"runs:/{run_id}/conf.yaml"))
+    try:
+        subset = mlflow.artifacts.load_dict(f"runs:/{run_id}/series_ids.json")["series_ids"]
+    except Exception:
+        subset = None
+    return {
+        "config": conf,
+        "silver_version": int(run.data.tags[SILVER_VERSION_TAG]),
+        "metrics": dict(run.data.metrics),
+        "series_ids": subset,
+    }
