@@ -57,7 +57,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -69,7 +69,6 @@ from forecasting.choice import (
     CANDIDATE_TIMEOUT,
     ENSEMBLE,
     Candidate,
-    combine,
     decide,
     ensemble_candidate,
     mean_score,
@@ -80,10 +79,10 @@ from forecasting.config import Config
 from forecasting.contract import FAILED, SERIES_ID, TRAIN_RESULT, TS, Y
 from forecasting.errors import DataContractError, ModelError
 from forecasting.frequency import freq_of, seasonalities_for
-from forecasting.global_models import is_global
 from forecasting.metrics import evaluate
-from forecasting.models import FORMAT_VERSION, Forecaster, get_model, load_model, model_class
+from forecasting.models import EnsembleForecaster, Forecaster, get_model, load_fitted, load_model, model_class
 from forecasting.models.base import one_thread
+from forecasting.models.global_models import is_global
 
 EXOG_COLUMN = "temperature"
 GLOBAL_COLUMN = "_global_candidates"  # driver-made global-model results (JSON), one row per series
@@ -149,59 +148,6 @@ def run_with_timeout(fn: Callable[[], T], timeout_s: float | None) -> T:
         if pending > 0 and not outer_first:  # give the earlier alarm back what is left of it
             left = max(pending - (time.monotonic() - start), 1e-6)
             signal.setitimer(signal.ITIMER_REAL, left)
-
-
-# -- ensembles -------------------------------------------------------------------------
-class EnsembleForecaster:
-    """Mean or median of fitted members' forecasts (intervals combined bound by bound)."""
-
-    name = ENSEMBLE
-
-    def __init__(self, members: Sequence[Forecaster], method: str = "median") -> None:
-        if len(members) < 1:
-            raise ModelError("an ensemble needs at least one member")
-        if method not in ("mean", "median"):
-            raise ModelError(f"ensemble method {method!r}: expected mean or median")
-        self.members = list(members)
-        self.method = method
-
-    @property
-    def supports_exog(self) -> bool:
-        return any(type(m).supports_exog for m in self.members)
-
-    def predict(
-        self, h: int, X: np.ndarray | None = None, level: Sequence[int] = (80, 95)
-    ) -> dict[str, np.ndarray]:
-        forecasts = [m.predict(h, X=X if type(m).supports_exog else None, level=level) for m in self.members]
-        return combine(forecasts, self.method)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "model": ENSEMBLE,
-            "format_version": FORMAT_VERSION,
-            "method": self.method,
-            "members": [m.to_dict() for m in self.members],
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "EnsembleForecaster":
-        version = data.get("format_version")
-        if version != FORMAT_VERSION:
-            raise ModelError(
-                f"ensemble has format_version {version!r}: this release reads format_version {FORMAT_VERSION}"
-            )
-        return cls([load_model(m) for m in data["members"]], data["method"])
-
-
-def load_fitted(model_json: str) -> Forecaster | EnsembleForecaster:
-    """A fitted model (single or ensemble) from a result row's ``model_json``; call
-    ``predict(h, X=None, level=...)`` on it."""
-    if not model_json:
-        raise ModelError("empty model_json: the series has no fitted model (status failed)")
-    data = json.loads(model_json)
-    if data.get("model") == ENSEMBLE:
-        return EnsembleForecaster.from_dict(data)
-    return load_model(data)
 
 
 # -- helpers ---------------------------------------------------------------------------

@@ -8,7 +8,7 @@ versioned ``Forecaster.to_dict()`` (or ensemble) JSON of the training result. Th
 interval levels, the metric and the format version are in the pyfunc's
 ``model_config``. Global models (``global_nn``, ``global_gbm``) keep their weights ONCE,
 in the artifact ``global_models.npz`` (numpy arrays and JSON strings, read with
-``allow_pickle=False``; :mod:`forecasting.global_models.common`); a series' model_json
+``allow_pickle=False``; :mod:`forecasting.models.global_models.common`); a series' model_json
 holds only a reference to them, its scaling and its last inputs. ``load_context`` loads
 that file once, and ``global_nn`` forecasts with numpy (no torch needed to serve).
 
@@ -51,6 +51,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from forecasting import contract as C
 from forecasting.config import Config
 from forecasting.errors import RegistryError
+from forecasting.models import load_fitted
 
 FORMAT_VERSION = 1
 ARTIFACT_NAME = "model"
@@ -100,7 +101,7 @@ class ManyModels(mlflow.pyfunc.PythonModel):
         self.levels: list[int] = [int(v) for v in config.get("levels", [80, 95])]
         table = pq.read_table(context.artifacts[MODELS_ARTIFACT]).to_pydict()
         if GLOBAL_ARTIFACT in (context.artifacts or {}):
-            from forecasting.global_models import load as load_global_weights
+            from forecasting.models.global_models import load as load_global_weights
 
             self.global_weights: list[str] = load_global_weights(context.artifacts[GLOBAL_ARTIFACT])
         else:
@@ -133,7 +134,7 @@ class ManyModels(mlflow.pyfunc.PythonModel):
         """The fitted model of one series (deserialized once)."""
         model = self._fitted.get(series_id)
         if model is None:
-            model = _load_fitted(self._entries[series_id][1])
+            model = load_fitted(self._entries[series_id][1])
             with self._lock:
                 self._fitted[series_id] = model
         return model
@@ -295,16 +296,6 @@ def _future_exog(sid: str, rows: pd.DataFrame, h: int, ks: np.ndarray | None) ->
             error_code=INVALID_PARAMETER_VALUE,
         )
     return values.reshape(-1, 1)
-
-
-def _load_fitted(model_json: str) -> Any:
-    try:
-        from forecasting.pipeline import load_fitted
-    except ImportError:  # pragma: no cover - a pipeline without ensembles
-        from forecasting.models import load_model
-
-        return load_model(json.loads(model_json))
-    return load_fitted(model_json)
 
 
 # -- logging ---------------------------------------------------------------------------

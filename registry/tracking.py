@@ -48,6 +48,7 @@ from forecasting import __version__
 from forecasting import contract as C
 from forecasting.config import Config
 from forecasting.errors import RegistryError
+from forecasting.models import load_fitted
 
 log = logging.getLogger(__name__)
 
@@ -502,16 +503,6 @@ def sample_series(results: pd.DataFrame, config: Config) -> list[str]:
     return [ids[i] for i in sorted(picked)]
 
 
-def _load_fitted(model_json: str):
-    try:
-        from forecasting.pipeline import load_fitted
-    except ImportError:  # pragma: no cover - older pipeline without ensembles
-        from forecasting.models import load_model
-
-        return load_model(json.loads(model_json))
-    return load_fitted(model_json)
-
-
 def _model_freq(data: dict[str, Any]) -> str | None:
     if data.get("freq"):
         return data["freq"]
@@ -545,7 +536,7 @@ def plot_forecasts(results: pd.DataFrame, config: Config, history: pd.DataFrame,
             ax.plot(pd.to_datetime(tail[C.TS]), tail[C.Y], color="k", lw=1, label="actual")
         title = f"{sid}: {row['model']} ({row['status']})"
         try:
-            fitted = _load_fitted(row["model_json"])
+            fitted = load_fitted(row["model_json"])
             try:
                 fc = fitted.predict(h, level=levels)
             except Exception:
@@ -680,7 +671,7 @@ def _log_pytorch(weights: Any) -> None:
     try:
         import torch
 
-        from forecasting.global_models.nn import build_module
+        from forecasting.models.global_models.nn import build_module
     except ImportError:  # serving-only install: nothing to log
         return
     import mlflow.pytorch
