@@ -52,6 +52,7 @@ from forecasting import contract as C
 from forecasting.config import Config
 from forecasting.errors import RegistryError
 from forecasting.models import load_fitted
+from forecasting.models.global_models import load as load_global_weights
 
 FORMAT_VERSION = 1
 ARTIFACT_NAME = "model"
@@ -101,8 +102,6 @@ class ManyModels(mlflow.pyfunc.PythonModel):
         self.levels: list[int] = [int(v) for v in config.get("levels", [80, 95])]
         table = pq.read_table(context.artifacts[MODELS_ARTIFACT]).to_pydict()
         if GLOBAL_ARTIFACT in (context.artifacts or {}):
-            from forecasting.models.global_models import load as load_global_weights
-
             self.global_weights: list[str] = load_global_weights(context.artifacts[GLOBAL_ARTIFACT])
         else:
             self.global_weights = []

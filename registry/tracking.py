@@ -49,6 +49,7 @@ from forecasting import contract as C
 from forecasting.config import Config
 from forecasting.errors import RegistryError
 from forecasting.models import load_fitted
+from forecasting.models.global_models.nn import build_module
 
 log = logging.getLogger(__name__)
 
@@ -670,8 +671,6 @@ def _log_trials(name: str, result: Any, kind: str) -> None:
 def _log_pytorch(weights: Any) -> None:
     try:
         import torch
-
-        from forecasting.models.global_models.nn import build_module
     except ImportError:  # serving-only install: nothing to log
         return
     import mlflow.pytorch

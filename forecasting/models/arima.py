@@ -18,9 +18,10 @@ from forecasting.models.base import (
     Field,
     Forecaster,
     Param,
+    as_columns,
+    check_finite,
     check_h,
     clean_y,
-    max_history_param,
     normal_intervals,
     quiet_fit,
 )
@@ -73,7 +74,7 @@ class ARIMA(Forecaster):
         ),
         Param("d", int, None, within="[0, 2]", nullable=True, allowed="null (automatic) or 0, 1, 2"),
         Param("fourier", int, 0, within="[0, inf)"),
-        max_history_param(2),
+        Param.max_history(2),
     )
     state_fields = (
         Field("order", "ints"),
@@ -209,13 +210,10 @@ def _kpss_d(y: np.ndarray, m: int) -> int:
 def _clean_X(X: Any, n: int, where: str) -> np.ndarray | None:
     if X is None:
         return None
-    X = np.asarray(X, dtype=float)
-    if X.ndim == 1:
-        X = X[:, None]
+    X = as_columns(X)
     if X.ndim != 2 or X.shape[0] != n:
         raise ModelError(f"arima.{where}: X must have shape ({n}, k); got {X.shape}")
     if X.shape[1] == 0:
         return None
-    if not np.all(np.isfinite(X)):
-        raise ModelError(f"arima.{where}: X has {int(np.sum(~np.isfinite(X)))} non-finite values")
+    check_finite(X, f"arima.{where}: X")
     return X

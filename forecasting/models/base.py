@@ -117,6 +117,12 @@ class Param:
                 return False
         return self.check is None or bool(self.check(value))
 
+    @classmethod
+    def max_history(cls, k: int) -> "Param":
+        """``max_history``: fit on at most this many trailing points (default ``k`` times
+        the longest season); ``None`` uses everything."""
+        return cls("max_history", int, seasons(k), within="[10, inf)", nullable=True)
+
     def parse(self, model: "Forecaster", params: dict[str, Any]) -> Any:
         """The value of this parameter for ``model`` (``params`` as given)."""
         if self.name not in params:
@@ -133,12 +139,6 @@ class Param:
 def seasons(k: int) -> Callable[["Forecaster"], int]:
     """A default of ``k`` times the model's longest season (``max_history``)."""
     return lambda model: k * model.longest_season
-
-
-def max_history_param(k: int) -> Param:
-    """``max_history``: fit on at most this many trailing points (default ``k`` longest
-    seasons); ``None`` uses everything."""
-    return Param("max_history", int, seasons(k), within="[10, inf)", nullable=True)
 
 
 def _array(value: Any) -> list[Any]:
@@ -378,6 +378,19 @@ def clean_y(model: str, y: Any, max_history: int | None) -> np.ndarray:
     if max_history is not None:
         y = y[-max_history:]
     return y
+
+
+def as_columns(X: Any) -> np.ndarray:
+    """Regressors as a float matrix, a 1-d ``X`` being one column."""
+    X = np.asarray(X, dtype=float)
+    return X[:, None] if X.ndim == 1 else X
+
+
+def check_finite(values: np.ndarray, what: str) -> None:
+    """Refuse NaN or infinite ``values`` (``what`` names them in the message)."""
+    bad = int(np.sum(~np.isfinite(values)))
+    if bad:
+        raise ModelError(f"{what} has {bad} non-finite values")
 
 
 def check_h(h: Any) -> int:

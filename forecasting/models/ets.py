@@ -13,16 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from forecasting.errors import ModelError
-from forecasting.models.base import (
-    Field,
-    Forecaster,
-    Param,
-    check_h,
-    clean_y,
-    max_history_param,
-    normal_intervals,
-    quiet_fit,
-)
+from forecasting.models.base import Field, Forecaster, Param, check_h, clean_y, normal_intervals, quiet_fit
 
 
 class ETS(Forecaster):
@@ -55,7 +46,7 @@ class ETS(Forecaster):
         Param("trend", default="add", choices=(None, "add")),
         Param("damped", bool, True),
         Param("seasonal", default="add", choices=(None, "add", "mul")),
-        max_history_param(4),
+        Param.max_history(4),
     )
     state_fields = (
         *(Field(key) for key in ("alpha", "beta", "gamma", "phi", "level", "slope")),

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from forecasting.errors import ConfigError, ModelError
-from forecasting.models.base import Field, Forecaster, Param, check_h, clean_y, max_history_param, quiet_fit
+from forecasting.models.base import Field, Forecaster, Param, check_h, clean_y, quiet_fit
 from forecasting.models.ets import ETS
 
 
@@ -89,7 +89,7 @@ class MSTL(Forecaster):
         Param("damped", bool, True),
         Param("iterate", int, 2, within="[1, inf)"),
         Param("jumps", bool, True),
-        max_history_param(4),
+        Param.max_history(4),
     )
     state_fields = (Field("seasons", "arrays"),)  # plus the periods and the trend's ETS state
 

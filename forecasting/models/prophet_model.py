@@ -23,7 +23,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from forecasting.errors import ModelError
-from forecasting.models.base import Field, Forecaster, Param, check_h, clean_y, max_history_param
+from forecasting.models.base import Field, Forecaster, Param, as_columns, check_finite, check_h, clean_y
 
 _QUIET_LOGGERS = ("prophet", "prophet.plot", "prophet.models", "cmdstanpy")
 
@@ -65,7 +65,7 @@ class ProphetModel(Forecaster):
         Param("seasonality_mode", str, "additive", choices=("additive", "multiplicative")),
         Param("uncertainty_samples", int, 500, within="[50, inf)"),
         Param("seed", int, 0, within="[0, inf)"),
-        max_history_param(4),
+        Param.max_history(4),
     )
     state_fields = (Field("prophet_json", "str"), Field("last_ts", "str"), Field("has_temperature", "bool"))
     caches = ("_model",)
@@ -185,14 +185,8 @@ def _drop_chatter(record: logging.LogRecord) -> bool:
 def _temperature(X: Any, n: int, where: str) -> np.ndarray | None:
     if X is None:
         return None
-    X = np.asarray(X, dtype=float)
-    if X.ndim == 1:
-        X = X[:, None]
+    X = as_columns(X)
     if X.ndim != 2 or X.shape[0] != n or X.shape[1] == 0:
         raise ModelError(f"prophet.{where}: X must have shape ({n}, k>=1); got {X.shape}")
-    temperature = X[:, 0]
-    if not np.all(np.isfinite(temperature)):
-        raise ModelError(
-            f"prophet.{where}: temperature has {int(np.sum(~np.isfinite(temperature)))} non-finite values"
-        )
-    return temperature
+    check_finite(X[:, 0], f"prophet.{where}: temperature")
+    return X[:, 0]

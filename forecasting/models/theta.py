@@ -12,16 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from forecasting.errors import ModelError
-from forecasting.models.base import (
-    Field,
-    Forecaster,
-    Param,
-    check_h,
-    clean_y,
-    max_history_param,
-    normal_intervals,
-    quiet_fit,
-)
+from forecasting.models.base import Field, Forecaster, Param, check_h, clean_y, normal_intervals, quiet_fit
 
 
 class Theta(Forecaster):
@@ -56,7 +47,7 @@ class Theta(Forecaster):
         Param("theta", float, 2.0, within="[1, inf)"),
         Param("deseasonalize", bool, True),
         Param("method", str, "auto", choices=("auto", "additive", "multiplicative")),
-        max_history_param(4),
+        Param.max_history(4),
     )
     state_fields = (
         *(Field(key) for key in ("alpha", "b0", "level")),

@@ -25,10 +25,16 @@ import numpy as np
 import pandas as pd
 
 from forecasting.errors import ModelError
-from forecasting.models.base import Field, Forecaster, check_h
+from forecasting.models.base import Field, Forecaster, as_columns, check_finite, check_h
 
 STORE_FORMAT_VERSION = 1
 _META = "__meta__"
+
+# What batch inference (``forecast_many``) takes and gives
+States = Sequence[dict[str, Any]]  # per-series states, as ``GlobalForecaster.get_state`` writes them
+Regressors = Sequence[np.ndarray | None]  # per-series future ``X`` (temperature in column 0)
+Levels = Sequence[int]
+Forecasts = list[dict[str, np.ndarray]]  # per series: mean, lo-<level>, hi-<level>
 
 
 # -- weights and their store ----------------------------------------------------------
@@ -345,12 +351,8 @@ class GlobalForecaster(Forecaster):
 
     @staticmethod
     def forecast_many(
-        weights: GlobalWeights,
-        states: Sequence[dict[str, Any]],
-        X: Sequence[np.ndarray | None],
-        h: int,
-        level: Sequence[int],
-    ) -> list[dict[str, np.ndarray]]:
+        weights: GlobalWeights, states: States, X: Regressors, h: int, level: Levels
+    ) -> Forecasts:
         """Forecasts of many series at once (the driver's backtests use this; one
         series' ``predict`` is the same call with one state)."""
         raise NotImplementedError
@@ -391,9 +393,7 @@ class GlobalForecaster(Forecaster):
 
 
 # -- inference helpers shared by the global models ---------------------------------------
-def unpack_states(
-    states: Sequence[dict[str, Any]], n_last: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def unpack_states(states: States, n_last: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``(loc, scale, last_y, last_ts)`` of many series' states: ``(n,)``, ``(n,)``, the
     last ``n_last`` raw values ``(n, n_last)`` and the last timestamps (datetime64[us])."""
     loc = np.array([s["loc"] for s in states], dtype=float)
@@ -403,7 +403,7 @@ def unpack_states(
     return loc, scale, last_y, last_ts
 
 
-def future_temperatures(X: Sequence[np.ndarray | None], h: int, block: int, who: str) -> np.ndarray:
+def future_temperatures(X: Regressors, h: int, block: int, who: str) -> np.ndarray:
     """Temperature (column 0 of each series' ``X``) for steps 1..h, padded with the last
     value to whole blocks of ``block`` steps: ``(n, ceil(h / block) * block)``."""
     out = np.zeros((len(X), math.ceil(h / block) * block))
@@ -425,12 +425,8 @@ def _future_exog(X: np.ndarray | None, h: int, who: str) -> np.ndarray:
     """Temperature for steps 1..h as a 1-d array (column 0 of ``X``)."""
     if X is None:
         raise ModelError(f"{who} was trained with temperature: predict needs X of shape ({h}, 1)")
-    X = np.asarray(X, dtype=float)
-    if X.ndim == 1:
-        X = X[:, None]
+    X = as_columns(X)
     if X.ndim != 2 or X.shape[0] < h or X.shape[1] < 1:
         raise ModelError(f"{who}: X must have shape ({h}, k>=1); got {X.shape}")
-    t = X[:h, 0]
-    if not np.all(np.isfinite(t)):
-        raise ModelError(f"{who}: temperature has {int(np.sum(~np.isfinite(t)))} non-finite values")
-    return t
+    check_finite(X[:h, 0], f"{who}: temperature")
+    return X[:h, 0]

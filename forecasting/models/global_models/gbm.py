@@ -25,17 +25,21 @@ The booster is stored once as LightGBM's text model (no pickle).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from forecasting.errors import ModelError
 from forecasting.models.base import Param
 from forecasting.models.global_models.common import (
+    Forecasts,
     GlobalForecaster,
     GlobalWeights,
+    Levels,
     Panel,
+    Regressors,
     Spec,
+    States,
     array_to_text,
     block_starts,
     cached,
@@ -209,13 +213,7 @@ def _booster(weights: GlobalWeights):
     )
 
 
-def forecast_many(
-    weights: GlobalWeights,
-    states: Sequence[dict[str, Any]],
-    X: Sequence[np.ndarray | None],
-    h: int,
-    level: Sequence[int],
-) -> list[dict[str, np.ndarray]]:
+def forecast_many(weights: GlobalWeights, states: States, X: Regressors, h: int, level: Levels) -> Forecasts:
     meta = weights.meta
     L, H = meta["input_size"], meta["horizon"]
     missing = [lv for lv in level if lv not in meta["levels"]]

@@ -22,16 +22,20 @@ Forecasts beyond ``horizon`` steps roll the median forward, block by block.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from forecasting.models.base import Param
 from forecasting.models.global_models.common import (
+    Forecasts,
     GlobalForecaster,
     GlobalWeights,
+    Levels,
     Panel,
+    Regressors,
     Spec,
+    States,
     block_starts,
     calendar,
     future_temperatures,
@@ -160,13 +164,7 @@ def forward(
     return total.reshape(-1, H, Q) + base[:, :, None]
 
 
-def forecast_many(
-    weights: GlobalWeights,
-    states: Sequence[dict[str, Any]],
-    X: Sequence[np.ndarray | None],
-    h: int,
-    level: Sequence[int],
-) -> list[dict[str, np.ndarray]]:
+def forecast_many(weights: GlobalWeights, states: States, X: Regressors, h: int, level: Levels) -> Forecasts:
     meta, arrays = weights.meta, weights.arrays
     L, H = meta["input_size"], meta["horizon"]
     loc, scale, hist, last = unpack_states(states, L)
