@@ -201,11 +201,16 @@ def test_a_model_declared_once_validates_serializes_and_reloads(monkeypatch):
         get_model(Drift.name, drift=2)
 
 
-def test_a_parameter_may_not_hide_an_attribute_of_the_model():
+def test_a_malformed_declaration_fails_where_it_is_made():
     with pytest.raises(TypeError, match="predict"):
 
         class Hiding(Forecaster):
             parameters = (Param("predict", float, 0.0),)
+
+    with pytest.raises(ValueError, match="interval"):
+        Param("x", float, 0.0, within="1..2")
+    with pytest.raises(ValueError, match="kind 'matrix'"):
+        Field("x", "matrix")
 
 
 @pytest.mark.parametrize(

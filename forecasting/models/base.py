@@ -80,6 +80,13 @@ class Param:
     allowed: str = ""
     check: Callable[[Any], bool] | None = None
 
+    def __post_init__(self) -> None:
+        if self.within and (self.within[0] not in "[(" or self.within[-1] not in "])"):
+            raise ValueError(
+                f"Param {self.name!r}: within={self.within!r} is not an interval like '[1, inf)'"
+            )
+        self.bounds()  # a malformed range fails where it is declared
+
     def bounds(self) -> tuple[float, float, bool, bool]:
         """``(low, high, low included, high included)`` of ``within``."""
         if not self.within:
@@ -171,6 +178,10 @@ class Field:
     kind: str = "float"
     optional: bool = False
 
+    def __post_init__(self) -> None:
+        if self.kind not in _CODECS:
+            raise ValueError(f"Field {self.key!r}: kind {self.kind!r} is not one of {', '.join(_CODECS)}")
+
     @property
     def attr(self) -> str:
         return f"{self.key}_"
@@ -221,8 +232,8 @@ class Forecaster:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         for p in cls.parameters or ():
-            if hasattr(Forecaster, p.name):
-                raise TypeError(f"{cls.__name__}: parameter {p.name!r} hides a Forecaster attribute")
+            if hasattr(cls, p.name):
+                raise TypeError(f"{cls.__name__}: parameter {p.name!r} would hide the attribute of that name")
 
     def __init__(
         self,
