@@ -58,7 +58,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Sequence
 
-import numpy as np
 import pandas as pd
 
 from forecasting.backtest import check_forecast
@@ -68,7 +67,6 @@ from forecasting.choice import (
     ENSEMBLE,
     Candidate,
     Decision,
-    combine,
     decide,
     ensemble_candidate,
     scored,
@@ -76,12 +74,13 @@ from forecasting.choice import (
 )
 from forecasting.config import Config
 from forecasting.contract import FAILED, SERIES_ID
-from forecasting.errors import ModelError
 from forecasting.global_candidates import GLOBAL_COLUMN as GLOBAL_COLUMN
 from forecasting.global_candidates import arrays, global_candidate, global_payload
-from forecasting.global_models import is_global
-from forecasting.models import FORMAT_VERSION, Forecaster, get_model, load_model
+from forecasting.models import EnsembleForecaster as EnsembleForecaster
+from forecasting.models import Forecaster, get_model, load_model
+from forecasting.models import load_fitted as load_fitted
 from forecasting.models.base import one_thread
+from forecasting.models.global_models import is_global
 from forecasting.pipeline_tuning import search_spaces, tune_model
 from forecasting.results import failed_result as failed_result
 from forecasting.results import failed_row, json_default, outcome_fields, result_frame
@@ -91,59 +90,6 @@ from forecasting.series import SeriesData, backtest_model, prepare, series_id_of
 from forecasting.timeout import Alarm, CandidateTimeout, run_seeded
 from forecasting.timeout import run_with_timeout as run_with_timeout
 from forecasting.tuning import SearchSpace
-
-
-# -- ensembles -------------------------------------------------------------------------
-class EnsembleForecaster:
-    """Mean or median of fitted members' forecasts (intervals combined bound by bound)."""
-
-    name = ENSEMBLE
-
-    def __init__(self, members: Sequence[Forecaster], method: str = "median") -> None:
-        if len(members) < 1:
-            raise ModelError("an ensemble needs at least one member")
-        if method not in ("mean", "median"):
-            raise ModelError(f"ensemble method {method!r}: expected mean or median")
-        self.members = list(members)
-        self.method = method
-
-    @property
-    def supports_exog(self) -> bool:
-        return any(type(m).supports_exog for m in self.members)
-
-    def predict(
-        self, h: int, X: np.ndarray | None = None, level: Sequence[int] = (80, 95)
-    ) -> dict[str, np.ndarray]:
-        forecasts = [m.predict(h, X=X if type(m).supports_exog else None, level=level) for m in self.members]
-        return combine(forecasts, self.method)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "model": ENSEMBLE,
-            "format_version": FORMAT_VERSION,
-            "method": self.method,
-            "members": [m.to_dict() for m in self.members],
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "EnsembleForecaster":
-        version = data.get("format_version")
-        if version != FORMAT_VERSION:
-            raise ModelError(
-                f"ensemble has format_version {version!r}: this release reads format_version {FORMAT_VERSION}"
-            )
-        return cls([load_model(m) for m in data["members"]], data["method"])
-
-
-def load_fitted(model_json: str) -> Forecaster | EnsembleForecaster:
-    """A fitted model (single or ensemble) from a result row's ``model_json``; call
-    ``predict(h, X=None, level=...)`` on it."""
-    if not model_json:
-        raise ModelError("empty model_json: the series has no fitted model (status failed)")
-    data = json.loads(model_json)
-    if data.get("model") == ENSEMBLE:
-        return EnsembleForecaster.from_dict(data)
-    return load_model(data)
 
 
 # -- the per-series function -----------------------------------------------------------

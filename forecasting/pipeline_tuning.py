@@ -20,8 +20,8 @@ from forecasting.backtest import window_cutoffs
 from forecasting.choice import mean_score, short_reason
 from forecasting.config import Config
 from forecasting.errors import DataContractError
-from forecasting.global_models import is_global
 from forecasting.models import Forecaster
+from forecasting.models.global_models import is_global
 from forecasting.series import SeriesData, backtest_model
 from forecasting.tuning import SearchSpace, load_search_spaces, minimize
 

@@ -13,7 +13,7 @@ import mlflow
 from mlflow.entities import RunStatus
 
 from forecasting.errors import RegistryError
-from forecasting.global_models.nn import build_module
+from forecasting.models.global_models.nn import build_module
 
 log = logging.getLogger(__name__)
 

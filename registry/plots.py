@@ -15,6 +15,7 @@ import pandas as pd
 from forecasting import contract as C
 from forecasting.config import Config
 from forecasting.frequency import future_timestamps
+from forecasting.models import load_fitted
 from registry.metrics import USABLE, finite_metric_values
 
 HISTORY_TAIL_SEASONS = 3  # history drawn before the forecast, in horizons
@@ -59,16 +60,6 @@ def sample_series(results: pd.DataFrame, config: Config) -> list[str]:
     return [ids[i] for i in sorted(picked)]
 
 
-def _load_fitted(model_json: str):
-    try:
-        from forecasting.pipeline import load_fitted
-    except ImportError:  # pragma: no cover - older pipeline without ensembles
-        from forecasting.models import load_model
-
-        return load_model(json.loads(model_json))
-    return load_fitted(model_json)
-
-
 def _model_freq(data: dict[str, Any]) -> str | None:
     if data.get("freq"):
         return data["freq"]
@@ -102,7 +93,7 @@ def plot_forecasts(results: pd.DataFrame, config: Config, history: pd.DataFrame,
             ax.plot(pd.to_datetime(tail[C.TS]), tail[C.Y], color="k", lw=1, label="actual")
         title = f"{sid}: {row['model']} ({row['status']})"
         try:
-            fitted = _load_fitted(row["model_json"])
+            fitted = load_fitted(row["model_json"])
             try:
                 fc = fitted.predict(h, level=levels)
             except Exception:

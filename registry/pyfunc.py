@@ -8,7 +8,7 @@ versioned ``Forecaster.to_dict()`` (or ensemble) JSON of the training result. Th
 interval levels, the metric and the format version are in the pyfunc's
 ``model_config``. Global models (``global_nn``, ``global_gbm``) keep their weights ONCE,
 in the artifact ``global_models.npz`` (numpy arrays and JSON strings, read with
-``allow_pickle=False``; :mod:`forecasting.global_models.common`); a series' model_json
+``allow_pickle=False``; :mod:`forecasting.models.global_models.common`); a series' model_json
 holds only a reference to them, its scaling and its last inputs. ``load_context`` loads
 that file once, and ``global_nn`` forecasts with numpy (no torch needed to serve).
 
@@ -52,7 +52,8 @@ from forecasting import contract as C
 from forecasting.config import Config
 from forecasting.errors import RegistryError
 from forecasting.frequency import future_timestamps
-from forecasting.global_models import load as load_global_weights
+from forecasting.models import load_fitted
+from forecasting.models.global_models import load as load_global_weights
 from registry.aliases import CHAMPION, champion_info, require_version
 from registry.connection import set_uris
 from registry.metrics import USABLE, finite_metric_values
@@ -134,7 +135,7 @@ class ManyModels(mlflow.pyfunc.PythonModel):
         """The fitted model of one series (deserialized once)."""
         model = self._fitted.get(series_id)
         if model is None:
-            model = _load_fitted(self._entries[series_id][1])
+            model = load_fitted(self._entries[series_id][1])
             with self._lock:
                 self._fitted[series_id] = model
         return model
@@ -289,16 +290,6 @@ def _future_exog(sid: str, rows: pd.DataFrame, h: int, ks: np.ndarray | None) ->
             error_code=INVALID_PARAMETER_VALUE,
         )
     return values.reshape(-1, 1)
-
-
-def _load_fitted(model_json: str) -> Any:
-    try:
-        from forecasting.pipeline import load_fitted
-    except ImportError:  # pragma: no cover - a pipeline without ensembles
-        from forecasting.models import load_model
-
-        return load_model(json.loads(model_json))
-    return load_fitted(model_json)
 
 
 # -- logging ---------------------------------------------------------------------------

@@ -14,10 +14,10 @@ import pytest
 from forecasting.config import load_config
 from forecasting.errors import ConfigError, ModelError
 from forecasting.generator import generate
-from forecasting.global_models import GlobalWeights, Panel, Spec, get, read, register, save
-from forecasting.global_models import gbm as gbm_mod
-from forecasting.global_models.common import GlobalForecaster, calendar, quantile_forecast
 from forecasting.models import load_model
+from forecasting.models.global_models import GlobalWeights, Panel, Spec, get, read, register, save
+from forecasting.models.global_models import gbm as gbm_mod
+from forecasting.models.global_models.common import GlobalForecaster, calendar, quantile_forecast
 from forecasting.pipeline import GLOBAL_COLUMN, load_fitted, process_series
 from training.global_models import train_global_models
 

@@ -22,8 +22,8 @@ torch = pytest.importorskip("torch", reason="global_nn needs the deep extra (tor
 
 from forecasting.config import load_config  # noqa: E402
 from forecasting.generator import generate  # noqa: E402
-from forecasting.global_models import nn as nn_mod  # noqa: E402
-from forecasting.global_models.common import Spec  # noqa: E402
+from forecasting.models.global_models import nn as nn_mod  # noqa: E402
+from forecasting.models.global_models.common import Spec  # noqa: E402
 from training import deep  # noqa: E402
 
 H = 12

@@ -18,7 +18,16 @@ import pytest
 
 from forecasting.errors import ConfigError, ModelError, UnknownModelError
 from forecasting.generator import generate
-from forecasting.models import MODELS, get_model, load_model, model_class
+from forecasting.models import (
+    MODELS,
+    EnsembleForecaster,
+    all_models,
+    get_model,
+    load_fitted,
+    load_model,
+    model_class,
+)
+from forecasting.models.base import Field, Forecaster, Param, clean_y, normal_intervals
 
 H = 48
 NAMES = sorted(MODELS)
@@ -98,6 +107,123 @@ def test_unknown_model_lists_valid_names():
 def test_unknown_param_is_refused(name):
     with pytest.raises(ConfigError, match="no_such_param"):
         get_model(name, no_such_param=1)
+
+
+# -- the declared interface ----------------------------------------------------------
+PARAMS = [(name, p) for name, cls in sorted(all_models().items()) for p in cls.parameters]
+
+
+@pytest.mark.parametrize("name", sorted(all_models()))
+def test_every_model_declares_its_parameters_and_state(name):
+    cls = model_class(name)
+    assert cls.parameters is not None and cls.state_fields
+    model = cls()
+    assert all(hasattr(model, p.name) for p in cls.parameters)  # the defaults, parsed
+    with pytest.raises(ConfigError) as err:
+        cls(no_such_param=1)
+    assert err.value.allowed == "one of " + ", ".join(p.name for p in cls.parameters)
+
+
+@pytest.mark.parametrize("name, param", PARAMS, ids=[f"{n}.{p.name}" for n, p in PARAMS])
+def test_a_bad_value_names_the_parameter_the_value_and_what_is_allowed(name, param):
+    bad = 123 if param.kind is str and not param.choices else "not a value"
+    with pytest.raises(ConfigError) as err:
+        get_model(name, **{param.name: bad})
+    assert err.value.key == f"{name}.{param.name}" and err.value.value == bad
+    assert err.value.allowed == param.describe()
+    assert str(err.value) == f"invalid config {name}.{param.name}={bad!r}: expected {param.describe()}"
+
+
+@pytest.mark.parametrize(
+    "param, good, bad, allowed",
+    [
+        (Param("n", int, 1, within="[1, inf)"), [1, 5], [0, 1.5, True, None, "1"], "an integer >= 1"),
+        (
+            Param("x", float, 0.5, within="(0, 1]"),
+            [1, 0.5, 1e-9],
+            [0, 1.01, "0.5", float("nan")],
+            "a number in (0, 1]",
+        ),
+        (
+            Param("m", int, None, within="[10, inf)", nullable=True),
+            [None, 10],
+            [9, "10"],
+            "null or an integer >= 10",
+        ),
+        (Param("t", default="add", choices=(None, "add")), [None, "add"], ["mul", 1], "null or 'add'"),
+        (Param("s", str, "a", choices=("a", "b", "c")), ["a", "c"], ["d", None], "one of 'a', 'b', 'c'"),
+        (Param("b", bool, True), [True, False], [1, "yes", None], "true or false"),
+    ],
+)
+def test_param_checks_type_and_range(param, good, bad, allowed):
+    assert [v for v in good if not param.accepts(v)] == []
+    assert [v for v in bad if param.accepts(v)] == []
+    assert param.describe() == allowed
+
+
+class Drift(Forecaster):
+    """The last value plus a drift per step: a whole model is its declarations, ``fit``
+    and ``predict``.
+
+    Params: ``drift`` per step, ``max_history``.
+    """
+
+    name = "drift_for_test"
+    parameters = (Param("drift", float, 0.0, within="[-1, 1]"), Param.max_history(1))
+    state_fields = (
+        Field("last"),
+        Field("tail", "array"),
+        Field("n", "int"),
+        Field("note", "str", optional=True),
+    )
+
+    def fit(self, y, X=None, ts=None):
+        y = clean_y(self.name, y, self.max_history)
+        self.last_, self.tail_, self.n_, self.note_ = float(y[-1]), y[-3:], len(y), None
+        return self
+
+    def predict(self, h, X=None, level=(80, 95)):
+        return normal_intervals(self.last_ + self.drift * np.arange(1, h + 1), 1.0, level)
+
+
+def test_a_model_declared_once_validates_serializes_and_reloads(monkeypatch):
+    monkeypatch.setitem(MODELS, Drift.name, Drift)
+    assert get_model(Drift.name).max_history == 168  # one longest season
+    model = get_model(Drift.name, drift=0.5, max_history=None).fit(np.arange(20.0))
+    assert (model.drift, model.max_history) == (0.5, None)
+    data = json.loads(json.dumps(model.to_dict()))
+    assert data["params"] == {"drift": 0.5, "max_history": None}  # as given, defaults left out
+    assert data["state"] == {"last": 19.0, "tail": [17.0, 18.0, 19.0], "n": 20, "note": None}
+    again = load_model(data)
+    assert isinstance(again.tail_, np.ndarray)
+    assert_same(model.predict(5), again.predict(5), rtol=0)
+    with pytest.raises(ConfigError, match=r"drift_for_test.drift=2: expected a number in \[-1, 1\]"):
+        get_model(Drift.name, drift=2)
+
+
+def test_a_malformed_declaration_fails_where_it_is_made():
+    with pytest.raises(TypeError, match="predict"):
+
+        class Hiding(Forecaster):
+            parameters = (Param("predict", float, 0.0),)
+
+    with pytest.raises(ValueError, match="interval"):
+        Param("x", float, 0.0, within="1..2")
+    with pytest.raises(ValueError, match="kind 'matrix'"):
+        Field("x", "matrix")
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["forecasting.models.base", "forecasting.models.ensemble", "forecasting.models.global_models.common"],
+)
+def test_any_model_module_can_be_imported_first(module):
+    """No circle between the models and the global models: any entry point works."""
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-c", f"import {module}"], cwd=root, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
 
 
 # -- forecasts ----------------------------------------------------------------------
@@ -214,6 +340,21 @@ def test_golden_file_forecasts_as_written(name):
     forecast = model.predict(expected["h"], X=X, level=tuple(expected["level"]))
     for key, values in forecast.items():
         np.testing.assert_allclose(values, expected[key], rtol=1e-6, atol=1e-12, err_msg=key)
+
+
+def test_load_fitted_reads_one_model_or_an_ensemble(fitted):
+    members = [fitted("seasonal_naive"), fitted("ets")]
+    ensemble = EnsembleForecaster(members, "mean")
+    again = load_fitted(json.dumps(ensemble.to_dict()))
+    assert isinstance(again, EnsembleForecaster) and [type(m) for m in again.members] == [
+        type(m) for m in members
+    ]
+    assert_same(ensemble.predict(H), again.predict(H))
+    assert_same(members[1].predict(H), load_fitted(json.dumps(members[1].to_dict())).predict(H))
+    with pytest.raises(ModelError, match="ensemble has format_version 99"):
+        load_fitted(json.dumps({**ensemble.to_dict(), "format_version": 99}))
+    with pytest.raises(ModelError, match="empty model_json"):
+        load_fitted("")
 
 
 def test_mstl_decomposition_is_statsmodels_without_jumps_and_close_with_them(data):

@@ -2,7 +2,7 @@
 
 One train function, :func:`train_worker`, runs in every process. It reads the training
 windows from an ``.npz`` file, builds the network
-(:func:`forecasting.global_models.nn.build_module`, the PyTorch twin of the numpy
+(:func:`forecasting.models.global_models.nn.build_module`, the PyTorch twin of the numpy
 inference there), wraps it in
 ``DistributedDataParallel`` when there is more than one process, draws its share of the
 windows with a ``DistributedSampler``, minimises the pinball loss, and (rank 0) writes
@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from forecasting.errors import ConfigError, ModelError
-from forecasting.global_models.nn import build_module  # the network, beside its numpy twin
+from forecasting.models.global_models.nn import build_module  # the network, beside its numpy twin
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +230,7 @@ def train(
     threads: int | None = None,
 ) -> TrainResult:
     """Train ``global_nn`` on ``samples`` (``x``, ``ctx``, ``y`` from
-    :func:`forecasting.global_models.nn.build_samples`) with ``num_processes``
+    :func:`forecasting.models.global_models.nn.build_samples`) with ``num_processes``
     data-parallel processes, launched ``local`` (torch.multiprocessing) or on ``spark``
     (TorchDistributor, local mode).
 

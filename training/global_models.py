@@ -3,7 +3,7 @@ the full histories, then handed to each series as one more candidate.
 
 For every global model in ``config.models`` (``global_nn``, ``global_gbm``):
 
-1. The silver rows become a :class:`~forecasting.global_models.Panel` (each series
+1. The silver rows become a :class:`~forecasting.models.global_models.Panel` (each series
    prepared exactly as ``process_series`` prepares it).
 2. With ``tune.enabled`` and a search space for it, Hyperopt searches its
    hyper-parameters (``hyperopt.Trials`` here, ``SparkTrials(parallelism=tune.parallelism)``
@@ -51,10 +51,19 @@ from forecasting.choice import short_reason
 from forecasting.config import Config
 from forecasting.errors import ModelError
 from forecasting.frequency import seasonalities_for
-from forecasting.global_models import GLOBAL_MODELS, GlobalWeights, Panel, Spec, is_global, register, save
-from forecasting.global_models import gbm as gbm_mod
-from forecasting.global_models import nn as nn_mod
 from forecasting.metrics import evaluate, score
+from forecasting.models.global_models import (
+    GLOBAL_MODELS,
+    GlobalWeights,
+    Panel,
+    Spec,
+    is_global,
+    register,
+    save,
+    temperature_scaling,
+)
+from forecasting.models.global_models import gbm as gbm_mod
+from forecasting.models.global_models import nn as nn_mod
 from forecasting.pipeline import GLOBAL_COLUMN, prepare
 from forecasting.tuning import load_search_spaces, minimize
 
@@ -187,7 +196,7 @@ def make_fitter(config: Config, launcher: str, num_processes: int | None = None)
             settings = nn_mod.settings(params, spec)
             meta = nn_mod.architecture(params, spec, use_temperature=panel.has_temperature)
             if meta["use_temperature"]:
-                meta["t_loc"], meta["t_scale"] = nn_mod.temperature_scaling(panel)
+                meta["t_loc"], meta["t_scale"] = temperature_scaling(panel)
             samples = nn_mod.build_samples(panel, meta, int(settings["windows_per_series"]), seed)
             res = deep.train(
                 samples, meta, settings, seed, num_processes=n_proc, launcher=launcher, use_gpu=use_gpu

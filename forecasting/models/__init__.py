@@ -1,27 +1,35 @@
-"""Per-series models, registered by name in one place.
+"""Every model, registered by name in one place.
 
-``MODELS`` maps a name to its class (:func:`all_models` adds the global models,
-trained across series); :func:`get_model` builds one and refuses an
-unknown name with the list of valid names; :func:`load_model` rebuilds a fitted model
-from its serialized data.
+``MODELS`` maps a name to its per-series class; ``GLOBAL_MODELS`` (from
+:mod:`forecasting.models.global_models`) the global ones, trained across series;
+:func:`all_models` both. :func:`get_model` builds one and refuses an unknown name with
+the list of valid names; :func:`load_model` rebuilds a fitted model from its serialized
+data and :func:`load_fitted` a result row's ``model_json`` (one model or an ensemble).
+
+A new model is one module declaring its ``parameters`` and ``state_fields`` (see
+:mod:`forecasting.models.base`) with ``fit`` and ``predict``, and one entry here.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 from typing import Any
 
-from forecasting.errors import UnknownModelError
+from forecasting.choice import ENSEMBLE
+from forecasting.errors import ModelError, UnknownModelError
 from forecasting.models.arima import ARIMA
-from forecasting.models.base import FORMAT_VERSION, Forecaster
+from forecasting.models.base import FORMAT_VERSION, Forecaster, check_format
+from forecasting.models.ensemble import EnsembleForecaster
 from forecasting.models.ets import ETS
+from forecasting.models.global_models import GLOBAL_MODELS
 from forecasting.models.mstl import MSTL
 from forecasting.models.prophet_model import ProphetModel
 from forecasting.models.seasonal_naive import SeasonalNaive, WeeklyNaive
 from forecasting.models.theta import Theta
 
 # MODELS holds the per-series models, every one of which fits on one series; the global
-# models, trained across series, have their own map (forecasting.global_models.GLOBAL_MODELS).
+# models, trained across series, have their own map (GLOBAL_MODELS).
 MODELS: dict[str, type[Forecaster]] = {
     cls.name: cls for cls in (SeasonalNaive, WeeklyNaive, ETS, ARIMA, Theta, MSTL, ProphetModel)
 }
@@ -29,8 +37,6 @@ MODELS: dict[str, type[Forecaster]] = {
 
 def all_models() -> dict[str, type[Forecaster]]:
     """Every model name a config may list: the per-series ``MODELS`` and the global ones."""
-    from forecasting.global_models import GLOBAL_MODELS  # imported late: it builds on this package
-
     return {**MODELS, **GLOBAL_MODELS}
 
 
@@ -52,11 +58,15 @@ def unavailable_reason(name: str) -> str | None:
     ``None`` when it can. Serving a trained model never needs these packages unless
     noted (``global_nn`` forecasts with numpy)."""
     cls = model_class(name)
-    missing = [m for m in getattr(cls, "requires", ()) if not module_available(m)]
+    missing = [m for m in cls.requires if not module_available(m)]
     if not missing:
         return None
-    extra = getattr(cls, "extra", "")
-    fix = f"install the {extra} extra: pip install -e .[{extra}]" if extra else f"pip install {' '.join(missing)}"
+    extra = cls.extra
+    fix = (
+        f"install the {extra} extra: pip install -e .[{extra}]"
+        if extra
+        else f"pip install {' '.join(missing)}"
+    )
     return f"{fix} ({name} needs {', '.join(missing)}, which is not installed)"
 
 
@@ -70,12 +80,27 @@ def load_model(data: dict[str, Any]) -> Forecaster:
     return model_class(data["model"]).from_dict(data)
 
 
+def load_fitted(model_json: str) -> Forecaster | EnsembleForecaster:
+    """A fitted model (single or ensemble) from a result row's ``model_json``; call
+    ``predict(h, X=None, level=...)`` on it. Only registered names are built."""
+    if not model_json:
+        raise ModelError("empty model_json: the series has no fitted model (status failed)")
+    data = json.loads(model_json)
+    if data.get("model") == ENSEMBLE:
+        check_format(data, "ensemble")
+        return EnsembleForecaster([load_model(m) for m in data["members"]], data["method"])
+    return load_model(data)
+
+
 __all__ = [
     "FORMAT_VERSION",
+    "GLOBAL_MODELS",
     "MODELS",
-    "all_models",
+    "EnsembleForecaster",
     "Forecaster",
+    "all_models",
     "get_model",
+    "load_fitted",
     "load_model",
     "model_class",
     "module_available",

@@ -13,13 +13,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from forecasting.errors import ConfigError, ModelError
+from forecasting.errors import ModelError
 from forecasting.models.base import (
+    Field,
     Forecaster,
+    Param,
+    as_columns,
+    check_finite,
     check_h,
-    check_keys,
     clean_y,
-    max_history,
     normal_intervals,
     quiet_fit,
 )
@@ -61,33 +63,33 @@ class ARIMA(Forecaster):
     description = "ARIMA with a small AIC order search and optional regressors."
     supports_exog = True
 
-    def __init__(
-        self,
-        season_length: int = 24,
-        seasonalities: Sequence[int] = (24, 168),
-        freq: str = "h",
-        **params: Any,
-    ) -> None:
-        super().__init__(season_length, seasonalities, freq, **params)
-        allowed = ("seasonal", "seasonal_order", "d", "fourier", "max_history")
-        check_keys(self.name, params, allowed)
-        self.seasonal = bool(params.get("seasonal", False))
-        self.seasonal_order = list(params.get("seasonal_order", [0, 1, 1]))
-        self.d = params.get("d")
-        self.fourier = params.get("fourier", 0)
-        if len(self.seasonal_order) != 3 or not all(
-            isinstance(v, int) and 0 <= v <= 2 for v in self.seasonal_order
-        ):
-            raise ConfigError("arima.seasonal_order", self.seasonal_order, "[P, D, Q] in 0..2")
-        if self.d is not None and (not isinstance(self.d, int) or not 0 <= self.d <= 2):
-            raise ConfigError("arima.d", self.d, "null (automatic) or 0, 1, 2")
-        if isinstance(self.fourier, bool) or not isinstance(self.fourier, int) or self.fourier < 0:
-            raise ConfigError("arima.fourier", self.fourier, "an integer >= 0")
-        if self.seasonal and self.season_length < 2:
-            raise ConfigError("season_length", self.season_length, "an integer >= 2")
-        self.max_history = max_history(
-            self.name, params, 2 * max(self.seasonalities or (self.season_length,))
-        )
+    parameters = (
+        Param("seasonal", bool, False),
+        Param(
+            "seasonal_order",
+            list,
+            [0, 1, 1],
+            allowed="[P, D, Q] in 0..2",
+            check=lambda v: len(v) == 3 and all(isinstance(x, int) and 0 <= x <= 2 for x in v),
+        ),
+        Param("d", int, None, within="[0, 2]", nullable=True, allowed="null (automatic) or 0, 1, 2"),
+        Param("fourier", int, 0, within="[0, inf)"),
+        Param.max_history(2),
+    )
+    state_fields = (
+        Field("order", "ints"),
+        Field("seasonal_order", "ints"),
+        Field("trend", "str"),
+        Field("params", "array"),
+        Field("aic"),
+        Field("y", "array"),
+        Field("X", "array", optional=True),
+    )
+    caches = ("_filtered",)
+
+    def check(self) -> None:
+        if self.seasonal:
+            self.need_season()
 
     # -- fit ----------------------------------------------------------------------
     def fit(self, y, X=None, ts=None):
@@ -130,7 +132,7 @@ class ARIMA(Forecaster):
         self.trend_ = trend
         self.y_ = y
         self.X_ = X
-        self._filtered = None
+        self.forget()
         return self
 
     # -- predict ------------------------------------------------------------------
@@ -179,28 +181,6 @@ class ARIMA(Forecaster):
                     parts.append(np.cos(w)[:, None])
         return np.hstack(parts) if parts else None
 
-    # -- state --------------------------------------------------------------------
-    def get_state(self) -> dict[str, Any]:
-        return {
-            "order": list(self.order_),
-            "seasonal_order": list(self.seasonal_order_),
-            "trend": self.trend_,
-            "params": self.params_.tolist(),
-            "aic": self.aic_,
-            "y": self.y_.tolist(),
-            "X": None if self.X_ is None else self.X_.tolist(),
-        }
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        self.order_ = [int(v) for v in state["order"]]
-        self.seasonal_order_ = [int(v) for v in state["seasonal_order"]]
-        self.trend_ = str(state["trend"])
-        self.params_ = np.asarray(state["params"], dtype=float)
-        self.aic_ = float(state["aic"])
-        self.y_ = np.asarray(state["y"], dtype=float)
-        self.X_ = None if state["X"] is None else np.asarray(state["X"], dtype=float)
-        self._filtered = None
-
 
 def _import_statsmodels() -> None:
     """Import statsmodels before entering ``_quiet_fit`` (see there why)."""
@@ -230,13 +210,10 @@ def _kpss_d(y: np.ndarray, m: int) -> int:
 def _clean_X(X: Any, n: int, where: str) -> np.ndarray | None:
     if X is None:
         return None
-    X = np.asarray(X, dtype=float)
-    if X.ndim == 1:
-        X = X[:, None]
+    X = as_columns(X)
     if X.ndim != 2 or X.shape[0] != n:
         raise ModelError(f"arima.{where}: X must have shape ({n}, k); got {X.shape}")
     if X.shape[1] == 0:
         return None
-    if not np.all(np.isfinite(X)):
-        raise ModelError(f"arima.{where}: X has {int(np.sum(~np.isfinite(X)))} non-finite values")
+    check_finite(X, f"arima.{where}: X")
     return X

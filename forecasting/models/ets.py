@@ -8,23 +8,12 @@ and the residual variance.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from forecasting.errors import ConfigError, ModelError
-from forecasting.models.base import (
-    Forecaster,
-    check_h,
-    check_keys,
-    clean_y,
-    max_history,
-    normal_intervals,
-    quiet_fit,
-)
-
-_TRENDS = (None, "add")
-_SEASONALS = (None, "add", "mul")
+from forecasting.errors import ModelError
+from forecasting.models.base import Field, Forecaster, Param, check_h, clean_y, normal_intervals, quiet_fit
 
 
 class ETS(Forecaster):
@@ -53,27 +42,21 @@ class ETS(Forecaster):
     name = "ets"
     description = "Exponential smoothing (ETS) with damped trend and daily season."
 
-    def __init__(
-        self,
-        season_length: int = 24,
-        seasonalities: Sequence[int] = (24, 168),
-        freq: str = "h",
-        **params: Any,
-    ) -> None:
-        super().__init__(season_length, seasonalities, freq, **params)
-        check_keys(self.name, params, ("trend", "damped", "seasonal", "max_history"))
-        self.trend = params.get("trend", "add")
-        self.damped = bool(params.get("damped", True))
-        self.seasonal = params.get("seasonal", "add")
-        if self.trend not in _TRENDS:
-            raise ConfigError("ets.trend", self.trend, "null or 'add'")
-        if self.seasonal not in _SEASONALS:
-            raise ConfigError("ets.seasonal", self.seasonal, "null, 'add' or 'mul'")
-        if self.seasonal is not None and self.season_length < 2:
-            raise ConfigError("season_length", self.season_length, "an integer >= 2")
-        self.max_history = max_history(
-            self.name, params, 4 * max(self.seasonalities or (self.season_length,))
-        )
+    parameters = (
+        Param("trend", default="add", choices=(None, "add")),
+        Param("damped", bool, True),
+        Param("seasonal", default="add", choices=(None, "add", "mul")),
+        Param.max_history(4),
+    )
+    state_fields = (
+        *(Field(key) for key in ("alpha", "beta", "gamma", "phi", "level", "slope")),
+        Field("season", "array"),
+        Field("sigma2"),
+    )
+
+    def check(self) -> None:
+        if self.seasonal is not None:
+            self.need_season()
 
     def fit(self, y, X=None, ts=None):
         from statsmodels.tsa.exponential_smoothing.ets import ETSModel
@@ -163,25 +146,3 @@ class ETS(Forecaster):
             c = c + gamma * (j[:k] % m == 0) * lvl[k] / lvl[src]
             out[k] += np.sum(c**2)
         return out
-
-    def get_state(self) -> dict[str, Any]:
-        return {
-            "alpha": self.alpha_,
-            "beta": self.beta_,
-            "gamma": self.gamma_,
-            "phi": self.phi_,
-            "level": self.level_,
-            "slope": self.slope_,
-            "season": self.season_.tolist(),
-            "sigma2": self.sigma2_,
-        }
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        self.alpha_ = float(state["alpha"])
-        self.beta_ = float(state["beta"])
-        self.gamma_ = float(state["gamma"])
-        self.phi_ = float(state["phi"])
-        self.level_ = float(state["level"])
-        self.slope_ = float(state["slope"])
-        self.season_ = np.asarray(state["season"], dtype=float)
-        self.sigma2_ = float(state["sigma2"])

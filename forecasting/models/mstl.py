@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from forecasting.errors import ConfigError, ModelError
-from forecasting.models.base import Forecaster, check_h, check_keys, clean_y, max_history, quiet_fit
+from forecasting.models.base import Field, Forecaster, Param, check_h, clean_y, quiet_fit
 from forecasting.models.ets import ETS
 
 
@@ -85,25 +85,19 @@ class MSTL(Forecaster):
     name = "mstl"
     description = "MSTL decomposition (daily + weekly) with ETS on the adjusted series."
 
-    def __init__(
-        self,
-        season_length: int = 24,
-        seasonalities: Sequence[int] = (24, 168),
-        freq: str = "h",
-        **params: Any,
-    ) -> None:
-        super().__init__(season_length, seasonalities, freq, **params)
-        check_keys(self.name, params, ("damped", "iterate", "jumps", "max_history"))
-        self.damped = bool(params.get("damped", True))
-        self.jumps = bool(params.get("jumps", True))
-        self.iterate = params.get("iterate", 2)
-        if isinstance(self.iterate, bool) or not isinstance(self.iterate, int) or self.iterate < 1:
-            raise ConfigError("mstl.iterate", self.iterate, "an integer >= 1")
+    parameters = (
+        Param("damped", bool, True),
+        Param("iterate", int, 2, within="[1, inf)"),
+        Param("jumps", bool, True),
+        Param.max_history(4),
+    )
+    state_fields = (Field("seasons", "arrays"),)  # plus the periods and the trend's ETS state
+
+    def check(self) -> None:
         periods = sorted(set(self.seasonalities or (self.season_length,)))
         if any(p < 2 for p in periods):
             raise ConfigError("seasonalities", list(self.seasonalities), "integers >= 2")
         self.periods = tuple(periods)
-        self.max_history = max_history(self.name, params, 4 * max(self.periods))
 
     def _trend_model(self) -> ETS:
         return ETS(
@@ -155,13 +149,10 @@ class MSTL(Forecaster):
         return {key: values + season for key, values in out.items()}
 
     def get_state(self) -> dict[str, Any]:
-        return {
-            "periods": [len(s) for s in self.seasons_],
-            "seasons": [s.tolist() for s in self.seasons_],
-            "trend": self.trend_.get_state(),
-        }
+        periods = [len(s) for s in self.seasons_]
+        return {"periods": periods, **super().get_state(), "trend": self.trend_.get_state()}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        self.seasons_ = [np.asarray(s, dtype=float) for s in state["seasons"]]
+        super().set_state(state)
         self.trend_ = self._trend_model()
         self.trend_.set_state(state["trend"])

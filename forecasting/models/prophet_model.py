@@ -22,11 +22,10 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from forecasting.errors import ConfigError, ModelError
-from forecasting.models.base import Forecaster, check_h, check_keys, clean_y, max_history
+from forecasting.errors import ModelError
+from forecasting.models.base import Field, Forecaster, Param, as_columns, check_finite, check_h, clean_y
 
 _QUIET_LOGGERS = ("prophet", "prophet.plot", "prophet.models", "cmdstanpy")
-_MODES = ("additive", "multiplicative")
 
 
 class ProphetModel(Forecaster):
@@ -59,48 +58,17 @@ class ProphetModel(Forecaster):
     description = "Prophet with country holidays and a temperature regressor (slow)."
     supports_exog = True
 
-    def __init__(
-        self,
-        season_length: int = 24,
-        seasonalities: Sequence[int] = (24, 168),
-        freq: str = "h",
-        **params: Any,
-    ) -> None:
-        super().__init__(season_length, seasonalities, freq, **params)
-        allowed = (
-            "country",
-            "changepoint_prior_scale",
-            "seasonality_prior_scale",
-            "seasonality_mode",
-            "uncertainty_samples",
-            "seed",
-            "max_history",
-        )
-        check_keys(self.name, params, allowed)
-        self.country = params.get("country", "GB")
-        self.changepoint_prior_scale = params.get("changepoint_prior_scale", 0.05)
-        self.seasonality_prior_scale = params.get("seasonality_prior_scale", 10.0)
-        self.seasonality_mode = params.get("seasonality_mode", "additive")
-        self.uncertainty_samples = params.get("uncertainty_samples", 500)
-        self.seed = params.get("seed", 0)
-        if self.country is not None and not isinstance(self.country, str):
-            raise ConfigError("prophet.country", self.country, "a country code like 'GB' or null")
-        cps = self.changepoint_prior_scale
-        if isinstance(cps, bool) or not isinstance(cps, (int, float)) or cps <= 0:
-            raise ConfigError("prophet.changepoint_prior_scale", cps, "a number > 0")
-        sps = self.seasonality_prior_scale
-        if isinstance(sps, bool) or not isinstance(sps, (int, float)) or sps <= 0:
-            raise ConfigError("prophet.seasonality_prior_scale", sps, "a number > 0")
-        if self.seasonality_mode not in _MODES:
-            raise ConfigError("prophet.seasonality_mode", self.seasonality_mode, " or ".join(_MODES))
-        n = self.uncertainty_samples
-        if isinstance(n, bool) or not isinstance(n, int) or n < 50:
-            raise ConfigError("prophet.uncertainty_samples", n, "an integer >= 50")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ConfigError("prophet.seed", self.seed, "an integer >= 0")
-        self.max_history = max_history(
-            self.name, params, 4 * max(self.seasonalities or (self.season_length,))
-        )
+    parameters = (
+        Param("country", str, "GB", nullable=True, allowed="a country code like 'GB' or null"),
+        Param("changepoint_prior_scale", float, 0.05, within="(0, inf)"),
+        Param("seasonality_prior_scale", float, 10.0, within="(0, inf)"),
+        Param("seasonality_mode", str, "additive", choices=("additive", "multiplicative")),
+        Param("uncertainty_samples", int, 500, within="[50, inf)"),
+        Param("seed", int, 0, within="[0, inf)"),
+        Param.max_history(4),
+    )
+    state_fields = (Field("prophet_json", "str"), Field("last_ts", "str"), Field("has_temperature", "bool"))
+    caches = ("_model",)
 
     def fit(self, y, X=None, ts=None):
         import pandas as pd
@@ -125,8 +93,8 @@ class ProphetModel(Forecaster):
             from prophet.serialize import model_to_json
 
             model = Prophet(
-                changepoint_prior_scale=float(self.changepoint_prior_scale),
-                seasonality_prior_scale=float(self.seasonality_prior_scale),
+                changepoint_prior_scale=self.changepoint_prior_scale,
+                seasonality_prior_scale=self.seasonality_prior_scale,
                 seasonality_mode=self.seasonality_mode,
                 uncertainty_samples=self.uncertainty_samples,
             )
@@ -142,10 +110,10 @@ class ProphetModel(Forecaster):
                 model.fit(df)
             except (RuntimeError, ValueError) as exc:
                 raise ModelError(f"prophet fit failed on {len(y)} points: {exc}") from exc
-            self.model_json_ = model_to_json(model)
+            self.prophet_json_ = model_to_json(model)
         self.last_ts_ = df["ds"].iloc[-1].isoformat()
         self.has_temperature_ = temperature is not None
-        self._model = None
+        self.forget()
         return self
 
     def predict(self, h, X=None, level: Sequence[int] = (80, 95)):
@@ -187,21 +155,8 @@ class ProphetModel(Forecaster):
             with _quiet():
                 from prophet.serialize import model_from_json
 
-                self._model = model_from_json(self.model_json_)
+                self._model = model_from_json(self.prophet_json_)
         return self._model
-
-    def get_state(self) -> dict[str, Any]:
-        return {
-            "prophet_json": self.model_json_,
-            "last_ts": self.last_ts_,
-            "has_temperature": self.has_temperature_,
-        }
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        self.model_json_ = str(state["prophet_json"])
-        self.last_ts_ = str(state["last_ts"])
-        self.has_temperature_ = bool(state["has_temperature"])
-        self._model = None
 
 
 @contextlib.contextmanager
@@ -230,14 +185,8 @@ def _drop_chatter(record: logging.LogRecord) -> bool:
 def _temperature(X: Any, n: int, where: str) -> np.ndarray | None:
     if X is None:
         return None
-    X = np.asarray(X, dtype=float)
-    if X.ndim == 1:
-        X = X[:, None]
+    X = as_columns(X)
     if X.ndim != 2 or X.shape[0] != n or X.shape[1] == 0:
         raise ModelError(f"prophet.{where}: X must have shape ({n}, k>=1); got {X.shape}")
-    temperature = X[:, 0]
-    if not np.all(np.isfinite(temperature)):
-        raise ModelError(
-            f"prophet.{where}: temperature has {int(np.sum(~np.isfinite(temperature)))} non-finite values"
-        )
-    return temperature
+    check_finite(X[:, 0], f"prophet.{where}: temperature")
+    return X[:, 0]

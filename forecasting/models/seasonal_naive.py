@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from forecasting.errors import ModelError
-from forecasting.models.base import Forecaster, check_keys, clean_y, normal_intervals
+from forecasting.models.base import Field, Forecaster, Param, clean_y, normal_intervals
 
 
 class SeasonalNaive(Forecaster):
@@ -19,13 +19,11 @@ class SeasonalNaive(Forecaster):
 
     name = "seasonal_naive"
     description = "Repeats the last season; the fallback model (configurable season)."
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        check_keys(self.name, self.params, ("season",))
+    parameters = (Param("season", int, lambda model: model.season_length, within="[1, inf)"),)
+    state_fields = (Field("last_season", "array"), Field("sigma"))
 
     def fit(self, y, X=None, ts=None):
-        m = int(self.params.get("season", self.season_length))
+        m = self.season
         y = clean_y(self.name, y, None)
         if len(y) == 0:
             raise ModelError("seasonal_naive needs at least one observation")
@@ -42,13 +40,6 @@ class SeasonalNaive(Forecaster):
         k = idx // m + 1
         return normal_intervals(mean, self.sigma_ * np.sqrt(k), level)
 
-    def get_state(self) -> dict[str, Any]:
-        return {"last_season": self.last_season_.tolist(), "sigma": self.sigma_}
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        self.last_season_ = np.asarray(state["last_season"], dtype=float)
-        self.sigma_ = float(state["sigma"])
-
 
 class WeeklyNaive(SeasonalNaive):
     """Seasonal naive at the longest season (a week for sub-daily data): the value at
@@ -60,8 +51,8 @@ class WeeklyNaive(SeasonalNaive):
 
     name = "weekly_naive"
     description = "Repeats the last week (the longest season); a strong baseline for load."
+    parameters = (Param("season", int, lambda model: model.longest_season, within="[1, inf)"),)
 
     def fit(self, y, X=None, ts=None):
-        if "season" not in self.params:
-            self.params = {**self.params, "season": max(self.seasonalities)}
+        self.params = {**self.params, "season": self.season}  # the season used, in model_json
         return super().fit(y, X, ts)

@@ -7,22 +7,12 @@ the SES level and the seasonal factors, which is all the state holds.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from forecasting.errors import ConfigError, ModelError
-from forecasting.models.base import (
-    Forecaster,
-    check_h,
-    check_keys,
-    clean_y,
-    max_history,
-    normal_intervals,
-    quiet_fit,
-)
-
-_METHODS = ("auto", "additive", "multiplicative")
+from forecasting.errors import ModelError
+from forecasting.models.base import Field, Forecaster, Param, check_h, clean_y, normal_intervals, quiet_fit
 
 
 class Theta(Forecaster):
@@ -53,27 +43,23 @@ class Theta(Forecaster):
     name = "theta"
     description = "Theta method: SES with drift on the deseasonalized series."
 
-    def __init__(
-        self,
-        season_length: int = 24,
-        seasonalities: Sequence[int] = (24, 168),
-        freq: str = "h",
-        **params: Any,
-    ) -> None:
-        super().__init__(season_length, seasonalities, freq, **params)
-        check_keys(self.name, params, ("theta", "deseasonalize", "method", "max_history"))
-        self.theta = params.get("theta", 2.0)
-        self.deseasonalize = bool(params.get("deseasonalize", True))
-        self.method = params.get("method", "auto")
-        if isinstance(self.theta, bool) or not isinstance(self.theta, (int, float)) or self.theta < 1:
-            raise ConfigError("theta.theta", self.theta, "a number >= 1")
-        if self.method not in _METHODS:
-            raise ConfigError("theta.method", self.method, f"one of {', '.join(_METHODS)}")
-        if self.deseasonalize and self.season_length < 2:
-            raise ConfigError("season_length", self.season_length, "an integer >= 2")
-        self.max_history = max_history(
-            self.name, params, 4 * max(self.seasonalities or (self.season_length,))
-        )
+    parameters = (
+        Param("theta", float, 2.0, within="[1, inf)"),
+        Param("deseasonalize", bool, True),
+        Param("method", str, "auto", choices=("auto", "additive", "multiplicative")),
+        Param.max_history(4),
+    )
+    state_fields = (
+        *(Field(key) for key in ("alpha", "b0", "level")),
+        Field("nobs", "int"),
+        Field("multiplicative", "bool"),
+        Field("season", "array"),
+        Field("sigma2"),
+    )
+
+    def check(self) -> None:
+        if self.deseasonalize:
+            self.need_season()
 
     def fit(self, y, X=None, ts=None):
         from statsmodels.tsa.forecasting.theta import ThetaModel
@@ -130,7 +116,7 @@ class Theta(Forecaster):
 
     def predict(self, h, X=None, level: Sequence[int] = (80, 95)):
         h = check_h(h)
-        alpha, theta = self.alpha_, float(self.theta)
+        alpha, theta = self.alpha_, self.theta
         steps = np.arange(h, dtype=float)  # h - 1
         if alpha > 0:
             steps += 1 / alpha - (1 - alpha) ** self.nobs_ / alpha
@@ -144,26 +130,6 @@ class Theta(Forecaster):
             else:
                 mean = mean + season
         return normal_intervals(mean, sigma, level)
-
-    def get_state(self) -> dict[str, Any]:
-        return {
-            "alpha": self.alpha_,
-            "b0": self.b0_,
-            "level": self.level_,
-            "nobs": self.nobs_,
-            "multiplicative": self.multiplicative_,
-            "season": self.season_.tolist(),
-            "sigma2": self.sigma2_,
-        }
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        self.alpha_ = float(state["alpha"])
-        self.b0_ = float(state["b0"])
-        self.level_ = float(state["level"])
-        self.nobs_ = int(state["nobs"])
-        self.multiplicative_ = bool(state["multiplicative"])
-        self.season_ = np.asarray(state["season"], dtype=float)
-        self.sigma2_ = float(state["sigma2"])
 
 
 def _ses_mse(x: np.ndarray, alpha: float) -> float:

@@ -25,78 +25,47 @@ The booster is stored once as LightGBM's text model (no pickle).
 
 from __future__ import annotations
 
-import math
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from forecasting.errors import ConfigError
-from forecasting.global_models.common import (
+from forecasting.errors import ModelError
+from forecasting.models.base import Param
+from forecasting.models.global_models.common import (
+    Forecasts,
     GlobalForecaster,
     GlobalWeights,
+    Levels,
     Panel,
+    Regressors,
     Spec,
+    States,
     array_to_text,
+    block_starts,
     cached,
     calendar,
-    future_exog,
+    future_temperatures,
     future_ts,
     series_scale,
+    temperature_scaling,
     text_to_array,
+    unpack_states,
 )
 
 OBJECTIVES = ("l1", "l2", "huber")
-DEFAULTS: dict[str, Any] = {
-    "num_leaves": 31,
-    "learning_rate": 0.05,
-    "num_boost_round": 200,
-    "min_data_in_leaf": 50,
-    "feature_fraction": 0.9,
-    "objective": "l1",
-    "windows_per_series": 32,
-    "calibration_windows": 2,
-    "num_threads": 1,  # LightGBM threads; 0 = all cores (OpenMP threads thrash on a busy machine)
-}
-
-
-class GlobalGBM(GlobalForecaster):
-    """Global LightGBM on lag, seasonal-lag, rolling, calendar and temperature features.
-
-    Params (``model_params.global_gbm``): ``num_leaves`` (31), ``learning_rate`` (0.05),
-    ``num_boost_round`` (200), ``min_data_in_leaf`` (50), ``feature_fraction`` (0.9),
-    ``objective`` (``l1``; ``l2``, ``huber``), ``windows_per_series`` (32 training
-    origins per series), ``calibration_windows`` (2 held-out origins per series for the
-    conformal intervals), ``num_threads`` (1; 0 = all cores: faster on an idle driver, far slower
-    on a busy one).
-    """
-
-    name = "global_gbm"
-    description = "Global LightGBM across all series: lags, calendar, temperature; conformal intervals."
-    requires = ("lightgbm",)
-    extra = ""
-    allowed_params = tuple(DEFAULTS)
-
-    def validate_params(self, params: dict[str, Any]) -> None:
-        for key in ("num_leaves", "num_boost_round", "min_data_in_leaf", "windows_per_series"):
-            v = params.get(key, DEFAULTS[key])
-            if isinstance(v, bool) or not isinstance(v, int) or v < (2 if key == "num_leaves" else 1):
-                raise ConfigError(f"global_gbm.{key}", v, "a positive integer (num_leaves >= 2)")
-        for key in ("calibration_windows", "num_threads"):
-            v = params.get(key, DEFAULTS[key])
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ConfigError(f"global_gbm.{key}", v, "an integer >= 0")
-        for key in ("learning_rate", "feature_fraction"):
-            v = params.get(key, DEFAULTS[key])
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
-                raise ConfigError(f"global_gbm.{key}", v, "a number in (0, 1]")
-        if params.get("objective", DEFAULTS["objective"]) not in OBJECTIVES:
-            raise ConfigError(
-                "global_gbm.objective", params.get("objective"), f"one of {', '.join(OBJECTIVES)}"
-            )
-
-    @classmethod
-    def forecast_many(cls, weights, states, X, h, level):
-        return forecast_many(weights, states, X, h, level)
+PARAMETERS = (
+    Param("num_leaves", int, 31, within="[2, inf)"),
+    Param("learning_rate", float, 0.05, within="(0, 1]"),
+    Param("num_boost_round", int, 200, within="[1, inf)"),
+    Param("min_data_in_leaf", int, 50, within="[1, inf)"),
+    Param("feature_fraction", float, 0.9, within="(0, 1]"),
+    Param("objective", str, "l1", choices=OBJECTIVES),
+    Param("windows_per_series", int, 32, within="[1, inf)"),
+    Param("calibration_windows", int, 2, within="[0, inf)"),
+    # LightGBM threads; 0 = all cores (OpenMP threads thrash on a busy machine)
+    Param("num_threads", int, 1, within="[0, inf)"),
+)
+DEFAULTS: dict[str, Any] = {p.name: p.default for p in PARAMETERS}
 
 
 def settings(params: dict[str, Any]) -> dict[str, Any]:
@@ -167,8 +136,6 @@ def fit(panel: Panel, spec: Spec, params: dict[str, Any], seed: int) -> GlobalWe
     """Train on every series of ``panel`` (the driver calls this once per backtest
     cutoff and once on the full histories)."""
     import lightgbm as lgb
-
-    from forecasting.global_models.nn import temperature_scaling
 
     s = settings(params)
     seasons = sorted({int(x) for x in spec.seasonalities if int(x) >= 2}) or [2]
@@ -246,15 +213,7 @@ def _booster(weights: GlobalWeights):
     )
 
 
-def forecast_many(
-    weights: GlobalWeights,
-    states: Sequence[dict[str, Any]],
-    X: Sequence[np.ndarray | None],
-    h: int,
-    level: Sequence[int],
-) -> list[dict[str, np.ndarray]]:
-    from forecasting.errors import ModelError
-
+def forecast_many(weights: GlobalWeights, states: States, X: Regressors, h: int, level: Levels) -> Forecasts:
     meta = weights.meta
     L, H = meta["input_size"], meta["horizon"]
     missing = [lv for lv in level if lv not in meta["levels"]]
@@ -264,29 +223,15 @@ def forecast_many(
         )
     booster = _booster(weights)
     n = len(states)
-    loc = np.array([s["loc"] for s in states], dtype=float)
-    scale = np.array([s["scale"] for s in states], dtype=float)
-    hist = np.array(
-        [(np.asarray(s["last_y"], dtype=float)[-L:] - lo) / sc for s, lo, sc in zip(states, loc, scale)]
-    )
-    last = np.array([np.datetime64(s["last_ts"], "us") for s in states])
-    temps = None
-    if meta["use_temperature"]:
-        blocks = math.ceil(h / H) * H
-        temps = np.zeros((n, blocks))
-        for i, xi in enumerate(X):
-            t = future_exog(xi, h, "global_gbm", True)
-            temps[i, :h] = t
-            temps[i, h:] = t[-1]
+    loc, scale, last_y, last = unpack_states(states, L)
+    hist = (last_y - loc[:, None]) / scale[:, None]
+    temps = future_temperatures(X, h, H, "global_gbm") if meta["use_temperature"] else None
     means = []
-    done = 0
-    while done < h:
-        first = np.array([future_ts(t, meta["freq"], np.array([done + 1]))[0] for t in last])
+    for done, first in block_starts(last, meta["freq"], h, H):
         block_t = temps[:, done : done + H] if temps is not None else None
         pred = booster.predict(features(meta, hist[:, -L:], first, block_t)).reshape(n, H)
         means.append(pred)
         hist = np.concatenate([hist, pred], axis=1)
-        done += H
     mean_z = np.concatenate(means, axis=1)[:, :h]
     widths = np.asarray(weights.arrays["conformal"], dtype=float)
     # past the trained horizon the widths keep growing like sqrt(blocks)
@@ -301,3 +246,21 @@ def forecast_many(
             fc[f"hi-{lv}"] = fc["mean"] + scale[i] * w
         out.append(fc)
     return out
+
+
+class GlobalGBM(GlobalForecaster):
+    """Global LightGBM on lag, seasonal-lag, rolling, calendar and temperature features.
+
+    Params (``model_params.global_gbm``): ``num_leaves`` (31), ``learning_rate`` (0.05),
+    ``num_boost_round`` (200), ``min_data_in_leaf`` (50), ``feature_fraction`` (0.9),
+    ``objective`` (``l1``; ``l2``, ``huber``), ``windows_per_series`` (32 training
+    origins per series), ``calibration_windows`` (2 held-out origins per series for the
+    conformal intervals), ``num_threads`` (1; 0 = all cores: faster on an idle driver, far slower
+    on a busy one).
+    """
+
+    name = "global_gbm"
+    description = "Global LightGBM across all series: lags, calendar, temperature; conformal intervals."
+    requires = ("lightgbm",)
+    parameters = PARAMETERS
+    forecast_many = staticmethod(forecast_many)

@@ -1,11 +1,11 @@
 """Global models: one model trained across every series, competing per series.
 
-* :mod:`~forecasting.global_models.common`: the panel, the weights store (weights kept
+* :mod:`~forecasting.models.global_models.common`: the panel, the weights store (weights kept
   once, per-series state small), calendar features, the per-series view
   :class:`GlobalForecaster`.
-* :mod:`~forecasting.global_models.nn`: ``global_nn``, an N-BEATS-style network with
+* :mod:`~forecasting.models.global_models.nn`: ``global_nn``, an N-BEATS-style network with
   quantile outputs (trained with PyTorch by :mod:`training.deep`; numpy inference).
-* :mod:`~forecasting.global_models.gbm`: ``global_gbm``, LightGBM, direct multi-step,
+* :mod:`~forecasting.models.global_models.gbm`: ``global_gbm``, LightGBM, direct multi-step,
   conformal intervals.
 
 How they join the per-series choice: :mod:`training.global_models` trains each global
@@ -16,7 +16,7 @@ and its fitted per-series state in the group's rows (column
 series' own windows like any other candidate.
 """
 
-from forecasting.global_models.common import (
+from forecasting.models.global_models.common import (
     GlobalForecaster,
     GlobalWeights,
     Panel,
@@ -26,9 +26,10 @@ from forecasting.global_models.common import (
     read,
     register,
     save,
+    temperature_scaling,
 )
-from forecasting.global_models.gbm import GlobalGBM
-from forecasting.global_models.nn import GlobalNN
+from forecasting.models.global_models.gbm import GlobalGBM
+from forecasting.models.global_models.nn import GlobalNN
 
 GLOBAL_MODELS = {cls.name: cls for cls in (GlobalNN, GlobalGBM)}
 
@@ -51,4 +52,5 @@ __all__ = [
     "read",
     "register",
     "save",
+    "temperature_scaling",
 ]

@@ -22,69 +22,43 @@ Forecasts beyond ``horizon`` steps roll the median forward, block by block.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from forecasting.errors import ConfigError
-from forecasting.global_models.common import (
+from forecasting.models.base import Param
+from forecasting.models.global_models.common import (
+    Forecasts,
     GlobalForecaster,
     GlobalWeights,
+    Levels,
     Panel,
+    Regressors,
     Spec,
+    States,
+    block_starts,
     calendar,
-    future_exog,
-    future_ts,
+    future_temperatures,
     quantile_forecast,
     series_scale,
+    unpack_states,
 )
 
 N_CALENDAR = 4
-DEFAULTS: dict[str, Any] = {
-    "input_size": None,  # steps of history as input; None = the longest season
-    "hidden": 128,
-    "blocks": 2,
-    "layers": 2,
-    "epochs": 10,
-    "batch_size": 256,
-    "lr": 1e-3,
-    "windows_per_series": 64,
-    "scale_tail": None,  # (loc, scale) from the last N points of the history; None = all
-}
-
-
-class GlobalNN(GlobalForecaster):
-    """Global N-BEATS-style MLP with quantile outputs (trained with PyTorch).
-
-    Params (``model_params.global_nn``): ``input_size`` (default: the longest season,
-    168 for hourly data), ``hidden`` (128), ``blocks`` (2), ``layers`` (2), ``epochs``
-    (10), ``batch_size`` (256, the global batch across processes), ``lr`` (1e-3, Adam),
-    ``windows_per_series`` (64 training windows drawn per series), ``scale_tail``
-    (None: scale each series on its whole history).
-    """
-
-    name = "global_nn"
-    description = "Global N-BEATS-style network across all series, quantile intervals (deep extra)."
-    requires = ("torch",)
-    extra = "deep"
-    allowed_params = tuple(DEFAULTS)
-
-    def validate_params(self, params: dict[str, Any]) -> None:
-        for key in ("hidden", "blocks", "layers", "epochs", "batch_size", "windows_per_series"):
-            v = params.get(key, DEFAULTS[key])
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"global_nn.{key}", v, "an integer >= 1")
-        for key in ("input_size", "scale_tail"):
-            v = params.get(key)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 2):
-                raise ConfigError(f"global_nn.{key}", v, "null or an integer >= 2")
-        lr = params.get("lr", DEFAULTS["lr"])
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < 1:
-            raise ConfigError("global_nn.lr", lr, "a learning rate between 0 and 1")
-
-    @classmethod
-    def forecast_many(cls, weights, states, X, h, level):
-        return forecast_many(weights, states, X, h, level)
+PARAMETERS = (
+    # steps of history as input; None = the longest season
+    Param("input_size", int, None, within="[2, inf)", nullable=True),
+    Param("hidden", int, 128, within="[1, inf)"),
+    Param("blocks", int, 2, within="[1, inf)"),
+    Param("layers", int, 2, within="[1, inf)"),
+    Param("epochs", int, 10, within="[1, inf)"),
+    Param("batch_size", int, 256, within="[1, inf)"),
+    Param("lr", float, 1e-3, within="(0, 1)"),
+    Param("windows_per_series", int, 64, within="[1, inf)"),
+    # (loc, scale) from the last N points of the history; None = all
+    Param("scale_tail", int, None, within="[2, inf)", nullable=True),
+)
+DEFAULTS: dict[str, Any] = {p.name: p.default for p in PARAMETERS}
 
 
 def settings(params: dict[str, Any], spec: Spec) -> dict[str, Any]:
@@ -117,16 +91,6 @@ def architecture(params: dict[str, Any], spec: Spec, use_temperature: bool) -> d
 
 
 # -- samples --------------------------------------------------------------------------
-def temperature_scaling(panel: Panel) -> tuple[float, float]:
-    values = (
-        np.concatenate([t for t in panel.temperature if t is not None])
-        if panel.has_temperature
-        else np.zeros(1)
-    )
-    loc, scale = float(np.mean(values)), float(np.std(values))
-    return loc, (scale if scale > 1e-8 else 1.0)
-
-
 def make_inputs(
     meta: dict[str, Any],
     y_last: np.ndarray,
@@ -200,32 +164,13 @@ def forward(
     return total.reshape(-1, H, Q) + base[:, :, None]
 
 
-def forecast_many(
-    weights: GlobalWeights,
-    states: Sequence[dict[str, Any]],
-    X: Sequence[np.ndarray | None],
-    h: int,
-    level: Sequence[int],
-) -> list[dict[str, np.ndarray]]:
+def forecast_many(weights: GlobalWeights, states: States, X: Regressors, h: int, level: Levels) -> Forecasts:
     meta, arrays = weights.meta, weights.arrays
     L, H = meta["input_size"], meta["horizon"]
-    n = len(states)
-    loc = np.array([s["loc"] for s in states], dtype=float)
-    scale = np.array([s["scale"] for s in states], dtype=float)
-    hist = np.array([np.asarray(s["last_y"], dtype=float)[-L:] for s in states])
-    last = np.array([np.datetime64(s["last_ts"], "us") for s in states])
-    temps = None
-    if meta["use_temperature"]:
-        blocks = -(-h // H) * H
-        temps = np.zeros((n, blocks))
-        for i, xi in enumerate(X):
-            t = future_exog(xi, h, "global_nn", True)
-            temps[i, :h] = t
-            temps[i, h:] = t[-1]  # past h the block is cut off anyway
+    loc, scale, hist, last = unpack_states(states, L)
+    temps = future_temperatures(X, h, H, "global_nn") if meta["use_temperature"] else None
     quantiles = []
-    done = 0
-    while done < h:
-        first = np.array([future_ts(t, meta["freq"], np.array([done + 1]))[0] for t in last])
+    for done, first in block_starts(last, meta["freq"], h, H):
         block_t = temps[:, done : done + H] if temps is not None else None
         x, ctx = make_inputs(meta, hist[:, -L:], loc, scale, first, block_t)
         q = forward(meta, arrays, x, ctx)  # (n, H, Q) scaled
@@ -233,9 +178,26 @@ def forecast_many(
         quantiles.append(q)
         mid = meta["quantiles"].index(0.5)
         hist = np.concatenate([hist, q[:, :, mid]], axis=1)
-        done += H
     allq = np.concatenate(quantiles, axis=1)[:, :h, :]
-    return [quantile_forecast(allq[i], meta["quantiles"], level) for i in range(n)]
+    return [quantile_forecast(allq[i], meta["quantiles"], level) for i in range(len(states))]
+
+
+class GlobalNN(GlobalForecaster):
+    """Global N-BEATS-style MLP with quantile outputs (trained with PyTorch).
+
+    Params (``model_params.global_nn``): ``input_size`` (default: the longest season,
+    168 for hourly data), ``hidden`` (128), ``blocks`` (2), ``layers`` (2), ``epochs``
+    (10), ``batch_size`` (256, the global batch across processes), ``lr`` (1e-3, Adam),
+    ``windows_per_series`` (64 training windows drawn per series), ``scale_tail``
+    (None: scale each series on its whole history).
+    """
+
+    name = "global_nn"
+    description = "Global N-BEATS-style network across all series, quantile intervals (deep extra)."
+    requires = ("torch",)
+    extra = "deep"
+    parameters = PARAMETERS
+    forecast_many = staticmethod(forecast_many)
 
 
 # -- the PyTorch twin (training, the MLflow PyTorch flavour) ----------------------------

@@ -15,19 +15,26 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 
 from forecasting.errors import ModelError
-from forecasting.models.base import Forecaster, check_h
+from forecasting.models.base import Field, Forecaster, as_columns, check_finite, check_h
 
 STORE_FORMAT_VERSION = 1
 _META = "__meta__"
+
+# What batch inference (``forecast_many``) takes and gives
+States = Sequence[dict[str, Any]]  # per-series states, as ``GlobalForecaster.get_state`` writes them
+Regressors = Sequence[np.ndarray | None]  # per-series future ``X`` (temperature in column 0)
+Levels = Sequence[int]
+Forecasts = list[dict[str, np.ndarray]]  # per series: mean, lo-<level>, hi-<level>
 
 
 # -- weights and their store ----------------------------------------------------------
@@ -86,7 +93,7 @@ def get(weights_id: str) -> GlobalWeights:
         raise ModelError(
             f"global weights {weights_id!r} are not loaded in this process: load the many-models "
             "pyfunc (its load_context reads artifacts/global_models.npz) or call "
-            "forecasting.global_models.load(path) first"
+            "forecasting.models.global_models.load(path) first"
         ) from None
 
 
@@ -300,6 +307,17 @@ def quantile_forecast(
     return out
 
 
+def temperature_scaling(panel: Panel) -> tuple[float, float]:
+    """``(loc, scale)`` of every temperature of the panel (one scaling for all series)."""
+    values = (
+        np.concatenate([t for t in panel.temperature if t is not None])
+        if panel.has_temperature
+        else np.zeros(1)
+    )
+    loc, scale = float(np.mean(values)), float(np.std(values))
+    return loc, (scale if scale > 1e-8 else 1.0)
+
+
 # -- the per-series view --------------------------------------------------------------
 class GlobalForecaster(Forecaster):
     """One series' view of a global model: a weights reference plus the series' own
@@ -312,25 +330,14 @@ class GlobalForecaster(Forecaster):
 
     is_global: ClassVar[bool] = True
     supports_exog = True  # temperature, when the weights were trained with it
-    requires: ClassVar[tuple[str, ...]] = ()  # modules training needs
-    extra: ClassVar[str] = ""  # the pip extra that brings them
-    allowed_params: ClassVar[tuple[str, ...]] = ()
-
-    def __init__(
-        self,
-        season_length: int = 24,
-        seasonalities: Sequence[int] = (24, 168),
-        freq: str = "h",
-        **params: Any,
-    ) -> None:
-        super().__init__(season_length, seasonalities, freq, **params)
-        from forecasting.models.base import check_keys
-
-        check_keys(self.name, params, self.allowed_params)
-        self.validate_params(params)
-
-    def validate_params(self, params: dict[str, Any]) -> None:
-        """Raise ConfigError for a bad hyper-parameter (subclasses)."""
+    parameters = ()
+    state_fields = (
+        Field("weights", "str"),
+        Field("loc"),
+        Field("scale"),
+        Field("last_y", "array"),
+        Field("last_ts", "str"),
+    )
 
     def fit(self, y, X=None, ts=None):
         raise ModelError(
@@ -340,19 +347,12 @@ class GlobalForecaster(Forecaster):
 
     def predict(self, h, X=None, level: Sequence[int] = (80, 95)):
         h = check_h(h)
-        weights = get(self.weights_)
-        state = {"loc": self.loc_, "scale": self.scale_, "last_y": self.last_y_, "last_ts": self.last_ts_}
-        return self.forecast_many(weights, [state], [X], h, level)[0]
+        return self.forecast_many(get(self.weights_), [self.get_state()], [X], h, level)[0]
 
-    @classmethod
+    @staticmethod
     def forecast_many(
-        cls,
-        weights: GlobalWeights,
-        states: Sequence[dict[str, Any]],
-        X: Sequence[np.ndarray | None],
-        h: int,
-        level: Sequence[int],
-    ) -> list[dict[str, np.ndarray]]:
+        weights: GlobalWeights, states: States, X: Regressors, h: int, level: Levels
+    ) -> Forecasts:
         """Forecasts of many series at once (the driver's backtests use this; one
         series' ``predict`` is the same call with one state)."""
         raise NotImplementedError
@@ -391,35 +391,42 @@ class GlobalForecaster(Forecaster):
             "last_ts": pd.Timestamp(ts[-1]).isoformat(),
         }
 
-    def get_state(self) -> dict[str, Any]:
-        return {
-            "weights": self.weights_,
-            "loc": self.loc_,
-            "scale": self.scale_,
-            "last_y": list(np.asarray(self.last_y_, dtype=float).tolist()),
-            "last_ts": self.last_ts_,
-        }
 
-    def set_state(self, state: dict[str, Any]) -> None:
-        self.weights_ = str(state["weights"])
-        self.loc_ = float(state["loc"])
-        self.scale_ = float(state["scale"])
-        self.last_y_ = np.asarray(state["last_y"], dtype=float)
-        self.last_ts_ = str(state["last_ts"])
+# -- inference helpers shared by the global models ---------------------------------------
+def unpack_states(states: States, n_last: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(loc, scale, last_y, last_ts)`` of many series' states: ``(n,)``, ``(n,)``, the
+    last ``n_last`` raw values ``(n, n_last)`` and the last timestamps (datetime64[us])."""
+    loc = np.array([s["loc"] for s in states], dtype=float)
+    scale = np.array([s["scale"] for s in states], dtype=float)
+    last_y = np.array([np.asarray(s["last_y"], dtype=float)[-n_last:] for s in states])
+    last_ts = np.array([np.datetime64(s["last_ts"], "us") for s in states])
+    return loc, scale, last_y, last_ts
 
 
-def future_exog(X: np.ndarray | None, h: int, who: str, needed: bool) -> np.ndarray | None:
-    """Temperature for steps 1..h as a 1-d array (column 0 of ``X``), or ``None``."""
-    if not needed:
-        return None
+def future_temperatures(X: Regressors, h: int, block: int, who: str) -> np.ndarray:
+    """Temperature (column 0 of each series' ``X``) for steps 1..h, padded with the last
+    value to whole blocks of ``block`` steps: ``(n, ceil(h / block) * block)``."""
+    out = np.zeros((len(X), math.ceil(h / block) * block))
+    for i, xi in enumerate(X):
+        t = _future_exog(xi, h, who)
+        out[i, :h] = t
+        out[i, h:] = t[-1]  # past h the block is cut off anyway
+    return out
+
+
+def block_starts(last_ts: np.ndarray, freq: str, h: int, block: int) -> Iterator[tuple[int, np.ndarray]]:
+    """``(done, first_ts)`` for each block of ``block`` steps covering 1..h: the steps
+    already forecast and the timestamp of each series' first step of the block."""
+    for done in range(0, h, block):
+        yield done, np.array([future_ts(t, freq, np.array([done + 1]))[0] for t in last_ts])
+
+
+def _future_exog(X: np.ndarray | None, h: int, who: str) -> np.ndarray:
+    """Temperature for steps 1..h as a 1-d array (column 0 of ``X``)."""
     if X is None:
         raise ModelError(f"{who} was trained with temperature: predict needs X of shape ({h}, 1)")
-    X = np.asarray(X, dtype=float)
-    if X.ndim == 1:
-        X = X[:, None]
+    X = as_columns(X)
     if X.ndim != 2 or X.shape[0] < h or X.shape[1] < 1:
         raise ModelError(f"{who}: X must have shape ({h}, k>=1); got {X.shape}")
-    t = X[:h, 0]
-    if not np.all(np.isfinite(t)):
-        raise ModelError(f"{who}: temperature has {int(np.sum(~np.isfinite(t)))} non-finite values")
-    return t
+    check_finite(X[:h, 0], f"{who}: temperature")
+    return X[:h, 0]
