@@ -8,12 +8,26 @@ import sys
 from pathlib import Path
 
 import click
+import pandas as pd
 
 from forecasting.config import ENGINES, load_config
 from forecasting.errors import MMFError
+from forecasting.generator import generate as gen
+from forecasting.generator import write
+from forecasting.models import MODELS, all_models, unavailable_reason
 from registry import promotion
 from registry.aliases import champion_info
 from registry.connection import configure
+from training.jobs.forecast import aggregate, forecast
+from training.jobs.ingest import ingest
+from training.jobs.nightly import nightly
+from training.jobs.refine import refine
+from training.jobs.reproduce import reproduce as repro
+from training.jobs.score import score as run_score
+from training.jobs.sql import run_sql
+from training.jobs.stream import stream as run_stream
+from training.jobs.train import train
+from training.tables import Lakehouse
 
 log = logging.getLogger("mmf")
 
@@ -23,8 +37,6 @@ def _config(conf, **overrides):
 
 
 def _lake(config):
-    from training.tables import Lakehouse
-
     return Lakehouse.from_config(config)
 
 
@@ -91,9 +103,6 @@ def main() -> None:
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Parquet file to write.")
 def generate(n_series, days, freq, seed, clean, out):
     """Generate synthetic smart-meter data (with documented faults unless --clean)."""
-    from forecasting.generator import generate as gen
-    from forecasting.generator import write
-
     data = gen(n_series=n_series, days=days, freq=freq, seed=seed, clean=clean)
     write(data, out)
     click.echo(f"wrote {len(data.readings):,} readings of {n_series} series to {out} ({len(data.faults)} faulty series)")
@@ -104,8 +113,6 @@ def generate(n_series, days, freq, seed, clean, out):
 @conf_option
 def ingest_cmd(source, conf):
     """Append raw files to bronze/readings exactly as received (idempotent per file)."""
-    from training.jobs.ingest import ingest
-
     config = _config(conf)
     rep = ingest(_lake(config), source, strict=not Path(source).is_dir(), extra_columns=config.ingest.extra_columns)
     for f, n in rep.added.items():
@@ -128,8 +135,6 @@ def ingest_cmd(source, conf):
 @engine_option
 def refine_cmd(conf, engine):
     """Build silver (clean, regular, quarantined) from bronze."""
-    from training.jobs.refine import refine
-
     config = _config(conf, engine=engine)
     rep = refine(_lake(config), config, progress=_Progress().step("refine"))
     if rep.skipped:
@@ -150,8 +155,6 @@ def refine_cmd(conf, engine):
 @click.option("--tune", is_flag=True, default=None, help="Hyperopt search per series (slower).")
 def train_cmd(conf, engine, models, series_ids, horizon, silver_version, tune):
     """Fit, backtest and choose a model per series; log one MLflow run; register."""
-    from training.jobs.train import train
-
     config = _config(conf, engine=engine, horizon=horizon, models=models.split(",") if models else None,
                      **{"tune.enabled": tune})
     rep = train(_lake(config), config, silver_version=silver_version, series_ids=list(series_ids) or None,
@@ -175,8 +178,6 @@ def _print_train(rep):
 @click.option("--force", is_flag=True, help="Rewrite even when this champion was already forecast.")
 def forecast_cmd(conf, horizon, force):
     """Forecast every series with the champion into gold/forecasts."""
-    from training.jobs.forecast import aggregate, forecast
-
     config = _config(conf, horizon=horizon)
     lake = _lake(config)
     rep = forecast(lake, config, horizon=horizon, force=force)
@@ -194,8 +195,6 @@ def forecast_cmd(conf, horizon, force):
 @click.option("--wait", "lock_timeout", type=float, default=0, help="Seconds to wait for another running job.")
 def nightly_cmd(conf, engine, horizon, lock_timeout):
     """Run ingest -> refine -> train -> forecast -> aggregate, skipping what is current."""
-    from training.jobs.nightly import nightly
-
     config = _config(conf, engine=engine, horizon=horizon)
     rep = nightly(_lake(config), config, horizon=horizon, lock_timeout_s=lock_timeout, progress=_Progress())
     for step, what in rep.steps.items():
@@ -214,10 +213,6 @@ def nightly_cmd(conf, engine, horizon, lock_timeout):
 @conf_option
 def demo(n_series, days, lakehouse, conf):
     """Generate demo data and run the nightly job on it, then summarise."""
-    from forecasting.generator import generate as gen
-    from forecasting.generator import write
-    from training.jobs.nightly import nightly
-
     config = _config(conf, lakehouse=lakehouse)
     lake = _lake(config)
     src = Path(config.lakehouse).resolve().parent / "demo-data" if "://" not in config.lakehouse else Path("demo-data")
@@ -271,8 +266,6 @@ def query(table, series_id, version, as_of, limit, fmt, conf):
 
 
 def _print_frame(df, fmt):
-    import pandas as pd
-
     if fmt == "csv":
         click.echo(df.to_csv(index=False), nl=False)
     elif fmt == "json":
@@ -289,8 +282,6 @@ def _print_frame(df, fmt):
 @conf_option
 def sql(statement, fmt, engine, conf):
     """Run SQL over the lakehouse tables (gold.forecasts, silver.readings, ...)."""
-    from training.jobs.sql import run_sql
-
     config = _config(conf, engine=engine)
     _print_frame(run_sql(_lake(config), statement, engine=config.engine), fmt)
 
@@ -298,8 +289,6 @@ def sql(statement, fmt, engine, conf):
 @cli.command()
 def models():
     """List every registered model with a one-line description (and whether it can train here)."""
-    from forecasting.models import MODELS, all_models, unavailable_reason
-
     for name, cls in sorted(MODELS.items()):
         click.echo(f"{name:<16} {cls.description}")
     for name, cls in all_models().items():
@@ -334,8 +323,6 @@ def rollback(conf):
 @conf_option
 def reproduce(run_id, conf):
     """Re-train from a run's recorded config and silver version; compare metrics."""
-    from training.jobs.reproduce import reproduce as repro
-
     config = _config(conf)
     rep = repro(_lake(config), config, run_id)
     for name, (recorded, now, same) in rep.items():
@@ -398,8 +385,6 @@ def serve(host, port, refresh_s, access_log, conf):
 @conf_option
 def score(source, output, engine, conf):
     """Score an input with the champion many-models pyfunc and write the forecasts to Gold."""
-    from training.jobs.score import score as run_score
-
     config = _config(conf, engine=engine)
     rep = run_score(_lake(config), config, source, output=output)
     click.echo(f"{output} version {rep.table_version}: {rep.n_rows:,} rows for {rep.n_series} series from {rep.source} (model version {rep.model_version})")
@@ -416,8 +401,6 @@ def score(source, output, engine, conf):
 @conf_option
 def stream(once, checkpoint, starting_version, interval_s, timeout_s, conf):
     """Refresh the forecasts of series that receive new bronze rows (Spark Structured Streaming)."""
-    from training.jobs.stream import stream as run_stream
-
     def show(b):
         what = {"written": f"{b.n_rows:,} rows for {b.n_series} series (model version {b.model_version})",
                 "skipped": "already committed", "empty": "nothing to forecast"}[b.status]

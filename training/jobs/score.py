@@ -45,6 +45,7 @@ from forecasting.errors import DataContractError, RegistryError, TableError
 from registry.aliases import CHAMPION, champion_info, require_version
 from registry.connection import set_uris
 from registry.pyfunc import MODELS_ARTIFACT, output_columns
+from training.tables import canonical, to_arrow
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +138,6 @@ def champion(config: Config, version: str | None = None) -> Champion:
 # -- input -----------------------------------------------------------------------------
 def _kind(lake, source: str) -> tuple[str, str]:
     """(``table``|``delta``|``parquet``|``csv``, location) of a scoring input."""
-    from training.tables import canonical
-
     try:
         return "table", canonical(source)
     except TableError:
@@ -225,8 +224,6 @@ def score(
         DataContractError: the input lacks the columns the pyfunc needs.
         TableError: ``output`` is not ``gold/scores`` or ``gold/forecasts``.
     """
-    from training.tables import canonical
-
     output = canonical(output)
     if output not in OUTPUTS:
         raise TableError(f"scoring output {output!r}: expected one of {', '.join(OUTPUTS)}")
@@ -273,8 +270,6 @@ def finish_local(pred: pd.DataFrame, champ: Champion, now: pd.Timestamp, source:
 
 def merge_local(lake, name: str, frame: pd.DataFrame, keys) -> int:
     """Upsert with deltalake's MERGE (the table is created when absent)."""
-    from training.tables import to_arrow
-
     if not lake.exists(name):
         return lake.write(name, frame)
     data = to_arrow(frame, lake.schema(name))
