@@ -334,6 +334,41 @@ def _trials(config: Config, engine: str) -> tuple[Any, str]:
 
 
 # -- the driver step ------------------------------------------------------------------
+def _panel_cutoffs(
+    panel: Panel, config: Config
+) -> tuple[dict[int, list[int]], dict[int, str], dict[int, list[int]]]:
+    """Per series (panel index): the backtest cutoffs, why a series has none, and the
+    tuning cutoffs (windows that end where the backtest windows begin)."""
+    W, h, step = config.backtest.windows, config.horizon, config.backtest_step
+    cutoffs: dict[int, list[int]] = {}
+    not_backtestable: dict[int, str] = {}
+    for i, y in enumerate(panel.y):
+        try:
+            cutoffs[i] = window_cutoffs(len(y), h, W, step)
+        except Exception as exc:  # noqa: BLE001
+            not_backtestable[i] = short_reason(exc)
+    tune_cutoffs: dict[int, list[int]] = {}
+    for i, cuts in cutoffs.items():
+        try:
+            tune_cutoffs[i] = window_cutoffs(cuts[0], h, config.tune.windows, step)
+        except Exception:  # noqa: BLE001 - too short to tune on: left out of the search
+            pass
+    return cutoffs, not_backtestable, tune_cutoffs
+
+
+def _store(runs: dict[str, GlobalRun], workdir: str | Path | None):
+    """(path of global_models.npz or None, the temporary folder holding it or None)."""
+    weights = [r.weights for r in runs.values() if r.weights is not None]
+    if not weights:
+        return None, None
+    tmp = None
+    if workdir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="mmf-global-")  # removed with the report
+    folder = Path(workdir if workdir is not None else tmp.name)
+    folder.mkdir(parents=True, exist_ok=True)
+    return save(folder / STORE_FILE, weights), tmp
+
+
 def train_global_models(
     readings: pd.DataFrame,
     config: Config,
@@ -358,21 +393,7 @@ def train_global_models(
     spec = Spec(config.horizon, tuple(config.levels), panel.freq, panel.seasonalities)
     launcher = "spark" if engine == "spark" else "local"
     fitter = make_fitter(config, launcher)
-    W, h, step = config.backtest.windows, config.horizon, config.backtest_step
-
-    cutoffs: dict[int, list[int]] = {}
-    not_backtestable: dict[int, str] = {}
-    for i, y in enumerate(panel.y):
-        try:
-            cutoffs[i] = window_cutoffs(len(y), h, W, step)
-        except Exception as exc:  # noqa: BLE001
-            not_backtestable[i] = short_reason(exc)
-    tune_cutoffs: dict[int, list[int]] = {}
-    for i, cuts in cutoffs.items():
-        try:
-            tune_cutoffs[i] = window_cutoffs(cuts[0], h, config.tune.windows, step)
-        except Exception:  # noqa: BLE001 - too short to tune on: left out of the search
-            pass
+    cutoffs, not_backtestable, tune_cutoffs = _panel_cutoffs(panel, config)
 
     spaces = {}
     if config.tune.enabled:
@@ -403,14 +424,7 @@ def train_global_models(
             entry["fit_s"] = round(share, 6)
             if run.tune is not None:
                 entry["tuned"] = run.tune.summary()
-    store_path, tmp = None, None
-    weights = [r.weights for r in runs.values() if r.weights is not None]
-    if weights:
-        if workdir is None:
-            tmp = tempfile.TemporaryDirectory(prefix="mmf-global-")  # removed with the report
-        folder = Path(workdir if workdir is not None else tmp.name)
-        folder.mkdir(parents=True, exist_ok=True)
-        store_path = save(folder / STORE_FILE, weights)
+    store_path, tmp = _store(runs, workdir)
     if skipped:
         log.warning(
             "%d series left out of the global models (their own step fails them): %s",
