@@ -22,7 +22,7 @@ from forecasting import contract as C
 from forecasting.config import Config
 from forecasting.errors import RegistryError
 from forecasting.frequency import step_of
-from training import faults
+from training.checkpoints import checkpoint
 from training.tables import Lakehouse
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ def forecast(lake: Lakehouse, config: Config, horizon: int | None = None, force:
     inputs = future_frame(lake, silver_version, ends, freq, h)
     pred = model.predict(inputs)
     t2 = time.perf_counter()
-    faults.point("before_forecast_commit")
+    checkpoint("before_forecast_commit")
 
     now = pd.Timestamp(dt.datetime.now(dt.timezone.utc)).as_unit("us")
     pred["model_version"] = version

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 
 from forecasting.config import Config
 from forecasting.errors import MMFError
-from training import faults
+from training.checkpoints import checkpoint
 from training.jobs import forecast as forecast_job
 from training.jobs import train as train_job
 from training.jobs.ingest import ingest
@@ -135,7 +135,7 @@ def nightly(
             f"skipped: champion version {report.forecast.model_version} already forecast"
             if report.forecast.skipped else f"done: {report.forecast.n_rows} rows for version {report.forecast.model_version}"
         )
-        faults.point("after_forecast_commit")
+        checkpoint("after_forecast_commit")
         version = report.forecast.model_version
         if lake.txn_version("gold/portfolio", forecast_job.APP_PORTFOLIO) == int(version) and report.forecast.skipped:
             report.steps["aggregate"] = f"skipped: portfolio of version {version} is current"

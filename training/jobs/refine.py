@@ -22,7 +22,7 @@ from forecasting.cleaning import REFINE_OUT, clean_series, quarantine_row
 from forecasting.config import Config
 from forecasting.errors import TableError
 from forecasting.frequency import infer_freq, modal_step
-from training import faults
+from training.checkpoints import checkpoint
 from training.engines import get_engine
 from training.tables import Lakehouse
 
@@ -107,6 +107,6 @@ def refine(
         lake.write(name, frame, mode="overwrite", app_id=APP_ID, app_version=version,
                    metadata={"mmf.bronze_version": version, "mmf.freq": freq})
         if name == SILVER[0]:
-            faults.point("mid_refine")
+            checkpoint("mid_refine")
     report.versions = {t: lake.version(t) for t in SILVER}
     return report

@@ -33,7 +33,8 @@ from forecasting.config import Config
 from forecasting.errors import DataContractError, TableError
 from forecasting.frequency import alias, modal_step
 from forecasting.pipeline import failed_result, process_series
-from training import faults, global_models
+from training import global_models
+from training.checkpoints import checkpoint
 from training.engines import get_engine
 from training.tables import Lakehouse
 
@@ -111,7 +112,7 @@ def train(
 
     def on_progress(done: int, total: int) -> None:
         if 0 < done < total:
-            faults.point("mid_train")
+            checkpoint("mid_train")
         if progress:
             progress(done, total)
 
@@ -142,15 +143,15 @@ def train(
         lap("engine_s")
         metrics = tracking.log_results(results, cfg, history=readings, n_quarantined=len(quarantine))
         usable = results["status"].isin([C.OK, C.FALLBACK])
-        faults.point("before_register")
+        checkpoint("before_register")
         store = glob.store_path if glob is not None else None  # global weights, stored once in the pyfunc
         mv = pyfunc.log_many_models(results, cfg, silver_version=version, global_store=store) if usable.any() else None
-        faults.point("after_register")
+        checkpoint("after_register")
         decision = promotion.gate(cfg, str(mv.version), results) if mv is not None else None
-        faults.point("after_gate")
+        checkpoint("after_gate")
         lap("mlflow_s")
         write_gold_training(lake, cfg, run_id, version, results, quarantine)
-        faults.point("after_gold_selection")
+        checkpoint("after_gold_selection")
         lap("gold_write_s")
     return _report(run_id, version, cfg, mv, decision, results, quarantine, metrics, timings)
 
@@ -194,9 +195,9 @@ def _resume(lake: Lakehouse, cfg: Config, run, mv, version: int, quarantine: pd.
     with tracking.resume_run(cfg, run_id, note):
         pyfunc.tag_version(cfg, model_version, run_id, results, version)
         decision = promotion.recorded_decision(cfg, model_version) or promotion.gate(cfg, model_version, results)
-        faults.point("after_gate")
+        checkpoint("after_gate")
         write_gold_training(lake, cfg, run_id, version, results, quarantine)
-        faults.point("after_gold_selection")
+        checkpoint("after_gold_selection")
     metrics = {k: float(v) for k, v in run.data.metrics.items()}
     return _report(run_id, version, cfg, mv, decision, results, quarantine, metrics, {})
 
@@ -235,7 +236,7 @@ def write_gold_training(lake, cfg, run_id, silver_version, results, quarantine) 
     where = f"run_id = '{run_id}'"
     bt = backtest_rows(results, run_id)
     lake.write("gold/backtest", bt, mode="overwrite", predicate=where)
-    faults.point("after_gold_backtest")
+    checkpoint("after_gold_backtest")
     sel = results[[C.SERIES_ID, "status", "reason", "model", "metric", "metric_value"]].copy()
     q = quarantine.rename(columns={"detail": "_detail"})
     if len(q):
