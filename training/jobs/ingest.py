@@ -31,12 +31,12 @@ import pyarrow.parquet as pq
 from forecasting import contract as C
 from forecasting.errors import DataContractError
 from training.checkpoints import checkpoint
-from training.tables import Lakehouse, to_arrow
+from training.tables import BRONZE_READINGS, Lakehouse, to_arrow
 
 log = logging.getLogger(__name__)
 
 SUFFIXES = (".csv", ".parquet", ".pq")
-BRONZE = "bronze/readings"
+BRONZE = BRONZE_READINGS
 KNOWN = set(C.REQUIRED) | set(C.EXOG) | set(C.ATTRIBUTES)
 _BAD_NAME_CHARS = set(" ,;{}()\n\t=")  # not allowed in Delta column names
 

@@ -48,12 +48,12 @@ from forecasting.errors import TableError
 from forecasting.frequency import step_of
 from training import checkpoints
 from training.jobs.refine import engine_error
-from training.tables import Lakehouse
+from training.tables import BRONZE_READINGS, GOLD_FORECASTS, Lakehouse
 
 log = logging.getLogger(__name__)
 
-BRONZE = "bronze/readings"
-FORECASTS = "gold/forecasts"
+BRONZE = BRONZE_READINGS
+FORECASTS = GOLD_FORECASTS
 WEEK = pd.Timedelta("7D")
 
 

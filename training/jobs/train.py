@@ -36,7 +36,7 @@ from forecasting.pipeline import failed_result, process_series
 from training import global_models
 from training.checkpoints import checkpoint
 from training.engines import get_engine
-from training.tables import Lakehouse
+from training.tables import GOLD_BACKTEST, GOLD_SELECTION, SILVER_QUARANTINE, SILVER_READINGS, Lakehouse
 
 log = logging.getLogger(__name__)
 APP_ID = "mmf-train"
@@ -63,11 +63,11 @@ class TrainReport:
 
 
 def read_silver(lake: Lakehouse, version: int | None, series_ids: Sequence[str] | None = None) -> tuple[int, pd.DataFrame]:
-    if not lake.exists("silver/readings"):
+    if not lake.exists(SILVER_READINGS):
         raise TableError("silver/readings does not exist: run `mmf refine` first")
-    v = lake.version("silver/readings") if version is None else version
+    v = lake.version(SILVER_READINGS) if version is None else version
     filters = [(C.SERIES_ID, "in", list(series_ids))] if series_ids else None
-    frame = lake.read("silver/readings", version=v, filters=filters)
+    frame = lake.read(SILVER_READINGS, version=v, filters=filters)
     if series_ids:
         unknown = sorted(set(series_ids) - set(frame[C.SERIES_ID].unique()))
         if unknown:
@@ -99,7 +99,7 @@ def train(
     global_models.check(cfg)  # a bad global model setting fails before any work
     tracking.configure(cfg)
     tracking.mark_orphans_failed(cfg)
-    quarantine = lake.read("silver/quarantine")
+    quarantine = lake.read(SILVER_QUARANTINE)
     if series_ids:
         quarantine = quarantine[quarantine[C.SERIES_ID].isin(series_ids)]
     ids = list(series_ids) if series_ids else None
@@ -178,9 +178,9 @@ def _report(run_id, version, cfg, mv, decision, results, quarantine, metrics, ti
 
 def _in_gold(lake: Lakehouse, run_id: str) -> bool:
     """Whether gold/selection holds rows of this run (its job got that far)."""
-    if not lake.exists("gold/selection"):
+    if not lake.exists(GOLD_SELECTION):
         return False
-    return len(lake.read("gold/selection", columns=["run_id"], filters=[("run_id", "=", run_id)])) > 0
+    return len(lake.read(GOLD_SELECTION, columns=["run_id"], filters=[("run_id", "=", run_id)])) > 0
 
 
 def _resume(lake: Lakehouse, cfg: Config, run, mv, version: int, quarantine: pd.DataFrame) -> TrainReport:
@@ -208,9 +208,9 @@ def close_killed_run(lake: Lakehouse, config: Config) -> str | None:
     orphaned run failed. Returns the id of the run closed, if any."""
     from registry import tracking
 
-    if not lake.exists("gold/selection"):
+    if not lake.exists(GOLD_SELECTION):
         return None
-    last = lake.table("gold/selection").history(1)
+    last = lake.table(GOLD_SELECTION).history(1)
     run_id = last[0].get("mmf.run_id") if last else None
     tracking.configure(config)
     closed = bool(run_id) and tracking.close_recovered(config, run_id, "closed after a restart: its Gold rows were written")
@@ -235,7 +235,7 @@ def write_gold_training(lake, cfg, run_id, silver_version, results, quarantine) 
     now = pd.Timestamp(dt.datetime.now(dt.timezone.utc)).as_unit("us")
     where = f"run_id = '{run_id}'"
     bt = backtest_rows(results, run_id)
-    lake.write("gold/backtest", bt, mode="overwrite", predicate=where)
+    lake.write(GOLD_BACKTEST, bt, mode="overwrite", predicate=where)
     checkpoint("after_gold_backtest")
     sel = results[[C.SERIES_ID, "status", "reason", "model", "metric", "metric_value"]].copy()
     q = quarantine.rename(columns={"detail": "_detail"})
@@ -246,6 +246,6 @@ def write_gold_training(lake, cfg, run_id, silver_version, results, quarantine) 
     sel["silver_version"] = silver_version
     sel["created_at"] = now
     lake.write(
-        "gold/selection", sel, mode="overwrite", predicate=where,
+        GOLD_SELECTION, sel, mode="overwrite", predicate=where,
         app_id=APP_ID, app_version=silver_version, metadata={"mmf.run_id": run_id},
     )

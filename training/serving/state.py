@@ -41,17 +41,24 @@ from deltalake import DeltaTable
 from forecasting import contract as C
 from forecasting.config import Config
 from training.serving import schemas as S
-from training.tables import Lakehouse
+from training.tables import (
+    GOLD_BACKTEST,
+    GOLD_FORECASTS,
+    GOLD_PORTFOLIO,
+    GOLD_SELECTION,
+    SILVER_READINGS,
+    Lakehouse,
+)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_REFRESH_S = 5.0
 FORECASTS, SELECTION, BACKTEST, PORTFOLIO, READINGS = (
-    "gold/forecasts",
-    "gold/selection",
-    "gold/backtest",
-    "gold/portfolio",
-    "silver/readings",
+    GOLD_FORECASTS,
+    GOLD_SELECTION,
+    GOLD_BACKTEST,
+    GOLD_PORTFOLIO,
+    SILVER_READINGS,
 )
 WATCHED = (FORECASTS, SELECTION, BACKTEST, PORTFOLIO, READINGS)
 TIME_TRAVEL_TABLES = 4  # gold/forecasts versions kept open for time travel
