@@ -34,7 +34,7 @@ PAUSE_ENV = "MMF_TEST_PAUSE_AT"
 PAUSE_MAX_S = 600.0
 
 
-class InjectedFailure(RuntimeError):
+class InjectedError(RuntimeError):
     """Raised by :class:`Faults` where a test asked for a failure."""
 
 
@@ -42,7 +42,7 @@ class InjectedFailure(RuntimeError):
 class Faults:
     kill_at: str | None = None  # <checkpoint>, or worker:<function>:<key>[,<key>...]
     pause_at: str | None = None  # <checkpoint>:<gate path>
-    raise_at: str | None = None  # <checkpoint>: raise InjectedFailure there
+    raise_at: str | None = None  # <checkpoint>: raise InjectedError there
     fail_first_attempt: str | None = None  # a folder: every Spark task's first attempt raises (marker left there)
 
     def __post_init__(self) -> None:
@@ -62,11 +62,11 @@ class Faults:
         if self.pause_at and self.pause_at.split(":", 1)[0] == name:
             _pause(Path(self.pause_at.split(":", 1)[1]))
         if name == self.raise_at:
-            raise InjectedFailure(f"injected crash at checkpoint {name} {info}")
+            raise InjectedError(f"injected crash at checkpoint {name} {info}")
         if name == "spark_task" and self.fail_first_attempt and info.get("attempt") == 0:
             where = f"stage{info['stage']}-part{info['partition']}-attempt0"
             (Path(self.fail_first_attempt) / where).touch()
-            raise InjectedFailure(f"injected failure of the first attempt of task {where}")
+            raise InjectedError(f"injected failure of the first attempt of task {where}")
 
     def _doomed(self, function: str, key: str) -> bool:
         parts = (self.kill_at or "").split(":", 2)
