@@ -83,7 +83,9 @@ def spark_submit_args() -> str:
     spark``) the test session's settings."""
     import shlex
 
-    return " ".join(f"--conf {shlex.quote(f'{k}={v}')}" for k, v in SPARK_TEST_CONF.items()) + " pyspark-shell"
+    return (
+        " ".join(f"--conf {shlex.quote(f'{k}={v}')}" for k, v in SPARK_TEST_CONF.items()) + " pyspark-shell"
+    )
 
 
 @pytest.fixture(scope="session")

@@ -43,7 +43,7 @@ class Faults:
     kill_at: str | None = None  # <checkpoint>, or worker:<function>:<key>[,<key>...]
     pause_at: str | None = None  # <checkpoint>:<gate path>
     raise_at: str | None = None  # <checkpoint>: raise InjectedError there
-    fail_first_attempt: str | None = None  # a folder: every Spark task's first attempt raises (marker left there)
+    fail_first_attempt: str | None = None  # a folder: each Spark task's first attempt raises, marked there
 
     def __post_init__(self) -> None:
         for spec in (self.kill_at, self.pause_at, self.raise_at):

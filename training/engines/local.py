@@ -82,7 +82,7 @@ def _init_worker(driver_pid: int | None = None, hook: checkpoints.Hook | None = 
         pass
 
 
-def _run_chunk(fn: GroupFn, config: Any, groups: list[tuple[str, pd.DataFrame]]) -> list[pd.DataFrame]:
+def _run_chunk(fn: GroupFn, config: Any, groups: list[Group]) -> list[pd.DataFrame]:
     """In a worker: ``fn`` on each (key, rows) group."""
     function = getattr(fn, "__name__", "")
     out = []
