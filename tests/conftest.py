@@ -32,6 +32,18 @@ def mlflow_uri(tmp_path, monkeypatch):
 
 
 @pytest.fixture
+def checkpoint_hook():
+    """``checkpoint_hook(fn)`` installs ``fn`` as this process's checkpoint hook
+    (:mod:`training.checkpoints`, e.g. a :class:`tests.reliability.faults.Faults`); the
+    hook installed before the test is back after it."""
+    from training import checkpoints
+
+    previous = checkpoints.installed()
+    yield checkpoints.set_hook
+    checkpoints.set_hook(previous)
+
+
+@pytest.fixture
 def config(lake_root, mlflow_uri):
     """A small, fast config on a fresh lakehouse and MLflow store."""
     from forecasting.config import load_config
@@ -71,7 +83,9 @@ def spark_submit_args() -> str:
     spark``) the test session's settings."""
     import shlex
 
-    return " ".join(f"--conf {shlex.quote(f'{k}={v}')}" for k, v in SPARK_TEST_CONF.items()) + " pyspark-shell"
+    return (
+        " ".join(f"--conf {shlex.quote(f'{k}={v}')}" for k, v in SPARK_TEST_CONF.items()) + " pyspark-shell"
+    )
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
 """The local engine: same result as a plain pandas groupby-apply, whatever the row order
 and the number of workers; exactly the declared columns; a worker that dies costs only
-the series that killed it."""
+the series that killed it; the installed checkpoint hook reaches the workers."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+from tests.reliability.faults import Faults
+from training import checkpoints
 from training.engines.local import LocalEngine
 
 SCHEMA = pa.schema(
@@ -125,3 +127,28 @@ def test_a_killed_worker_without_on_error_raises():
     config = {"kill": "K01", "parent": os.getpid()}
     with pytest.raises(BrokenProcessPool):
         LocalEngine(workers=2).map_groups(frame, "key", kill_one, SCHEMA, config)
+
+
+def test_checkpoints_call_the_installed_hook_and_know_their_names(checkpoint_hook):
+    checkpoints.checkpoint("mid_train")  # no hook: nothing happens
+    seen = []
+    checkpoint_hook(lambda name, **info: seen.append((name, info)))
+    checkpoints.checkpoint("stream_after_commit", batch_id=3)
+    assert seen == [("stream_after_commit", {"batch_id": 3})]
+    with pytest.raises(ValueError, match="unknown checkpoint 'nowhere'"):
+        checkpoints.checkpoint("nowhere")
+
+
+def test_the_installed_hook_reaches_the_workers(checkpoint_hook):
+    """A hook that kills the worker about to run ``running_total`` on K02 or K07 (every
+    time, the retry included): it was shipped to the pool's workers with its settings."""
+    frame = _frame(10, seed=5)
+    checkpoint_hook(Faults(kill_at="worker:running_total:K02,K07"))
+    out = LocalEngine(workers=2, chunk_series=3).map_groups(
+        frame, "key", running_total, SCHEMA, None, on_error=died
+    )
+    dead = out[out["reason"].notna()]
+    assert sorted(dead["key"]) == ["K02", "K07"]
+    assert dead["reason"].str.contains("worker process died twice").all()
+    rest = _canon(out[out["reason"].isna()])
+    pd.testing.assert_frame_equal(rest, _expected(frame[~frame["key"].isin(["K02", "K07"])]))

@@ -18,8 +18,8 @@ from forecasting import contract as C  # noqa: E402
 from forecasting.config import load_config  # noqa: E402
 from forecasting.errors import MMFError  # noqa: E402
 from forecasting.generator import generate  # noqa: E402
+from tests.reliability.faults import Faults  # noqa: E402
 from training.cli import cli  # noqa: E402
-from training.engines.spark import FAIL_FIRST_ATTEMPT_ENV  # noqa: E402
 from training.jobs import forecast as forecast_job  # noqa: E402
 from training.jobs import score as scoring  # noqa: E402
 from training.jobs import stream as stream_job  # noqa: E402
@@ -62,14 +62,14 @@ def _conf_file(cfg, folder) -> str:
     return str(path)
 
 
-def test_failed_first_attempts_leave_no_duplicates(tmp_path, spark, monkeypatch):
+def test_failed_first_attempts_leave_no_duplicates(tmp_path, spark, checkpoint_hook):
     cfg, lake = _setup(tmp_path, _readings())
     cfg = cfg.replace(engine="spark")
     markers = tmp_path / "attempts"
     markers.mkdir()
-    monkeypatch.setenv(FAIL_FIRST_ATTEMPT_ENV, str(markers))
+    checkpoint_hook(Faults(fail_first_attempt=str(markers)))  # shipped to the Spark tasks
     rep = train(lake, cfg)
-    monkeypatch.delenv(FAIL_FIRST_ATTEMPT_ENV)
+    checkpoint_hook(None)
     assert list(markers.iterdir()), "no task attempt was failed: the hook did not run"
     assert rep.status_counts == {C.OK: 6}
 
@@ -135,7 +135,7 @@ def test_score_on_spark_matches_local_and_is_idempotent(trained, tmp_path):
         scoring.score(lake, cfg, str(bad), engine="spark")
 
 
-def test_stream_refreshes_touched_series_once_across_restarts(tmp_path, spark, monkeypatch):
+def test_stream_refreshes_touched_series_once_across_restarts(tmp_path, spark, checkpoint_hook):
     readings = _readings(n_series=4, days=10)
     start = readings[C.TS].min()
     first = readings[readings[C.TS] < start + pd.Timedelta("9D")]
@@ -154,10 +154,10 @@ def test_stream_refreshes_touched_series_once_across_restarts(tmp_path, spark, m
     more = more[more[C.SERIES_ID].isin(touched)]
     more.to_parquet(tmp_path / "part1.parquet")
     ingest(lake, tmp_path / "part1.parquet")
-    monkeypatch.setenv(stream_job.CRASH_ENV, "after-commit")
+    checkpoint_hook(Faults(raise_at="stream_after_commit"))
     with pytest.raises(MMFError, match="injected crash"):
         stream_job.stream(lake, cfg, once=True)
-    monkeypatch.delenv(stream_job.CRASH_ENV)
+    checkpoint_hook(None)
     rep = stream_job.stream(lake, cfg, once=True)  # restart: batch 1 replayed, already committed
     assert [(b.batch_id, b.status) for b in rep.batches] == [(1, "skipped")]
 
@@ -165,10 +165,10 @@ def test_stream_refreshes_touched_series_once_across_restarts(tmp_path, spark, m
     late = readings[(readings[C.TS] >= start + pd.Timedelta("9D12h")) & (readings[C.SERIES_ID] == touched[0])]
     late.to_parquet(tmp_path / "part2.parquet")
     ingest(lake, tmp_path / "part2.parquet")
-    monkeypatch.setenv(stream_job.CRASH_ENV, "before-commit")
+    checkpoint_hook(Faults(raise_at="stream_before_commit"))
     with pytest.raises(MMFError, match="injected crash"):
         stream_job.stream(lake, cfg, once=True)
-    monkeypatch.delenv(stream_job.CRASH_ENV)
+    checkpoint_hook(None)
     rep = stream_job.stream(lake, cfg, once=True)
     assert [(b.batch_id, b.status, b.n_series) for b in rep.batches] == [(2, "written", 1)]
     # nothing new: the CLI's run processes no batch

@@ -94,10 +94,15 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+# ``mmf`` through the launcher that installs the fault hook (tests/reliability/faults.py)
+# from the environment: MMF_TEST_KILL_AT, MMF_TEST_PAUSE_AT.
+LAUNCH = [sys.executable, "-m", "tests.reliability.launch"]
+
+
 def mmf(*args: str, env: dict[str, str] | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
     """``mmf ARGS`` in a fresh Python process (killed processes included)."""
     return subprocess.run(
-        [sys.executable, "-m", "training.cli", *args],
+        [*LAUNCH, *args],
         cwd=REPO,
         env=clean_env(**(env or {})),
         capture_output=True,
@@ -108,7 +113,7 @@ def mmf(*args: str, env: dict[str, str] | None = None, timeout: float = 240) -> 
 
 def mmf_bg(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "training.cli", *args],
+        [*LAUNCH, *args],
         cwd=REPO,
         env=clean_env(**(env or {})),
         stdout=subprocess.PIPE,

@@ -1,5 +1,5 @@
 """Two jobs at once on one lakehouse. Processes are lined up with the test-only hook
-``MMF_TEST_PAUSE_AT=<point>:<gate file>`` (training.faults): a job stops at the point
+``MMF_TEST_PAUSE_AT=<checkpoint>:<gate file>`` (tests/reliability/faults.py): a job stops there
 until the test creates the gate file.
 """
 

@@ -2,8 +2,8 @@
 uninterrupted run on the same data: the same bronze, silver, quarantine and Gold rows
 (ignoring run ids and wall-clock times), no duplicated rows, the same registry state
 (one version, the same aliases), and no MLflow run left RUNNING or failed without a
-reason. The kill points are those of :mod:`training.faults` (test-only hook
-``MMF_TEST_KILL_AT``).
+reason. The kill points are the checkpoints of :mod:`training.checkpoints`, where the
+test's hook (``MMF_TEST_KILL_AT``, tests/reliability/faults.py) kills the process.
 
 At the kill, every table a reader can see must already hold exactly its final content:
 each step of a first nightly writes each table once, so a table that is visible but

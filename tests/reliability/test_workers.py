@@ -1,5 +1,5 @@
-"""A local-engine worker killed with SIGKILL while it trains one series (the test hook
-``MMF_TEST_KILL_AT=worker:process_series:<id>`` kills it every time, so the retry dies
+"""A local-engine worker killed with SIGKILL while it trains one series (the test's checkpoint hook,
+``MMF_TEST_KILL_AT=worker:process_series:<id>``, kills it every time, so the retry dies
 too): only that series fails, with the reason; every other series is trained and
 forecast exactly as in the uninterrupted run. Above ``nightly.max_failed_share`` the
 run is marked failed (exit 1 of `mmf nightly`) but what succeeded is still written.

@@ -1,8 +1,9 @@
 """Engines decide *where* the per-series function runs, never *what* it computes.
 
-Every engine implements ``map_groups(frame, by, fn, schema, config, on_error)``: apply
+Every engine offers ``map_groups(frame, by, fn, schema, config, on_error)``: apply
 ``fn(group_frame, config) -> frame`` to each group of rows sharing ``by`` and return the
-concatenated results with exactly ``schema``'s columns. ``local`` is a process pool;
+concatenated results with exactly ``schema``'s columns (each engine implements
+``run(frame, job)`` for it, :mod:`training.engines.base`). ``local`` is a process pool;
 ``spark`` runs ``groupBy(by).applyInPandas``. Which engines exist is
 :data:`forecasting.config.ENGINES` (name -> ``module:class``); an engine's module is
 imported only when it is chosen (the Spark one needs the optional pyspark).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import pandas as pd
@@ -11,6 +12,27 @@ from forecasting.config import Config
 
 GroupFn = Callable[[pd.DataFrame, Any], pd.DataFrame]
 ErrorFn = Callable[[str, str], pd.DataFrame]  # (group key, reason) -> result rows
+ProgressFn = Callable[[int, int], None]  # (groups done, groups in all)
+
+
+@dataclass(frozen=True)
+class GroupJob:
+    """One :meth:`Engine.map_groups` call: ``fn(group, config)`` on each group of rows
+    sharing ``by``, each result with exactly ``schema``'s columns."""
+
+    by: str
+    fn: GroupFn
+    schema: pa.Schema
+    config: Any
+    on_error: ErrorFn | None = None
+    progress: ProgressFn | None = None
+
+    def conform(self, df: pd.DataFrame) -> pd.DataFrame:
+        return conform(df, self.schema)
+
+    def report(self, done: int, total: int) -> None:
+        if self.progress:
+            self.progress(done, total)
 
 
 class Engine:
@@ -23,14 +45,21 @@ class Engine:
 
     def map_groups(
         self,
-        frame: pd.DataFrame,
+        frame: Any,
         by: str,
         fn: GroupFn,
         schema: pa.Schema,
         config: Any,
         on_error: ErrorFn | None = None,
-        progress: Callable[[int, int], None] | None = None,
+        progress: ProgressFn | None = None,
     ) -> pd.DataFrame:
+        """``fn(group, config)`` for each group of ``frame``'s rows sharing ``by``: the
+        results concatenated, with exactly ``schema``'s columns. A group whose worker
+        fails gets ``on_error(key, reason)`` rows (``None``: the failure is raised);
+        ``progress(done, total)`` is told as groups finish."""
+        return self.run(frame, GroupJob(by, fn, schema, config, on_error, progress))
+
+    def run(self, frame: Any, job: GroupJob) -> pd.DataFrame:
         raise NotImplementedError
 
 
@@ -40,3 +69,11 @@ def conform(df: pd.DataFrame, schema: pa.Schema) -> pd.DataFrame:
     if missing:
         raise ValueError(f"group function returned no column(s) {missing}; expected {schema.names}")
     return df[schema.names]
+
+
+def concat(parts: list[pd.DataFrame], schema: pa.Schema) -> pd.DataFrame:
+    """The non-empty ``parts`` as one frame (``schema``'s empty frame when there is none)."""
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return schema.empty_table().to_pandas()
+    return pd.concat(parts, ignore_index=True)

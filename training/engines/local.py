@@ -17,20 +17,21 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
 from forecasting.config import Config
-from training import faults
-from training.engines.base import Engine, ErrorFn, GroupFn, conform
+from training import checkpoints
+from training.engines.base import Engine, GroupFn, GroupJob, concat
 
 log = logging.getLogger(__name__)
 
+Group = tuple[str, pd.DataFrame]  # (key, rows)
 
-def iter_groups(frame: pd.DataFrame, by: str) -> Iterator[tuple[str, pd.DataFrame]]:
+
+def iter_groups(frame: pd.DataFrame, by: str) -> Iterator[Group]:
     """(key, rows) for each group, without copying the frame per group."""
     if frame.empty:
         return
@@ -63,11 +64,14 @@ def _watch_driver(pid: int, every_s: float = 1.0) -> None:
     os._exit(1)
 
 
-def _init_worker(driver_pid: int | None = None) -> None:
+def _init_worker(driver_pid: int | None = None, hook: checkpoints.Hook | None = None) -> None:
     # A driver killed with SIGKILL cannot shut its pool down, and the workers would wait
     # on their task queue forever: each one leaves when its driver is gone.
     if driver_pid is not None:
-        threading.Thread(target=_watch_driver, args=(driver_pid,), daemon=True, name="mmf-driver-watch").start()
+        threading.Thread(
+            target=_watch_driver, args=(driver_pid,), daemon=True, name="mmf-driver-watch"
+        ).start()
+    checkpoints.set_hook(hook)  # the driver's, so that the worker checkpoints reach it
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     os.environ.setdefault("MKL_NUM_THREADS", "1")
@@ -79,19 +83,25 @@ def _init_worker(driver_pid: int | None = None) -> None:
         pass
 
 
-def _run_chunk(
-    fn: GroupFn,
-    groups: list[pd.DataFrame],
-    config: Any,
-    keys: list[str] | None = None,
-    doomed: frozenset[str] = frozenset(),
-) -> list[pd.DataFrame]:
+def _run_chunk(fn: GroupFn, config: Any, groups: list[Group]) -> list[pd.DataFrame]:
+    """In a worker: ``fn`` on each (key, rows) group."""
+    function = getattr(fn, "__name__", "")
     out = []
-    for i, g in enumerate(groups):
-        if doomed and keys:  # test hook (training.faults): this worker dies on these keys
-            faults.kill_worker_if(keys[i], doomed)
+    for key, g in groups:
+        checkpoints.checkpoint("worker_group", function=function, key=key)
         out.append(fn(g, config))
     return out
+
+
+def _chunks(groups: Iterator[Group], size: int) -> Iterator[list[Group]]:
+    batch: list[Group] = []
+    for item in groups:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 class LocalEngine(Engine):
@@ -105,62 +115,47 @@ class LocalEngine(Engine):
     def from_config(cls, config: Config) -> LocalEngine:
         return cls(workers=config.workers)
 
-    def _pool(self) -> ProcessPoolExecutor:
+    def _pool(self, workers: int) -> ProcessPoolExecutor:
         ctx = mp.get_context("forkserver")
         ctx.set_forkserver_preload(["forecasting.pipeline"])
-        return ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker, initargs=(os.getpid(),))
+        initargs = (os.getpid(), checkpoints.installed())
+        return ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=initargs)
 
-    def map_groups(
-        self,
-        frame: pd.DataFrame,
-        by: str,
-        fn: GroupFn,
-        schema: pa.Schema,
-        config: Any,
-        on_error: ErrorFn | None = None,
-        progress: Callable[[int, int], None] | None = None,
-    ) -> pd.DataFrame:
-        groups = iter_groups(frame, by)
-        total = int(frame[by].nunique()) if len(frame) else 0
-        done = 0
-        out: list[pd.DataFrame] = []
-        retry: list[tuple[str, pd.DataFrame]] = []
-
-        def chunks() -> Iterator[list[tuple[str, pd.DataFrame]]]:
-            batch: list[tuple[str, pd.DataFrame]] = []
-            for item in groups:
-                batch.append(item)
-                if len(batch) >= self.chunk_series:
-                    yield batch
-                    batch = []
-            if batch:
-                yield batch
-
-        if total == 0:
-            return schema.empty_table().to_pandas()
+    def run(self, frame: pd.DataFrame, job: GroupJob) -> pd.DataFrame:
+        groups = iter_groups(frame, job.by)
+        total = int(frame[job.by].nunique()) if len(frame) else 0
+        out: list[pd.DataFrame] = []  # one frame per group done
         if self.workers == 1:
-            for _key, g in iter_groups(frame, by):
-                out.append(conform(fn(g, config), schema))
-                done += 1
-                if progress:
-                    progress(done, total)
-            return _concat(out, schema)
+            for _key, g in groups:
+                out.append(job.conform(job.fn(g, job.config)))
+                job.report(len(out), total)
+            return concat(out, job.schema)
+        retry = self._run_in_pool(groups, job, out, total) if total else []
+        if retry:
+            log.warning("a worker died; retrying %d series one by one", len(retry))
+        for key, g in retry:
+            out.append(self._retry_one(key, g, job))
+            job.report(len(out), total)
+        return concat(out, job.schema)
 
-        source = chunks()
-        max_in_flight = 2 * self.workers
-        doomed = faults.worker_kills(getattr(fn, "__name__", ""))  # empty outside the reliability tests
-        pool = self._pool()
-        pending: dict[Future, list[tuple[str, pd.DataFrame]]] = {}
+    def _run_in_pool(
+        self, groups: Iterator[Group], job: GroupJob, out: list[pd.DataFrame], total: int
+    ) -> list[Group]:
+        """Chunks of ``groups`` through the pool, their results added to ``out``; returns
+        the groups of the chunks a dead worker lost (the whole pool's, when it breaks)."""
+        source = _chunks(groups, self.chunk_series)
+        retry: list[Group] = []
+        pending: dict[Future, list[Group]] = {}
+        pool = self._pool(self.workers)
         try:
             exhausted = False
             while pending or not exhausted:
-                while not exhausted and len(pending) < max_in_flight:
-                    try:
-                        batch = next(source)
-                    except StopIteration:
+                while not exhausted and len(pending) < 2 * self.workers:
+                    batch = next(source, None)
+                    if batch is None:
                         exhausted = True
                         break
-                    pending[pool.submit(_run_chunk, fn, [g for _, g in batch], config, [k for k, _ in batch], doomed)] = batch
+                    pending[pool.submit(_run_chunk, job.fn, job.config, batch)] = batch
                 if not pending:
                     break
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -173,45 +168,26 @@ class LocalEngine(Engine):
                         broken = True
                         retry.extend(batch)
                         continue
-                    out.extend(conform(r, schema) for r in results)
-                    done += len(batch)
-                    if progress:
-                        progress(done, total)
+                    out.extend(job.conform(r) for r in results)
+                    job.report(len(out), total)
                 if broken:
                     # the pool is unusable: every chunk still in flight is lost with it
                     for batch in pending.values():
                         retry.extend(batch)
                     pending.clear()
                     pool.shutdown(wait=False, cancel_futures=True)
-                    pool = self._pool()
+                    pool = self._pool(self.workers)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+        return retry
 
-        if retry:
-            log.warning("a worker died; retrying %d series one by one", len(retry))
-            for key, g in retry:
-                out.append(self._retry_one(key, g, fn, schema, config, on_error))
-                done += 1
-                if progress:
-                    progress(done, total)
-        return _concat(out, schema)
-
-    def _retry_one(self, key, g, fn, schema, config, on_error) -> pd.DataFrame:
-        ctx = mp.get_context("forkserver")
-        with ProcessPoolExecutor(1, mp_context=ctx, initializer=_init_worker, initargs=(os.getpid(),)) as pool:
+    def _retry_one(self, key: str, g: pd.DataFrame, job: GroupJob) -> pd.DataFrame:
+        with self._pool(1) as pool:
             try:
-                doomed = faults.worker_kills(getattr(fn, "__name__", ""))
-                return conform(pool.submit(_run_chunk, fn, [g], config, [key], doomed).result()[0], schema)
+                return job.conform(pool.submit(_run_chunk, job.fn, job.config, [(key, g)]).result()[0])
             except BrokenProcessPool:
                 reason = "worker process died twice while processing this series (killed or out of memory)"
                 log.error("series %s: %s", key, reason)
-                if on_error is None:
+                if job.on_error is None:
                     raise
-                return conform(on_error(key, reason), schema)
-
-
-def _concat(parts: list[pd.DataFrame], schema: pa.Schema) -> pd.DataFrame:
-    parts = [p for p in parts if len(p)]
-    if not parts:
-        return schema.empty_table().to_pandas()
-    return pd.concat(parts, ignore_index=True)
+                return job.conform(job.on_error(key, reason))

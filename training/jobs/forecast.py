@@ -25,8 +25,15 @@ from forecasting.frequency import future_timestamps
 from registry import pyfunc
 from registry.aliases import champion_info
 from registry.connection import configure
-from training import faults
-from training.tables import Lakehouse
+from training.checkpoints import checkpoint
+from training.tables import (
+    GOLD_FORECASTS,
+    GOLD_PORTFOLIO,
+    GOLD_SELECTION,
+    SILVER_READINGS,
+    SILVER_SERIES,
+    Lakehouse,
+)
 
 log = logging.getLogger(__name__)
 APP_FORECAST = "mmf-forecast"
@@ -46,7 +53,7 @@ class ForecastReport:
 
 def champion_series(lake: Lakehouse, run_id: str) -> pd.DataFrame:
     """Series the champion holds a model for, with their cutoff (from gold/selection)."""
-    sel = lake.read("gold/selection", filters=[("run_id", "=", run_id)])
+    sel = lake.read(GOLD_SELECTION, filters=[("run_id", "=", run_id)])
     return sel[sel["status"].isin([C.OK, C.FALLBACK])]
 
 
@@ -56,7 +63,7 @@ def future_frame(lake: Lakehouse, silver_version: int, ends: pd.Series, freq: st
     ts = future_timestamps(ends.to_numpy(dtype="datetime64[us]"), freq, np.arange(1, horizon + 1)).ravel()
     frame = pd.DataFrame({C.SERIES_ID: np.repeat(sids, horizon), "horizon": horizon, C.TS: ts})
     week = pd.Timedelta("7D")
-    hist = lake.read("silver/readings", version=silver_version, columns=[C.SERIES_ID, C.TS, "temperature"],
+    hist = lake.read(SILVER_READINGS, version=silver_version, columns=[C.SERIES_ID, C.TS, "temperature"],
                      filters=[(C.TS, ">", (ends.min() - week).to_pydatetime())])
     if hist["temperature"].notna().any():
         hist = hist.assign(**{C.TS: hist[C.TS] + week}).drop_duplicates([C.SERIES_ID, C.TS])
@@ -79,9 +86,9 @@ def forecast(lake: Lakehouse, config: Config, horizon: int | None = None, force:
     version, run_id = str(info["version"]), info["run_id"]
     h = horizon or config.horizon
     app_version = int(version) * 100_000 + h
-    if not force and lake.txn_version("gold/forecasts", APP_FORECAST) == app_version:
-        n = len(lake.read("gold/forecasts", columns=[C.SERIES_ID], filters=[("model_version", "=", version)]))
-        return ForecastReport(version, run_id, 0, n, lake.version("gold/forecasts"), skipped=True)
+    if not force and lake.txn_version(GOLD_FORECASTS, APP_FORECAST) == app_version:
+        n = len(lake.read(GOLD_FORECASTS, columns=[C.SERIES_ID], filters=[("model_version", "=", version)]))
+        return ForecastReport(version, run_id, 0, n, lake.version(GOLD_FORECASTS), skipped=True)
 
     t0 = time.perf_counter()
     model = pyfunc.load_version(config, version)
@@ -94,11 +101,11 @@ def forecast(lake: Lakehouse, config: Config, horizon: int | None = None, force:
         raise RegistryError(f"champion version {version} (run {run_id}) holds no series with a usable model")
     freq = series_info["freq"].iloc[0]
     ends = series_info.set_index(C.SERIES_ID)["end"]
-    silver_version = int(info.get("silver_version") or lake.version("silver/readings"))
+    silver_version = int(info.get("silver_version") or lake.version(SILVER_READINGS))
     inputs = future_frame(lake, silver_version, ends, freq, h)
     pred = model.predict(inputs)
     t2 = time.perf_counter()
-    faults.point("before_forecast_commit")
+    checkpoint("before_forecast_commit")
 
     now = pd.Timestamp(dt.datetime.now(dt.timezone.utc)).as_unit("us")
     pred["model_version"] = version
@@ -106,7 +113,7 @@ def forecast(lake: Lakehouse, config: Config, horizon: int | None = None, force:
     pred["cutoff"] = pred[C.SERIES_ID].map(ends).astype("datetime64[us]")
     pred["created_at"] = now
     table_version = lake.write(
-        "gold/forecasts", pred, mode="overwrite", predicate=f"model_version = '{version}'",
+        GOLD_FORECASTS, pred, mode="overwrite", predicate=f"model_version = '{version}'",
         app_id=APP_FORECAST, app_version=app_version, metadata={"mmf.run_id": run_id},
     )
     timings = {"load_s": t1 - t0, "score_s": t2 - t1, "gold_write_s": time.perf_counter() - t2}
@@ -116,12 +123,12 @@ def forecast(lake: Lakehouse, config: Config, horizon: int | None = None, force:
 def aggregate(lake: Lakehouse, config: Config, model_version: str | None = None) -> int:
     """gold/portfolio: daily forecast totals by region, site and overall for one model
     version (the latest in gold/forecasts by default); replace-where on the version."""
-    fc = lake.read("gold/forecasts", columns=[C.SERIES_ID, C.TS, "yhat", "model_version", "cutoff"])
+    fc = lake.read(GOLD_FORECASTS, columns=[C.SERIES_ID, C.TS, "yhat", "model_version", "cutoff"])
     if fc.empty:
         raise RegistryError("gold/forecasts is empty: run `mmf forecast` first")
     version = model_version or max(fc["model_version"].unique(), key=int)
     fc = fc[fc["model_version"] == version]
-    attrs = lake.read("silver/series", columns=[C.SERIES_ID, "site", "region"])
+    attrs = lake.read(SILVER_SERIES, columns=[C.SERIES_ID, "site", "region"])
     fc = fc.merge(attrs, on=C.SERIES_ID, how="left")
     fc["day"] = fc[C.TS].dt.date
     fc["total"] = "all"
@@ -133,5 +140,5 @@ def aggregate(lake: Lakehouse, config: Config, model_version: str | None = None)
     out = pd.concat(parts, ignore_index=True)
     out["model_version"] = version
     out["created_at"] = pd.Timestamp(dt.datetime.now(dt.timezone.utc)).as_unit("us")
-    return lake.write("gold/portfolio", out, mode="overwrite", predicate=f"model_version = '{version}'",
+    return lake.write(GOLD_PORTFOLIO, out, mode="overwrite", predicate=f"model_version = '{version}'",
                       app_id=APP_PORTFOLIO, app_version=int(version))

@@ -30,13 +30,13 @@ import pyarrow.parquet as pq
 
 from forecasting import contract as C
 from forecasting.errors import DataContractError
-from training import faults
-from training.tables import Lakehouse, to_arrow
+from training.checkpoints import checkpoint
+from training.tables import BRONZE_READINGS, Lakehouse, to_arrow
 
 log = logging.getLogger(__name__)
 
 SUFFIXES = (".csv", ".parquet", ".pq")
-BRONZE = "bronze/readings"
+BRONZE = BRONZE_READINGS
 KNOWN = set(C.REQUIRED) | set(C.EXOG) | set(C.ATTRIBUTES)
 _BAD_NAME_CHARS = set(" ,;{}()\n\t=")  # not allowed in Delta column names
 
@@ -217,12 +217,12 @@ def ingest(lake: Lakehouse, source: str | Path, strict: bool = True, extra_colum
         for col in new:  # ingest.extra_columns=add: nullable strings, bronze only
             values = rows[col].astype(object).where(rows[col].notna(), None)
             table = table.append_column(col, pa.array([None if v is None else str(v) for v in values], pa.string()))
-        faults.point("before_ingest_commit")
+        checkpoint("before_ingest_commit")
         report.bronze_version = lake.write(
             BRONZE, table, metadata={"mmf.batch_id": report.batch_id}, new_columns=new
         )
         report.added = {p: len(f) for p, f in frames}
-        faults.point("after_ingest_commit")
+        checkpoint("after_ingest_commit")
     else:
         report.bronze_version = lake.version(BRONZE)
     return report

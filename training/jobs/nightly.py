@@ -23,12 +23,12 @@ from typing import Any, Callable, Iterator
 
 from forecasting.config import Config
 from forecasting.errors import MMFError
-from training import faults
+from training.checkpoints import checkpoint
 from training.jobs import forecast as forecast_job
 from training.jobs import train as train_job
 from training.jobs.ingest import ingest
 from training.jobs.refine import refine
-from training.tables import Lakehouse
+from training.tables import GOLD_PORTFOLIO, GOLD_SELECTION, SILVER_READINGS, Lakehouse
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +114,8 @@ def nightly(
             if report.refine.skipped else f"done: bronze version {report.refine.bronze_version}"
         )
 
-        silver_version = lake.version("silver/readings")
-        if lake.txn_version("gold/selection", train_job.APP_ID) == silver_version:
+        silver_version = lake.version(SILVER_READINGS)
+        if lake.txn_version(GOLD_SELECTION, train_job.APP_ID) == silver_version:
             report.steps["train"] = f"skipped: already trained on silver version {silver_version}"
             closed = train_job.close_killed_run(lake, config)  # a restart after a kill at the very end
             if closed:
@@ -135,9 +135,9 @@ def nightly(
             f"skipped: champion version {report.forecast.model_version} already forecast"
             if report.forecast.skipped else f"done: {report.forecast.n_rows} rows for version {report.forecast.model_version}"
         )
-        faults.point("after_forecast_commit")
+        checkpoint("after_forecast_commit")
         version = report.forecast.model_version
-        if lake.txn_version("gold/portfolio", forecast_job.APP_PORTFOLIO) == int(version) and report.forecast.skipped:
+        if lake.txn_version(GOLD_PORTFOLIO, forecast_job.APP_PORTFOLIO) == int(version) and report.forecast.skipped:
             report.steps["aggregate"] = f"skipped: portfolio of version {version} is current"
         else:
             forecast_job.aggregate(lake, config, version)

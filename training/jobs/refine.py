@@ -22,13 +22,13 @@ from forecasting.cleaning import REFINE_OUT, clean_series, quarantine_row
 from forecasting.config import Config
 from forecasting.errors import TableError
 from forecasting.frequency import infer_freq, modal_step
-from training import faults
+from training.checkpoints import checkpoint
 from training.engines import get_engine
-from training.tables import Lakehouse
+from training.tables import BRONZE_READINGS, SILVER_QUARANTINE, SILVER_READINGS, SILVER_SERIES, Lakehouse
 
 log = logging.getLogger(__name__)
 APP_ID = "mmf-refine"
-SILVER = ("silver/quarantine", "silver/series", "silver/readings")
+SILVER = (SILVER_QUARANTINE, SILVER_SERIES, SILVER_READINGS)
 
 
 @dataclass
@@ -58,12 +58,12 @@ def refine(
     bronze_version: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> RefineReport:
-    if not lake.exists("bronze/readings"):
+    if not lake.exists(BRONZE_READINGS):
         raise TableError("bronze/readings does not exist: run `mmf ingest --source PATH` first")
-    version = lake.version("bronze/readings") if bronze_version is None else bronze_version
+    version = lake.version(BRONZE_READINGS) if bronze_version is None else bronze_version
     done = {t: lake.txn_version(t, APP_ID) for t in SILVER}
     if all(v == version for v in done.values()):
-        series = lake.read("silver/series", columns=["freq"])
+        series = lake.read(SILVER_SERIES, columns=["freq"])
         freq = series["freq"].iloc[0] if len(series) else (config.freq or "")
         return RefineReport(version, freq, skipped=True, versions={t: lake.version(t) for t in SILVER})
 
@@ -71,7 +71,7 @@ def refine(
     # by ingest.extra_columns=add are as long as the data and would double its memory.
     skip = set(C.LINEAGE.names) - {"_ingested_at"}  # cleaning orders duplicates by ingestion time
     keep = [c for c in C.BRONZE_READINGS.names if c not in skip]
-    bronze = lake.read("bronze/readings", version=version, columns=keep)
+    bronze = lake.read(BRONZE_READINGS, version=version, columns=keep)
     bronze["_row"] = np.arange(len(bronze))
     freq = config.freq or infer_freq(
         {sid: modal_step(g) for sid, g in bronze.groupby(C.SERIES_ID, sort=False)[C.TS]}
@@ -107,6 +107,6 @@ def refine(
         lake.write(name, frame, mode="overwrite", app_id=APP_ID, app_version=version,
                    metadata={"mmf.bronze_version": version, "mmf.freq": freq})
         if name == SILVER[0]:
-            faults.point("mid_refine")
+            checkpoint("mid_refine")
     report.versions = {t: lake.version(t) for t in SILVER}
     return report

@@ -15,7 +15,7 @@ from registry.metrics import aggregate_metrics
 from registry.runs import run_record
 from training.engines import get_engine
 from training.jobs.train import read_silver
-from training.tables import Lakehouse
+from training.tables import SILVER_QUARANTINE, Lakehouse
 
 
 def reproduce(lake: Lakehouse, config: Config, run_id: str, rel_tol: float = 1e-6) -> dict[str, tuple[float, float, bool]]:
@@ -28,7 +28,7 @@ def reproduce(lake: Lakehouse, config: Config, run_id: str, rel_tol: float = 1e-
     cfg: Config = from_dict(recorded_cfg)
     version, readings = read_silver(lake, record["silver_version"], record.get("series_ids"))
     results = get_engine(cfg).map_groups(readings, C.SERIES_ID, process_series, C.TRAIN_RESULT, cfg, on_error=partial(failed_result, config=cfg))
-    quarantine = lake.read("silver/quarantine")
+    quarantine = lake.read(SILVER_QUARANTINE)
     now = aggregate_metrics(results, n_quarantined=int(record["metrics"].get("n_quarantined", len(quarantine))))
     out = {}
     for name, recorded in sorted(record["metrics"].items()):

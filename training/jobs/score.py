@@ -45,11 +45,11 @@ from forecasting.errors import DataContractError, RegistryError, TableError
 from registry.aliases import CHAMPION, champion_info, require_version
 from registry.connection import set_uris
 from registry.pyfunc import MODELS_ARTIFACT, output_columns
-from training.tables import canonical, to_arrow
+from training.tables import GOLD_FORECASTS, GOLD_SCORES, canonical, to_arrow
 
 log = logging.getLogger(__name__)
 
-OUTPUTS = ("gold/scores", "gold/forecasts")
+OUTPUTS = (GOLD_SCORES, GOLD_FORECASTS)
 FORECAST_KEYS = (C.SERIES_ID, C.TS, "cutoff", "model_version")
 _DOWNLOADS: dict[tuple[str, str, str], "Champion"] = {}
 _SHIPPED: set[tuple[int, str]] = set()
@@ -214,7 +214,7 @@ def score(
     lake,
     config: Config,
     source: str,
-    output: str = "gold/scores",
+    output: str = GOLD_SCORES,
     engine: str | None = None,
 ) -> ScoreReport:
     """Score ``source`` with the champion and write the forecasts to ``output``.
@@ -237,9 +237,9 @@ def _score_local(lake, config: Config, champ: Champion, source: str, output: str
     inputs = prepare_input(read_input(lake, source), config.horizon)
     model = mlflow.pyfunc.load_model(champ.path)
     pred = model.predict(inputs, params={"unknown": "skip"})
-    pred = finish_local(pred, champ, _now(), source if output == "gold/scores" else None)
+    pred = finish_local(pred, champ, _now(), source if output == GOLD_SCORES else None)
     n_unknown = inputs[C.SERIES_ID].nunique() - pred[C.SERIES_ID].nunique()
-    if output == "gold/scores":
+    if output == GOLD_SCORES:
         where = f"source = {_quote(source)} AND model_version = {_quote(champ.version)}"
         version = lake.write(output, pred, mode="overwrite", predicate=where)
     else:
@@ -395,12 +395,12 @@ def _score_spark(lake, config: Config, champ: Champion, source: str, output: str
             f"scoring input columns {inputs.columns}: expected series_id and horizon (optional: ts, temperature)"
         )
     pred = predict_spark(spark, champ, inputs, config)
-    if output == "gold/scores":
+    if output == GOLD_SCORES:
         pred = pred.withColumn("source", F.lit(source))
     # computed once: written, then counted (models never run twice for a report)
     pred = tables.frame(output, pred).persist()
     try:
-        if output == "gold/scores":
+        if output == GOLD_SCORES:
             where = f"source = {_quote(source)} AND model_version = {_quote(champ.version)}"
             version = tables.write(output, pred, mode="overwrite", replace_where=where)
         else:

@@ -27,15 +27,14 @@ Nothing is lost, nothing is duplicated.
 The stream does not refit models (``mmf train``/``nightly`` do) and does not write silver
 (``mmf refine`` owns it, pinned to a bronze version); it moves each touched series'
 forecast window to its newest data. Spark is reached only through the Spark engine and
-table layer (this module imports no pyspark). Test hook: ``MMF_TEST_STREAM_CRASH`` =
-``before-commit`` or ``after-commit`` makes a batch that writes raise at that point.
+table layer (this module imports no pyspark). A batch that writes passes the checkpoints
+``stream_before_commit`` and ``stream_after_commit`` (:mod:`training.checkpoints`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -47,15 +46,15 @@ from forecasting.cleaning import REFINE_OUT, clean_series
 from forecasting.config import Config
 from forecasting.errors import TableError
 from forecasting.frequency import step_of
+from training import checkpoints
 from training.jobs.refine import engine_error
 from training.jobs.score import FORECAST_KEYS, champion, predict_spark
-from training.tables import Lakehouse
+from training.tables import BRONZE_READINGS, GOLD_FORECASTS, Lakehouse
 
 log = logging.getLogger(__name__)
 
-BRONZE = "bronze/readings"
-FORECASTS = "gold/forecasts"
-CRASH_ENV = "MMF_TEST_STREAM_CRASH"
+BRONZE = BRONZE_READINGS
+FORECASTS = GOLD_FORECASTS
 WEEK = pd.Timedelta("7D")
 
 
@@ -183,11 +182,11 @@ class _Batches:
         try:
             report.n_rows = pred.count()
             report.n_series = len(ends)
-            _crash_hook("before-commit", batch_id)
+            checkpoints.checkpoint("stream_before_commit", batch_id=batch_id)
             report.table_version = self.tables.merge(
                 FORECASTS, pred, FORECAST_KEYS, app_id=self.app_id, app_version=batch_id
             )
-            _crash_hook("after-commit", batch_id)
+            checkpoints.checkpoint("stream_after_commit", batch_id=batch_id)
         finally:
             pred.unpersist()
         report.status = "written"
@@ -199,11 +198,6 @@ class _Batches:
             champ.version,
         )
         return report
-
-
-def _crash_hook(point: str, batch_id: int) -> None:
-    if os.environ.get(CRASH_ENV) == point:
-        raise RuntimeError(f"{CRASH_ENV}={point}: injected crash of stream batch {batch_id}")
 
 
 def stream(

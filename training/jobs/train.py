@@ -37,9 +37,10 @@ from registry import promotion, pyfunc, recovery, runs
 from registry.connection import configure
 from registry.global_models import log_global_models
 from registry.results import load_results, log_results
-from training import faults, global_models
+from training import global_models
+from training.checkpoints import checkpoint
 from training.engines import get_engine
-from training.tables import Lakehouse
+from training.tables import GOLD_BACKTEST, GOLD_SELECTION, SILVER_QUARANTINE, SILVER_READINGS, Lakehouse
 
 log = logging.getLogger(__name__)
 APP_ID = "mmf-train"
@@ -66,11 +67,11 @@ class TrainReport:
 
 
 def read_silver(lake: Lakehouse, version: int | None, series_ids: Sequence[str] | None = None) -> tuple[int, pd.DataFrame]:
-    if not lake.exists("silver/readings"):
+    if not lake.exists(SILVER_READINGS):
         raise TableError("silver/readings does not exist: run `mmf refine` first")
-    v = lake.version("silver/readings") if version is None else version
+    v = lake.version(SILVER_READINGS) if version is None else version
     filters = [(C.SERIES_ID, "in", list(series_ids))] if series_ids else None
-    frame = lake.read("silver/readings", version=v, filters=filters)
+    frame = lake.read(SILVER_READINGS, version=v, filters=filters)
     if series_ids:
         unknown = sorted(set(series_ids) - set(frame[C.SERIES_ID].unique()))
         if unknown:
@@ -100,7 +101,7 @@ def train(
     global_models.check(cfg)  # a bad global model setting fails before any work
     configure(cfg)
     recovery.mark_orphans_failed(cfg)
-    quarantine = lake.read("silver/quarantine")
+    quarantine = lake.read(SILVER_QUARANTINE)
     if series_ids:
         quarantine = quarantine[quarantine[C.SERIES_ID].isin(series_ids)]
     ids = list(series_ids) if series_ids else None
@@ -113,7 +114,7 @@ def train(
 
     def on_progress(done: int, total: int) -> None:
         if 0 < done < total:
-            faults.point("mid_train")
+            checkpoint("mid_train")
         if progress:
             progress(done, total)
 
@@ -144,15 +145,15 @@ def train(
         lap("engine_s")
         metrics = log_results(results, cfg, history=readings, n_quarantined=len(quarantine))
         usable = results["status"].isin([C.OK, C.FALLBACK])
-        faults.point("before_register")
+        checkpoint("before_register")
         store = glob.store_path if glob is not None else None  # global weights, stored once in the pyfunc
         mv = pyfunc.log_many_models(results, cfg, silver_version=version, global_store=store) if usable.any() else None
-        faults.point("after_register")
+        checkpoint("after_register")
         decision = promotion.gate(cfg, str(mv.version), results) if mv is not None else None
-        faults.point("after_gate")
+        checkpoint("after_gate")
         lap("mlflow_s")
         write_gold_training(lake, cfg, run_id, version, results, quarantine)
-        faults.point("after_gold_selection")
+        checkpoint("after_gold_selection")
         lap("gold_write_s")
     return _report(run_id, version, cfg, mv, decision, results, quarantine, metrics, timings)
 
@@ -179,9 +180,9 @@ def _report(run_id, version, cfg, mv, decision, results, quarantine, metrics, ti
 
 def _in_gold(lake: Lakehouse, run_id: str) -> bool:
     """Whether gold/selection holds rows of this run (its job got that far)."""
-    if not lake.exists("gold/selection"):
+    if not lake.exists(GOLD_SELECTION):
         return False
-    return len(lake.read("gold/selection", columns=["run_id"], filters=[("run_id", "=", run_id)])) > 0
+    return len(lake.read(GOLD_SELECTION, columns=["run_id"], filters=[("run_id", "=", run_id)])) > 0
 
 
 def _resume(lake: Lakehouse, cfg: Config, run, mv, version: int, quarantine: pd.DataFrame) -> TrainReport:
@@ -194,9 +195,9 @@ def _resume(lake: Lakehouse, cfg: Config, run, mv, version: int, quarantine: pd.
     with recovery.resume_run(cfg, run_id, note):
         pyfunc.tag_version(cfg, model_version, run_id, results, version)
         decision = promotion.recorded_decision(cfg, model_version) or promotion.gate(cfg, model_version, results)
-        faults.point("after_gate")
+        checkpoint("after_gate")
         write_gold_training(lake, cfg, run_id, version, results, quarantine)
-        faults.point("after_gold_selection")
+        checkpoint("after_gold_selection")
     metrics = {k: float(v) for k, v in run.data.metrics.items()}
     return _report(run_id, version, cfg, mv, decision, results, quarantine, metrics, {})
 
@@ -205,9 +206,9 @@ def close_killed_run(lake: Lakehouse, config: Config) -> str | None:
     """When training is current: end the run of the job that wrote gold/selection last if
     it was killed before ending it (all its work is recorded), and mark any other
     orphaned run failed. Returns the id of the run closed, if any."""
-    if not lake.exists("gold/selection"):
+    if not lake.exists(GOLD_SELECTION):
         return None
-    last = lake.table("gold/selection").history(1)
+    last = lake.table(GOLD_SELECTION).history(1)
     run_id = last[0].get("mmf.run_id") if last else None
     configure(config)
     closed = bool(run_id) and recovery.close_recovered(config, run_id, "closed after a restart: its Gold rows were written")
@@ -232,8 +233,8 @@ def write_gold_training(lake, cfg, run_id, silver_version, results, quarantine) 
     now = pd.Timestamp(dt.datetime.now(dt.timezone.utc)).as_unit("us")
     where = f"run_id = '{run_id}'"
     bt = backtest_rows(results, run_id)
-    lake.write("gold/backtest", bt, mode="overwrite", predicate=where)
-    faults.point("after_gold_backtest")
+    lake.write(GOLD_BACKTEST, bt, mode="overwrite", predicate=where)
+    checkpoint("after_gold_backtest")
     sel = results[[C.SERIES_ID, "status", "reason", "model", "metric", "metric_value"]].copy()
     q = quarantine.rename(columns={"detail": "_detail"})
     if len(q):
@@ -243,6 +244,6 @@ def write_gold_training(lake, cfg, run_id, silver_version, results, quarantine) 
     sel["silver_version"] = silver_version
     sel["created_at"] = now
     lake.write(
-        "gold/selection", sel, mode="overwrite", predicate=where,
+        GOLD_SELECTION, sel, mode="overwrite", predicate=where,
         app_id=APP_ID, app_version=silver_version, metadata={"mmf.run_id": run_id},
     )

@@ -13,16 +13,23 @@ from typing import Any, Mapping
 from forecasting import contract as C
 from training.serving.champion import Champion
 from training.serving.render import forecast_bodies, latest_write, selection_rows
-from training.tables import Lakehouse
+from training.tables import (
+    GOLD_BACKTEST,
+    GOLD_FORECASTS,
+    GOLD_PORTFOLIO,
+    GOLD_SELECTION,
+    SILVER_READINGS,
+    Lakehouse,
+)
 
 log = logging.getLogger(__name__)
 
 FORECASTS, SELECTION, BACKTEST, PORTFOLIO, READINGS = (
-    "gold/forecasts",
-    "gold/selection",
-    "gold/backtest",
-    "gold/portfolio",
-    "silver/readings",
+    GOLD_FORECASTS,
+    GOLD_SELECTION,
+    GOLD_BACKTEST,
+    GOLD_PORTFOLIO,
+    SILVER_READINGS,
 )
 WATCHED = (FORECASTS, SELECTION, BACKTEST, PORTFOLIO, READINGS)
 _SELECTION_COLUMNS = [C.SERIES_ID, "status", "reason", "model", "metric", "metric_value"]

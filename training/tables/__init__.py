@@ -10,6 +10,36 @@
 Nothing here imports the engines, the jobs, MLflow or serving.
 """
 
-from training.tables.lakehouse import TABLE_NAMES, Lakehouse, canonical, table_schema, to_arrow
+from training.tables.lakehouse import (
+    BRONZE_READINGS,
+    GOLD_BACKTEST,
+    GOLD_FORECASTS,
+    GOLD_PORTFOLIO,
+    GOLD_SCORES,
+    GOLD_SELECTION,
+    SILVER_QUARANTINE,
+    SILVER_READINGS,
+    SILVER_SERIES,
+    TABLE_NAMES,
+    Lakehouse,
+    canonical,
+    table_schema,
+    to_arrow,
+)
 
-__all__ = ["TABLE_NAMES", "Lakehouse", "canonical", "table_schema", "to_arrow"]
+__all__ = [
+    "BRONZE_READINGS",
+    "GOLD_BACKTEST",
+    "GOLD_FORECASTS",
+    "GOLD_PORTFOLIO",
+    "GOLD_SCORES",
+    "GOLD_SELECTION",
+    "SILVER_QUARANTINE",
+    "SILVER_READINGS",
+    "SILVER_SERIES",
+    "TABLE_NAMES",
+    "Lakehouse",
+    "canonical",
+    "table_schema",
+    "to_arrow",
+]

@@ -26,30 +26,40 @@ log = logging.getLogger(__name__)
 
 _COMMIT_KEY = "mmf.commit_id"  # commit metadata: identifies the commit a write made
 
+# The tables of a lakehouse: their names are declared here only.
+BRONZE_READINGS = "bronze/readings"
+SILVER_READINGS = "silver/readings"
+SILVER_SERIES = "silver/series"
+SILVER_QUARANTINE = "silver/quarantine"
+GOLD_FORECASTS = "gold/forecasts"
+GOLD_BACKTEST = "gold/backtest"
+GOLD_SELECTION = "gold/selection"
+GOLD_PORTFOLIO = "gold/portfolio"
+GOLD_SCORES = "gold/scores"
 TABLE_NAMES = (
-    "bronze/readings",
-    "silver/readings",
-    "silver/series",
-    "silver/quarantine",
-    "gold/forecasts",
-    "gold/backtest",
-    "gold/selection",
-    "gold/portfolio",
-    "gold/scores",
+    BRONZE_READINGS,
+    SILVER_READINGS,
+    SILVER_SERIES,
+    SILVER_QUARANTINE,
+    GOLD_FORECASTS,
+    GOLD_BACKTEST,
+    GOLD_SELECTION,
+    GOLD_PORTFOLIO,
+    GOLD_SCORES,
 )
 
 
 def table_schema(name: str, levels: Sequence[int] = (80, 95)) -> pa.Schema:
     return {
-        "bronze/readings": C.BRONZE_READINGS,
-        "silver/readings": C.SILVER_READINGS,
-        "silver/series": C.SILVER_SERIES,
-        "silver/quarantine": C.SILVER_QUARANTINE,
-        "gold/forecasts": C.forecast_schema(levels),
-        "gold/backtest": C.backtest_schema(levels),
-        "gold/selection": C.GOLD_SELECTION,
-        "gold/portfolio": C.GOLD_PORTFOLIO,
-        "gold/scores": C.scores_schema(levels),
+        BRONZE_READINGS: C.BRONZE_READINGS,
+        SILVER_READINGS: C.SILVER_READINGS,
+        SILVER_SERIES: C.SILVER_SERIES,
+        SILVER_QUARANTINE: C.SILVER_QUARANTINE,
+        GOLD_FORECASTS: C.forecast_schema(levels),
+        GOLD_BACKTEST: C.backtest_schema(levels),
+        GOLD_SELECTION: C.GOLD_SELECTION,
+        GOLD_PORTFOLIO: C.GOLD_PORTFOLIO,
+        GOLD_SCORES: C.scores_schema(levels),
     }[canonical(name)]
 
 
@@ -190,7 +200,7 @@ class Lakehouse:
         if predicate is not None and not exists:
             mode, predicate = "append", None  # nothing to replace yet: create the table
         schema = self.schema(name)
-        bronze = canonical(name) == "bronze/readings"
+        bronze = canonical(name) == BRONZE_READINGS
         if new_columns and not bronze:
             raise TableError(f"new columns {list(new_columns)} refused: only bronze/readings takes columns outside the contract")
         data = df if isinstance(df, pa.Table) else to_arrow(df, schema)

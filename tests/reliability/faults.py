@@ -1,0 +1,80 @@
+"""Fault injection for the tests: a checkpoint hook (:mod:`training.checkpoints`) that
+kills, pauses or fails the process, a local-engine worker or a Spark task at a named
+checkpoint. Nothing of it is in the product: a test installs it with
+``checkpoints.set_hook(Faults(...))``, or starts ``mmf`` through
+:mod:`tests.reliability.launch`, which installs it from the environment:
+
+``MMF_TEST_KILL_AT=<checkpoint>``
+    SIGKILL the process when it reaches ``<checkpoint>`` (one of ``checkpoints.POINTS``).
+``MMF_TEST_KILL_AT=worker:<function>:<key>[,<key>...]``
+    SIGKILL the local-engine worker that is about to run ``<function>`` (e.g.
+    ``process_series``) on one of these group keys, every time, so the engine's one-by-one
+    retry dies too.
+``MMF_TEST_PAUSE_AT=<checkpoint>:<path>``
+    On reaching ``<checkpoint>``, create ``<path>.reached`` and wait until ``<path>``
+    exists (at most :data:`PAUSE_MAX_S` seconds), so a test can line up processes.
+
+The hook travels to the engines' workers pickled by reference: this module must be
+importable as ``tests.reliability.faults`` (run from the repository root).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from training import checkpoints
+
+KILL_ENV = "MMF_TEST_KILL_AT"
+PAUSE_ENV = "MMF_TEST_PAUSE_AT"
+PAUSE_MAX_S = 600.0
+
+
+class InjectedError(RuntimeError):
+    """Raised by :class:`Faults` where a test asked for a failure."""
+
+
+@dataclass(frozen=True)
+class Faults:
+    kill_at: str | None = None  # <checkpoint>, or worker:<function>:<key>[,<key>...]
+    pause_at: str | None = None  # <checkpoint>:<gate path>
+    raise_at: str | None = None  # <checkpoint>: raise InjectedError there
+    fail_first_attempt: str | None = None  # a folder: each Spark task's first attempt raises, marked there
+
+    def __post_init__(self) -> None:
+        for spec in (self.kill_at, self.pause_at, self.raise_at):
+            name = (spec or "").split(":", 1)[0]
+            assert not spec or name == "worker" or name in checkpoints.NAMES, spec
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> Faults | None:
+        """The faults ``MMF_TEST_KILL_AT`` and ``MMF_TEST_PAUSE_AT`` ask for (``None``: none)."""
+        kill, pause = env.get(KILL_ENV) or None, env.get(PAUSE_ENV) or None
+        return cls(kill_at=kill, pause_at=pause) if kill or pause else None
+
+    def __call__(self, name: str, **info: Any) -> None:
+        if name == self.kill_at or (name == "worker_group" and self._doomed(**info)):
+            os.kill(os.getpid(), signal.SIGKILL)
+        if self.pause_at and self.pause_at.split(":", 1)[0] == name:
+            _pause(Path(self.pause_at.split(":", 1)[1]))
+        if name == self.raise_at:
+            raise InjectedError(f"injected crash at checkpoint {name} {info}")
+        if name == "spark_task" and self.fail_first_attempt and info.get("attempt") == 0:
+            where = f"stage{info['stage']}-part{info['partition']}-attempt0"
+            (Path(self.fail_first_attempt) / where).touch()
+            raise InjectedError(f"injected failure of the first attempt of task {where}")
+
+    def _doomed(self, function: str, key: str) -> bool:
+        parts = (self.kill_at or "").split(":", 2)
+        return len(parts) == 3 and parts[:2] == ["worker", function] and key in parts[2].split(",")
+
+
+def _pause(gate: Path) -> None:
+    Path(f"{gate}.reached").touch()
+    deadline = time.monotonic() + PAUSE_MAX_S
+    while not gate.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
