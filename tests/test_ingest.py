@@ -375,3 +375,37 @@ def test_report_version_is_the_commit_of_this_ingest(lake, tmp_path):
     assert (first.bronze_version, second.bronze_version) == (0, 1)
     assert lake.read(BRONZE, version=0)[C.SERIES_ID].tolist() == ["A"]
     assert sorted(lake.read(BRONZE, version=1)[C.SERIES_ID]) == ["A", "B"]
+
+
+def test_an_unreadable_file_is_refused_and_the_others_land(lake, lake_root, tmp_path, small):
+    """A file whose read fails (root ignores permissions, so a link to /proc/self/mem,
+    which raises EIO, and a link whose target is gone) is refused naming the file."""
+    src = tmp_path / "raw"
+    src.mkdir()
+    good = write(small, src / "good.parquet")
+    broken = src / "broken.csv"
+    broken.symlink_to("/proc/self/mem")
+    gone = src / "gone.parquet"
+    gone.symlink_to(tmp_path / "moved-away.parquet")
+
+    rep = ingest(lake, src, strict=False)
+    assert rep.added == {str(good): len(small.readings)}
+    assert sorted(rep.refused) == [str(broken), str(gone)]
+    assert rep.refused[str(broken)].startswith(f"{broken}: cannot be read (Input/output error)")
+    assert rep.refused[str(gone)].startswith(f"{gone}: cannot be read (No such file or directory)")
+    assert set(lake.read(BRONZE)["_source_file"]) == {str(good)}
+
+    with pytest.raises(DataContractError, match="broken.csv: cannot be read"):
+        ingest(lake, broken)  # one file (the CLI's strict mode): a clean error
+    env = {**os.environ, "MMF_LAKEHOUSE": str(lake_root)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "training.cli", "ingest", "--source", str(src)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"skipped {good}: already ingested" in proc.stdout
+    assert f"refused {broken}: {broken}: cannot be read" in proc.stderr

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from reliability_support import (
     assert_no_duplicates,
     assert_runs_explained,
@@ -112,3 +113,51 @@ def test_two_ingests_of_different_files_at_once_both_land(tmp_path):
         assert len(got) == len(want) and set(got["series_id"]) == set(want["series_id"])
     assert not bronze.duplicated(["series_id", "ts"]).any()
     assert lake_of(lake).version("bronze/readings") == 1  # two commits, versions 0 and 1
+
+
+@pytest.mark.parametrize("bronze", ["absent", "present"])
+def test_three_ingests_of_the_same_file_at_once_land_it_once(tmp_path, bronze):
+    """Three `mmf ingest` of one file, held until each has checked bronze's content
+    hashes and then released together: the file lands once, the others skip it."""
+    lake = tmp_path / "lake"
+    conf = str(write_conf(tmp_path / "conf.yaml", lake, None))
+    data = generate(n_series=3, days=3, freq="h", seed=5, clean=True).readings
+    same = tmp_path / "same.parquet"
+    data.to_parquet(same, index=False)
+    if bronze == "present":
+        other = tmp_path / "other.parquet"
+        data.assign(series_id="X-" + data["series_id"]).to_parquet(other, index=False)
+        assert mmf("ingest", "--source", str(other), "--conf", conf).returncode == 0
+    gates = [tmp_path / f"gate{i}" for i in range(3)]
+    procs = [
+        mmf_bg(
+            "ingest",
+            "--source",
+            str(same),
+            "--conf",
+            conf,
+            env={"MMF_TEST_PAUSE_AT": f"before_ingest_commit:{g}"},
+        )
+        for g in gates
+    ]
+    try:
+        for g, p in zip(gates, procs):
+            wait_for(Path(f"{g}.reached"), p)  # each saw the file as new
+        for g in gates:
+            g.touch()
+        results = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for p, (_, err) in zip(procs, results):
+        assert p.returncode == 0, err[-2000:]
+    outs = "".join(out for out, _ in results)
+    assert outs.count(f"ingested {len(data):,} rows from {same}") == 1, outs
+    assert outs.count(f"skipped {same}: already ingested") == 2, outs
+    rows = lake_of(lake).read("bronze/readings")
+    got = rows[rows["_source_file"] == str(same)]
+    assert len(got) == len(data) and got["_batch_id"].nunique() == 1
+    assert not rows.duplicated(["series_id", "ts"]).any()
+    assert_no_duplicates(lake)

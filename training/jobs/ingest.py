@@ -2,9 +2,13 @@
 
 Each file is validated whole before anything is written: a file with missing or
 mistyped columns, no rows, or bytes that are not UTF-8 is refused with a message naming
-the file and the column, and no table changes. Rows are appended with lineage columns
+the file and the column, and no table changes; so is a file that cannot be read (an I/O
+or permission error, a link whose target is gone). Rows are appended with lineage columns
 (source file, content hash, batch id, ingested-at). A file whose content hash is
-already in bronze is skipped, so ingesting the same file twice adds nothing.
+already in bronze is skipped, so ingesting the same file twice adds nothing, even from
+runs at the same time: each file's commit records the Delta application transaction
+``mmf-ingest-<content hash>``, checked against the snapshot it commits on (see
+:func:`_commit`).
 Timestamps are stored as naive UTC: timezone-aware values are converted, naive ones
 are taken as UTC; a ``ts`` column of numbers is refused, not read as epoch offsets.
 Columns outside the contract follow ``ingest.extra_columns``: ``ignore`` (the default:
@@ -29,9 +33,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from forecasting import contract as C
-from forecasting.errors import DataContractError
+from forecasting.errors import DataContractError, TableError
 from training.checkpoints import checkpoint
-from training.tables import BRONZE_READINGS, Lakehouse, to_arrow
+from training.tables import BRONZE_READINGS, Lakehouse, TransactionConflict, to_arrow
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +43,8 @@ SUFFIXES = (".csv", ".parquet", ".pq")
 BRONZE = BRONZE_READINGS
 KNOWN = set(C.REQUIRED) | set(C.EXOG) | set(C.ATTRIBUTES)
 _BAD_NAME_CHARS = set(" ,;{}()\n\t=")  # not allowed in Delta column names
+APP_PREFIX = "mmf-ingest-"  # + a file's content hash: the Delta application transaction of its commit
+COMMIT_TRIES = 5
 
 
 @dataclass
@@ -59,7 +65,12 @@ class IngestReport:
 def list_sources(source: str | Path) -> list[Path]:
     p = Path(source)
     if p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in SUFFIXES)
+        # a link whose target is gone is listed, so that it is refused rather than missed
+        files = sorted(
+            f
+            for f in p.rglob("*")
+            if (f.is_file() or f.is_symlink() and not f.exists()) and f.suffix.lower() in SUFFIXES
+        )
         if not files:
             raise DataContractError(f"source folder {p} holds no .csv or .parquet file")
         return files
@@ -182,10 +193,15 @@ def ingest(lake: Lakehouse, source: str | Path, strict: bool = True, extra_colum
     report = IngestReport(batch_id=uuid.uuid4().hex[:12])
     files = list_sources(source)
     seen = ingested_hashes(lake)
-    frames = []
+    frames: list[tuple[str, str, pd.DataFrame]] = []  # (file, content hash, rows)
     now = pd.Timestamp(dt.datetime.now(dt.timezone.utc)).as_unit("us")
     for path in files:
-        content = path.read_bytes()
+        try:
+            content = path.read_bytes()
+        except OSError as exc:  # unreadable (permissions, a dangling link, I/O error)
+            why = f"{path}: cannot be read ({exc.strerror or exc}); fix the file or its permissions"
+            _refuse(report, path, DataContractError(why), strict)
+            continue
         digest = hashlib.sha256(content).hexdigest()
         if digest in seen:
             report.skipped.append(str(path))
@@ -194,10 +210,7 @@ def ingest(lake: Lakehouse, source: str | Path, strict: bool = True, extra_colum
             df = read_raw(path, content)
             extra = _extra_columns(str(path), df, extra_columns)
         except DataContractError as exc:
-            if strict:
-                raise
-            report.refused[str(path)] = str(exc)
-            log.error("refused %s", exc)
+            _refuse(report, path, exc, strict)
             continue
         if extra and extra_columns == "add":
             report.added_columns[str(path)] = extra
@@ -208,23 +221,82 @@ def ingest(lake: Lakehouse, source: str | Path, strict: bool = True, extra_colum
         df["_content_hash"] = digest
         df["_batch_id"] = report.batch_id
         df["_ingested_at"] = now
-        frames.append((str(path), df))
+        frames.append((str(path), digest, df))
         seen.add(digest)
     if frames:
-        rows = pd.concat([f for _, f in frames], ignore_index=True)
-        table = to_arrow(rows, lake.schema(BRONZE))
-        new = list(dict.fromkeys(c for cols in report.added_columns.values() for c in cols))
-        for col in new:  # ingest.extra_columns=add: nullable strings, bronze only
-            values = rows[col].astype(object).where(rows[col].notna(), None)
-            table = table.append_column(col, pa.array([None if v is None else str(v) for v in values], pa.string()))
         checkpoint("before_ingest_commit")
-        report.bronze_version = lake.write(
-            BRONZE, table, metadata={"mmf.batch_id": report.batch_id}, new_columns=new
-        )
-        report.added = {p: len(f) for p, f in frames}
+        _commit(lake, frames, report)
         checkpoint("after_ingest_commit")
     else:
         report.bronze_version = lake.version(BRONZE)
     return report
 
 
+def _refuse(report: IngestReport, path: Path, exc: DataContractError, strict: bool) -> None:
+    if strict:
+        raise exc
+    report.refused[str(path)] = str(exc)
+    log.error("refused %s", exc)
+
+
+def _commit(lake: Lakehouse, frames: list[tuple[str, str, pd.DataFrame]], report: IngestReport) -> None:
+    """Append ``frames`` in one commit that also records, per file, the Delta application
+    transaction ``mmf-ingest-<content hash>``, checked against the snapshot it commits
+    on: two runs that both found a file new cannot both commit it (Delta refuses the
+    second commit as concurrent on the same app id). The loser re-reads bronze's content
+    hashes, skips the files that landed meanwhile and commits the rest."""
+    for attempt in range(1, COMMIT_TRIES + 1):
+        table, new = _bronze_table(lake, frames, report)
+        try:
+            report.bronze_version = lake.write(
+                BRONZE,
+                table,
+                metadata={"mmf.batch_id": report.batch_id},
+                new_columns=new,
+                transactions=[(APP_PREFIX + digest, 1) for _, digest, _ in frames],
+            )
+        except TransactionConflict as exc:
+            landed = {a.removeprefix(APP_PREFIX) for a in exc.app_ids}
+            if exc.version is not None:  # committed anyway, as the second creator of bronze
+                report.bronze_version = _take_back(lake, report.batch_id, landed)
+            else:
+                landed |= ingested_hashes(lake)
+            report.skipped += [p for p, digest, _ in frames if digest in landed]
+            frames = [f for f in frames if f[1] not in landed]
+            if exc.version is None:
+                if frames and attempt < COMMIT_TRIES:
+                    log.info(
+                        "bronze/readings changed while committing; retry %d of %d", attempt + 1, COMMIT_TRIES
+                    )
+                    continue
+                if frames:
+                    raise TableError(
+                        f"bronze/readings: no commit after {attempt} tries: other writers kept committing"
+                    ) from None
+                report.bronze_version = lake.version(BRONZE)
+        report.added = {p: len(f) for p, _, f in frames}
+        return
+
+
+def _take_back(lake: Lakehouse, batch_id: str, hashes: set[str]) -> int:
+    """Delete this batch's rows of files another run committed first."""
+    listed = ", ".join(f"'{h}'" for h in sorted(hashes))
+    log.warning(
+        "bronze/readings: %d file(s) committed by another run at the same time; ours taken back", len(hashes)
+    )
+    return lake.delete(BRONZE, f"_batch_id = '{batch_id}' AND _content_hash IN ({listed})")
+
+
+def _bronze_table(lake: Lakehouse, frames, report: IngestReport) -> tuple[pa.Table, list[str]]:
+    """The rows of ``frames`` as one Arrow table of bronze's schema, plus the columns
+    ``ingest.extra_columns=add`` brings (nullable strings, bronze only)."""
+    rows = pd.concat([f for _, _, f in frames], ignore_index=True)
+    table = to_arrow(rows, lake.schema(BRONZE))
+    files = {p for p, _, _ in frames}
+    new = list(dict.fromkeys(c for p, cols in report.added_columns.items() if p in files for c in cols))
+    for col in new:
+        values = rows[col].astype(object).where(rows[col].notna(), None)
+        table = table.append_column(
+            col, pa.array([None if v is None else str(v) for v in values], pa.string())
+        )
+    return table, new

@@ -17,7 +17,7 @@ from typing import Any, Iterable, Sequence
 import pandas as pd
 import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
-from deltalake.exceptions import TableNotFoundError
+from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
 from forecasting import contract as C
 from forecasting.errors import TableError
@@ -69,6 +69,23 @@ def canonical(name: str) -> str:
     if key not in TABLE_NAMES:
         raise TableError(f"unknown table {name!r}: expected one of {', '.join(TABLE_NAMES)}")
     return key
+
+
+class TransactionConflict(TableError):
+    """A conditional write (``Lakehouse.write(transactions=...)``) found one of its
+    application transactions already committed by another writer. ``version`` is None
+    when nothing was written; when set, the write was committed anyway, as that version
+    (two writers created the table at once, which Delta does not refuse), and the caller
+    must take back the rows of ``app_ids``."""
+
+    def __init__(self, message: str, app_ids: list[str], version: int | None = None) -> None:
+        super().__init__(message)
+        self.app_ids, self.version = app_ids, version
+
+
+def _recorded(table: DeltaTable, transactions: Sequence[tuple[str, int]]) -> list[str]:
+    """The app ids among ``transactions`` that ``table``'s snapshot already holds."""
+    return [a for a, v in transactions if (table.transaction_version(a) or -1) >= v]
 
 
 def to_arrow(df: pd.DataFrame, schema: pa.Schema) -> pa.Table:
@@ -185,11 +202,14 @@ class Lakehouse:
         app_version: int | None = None,
         metadata: dict[str, str] | None = None,
         new_columns: Sequence[str] = (),
+        transactions: Sequence[tuple[str, int]] = (),
     ) -> int:
         """Append or overwrite (optionally only where ``predicate`` holds); returns the
         table version this write committed (not a version another writer committed
         meanwhile). ``app_id``/``app_version`` record a Delta application
-        transaction so a retried step can tell it already committed. A replace-where
+        transaction so a retried step can tell it already committed; ``transactions``
+        records more ``(app_id, version)`` pairs, and makes the write conditional: see
+        :class:`TransactionConflict`. A replace-where
         (``mode="overwrite"`` with a ``predicate``) on an absent table creates it.
 
         Every table is written with exactly its contract schema, so a schema change is
@@ -215,31 +235,78 @@ class Lakehouse:
         # A marker in the commit lets us find *our* version when the table is created,
         # even if another writer committed right after us.
         marker = uuid.uuid4().hex
+        pairs = [(app_id, app_version or 0)] if app_id else []
+        txns = [Transaction(a, int(v)) for a, v in [*pairs, *transactions]]
         props = CommitProperties(
-            app_transactions=[Transaction(app_id, int(app_version or 0))] if app_id else None,
+            app_transactions=txns or None,
             custom_metadata={**{k: str(v) for k, v in (metadata or {}).items()}, _COMMIT_KEY: marker},
         )
         if exists:
-            # Writing through a loaded table leaves it at the version this write
-            # committed; re-reading the latest version could return another
-            # writer's commit (concurrent ingests).
-            target = self.table(name)
-            write_deltalake(target, data, mode=mode, predicate=predicate, commit_properties=props, schema_mode=schema_mode)
-            if target.version() >= 0:
-                return target.version()
-            # loaded while another writer was creating the table (no commit yet): the
-            # object was not advanced, so look the commit up
-            return self._committed_version(name, marker)
-        write_deltalake(
-            self.uri(name),
-            data,
-            mode=mode,
-            predicate=predicate,
-            storage_options=self.storage_options,
-            commit_properties=props,
-            schema_mode=schema_mode,
-        )
-        return self._committed_version(name, marker)
+            return self._write_loaded(name, data, mode, predicate, props, schema_mode, transactions, marker)
+        try:
+            write_deltalake(
+                self.uri(name),
+                data,
+                mode=mode,
+                predicate=predicate,
+                storage_options=self.storage_options,
+                commit_properties=props,
+                schema_mode=schema_mode,
+            )
+        except CommitFailedError as exc:
+            if not transactions:
+                raise
+            why = str(exc).splitlines()[0]
+            raise TransactionConflict(
+                f"{canonical(name)}: created by another writer meanwhile ({why})", []
+            ) from None
+        version = self._committed_version(name, marker)
+        self._check_created(name, version, transactions)
+        return version
+
+    def _write_loaded(self, name, data, mode, predicate, props, schema_mode, transactions, marker) -> int:
+        """Write through the loaded table (the table exists)."""
+        # Writing through a loaded table leaves it at the version this write
+        # committed; re-reading the latest version could return another
+        # writer's commit (concurrent ingests).
+        target = self.table(name)
+        done = _recorded(target, transactions)
+        if done:
+            raise TransactionConflict(
+                f"{canonical(name)}: {len(done)} transaction(s) committed already", done
+            )
+        try:
+            write_deltalake(
+                target, data, mode=mode, predicate=predicate, commit_properties=props, schema_mode=schema_mode
+            )
+        except CommitFailedError as exc:
+            if not transactions:
+                raise
+            why = str(exc).splitlines()[0]
+            raise TransactionConflict(
+                f"{canonical(name)}: another writer committed meanwhile ({why})", []
+            ) from None
+        if target.version() >= 0:
+            return target.version()
+        # loaded while another writer was creating the table (no commit yet): the
+        # object was not advanced, so look the commit up
+        version = self._committed_version(name, marker)
+        self._check_created(name, version, transactions)
+        return version
+
+    def _check_created(self, name: str, version: int, transactions: Sequence[tuple[str, int]]) -> None:
+        """Delta checks a new table's first commit for nothing but its version number: a
+        writer that lost the race to create the table is committed after the winner
+        unchecked. Raise if one of its transactions was committed before it."""
+        if not transactions or version == 0:
+            return
+        done = _recorded(self.table(name, version - 1), transactions)
+        if done:
+            raise TransactionConflict(
+                f"{canonical(name)}: version {version} repeats {len(done)} transaction(s) of an earlier version",
+                done,
+                version,
+            )
 
     def _committed_version(self, name: str, marker: str) -> int:
         """The version of the commit carrying ``marker`` (only when creating a table)."""
@@ -256,6 +323,18 @@ class Lakehouse:
                     return int(commit["version"])
             break
         return self.table(name).version()  # pragma: no cover - our commit is in the log
+
+    def delete(self, name: str, predicate: str, tries: int = 5) -> int:
+        """Delete the rows where ``predicate`` holds; returns the version committed."""
+        for attempt in range(1, tries + 1):
+            target = self.table(name)
+            try:
+                target.delete(predicate)
+                return target.version()
+            except CommitFailedError:
+                if attempt == tries:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def txn_version(self, name: str, app_id: str) -> int | None:
         """The last application-transaction version committed under ``app_id``."""
