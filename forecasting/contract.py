@@ -32,6 +32,7 @@ QUARANTINE_REASONS = {
     "non_finite": "infinite readings above the allowed share",
     "too_many_gaps": "more missing steps than the allowed share after regularisation",
     "irregular": "timestamps do not fit the configured frequency",
+    "mixed_frequency": "regular at another frequency than the lakehouse's (the data mixes frequencies)",
     "too_large": "more readings than the per-series limit",
     "future_timestamps": "readings later than now + 1 day (a meter clock running ahead)",
     "processing_failed": "cleaning this series crashed or killed its worker (detail says how)",

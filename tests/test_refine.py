@@ -434,45 +434,71 @@ def test_one_point_series_alone(lake_root, tmp_path, config):
     assert rep.n_series == 0 and len(lake.read("silver/readings")) == 0
 
 
-# -- refused input writes nothing --------------------------------------------------------------
+# -- a mix of frequencies stops only the series of the other frequency -------------------------
 
 
-def _mixed(n: int = 6) -> pd.DataFrame:
-    hourly = [_hourly(f"H{i}", _load(72, i)) for i in range(n)]
-    half = [_hourly(f"HH{i}", _load(144, 50 + i), step="30min") for i in range(n)]
-    return pd.concat(hourly + half, ignore_index=True)
-
-
-def test_mix_of_frequencies_refused_nothing_written(lake_root, tmp_path, config):
+def test_mix_of_frequencies_in_a_new_lakehouse_keeps_the_most_common(lake_root, tmp_path, config):
+    """No silver yet: the step of most series is the lakehouse's; the series regular at
+    another step are quarantined ``mixed_frequency``, the others refined."""
     lake = Lakehouse(str(lake_root))
-    _ingest_frame(lake, _mixed(), tmp_path / "mixed.parquet")
-    with pytest.raises(FrequencyError) as err:
-        refine(lake, config)
-    assert "h (6 series)" in str(err.value) and "30min (6 series)" in str(err.value)
-    assert not any(lake.exists(t) for t in SILVER)
+    parts = [_hourly(f"H{i}", _load(72, i)) for i in range(6)]
+    parts += [_hourly(f"HH{i}", _load(144, 50 + i), step="30min") for i in range(4)]
+    _ingest_frame(lake, pd.concat(parts, ignore_index=True), tmp_path / "mixed.parquet")
+    rep = refine(lake, config)
+    assert rep.freq == "h" and rep.n_series == 6
+    assert rep.quarantined == {"mixed_frequency": 4}
+    q = lake.read("silver/quarantine").set_index(C.SERIES_ID)
+    assert sorted(q.index) == [f"HH{i}" for i in range(4)]
+    assert "30min apart (4 series)" in q.loc["HH0", "detail"] and "frequency is h" in q.loc["HH0", "detail"]
+    assert sorted(lake.read("silver/series")[C.SERIES_ID]) == [f"H{i}" for i in range(6)]
+
+    # with freq set, the cleaning rules judge every series: the other frequency is irregular
+    other = Lakehouse(str(tmp_path / "other"))
+    _ingest_frame(other, pd.concat(parts, ignore_index=True), tmp_path / "mixed.parquet")
+    rep = refine(other, config.replace(freq="h", lakehouse=str(tmp_path / "other")))
+    q = other.read("silver/quarantine")
+    assert sorted(q[C.SERIES_ID]) == [f"HH{i}" for i in range(4)]
+    assert set(q["reason"]) == {"irregular"} and rep.n_series == 6
 
 
-def test_mix_of_frequencies_leaves_existing_silver_unchanged(lake_root, tmp_path, config):
+def test_a_file_of_another_frequency_quarantines_its_series_not_the_fleet(lake_root, tmp_path, config):
+    """An hourly lakehouse receives a half-hourly file (as many series): silver keeps
+    its frequency and every hourly series; the new ones are quarantined with the reason."""
     lake = Lakehouse(str(lake_root))
     _ingest_frame(lake, pd.concat([_hourly(f"H{i}", _load(72, i)) for i in range(6)]), tmp_path / "h.parquet")
     refine(lake, config)
-    before = {t: (lake.version(t), len(lake.read(t))) for t in SILVER}
+    before = lake.read("silver/readings")
 
     _ingest_frame(
         lake,
         pd.concat([_hourly(f"HH{i}", _load(144, i), step="30min") for i in range(6)]),
         tmp_path / "hh.parquet",
     )
-    with pytest.raises(FrequencyError, match="mixes frequencies"):
-        refine(lake, config)
-    assert {t: (lake.version(t), len(lake.read(t))) for t in SILVER} == before
+    rep = refine(lake, config)
+    assert rep.bronze_version == 1 and rep.freq == "h" and rep.n_series == 6
+    q = lake.read("silver/quarantine").set_index(C.SERIES_ID)
+    assert sorted(q.index) == [f"HH{i}" for i in range(6)]
+    assert set(q["reason"]) == {"mixed_frequency"} and set(q["bronze_version"]) == {1}
+    detail = q.loc["HH3", "detail"]
+    assert "30min apart (6 series)" in detail and "the frequency of its silver" in detail
+    after = lake.read("silver/readings")
+    assert set(after[C.SERIES_ID]) == {f"H{i}" for i in range(6)}
+    pd.testing.assert_frame_equal(
+        after.sort_values([C.SERIES_ID, C.TS]).reset_index(drop=True),
+        before.sort_values([C.SERIES_ID, C.TS]).reset_index(drop=True),
+    )
+    assert (lake.read("silver/series")["bronze_version"] == 1).all()
 
-    # with freq set, the other frequency is quarantined as irregular instead
-    rep = refine(lake, config.replace(freq="h"))
-    q = lake.read("silver/quarantine")
-    assert sorted(q[C.SERIES_ID]) == [f"HH{i}" for i in range(6)]
-    assert set(q["reason"]) == {"irregular"}
-    assert rep.n_series == 6
+
+def test_no_common_step_is_still_refused(lake_root, tmp_path, config):
+    """Many series, each at its own step: no frequency to keep, refused, nothing written."""
+    lake = Lakehouse(str(lake_root))
+    steps = ["h", "30min", "15min", "2h", "3h", "4h", "6h", "12h", "20min", "10min", "5min"]
+    parts = [_hourly(f"S{i}", _load(40, i), step=st) for i, st in enumerate(steps)]
+    _ingest_frame(lake, pd.concat(parts, ignore_index=True), tmp_path / "steps.parquet")
+    with pytest.raises(FrequencyError, match="no step is shared"):
+        refine(lake, config)
+    assert not any(lake.exists(t) for t in SILVER)
 
 
 def test_half_hourly_real_layout_refines(lake_root, tmp_path, config):

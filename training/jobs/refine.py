@@ -1,16 +1,22 @@
 """``mmf refine``: bronze/readings -> silver/readings, silver/series, silver/quarantine.
 
-Bronze is read at a pinned version; the frequency is the configured one or inferred
-(a mix is refused). Every series goes through :func:`forecasting.cleaning.clean_series`
-on the engine; good series land in silver/readings and silver/series, bad ones in
-silver/quarantine with a reason. Each silver table records the bronze version it was
-built from as a Delta application transaction (app id ``mmf-refine``), so re-running on
-unchanged bronze writes nothing, and a refine killed half-way redoes only what is left.
+Bronze is read at a pinned version; the frequency is the configured one or inferred.
+When inferred and the data mixes frequencies (two steps each shared by at least 10% of
+the series), the lakehouse keeps one, the frequency of its current silver, else the step
+of most series (ties: the one ingested first), and the series regular at another step
+are quarantined ``mixed_frequency``: a file of another frequency stops only its own
+series. Without any common step the data is refused. Every series goes through
+:func:`forecasting.cleaning.clean_series` on the engine; good series land in
+silver/readings and silver/series, bad ones in silver/quarantine with a reason. Each
+silver table records the bronze version it was built from as a Delta application
+transaction (app id ``mmf-refine``), so re-running on unchanged bronze writes nothing,
+and a refine killed half-way redoes only what is left.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -21,7 +27,7 @@ from forecasting import contract as C
 from forecasting.cleaning import REFINE_OUT, clean_series, quarantine_row
 from forecasting.config import Config
 from forecasting.errors import TableError
-from forecasting.frequency import infer_freq, modal_step
+from forecasting.frequency import alias, infer_freq, modal_step, step_of
 from training.checkpoints import checkpoint
 from training.engines import get_engine
 from training.tables import BRONZE_READINGS, SILVER_QUARANTINE, SILVER_READINGS, SILVER_SERIES, Lakehouse
@@ -29,6 +35,40 @@ from training.tables import BRONZE_READINGS, SILVER_QUARANTINE, SILVER_READINGS,
 log = logging.getLogger(__name__)
 APP_ID = "mmf-refine"
 SILVER = (SILVER_QUARANTINE, SILVER_SERIES, SILVER_READINGS)
+MIN_SHARE = 0.1  # a step shared by this share of the series is a frequency of the data
+
+
+def lakehouse_freq(lake: Lakehouse, bronze: pd.DataFrame) -> tuple[str, dict[str, str]]:
+    """The inferred frequency, and the series to quarantine as ``mixed_frequency``
+    (series id -> detail) when the data mixes frequencies (see the module docstring)."""
+    by_series = bronze.groupby(C.SERIES_ID, sort=False)
+    steps = {sid: modal_step(g) for sid, g in by_series[C.TS]}
+    counts = Counter(s for s in steps.values() if s is not None)
+    total = sum(counts.values())
+    major = [s for s, n in counts.items() if n / total >= MIN_SHARE] if total else []
+    if len(major) < 2:
+        return infer_freq(steps, min_share=MIN_SHARE), {}
+    current = {step_of(f) for f in lake.read(SILVER_SERIES, columns=["freq"])["freq"].dropna().unique()}
+    kept = [s for s in major if s in current]
+    if len(kept) == 1:
+        keep, why = kept[0], "the frequency of its silver"
+    else:
+        first = by_series["_ingested_at"].min().to_dict()
+        seen: dict[pd.Timedelta, pd.Timestamp] = {}
+        for sid, st in steps.items():
+            if st in major:
+                seen[st] = min(seen.get(st, first[sid]), first[sid])
+        keep = min(major, key=lambda s: (-counts[s], seen[s], s))
+        why = f"the step of most series ({counts[keep]})"
+    freq = alias(keep)
+    log.warning("bronze mixes frequencies %s; refining at %s", sorted(map(alias, major)), freq)
+    mixed = {
+        sid: f"readings mostly {alias(s)} apart ({counts[s]} series), the lakehouse's frequency is {freq} "
+        f"({why}); keep such series in a lakehouse of their own, or set freq"
+        for sid, s in steps.items()
+        if s in major and s != keep
+    }
+    return freq, mixed
 
 
 @dataclass
@@ -73,9 +113,9 @@ def refine(
     keep = [c for c in C.BRONZE_READINGS.names if c not in skip]
     bronze = lake.read(BRONZE_READINGS, version=version, columns=keep)
     bronze["_row"] = np.arange(len(bronze))
-    freq = config.freq or infer_freq(
-        {sid: modal_step(g) for sid, g in bronze.groupby(C.SERIES_ID, sort=False)[C.TS]}
-    )
+    freq, mixed = (config.freq, {}) if config.freq else lakehouse_freq(lake, bronze)
+    if mixed:
+        bronze = bronze[~bronze[C.SERIES_ID].isin(list(mixed))]
     cfg = config.replace(freq=freq)
     engine = get_engine(cfg)
     out = engine.map_groups(
@@ -83,6 +123,9 @@ def refine(
         on_error=engine_error,
         progress=progress,
     )
+    if mixed:
+        rows = [quarantine_row(sid, "mixed_frequency", why) for sid, why in mixed.items()]
+        out = pd.concat([out, *rows], ignore_index=True)
 
     bad = out["_reason"].notna()
     quarantine = out.loc[bad, [C.SERIES_ID, "_reason", "_detail"]].rename(columns={"_reason": "reason", "_detail": "detail"})
