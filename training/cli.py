@@ -342,6 +342,34 @@ def restore(table, version, conf):
 
 
 @cli.command()
+@conf_option
+def doctor(conf):
+    """Check every table's commit log; name a corrupt commit file and the fix."""
+    lake = _lake(_config(conf))
+    sick = 0
+    for name in lake.existing():
+        diagnosis = lake.diagnose(name)
+        click.echo(f"{name}: {diagnosis.summary()}")
+        sick += not diagnosis.ok
+    if sick:
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("table")
+@conf_option
+def repair(table, conf):
+    """Move TABLE's corrupt last commit file(s) aside; it reads at its last good version."""
+    moved, version = _lake(_config(conf)).repair(table)
+    if not moved:
+        click.echo(f"{table}: nothing to repair (version {version})")
+        return
+    for path in moved:
+        click.echo(f"moved aside: {path}")
+    click.echo(f"{table} reads at version {version}")
+
+
+@cli.command()
 @click.option("--retention-hours", type=click.IntRange(min=0), default=None, help="Default: retention_hours (168).")
 @click.option("--force", is_flag=True, help="Allow a retention below 168 hours (7 days).")
 @conf_option

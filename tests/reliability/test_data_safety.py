@@ -1,13 +1,15 @@
 """Nothing lost: Gold restores to an earlier version, training re-runs on an earlier
-silver version and gives the same forecasts (same seed), and `mmf vacuum` keeps the
-configured retention (at least 7 days unless forced) so time travel keeps working."""
+silver version and gives the same forecasts (same seed), `mmf vacuum` keeps the
+configured retention (at least 7 days unless forced) so time travel keeps working, and a
+corrupt commit file is diagnosed (`mmf doctor`, every reading command) and moved aside
+(`mmf repair`) so the table reads at its last good version."""
 
 from __future__ import annotations
 
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from reliability_support import mlflow_template, new_lake, write_conf
+from reliability_support import lake_of, mlflow_template, mmf, new_lake, write_conf
 
 from forecasting.generator import generate
 
@@ -119,3 +121,89 @@ def test_vacuum_refuses_less_than_7_days_unless_forced_and_time_travel_survives(
     with pytest.raises(Exception):  # noqa: B017 - deltalake's error for a file vacuumed away
         lake.read("gold/forecasts", version=1)
     assert len(lake.read("gold/forecasts")) == 6 * 24  # the current version is whole
+
+
+# -- a corrupt commit file: diagnosed, and repaired without losing earlier versions ----------
+
+
+@pytest.fixture
+def three_versions(tmp_path):
+    """bronze/readings at versions 0, 1, 2 (one file each) and silver built from it."""
+    lake_dir = tmp_path / "lake"
+    conf = write_conf(tmp_path / "conf.yaml", lake_dir, None)
+    data = generate(n_series=3, days=3, freq="h", seed=6, clean=True).readings
+    for i, day in enumerate(sorted(data["ts"].dt.normalize().unique())):
+        path = tmp_path / f"day{i}.parquet"
+        data[data["ts"].dt.normalize() == day].to_parquet(path, index=False)
+        assert mmf("ingest", "--source", str(path), "--conf", str(conf)).returncode == 0
+    assert mmf("refine", "--conf", str(conf)).returncode == 0
+    return lake_dir, conf
+
+
+@pytest.mark.parametrize("damage", ["truncated", "copy_to_output"])
+def test_a_corrupt_latest_commit_is_diagnosed_and_repaired(three_versions, damage):
+    lake_dir, conf = three_versions
+    lake = lake_of(lake_dir)
+    assert lake.version("bronze/readings") == 2
+    kept = {v: lake.read("bronze/readings", version=v) for v in (0, 1)}
+    bad = lake_dir / "bronze" / "readings" / "_delta_log" / "00000000000000000002.json"
+    good_text = bad.read_text()
+    # a commit cut short (a full disk), or what `COPY (...) TO` wrote over it
+    bad.write_text(good_text[: len(good_text) // 2] if damage == "truncated" else "x\n1\n")
+
+    # every command that reads the table names it, the bad file and the fix, in one line
+    for args in (
+        ["query", "bronze/readings"],
+        ["restore", "bronze/readings", "--version", "1"],
+        ["refine"],
+    ):
+        proc = mmf(*args, "--conf", str(conf))
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, (args, proc.stderr)
+        assert proc.stderr.startswith("error: table bronze/readings cannot be read: commit file "), (
+            proc.stderr
+        )
+        assert str(bad) in proc.stderr and "mmf repair bronze/readings" in proc.stderr
+        assert "read the table at version 1" in proc.stderr
+    sql = mmf("sql", "SELECT count(*) AS n FROM silver.readings", "--conf", str(conf))
+    assert sql.returncode == 0 and "bronze/readings is left out" in sql.stderr, sql.stderr
+    old = mmf("query", "bronze/readings", "--version", "1", "--conf", str(conf))  # time travel still works
+    assert old.returncode == 0 and f"({len(kept[1]):,} rows; version 1)" in old.stderr, old.stderr
+
+    doctor = mmf("doctor", "--conf", str(conf))
+    assert doctor.returncode == 1, doctor.stderr
+    assert f"bronze/readings: CORRUPT: commit file {bad} (version 2)" in doctor.stdout
+    assert "last good version is 1: run `mmf repair bronze/readings`" in doctor.stdout
+    assert "silver/readings: ok (version 0)" in doctor.stdout
+
+    repaired = mmf("repair", "bronze/readings", "--conf", str(conf))
+    assert repaired.returncode == 0, repaired.stderr
+    assert "bronze/readings reads at version 1" in repaired.stdout
+    [moved] = (lake_dir / "_repair" / "bronze" / "readings").glob("*/00000000000000000002.json")
+    assert moved.read_text() == (good_text[: len(good_text) // 2] if damage == "truncated" else "x\n1\n")
+    assert not bad.exists()
+
+    assert lake.version("bronze/readings") == 1
+    for v, frame in kept.items():  # nothing lost from the earlier versions
+        pd.testing.assert_frame_equal(lake.read("bronze/readings", version=v), frame)
+    assert mmf("doctor", "--conf", str(conf)).returncode == 0
+    again = mmf("repair", "bronze/readings", "--conf", str(conf))
+    assert again.returncode == 0 and "nothing to repair" in again.stdout
+    # the table takes new commits again: the lost day is ingested anew as version 2
+    day2 = sorted(p for p in lake_dir.parent.glob("day*.parquet"))[-1]
+    assert mmf("ingest", "--source", str(day2), "--conf", str(conf)).returncode == 0
+    assert lake.version("bronze/readings") == 2 and len(lake.read("bronze/readings")) == 72 * 3
+
+
+def test_doctor_finds_a_commit_deltalake_silently_skips_and_repair_refuses_a_middle_one(three_versions):
+    lake_dir, conf = three_versions
+    log = lake_dir / "bronze" / "readings" / "_delta_log"
+    (log / "00000000000000000002.json").write_text("")  # deltalake reads this as "no change"
+    doctor = mmf("doctor", "--conf", str(conf))
+    assert doctor.returncode == 1 and "bronze/readings: CORRUPT: commit file" in doctor.stdout
+    assert "(version 2) is corrupt (empty)" in doctor.stdout
+
+    (log / "00000000000000000002.json").write_text((log / "00000000000000000001.json").read_text())
+    (log / "00000000000000000001.json").write_text("{not json\n")
+    refused = mmf("repair", "bronze/readings", "--conf", str(conf))
+    assert refused.returncode == 2 and "later commit(s) 2 are not corrupt" in refused.stderr, refused.stderr
+    assert (log / "00000000000000000001.json").exists() and (log / "00000000000000000002.json").exists()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import re
 
+import duckdb
 import pandas as pd
 
 from forecasting.errors import MMFError, TableError
@@ -102,8 +103,6 @@ def run_sql(lake: Lakehouse, statement: str, engine: str = "local") -> pd.DataFr
         from training.tables.spark import spark_sql
 
         return spark_sql(lake, statement)
-    import duckdb
-
     con = duckdb.connect()
     try:
         for name in lake.existing():
@@ -129,9 +128,7 @@ def run_sql(lake: Lakehouse, statement: str, engine: str = "local") -> pd.DataFr
         con.close()
 
 
-def _run_duckdb(con, statement: str) -> pd.DataFrame:
-    import duckdb
-
+def _run_duckdb(con: duckdb.DuckDBPyConnection, statement: str) -> pd.DataFrame:
     try:
         kinds = [s.type for s in con.extract_statements(statement)]
     except duckdb.Error as exc:

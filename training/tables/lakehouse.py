@@ -17,10 +17,11 @@ from typing import Any, Iterable, Sequence
 import pandas as pd
 import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
-from deltalake.exceptions import CommitFailedError, TableNotFoundError
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
 from forecasting import contract as C
 from forecasting.errors import TableError
+from training.tables import doctor
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,10 @@ class Lakehouse:
                 f"table {canonical(name)} does not exist under {self.root}: run the step that "
                 "writes it first (ingest -> refine -> train -> forecast)"
             ) from None
+        except DeltaError as exc:  # a corrupt commit file, most often
+            if isinstance(version, int) and doctor.loads_at(self.uri(name), version, self.storage_options):
+                return DeltaTable(self.uri(name), version=version, storage_options=self.storage_options)
+            raise TableError(self._unreadable(name, exc)) from None
         if version is not None:
             try:
                 t.load_as_version(version)
@@ -143,6 +148,31 @@ class Lakehouse:
                     f"(latest is {t.version()}): {exc}"
                 ) from None
         return t
+
+    def _unreadable(self, name: str, exc: Exception) -> str:
+        """The message for a table deltalake cannot load: the corrupt commit file and the fix."""
+        d = self.diagnose(name)
+        if not d.bad:
+            return f"table {d.name} cannot be read: {str(exc).strip().splitlines()[0]}; `mmf doctor` checks every table"
+        b = d.bad[0]
+        fix = (
+            f"run `mmf repair {d.name}` to move it aside and read the table at version {b.version - 1}"
+            if b.version > 0
+            else "no earlier version to keep: restore the table's folder from a backup"
+        )
+        return f"table {d.name} cannot be read: commit file {b.path} (version {b.version}) is corrupt ({b.why}); {fix}"
+
+    def diagnose(self, name: str) -> doctor.Diagnosis:
+        """The health of a table's commit log (``mmf doctor``)."""
+        return doctor.diagnose(self.uri(name), canonical(name), self.storage_options)
+
+    def repair(self, name: str) -> tuple[list[str], int]:
+        """Move the corrupt commit files at the end of a table's log into
+        ``<root>/_repair/<table>/<UTC time>/`` (``mmf repair``); returns the moved files and
+        the version the table now reads at."""
+        key = canonical(name)
+        moved = doctor.repair(self.uri(key), key, f"{self.root}/_repair/{key}", self.storage_options)
+        return moved, self.table(key).version()
 
     def exists(self, name: str) -> bool:
         return DeltaTable.is_deltatable(self.uri(name), storage_options=self.storage_options)
