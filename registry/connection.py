@@ -1,20 +1,43 @@
-"""Where MLflow lives: the tracking and registry URIs and the job's experiment."""
+"""Where MLflow lives: the tracking and registry URIs and the job's experiment.
+
+MLflow's usage telemetry (an outbound HTTPS connection) is off unless the user turns it
+on: :func:`telemetry_off_by_default` sets ``MLFLOW_DISABLE_TELEMETRY=true`` when neither
+``MLFLOW_DISABLE_TELEMETRY`` nor ``DO_NOT_TRACK`` is set (``MLFLOW_DISABLE_TELEMETRY=false``
+turns it back on); it runs when this module is imported and on every connection.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from mlflow.telemetry.client import set_telemetry_client
 
 from forecasting.config import Config
 from forecasting.errors import RegistryError
+
+TELEMETRY_SWITCHES = ("MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK")
+
+
+def telemetry_off_by_default() -> None:
+    """Switch MLflow's telemetry off unless the user set one of its switches; MLflow
+    decides when it is imported, so its client is re-evaluated here."""
+    if any(os.environ.get(var) is not None for var in TELEMETRY_SWITCHES):
+        return
+    os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    set_telemetry_client()
+
+
+telemetry_off_by_default()
 
 
 def set_uris(config: Config) -> MlflowClient:
     """Point the fluent API at ``config.mlflow_tracking_uri()`` (tracking and registry)
     without creating anything; the read-only entry point of :mod:`registry`."""
+    telemetry_off_by_default()
     uri = config.mlflow_tracking_uri()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import logging
 import os
 import sys
+import time
 from pathlib import Path
+from typing import Iterator
 
 import click
 import pandas as pd
@@ -17,7 +21,7 @@ from forecasting.generator import write
 from forecasting.models import MODELS, all_models, unavailable_reason
 from registry import promotion
 from registry.aliases import champion_info
-from registry.connection import configure
+from registry.connection import configure, telemetry_off_by_default
 from training.jobs.forecast import aggregate, forecast
 from training.jobs.ingest import ingest
 from training.jobs.nightly import nightly
@@ -40,44 +44,91 @@ def _lake(config):
     return Lakehouse.from_config(config)
 
 
-class _Progress:
-    """A tqdm bar per step, only on a terminal or when asked for."""
+def _interactive() -> bool:
+    """Live bars only on a terminal and outside CI (the ``CI`` variable set)."""
+    return sys.stderr.isatty() and not os.environ.get("CI")
 
-    def __init__(self, enabled: bool | None = None) -> None:
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+
+class _Progress:
+    """Renders the jobs' ``progress(step, done, total)`` callbacks: one line on stderr
+    when a step starts (always), then a tqdm bar with done/total and ETA (only when
+    :func:`_interactive`, or when asked for). ``total`` 0 means "started, size unknown"."""
+
+    def __init__(self, bars: bool | None = None) -> None:
+        self.enabled = _interactive() if bars is None else bars
+        self.started: set[str] = set()
         self.bars: dict[str, object] = {}
 
     def __call__(self, step: str, done: int, total: int) -> None:
-        if not self.enabled:
+        if step not in self.started:
+            self.started.add(step)
+            click.echo(f"{time.strftime('%H:%M:%S')} {step}" + (f" ({total:,} {_unit(step)})" if total else ""), err=True)
+        if not self.enabled or total <= 0:
             return
         from tqdm import tqdm
 
         bar = self.bars.get(step)
         if bar is None:
-            bar = self.bars[step] = tqdm(total=total, desc=step, unit="series", leave=True)
+            bar = self.bars[step] = tqdm(total=total, desc=step, unit=_unit(step), leave=_unit(step) != "epoch", dynamic_ncols=True)
         bar.n = done
         bar.refresh()
         if done >= total:
             bar.close()
+            del self.bars[step]
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+        self.bars.clear()
 
     def step(self, name: str):
         return lambda done, total: self(name, done, total)
 
 
+def _unit(step: str) -> str:
+    """What a step counts: ``"<model> epochs"`` and ``"<model> fits"`` steps say so, the others count series."""
+    return {"epochs": "epoch", "fits": "fit"}.get(step.rsplit(" ", 1)[-1], "series")
+
+
+@contextlib.contextmanager
+def _progress() -> Iterator[_Progress]:
+    bars = _Progress()
+    try:
+        yield bars
+    finally:
+        bars.close()
+
+
 conf_option = click.option("--conf", type=click.Path(dir_okay=False), default=None, help="YAML file overriding conf/default.yaml.")
-engine_option = click.option("--engine", type=click.Choice(list(ENGINES)), default=None, help="Where per-series work runs.")
+engine_option = click.option(
+    "--engine", type=click.Choice(list(ENGINES)), default=None,
+    help="Where the per-series work runs: local (worker processes on this machine) or spark (the spark extra). Default: engine in the config.",
+)
+horizon_option = click.option("--horizon", type=click.IntRange(min=1), default=None, help="Steps ahead to forecast (default: horizon in the config).")
+
+
+OWN_LOGGERS = ("mmf", "forecasting", "training", "registry")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120, "terminal_width": 120})
-@click.option("-v", "--verbose", is_flag=True, help="Log debug detail.")
+@click.option("-v", "--verbose", is_flag=True, help="Show mmf's own log messages (DEBUG and up; other libraries stay at WARNING).")
 def cli(verbose: bool) -> None:
     """mmf: many-models forecasting on Delta Lake and MLflow."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if not verbose:
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-        logging.getLogger("mlflow").setLevel(logging.WARNING)
-        logging.getLogger("alembic").setLevel(logging.WARNING)
+    _setup_logging(verbose)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    telemetry_off_by_default()
+
+
+def _setup_logging(verbose: bool) -> None:
+    """The root logger (every third-party library) at WARNING; with ``-v`` mmf's own
+    loggers at DEBUG."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(logging.WARNING)
+    for name in OWN_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    for name in ("mlflow", "alembic"):  # MLflow configures its own loggers at INFO
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def main() -> None:
@@ -98,7 +149,7 @@ def main() -> None:
 @click.option("--series", "n_series", type=click.IntRange(min=1), default=100, show_default=True, help="Number of meters.")
 @click.option("--days", type=click.IntRange(min=1), default=90, show_default=True, help="Days of history.")
 @click.option("--freq", default="h", show_default=True, help="Reading frequency (h, 30min, 15min, D).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed: the same seed writes the same data.")
 @click.option("--clean", is_flag=True, help="No faulty series or readings.")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Parquet file to write.")
 def generate(n_series, days, freq, seed, clean, out):
@@ -136,7 +187,8 @@ def ingest_cmd(source, conf):
 def refine_cmd(conf, engine):
     """Build silver (clean, regular, quarantined) from bronze."""
     config = _config(conf, engine=engine)
-    rep = refine(_lake(config), config, progress=_Progress().step("refine"))
+    with _progress() as progress:
+        rep = refine(_lake(config), config, progress=progress)
     if rep.skipped:
         click.echo(f"silver is current (built from bronze version {rep.bronze_version}); nothing to do")
         return
@@ -148,17 +200,18 @@ def refine_cmd(conf, engine):
 @cli.command("train")
 @conf_option
 @engine_option
-@click.option("--models", default=None, help="Comma-separated candidate models (see `mmf models`).")
+@click.option("--models", default=None, help="Comma-separated candidate models (see `mmf candidates`).")
 @click.option("--series-id", "series_ids", multiple=True, help="Train only these series (repeatable).")
-@click.option("--horizon", type=click.IntRange(min=1), default=None)
+@horizon_option
 @click.option("--silver-version", type=click.IntRange(min=0), default=None, help="Train on this silver version.")
 @click.option("--tune", is_flag=True, default=None, help="Hyperopt search per series (slower).")
 def train_cmd(conf, engine, models, series_ids, horizon, silver_version, tune):
     """Fit, backtest and choose a model per series; log one MLflow run; register."""
     config = _config(conf, engine=engine, horizon=horizon, models=models.split(",") if models else None,
                      **{"tune.enabled": tune})
-    rep = train(_lake(config), config, silver_version=silver_version, series_ids=list(series_ids) or None,
-                progress=_Progress().step("train"))
+    with _progress() as progress:
+        rep = train(_lake(config), config, silver_version=silver_version, series_ids=list(series_ids) or None,
+                    progress=progress)
     _print_train(rep)
 
 
@@ -174,13 +227,14 @@ def _print_train(rep):
 
 @cli.command("forecast")
 @conf_option
-@click.option("--horizon", type=click.IntRange(min=1), default=None)
+@horizon_option
 @click.option("--force", is_flag=True, help="Rewrite even when this champion was already forecast.")
 def forecast_cmd(conf, horizon, force):
     """Forecast every series with the champion into gold/forecasts."""
     config = _config(conf, horizon=horizon)
     lake = _lake(config)
-    rep = forecast(lake, config, horizon=horizon, force=force)
+    with _progress() as progress:
+        rep = forecast(lake, config, horizon=horizon, force=force, progress=progress)
     if rep.skipped:
         click.echo(f"gold/forecasts already holds champion version {rep.model_version} ({rep.n_rows:,} rows); use --force")
         return
@@ -191,12 +245,15 @@ def forecast_cmd(conf, horizon, force):
 @cli.command("nightly")
 @conf_option
 @engine_option
-@click.option("--horizon", type=click.IntRange(min=1), default=None)
+@horizon_option
 @click.option("--wait", "lock_timeout", type=float, default=0, help="Seconds to wait for another running job.")
-def nightly_cmd(conf, engine, horizon, lock_timeout):
+@click.option("--source", type=click.Path(exists=False), default=None,
+              help="CSV/Parquet file or folder to ingest first (overrides nightly.source in the config).")
+def nightly_cmd(conf, engine, horizon, lock_timeout, source):
     """Run ingest -> refine -> train -> forecast -> aggregate, skipping what is current."""
-    config = _config(conf, engine=engine, horizon=horizon)
-    rep = nightly(_lake(config), config, horizon=horizon, lock_timeout_s=lock_timeout, progress=_Progress())
+    config = _config(conf, engine=engine, horizon=horizon, **{"nightly.source": source})
+    with _progress() as progress:
+        rep = nightly(_lake(config), config, horizon=horizon, lock_timeout_s=lock_timeout, progress=progress)
     for step, what in rep.steps.items():
         click.echo(f"{step:<10} {what}")
     if rep.train is not None:
@@ -207,8 +264,8 @@ def nightly_cmd(conf, engine, horizon, lock_timeout):
 
 
 @cli.command()
-@click.option("--series", "n_series", type=click.IntRange(min=1), default=50, show_default=True)
-@click.option("--days", type=click.IntRange(min=14), default=60, show_default=True)
+@click.option("--series", "n_series", type=click.IntRange(min=1), default=50, show_default=True, help="Number of demo meters.")
+@click.option("--days", type=click.IntRange(min=14), default=60, show_default=True, help="Days of hourly history.")
 @click.option("--lakehouse", default=None, help="Where to put the demo lakehouse (default ./lakehouse).")
 @conf_option
 def demo(n_series, days, lakehouse, conf):
@@ -222,7 +279,8 @@ def demo(n_series, days, lakehouse, conf):
         write(gen(n_series=n_series, days=days, freq="h", seed=config.seed, country=config.country), path)
         click.echo(f"generated {n_series} meters x {days} days hourly -> {path}")
     config = config.replace(**{"nightly.source": str(path)})
-    rep = nightly(lake, config, progress=_Progress())
+    with _progress() as progress:
+        rep = nightly(lake, config, progress=progress)
     for step, what in rep.steps.items():
         click.echo(f"{step:<10} {what}")
     _summary(lake, config, rep)
@@ -246,23 +304,68 @@ def _summary(lake, config, rep):
 
 @cli.command()
 @click.argument("table")
-@click.option("--series-id", "series_id", default=None)
+@click.option("--series-id", "series_id", default=None, help="Only this series' rows (e.g. MTR-00001).")
 @click.option("--version", type=click.IntRange(min=0), default=None, help="Delta version (time travel).")
-@click.option("--as-of", default=None, help="Timestamp (ISO 8601) for time travel.")
-@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table")
+@click.option("--as-of", default=None,
+              help="Time travel to the table as it was at this ISO 8601 date or timestamp (naive ones are UTC), e.g. 2026-11-27 or 2026-11-27T00:00:00.")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="Rows to print at most.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True, help="Output format.")
 @conf_option
 def query(table, series_id, version, as_of, limit, fmt, conf):
-    """Print rows of a lakehouse table, optionally at a version or timestamp."""
+    """Print rows of lakehouse TABLE (e.g. gold/forecasts), optionally at a version or timestamp."""
     if version is not None and as_of is not None:
         raise click.UsageError("give --version or --as-of, not both")
     config = _config(conf)
     lake = _lake(config)
-    at = version if version is not None else as_of
+    at = version if version is not None else (_version_at(lake, table, _parse_as_of(as_of)) if as_of else None)
     filters = [("series_id", "=", series_id)] if series_id else None
+    if series_id and "series_id" not in lake.schema(table).names:
+        raise click.BadParameter(f"{table} has no series_id column", param_hint="--series-id")
     df = lake.read(table, version=at, filters=filters)
+    if series_id and df.empty:
+        _unknown_series(lake, table, at, series_id)
     _print_frame(df.head(limit), fmt)
-    click.echo(f"({len(df):,} rows; version {at if at is not None else lake.version(table)})", err=True)
+    rows = f"{min(limit, len(df)):,} of {len(df):,} rows" if len(df) > limit else f"{len(df):,} rows"
+    click.echo(f"({rows}; version {at if at is not None else lake.version(table)})", err=True)
+
+
+def _parse_as_of(text: str) -> pd.Timestamp:
+    """An ISO 8601 date or timestamp as a UTC time (naive values are UTC)."""
+    try:
+        ts = pd.Timestamp(text.strip())
+    except (ValueError, TypeError):
+        ts = pd.NaT
+    if pd.isna(ts):
+        raise click.BadParameter(f"{text!r} is not an ISO 8601 date or timestamp (e.g. 2026-11-27 or 2026-11-27T00:00:00Z)",
+                                 param_hint="--as-of")
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def _version_at(lake, table: str, when: pd.Timestamp) -> int:
+    """The last version of ``table`` committed at or before ``when``; an error before its first commit."""
+    commits = sorted((int(h["version"]), int(h["timestamp"])) for h in lake.history(table))
+    ms = when.value // 1_000_000
+    before = [v for v, t in commits if t <= ms]
+    if not before:
+        first_v, first_t = commits[0]
+        first = pd.Timestamp(first_t, unit="ms", tz="UTC").isoformat()
+        raise click.BadParameter(
+            f"{when.isoformat()} is before {table}'s first commit (version {first_v} at {first}); give a later time",
+            param_hint="--as-of",
+        )
+    return before[-1]
+
+
+def _unknown_series(lake, table: str, at, series_id: str) -> None:
+    """Raise a clear error when ``series_id`` has no row in ``table`` at all, naming the closest ids."""
+    ids = lake.read(table, version=at, columns=["series_id"])["series_id"].dropna().unique().tolist()
+    if series_id in ids:
+        return
+    scored = sorted((-difflib.SequenceMatcher(None, series_id, i).ratio(), i) for i in ids)
+    close = [i for score, i in scored[:5] if -score >= 0.6]  # best first, ties in id order
+    hint = f"; closest: {', '.join(close)}" if close else (f"; ids look like {', '.join(sorted(ids)[:3])}" if ids else "")
+    raise click.BadParameter(f"series {series_id!r} is not in {table} (version {at if at is not None else lake.version(table)}){hint}",
+                             param_hint="--series-id")
 
 
 def _print_frame(df, fmt):
@@ -277,18 +380,23 @@ def _print_frame(df, fmt):
 
 @cli.command()
 @click.argument("statement")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table")
-@engine_option
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True, help="Output format.")
+@click.option("--engine", type=click.Choice(list(ENGINES)), default=None,
+              help="SQL engine: local (DuckDB in this process) or spark (Spark SQL, the spark extra). Default: engine in the config.")
 @conf_option
 def sql(statement, fmt, engine, conf):
-    """Run SQL over the lakehouse tables (gold.forecasts, silver.readings, ...)."""
+    """Run the SQL STATEMENT over the lakehouse tables (gold.forecasts, silver.readings, ...)."""
     config = _config(conf, engine=engine)
     _print_frame(run_sql(_lake(config), statement, engine=config.engine), fmt)
 
 
-@cli.command()
-def models():
-    """List every registered model with a one-line description (and whether it can train here)."""
+@cli.command("candidates")
+def candidates():
+    """List the candidate model types `mmf train` chooses from per series (not the MLflow Registry).
+
+    Each with a one-line description and whether it can train here; pick them with
+    `mmf train --models` or `models:` in the config. Registered model versions live in
+    MLflow (`mmf promote VERSION`, the MLflow UI)."""
     for name, cls in sorted(MODELS.items()):
         click.echo(f"{name:<16} {cls.description}")
     for name, cls in all_models().items():
@@ -299,11 +407,18 @@ def models():
         click.echo(f"{name:<16} {cls.description}{note}")
 
 
+cli.add_command(click.Command("models", callback=candidates.callback, hidden=True,
+                               help="Same as `mmf candidates` (old name)."))
+
+
 @cli.command()
 @click.argument("version")
 @conf_option
 def promote(version, conf):
-    """Move the champion alias to VERSION by hand."""
+    """Move the champion alias to MLflow model version VERSION by hand.
+
+    VERSION is a version number of the registered MLflow model (mlflow.registered_model
+    in the config): `mmf train` prints it, the MLflow UI lists them."""
     config = _config(conf)
     configure(config)
     click.echo(f"champion is now version {promotion.promote(config, version)}")
@@ -322,7 +437,7 @@ def rollback(conf):
 @click.argument("run_id")
 @conf_option
 def reproduce(run_id, conf):
-    """Re-train from a run's recorded config and silver version; compare metrics."""
+    """Re-train from the MLflow run RUN_ID's recorded config and silver version; compare metrics."""
     config = _config(conf)
     rep = repro(_lake(config), config, run_id)
     for name, (recorded, now, same) in rep.items():
@@ -333,10 +448,10 @@ def reproduce(run_id, conf):
 
 @cli.command()
 @click.argument("table")
-@click.option("--version", type=click.IntRange(min=0), required=True)
+@click.option("--version", type=click.IntRange(min=0), required=True, help="The Delta version to go back to (see `mmf query --version`).")
 @conf_option
 def restore(table, version, conf):
-    """Restore a table to an earlier Delta version."""
+    """Restore TABLE (e.g. gold/forecasts) to an earlier Delta version (as a new version)."""
     config = _config(conf)
     click.echo(f"{table} restored to version {version} (new version {_lake(config).restore(table, version)})")
 
@@ -414,7 +529,8 @@ def serve(host, port, refresh_s, access_log, conf):
 def score(source, output, engine, conf):
     """Score an input with the champion many-models pyfunc and write the forecasts to Gold."""
     config = _config(conf, engine=engine)
-    rep = run_score(_lake(config), config, source, output=output)
+    with _progress() as progress:
+        rep = run_score(_lake(config), config, source, output=output, progress=progress)
     click.echo(f"{output} version {rep.table_version}: {rep.n_rows:,} rows for {rep.n_series} series from {rep.source} (model version {rep.model_version})")
     if rep.n_unknown:
         click.echo(f"note: {rep.n_unknown} series of the input have no model in the champion and were left out", err=True)

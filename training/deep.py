@@ -43,7 +43,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -85,8 +85,10 @@ def train_worker(
     out_path: str,
     use_gpu: Any = "auto",
     threads: int | None = None,
+    on_epoch: Callable[[int, int], None] | None = None,
 ) -> str:
     """Train on the windows in ``data_path``; rank 0 writes ``out_path`` and returns it.
+    ``on_epoch(done, total)`` is told after each epoch (in-process training only).
 
     Reads ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` from the environment (set by
     torchrun/TorchDistributor, or by :func:`_spawn_entry`); without them it trains
@@ -127,6 +129,8 @@ def train_worker(
             if distributed:
                 dist.all_reduce(total)
             losses.append(float(total[0] / total[1]))
+            if on_epoch is not None:
+                on_epoch(epoch + 1, int(params["epochs"]))
         if rank == 0:
             arrays = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
             with open(out_path, "wb") as fh:
@@ -228,11 +232,13 @@ def train(
     launcher: str = "local",
     use_gpu: Any = "auto",
     threads: int | None = None,
+    on_epoch: Callable[[int, int], None] | None = None,
 ) -> TrainResult:
     """Train ``global_nn`` on ``samples`` (``x``, ``ctx``, ``y`` from
     :func:`forecasting.models.global_models.nn.build_samples`) with ``num_processes``
     data-parallel processes, launched ``local`` (torch.multiprocessing) or on ``spark``
-    (TorchDistributor, local mode).
+    (TorchDistributor, local mode). ``on_epoch(done, total)`` is told after each epoch
+    when training runs in this process (one process, local).
 
     Raises:
         ConfigError: torch is not installed, or an unknown launcher.
@@ -253,7 +259,7 @@ def train(
             if launcher == "spark":
                 _run_spark(n, args)
             elif n == 1:
-                train_worker(*args)
+                train_worker(*args, on_epoch=on_epoch)
             else:
                 import torch.multiprocessing as tmp_mp
 

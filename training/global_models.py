@@ -172,10 +172,14 @@ def build_panel(readings: pd.DataFrame, config: Config) -> tuple[Panel, dict[str
 
 # -- fitting --------------------------------------------------------------------------
 FitFn = Callable[[str, Panel, Spec, dict[str, Any], int], tuple[GlobalWeights, Fit]]
+Progress = Callable[[str, int, int], None]  # (step, done, total)
 
 
-def make_fitter(config: Config, launcher: str, num_processes: int | None = None) -> FitFn:
-    """``fit(name, panel, spec, params, seed) -> (weights, Fit)``."""
+def make_fitter(
+    config: Config, launcher: str, num_processes: int | None = None, progress: Progress | None = None
+) -> FitFn:
+    """``fit(name, panel, spec, params, seed) -> (weights, Fit)``; ``progress(step, done,
+    total)`` is told the epochs of ``global_nn`` when it trains in this process."""
     n_proc = config.deep.num_processes if num_processes is None else num_processes
     use_gpu = config.deep.use_gpu
     if launcher == "spark":  # TorchDistributor runs on the active session: the engine's
@@ -198,8 +202,16 @@ def make_fitter(config: Config, launcher: str, num_processes: int | None = None)
             if meta["use_temperature"]:
                 meta["t_loc"], meta["t_scale"] = temperature_scaling(panel)
             samples = nn_mod.build_samples(panel, meta, int(settings["windows_per_series"]), seed)
+            on_epoch = (lambda done, total: progress(f"{name} epochs", done, total)) if progress else None
             res = deep.train(
-                samples, meta, settings, seed, num_processes=n_proc, launcher=launcher, use_gpu=use_gpu
+                samples,
+                meta,
+                settings,
+                seed,
+                num_processes=n_proc,
+                launcher=launcher,
+                use_gpu=use_gpu,
+                on_epoch=on_epoch,
             )
             arrays = {k: np.asarray(v, dtype=np.float32) for k, v in res.arrays.items()}
             weights = GlobalWeights("global_nn", meta, arrays)
@@ -374,6 +386,7 @@ def train_global_models(
     config: Config,
     engine: str = "local",
     workdir: str | Path | None = None,
+    progress: Progress | None = None,
 ) -> GlobalReport | None:
     """Tune and train every configured global model; ``None`` when there is none.
 
@@ -384,6 +397,8 @@ def train_global_models(
             launcher of ``global_nn``'s data-parallel training.
         workdir: where ``global_models.npz`` is written (default: a temporary folder
             that lives as long as the report).
+        progress: told ``(step, done, total)`` as each model's fits (backtest windows,
+            then the full history) and ``global_nn``'s epochs finish.
     """
     names = configured(config)
     if not names:
@@ -392,7 +407,7 @@ def train_global_models(
     panel, skipped = build_panel(readings, config)
     spec = Spec(config.horizon, tuple(config.levels), panel.freq, panel.seasonalities)
     launcher = "spark" if engine == "spark" else "local"
-    fitter = make_fitter(config, launcher)
+    fitter = make_fitter(config, launcher, progress=progress)
     cutoffs, not_backtestable, tune_cutoffs = _panel_cutoffs(panel, config)
 
     spaces = {}
@@ -413,7 +428,8 @@ def train_global_models(
                 run.tune = tune(name, panel, spec, params, config, spaces[name], tune_cutoffs, trials, kind)
                 params = {**params, **run.tune.params}
                 run.params = params
-            _train_and_forecast(run, cls, panel, spec, params, config, fitter, cutoffs, not_backtestable)
+            fit = _counted(fitter, f"{name} fits", config.backtest.windows + 1, progress)
+            _train_and_forecast(run, cls, panel, spec, params, config, fit, cutoffs, not_backtestable)
         except Exception as exc:  # noqa: BLE001 - the model fails for every series, the run goes on
             log.exception("global model %s failed", name)
             run.error = short_reason(exc)
@@ -432,6 +448,23 @@ def train_global_models(
             ", ".join(list(skipped)[:5]),
         )
     return GlobalReport(runs, store_path, tmp)
+
+
+def _counted(fitter: FitFn, step: str, total: int, progress: Progress | None) -> FitFn:
+    """``fitter``, telling ``progress(step, done, total)`` before the first fit and after each."""
+    if progress is None:
+        return fitter
+    done = 0
+    progress(step, 0, total)
+
+    def fit(*args: Any) -> tuple[GlobalWeights, Fit]:
+        nonlocal done
+        out = fitter(*args)
+        done += 1
+        progress(step, min(done, total), total)
+        return out
+
+    return fit
 
 
 def _train_and_forecast(

@@ -14,6 +14,7 @@ import datetime as dt
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -75,7 +76,36 @@ def future_frame(lake: Lakehouse, silver_version: int, ends: pd.Series, freq: st
     return frame
 
 
-def forecast(lake: Lakehouse, config: Config, horizon: int | None = None, force: bool = False) -> ForecastReport:
+def predict_by_series(
+    model: Any,
+    inputs: pd.DataFrame,
+    params: dict[str, Any] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    chunks: int = 100,
+) -> pd.DataFrame:
+    """``model.predict(inputs, params)`` in about ``chunks`` calls on whole series, telling
+    ``progress(series done, series in all)`` after each (a single call without progress)."""
+    if progress is None or inputs.empty:
+        return model.predict(inputs, params=params)
+    codes, ids = pd.factorize(inputs[C.SERIES_ID])
+    size = max(1, -(-len(ids) // chunks))
+    parts = []
+    for block, part in inputs.groupby(codes // size, sort=True):
+        parts.append(model.predict(part, params=params))
+        progress(min((int(block) + 1) * size, len(ids)), len(ids))
+    return pd.concat(parts, ignore_index=True)
+
+
+def forecast(
+    lake: Lakehouse,
+    config: Config,
+    horizon: int | None = None,
+    force: bool = False,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> ForecastReport:
+    """``progress(step, done, total)`` is told when forecasting starts and as series finish."""
+    if progress:
+        progress("forecast", 0, 0)
     configure(config)
     info = champion_info(config)
     if info is None:
@@ -103,7 +133,7 @@ def forecast(lake: Lakehouse, config: Config, horizon: int | None = None, force:
     ends = series_info.set_index(C.SERIES_ID)["end"]
     silver_version = int(info.get("silver_version") or lake.version(SILVER_READINGS))
     inputs = future_frame(lake, silver_version, ends, freq, h)
-    pred = model.predict(inputs)
+    pred = predict_by_series(model, inputs, progress=(lambda d, t: progress("forecast", d, t)) if progress else None)
     t2 = time.perf_counter()
     checkpoint("before_forecast_commit")
 

@@ -89,13 +89,13 @@ def nightly(
     lock_timeout_s: float = 0,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> NightlyReport:
+    """``progress(step, done, total)`` is told as each step starts and as its series finish."""
     report = NightlyReport()
-
-    def step_progress(name):
-        return (lambda done, total: progress(name, done, total)) if progress else None
+    tell = progress or (lambda step, done, total: None)
 
     with lakehouse_lock(lake, lock_timeout_s):
         if config.nightly.source:
+            tell("ingest", 0, 0)
             report.ingest = ingest(lake, config.nightly.source, strict=False, extra_columns=config.ingest.extra_columns)
             rep = report.ingest
             report.steps["ingest"] = (
@@ -108,7 +108,7 @@ def nightly(
         else:
             report.steps["ingest"] = "skipped: no nightly.source configured"
 
-        report.refine = refine(lake, config, progress=step_progress("refine"))
+        report.refine = refine(lake, config, progress=progress)
         report.steps["refine"] = (
             f"skipped: silver already built from bronze version {report.refine.bronze_version}"
             if report.refine.skipped else f"done: bronze version {report.refine.bronze_version}"
@@ -121,7 +121,7 @@ def nightly(
             if closed:
                 report.steps["train"] += f" (closed run {closed} of a killed job)"
         else:
-            report.train = train_job.train(lake, config, progress=step_progress("train"))
+            report.train = train_job.train(lake, config, progress=progress)
             report.steps["train"] = f"done: run {report.train.run_id}, model version {report.train.model_version}"
             if report.train.failed_share > config.nightly.max_failed_share:
                 report.failed = True
@@ -130,7 +130,7 @@ def nightly(
                     f"{config.nightly.max_failed_share}"
                 )
 
-        report.forecast = forecast_job.forecast(lake, config, horizon=horizon)
+        report.forecast = forecast_job.forecast(lake, config, horizon=horizon, progress=progress)
         report.steps["forecast"] = (
             f"skipped: champion version {report.forecast.model_version} already forecast"
             if report.forecast.skipped else f"done: {report.forecast.n_rows} rows for version {report.forecast.model_version}"
@@ -140,6 +140,7 @@ def nightly(
         if lake.txn_version(GOLD_PORTFOLIO, forecast_job.APP_PORTFOLIO) == int(version) and report.forecast.skipped:
             report.steps["aggregate"] = f"skipped: portfolio of version {version} is current"
         else:
+            tell("aggregate", 0, 0)
             forecast_job.aggregate(lake, config, version)
             report.steps["aggregate"] = f"done: portfolio for version {version}"
     return report

@@ -96,8 +96,11 @@ def refine(
     lake: Lakehouse,
     config: Config,
     bronze_version: int | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> RefineReport:
+    """``progress(step, done, total)`` is told when refining starts and as series are cleaned."""
+    if progress:
+        progress("refine", 0, 0)
     if not lake.exists(BRONZE_READINGS):
         raise TableError("bronze/readings does not exist: run `mmf ingest --source PATH` first")
     version = lake.version(BRONZE_READINGS) if bronze_version is None else bronze_version
@@ -121,7 +124,7 @@ def refine(
     out = engine.map_groups(
         bronze, C.SERIES_ID, clean_series, REFINE_OUT, cfg,
         on_error=engine_error,
-        progress=progress,
+        progress=(lambda done, total: progress("refine", done, total)) if progress else None,
     )
     if mixed:
         rows = [quarantine_row(sid, "mixed_frequency", why) for sid, why in mixed.items()]

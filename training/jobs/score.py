@@ -32,7 +32,7 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import mlflow
 import pandas as pd
@@ -45,6 +45,7 @@ from forecasting.errors import DataContractError, RegistryError, TableError
 from registry.aliases import CHAMPION, champion_info, require_version
 from registry.connection import set_uris
 from registry.pyfunc import MODELS_ARTIFACT, output_columns
+from training.jobs.forecast import predict_by_series
 from training.tables import GOLD_FORECASTS, GOLD_SCORES, canonical, to_arrow
 
 log = logging.getLogger(__name__)
@@ -216,8 +217,11 @@ def score(
     source: str,
     output: str = GOLD_SCORES,
     engine: str | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> ScoreReport:
-    """Score ``source`` with the champion and write the forecasts to ``output``.
+    """Score ``source`` with the champion and write the forecasts to ``output``;
+    ``progress(step, done, total)`` is told when scoring starts and as series finish
+    (the local engine).
 
     Raises:
         RegistryError: no champion.
@@ -227,16 +231,21 @@ def score(
     output = canonical(output)
     if output not in OUTPUTS:
         raise TableError(f"scoring output {output!r}: expected one of {', '.join(OUTPUTS)}")
+    if progress:
+        progress("score", 0, 0)
     champ = champion(config)
     if (engine or config.engine) == "spark":
         return _score_spark(lake, config, champ, source, output)
-    return _score_local(lake, config, champ, source, output)
+    return _score_local(lake, config, champ, source, output, progress)
 
 
-def _score_local(lake, config: Config, champ: Champion, source: str, output: str) -> ScoreReport:
+def _score_local(
+    lake, config: Config, champ: Champion, source: str, output: str, progress=None
+) -> ScoreReport:
     inputs = prepare_input(read_input(lake, source), config.horizon)
     model = mlflow.pyfunc.load_model(champ.path)
-    pred = model.predict(inputs, params={"unknown": "skip"})
+    tell = (lambda done, total: progress("score", done, total)) if progress else None
+    pred = predict_by_series(model, inputs, params={"unknown": "skip"}, progress=tell)
     pred = finish_local(pred, champ, _now(), source if output == GOLD_SCORES else None)
     n_unknown = inputs[C.SERIES_ID].nunique() - pred[C.SERIES_ID].nunique()
     if output == GOLD_SCORES:

@@ -93,8 +93,12 @@ def train(
     config: Config,
     silver_version: int | None = None,
     series_ids: Sequence[str] | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> TrainReport:
+    """``progress(step, done, total)`` is told as each stage starts and as series (and
+    global-model fits) finish; see :func:`series_step`."""
+    tell = progress or _silent
+    tell("train", 0, 0)
     version, readings = read_silver(lake, silver_version, series_ids)
     cfg = config.replace(freq=data_freq(config, readings))
     engine = get_engine(cfg)
@@ -115,8 +119,7 @@ def train(
     def on_progress(done: int, total: int) -> None:
         if 0 < done < total:
             checkpoint("mid_train")
-        if progress:
-            progress(done, total)
+        tell(step, done, total)
 
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -133,16 +136,19 @@ def train(
             runs.log_series_subset(list(series_ids))
         lap("mlflow_s")
         # Global models train once on the driver; each series gets their results in its rows.
-        glob = global_models.train_global_models(readings, cfg, engine=engine.name)
+        glob = global_models.train_global_models(readings, cfg, engine=engine.name, progress=progress)
         inputs = glob.attach(readings) if glob is not None else readings
         if glob is not None:
             log_global_models(glob)
             lap("global_s")
+        step = series_step(cfg)
+        tell(step, 0, int(readings[C.SERIES_ID].nunique()))
         results = engine.map_groups(
             inputs, C.SERIES_ID, process_series, C.TRAIN_RESULT, cfg, on_error=partial(failed_result, config=cfg), progress=on_progress
         )
         del inputs
         lap("engine_s")
+        tell("MLflow run, registry and gold tables", 0, 0)
         metrics = log_results(results, cfg, history=readings, n_quarantined=len(quarantine))
         usable = results["status"].isin([C.OK, C.FALLBACK])
         checkpoint("before_register")
@@ -156,6 +162,15 @@ def train(
         checkpoint("after_gold_selection")
         lap("gold_write_s")
     return _report(run_id, version, cfg, mv, decision, results, quarantine, metrics, timings)
+
+
+def _silent(step: str, done: int, total: int) -> None:
+    pass
+
+
+def series_step(config: Config) -> str:
+    """The name of the per-series stage in progress reports."""
+    return "tune, fit and backtest" if config.tune.enabled else "fit and backtest"
 
 
 def _report(run_id, version, cfg, mv, decision, results, quarantine, metrics, timings) -> TrainReport:
