@@ -53,7 +53,14 @@ def build(work: Path, n_series: int, horizon: int, history_days: int, seed: int)
     from training.tables import Lakehouse
 
     marker = work / "built.json"
-    params = {"series": n_series, "horizon": horizon, "history_days": history_days, "seed": seed}
+    # generated history ends in 2024: the staleness check of /ready is off (in params: rebuilds old confs)
+    params = {
+        "series": n_series,
+        "horizon": horizon,
+        "history_days": history_days,
+        "seed": seed,
+        "max_age_h": 0,
+    }
     conf = work / "serve.yaml"
     if marker.exists() and json.loads(marker.read_text()).get("params") == params and conf.exists():
         return json.loads(marker.read_text())
@@ -69,6 +76,7 @@ def build(work: Path, n_series: int, horizon: int, history_days: int, seed: int)
         "freq": "h",
         "models": ["seasonal_naive"],
         "mlflow": {"tracking_uri": f"sqlite:///{work / 'mlflow.db'}", "experiment": "serve-bench"},
+        "serve": {"max_forecast_age_h": 0},
     }
     import yaml
 

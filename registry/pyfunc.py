@@ -29,11 +29,20 @@ Output: ``series_id, ts, yhat, yhat_lower_<lv>, yhat_upper_<lv> ..., model`` wit
 
 The scoring environment needs the ``mmf`` package installed (it holds the model code);
 the model's ``requirements.txt`` pins the third-party packages ``mmf`` depends on.
+
+Loading a version runs its stored ``mmf_many_models.py`` (and whatever its ``MLmodel``
+names), so the artifact is checked first: at registration the sha256 of ``MLmodel``,
+``mmf_many_models.py`` and every file under ``artifacts/`` (``models.parquet``,
+``global_models.npz``) is recorded as a version tag ``mmf.sha256.<path>``, and
+:func:`load_version` refuses (:class:`RegistryError`) a downloaded artifact whose files
+differ from those tags, before any of it runs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import tempfile
 import threading
 from importlib import metadata as importlib_metadata
@@ -54,9 +63,11 @@ from forecasting.errors import RegistryError
 from forecasting.frequency import future_timestamps
 from forecasting.models import load_fitted
 from forecasting.models.global_models import load as load_global_weights
-from registry.aliases import CHAMPION, champion_info, require_version
+from registry.aliases import champion_info, require_version
 from registry.connection import set_uris
 from registry.metrics import USABLE, finite_metric_values
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 ARTIFACT_NAME = "model"
@@ -64,6 +75,7 @@ MODELS_ARTIFACT = "models"  # context.artifacts key; the file is models.parquet
 GLOBAL_ARTIFACT = "global_models"  # context.artifacts key of global_models.npz (when any)
 CODE_FILE = Path(__file__).resolve().parent / "mmf_many_models.py"
 MAX_LISTED = 10
+HASH_TAG = "mmf.sha256."  # + a file's path in the model artifact: its sha256, recorded at registration
 MAX_STEPS = 1_000_000  # no forecast runs further than this many steps
 MODELS_SCHEMA = pa.schema(
     [
@@ -415,7 +427,8 @@ def log_many_models(
 
 
 def tag_version(config: Config, version: str, run_id: str, results: pd.DataFrame, silver_version: int):
-    """Set the ``mmf.*`` tags of a registered version (see :func:`log_many_models`);
+    """Set the ``mmf.*`` tags of a registered version (see :func:`log_many_models`) and,
+    once, the ``mmf.sha256.*`` hashes of its artifact (:func:`artifact_hashes`);
     idempotent, so a restarted job can complete the tags of a version registered by a
     job killed before it tagged it. Returns the ``ModelVersion``."""
     client = mlflow.MlflowClient()
@@ -429,29 +442,95 @@ def tag_version(config: Config, version: str, run_id: str, results: pd.DataFrame
         "mmf.n_series": str(models_table(results, config).num_rows),
     }
     current = client.get_model_version(name, version).tags or {}
+    if not any(key.startswith(HASH_TAG) for key in current):  # recorded once, never overwritten
+        tags.update({HASH_TAG + path: digest for path, digest in stored_hashes(name, version).items()})
     for key, value in tags.items():
         if current.get(key) != value:
             client.set_model_version_tag(name, version, key, value)
     return client.get_model_version(name, version)
 
 
-# -- loading ---------------------------------------------------------------------------
-def load_version(config: Config, version: str | int):
-    """The many-models pyfunc of one registered version.
+# -- the artifact's hashes ------------------------------------------------------------
+def artifact_hashes(model_dir: str | Path) -> dict[str, str]:
+    """sha256 of the files of a model artifact that decide what runs and what it forecasts:
+    ``MLmodel`` (it names the loader and the code), ``mmf_many_models.py`` (executed on
+    load) and every file under ``artifacts/`` (read on load), by path in the artifact."""
+    root = Path(model_dir)
+    files = [root / "MLmodel", root / CODE_FILE.name, *sorted((root / "artifacts").rglob("*"))]
+    return {f.relative_to(root).as_posix(): _sha256(f) for f in files if f.is_file()}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def stored_hashes(name: str, version: str) -> dict[str, str]:
+    """:func:`artifact_hashes` of a registered version as stored now."""
+    with tempfile.TemporaryDirectory(prefix="mmf-model-") as tmp:
+        path = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=tmp)
+        return artifact_hashes(path)
+
+
+def verify_artifact(name: str, version: str, tags: dict[str, str], model_dir: str | Path) -> None:
+    """Check a downloaded artifact against the ``mmf.sha256.*`` tags of its version.
+
+    A version registered before the hashes were recorded has none: it loads, with a
+    warning.
 
     Raises:
-        RegistryError: the version does not exist (the message lists those that do).
+        RegistryError: a file differs from its recorded hash, is missing, or is not recorded.
+    """
+    recorded = {key[len(HASH_TAG) :]: value for key, value in tags.items() if key.startswith(HASH_TAG)}
+    if not recorded:
+        log.warning(
+            "model %s version %s has no recorded artifact hashes (registered before they were "
+            "recorded): loading it unverified",
+            name,
+            version,
+        )
+        return
+    found = artifact_hashes(model_dir)
+    wrong = [
+        f"{path} {'is missing' if path not in found else 'is not recorded' if path not in recorded else 'changed'}"
+        for path in sorted(recorded.keys() | found.keys())
+        if recorded.get(path) != found.get(path)
+    ]
+    if wrong:
+        raise RegistryError(
+            f"model {name!r} version {version}: the stored artifact differs from the one registered "
+            f"({'; '.join(wrong)}; see the tags {HASH_TAG}*): refusing to load it, since loading runs its "
+            "code. Restore the artifact's files, or register a new version (`mmf train`)"
+        )
+
+
+# -- loading ---------------------------------------------------------------------------
+def load_version(config: Config, version: str | int):
+    """The many-models pyfunc of one registered version, loaded from a local copy of its
+    artifact once that copy matches the hashes recorded at registration
+    (:func:`verify_artifact`).
+
+    Raises:
+        RegistryError: the version does not exist (the message lists those that do), or
+            its stored artifact was changed after registration.
     """
     client = set_uris(config)
-    require_version(client, config.mlflow.registered_model, str(version))
-    return mlflow.pyfunc.load_model(f"models:/{config.mlflow.registered_model}/{version}")
+    name = config.mlflow.registered_model
+    mv = require_version(client, name, str(version))
+    with tempfile.TemporaryDirectory(prefix="mmf-model-") as tmp:
+        path = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=tmp)
+        verify_artifact(name, str(version), mv.tags or {}, path)
+        return mlflow.pyfunc.load_model(path)  # everything is read on load: the copy can go
 
 
 def load_champion(config: Config):
-    """The many-models pyfunc of the ``champion`` alias.
+    """The many-models pyfunc of the ``champion`` alias (verified, :func:`load_version`).
 
     Raises:
-        RegistryError: there is no champion yet.
+        RegistryError: there is no champion yet, or its artifact was changed.
     """
     info = champion_info(config)
     if info is None:
@@ -459,4 +538,4 @@ def load_champion(config: Config):
             f"registered model {config.mlflow.registered_model!r} has no champion: run `mmf train` "
             "(the first version is promoted) or `mmf promote VERSION`"
         )
-    return mlflow.pyfunc.load_model(f"models:/{config.mlflow.registered_model}@{CHAMPION}")
+    return load_version(config, info["version"])

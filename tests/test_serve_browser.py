@@ -37,6 +37,7 @@ def served(lake, tmp_path_factory):
             {
                 "lakehouse": cfg.lakehouse,
                 "levels": list(cfg.levels),
+                "serve": {"max_forecast_age_h": 0},  # the generated history ends in 2024
                 "mlflow": {
                     "tracking_uri": cfg.mlflow.tracking_uri,
                     "registered_model": cfg.mlflow.registered_model,

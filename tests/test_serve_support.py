@@ -46,7 +46,12 @@ def small_config(root: Path, **overrides):
         horizon=HORIZON,
         models=["seasonal_naive"],
         workers=2,
-        **{"cleaning.min_length": 48, "mlflow.tracking_uri": f"sqlite:///{root / 'mlflow.db'}", **overrides},
+        **{
+            "cleaning.min_length": 48,
+            "mlflow.tracking_uri": f"sqlite:///{root / 'mlflow.db'}",
+            "serve.max_forecast_age_h": 0,  # the generated history ends in 2024: no staleness check
+            **overrides,
+        },
     )
 
 
@@ -84,26 +89,22 @@ def _build(root: Path) -> Built:
 
 
 class ServerThread:
-    """``create_app(config)`` under a real uvicorn server in a background thread."""
+    """``create_app(config)`` under a real uvicorn server (configured as ``mmf serve``
+    configures it) in a background thread."""
 
-    def __init__(self, config, refresh_s: float = 0.3) -> None:
+    def __init__(self, config, refresh_s: float = 0.3, **server: float) -> None:
+        """``server``: :func:`training.serving.protocol.server_config` arguments
+        (``read_timeout_s``, ``keep_alive_s``); the rest is what ``mmf serve`` runs with."""
         import uvicorn
 
         from training.serving.app import create_app
+        from training.serving.protocol import server_config
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.app = create_app(config, refresh_s=refresh_s)
         self.server = uvicorn.Server(
-            uvicorn.Config(
-                self.app,
-                host="127.0.0.1",
-                port=self.port,
-                ws="none",
-                lifespan="on",
-                log_level="warning",
-                access_log=False,
-            )
+            server_config(self.app, "127.0.0.1", self.port, access_log=False, log_level="warning", **server)
         )
         self.thread = threading.Thread(target=self.server.run, name="uvicorn-test", daemon=True)
 

@@ -144,6 +144,12 @@ class Serve(Section):
     port: int = setting(8080, ge=0, le=65535)
     api_key: str | None = setting(None, "when set, requests need header X-API-Key")
     max_horizon: int = setting(720, "longest forecast a request may ask for", ge=1)
+    max_forecast_age_h: Number = setting(
+        48,
+        "/ready answers 503 when the newest forecast cutoff served is older\n"
+        "than this many hours (a nightly left no new forecast); 0 = off",
+        ge=0,
+    )
 
 
 MODELS_HEADING = """\

@@ -44,7 +44,7 @@ from forecasting.config import Config
 from forecasting.errors import DataContractError, RegistryError, TableError
 from registry.aliases import CHAMPION, champion_info, require_version
 from registry.connection import set_uris
-from registry.pyfunc import MODELS_ARTIFACT, output_columns
+from registry.pyfunc import MODELS_ARTIFACT, output_columns, verify_artifact
 from training.jobs.forecast import predict_by_series
 from training.tables import GOLD_FORECASTS, GOLD_SCORES, canonical, to_arrow
 
@@ -94,7 +94,8 @@ def champion(config: Config, version: str | None = None) -> Champion:
     """The champion (or ``version``), downloaded to a local folder once per process.
 
     Raises:
-        RegistryError: there is no champion yet.
+        RegistryError: there is no champion yet, or its stored artifact was changed after
+            registration (:func:`registry.pyfunc.verify_artifact`).
     """
     set_uris(config)
     name = config.mlflow.registered_model
@@ -118,6 +119,8 @@ def champion(config: Config, version: str | None = None) -> Champion:
         path = mlflow.artifacts.download_artifacts(
             artifact_uri=f"models:/{name}/{version}", dst_path=str(folder)
         )
+        tags = mlflow.MlflowClient().get_model_version(name, str(version)).tags or {}
+        verify_artifact(name, str(version), tags, path)  # before its code can run
         found = sorted(Path(path).rglob(f"{MODELS_ARTIFACT}.parquet"))
         if not found:
             raise RegistryError(

@@ -4,7 +4,8 @@ routers (:mod:`training.serving.routes`).
 Endpoints (the committed spec is ``training/serving/openapi.json``)::
 
     GET  /health                          liveness: 200 while the process serves
-    GET  /ready                           200 once a champion and the Gold tables are loaded, else 503 + reason
+    GET  /ready                           200 once a champion and the Gold tables are loaded and the newest
+                                          forecast cutoff is within serve.max_forecast_age_h, else 503 + reason
     GET  /models/champion                 the champion's name, version, run, silver version, promotion time
     GET  /series?prefix=&limit=&cursor=   series of the champion's run with status and chosen model
     GET  /series/{id}/forecast            latest Gold forecast (?version=N or ?as_of=ISO: time travel)
@@ -17,7 +18,12 @@ Endpoints (the committed spec is ``training/serving/openapi.json``)::
 With ``serve.api_key`` set (or ``MMF_API_KEY``), every request needs the header
 ``X-API-Key`` (compared in constant time, :mod:`training.serving.security`) except
 ``/health`` and the page and its own static files, which hold no data; the page asks for
-the key when the API answers 401.
+the key when the API answers 401. A key that is set but empty (``MMF_API_KEY=""``) is
+refused at start.
+
+Every error body is ``{"detail": ...}`` with one line (tracebacks stay in the server log);
+a body of the wrong shape or types gets FastAPI's 422 list. The server closes a connection
+that has not sent a whole request within 10 s (:mod:`training.serving.protocol`).
 """
 
 from __future__ import annotations
@@ -27,12 +33,15 @@ import json
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import uvicorn
 from fastapi import FastAPI
 
 from forecasting.config import Config
+from forecasting.errors import ConfigError
 from training.serving import handlers
 from training.serving import schemas as S
-from training.serving.middleware import BodyLimitMiddleware
+from training.serving.middleware import BodyLimitMiddleware, InternalErrorMiddleware
+from training.serving.protocol import server_config
 from training.serving.refresher import DEFAULT_REFRESH_S
 from training.serving.routes import models, page, predict, probes, series
 from training.serving.state import ServingState
@@ -58,6 +67,7 @@ def create_app(config: Config, refresh_s: float = DEFAULT_REFRESH_S, start: bool
         start: start the refresher with the app (False: build the app only, e.g. to
             write the OpenAPI spec).
     """
+    api_key = checked_api_key(config)
     state = ServingState(config, refresh_s=refresh_s)
 
     @asynccontextmanager
@@ -79,13 +89,34 @@ def create_app(config: Config, refresh_s: float = DEFAULT_REFRESH_S, start: bool
         redoc_url=None,
     )
     app.state.serving = state
-    app.state.api_key = str(config.serve.api_key).encode() if config.serve.api_key else None
+    app.state.api_key = api_key
     handlers.install(app)
     app.add_middleware(BodyLimitMiddleware)
+    app.add_middleware(InternalErrorMiddleware)  # outermost: it also answers for the body limit
     for part in (probes, models, series, predict, page):
         app.include_router(part.router)
     app.mount("/static", page.PageFiles(), name="static")
     return app
+
+
+def checked_api_key(config: Config) -> bytes | None:
+    """The key requests must send (None: authentication off, no key configured).
+
+    Raises:
+        ConfigError: the key is set but empty or blank (``MMF_API_KEY=""`` would
+            otherwise turn authentication off without a word).
+    """
+    key = config.serve.api_key
+    if key is None:
+        return None
+    if not str(key).strip():
+        raise ConfigError(
+            "serve.api_key",
+            key,
+            "a non-empty key (an empty MMF_API_KEY or serve.api_key would turn authentication off: "
+            "unset it to serve without a key)",
+        )
+    return str(key).encode()
 
 
 def openapi_text(config: Config | None = None) -> str:
@@ -101,19 +132,12 @@ def run(
     refresh_s: float | None = None,
     access_log: bool = True,
 ) -> None:
-    """Serve with uvicorn until interrupted (``mmf serve``)."""
-    import uvicorn
-
-    uvicorn.run(
-        create_app(config, refresh_s=DEFAULT_REFRESH_S if refresh_s is None else refresh_s),
-        host=host or config.serve.host,
-        port=config.serve.port if port is None else port,
-        ws="none",
-        lifespan="on",
-        access_log=access_log,
-        server_header=False,
-        log_level="info",
-    )
+    """Serve with uvicorn until interrupted (``mmf serve``), with the timeouts of
+    :func:`training.serving.protocol.server_config`."""
+    app = create_app(config, refresh_s=DEFAULT_REFRESH_S if refresh_s is None else refresh_s)
+    host = host or config.serve.host
+    port = config.serve.port if port is None else port
+    uvicorn.Server(server_config(app, host, port, access_log=access_log)).run()
 
 
 def main(argv: list[str] | None = None) -> None:

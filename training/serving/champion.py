@@ -17,7 +17,7 @@ from forecasting.config import Config
 from registry import pyfunc
 from registry.aliases import champion_info
 from training.serving import schemas as S
-from training.serving.errors import ServeError
+from training.serving.errors import ServeError, brief
 from training.serving.render import prediction
 
 log = logging.getLogger(__name__)
@@ -35,10 +35,13 @@ class Champion:
         return str(self.info["version"])
 
 
-def follow(config: Config, held: Champion | None, problems: list[str]) -> Champion | None:
+def follow(
+    config: Config, held: Champion | None, problems: list[str], errors: list[BaseException]
+) -> Champion | None:
     """The champion after one look at the alias: ``held`` again (its tags refreshed) while
     the alias stays, the new version once it moves, None without an alias. A version that
-    fails to load keeps ``held`` serving; what went wrong is added to ``problems``."""
+    fails to load keeps ``held`` serving; what went wrong is added to ``problems`` (one
+    line) and the exception to ``errors`` (for the server log)."""
     info = champion_info(config)
     if info is None:
         problems.append(
@@ -51,7 +54,8 @@ def follow(config: Config, held: Champion | None, problems: list[str]) -> Champi
     try:
         return load(config, info)
     except Exception as exc:  # noqa: BLE001 - keep the old champion serving
-        problems.append(f"champion version {info['version']} failed to load: {str(exc)[:300]}")
+        problems.append(f"champion version {info['version']} failed to load: {brief(exc)}")
+        errors.append(exc)
         return held
 
 

@@ -1,10 +1,14 @@
-"""The body limit, as plain ASGI middleware (cheap on the hot path)."""
+"""The body limit and the last resort for unexpected errors, as plain ASGI middleware
+(cheap on the hot path)."""
 
 from __future__ import annotations
 
 import json
+import logging
 
 from training.serving import schemas as S
+
+log = logging.getLogger(__name__)
 
 
 async def _send_json(send, status: int, detail: str) -> None:
@@ -59,3 +63,32 @@ class BodyLimitMiddleware:
             return await receive()
 
         return await self.app(scope, replay, send)
+
+
+class InternalErrorMiddleware:
+    """An exception no handler answered becomes a 500 with one line, ``{"detail":
+    "internal error (Type): see the server log"}``, its traceback logged here, and the
+    connection stays open (Starlette's own last resort re-raises to the server, which
+    drops the keep-alive connection). Once a response has started it can only re-raise."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def sending(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception as exc:
+            if started:
+                raise
+            # details stay in the server log: they may name paths, hosts or credentials' owners
+            log.error("%s %s failed", scope.get("method"), scope.get("path"), exc_info=exc)
+            await _send_json(send, 500, f"internal error ({type(exc).__name__}): see the server log")

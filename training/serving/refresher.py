@@ -10,6 +10,7 @@ the new one, never a mix.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 from dataclasses import replace
@@ -18,6 +19,7 @@ from deltalake import DeltaTable
 
 from forecasting.config import Config
 from training.serving import champion as champions
+from training.serving.errors import brief
 from training.serving.snapshot import (
     FORECASTS,
     SELECTION,
@@ -25,6 +27,7 @@ from training.serving.snapshot import (
     Snapshot,
     build_forecasts,
     build_selection,
+    staleness,
 )
 from training.tables import Lakehouse
 
@@ -46,6 +49,7 @@ class Refresher:
     def __init__(self, config: Config, lake: Lakehouse, refresh_s: float = DEFAULT_REFRESH_S) -> None:
         self.config, self.lake = config, lake
         self.refresh_s = float(refresh_s)
+        self.max_forecast_age_h = float(config.serve.max_forecast_age_h)
         self.snapshot = Snapshot()
         self._held: dict[str, DeltaTable] = {}
         self._lock = threading.Lock()
@@ -74,26 +78,30 @@ class Refresher:
     # -- one refresh -------------------------------------------------------------------
     def refresh(self) -> Snapshot:
         """Check the alias and the table versions; rebuild what changed; swap. Never
-        raises: a failure keeps the previous data and becomes the readiness problem."""
+        raises: a failure keeps the previous data and becomes the readiness problem, one
+        line (its traceback goes to the log, once per change of problem)."""
         with self._lock:
             prev = self.snapshot
+            errors: list[BaseException] = []
             try:
-                snap = self._refreshed(prev)
+                snap = self._refreshed(prev, errors)
             except Exception as exc:  # noqa: BLE001 - keep serving what we have
-                problem = f"refresh failed: {type(exc).__name__}: {str(exc)[:300]}"
-                snap = replace(prev, problem=problem)
+                errors.append(exc)
+                snap = replace(prev, problem=f"refresh failed: {brief(exc)}")
             if snap.problem != self._last_logged:
                 if snap.problem:
-                    log.warning("not ready: %s", snap.problem)
+                    log.warning("not ready: %s", snap.problem, exc_info=errors[0] if errors else None)
+                    for exc in errors[1:]:
+                        log.warning("and: %s", brief(exc), exc_info=exc)
                 else:
                     log.info("ready: champion version %s", snap.champion.version if snap.champion else None)
                 self._last_logged = snap.problem
             self.snapshot = snap  # the one atomic swap
             return snap
 
-    def _refreshed(self, prev: Snapshot) -> Snapshot:
+    def _refreshed(self, prev: Snapshot, errors: list[BaseException]) -> Snapshot:
         problems: list[str] = []
-        champion = champions.follow(self.config, prev.champion, problems)
+        champion = champions.follow(self.config, prev.champion, problems, errors)
         versions = {name: self._version(name) for name in WATCHED}
         wanted = champion.version if champion else None
         forecasts = prev.forecasts
@@ -112,6 +120,9 @@ class Refresher:
             problems.append(f"{SELECTION} does not exist yet: run `mmf train`")
         elif run_id and (selection is None or (selection.table_version, selection.run_id) != (sv, run_id)):
             selection = build_selection(self.lake, sv, run_id)
+        stale = staleness(forecasts, self.max_forecast_age_h, dt.datetime.now(dt.timezone.utc))
+        if stale:
+            problems.append(stale)
         return Snapshot(
             champion=champion,
             forecasts=forecasts,

@@ -2,8 +2,9 @@
 
 Values outside the documented ranges (a series id that does not match
 :data:`SERIES_ID_PATTERN`, a horizon below 1, a page size above 1000) are answered with
-400 and a message; a body that does not have the documented shape with 422 (FastAPI's
-list of validation errors); a body above :data:`MAX_BODY_BYTES` or with more than
+400 and a message; a body that does not have the documented shape or types (strict: no
+bool for an int, no list for a string, no NaN or infinity) with 422 (FastAPI's list of
+validation errors); a body above :data:`MAX_BODY_BYTES` or with more than
 :data:`MAX_SERIES` series with 413.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, Strict, StrictInt
 
 # Conservative on purpose: a series id never carries '/', '%', spaces or quotes, so it
 # can never be read as a path, a URI or an expression wherever it ends up.
@@ -35,6 +36,8 @@ UtcTime = Annotated[
     str, Field(description="UTC time, ISO 8601 with a Z suffix", examples=["2024-01-22T00:00:00Z"])
 ]
 Metric = float | None  # NaN and infinities travel as null
+# a request's number: an int or a float, never a bool, never NaN or an infinity
+Temperature = Annotated[float, Strict(), Field(allow_inf_nan=False)]
 
 
 class _Out(BaseModel):
@@ -55,6 +58,11 @@ class Ready(_Out):
         None, description="model version the cached forecasts come from (the champion's once it has forecast)"
     )
     n_series: int | None = Field(None, description="series with a cached forecast")
+    forecasts_cutoff: UtcTime | None = Field(
+        None,
+        description="the newest cutoff of the cached forecasts: older than serve.max_forecast_age_h "
+        "hours makes the service not ready",
+    )
 
 
 class Error(_Out):
@@ -160,11 +168,15 @@ class Portfolio(_Out):
 
 # -- scoring ---------------------------------------------------------------------------
 class PredictItem(BaseModel):
+    """One series to forecast. Types are strict: a JSON string for the id, a JSON integer
+    for the horizon (`true`, `"3"` or `3.5` are refused, not converted) and finite
+    JSON numbers for the temperatures."""
+
     model_config = ConfigDict(extra="forbid")
 
-    series_id: SeriesId
-    horizon: int = Field(ge=1, description="steps after the series' training end: 1..serve.max_horizon")
-    temperature: list[float] | None = Field(
+    series_id: Annotated[SeriesId, Strict()]
+    horizon: StrictInt = Field(ge=1, description="steps after the series' training end: 1..serve.max_horizon")
+    temperature: list[Temperature] | None = Field(
         None,
         description="future temperature for steps 1..horizon (exactly `horizon` values), for models that use it",
     )

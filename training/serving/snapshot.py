@@ -5,10 +5,13 @@ bisection)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
+
+import pyarrow.compute as pc
 
 from forecasting import contract as C
 from training.serving.champion import Champion
@@ -41,6 +44,7 @@ class ForecastIndex:
     wanted: str | None  # the champion version asked for
     model_version: str | None  # the version the rows come from (wanted, or the latest written)
     bodies: Mapping[str, bytes]
+    newest_cutoff: dt.datetime | None = None  # UTC: the latest training end the rows start after
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,9 @@ def build_forecasts(lake: Lakehouse, table_version: int, wanted: str | None) -> 
     if rows is None or rows.num_rows == 0:
         rows = latest_write(lake.arrow(FORECASTS, version=table_version))
     model_version = rows["model_version"][0].as_py() if rows.num_rows else None
+    newest = pc.max(rows["cutoff"]).as_py() if rows.num_rows else None
+    if newest is not None and newest.tzinfo is None:
+        newest = newest.replace(tzinfo=dt.timezone.utc)  # Gold timestamps are naive UTC
     bodies = forecast_bodies(rows, table_version)
     log.info(
         "cached %d forecasts of model version %s (gold/forecasts version %d) in %.2fs",
@@ -80,7 +87,7 @@ def build_forecasts(lake: Lakehouse, table_version: int, wanted: str | None) -> 
         table_version,
         time.perf_counter() - started,
     )
-    return ForecastIndex(table_version, wanted, model_version, bodies)
+    return ForecastIndex(table_version, wanted, model_version, bodies, newest)
 
 
 def build_selection(lake: Lakehouse, table_version: int, run_id: str) -> SelectionIndex:
@@ -90,3 +97,20 @@ def build_selection(lake: Lakehouse, table_version: int, run_id: str) -> Selecti
     )
     rows = selection_rows(table.to_pandas(), _SELECTION_COLUMNS)
     return SelectionIndex(table_version, run_id, sorted(rows), rows)
+
+
+def staleness(forecasts: ForecastIndex | None, max_age_h: float, now: dt.datetime) -> str | None:
+    """Why the served forecasts are stale (their newest cutoff is more than ``max_age_h``
+    hours before ``now``), or None: fresh, none loaded (reported elsewhere), or the
+    check is off (``max_age_h`` 0)."""
+    if not max_age_h or forecasts is None or forecasts.newest_cutoff is None:
+        return None
+    age_h = (now - forecasts.newest_cutoff).total_seconds() / 3600
+    if age_h <= max_age_h:
+        return None
+    cutoff = forecasts.newest_cutoff.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return (
+        f"stale forecasts: the newest cutoff in {FORECASTS} (model version {forecasts.model_version}) "
+        f"is {cutoff}, {age_h:.0f} h ago, above serve.max_forecast_age_h {max_age_h:g}: "
+        "no forecast was written since; run `mmf forecast` or check the nightly"
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
@@ -21,7 +23,7 @@ async def health() -> S.Health:
     "/ready",
     response_model=S.Ready,
     responses={503: {"model": S.Ready}},
-    summary="Readiness: a champion is loaded and the Gold tables are readable",
+    summary="Readiness: a champion is loaded, the Gold tables are readable and the forecasts are recent",
     dependencies=[GUARD],
 )
 async def ready(state: State):
@@ -34,5 +36,10 @@ async def ready(state: State):
         forecasts_table_version=fc.table_version if fc else None,
         forecasts_model_version=fc.model_version if fc else None,
         n_series=len(fc.bodies) if fc else None,
+        forecasts_cutoff=utc_text(fc.newest_cutoff) if fc and fc.newest_cutoff else None,
     )
     return JSONResponse(out.model_dump(), status_code=200 if out.ready else 503)
+
+
+def utc_text(when: dt.datetime) -> str:
+    return when.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
