@@ -5,7 +5,8 @@ work folder.
 
 :func:`start_cluster` waits until both workers have registered with the master (its JSON
 status page) and returns a :class:`Cluster`; :meth:`Cluster.stop` ends the processes it
-started (each in its own process group, so the executors a worker launched go with it).
+started (each in its own process group, so the executors a worker launched go with it)
+and deletes the executors' copies of the jars.
 ``python -m tests.spark_cluster`` starts one and waits, for trying things by hand.
 
 The executors' Python workers run :data:`sys.executable` (the driver sets
@@ -135,6 +136,8 @@ class Cluster:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=10)
         self.procs.clear()
+        for jar in self.folder.glob("worker*/app-*/*/*.jar"):  # each executor's copy of the jars
+            jar.unlink()  # (~80 MB an executor); its logs stay
 
 
 def _daemon(folder: Path, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen:
