@@ -100,3 +100,18 @@ def spark():
     session = get_spark(load_config(**{"spark.master": SPARK_TEST_MASTER}), conf=SPARK_TEST_CONF)
     yield session
     stop_spark()
+
+
+@pytest.fixture(scope="session")
+def spark_cluster(tmp_path_factory):
+    """A Spark standalone cluster for the session: a master and two workers (``--cores 1
+    --memory 1g`` each), separate JVMs on 127.0.0.1 (:mod:`tests.spark_cluster`), stopped
+    at the end. A driver joins it with ``spark.master = spark_cluster.url`` and
+    ``PYSPARK_SUBMIT_ARGS = spark_cluster.submit_args(SPARK_TEST_CONF)``."""
+    pytest.importorskip("pyspark")
+    pytest.importorskip("delta")
+    from tests.spark_cluster import start_cluster
+
+    cluster = start_cluster(tmp_path_factory.mktemp("spark-cluster"))
+    yield cluster
+    cluster.stop()

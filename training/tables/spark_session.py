@@ -7,7 +7,9 @@
 * :func:`arrow_to_spark_schema` turns the contract's Arrow schemas into Spark
   ``StructType`` s (naive timestamps are ``TimestampNTZ``, so both engines see the same
   wall-clock UTC values; tz-aware ones are ``Timestamp`` in a UTC session).
-* :func:`to_spark` / :func:`to_pandas` move frames between the driver and Spark.
+* :func:`to_spark` / :func:`to_pandas` move frames between the driver and Spark (results
+  come back through Parquet files in a folder the driver and the executors share, see
+  :func:`results_dir`, or else through ``toArrow()``).
 
 The Spark engine (:mod:`training.engines.spark`) and the Spark table layer
 (:mod:`training.tables.spark`) both stand on this module.
@@ -18,13 +20,19 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import tempfile
 import threading
+import uuid
+from pathlib import Path
 from typing import Any, Mapping
+from urllib.parse import urlparse
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 from pyspark.sql import DataFrame as SparkDataFrame
-from pyspark.sql import SparkSession
+from pyspark.sql import Observation, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from forecasting.errors import MMFError
@@ -35,6 +43,9 @@ log = logging.getLogger(__name__)
 DELTA_PACKAGE_ENV = "MMF_DELTA_PACKAGE"  # Maven coordinate overriding the pip-derived one
 DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+# A folder the driver and every executor share, for results coming back (see results_dir)
+RESULTS_DIR_CONF = "spark.mmf.resultsDir"
+RESULTS_DIR_ENV = "MMF_SPARK_RESULTS_DIR"
 
 _LOCK = threading.RLock()
 _SESSION: SparkSession | None = None
@@ -229,26 +240,58 @@ def to_spark(
     return spark.createDataFrame(table, schema=arrow_to_spark_schema(table.schema))
 
 
+def results_dir(spark: SparkSession) -> str | None:
+    """The folder :func:`to_pandas` stages results in as Parquet files, or ``None`` to
+    collect them with ``toArrow()``.
+
+    ``spark.mmf.resultsDir`` (a Spark setting) or ``MMF_SPARK_RESULTS_DIR`` names a folder
+    that the driver and every executor reach at the same local path (one machine, NFS, a
+    FUSE mount); without one, a ``local`` master uses the system's temporary folder (driver
+    and executors are one process) and any other master collects through ``toArrow()``.
+    """
+    configured = spark.conf.get(RESULTS_DIR_CONF, None) or os.environ.get(RESULTS_DIR_ENV)
+    if configured:
+        return configured
+    return tempfile.gettempdir() if spark.sparkContext.master.startswith("local") else None
+
+
 def to_pandas(df: SparkDataFrame, schema: pa.Schema) -> pd.DataFrame:
     """A Spark DataFrame as pandas with exactly the Arrow ``schema``'s columns and dtypes
     (so both engines hand the jobs the same frame).
 
-    On a ``local`` master the rows go through Parquet files in a temporary folder rather
-    than ``toArrow()``: large collected task results live in the driver's block manager,
-    and at 10,000 hourly meters x 90 days (21.6M cleaned rows) they were evicted before
-    the driver fetched them (``TaskResultLost``). On a cluster the files would need
-    storage that the driver and every executor share, so there it stays ``toArrow()``
-    (size ``spark.driver.maxResultSize`` and the driver's memory for it)."""
+    Where :func:`results_dir` names a folder, the rows go through Parquet files there
+    rather than ``toArrow()``: large collected task results live in the driver's block
+    manager, and at 10,000 hourly meters x 90 days (21.6M cleaned rows) they were evicted
+    before the driver fetched them (``TaskResultLost``). Otherwise (a cluster without a
+    shared folder) it is ``toArrow()``: size ``spark.driver.maxResultSize`` and the
+    driver's memory for it."""
     df = df.select(*schema.names)
-    master = df.sparkSession.sparkContext.master
-    if not master.startswith("local"):
+    folder = results_dir(df.sparkSession)
+    if folder is None:
         return df.toArrow().cast(schema).to_pandas()
-    import tempfile
+    return _through_parquet(df, schema, folder)
 
-    import pyarrow.parquet as pq
 
-    with tempfile.TemporaryDirectory(prefix="mmf-spark-out-") as tmp:
-        df.write.mode("overwrite").parquet(tmp + "/out")
-        if not any(name.endswith(".parquet") for name in os.listdir(tmp + "/out")):
-            return schema.empty_table().to_pandas()
-        return pq.read_table(tmp + "/out").select(schema.names).cast(schema).to_pandas()
+def _through_parquet(df: SparkDataFrame, schema: pa.Schema, folder: str) -> pd.DataFrame:
+    """``df`` written by the executors as Parquet files under ``folder`` and read back on
+    the driver. The rows written are counted in the same Spark job (an observed metric),
+    so a folder the executors do not share with the driver is an error, not an empty
+    result."""
+    if folder.startswith("file:"):
+        folder = urlparse(folder).path
+    os.makedirs(folder, exist_ok=True)
+    written = Observation(f"mmf_results_{uuid.uuid4().hex}")  # one per job, even on threads
+    with tempfile.TemporaryDirectory(prefix="mmf-spark-out-", dir=folder, ignore_cleanup_errors=True) as tmp:
+        out = Path(tmp) / "out"
+        df.observe(written, F.count(F.lit(1)).alias("rows")).write.mode("overwrite").parquet(out.as_uri())
+        has_files = out.is_dir() and any(p.suffix == ".parquet" for p in out.iterdir())
+        table = pq.read_table(out) if has_files else schema.empty_table()
+        expected = int(written.get["rows"])
+        if table.num_rows != expected:
+            raise MMFError(
+                f"Spark wrote {expected:,} result rows but the driver found {table.num_rows:,} under {folder}: "
+                f"the executors do not share that folder with the driver. Set {RESULTS_DIR_CONF} "
+                f"(or {RESULTS_DIR_ENV}) to a folder they all reach at the same path, or leave it unset "
+                "on a cluster (results then come back through toArrow())"
+            )
+        return table.select(schema.names).cast(schema).to_pandas()
