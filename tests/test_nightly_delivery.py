@@ -11,6 +11,7 @@ does, and a series left without a forecast must fail the nightly by name.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import subprocess
@@ -27,6 +28,9 @@ from deltalake import write_deltalake
 from forecasting import contract as C
 from forecasting.config import load_config
 from forecasting.generator import generate, write
+from forecasting.models import EnsembleForecaster, get_model, load_fitted
+from forecasting.models.global_models import GlobalGBM
+from forecasting.refit import SPEC_COLUMN, refit_series
 from tests.reliability.faults import Faults
 from training.cli import cli
 from training.jobs import forecast as forecast_job
@@ -346,3 +350,59 @@ def test_standalone_forecast_refits_a_champion_trained_on_older_silver(tmp_path,
     rep = forecast_job.forecast(lake, cfg)
     assert rep.fits == {"refit": 4}
     assert_next_horizon(lake)
+
+
+def _history(days: int) -> pd.DataFrame:
+    r = generate(n_series=1, days=days, freq="h", seed=5, clean=True).readings
+    return r[[C.SERIES_ID, C.TS, C.Y]]
+
+
+def test_refit_keeps_the_choice_and_fits_it_on_the_new_history(config):
+    """An ensemble refits each member with its own parameters and keeps its method; a
+    global model keeps its weights and takes the new history as its inputs."""
+    old, new = _history(20), _history(22)
+    members = [
+        get_model("seasonal_naive", season_length=24, seasonalities=(24, 168), freq="h", season=12),
+        get_model("weekly_naive", season_length=24, seasonalities=(24, 168), freq="h"),
+    ]
+    ens = EnsembleForecaster([m.fit(old[C.Y].to_numpy()) for m in members], "mean")
+    glob = GlobalGBM(season_length=24, seasonalities=(24, 168), freq="h")
+    glob.set_state(
+        {"weights": "global_gbm-0123456789abcdef", "loc": 0.0, "scale": 1.0, "last_y": [0.0] * 48,
+         "last_ts": "2024-01-20T23:00:00"}
+    )  # fmt: skip
+    specs = {
+        "ensemble": json.dumps({"model_json": json.dumps(ens.to_dict()), "global": {}}),
+        "global": json.dumps(
+            {
+                "model_json": json.dumps(glob.to_dict()),
+                "global": {"global_gbm-0123456789abcdef": {"input_size": 48}},
+            }
+        ),
+    }
+    for kind, spec in specs.items():
+        rows = new.assign(**{SPEC_COLUMN: [spec] + [None] * (len(new) - 1)})
+        out = refit_series(rows, config).iloc[0]
+        assert out["status"] == "ok", out["reason"]
+        assert out["end"] == new[C.TS].max() and out["n_obs"] == len(new)
+        fitted = load_fitted(out["model_json"])
+        if kind == "ensemble":
+            assert fitted.method == "mean" and [m.name for m in fitted.members] == [
+                "seasonal_naive",
+                "weekly_naive",
+            ]
+            assert fitted.members[0].season == 12  # its own parameters, not the defaults
+            np.testing.assert_array_equal(fitted.members[0].last_season_, new[C.Y].to_numpy()[-12:])
+            np.testing.assert_array_equal(fitted.members[1].last_season_, new[C.Y].to_numpy()[-168:])
+        else:
+            state = fitted.get_state()
+            assert state["weights"] == "global_gbm-0123456789abcdef"
+            np.testing.assert_allclose(state["last_y"], new[C.Y].to_numpy()[-48:])
+            assert pd.Timestamp(state["last_ts"]) == new[C.TS].max()
+    # without a spec, or with weights whose settings are not given: a failed row, with the reason
+    bad = refit_series(new, config).iloc[0]
+    assert bad["status"] == "failed" and "carry no _refit_spec" in bad["reason"]
+    rows = new.assign(**{SPEC_COLUMN: [json.dumps({"model_json": json.dumps(glob.to_dict()), "global": {}})]
+                                      + [None] * (len(new) - 1)})  # fmt: skip
+    bad = refit_series(rows, config).iloc[0]
+    assert bad["status"] == "failed" and "settings of its global weights" in bad["reason"]
