@@ -204,7 +204,8 @@ def refit_models(lake: Lakehouse, cfg: Config, source: Source, silver_version: i
     for sid in set(source.refit) - set(out.index):
         failed[sid] = f"no rows in silver/readings version {silver_version} to refit v{source.version} on"
     fresh = models.loc[ok].assign(model_json=out.loc[ok, "model_json"], end=out.loc[ok, "end"])
-    return pd.concat([keep, fresh]).reset_index(), failed
+    both = [f for f in (keep, fresh) if len(f)] or [keep]
+    return pd.concat(both).reset_index(), failed
 
 
 def future_frame(
@@ -343,18 +344,19 @@ def _forecasts(
     missing: dict[str, str],
 ) -> pd.DataFrame:
     """Every source's forecasts as gold/forecasts rows (failures go to ``missing``)."""
-    everything = pd.concat([m for _, m in chosen], ignore_index=True)
-    if everything.empty:
+    chosen = [(source, models) for source, models in chosen if len(models)]
+    if not chosen:
         return pd.DataFrame(columns=list(C.forecast_schema(lake.levels).names))
+    everything = pd.concat([m for _, m in chosen], ignore_index=True)
     ends = everything.set_index(C.SERIES_ID)["end"].astype("datetime64[us]")
     inputs = future_frame(lake, silver_version, ends, str(everything["freq"].iloc[0]), h)
     now = pd.Timestamp(dt.datetime.now(dt.timezone.utc)).as_unit("us")
     parts = []
     for source, models in chosen:
-        if models.empty:
-            continue
         pred, failed = predict_source(source, models, inputs)
         missing.update(failed)
+        if pred.empty:
+            continue
         refit = set(source.refit)
         pred["model_version"] = source.version
         pred["run_id"] = source.run_id
