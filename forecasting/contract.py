@@ -117,28 +117,55 @@ TRAIN_RESULT = pa.schema(
     ]
 )
 
+# What the per-series refit function returns (forecasting.refit): one row per series,
+# the registered model's choice fitted again on newer data.
+REFIT_RESULT = pa.schema(
+    [
+        (SERIES_ID, pa.string()),
+        ("status", pa.string()),  # ok | failed
+        ("reason", pa.string()),
+        ("model", pa.string()),
+        ("model_json", pa.string()),  # the refitted model, as TRAIN_RESULT.model_json
+        ("end", TS_TYPE),  # the last observation it was fitted on (the forecast's cutoff)
+        ("n_obs", pa.int64()),
+    ]
+)
+
 METRICS = ("mae", "rmse", "smape", "mase", "bias")
 
 
-def forecast_schema(levels: Sequence[int]) -> pa.Schema:
-    """gold/forecasts, with one lower/upper column pair per interval level."""
+# How a forecast's model met its data (gold/forecasts.fit): the registered model as it
+# was trained (its data ends where the forecast starts), or its chosen model and
+# parameters fitted again on newer data (forecasting.refit).
+TRAINED, REFIT = "trained", "refit"
+FITS = (TRAINED, REFIT)
+
+
+def _forecast_fields(levels: Sequence[int]) -> list[tuple[str, pa.DataType]]:
     fields = [(SERIES_ID, pa.string()), (TS, TS_TYPE), ("yhat", pa.float64())]
     for lv in levels:
         fields += [(f"yhat_lower_{lv}", pa.float64()), (f"yhat_upper_{lv}", pa.float64())]
-    fields += [
+    return fields + [
         ("model", pa.string()),
         ("model_version", pa.string()),
         ("run_id", pa.string()),
         ("cutoff", TS_TYPE),
         ("created_at", pa.timestamp("us", tz="UTC")),
     ]
-    return pa.schema(fields)
+
+
+def forecast_schema(levels: Sequence[int]) -> pa.Schema:
+    """gold/forecasts, with one lower/upper column pair per interval level. The last two
+    columns came later (older tables take them on their next write, null in older rows):
+    ``silver_version``, the silver/readings version the forecast's data came from, and
+    ``fit`` (:data:`FITS`), whether the model forecast as trained or refitted on it."""
+    return pa.schema(_forecast_fields(levels) + [("silver_version", pa.int64()), ("fit", pa.string())])
 
 
 def scores_schema(levels: Sequence[int]) -> pa.Schema:
     """gold/scores (``mmf score``): the forecast columns plus ``source``, the scored input
     (a table name or path); rows of one (source, model_version) are replaced together."""
-    fields = list(forecast_schema(levels))
+    fields = _forecast_fields(levels)
     return pa.schema(fields[:-1] + [pa.field("source", pa.string()), fields[-1]])
 
 

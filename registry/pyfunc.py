@@ -40,6 +40,7 @@ differ from those tags, before any of it runs.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -63,7 +64,7 @@ from forecasting.errors import RegistryError
 from forecasting.frequency import future_timestamps
 from forecasting.models import load_fitted
 from forecasting.models.global_models import load as load_global_weights
-from registry.aliases import champion_info, require_version
+from registry.aliases import champion_info, require_version, version_info
 from registry.connection import set_uris
 from registry.metrics import USABLE, finite_metric_values
 
@@ -142,6 +143,35 @@ class ManyModels(mlflow.pyfunc.PythonModel):
                 "freq": [e[3] for e in self._entries.values()],
             }
         )
+
+    def models(self) -> pd.DataFrame:
+        """``series_id, model, model_json, end, freq`` of every series held: the spec
+        of each series' chosen model (name and parameters) and its fitted state."""
+        entries = list(self._entries.values())
+        return pd.DataFrame(
+            {
+                C.SERIES_ID: list(self._entries),
+                "model": [e[0] for e in entries],
+                "model_json": [e[1] for e in entries],
+                "end": pd.to_datetime([e[2] for e in entries]).as_unit("us"),
+                "freq": [e[3] for e in entries],
+            }
+        )
+
+    def with_models(self, models: pd.DataFrame) -> "ManyModels":
+        """A copy of this model that holds ``models`` (rows as :meth:`models` gives,
+        e.g. refitted on newer data) instead of its own: same levels and global weights,
+        so ``predict`` forecasts after each row's ``end``."""
+        other = copy.copy(self)
+        other._entries = {
+            str(sid): (name, text, pd.Timestamp(end), freq)
+            for sid, name, text, end, freq in zip(
+                models[C.SERIES_ID], models["model"], models["model_json"], models["end"], models["freq"]
+            )
+        }
+        other._fitted = {}
+        other._lock = threading.Lock()
+        return other
 
     def fitted(self, series_id: str) -> Any:
         """The fitted model of one series (deserialized once)."""
@@ -261,7 +291,7 @@ def _steps(sid: str, end: pd.Timestamp, off: pd.DateOffset, wanted: pd.DatetimeI
     """Step numbers k (``ts = end + k * freq``) of the wanted timestamps."""
     if isinstance(off, pd.offsets.Tick):
         step = pd.Timedelta(off).value
-        delta = np.asarray(pd.TimedeltaIndex(wanted - end).asi8)
+        delta = np.asarray(pd.TimedeltaIndex(wanted - end).as_unit("ns").asi8)  # step is in ns
         ks = delta // step
         bad = (delta % step != 0) | (ks < 1)
     else:
@@ -524,6 +554,30 @@ def load_version(config: Config, version: str | int):
         path = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=tmp)
         verify_artifact(name, str(version), mv.tags or {}, path)
         return mlflow.pyfunc.load_model(path)  # everything is read on load: the copy can go
+
+
+def version_details(config: Config, version: str | int) -> dict[str, Any]:
+    """What the registry says of one version (:func:`registry.aliases.version_info`).
+
+    Raises:
+        RegistryError: the version does not exist.
+    """
+    client = set_uris(config)
+    return version_info(require_version(client, config.mlflow.registered_model, str(version)))
+
+
+def versions_by_run(config: Config) -> dict[str, str]:
+    """Run id -> the newest ``READY`` version it registered (``{}`` without any)."""
+    client = set_uris(config)
+    try:
+        found = client.search_model_versions(f"name = '{config.mlflow.registered_model}'")
+    except MlflowException:
+        return {}
+    out: dict[str, str] = {}
+    for mv in sorted(found, key=lambda mv: int(mv.version)):
+        if mv.status == "READY":
+            out[(mv.tags or {}).get("mmf.run_id") or mv.run_id] = str(mv.version)
+    return out
 
 
 def load_champion(config: Config):

@@ -22,7 +22,7 @@ from forecasting.models import MODELS, all_models, unavailable_reason
 from registry import promotion
 from registry.aliases import champion_info
 from registry.connection import configure, telemetry_off_by_default
-from training.jobs.forecast import aggregate, forecast
+from training.jobs.forecast import aggregate, forecast, missing_message
 from training.jobs.ingest import ingest
 from training.jobs.nightly import nightly
 from training.jobs.refine import refine
@@ -238,8 +238,14 @@ def forecast_cmd(conf, horizon, force):
     if rep.skipped:
         click.echo(f"gold/forecasts already holds champion version {rep.model_version} ({rep.n_rows:,} rows); use --force")
         return
-    aggregate(lake, config, rep.model_version)
-    click.echo(f"gold/forecasts version {rep.table_version}: {rep.n_rows:,} rows for {rep.n_series} series (model version {rep.model_version})")
+    if rep.note:
+        click.echo(f"note: {rep.note}")
+    if rep.n_rows:
+        aggregate(lake, config, rep.model_version, delivery=rep.delivery)
+        click.echo(f"gold/forecasts version {rep.table_version}: {rep.n_rows:,} rows for {rep.describe()}")
+    if rep.missing:
+        click.echo("missing output: " + missing_message(rep.missing, rep.horizon, rep.n_clean), err=True)
+        sys.exit(1)
 
 
 @cli.command("nightly")

@@ -8,6 +8,21 @@ that the restart ends in the Gold tables, registry and quarantine of an uninterr
 run; see :mod:`training.jobs.train` for how a killed training job is finished). Only
 one nightly runs per lakehouse at a time (a lock file beside local tables; a second run
 waits ``lock_timeout_s`` and then exits with a message).
+
+What counts as done: training, when gold/selection records a run on the current silver
+version that the MLflow store still holds and that failed at most
+``nightly.max_failed_share`` of its series (:func:`training.jobs.train.training_due`:
+a run over that share, or one lost with its MLflow store, is trained again, and the
+step says why); the forecast, when gold/forecasts records the delivery of the current
+silver version by the current champion, complete and from the champion's run
+(:mod:`training.jobs.forecast`).
+
+A nightly ends with the next horizon of every clean series (silver/series), from the
+latest silver, whatever the gate decided: a kept champion is refitted on the new data,
+and series it does not hold are forecast by the newest version that holds them. A
+series left without it (no version holds it, its refit or forecast failed) makes the
+nightly fail: ``report.missing`` names each one with the reason, and ``mmf nightly``
+exits non-zero.
 """
 
 from __future__ import annotations
@@ -28,7 +43,7 @@ from training.jobs import forecast as forecast_job
 from training.jobs import train as train_job
 from training.jobs.ingest import ingest
 from training.jobs.refine import refine
-from training.tables import GOLD_PORTFOLIO, GOLD_SELECTION, SILVER_READINGS, Lakehouse
+from training.tables import GOLD_PORTFOLIO, SILVER_READINGS, Lakehouse
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +95,7 @@ class NightlyReport:
     forecast: Any = None
     failed: bool = False
     failure: str = ""
+    missing: dict[str, str] = field(default_factory=dict)  # series left without the next horizon -> why
 
 
 def nightly(
@@ -114,33 +130,61 @@ def nightly(
             if report.refine.skipped else f"done: bronze version {report.refine.bronze_version}"
         )
 
-        silver_version = lake.version(SILVER_READINGS)
-        if lake.txn_version(GOLD_SELECTION, train_job.APP_ID) == silver_version:
-            report.steps["train"] = f"skipped: already trained on silver version {silver_version}"
-            closed = train_job.close_killed_run(lake, config)  # a restart after a kill at the very end
-            if closed:
-                report.steps["train"] += f" (closed run {closed} of a killed job)"
-        else:
-            report.train = train_job.train(lake, config, progress=progress)
-            report.steps["train"] = f"done: run {report.train.run_id}, model version {report.train.model_version}"
-            if report.train.failed_share > config.nightly.max_failed_share:
-                report.failed = True
-                report.failure = (
-                    f"{report.train.failed_share:.0%} of series failed > nightly.max_failed_share="
-                    f"{config.nightly.max_failed_share}"
-                )
-
-        report.forecast = forecast_job.forecast(lake, config, horizon=horizon, progress=progress)
-        report.steps["forecast"] = (
-            f"skipped: champion version {report.forecast.model_version} already forecast"
-            if report.forecast.skipped else f"done: {report.forecast.n_rows} rows for version {report.forecast.model_version}"
-        )
-        checkpoint("after_forecast_commit")
-        version = report.forecast.model_version
-        if lake.txn_version(GOLD_PORTFOLIO, forecast_job.APP_PORTFOLIO) == int(version) and report.forecast.skipped:
-            report.steps["aggregate"] = f"skipped: portfolio of version {version} is current"
-        else:
-            tell("aggregate", 0, 0)
-            forecast_job.aggregate(lake, config, version)
-            report.steps["aggregate"] = f"done: portfolio for version {version}"
+        _train_step(lake, config, report, progress)
+        tell("forecast", 0, 0)
+        _forecast_step(lake, config, report, horizon)
     return report
+
+
+def _train_step(lake: Lakehouse, config: Config, report: NightlyReport, progress) -> None:
+    """Train unless training on the current silver is recorded as done (see
+    :func:`training.jobs.train.training_due`); a share of failed series above
+    ``nightly.max_failed_share`` fails the nightly (and the next one trains again)."""
+    silver_version = lake.version(SILVER_READINGS)
+    why = train_job.training_due(lake, config, silver_version)
+    if why is None:
+        report.steps["train"] = f"skipped: already trained on silver version {silver_version}"
+        closed = train_job.close_killed_run(lake, config)  # a restart after a kill at the very end
+        if closed:
+            report.steps["train"] += f" (closed run {closed} of a killed job)"
+        return
+    if why:
+        log.warning("%s", why)
+    report.train = train_job.train(lake, config, progress=progress)
+    report.steps["train"] = f"done: run {report.train.run_id}, model version {report.train.model_version}"
+    if why:
+        report.steps["train"] += f" ({why})"
+    if report.train.failed_share > config.nightly.max_failed_share:
+        _fail(report, f"{report.train.failed_share:.0%} of series failed > nightly.max_failed_share="
+                      f"{config.nightly.max_failed_share}")
+
+
+def _forecast_step(lake: Lakehouse, config: Config, report: NightlyReport, horizon: int | None) -> None:
+    """The next horizon of every clean series (:mod:`training.jobs.forecast`), then the
+    portfolio; a series left without it fails the nightly, named with the reason."""
+    fc = report.forecast = forecast_job.forecast(lake, config, horizon=horizon)
+    if fc.skipped:
+        report.steps["forecast"] = (
+            f"skipped: champion version {fc.model_version} already forecast on silver version {fc.silver_version}"
+        )
+    else:
+        report.steps["forecast"] = f"done: {fc.n_rows} rows for version {fc.model_version}: {fc.describe()}"
+        if fc.note:
+            report.steps["forecast"] += f" ({fc.note})"
+    checkpoint("after_forecast_commit")
+    version = fc.model_version
+    if fc.n_rows == 0:
+        report.steps["aggregate"] = "skipped: nothing was forecast"
+    elif lake.txn_version(GOLD_PORTFOLIO, forecast_job.APP_PORTFOLIO) == fc.delivery and fc.skipped:
+        report.steps["aggregate"] = f"skipped: portfolio of version {version} is current"
+    else:
+        forecast_job.aggregate(lake, config, version, delivery=fc.delivery)
+        report.steps["aggregate"] = f"done: portfolio for version {version}"
+    if fc.missing:
+        report.missing = dict(fc.missing)
+        _fail(report, "missing output: " + forecast_job.missing_message(fc.missing, fc.horizon, fc.n_clean))
+
+
+def _fail(report: NightlyReport, why: str) -> None:
+    report.failed = True
+    report.failure = f"{report.failure}; {why}" if report.failure else why

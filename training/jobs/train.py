@@ -27,6 +27,7 @@ from functools import partial
 from typing import Callable, Sequence
 
 import pandas as pd
+from mlflow.exceptions import MlflowException
 
 from forecasting import contract as C
 from forecasting.config import Config
@@ -34,7 +35,7 @@ from forecasting.errors import DataContractError, TableError
 from forecasting.frequency import alias, modal_step
 from forecasting.pipeline import failed_result, process_series
 from registry import promotion, pyfunc, recovery, runs
-from registry.connection import configure
+from registry.connection import configure, set_uris
 from registry.global_models import log_global_models
 from registry.results import load_results, log_results
 from training import global_models
@@ -62,8 +63,7 @@ class TrainReport:
 
     @property
     def failed_share(self) -> float:
-        n = sum(v for k, v in self.status_counts.items() if k != C.QUARANTINED)
-        return self.status_counts.get(C.FAILED, 0) / n if n else 0.0
+        return _failed_share(self.status_counts)
 
 
 def read_silver(lake: Lakehouse, version: int | None, series_ids: Sequence[str] | None = None) -> tuple[int, pd.DataFrame]:
@@ -215,6 +215,48 @@ def _resume(lake: Lakehouse, cfg: Config, run, mv, version: int, quarantine: pd.
         checkpoint("after_gold_selection")
     metrics = {k: float(v) for k, v in run.data.metrics.items()}
     return _report(run_id, version, cfg, mv, decision, results, quarantine, metrics, {})
+
+
+def training_due(lake: Lakehouse, config: Config, silver_version: int) -> str | None:
+    """Why the nightly must train on ``silver_version``; ``None`` when training is current.
+
+    Current means: gold/selection records a run on this silver version (its Delta
+    application transaction ``mmf-train``), that run is in the MLflow store, and it
+    failed at most ``nightly.max_failed_share`` of its series (a run over that share made
+    its nightly fail, so it is not taken as done: the next nightly trains again).
+    ``""``: nothing trained on this silver version yet."""
+    if lake.txn_version(GOLD_SELECTION, APP_ID) != silver_version:
+        return ""
+    last = lake.table(GOLD_SELECTION).history(1)
+    run_id = last[0].get("mmf.run_id") if last else None
+    if run_id and not _run_exists(config, run_id):
+        return (
+            f"training again: run {run_id}, which gold/selection records for silver version {silver_version}, "
+            "is not in the MLflow store (lost or replaced?); gold/selection and gold/backtest keep its rows "
+            "under that run id"
+        )
+    sel = lake.read(GOLD_SELECTION, columns=["status"], filters=[("run_id", "=", run_id)]) if run_id else None
+    share = _failed_share(sel["status"].value_counts().to_dict()) if sel is not None else 0.0
+    if share > config.nightly.max_failed_share:
+        return (
+            f"training again: run {run_id} on silver version {silver_version} failed {share:.0%} of its series "
+            f"> nightly.max_failed_share={config.nightly.max_failed_share}"
+        )
+    return None
+
+
+def _failed_share(counts: dict[str, int]) -> float:
+    n = sum(v for k, v in counts.items() if k != C.QUARANTINED)
+    return counts.get(C.FAILED, 0) / n if n else 0.0
+
+
+def _run_exists(config: Config, run_id: str) -> bool:
+    """Whether the MLflow store holds the run (and it is not deleted)."""
+    try:
+        run = set_uris(config).get_run(run_id)
+    except MlflowException:
+        return False
+    return run.info.lifecycle_stage != "deleted"
 
 
 def close_killed_run(lake: Lakehouse, config: Config) -> str | None:

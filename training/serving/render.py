@@ -119,12 +119,23 @@ def forecast_bodies(table: pa.Table, table_version: int) -> dict[str, bytes]:
 
 
 def latest_write(table: pa.Table) -> pa.Table:
-    """The rows of the most recent forecast write in ``table`` (max ``created_at``)."""
+    """The rows of the most recent forecast write in ``table`` (max ``created_at``; one
+    write, one ``created_at``: a nightly keeps earlier cutoffs of the same version)."""
     if table.num_rows == 0:
         return table
-    newest = pc.max(table["created_at"])
-    version = table.filter(pc.equal(table["created_at"], newest))["model_version"][0]
-    return table.filter(pc.equal(table["model_version"], version))
+    return table.filter(pc.equal(table["created_at"], pc.max(table["created_at"])))
+
+
+def newest_per_series(table: pa.Table) -> pa.Table:
+    """Each series' rows of the most recent write that forecast it (a version refitted
+    night after night holds one forecast per cutoff)."""
+    if table.num_rows == 0:
+        return table
+    newest = table.group_by(C.SERIES_ID).aggregate([("created_at", "max")])
+    joined = table.join(newest, C.SERIES_ID)
+    return joined.filter(pc.equal(joined["created_at"], joined["created_at_max"])).drop_columns(
+        ["created_at_max"]
+    )
 
 
 def prediction(frame: pd.DataFrame, info: dict[str, Any], levels: list[int]) -> bytes:

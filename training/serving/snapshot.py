@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 
 from forecasting import contract as C
 from training.serving.champion import Champion
-from training.serving.render import forecast_bodies, latest_write, selection_rows
+from training.serving.render import forecast_bodies, latest_write, newest_per_series, selection_rows
 from training.tables import (
     GOLD_BACKTEST,
     GOLD_FORECASTS,
@@ -69,7 +69,9 @@ def build_forecasts(lake: Lakehouse, table_version: int, wanted: str | None) -> 
     the most recent forecast written while the champion has not been forecast yet."""
     started = time.perf_counter()
     rows = (
-        lake.arrow(FORECASTS, version=table_version, filters=[("model_version", "=", wanted)])
+        newest_per_series(
+            lake.arrow(FORECASTS, version=table_version, filters=[("model_version", "=", wanted)])
+        )
         if wanted
         else None
     )

@@ -49,6 +49,11 @@ TABLE_NAMES = (
     GOLD_SCORES,
 )
 
+# Tables whose contract gained columns since a lakehouse may have been created: written
+# with schema merge, so an older table takes the new (nullable) columns on its next
+# write; columns the contract holds keep their types (the data is cast to it first).
+EVOLVING = (GOLD_FORECASTS,)
+
 
 def table_schema(name: str, levels: Sequence[int] = (80, 95)) -> pa.Schema:
     return {
@@ -243,9 +248,11 @@ class Lakehouse:
         (``mode="overwrite"`` with a ``predicate``) on an absent table creates it.
 
         Every table is written with exactly its contract schema, so a schema change is
-        an error, never silent; the one exception is ``new_columns`` of
-        ``bronze/readings`` (``ingest.extra_columns: add``): extra nullable string
-        columns merged into bronze's schema."""
+        an error, never silent; the exceptions: ``new_columns`` of ``bronze/readings``
+        (``ingest.extra_columns: add``), extra nullable string columns merged into
+        bronze's schema, and the tables of :data:`EVOLVING`, whose contract gained
+        columns: a table written before takes them on its next write (null in its
+        older rows)."""
         exists = self.exists(name)
         if predicate is not None and not exists:
             mode, predicate = "append", None  # nothing to replace yet: create the table
@@ -261,7 +268,7 @@ class Lakehouse:
         # bronze may hold columns added earlier (ingest.extra_columns: add): rows without
         # them are merged in as nulls; contract columns are cast above, so their types
         # cannot change
-        schema_mode = "merge" if bronze else None
+        schema_mode = "merge" if bronze or canonical(name) in EVOLVING else None
         # A marker in the commit lets us find *our* version when the table is created,
         # even if another writer committed right after us.
         marker = uuid.uuid4().hex
