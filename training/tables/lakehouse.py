@@ -36,6 +36,7 @@ GOLD_BACKTEST = "gold/backtest"
 GOLD_SELECTION = "gold/selection"
 GOLD_PORTFOLIO = "gold/portfolio"
 GOLD_SCORES = "gold/scores"
+GOLD_GATE = "gold/gate"
 TABLE_NAMES = (
     BRONZE_READINGS,
     SILVER_READINGS,
@@ -46,6 +47,7 @@ TABLE_NAMES = (
     GOLD_SELECTION,
     GOLD_PORTFOLIO,
     GOLD_SCORES,
+    GOLD_GATE,
 )
 
 
@@ -60,6 +62,7 @@ def table_schema(name: str, levels: Sequence[int] = (80, 95)) -> pa.Schema:
         GOLD_SELECTION: C.GOLD_SELECTION,
         GOLD_PORTFOLIO: C.GOLD_PORTFOLIO,
         GOLD_SCORES: C.scores_schema(levels),
+        GOLD_GATE: C.GOLD_GATE,
     }[canonical(name)]
 
 
