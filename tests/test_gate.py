@@ -212,8 +212,12 @@ def _mmf(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
     """``mmf ARGS`` in a fresh process, with the test fault hook (tests/reliability)."""
     import os
 
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MMF_", "MLFLOW_TRACKING_URI", "PYTEST_"))}
-    clean.update(PYTHONPATH=str(REPO), MLFLOW_ENABLE_ASYNC_LOGGING="false", GIT_PYTHON_REFRESH="quiet", **(env or {}))
+    clean = {
+        k: v for k, v in os.environ.items() if not k.startswith(("MMF_", "MLFLOW_TRACKING_URI", "PYTEST_"))
+    }
+    clean.update(
+        PYTHONPATH=str(REPO), MLFLOW_ENABLE_ASYNC_LOGGING="false", GIT_PYTHON_REFRESH="quiet", **(env or {})
+    )
     return subprocess.run(
         [sys.executable, "-m", "tests.reliability.launch", *args],
         cwd=REPO,
@@ -257,5 +261,7 @@ def test_a_killed_and_restarted_train_writes_gold_gate_once(cfg, tmp_path, point
     assert lake.txn_version(GOLD_GATE, "mmf-gate") == 2
     for sid, row in gold.set_index(C.SERIES_ID).iterrows():
         chal, champ = expected_metrics(sid)
-        assert row["challenger_metric"] == pytest.approx(chal) and row["champion_metric"] == pytest.approx(champ)
+        assert row["challenger_metric"] == pytest.approx(chal) and row["champion_metric"] == pytest.approx(
+            champ
+        )
     assert aliases.champion_info(cfg)["version"] == "2"
