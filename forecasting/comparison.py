@@ -3,9 +3,12 @@ same actuals, series by series (pure pandas and numpy; the engines run
 :func:`compare_series`, :mod:`registry.promotion` decides on the result).
 
 The window of a series is the champion's own forecast window: from the champion's
-cutoff for that series (its training end, the ``end`` of its results and the ``cutoff``
-of its ``gold/forecasts`` rows) for ``horizon`` steps, clipped to the actuals in silver
-now. On it:
+cutoff for that series for ``horizon`` steps, clipped to the actuals in silver now. The
+cutoff is that of the champion's latest ``gold/forecasts`` rows whose cutoff the actuals
+have passed: on the night after it was trained, its training end (the ``end`` of its
+results); after nights when it was kept and forecast again from newer data, the latest
+of those forecasts. Without Gold rows it is its training end (:func:`champion_cutoffs`).
+On it:
 
 * the champion is scored on its own Gold forecasts for that window: they were made
   before those actuals existed, so they are truly held out. When they are missing
@@ -91,18 +94,14 @@ def plan(
     Args:
         challenger: the challenger's TRAIN_RESULT rows.
         champion: the champion's TRAIN_RESULT rows (its run's results.parquet), or
-            ``None`` when they cannot be read (its cutoffs then come from its forecasts).
+            ``None`` when they cannot be read (its cutoffs then come from its forecasts
+            only, and it cannot be refit).
         forecasts: the champion version's ``gold/forecasts`` rows.
         config: the settings (``freq``).
     """
     chal = challenger[challenger["status"].isin(USABLE)].set_index(SERIES_ID)
     champ = champion[champion["status"].isin(USABLE)].set_index(SERIES_ID) if champion is not None else None
-    if champ is not None:
-        cutoffs = pd.to_datetime(champ["end"])
-    elif len(forecasts):
-        cutoffs = pd.to_datetime(forecasts.groupby(SERIES_ID)["cutoff"].min())
-    else:
-        cutoffs = pd.Series(dtype="datetime64[us]")
+    cutoffs = champion_cutoffs(chal["end"], champ["end"] if champ is not None else None, forecasts)
     own = _own_forecasts(forecasts, cutoffs)
     rows = []
     for sid, row in chal.iterrows():
@@ -135,6 +134,26 @@ def _first_step(cutoff: Any, config: Config) -> pd.Timestamp | None:
     if cutoff is None or pd.isna(cutoff) or not config.freq:
         return None
     return pd.Timestamp(future_timestamps(pd.Timestamp(cutoff).to_datetime64(), config.freq, [1])[0])
+
+
+def champion_cutoffs(ends: pd.Series, train_ends: pd.Series | None, forecasts: pd.DataFrame) -> pd.Series:
+    """Per series, the champion's cutoff the window starts after: the latest cutoff of
+    its Gold forecasts that the actuals have passed (``ends``: the challenger's data end
+    per series), else its training end (``train_ends``, by series; ``None`` when its
+    results cannot be read), else its earliest Gold cutoff.
+
+    The latest passed Gold cutoff is the champion's training end on the night after it
+    was trained; when the champion was kept and forecast again from newer data, it is
+    the most recent window that only the challenger's choice of model saw.
+    """
+    train_ends = pd.to_datetime(train_ends) if train_ends is not None else pd.Series(dtype="datetime64[ns]")
+    if forecasts.empty:
+        return train_ends
+    fc = forecasts[[SERIES_ID, "cutoff"]].drop_duplicates()
+    fc = fc.assign(cutoff=pd.to_datetime(fc["cutoff"]), end=pd.to_datetime(fc[SERIES_ID].map(ends)))
+    passed = fc[fc["cutoff"] < fc["end"]].groupby(SERIES_ID)["cutoff"].max()
+    earliest = fc.groupby(SERIES_ID)["cutoff"].min()
+    return passed.combine_first(train_ends).combine_first(earliest)
 
 
 def _own_forecasts(forecasts: pd.DataFrame, cutoffs: pd.Series) -> dict[str, dict[str, list]]:

@@ -6,8 +6,10 @@ with the champion like for like: both scored on the same actuals, on a window th
 champion never saw (:mod:`forecasting.comparison`, run by the train job through its
 engine):
 
-* per series, the window is the champion's own forecast window: from its cutoff (its
-  training end) for ``horizon`` steps, clipped to the actuals in silver now;
+* per series, the window is the champion's own forecast window: from its cutoff for
+  ``horizon`` steps, clipped to the actuals in silver now. The cutoff is its training end,
+  or, once it was kept and forecast again from newer data, the latest of its Gold
+  forecasts that the actuals have passed;
 * the champion is scored on its own ``gold/forecasts`` rows for that window (made
   before those actuals existed: truly held out), or, without them, on its chosen model
   refit up to its cutoff;

@@ -207,6 +207,34 @@ def test_too_little_common_data_says_so_and_follows_the_default(cfg):
     assert "3 series scored on a common window, gate.min_common_series is 4" in d4.reason
 
 
+def test_the_window_starts_at_the_latest_champion_forecast_the_actuals_passed():
+    """A champion kept and forecast again from newer data is compared on its latest
+    forecast window whose actuals have arrived, not on its (older) training window."""
+    d13, d14, d15 = (START + pd.Timedelta(f"{d}D 23h") for d in (13, 14, 15))
+    champion = pd.Series([d13, d13, d13], index=["a", "b", "c"])  # training ends
+    forecasts = pd.DataFrame({C.SERIES_ID: ["a", "a", "b", "b", "d"], "cutoff": [d13, d14, d13, d14, d14]})
+    ends = pd.Series([d15, d14, d15, d15], index=["a", "b", "c", "d"])
+    got = comparison.champion_cutoffs(ends, champion, forecasts)
+    assert got.to_dict() == {"a": d14, "b": d13, "c": d13, "d": d14}
+    # without the champion's results: its Gold cutoffs only
+    assert comparison.champion_cutoffs(ends, None, forecasts).to_dict() == {"a": d14, "b": d13, "d": d14}
+    # without Gold rows: its training ends
+    assert comparison.champion_cutoffs(ends, champion, forecasts.iloc[:0]).to_dict() == dict.fromkeys(
+        "abc", d13
+    )
+
+
+def test_future_regressor_is_last_weeks_value():
+    from forecasting.series import SeriesData
+
+    n = 24 * 8
+    X = np.arange(n, dtype=float).reshape(-1, 1)
+    data = SeriesData("s", np.zeros(n), np.zeros(n, dtype="datetime64[us]"), X, "h", (24, 168))
+    got = comparison.future_exog(data, 200)[:, 0]
+    assert list(got[:168]) == list(X[n - 168 :, 0]) and list(got[168:]) == list(X[n - 168 : n - 136, 0])
+    assert comparison.future_exog(data.head(100), 3)[:, 0].tolist() == [99.0, 99.0, 99.0]
+
+
 # -- a killed train, restarted ----------------------------------------------------------
 def _mmf(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """``mmf ARGS`` in a fresh process, with the test fault hook (tests/reliability)."""
