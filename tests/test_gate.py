@@ -13,6 +13,7 @@ new day the challenger's model (weekly naive) is far better than the champion's
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -238,8 +239,6 @@ def test_future_regressor_is_last_weeks_value():
 # -- a killed train, restarted ----------------------------------------------------------
 def _mmf(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """``mmf ARGS`` in a fresh process, with the test fault hook (tests/reliability)."""
-    import os
-
     clean = {
         k: v for k, v in os.environ.items() if not k.startswith(("MMF_", "MLFLOW_TRACKING_URI", "PYTEST_"))
     }

@@ -17,10 +17,10 @@ Restart: a job killed after registering its model version is not trained again. 
 next job finds its run (same silver version and config hash, a registered version; see
 :func:`registry.recovery.find_resumable`), re-opens it and finishes what is left from the
 run's ``results.parquet``: the gate (unless it already decided: then its recorded
-comparison) and the Gold rows (replace-where on the run id). A job killed before registering leaves a run marked
-``FAILED`` (orphaned) and is trained again; one killed after its Gold rows only has its
-run closed (:func:`close_killed_run`). So a restart ends with the registry state of an
-uninterrupted run: one version, the same aliases.
+comparison) and the Gold rows (replace-where on the run id). A job killed before
+registering leaves a run marked ``FAILED`` (orphaned) and is trained again; one killed
+after its Gold rows only has its run closed (:func:`close_killed_run`). So a restart
+ends with the registry state of an uninterrupted run: one version, the same aliases.
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def train(
     if prior is not None:
         run, mv = prior
         if not _in_gold(lake, run.info.run_id):
-            return _resume(lake, cfg, run, mv, version, quarantine, (engine, readings))
+            return _resume(lake, cfg, run, mv, version, quarantine, engine, readings)
         recovery.close_recovered(cfg, run.info.run_id, "closed after a restart: its Gold rows were written")
 
     def on_progress(done: int, total: int) -> None:
@@ -203,17 +203,19 @@ def _in_gold(lake: Lakehouse, run_id: str) -> bool:
     return len(lake.read(GOLD_SELECTION, columns=["run_id"], filters=[("run_id", "=", run_id)])) > 0
 
 
-def _resume(lake: Lakehouse, cfg: Config, run, mv, version: int, quarantine: pd.DataFrame, data) -> TrainReport:
+def _resume(
+    lake: Lakehouse, cfg: Config, run, mv, version: int, quarantine: pd.DataFrame, engine: Engine, readings: pd.DataFrame
+) -> TrainReport:
     """Finish a killed job's run whose model version is registered: the gate (unless it
-    already decided) and the Gold rows, from the run's own results; no retraining.
-    ``data``: the engine and the silver rows, for the gate's comparison."""
+    already decided; ``engine`` and ``readings`` for its comparison) and the Gold rows,
+    from the run's own results; no retraining."""
     run_id, model_version = run.info.run_id, str(mv.version)
     log.warning("resuming run %s of a killed job: model version %s is registered; writing what is left", run_id, model_version)
     results = load_results(cfg, run_id)
     note = f"finished after a restart: model version {model_version} was registered, its Gold rows were not"
     with recovery.resume_run(cfg, run_id, note):
         pyfunc.tag_version(cfg, model_version, run_id, results, version)
-        decision = promotion.recorded_decision(cfg, model_version) or _gate(lake, cfg, *data, results, model_version)
+        decision = promotion.recorded_decision(cfg, model_version) or _gate(lake, cfg, engine, readings, results, model_version)
         checkpoint("after_gate")
         write_gold_training(lake, cfg, run_id, version, results, quarantine, decision)
         checkpoint("after_gold_selection")
