@@ -210,3 +210,35 @@ GOLD_PORTFOLIO = pa.schema(
         ("created_at", pa.timestamp("us", tz="UTC")),
     ]
 )
+
+# The promotion gate's like-for-like comparison (forecasting.comparison): one row per
+# series the challenger holds a model for. The window runs from the champion's cutoff
+# (its training end) for ``horizon`` steps, clipped to the actuals in silver;
+# window_end is the last scored step. The metrics are the configured one, scored on the
+# ``n_points`` steps both forecasts and the actuals have (null when none).
+GATE_SERIES = pa.schema(
+    [
+        (SERIES_ID, pa.string()),
+        ("window_start", TS_TYPE),
+        ("window_end", TS_TYPE),
+        ("n_points", pa.int64()),
+        ("challenger_metric", pa.float64()),
+        ("champion_metric", pa.float64()),
+        ("champion_source", pa.string()),  # gold (its own forecasts) | refit | "" (not compared)
+        ("challenger_saw_window", pa.bool_()),  # the challenger's model choice saw these actuals
+        ("reason", pa.string()),  # why the series was not compared ("" when it was)
+    ]
+)
+
+# gold/gate: the GATE_SERIES rows of one training run with the gate's context.
+GOLD_GATE = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("challenger_version", pa.string()),
+        ("champion_version", pa.string()),
+        *[f for f in GATE_SERIES],
+        ("metric", pa.string()),
+        ("promoted", pa.bool_()),
+        ("created_at", pa.timestamp("us", tz="UTC")),
+    ]
+)

@@ -22,7 +22,7 @@ those above it in this list, and :mod:`forecasting`):
   *models from code*: nothing is pickled; the fitted models travel as explicit JSON
   data in a ``models.parquet`` artifact. Loading a version or the champion.
 * :mod:`registry.promotion` — moving the aliases: the promotion gate (challenger vs
-  champion on the series they share), promote and rollback.
+  champion scored on the same window after the champion's cutoff), promote and rollback.
 
 Artifact layout of a training run (experiment artifact root ``<lakehouse>/mlartifacts``
 for local lakehouses)::
@@ -34,7 +34,9 @@ for local lakehouses)::
     results.parquet             the engine's rows (TRAIN_RESULT), to finish a killed job
     plots/forecast_vs_actuals.png
     plots/error_distribution.png
-    gate.json                   the promotion decision
+    gate.json                   the promotion decision (totals: metrics, common series, reason)
+    gate_series.parquet         the gate's comparison per series (GATE_SERIES: window,
+                                points, both metrics, why a series was left out)
     series_ids.json             the series subset (a job on some series only)
     global_models/<name>.json   a global model's params, fits and tuning summary
 

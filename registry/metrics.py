@@ -82,3 +82,25 @@ def aggregate_metrics(results: pd.DataFrame, n_quarantined: int | None = None) -
         if model:
             out[f"chosen.{model}"] = float(count)
     return out
+
+
+def gate_compared(series: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a gate comparison (GATE_SERIES) that were scored: at least one
+    common point and a finite metric on both sides."""
+    chal = pd.to_numeric(series["challenger_metric"], errors="coerce")
+    champ = pd.to_numeric(series["champion_metric"], errors="coerce")
+    keep = (series["n_points"].fillna(0) > 0) & np.isfinite(chal) & np.isfinite(champ)
+    return series[keep.to_numpy()]
+
+
+def gate_left_out(series: pd.DataFrame, limit: int = 3) -> str:
+    """Why the rows of a gate comparison that were not scored were left out: the most
+    common reasons with their counts (``""`` when none was)."""
+    scored = set(gate_compared(series)[C.SERIES_ID])
+    rest = series[~series[C.SERIES_ID].isin(scored)]
+    reasons = rest["reason"].fillna("").replace("", "a metric that is not finite")
+    counts = reasons.value_counts()
+    parts = [f"{n} series: {why}" for why, n in counts.head(limit).items()]
+    if len(counts) > limit:
+        parts.append(f"{int(counts.iloc[limit:].sum())} series: other reasons")
+    return "; ".join(parts)

@@ -1,18 +1,44 @@
 """Aliases and the promotion gate.
 
 Every registered version gets the alias ``challenger`` from :func:`gate`; the alias
-``champion`` is what forecasting and serving load. The gate promotes a challenger when
-its mean backtest metric on the series both versions hold is no worse than the
+``champion`` is what forecasting and serving load. The gate compares the challenger
+with the champion like for like: both scored on the same actuals, on a window that the
+champion never saw (:mod:`forecasting.comparison`, run by the train job through its
+engine):
+
+* per series, the window is the champion's own forecast window: from its cutoff for
+  ``horizon`` steps, clipped to the actuals in silver now. The cutoff is its training end,
+  or, once it was kept and forecast again from newer data, the latest of its Gold
+  forecasts that the actuals have passed;
+* the champion is scored on its own ``gold/forecasts`` rows for that window (made
+  before those actuals existed: truly held out), or, without them, on its chosen model
+  refit up to its cutoff;
+* the challenger's chosen model is refit on the same data up to the same cutoff and
+  forecasts the same steps. The refit never sees the window, but the challenger's
+  choice of model did (its backtest ends at its newer data end): the per-series column
+  ``challenger_saw_window`` says where;
+* both are scored with ``backtest.metric`` (MASE scaled by the in-sample seasonal
+  naive error up to the cutoff) on the steps both forecasts and the actuals share.
+
+The challenger is promoted when its mean over the compared series is no worse than the
 champion's, within ``mlflow.promotion_tolerance``:
 
     challenger <= champion * (1 + tolerance)     (absolute values for ``bias``)
 
-The champion's per-series metrics come from its training run's ``per_series.parquet``
-(the run named by the version tag ``mmf.run_id``), so the comparison is on the same
-series, never on two different populations.
+Fewer compared series than ``gate.min_common_series`` (a first night after a champion
+trained on the same data, a champion whose cutoff is after the new data, only new
+series) is too little data to judge: the decision says so in its reason and follows
+``gate.insufficient`` (``promote`` by default: the challenger is trained on newer data;
+or ``keep``). The first version is promoted.
+
+The comparison is recorded per series and in total: in the training run (metrics
+``gate.*``, ``gate.json`` and ``gate_series.parquet``) and, by the train job, in
+``gold/gate``.
 
 Bookkeeping, all in the registry itself:
 
+* version tag ``mmf.gate``: the gate's reason, set once it decided (a restarted job
+  reads the recorded decision, :func:`recorded_decision`, and does not gate again);
 * version tag ``mmf.promoted_at``: UTC ISO time the version last became champion;
 * registered-model tag ``mmf.champion_history``: JSON list of earlier champions, oldest
   first (the last 100). :func:`promote` pushes the outgoing champion;
@@ -26,7 +52,9 @@ import json
 import logging
 import math
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -35,17 +63,22 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from forecasting import contract as C
+from forecasting.comparison import Comparison, gate_frame
 from forecasting.config import Config
 from forecasting.errors import RegistryError
 from registry.aliases import CHALLENGER, CHAMPION, champion_version, require_version, versions
 from registry.connection import set_uris
-from registry.metrics import USABLE, chosen_backtest
+from registry.metrics import USABLE, chosen_backtest, gate_compared, gate_left_out
+from registry.results import load_results
 
 log = logging.getLogger(__name__)
 
 HISTORY_TAG = "mmf.champion_history"
 PROMOTED_AT_TAG = "mmf.promoted_at"
 HISTORY_MAX = 100
+GATE_TAG = "mmf.gate"
+GATE_JSON = "gate.json"
+GATE_SERIES_FILE = "gate_series.parquet"
 
 
 @dataclass
@@ -60,6 +93,13 @@ class Decision:
     n_common_series: int
     reason: str
     metric: str = ""
+    n_points: int = 0  # common points scored, over all compared series
+    insufficient: bool = False  # too little common data: decided by gate.insufficient
+    series: pd.DataFrame | None = field(default=None, repr=False, compare=False)  # GATE_SERIES rows
+
+    def to_dict(self) -> dict[str, Any]:
+        """The decision as ``gate.json`` holds it (without the per-series rows)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "series"}
 
 
 # -- history ---------------------------------------------------------------------------
@@ -151,63 +191,47 @@ def _challenger_series(results: pd.DataFrame, metric: str) -> pd.Series:
     return series[np.isfinite(series)]
 
 
-def _champion_series(tracking_uri: str, run_id: str, metric: str) -> pd.Series | None:
-    """The champion's per-series ``metric`` from its run's per_series.parquet, or None."""
-    try:
-        with tempfile.TemporaryDirectory(prefix="mmf-gate-") as tmp:
-            path = mlflow.artifacts.download_artifacts(
-                run_id=run_id, artifact_path="per_series.parquet", dst_path=tmp, tracking_uri=tracking_uri
-            )
-            table = pd.read_parquet(path)
-    except (MlflowException, OSError) as exc:
-        log.warning("cannot read per_series.parquet of run %s: %s", run_id, exc)
-        return None
-    table = table[table["status"].isin(USABLE)]
-    if len(table) and (table["metric"] == metric).all():
-        values = table["metric_value"]
-    elif metric in table.columns:
-        values = table[metric]
-    else:
-        return None
-    series = pd.Series(
-        pd.to_numeric(values, errors="coerce").to_numpy(dtype=float),
-        index=table[C.SERIES_ID].astype(str).to_numpy(),
-    )
-    return series[np.isfinite(series)]
-
-
-def recorded_decision(config: Config, version: str | int) -> Decision | None:
-    """The gate's verdict on ``version`` when the gate already ran on it (its version
-    tag ``mmf.gate``), else ``None``: a restarted job does not gate the same version
-    twice."""
-    client = set_uris(config)
-    name = config.mlflow.registered_model
-    mv = require_version(client, name, str(version))
-    reason = (mv.tags or {}).get("mmf.gate")
-    if reason is None:
-        return None
-    champion = champion_version(client, name)
-    return Decision(
-        champion == str(version), str(version), champion, None, None, 0, reason, config.backtest.metric
-    )
-
-
 def _aggregate(values: pd.Series, metric: str) -> float:
     return float(values.abs().mean() if metric == "bias" else values.mean())
 
 
-def gate(config: Config, version: str | int, results: pd.DataFrame) -> Decision:
+def champion_to_compare(config: Config, version: str | int) -> tuple[str, pd.DataFrame | None] | None:
+    """The champion the gate will compare ``version`` with, and its training results
+    (its run's ``results.parquet``; ``None`` when they cannot be read): what the train
+    job needs to build the comparison. ``None`` when there is no champion, or it is
+    ``version`` itself."""
+    client = set_uris(config)
+    champion = champion_version(client, config.mlflow.registered_model)
+    if champion is None or champion == str(version):
+        return None
+    mv = client.get_model_version(config.mlflow.registered_model, champion)
+    run_id = (mv.tags or {}).get("mmf.run_id") or mv.run_id
+    try:
+        return champion, load_results(config, run_id) if run_id else None
+    except (MlflowException, OSError) as exc:
+        log.warning("cannot read the results of champion v%s (run %s): %s", champion, run_id, exc)
+        return champion, None
+
+
+def gate(
+    config: Config, version: str | int, results: pd.DataFrame, comparison: Comparison | None = None
+) -> Decision:
     """Alias ``version`` as ``challenger`` and promote it when it is at least as good
-    as the champion on their common series (see the module docstring); the first
+    as the champion on their common window (see the module docstring); the first
     version is promoted. The decision goes to the active run, when there is one
     (metrics ``gate.challenger_metric``, ``gate.champion_metric``,
-    ``gate.n_common_series``; tags ``gate.promoted``, ``gate.reason``; ``gate.json``).
+    ``gate.n_common_series``, ``gate.n_points``; tags ``gate.promoted``,
+    ``gate.reason``, ``gate.insufficient``; ``gate.json`` and
+    ``gate_series.parquet``), before the aliases move.
 
     Args:
         config: settings (``mlflow.registered_model``, ``mlflow.promotion_tolerance``,
-            ``backtest.metric``).
+            ``backtest.metric``, ``gate.*``).
         version: the newly registered version.
         results: the challenger's training results (TRAIN_RESULT rows).
+        comparison: the per-series comparison with the champion
+            (:mod:`forecasting.comparison`); none, or one with another champion, is no
+            common data.
     """
     client = set_uris(config)
     name = config.mlflow.registered_model
@@ -215,84 +239,128 @@ def gate(config: Config, version: str | int, results: pd.DataFrame) -> Decision:
     require_version(client, name, version)
     client.set_registered_model_alias(name, CHALLENGER, version)
     metric = config.backtest.metric
-    tol = float(config.mlflow.promotion_tolerance)
     champion = champion_version(client, name)
-    chal_all = _challenger_series(results, metric)
-    chal_mean_all = _aggregate(chal_all, metric) if len(chal_all) else None
-
     if champion is None:
-        promote(config, version)
+        chal = _challenger_series(results, metric)
+        mean = _aggregate(chal, metric) if len(chal) else None
         decision = Decision(
-            True, version, None, chal_mean_all, None, 0, "no champion yet: first version promoted", metric
+            True, version, None, mean, None, 0, "no champion yet: first version promoted", metric
         )
     elif champion == version:
-        decision = Decision(True, version, champion, chal_mean_all, None, 0, "already the champion", metric)
+        decision = Decision(True, version, champion, None, None, 0, "already the champion", metric)
     else:
-        decision = _compare(client, config, version, champion, chal_all, metric, tol)
-        if decision.promoted:
-            promote(config, version)
-    client.set_model_version_tag(name, version, "mmf.gate", decision.reason)
-    _log_decision(decision)
-    log.info("gate %s v%s: %s", name, version, decision.reason)
+        same = comparison is not None and comparison.champion_version == champion
+        decision = _compare(config, version, champion, comparison.series if same else None)
+    _finish(config, decision)
     return decision
 
 
-def _compare(
-    client: MlflowClient,
-    config: Config,
-    version: str,
-    champion: str,
-    chal: pd.Series,
-    metric: str,
-    tol: float,
-) -> Decision:
+def _finish(config: Config, decision: Decision) -> None:
+    """Record the decision (in the active run), then act on it: promote, and tag the
+    version ``mmf.gate`` last, the mark that the gate is done."""
+    _log_decision(decision)
+    if decision.promoted:
+        promote(config, decision.challenger_version)
+    client = set_uris(config)
     name = config.mlflow.registered_model
-    champ_mv = client.get_model_version(name, champion)
-    run_id = (champ_mv.tags or {}).get("mmf.run_id") or champ_mv.run_id
+    client.set_model_version_tag(name, decision.challenger_version, GATE_TAG, decision.reason)
+    log.info("gate %s v%s: %s", name, decision.challenger_version, decision.reason)
 
-    def refuse(reason: str, n: int = 0, c: float | None = None, p: float | None = None) -> Decision:
-        return Decision(False, version, champion, c, p, n, reason, metric)
 
-    champ = _champion_series(config.mlflow_tracking_uri(), run_id, metric) if run_id else None
-    if champ is None:
-        return refuse(
-            f"champion v{champion} has no per-series {metric} to compare with (run {run_id}): "
-            f"promote v{version} explicitly with `mmf promote {version}` if it should serve"
-        )
-    common = chal.index.intersection(champ.index)
-    if len(common) == 0:
-        return refuse(
-            f"challenger v{version} and champion v{champion} have no series with a {metric} in common: "
-            f"promote explicitly with `mmf promote {version}` if it should serve"
-        )
-    c = _aggregate(chal.loc[common], metric)
-    p = _aggregate(champ.loc[common], metric)
-    limit = p * (1 + tol)
+def _compare(config: Config, version: str, champion: str, series: pd.DataFrame | None) -> Decision:
+    """The verdict on the per-series comparison (GATE_SERIES rows) with ``champion``."""
+    metric = config.backtest.metric
+    tol = float(config.mlflow.promotion_tolerance)
+    table = gate_frame([]) if series is None else series
+    common = gate_compared(table)
+    n, points = len(common), int(common["n_points"].sum())
+    if n < config.gate.min_common_series:
+        return _insufficient(config, version, champion, table, series is None)
+    c = _aggregate(common["challenger_metric"].astype(float), metric)
+    p = _aggregate(common["champion_metric"].astype(float), metric)
     label = f"|{metric}|" if metric == "bias" else metric
-    on = f"on {len(common)} common series"
-    if math.isfinite(c) and c <= limit:
-        return Decision(
-            True,
-            version,
-            champion,
-            c,
-            p,
-            len(common),
-            f"promoted: challenger {label} {c:.6g} <= champion {p:.6g} x (1 + {tol:g}) {on}",
-            metric,
+    on = f"on {n} common series ({points} points after the champion's cutoffs)"
+    promoted = math.isfinite(c) and c <= p * (1 + tol)
+    if promoted:
+        reason = f"promoted: challenger {label} {c:.6g} <= champion {p:.6g} x (1 + {tol:g}) {on}"
+    else:
+        reason = (
+            f"kept champion v{champion}: challenger {label} {c:.6g} > champion {p:.6g} x (1 + {tol:g}) {on}"
         )
-    return refuse(
-        f"kept champion v{champion}: challenger {label} {c:.6g} > champion {p:.6g} x (1 + {tol:g}) {on}",
-        len(common),
-        c,
-        p,
+    return Decision(promoted, version, champion, c, p, n, reason, metric, points, False, table)
+
+
+def _insufficient(
+    config: Config, version: str, champion: str, table: pd.DataFrame, missing: bool
+) -> Decision:
+    """The decision on too little common data: ``gate.insufficient``, said so."""
+    n = len(gate_compared(table))
+    promoted = config.gate.insufficient == "promote"
+    if missing:
+        why = f"no comparison with champion v{champion} was made"
+    else:
+        why = gate_left_out(table) or "the challenger holds no series"
+    verdict = f"promoted v{version}" if promoted else f"kept champion v{champion}"
+    reason = (
+        f"too little common data to compare v{version} with champion v{champion}: {n} series scored on a "
+        f"common window, gate.min_common_series is {config.gate.min_common_series} ({why}); "
+        f"gate.insufficient is {config.gate.insufficient}: {verdict}"
     )
+    metric = config.backtest.metric
+    return Decision(promoted, version, champion, None, None, n, reason, metric, 0, True, table)
+
+
+def recorded_decision(config: Config, version: str | int) -> Decision | None:
+    """The gate's verdict on ``version`` when the gate already ran on it, else ``None``:
+    a restarted job does not gate the same version twice. The verdict is the one its run
+    recorded (``gate.json``, ``gate_series.parquet``); a gate killed after recording it
+    but before its version tag ``mmf.gate`` is finished here (promotion, tag)."""
+    client = set_uris(config)
+    name = config.mlflow.registered_model
+    version = str(version)
+    mv = require_version(client, name, version)
+    tag = (mv.tags or {}).get(GATE_TAG)
+    recorded = _read_recorded(config, (mv.tags or {}).get("mmf.run_id") or mv.run_id)
+    if recorded is None:
+        if tag is None:
+            return None
+        champion = champion_version(client, name)  # a gate of an earlier release: its tag only
+        return Decision(champion == version, version, champion, None, None, 0, tag, config.backtest.metric)
+    if tag is None:
+        if recorded.promoted:
+            promote(config, version)
+        client.set_model_version_tag(name, version, GATE_TAG, recorded.reason)
+    return recorded
+
+
+def _read_recorded(config: Config, run_id: str | None) -> Decision | None:
+    """The decision a run recorded (``gate.json`` and ``gate_series.parquet``), if any."""
+    if not run_id:
+        return None
+    client = set_uris(config)
+    try:
+        names = {a.path for a in client.list_artifacts(run_id)}
+        if GATE_JSON not in names:
+            return None
+        with tempfile.TemporaryDirectory(prefix="mmf-gate-") as tmp:
+            data = json.loads(Path(client.download_artifacts(run_id, GATE_JSON, tmp)).read_text())
+            series = None
+            if GATE_SERIES_FILE in names:
+                series = pd.read_parquet(client.download_artifacts(run_id, GATE_SERIES_FILE, tmp))
+    except (MlflowException, OSError, ValueError) as exc:
+        log.warning("cannot read the gate decision of run %s: %s", run_id, exc)
+        return None
+    known = {f.name for f in fields(Decision)} - {"series"}
+    return Decision(**{k: v for k, v in data.items() if k in known}, series=series)
 
 
 def _log_decision(decision: Decision) -> None:
     if mlflow.active_run() is None:
         return
-    metrics = {"gate.n_common_series": float(decision.n_common_series)}
+    metrics = {
+        "gate.n_common_series": float(decision.n_common_series),
+        "gate.n_points": float(decision.n_points),
+    }
     for key in ("challenger_metric", "champion_metric"):
         value = getattr(decision, key)
         if value is not None and math.isfinite(value):
@@ -304,9 +372,23 @@ def _log_decision(decision: Decision) -> None:
             "gate.reason": decision.reason[:5000],
             "gate.challenger_version": decision.challenger_version,
             "gate.champion_version": decision.champion_version or "",
+            "gate.insufficient": str(decision.insufficient).lower(),
         }
     )
-    mlflow.log_dict(asdict(decision), "gate.json")
+    mlflow.log_dict(decision.to_dict(), GATE_JSON)
+    if decision.series is not None:
+        with tempfile.TemporaryDirectory(prefix="mmf-gate-") as tmp:
+            path = Path(tmp) / GATE_SERIES_FILE
+            decision.series.to_parquet(path, index=False)
+            mlflow.log_artifact(str(path))
 
 
-__all__ = ["Decision", "champion_history", "gate", "promote", "recorded_decision", "rollback"]
+__all__ = [
+    "Decision",
+    "champion_history",
+    "champion_to_compare",
+    "gate",
+    "promote",
+    "recorded_decision",
+    "rollback",
+]

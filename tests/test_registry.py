@@ -14,6 +14,8 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
+from forecasting import comparison
+from forecasting.comparison import Comparison
 from forecasting.errors import RegistryError
 from forecasting.models import get_model
 from forecasting.pipeline import load_fitted
@@ -118,11 +120,11 @@ def make_results(scale: float = 1.0) -> tuple[pd.DataFrame, pd.DataFrame]:
     return results, pd.concat(hist, ignore_index=True)
 
 
-def train_version(config, results, history=None, silver_version=3):
+def train_version(config, results, history=None, silver_version=3, comparison=None):
     with runs.start_training_run(config, silver_version=silver_version, engine="local") as run:
         metrics = log_results(results, config, history=history, n_quarantined=2)
         mv = pyfunc.log_many_models(results, config, silver_version=silver_version)
-        decision = promotion.gate(config, mv.version, results)
+        decision = promotion.gate(config, mv.version, results, comparison)
     return run.info.run_id, metrics, mv, decision
 
 
@@ -309,7 +311,30 @@ def test_many_models_pyfunc_round_trip(config):
     assert set(stored["freq"]) == {"h"}
 
 
-def test_gate_promotes_first_keeps_worse_promotes_better(config):
+def _comparison(champion: str, chal: list[float], champ: list[float]) -> Comparison:
+    """GATE_SERIES rows for IDS: the first len(chal) scored on 24 common points, the
+    rest left out (no actuals after the champion's cutoff)."""
+    start = pd.Timestamp("2024-01-11")
+    rows = []
+    for i, sid in enumerate(IDS):
+        scored = i < len(chal)
+        rows.append(
+            {
+                "series_id": sid,
+                "window_start": start.to_pydatetime(),
+                "window_end": (start + pd.Timedelta("23h")).to_pydatetime() if scored else None,
+                "n_points": 24 if scored else 0,
+                "challenger_metric": chal[i] if scored else None,
+                "champion_metric": champ[i] if scored else None,
+                "champion_source": "gold" if scored else "",
+                "challenger_saw_window": scored,
+                "reason": "" if scored else comparison.NO_ACTUALS,
+            }
+        )
+    return Comparison(champion, comparison.gate_frame(rows))
+
+
+def test_gate_compares_on_the_common_window_not_on_recorded_metrics(config):
     good, history = make_results()
     _, _, mv1, d1 = train_version(config, good, history)
     assert d1.promoted and d1.champion_version is None
@@ -317,12 +342,22 @@ def test_gate_promotes_first_keeps_worse_promotes_better(config):
     assert info["version"] == "1" and info["promoted_at"] and info["silver_version"] == 3
     assert info["metric_value"] == pytest.approx(0.7)
 
-    worse, _ = make_results(scale=1.5)
-    run2, _, mv2, d2 = train_version(config, worse.iloc[:4])  # also a subset of series
-    assert not d2.promoted and d2.champion_version == "1" and d2.challenger_version == "2"
-    assert d2.n_common_series == 4
-    assert d2.challenger_metric == pytest.approx(1.5 * np.mean([0.5, 0.6, 0.7, 0.8]))
-    assert d2.champion_metric == pytest.approx(np.mean([0.5, 0.6, 0.7, 0.8]))
+    # the challenger's own backtest is better than the champion's recorded one, but on
+    # the common window it is worse: kept
+    better_on_paper, _ = make_results(scale=0.5)
+    worse = _comparison("1", [1.2, 1.3, 1.4, 1.5], [1.0, 1.0, 1.0, 1.0])
+    run2, _, mv2, d2 = train_version(config, better_on_paper, comparison=worse)
+    assert (
+        not d2.promoted
+        and not d2.insufficient
+        and d2.champion_version == "1"
+        and d2.challenger_version == "2"
+    )
+    assert d2.n_common_series == 4 and d2.n_points == 96
+    assert d2.challenger_metric == pytest.approx(1.35) and d2.champion_metric == pytest.approx(1.0)
+    assert d2.reason.startswith(
+        "kept champion v1: challenger mase 1.35 > champion 1 x (1 + 0) on 4 common series"
+    )
     assert aliases.champion_info(config)["version"] == "1"
     client = MlflowClient()
     assert str(client.get_model_version_by_alias(config.mlflow.registered_model, "challenger").version) == "2"
@@ -330,17 +365,34 @@ def test_gate_promotes_first_keeps_worse_promotes_better(config):
     assert run.data.tags["gate.promoted"] == "false"
     assert run.data.metrics["gate.challenger_metric"] == pytest.approx(d2.challenger_metric)
     assert run.data.metrics["gate.champion_metric"] == pytest.approx(d2.champion_metric)
+    # what the run recorded is what a restarted job reads back
+    again = promotion.recorded_decision(config, "2")
+    assert again.to_dict() == d2.to_dict()
+    pd.testing.assert_frame_equal(again.series, d2.series, check_dtype=False)
 
     # within the tolerance counts as no worse
-    tolerant = config.replace(**{"mlflow.promotion_tolerance": 0.6})
-    assert promotion._compare(
-        client, tolerant, "2", "1", promotion._challenger_series(worse, "mase"), "mase", 0.6
-    ).promoted
+    tolerant = config.replace(**{"mlflow.promotion_tolerance": 0.4})
+    assert promotion._compare(tolerant, "2", "1", worse.series).promoted
 
-    better, _ = make_results(scale=0.5)
-    _, _, mv3, d3 = train_version(config, better)
-    assert d3.promoted and d3.champion_version == "1"
-    assert aliases.champion_info(config)["version"] == "3"
+    # a comparison with another champion, or none, is no common data: gate.insufficient
+    for stale in (_comparison("9", [0.1], [1.0]), None):
+        _, _, _, d = train_version(config, good, comparison=stale)
+        assert d.insufficient and d.promoted and "no comparison with champion v1 was made" in d.reason
+        promotion.promote(config, "1")  # back, for the next case
+    keep = config.replace(**{"gate.insufficient": "keep"})
+    _, _, _, d = train_version(keep, good, comparison=_comparison("1", [], []))
+    assert d.insufficient and not d.promoted
+    assert (
+        f"0 series scored on a common window, gate.min_common_series is 1 (5 series: {comparison.NO_ACTUALS})"
+        in d.reason
+    )
+
+    better = _comparison("1", [0.5, 0.6], [1.0, 1.0])
+    worse_on_paper, _ = make_results(scale=3.0)
+    _, _, mv6, d6 = train_version(config, worse_on_paper, comparison=better)
+    assert worse_on_paper["metric_value"].mean() > good["metric_value"].mean()
+    assert d6.promoted and d6.champion_version == "1" and d6.n_common_series == 2
+    assert aliases.champion_info(config)["version"] == str(mv6.version)
     assert (
         pyfunc.load_champion(config).predict(pd.DataFrame({"series_id": ["m-01"], "horizon": [2]})).shape[0]
         == 2

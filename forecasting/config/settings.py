@@ -88,6 +88,17 @@ class MLflow(Section):
     sample_plots: int = setting(4, "series drawn in the forecast-vs-actuals plot", ge=0)
 
 
+class Gate(Section):
+    """The promotion gate's comparison on a common window (:mod:`registry.promotion`)."""
+
+    min_common_series: int = setting(
+        1, "fewer series scored on a common window is too little data to judge", ge=1
+    )
+    insufficient: Literal["promote", "keep"] = setting(
+        "promote", "the decision on too little common data: promote (the challenger saw\nnewer data) | keep"
+    )
+
+
 class Nightly(Section):
     source: str | None = setting(None, "file or folder ingested first; null = start from bronze")
     max_failed_share: Number = setting(
@@ -210,6 +221,9 @@ class Config(Section):
     ingest: Ingest = setting(Ingest())
     cleaning: Cleaning = setting(Cleaning())
     mlflow: MLflow = setting(MLflow())
+    gate: Gate = setting(
+        Gate(), "challenger vs champion, both scored on the actuals after the champion's cutoff"
+    )
     nightly: Nightly = setting(Nightly())
     tune: Tune = setting(Tune(), "Hyperopt (TPE) search of hyper-parameters (`mmf train --tune`)")
     deep: Deep = setting(Deep(), "training of global_nn (the deep extra: pip install -e .[deep])")

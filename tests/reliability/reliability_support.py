@@ -28,6 +28,7 @@ SORT = {
     "gold/backtest": ["series_id", "model", "window"],
     "gold/selection": ["series_id"],
     "gold/portfolio": ["level", "key", "day", "model_version"],
+    "gold/gate": ["challenger_version", "series_id"],
 }
 KEYS = {  # no two rows may share these
     "silver/readings": ["series_id", "ts"],
@@ -35,6 +36,7 @@ KEYS = {  # no two rows may share these
     "gold/backtest": ["run_id", "series_id", "model", "window"],
     "gold/selection": ["run_id", "series_id"],
     "gold/portfolio": ["level", "key", "day", "model_version"],
+    "gold/gate": ["run_id", "series_id"],
 }
 
 

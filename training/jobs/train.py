@@ -4,16 +4,23 @@ Silver is read at a pinned Delta version (recorded in the MLflow run, so the exa
 can be re-read by time travel). The engine maps :func:`forecasting.pipeline.process_series`
 over the series; then, on the driver and once: one MLflow run with the results, one
 many-models pyfunc registered as ``challenger`` (promoted to ``champion`` by the gate),
-and the run's rows in ``gold/backtest`` and ``gold/selection``.
+and the run's rows in ``gold/gate``, ``gold/backtest`` and ``gold/selection``.
+
+The gate compares the challenger with the champion on the same window
+(:mod:`forecasting.comparison`, :mod:`registry.promotion`): the engine maps
+:func:`forecasting.comparison.compare_series` over the series the champion forecast and
+whose actuals have since arrived (one refit of the challenger's chosen model per series,
+and of the champion's only where its Gold forecasts are missing); the comparison per
+series goes to the run (``gate_series.parquet``) and to ``gold/gate``.
 
 Restart: a job killed after registering its model version is not trained again. The
 next job finds its run (same silver version and config hash, a registered version; see
 :func:`registry.recovery.find_resumable`), re-opens it and finishes what is left from the
-run's ``results.parquet``: the gate (unless it already decided) and the Gold rows
-(replace-where on the run id). A job killed before registering leaves a run marked
-``FAILED`` (orphaned) and is trained again; one killed after its Gold rows only has its
-run closed (:func:`close_killed_run`). So a restart ends with the registry state of an
-uninterrupted run: one version, the same aliases.
+run's ``results.parquet``: the gate (unless it already decided: then its recorded
+comparison) and the Gold rows (replace-where on the run id). A job killed before
+registering leaves a run marked ``FAILED`` (orphaned) and is trained again; one killed
+after its Gold rows only has its run closed (:func:`close_killed_run`). So a restart
+ends with the registry state of an uninterrupted run: one version, the same aliases.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from typing import Callable, Sequence
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
+from forecasting import comparison
 from forecasting import contract as C
 from forecasting.config import Config
 from forecasting.errors import DataContractError, TableError
@@ -41,10 +49,20 @@ from registry.results import load_results, log_results
 from training import global_models
 from training.checkpoints import checkpoint
 from training.engines import get_engine
-from training.tables import GOLD_BACKTEST, GOLD_SELECTION, SILVER_QUARANTINE, SILVER_READINGS, Lakehouse
+from training.engines.base import Engine
+from training.tables import (
+    GOLD_BACKTEST,
+    GOLD_FORECASTS,
+    GOLD_GATE,
+    GOLD_SELECTION,
+    SILVER_QUARANTINE,
+    SILVER_READINGS,
+    Lakehouse,
+)
 
 log = logging.getLogger(__name__)
 APP_ID = "mmf-train"
+APP_GATE = "mmf-gate"
 
 
 @dataclass
@@ -113,7 +131,7 @@ def train(
     if prior is not None:
         run, mv = prior
         if not _in_gold(lake, run.info.run_id):
-            return _resume(lake, cfg, run, mv, version, quarantine)
+            return _resume(lake, cfg, run, mv, version, quarantine, engine, readings)
         recovery.close_recovered(cfg, run.info.run_id, "closed after a restart: its Gold rows were written")
 
     def on_progress(done: int, total: int) -> None:
@@ -155,10 +173,10 @@ def train(
         store = glob.store_path if glob is not None else None  # global weights, stored once in the pyfunc
         mv = pyfunc.log_many_models(results, cfg, silver_version=version, global_store=store) if usable.any() else None
         checkpoint("after_register")
-        decision = promotion.gate(cfg, str(mv.version), results) if mv is not None else None
+        decision = _gate(lake, cfg, engine, readings, results, str(mv.version)) if mv is not None else None
         checkpoint("after_gate")
         lap("mlflow_s")
-        write_gold_training(lake, cfg, run_id, version, results, quarantine)
+        write_gold_training(lake, cfg, run_id, version, results, quarantine, decision)
         checkpoint("after_gold_selection")
         lap("gold_write_s")
     return _report(run_id, version, cfg, mv, decision, results, quarantine, metrics, timings)
@@ -200,18 +218,21 @@ def _in_gold(lake: Lakehouse, run_id: str) -> bool:
     return len(lake.read(GOLD_SELECTION, columns=["run_id"], filters=[("run_id", "=", run_id)])) > 0
 
 
-def _resume(lake: Lakehouse, cfg: Config, run, mv, version: int, quarantine: pd.DataFrame) -> TrainReport:
+def _resume(
+    lake: Lakehouse, cfg: Config, run, mv, version: int, quarantine: pd.DataFrame, engine: Engine, readings: pd.DataFrame
+) -> TrainReport:
     """Finish a killed job's run whose model version is registered: the gate (unless it
-    already decided) and the Gold rows, from the run's own results; no retraining."""
+    already decided; ``engine`` and ``readings`` for its comparison) and the Gold rows,
+    from the run's own results; no retraining."""
     run_id, model_version = run.info.run_id, str(mv.version)
     log.warning("resuming run %s of a killed job: model version %s is registered; writing what is left", run_id, model_version)
     results = load_results(cfg, run_id)
     note = f"finished after a restart: model version {model_version} was registered, its Gold rows were not"
     with recovery.resume_run(cfg, run_id, note):
         pyfunc.tag_version(cfg, model_version, run_id, results, version)
-        decision = promotion.recorded_decision(cfg, model_version) or promotion.gate(cfg, model_version, results)
+        decision = promotion.recorded_decision(cfg, model_version) or _gate(lake, cfg, engine, readings, results, model_version)
         checkpoint("after_gate")
-        write_gold_training(lake, cfg, run_id, version, results, quarantine)
+        write_gold_training(lake, cfg, run_id, version, results, quarantine, decision)
         checkpoint("after_gold_selection")
     metrics = {k: float(v) for k, v in run.data.metrics.items()}
     return _report(run_id, version, cfg, mv, decision, results, quarantine, metrics, {})
@@ -257,6 +278,32 @@ def _run_exists(config: Config, run_id: str) -> bool:
     except MlflowException:
         return False
     return run.info.lifecycle_stage != "deleted"
+def _gate(
+    lake: Lakehouse, cfg: Config, engine: Engine, readings: pd.DataFrame, results: pd.DataFrame, version: str
+) -> promotion.Decision:
+    """The gate on ``version``, with its comparison with the champion."""
+    compared = compare_with_champion(lake, cfg, engine, readings, results, version)
+    return promotion.gate(cfg, version, results, compared)
+
+
+def compare_with_champion(
+    lake: Lakehouse, cfg: Config, engine: Engine, readings: pd.DataFrame, results: pd.DataFrame, version: str
+) -> comparison.Comparison | None:
+    """The challenger ``version`` (its ``results``) and the champion scored per series
+    on the champion's window (:mod:`forecasting.comparison`), the refits mapped over the
+    series by the engine; ``None`` when there is no other champion."""
+    found = promotion.champion_to_compare(cfg, version)
+    if found is None:
+        return None
+    champion, champion_results = found
+    forecasts = lake.read(GOLD_FORECASTS, filters=[("model_version", "=", champion)])
+    planned = comparison.plan(results, champion_results, forecasts, cfg)
+    inputs = comparison.attach(readings, planned)
+    compared = comparison.gate_frame([])
+    if len(inputs):
+        on_error = partial(comparison.failed_comparison, config=cfg)
+        compared = engine.map_groups(inputs, C.SERIES_ID, comparison.compare_series, C.GATE_SERIES, cfg, on_error=on_error)
+    return comparison.Comparison(champion, comparison.combine(planned, compared))
 
 
 def close_killed_run(lake: Lakehouse, config: Config) -> str | None:
@@ -284,11 +331,33 @@ def backtest_rows(results: pd.DataFrame, run_id: str) -> pd.DataFrame:
     return frame
 
 
-def write_gold_training(lake, cfg, run_id, silver_version, results, quarantine) -> None:
-    """This run's rows in gold/backtest and gold/selection, replacing any earlier
-    attempt of the same run (replace-where on run_id), so a retry never duplicates."""
+def write_gold_gate(lake: Lakehouse, run_id: str, decision, now: pd.Timestamp) -> None:
+    """The gate's comparison per series in gold/gate (replace-where on run_id, with an
+    application transaction), when the decision has one."""
+    series = getattr(decision, "series", None)
+    if series is None or (series.empty and not lake.exists(GOLD_GATE)):
+        return
+    rows = series.assign(
+        run_id=run_id,
+        challenger_version=decision.challenger_version,
+        champion_version=decision.champion_version,
+        metric=decision.metric,
+        promoted=bool(decision.promoted),
+        created_at=now,
+    )
+    lake.write(
+        GOLD_GATE, rows, mode="overwrite", predicate=f"run_id = '{run_id}'",
+        app_id=APP_GATE, app_version=int(decision.challenger_version), metadata={"mmf.run_id": run_id},
+    )
+
+
+def write_gold_training(lake, cfg, run_id, silver_version, results, quarantine, decision=None) -> None:
+    """This run's rows in gold/gate, gold/backtest and gold/selection, replacing any
+    earlier attempt of the same run (replace-where on run_id), so a retry never
+    duplicates."""
     now = pd.Timestamp(dt.datetime.now(dt.timezone.utc)).as_unit("us")
     where = f"run_id = '{run_id}'"
+    write_gold_gate(lake, run_id, decision, now)
     bt = backtest_rows(results, run_id)
     lake.write(GOLD_BACKTEST, bt, mode="overwrite", predicate=where)
     checkpoint("after_gold_backtest")

@@ -37,6 +37,7 @@ GOLD_BACKTEST = "gold/backtest"
 GOLD_SELECTION = "gold/selection"
 GOLD_PORTFOLIO = "gold/portfolio"
 GOLD_SCORES = "gold/scores"
+GOLD_GATE = "gold/gate"
 TABLE_NAMES = (
     BRONZE_READINGS,
     SILVER_READINGS,
@@ -47,6 +48,7 @@ TABLE_NAMES = (
     GOLD_SELECTION,
     GOLD_PORTFOLIO,
     GOLD_SCORES,
+    GOLD_GATE,
 )
 
 # Tables whose contract gained columns since a lakehouse may have been created: written
@@ -66,6 +68,7 @@ def table_schema(name: str, levels: Sequence[int] = (80, 95)) -> pa.Schema:
         GOLD_SELECTION: C.GOLD_SELECTION,
         GOLD_PORTFOLIO: C.GOLD_PORTFOLIO,
         GOLD_SCORES: C.scores_schema(levels),
+        GOLD_GATE: C.GOLD_GATE,
     }[canonical(name)]
 
 
