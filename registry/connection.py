@@ -149,6 +149,18 @@ def artifact_location(config: Config) -> str | None:
     return (Path(config.lakehouse).resolve() / "mlartifacts").as_uri()
 
 
+def _driver_message(exc: BaseException) -> str:
+    """The first line of the database driver's error under MLflow's and SQLAlchemy's
+    wrappers (``attempt to write a readonly database``), else of ``exc``."""
+    for _ in range(10):
+        inner = getattr(exc, "orig", None) or exc.__cause__
+        if not isinstance(inner, BaseException):
+            break
+        exc = inner
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def configure(config: Config) -> MlflowClient:
     """Set the tracking and registry URIs from the config, create the experiment
     ``config.mlflow.experiment`` when absent and make it the active one.
@@ -159,15 +171,18 @@ def configure(config: Config) -> MlflowClient:
     client = set_uris(config)
     name = config.mlflow.experiment
     exp = client.get_experiment_by_name(name)
+    refused = None
     if exp is None:
         try:
             client.create_experiment(name, artifact_location=artifact_location(config))
-        except MlflowException:  # another job created it in between
-            pass
+        except MlflowException as exc:  # another job created it in between, or the store refused
+            refused = exc
         exp = client.get_experiment_by_name(name)
     if exp is None:
+        why = f": {_driver_message(refused)}" if refused is not None else ""
         raise RegistryError(
-            f"MLflow experiment {name!r} could not be created in {config.mlflow_tracking_uri()}"
+            f"MLflow experiment {name!r} could not be created in {config.mlflow_tracking_uri()}{why}; "
+            "check that mlflow.tracking_uri points at a store this user may write"
         )
     if exp.lifecycle_stage == "deleted":
         raise RegistryError(
