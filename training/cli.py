@@ -1,18 +1,34 @@
-"""The ``mmf`` command line: parse, load config, call a job, render progress and a summary."""
+"""The ``mmf`` command line: parse, load config, call a job, render progress and a summary.
+
+Errors end as one line on stderr (what failed, on what, how to fix it) and a non-zero
+exit code, never as a traceback (``mmf -v`` prints it too); see :func:`explain`. Every
+command that writes holds the lakehouse lock (:func:`training.tables.lakehouse_lock`)
+and takes ``--wait SECONDS``. The process ends with :func:`os._exit` once Python's own
+shutdown steps have run, so the native thread pools of Arrow and deltalake are not torn
+down by C++ static destructors (which, racing a pool thread, aborted a refused ingest
+with "terminate called without an active exception" and exit code 134).
+"""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import difflib
+import errno
 import logging
 import os
 import sys
+import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Iterator
 
 import click
 import pandas as pd
+import pyarrow as pa
+from deltalake.exceptions import CommitFailedError, DeltaError, DeltaProtocolError, TableNotFoundError
+from mlflow.exceptions import MlflowException
 
 from forecasting.config import ENGINES, load_config
 from forecasting.errors import MMFError
@@ -31,17 +47,34 @@ from training.jobs.score import score as run_score
 from training.jobs.sql import run_sql
 from training.jobs.stream import stream as run_stream
 from training.jobs.train import train
-from training.tables import Lakehouse
+from training.tables import Lakehouse, lakehouse_lock
 
 log = logging.getLogger("mmf")
 
+EXIT_FAILED = 1  # the command ran and reports a failure (refused files, failed series), or a bug
+EXIT_ERROR = 2  # the command could not run: config, input, lock, file system, Delta or MLflow
+EXIT_ABORTED = 130
+
+
+class _State:
+    verbose = False
+    config = None  # of the running command, for error messages
+
 
 def _config(conf, **overrides):
-    return load_config(conf, **overrides)
+    _State.config = load_config(conf, **overrides)
+    return _State.config
 
 
 def _lake(config):
     return Lakehouse.from_config(config)
+
+
+@contextlib.contextmanager
+def _writing(config, wait: float):
+    """Hold the lakehouse lock while a writing command runs (waiting ``wait`` seconds)."""
+    with lakehouse_lock(_lake(config), wait):
+        yield
 
 
 def _interactive() -> bool:
@@ -105,6 +138,8 @@ engine_option = click.option(
     help="Where the per-series work runs: local (worker processes on this machine) or spark (the spark extra). Default: engine in the config.",
 )
 horizon_option = click.option("--horizon", type=click.IntRange(min=1), default=None, help="Steps ahead to forecast (default: horizon in the config).")
+wait_option = click.option("--wait", "lock_timeout", type=click.FloatRange(min=0), default=0, show_default=True,
+                           help="Seconds to wait for another job that writes to the lakehouse.")
 
 
 OWN_LOGGERS = ("mmf", "forecasting", "training", "registry")
@@ -114,6 +149,7 @@ OWN_LOGGERS = ("mmf", "forecasting", "training", "registry")
 @click.option("-v", "--verbose", is_flag=True, help="Show mmf's own log messages (DEBUG and up; other libraries stay at WARNING).")
 def cli(verbose: bool) -> None:
     """mmf: many-models forecasting on Delta Lake and MLflow."""
+    _State.verbose = verbose
     _setup_logging(verbose)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
@@ -129,20 +165,148 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
     for name in ("mlflow", "alembic"):  # MLflow configures its own loggers at INFO
         logging.getLogger(name).setLevel(logging.WARNING)
+    if not verbose:
+        # logs each database error with its traceback, then raises it: main() says it in one line
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 def main() -> None:
+    """``mmf``: run the command, render any error as one line, exit with its code."""
+    _exit(_run())
+
+
+def _run() -> int:
     try:
-        cli(standalone_mode=False)
+        code = cli(standalone_mode=False)  # an int after --help and other early exits
+        return code if isinstance(code, int) else 0
+    except SystemExit as exc:
+        if isinstance(exc.code, str):
+            click.echo(exc.code, err=True)
+            return EXIT_FAILED
+        return exc.code or 0
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
-        sys.exit(130)
+        return EXIT_ABORTED
     except click.ClickException as exc:
         exc.show()
-        sys.exit(exc.exit_code)
-    except MMFError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        return exc.exit_code
+    except Exception as exc:
+        if _State.verbose:
+            traceback.print_exc()
+        line, code = explain(exc, _State.config)
+        click.echo(f"error: {line}", err=True)
+        return code
+
+
+def _exit(code: int) -> None:
+    """Python's shutdown (non-daemon threads, atexit: MLflow's run and queues, Spark),
+    then :func:`os._exit`: no C++ static destructor runs against a live pool thread."""
+    try:
+        getattr(threading, "_shutdown", lambda: None)()
+        atexit._run_exitfuncs()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)
+
+
+def _first_line(exc: BaseException, limit: int = 400) -> str:
+    text = (getattr(exc, "message", None) or str(exc) or type(exc).__name__).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line if len(line) <= limit else line[:limit] + " ..."
+
+
+_OS_HINTS = {
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "read-only file system",
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.ENOENT: "no such file or folder",
+}
+
+
+def _explain_os(exc: OSError, where: str) -> str:
+    what = _OS_HINTS.get(exc.errno, exc.strerror or _first_line(exc))
+    path = exc.filename or where
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "run mmf as a user who may write there, or set lakehouse (--conf) to a writable folder"
+    elif exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = "free space (mmf vacuum removes old table files) or move the lakehouse"
+    elif exc.errno == errno.ENOTDIR:
+        fix = "check lakehouse in the config: every part of it must be a folder"
+    else:
+        fix = "check the path and the lakehouse setting"
+    return f"{what}: {path}: {fix}"
+
+
+def _explain_delta(exc: DeltaError, where: str) -> str:
+    msg = _first_line(exc)
+    if isinstance(exc, TableNotFoundError):
+        return f"no Delta table ({msg}) in lakehouse {where}: run the step that writes it first (ingest -> refine -> train -> forecast)"
+    if isinstance(exc, CommitFailedError):
+        return f"another job committed to the same table first ({msg}) in lakehouse {where}: run the command again"
+    if isinstance(exc, DeltaProtocolError):
+        return f"the Delta table needs a feature this deltalake cannot handle ({msg}) in lakehouse {where}: upgrade deltalake"
+    low = msg.lower()
+    if "os error 13" in low or "permission denied" in low or "os error 30" in low or "read-only" in low:
+        fix = "run mmf as a user who may write there, or set lakehouse (--conf) to a writable folder"
+    elif "json" in low or "_delta_log" in low or "parse" in low:
+        fix = "a file of the table is damaged: `mmf restore TABLE --version N` to the last good version, or restore the folder from a backup"
+    else:
+        fix = "check the table's files and permissions (mmf -v shows the traceback)"
+    return f"Delta table operation failed in lakehouse {where}: {msg}: {fix}"
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The database driver's error under MLflow's and SQLAlchemy's wrappers."""
+    for _ in range(10):
+        inner = getattr(exc, "orig", None) or exc.__cause__
+        if not isinstance(inner, BaseException):
+            break
+        exc = inner
+    return exc
+
+
+def _explain_mlflow(exc: MlflowException, uri: str) -> str:
+    msg = _first_line(_root_cause(exc))
+    low = msg.lower()
+    if "readonly database" in low or "read-only" in low or "permission denied" in low:
+        fix = "the store is read-only: run mmf as a user who may write it, or set mlflow.tracking_uri"
+    elif "unable to open database" in low or "connection" in low:
+        fix = "check mlflow.tracking_uri (or MLFLOW_TRACKING_URI) and that its store is reachable"
+    else:
+        fix = "check mlflow.tracking_uri and the state of the registry (mmf -v shows the traceback)"
+    return f"MLflow failed on {uri}: {msg}: {fix}"
+
+
+def _tracking_uri(config) -> str:
+    try:
+        return config.mlflow_tracking_uri()
+    except Exception:
+        return "the configured tracking store"
+
+
+def explain(exc: Exception, config=None) -> tuple[str, int]:
+    """One line for an error (what failed, on what, how to fix it) and the exit code:
+    :data:`EXIT_ERROR` for the errors a user fixes (the platform's own, the file system,
+    Delta, MLflow), :data:`EXIT_FAILED` for anything else (a bug: ``-v`` shows where).
+    ``config`` (of the failed command, when loaded) names the lakehouse and tracking store."""
+    where = config.lakehouse if config is not None else "(not loaded)"
+    if isinstance(exc, MMFError):
+        return str(exc), EXIT_ERROR
+    if isinstance(exc, OSError):
+        return _explain_os(exc, where), EXIT_ERROR
+    if isinstance(exc, DeltaError):
+        return _explain_delta(exc, where), EXIT_ERROR
+    if isinstance(exc, MlflowException):
+        return _explain_mlflow(exc, _tracking_uri(config) if config is not None else "the tracking store"), EXIT_ERROR
+    if isinstance(exc, pa.ArrowException):
+        return f"reading or writing table data failed in lakehouse {where}: {_first_line(exc)}", EXIT_ERROR
+    return (f"unexpected {type(exc).__name__}: {_first_line(exc)} (a bug: rerun with mmf -v for the "
+            "traceback and report it)"), EXIT_FAILED
 
 
 @cli.command()
@@ -162,10 +326,12 @@ def generate(n_series, days, freq, seed, clean, out):
 @cli.command("ingest")
 @click.option("--source", required=True, type=click.Path(exists=False), help="CSV/Parquet file or folder of them.")
 @conf_option
-def ingest_cmd(source, conf):
+@wait_option
+def ingest_cmd(source, conf, lock_timeout):
     """Append raw files to bronze/readings exactly as received (idempotent per file)."""
     config = _config(conf)
-    rep = ingest(_lake(config), source, strict=not Path(source).is_dir(), extra_columns=config.ingest.extra_columns)
+    with _writing(config, lock_timeout):
+        rep = ingest(_lake(config), source, strict=not Path(source).is_dir(), extra_columns=config.ingest.extra_columns)
     for f, n in rep.added.items():
         click.echo(f"ingested {n:,} rows from {f}")
     for f in rep.skipped:
@@ -184,10 +350,11 @@ def ingest_cmd(source, conf):
 @cli.command("refine")
 @conf_option
 @engine_option
-def refine_cmd(conf, engine):
+@wait_option
+def refine_cmd(conf, engine, lock_timeout):
     """Build silver (clean, regular, quarantined) from bronze."""
     config = _config(conf, engine=engine)
-    with _progress() as progress:
+    with _writing(config, lock_timeout), _progress() as progress:
         rep = refine(_lake(config), config, progress=progress)
     if rep.skipped:
         click.echo(f"silver is current (built from bronze version {rep.bronze_version}); nothing to do")
@@ -205,11 +372,12 @@ def refine_cmd(conf, engine):
 @horizon_option
 @click.option("--silver-version", type=click.IntRange(min=0), default=None, help="Train on this silver version.")
 @click.option("--tune", is_flag=True, default=None, help="Hyperopt search per series (slower).")
-def train_cmd(conf, engine, models, series_ids, horizon, silver_version, tune):
+@wait_option
+def train_cmd(conf, engine, models, series_ids, horizon, silver_version, tune, lock_timeout):
     """Fit, backtest and choose a model per series; log one MLflow run; register."""
     config = _config(conf, engine=engine, horizon=horizon, models=models.split(",") if models else None,
                      **{"tune.enabled": tune})
-    with _progress() as progress:
+    with _writing(config, lock_timeout), _progress() as progress:
         rep = train(_lake(config), config, silver_version=silver_version, series_ids=list(series_ids) or None,
                     progress=progress)
     _print_train(rep)
@@ -229,20 +397,21 @@ def _print_train(rep):
 @conf_option
 @horizon_option
 @click.option("--force", is_flag=True, help="Rewrite even when this champion was already forecast.")
-def forecast_cmd(conf, horizon, force):
+@wait_option
+def forecast_cmd(conf, horizon, force, lock_timeout):
     """Forecast every series with the champion into gold/forecasts."""
     config = _config(conf, horizon=horizon)
     lake = _lake(config)
-    with _progress() as progress:
+    with _writing(config, lock_timeout), _progress() as progress:
         rep = forecast(lake, config, horizon=horizon, force=force, progress=progress)
-    if rep.skipped:
-        click.echo(f"gold/forecasts already holds champion version {rep.model_version} ({rep.n_rows:,} rows); use --force")
-        return
-    if rep.note:
-        click.echo(f"note: {rep.note}")
-    if rep.n_rows:
-        aggregate(lake, config, rep.model_version, delivery=rep.delivery)
-        click.echo(f"gold/forecasts version {rep.table_version}: {rep.n_rows:,} rows for {rep.describe()}")
+        if rep.skipped:
+            click.echo(f"gold/forecasts already holds champion version {rep.model_version} ({rep.n_rows:,} rows); use --force")
+            return
+        if rep.note:
+            click.echo(f"note: {rep.note}")
+        if rep.n_rows:
+            aggregate(lake, config, rep.model_version, delivery=rep.delivery)
+            click.echo(f"gold/forecasts version {rep.table_version}: {rep.n_rows:,} rows for {rep.describe()}")
     if rep.missing:
         click.echo("missing output: " + missing_message(rep.missing, rep.horizon, rep.n_clean), err=True)
         sys.exit(1)
@@ -252,7 +421,7 @@ def forecast_cmd(conf, horizon, force):
 @conf_option
 @engine_option
 @horizon_option
-@click.option("--wait", "lock_timeout", type=float, default=0, help="Seconds to wait for another running job.")
+@wait_option
 @click.option("--source", type=click.Path(exists=False), default=None,
               help="CSV/Parquet file or folder to ingest first (overrides nightly.source in the config).")
 def nightly_cmd(conf, engine, horizon, lock_timeout, source):
@@ -420,32 +589,38 @@ cli.add_command(click.Command("models", callback=candidates.callback, hidden=Tru
 @cli.command()
 @click.argument("version")
 @conf_option
-def promote(version, conf):
+@wait_option
+def promote(version, conf, lock_timeout):
     """Move the champion alias to MLflow model version VERSION by hand.
 
     VERSION is a version number of the registered MLflow model (mlflow.registered_model
     in the config): `mmf train` prints it, the MLflow UI lists them."""
     config = _config(conf)
-    configure(config)
-    click.echo(f"champion is now version {promotion.promote(config, version)}")
+    with _writing(config, lock_timeout):
+        configure(config)
+        click.echo(f"champion is now version {promotion.promote(config, version)}")
 
 
 @cli.command()
 @conf_option
-def rollback(conf):
+@wait_option
+def rollback(conf, lock_timeout):
     """Move the champion alias back to the previous champion."""
     config = _config(conf)
-    configure(config)
-    click.echo(f"champion is now version {promotion.rollback(config)}")
+    with _writing(config, lock_timeout):
+        configure(config)
+        click.echo(f"champion is now version {promotion.rollback(config)}")
 
 
 @cli.command()
 @click.argument("run_id")
 @conf_option
-def reproduce(run_id, conf):
+@wait_option
+def reproduce(run_id, conf, lock_timeout):
     """Re-train from the MLflow run RUN_ID's recorded config and silver version; compare metrics."""
     config = _config(conf)
-    rep = repro(_lake(config), config, run_id)
+    with _writing(config, lock_timeout):
+        rep = repro(_lake(config), config, run_id)
     for name, (recorded, now, same) in rep.items():
         click.echo(f"{name:<28} recorded {recorded:<14.6g} now {now:<14.6g} {'match' if same else 'DIFFERENT'}")
     if not all(same for _, _, same in rep.values()):
@@ -456,10 +631,12 @@ def reproduce(run_id, conf):
 @click.argument("table")
 @click.option("--version", type=click.IntRange(min=0), required=True, help="The Delta version to go back to (see `mmf query --version`).")
 @conf_option
-def restore(table, version, conf):
+@wait_option
+def restore(table, version, conf, lock_timeout):
     """Restore TABLE (e.g. gold/forecasts) to an earlier Delta version (as a new version)."""
     config = _config(conf)
-    click.echo(f"{table} restored to version {version} (new version {_lake(config).restore(table, version)})")
+    with _writing(config, lock_timeout):
+        click.echo(f"{table} restored to version {version} (new version {_lake(config).restore(table, version)})")
 
 
 @cli.command()
@@ -494,7 +671,8 @@ def repair(table, conf):
 @click.option("--retention-hours", type=click.IntRange(min=0), default=None, help="Default: retention_hours (168).")
 @click.option("--force", is_flag=True, help="Allow a retention below 168 hours (7 days).")
 @conf_option
-def vacuum(retention_hours, force, conf):
+@wait_option
+def vacuum(retention_hours, force, conf, lock_timeout):
     """Delete files no table version within the retention needs (default 7 days)."""
     config = _config(conf)
     if retention_hours is None:
@@ -502,9 +680,10 @@ def vacuum(retention_hours, force, conf):
     if retention_hours < 168 and not force:
         raise click.UsageError(f"retention {retention_hours} hours is below the 168-hour (7-day) minimum; add --force to allow it")
     lake = _lake(config)
-    for name in lake.existing():
-        removed = lake.vacuum(name, retention_hours, force=force)
-        click.echo(f"{name}: removed {len(removed)} file(s)")
+    with _writing(config, lock_timeout):
+        for name in lake.existing():
+            removed = lake.vacuum(name, retention_hours, force=force)
+            click.echo(f"{name}: removed {len(removed)} file(s)")
 
 
 @cli.command()
@@ -532,10 +711,11 @@ def serve(host, port, refresh_s, access_log, conf):
 @click.option("--output", type=click.Choice(["gold/scores", "gold/forecasts"]), default="gold/scores", show_default=True, help="gold/scores: replace this input's rows; gold/forecasts: MERGE on (series_id, ts, cutoff, model_version).")
 @engine_option
 @conf_option
-def score(source, output, engine, conf):
+@wait_option
+def score(source, output, engine, conf, lock_timeout):
     """Score an input with the champion many-models pyfunc and write the forecasts to Gold."""
     config = _config(conf, engine=engine)
-    with _progress() as progress:
+    with _writing(config, lock_timeout), _progress() as progress:
         rep = run_score(_lake(config), config, source, output=output, progress=progress)
     click.echo(f"{output} version {rep.table_version}: {rep.n_rows:,} rows for {rep.n_series} series from {rep.source} (model version {rep.model_version})")
     if rep.n_unknown:

@@ -212,3 +212,29 @@ def assert_runs_explained(root: Path) -> list:
     assert set(lake.read("gold/selection")["run_id"]) == {run_id}
     assert set(lake.read("gold/forecasts")["run_id"]) == {run_id}
     return all_runs
+
+
+# The ingest job itself (no CLI, so no lakehouse lock) with the fault hook installed: two
+# of them at once exercise Delta's optimistic concurrency, as on a remote lakehouse.
+INGEST_JOB = """
+import sys
+from tests.reliability.faults import Faults
+from training import checkpoints
+from training.jobs.ingest import ingest
+from training.tables import Lakehouse
+
+checkpoints.set_hook(Faults.from_env())
+report = ingest(Lakehouse(sys.argv[1]), sys.argv[2])
+print(report.bronze_version)
+"""
+
+
+def ingest_job_bg(root: Path, source: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", INGEST_JOB, str(root), str(source)],
+        cwd=REPO,
+        env=clean_env(**(env or {})),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )

@@ -14,6 +14,7 @@ from reliability_support import (
     assert_no_duplicates,
     assert_runs_explained,
     assert_same_tables,
+    ingest_job_bg,
     lake_of,
     mmf,
     mmf_bg,
@@ -72,8 +73,8 @@ def test_a_second_nightly_is_refused_or_waits_and_neither_corrupts(reference, tm
 
 
 def test_two_ingests_of_different_files_at_once_both_land(tmp_path):
+    """The ingest job, not `mmf ingest` (which holds the lakehouse lock: test_lock.py)."""
     lake = tmp_path / "lake"
-    conf = str(write_conf(tmp_path / "conf.yaml", lake, None))
     files = []
     for i, seed in enumerate((1, 2)):
         data = generate(n_series=3, days=3, freq="h", seed=seed, clean=True).readings
@@ -82,14 +83,7 @@ def test_two_ingests_of_different_files_at_once_both_land(tmp_path):
         data.to_parquet(files[-1], index=False)
     gates = [tmp_path / f"gate{i}" for i in range(2)]
     procs = [
-        mmf_bg(
-            "ingest",
-            "--source",
-            str(f),
-            "--conf",
-            conf,
-            env={"MMF_TEST_PAUSE_AT": f"before_ingest_commit:{g}"},
-        )
+        ingest_job_bg(lake, f, env={"MMF_TEST_PAUSE_AT": f"before_ingest_commit:{g}"})
         for f, g in zip(files, gates)
     ]
     try:

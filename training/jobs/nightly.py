@@ -6,8 +6,8 @@ application transactions), never from a side file, so a run killed anywhere can 
 be started again (``tests/reliability`` kills it at every step with SIGKILL and checks
 that the restart ends in the Gold tables, registry and quarantine of an uninterrupted
 run; see :mod:`training.jobs.train` for how a killed training job is finished). Only
-one nightly runs per lakehouse at a time (a lock file beside local tables; a second run
-waits ``lock_timeout_s`` and then exits with a message).
+one writing job runs per lakehouse at a time (:func:`training.tables.lakehouse_lock`; a
+second run waits ``lock_timeout_s`` and then exits with a message).
 
 What counts as done: training, when gold/selection records a run on the current silver
 version that the MLflow store still holds and that failed at most
@@ -27,63 +27,25 @@ exits non-zero.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
-import os
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from forecasting.config import Config
-from forecasting.errors import MMFError
 from training.checkpoints import checkpoint
 from training.jobs import forecast as forecast_job
 from training.jobs import train as train_job
 from training.jobs.ingest import ingest
 from training.jobs.refine import refine
-from training.tables import GOLD_PORTFOLIO, SILVER_READINGS, Lakehouse
+from training.tables import (  # noqa: F401 (LockedError: where callers have found it)
+    GOLD_PORTFOLIO,
+    SILVER_READINGS,
+    Lakehouse,
+    LockedError,
+    lakehouse_lock,
+)
 
 log = logging.getLogger(__name__)
-
-
-class LockedError(MMFError):
-    """Another job holds the lakehouse lock."""
-
-
-@contextlib.contextmanager
-def lakehouse_lock(lake: Lakehouse, timeout_s: float = 0) -> Iterator[None]:
-    """An exclusive lock on a local lakehouse (remote roots rely on Delta's own
-    optimistic concurrency and are not locked)."""
-    if "://" in lake.root:
-        yield
-        return
-    Path(lake.root).mkdir(parents=True, exist_ok=True)
-    path = Path(lake.root) / "_mmf.lock"
-    with open(path, "a+") as fh:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    fh.seek(0)
-                    holder = fh.read().strip() or "unknown"
-                    raise LockedError(
-                        f"another mmf job (pid {holder}) is running on lakehouse {lake.root}; "
-                        "wait for it to finish or retry later"
-                    ) from None
-                time.sleep(0.5)
-        fh.seek(0)
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 @dataclass

@@ -3,6 +3,8 @@
 * :mod:`training.tables.lakehouse` — :class:`Lakehouse`, the tables through ``deltalake``
   (no JVM): pinned-version reads, idempotent writes (application transactions,
   replace-where), time travel, restore, vacuum.
+* :mod:`training.tables.lock` — :func:`lakehouse_lock`, one writing job per local
+  lakehouse at a time.
 * :mod:`training.tables.spark_session` — the one Spark session of a process and the
   Arrow/Spark conversions (``spark`` extra).
 * :mod:`training.tables.spark` — the same tables through delta-spark (``spark`` extra).
@@ -28,6 +30,7 @@ from training.tables.lakehouse import (
     table_schema,
     to_arrow,
 )
+from training.tables.lock import LockedError, lakehouse_lock
 
 __all__ = [
     "BRONZE_READINGS",
@@ -42,8 +45,10 @@ __all__ = [
     "SILVER_SERIES",
     "TABLE_NAMES",
     "Lakehouse",
+    "LockedError",
     "TransactionConflict",
     "canonical",
+    "lakehouse_lock",
     "table_schema",
     "to_arrow",
 ]
