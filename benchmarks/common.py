@@ -36,16 +36,25 @@ def machine() -> dict:
 
 def git_sha() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            check=True,
+        ).stdout.strip()
     except Exception:
         return "unknown"
 
 
 def save(name: str, payload: dict, markdown: str) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    payload = {"command": "python -m " + " ".join([f"benchmarks.{name}", *sys.argv[1:]]), "machine": machine(),
-               "git": git_sha(), **payload}
+    payload = {
+        "command": "python -m " + " ".join([f"benchmarks.{name}", *sys.argv[1:]]),
+        "machine": machine(),
+        "git": git_sha(),
+        **payload,
+    }
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
     (RESULTS / f"{name}.md").write_text(markdown)
 

@@ -51,7 +51,11 @@ def run_loop(frame) -> tuple[float, float, int]:
 
     t, c = time.perf_counter(), time.process_time()
     out = loop_map([g for _, g in iter_groups(frame, "series_id")])
-    return time.perf_counter() - t, time.process_time() - c, sum(int(r["status"].iloc[0] in ("ok", "fallback")) for r in out)
+    return (
+        time.perf_counter() - t,
+        time.process_time() - c,
+        sum(int(r["status"].iloc[0] in ("ok", "fallback")) for r in out),
+    )
 
 
 def main() -> None:
@@ -63,9 +67,21 @@ def main() -> None:
     frame = _frame(a.series, a.days)
     runs = []
     for i in range(a.repeats):
-        for tool, fn in (("engine", run_engine), ("loop", run_loop)) if i % 2 == 0 else (("loop", run_loop), ("engine", run_engine)):
+        for tool, fn in (
+            (("engine", run_engine), ("loop", run_loop))
+            if i % 2 == 0
+            else (("loop", run_loop), ("engine", run_engine))
+        ):
             wall, cpu, ok = fn(frame)
-            runs.append({"repeat": i, "tool": tool, "wall_s": round(wall, 2), "driver_cpu_s": round(cpu, 2), "n_ok": ok})
+            runs.append(
+                {
+                    "repeat": i,
+                    "tool": tool,
+                    "wall_s": round(wall, 2),
+                    "driver_cpu_s": round(cpu, 2),
+                    "n_ok": ok,
+                }
+            )
             print(runs[-1], flush=True)
     mean = {t: float(np.mean([r["wall_s"] for r in runs if r["tool"] == t])) for t in ("engine", "loop")}
     ratio = mean["engine"] / mean["loop"]
@@ -79,13 +95,19 @@ def main() -> None:
         "",
         "| repeat | tool | wall s | driver CPU s | series ok |",
         "|---|---|---|---|---|",
-        *[f"| {r['repeat']} | {r['tool']} | {r['wall_s']:.2f} | {r['driver_cpu_s']:.2f} | {r['n_ok']:,} |" for r in runs],
+        *[
+            f"| {r['repeat']} | {r['tool']} | {r['wall_s']:.2f} | {r['driver_cpu_s']:.2f} | {r['n_ok']:,} |"
+            for r in runs
+        ],
         "",
         f"Mean wall: engine {mean['engine']:.2f} s, loop {mean['loop']:.2f} s: engine / loop = **{ratio:.3f}**.",
         "",
     ]
-    save("engine_overhead", {"series": a.series, "days": a.days, "runs": runs, "mean_wall_s": mean, "ratio": ratio},
-         "\n".join(lines))
+    save(
+        "engine_overhead",
+        {"series": a.series, "days": a.days, "runs": runs, "mean_wall_s": mean, "ratio": ratio},
+        "\n".join(lines),
+    )
     print("\n".join(lines))
 
 

@@ -20,7 +20,9 @@ import pandas as pd
 
 from benchmarks.common import first_series, save
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "edrp_scotland_622hh_halfhourly_2009.parquet"
+DEFAULT_DATA = (
+    Path(__file__).resolve().parents[2] / "shared" / "data" / "edrp_scotland_622hh_halfhourly_2009.parquet"
+)
 
 
 def run(data: Path, n_series: int | None, conf: str | None, name: str) -> dict:
@@ -30,7 +32,11 @@ def run(data: Path, n_series: int | None, conf: str | None, name: str) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="mmf-real-") as tmp:
         src = first_series(data, n_series, Path(tmp))
-        cfg = load_config(conf, lakehouse=str(Path(tmp) / "lake"), **{"nightly.source": str(src), "mlflow.tracking_uri": None})
+        cfg = load_config(
+            conf,
+            lakehouse=str(Path(tmp) / "lake"),
+            **{"nightly.source": str(src), "mlflow.tracking_uri": None},
+        )
         lake = Lakehouse.from_config(cfg)
         t0 = time.perf_counter()
         rep = nightly(lake, cfg)
@@ -42,7 +48,9 @@ def run(data: Path, n_series: int | None, conf: str | None, name: str) -> dict:
     chosen = sel[sel["status"].isin(["ok", "fallback"])].set_index("series_id")["model"]
     per_model = bt.groupby(["series_id", "model"])["mase"].mean().unstack()
     common = per_model.index.intersection(chosen.index)
-    chosen_mase = pd.Series({sid: per_model.loc[sid, chosen[sid]] for sid in common if chosen[sid] in per_model.columns})
+    chosen_mase = pd.Series(
+        {sid: per_model.loc[sid, chosen[sid]] for sid in common if chosen[sid] in per_model.columns}
+    )
     naive = per_model.loc[chosen_mase.index, "seasonal_naive"]
     finite = chosen_mase.notna() & naive.notna() & (chosen_mase != float("inf")) & (naive != float("inf"))
     out = {
@@ -94,7 +102,8 @@ def main() -> None:
         "",
         f"Chosen model beats seasonal naive on {r['share_series_beating_naive']:.0%} of series.",
         "",
-        "Mean MASE per candidate (same series): " + ", ".join(f"{k} {v}" for k, v in r["mean_mase_per_model"].items()),
+        "Mean MASE per candidate (same series): "
+        + ", ".join(f"{k} {v}" for k, v in r["mean_mase_per_model"].items()),
         "",
         "Chosen: " + ", ".join(f"{k} {v}" for k, v in r["chosen_counts"].items()),
         "",

@@ -98,9 +98,18 @@ class TreeMonitor(threading.Thread):
 
 def run_cell(args: list[str]) -> dict:
     phase_file = Path(tempfile.mkstemp(prefix="mmf-scaling-phase-")[1])
-    env = {**os.environ, "MLFLOW_LOGGING_LEVEL": "WARNING", "NIXTLA_NUMBA_CACHE": "1", PHASE_ENV: str(phase_file)}
-    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.scaling", "--cell", *args],
-                            stdout=subprocess.PIPE, text=True, env=env)
+    env = {
+        **os.environ,
+        "MLFLOW_LOGGING_LEVEL": "WARNING",
+        "NIXTLA_NUMBA_CACHE": "1",
+        PHASE_ENV: str(phase_file),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.scaling", "--cell", *args],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     mon = TreeMonitor(proc.pid, phase_file=phase_file)
     mon.start()
     out, _ = proc.communicate()
@@ -162,19 +171,26 @@ def cell_platform(work: Path, n: int, days: int, engine: str) -> dict:
     picked = per.loc[list(zip(chosen.index, chosen.values))]
     wall = t3 - t1
     return {
-        "tool": "platform", "engine": engine, "n_series": n, "wall_s": round(wall, 2),
-        "total_wall_s": round(t3 - t0, 2), "ingest_refine_s": round(t1 - t0, 2),
+        "tool": "platform",
+        "engine": engine,
+        "n_series": n,
+        "wall_s": round(wall, 2),
+        "total_wall_s": round(t3 - t0, 2),
+        "ingest_refine_s": round(t1 - t0, 2),
         "engine_s": round(rep.timings.get("engine_s", 0), 2),
         "score_s": round(fc.timings.get("score_s", 0), 2),
         # MLflow: the training run, its logging, the pyfunc, registry and gate, and
         # loading the champion to score; Gold: the training tables, the forecasts and
         # the portfolio totals.
         "mlflow_s": round(rep.timings.get("mlflow_s", 0) + fc.timings.get("load_s", 0), 2),
-        "gold_write_s": round(rep.timings.get("gold_write_s", 0) + fc.timings.get("gold_write_s", 0) + t3 - t_agg, 2),
+        "gold_write_s": round(
+            rep.timings.get("gold_write_s", 0) + fc.timings.get("gold_write_s", 0) + t3 - t_agg, 2
+        ),
         "mase": float(picked["mase"].replace(np.inf, np.nan).mean()),
         "smape": float(picked["smape"].mean()),
         "silver_arrow_mb": round(silver_mb, 1),
-        "models": cfg.models, "lakehouse": str(lake_dir),
+        "models": cfg.models,
+        "lakehouse": str(lake_dir),
     }
 
 
@@ -231,10 +247,16 @@ def cell_statsforecast(work: Path, n: int) -> dict:
 
     from training.tables import Lakehouse
 
-    silver = Lakehouse(str(work / f"lake_local_{n}")).read("silver/readings", columns=["series_id", "ts", "y"])
+    silver = Lakehouse(str(work / f"lake_local_{n}")).read(
+        "silver/readings", columns=["series_id", "ts", "y"]
+    )
     df = silver.rename(columns={"series_id": "unique_id", "ts": "ds"})
-    models = [SeasonalNaive(season_length=24), AutoETS(season_length=24), AutoTheta(season_length=24),
-              MSTL(season_length=[24, 168])]
+    models = [
+        SeasonalNaive(season_length=24),
+        AutoETS(season_length=24),
+        AutoTheta(season_length=24),
+        MSTL(season_length=[24, 168]),
+    ]
     # numba compiles statsforecast's models on first use (~15 s): once here, on two
     # series, cached on disk for the pool's workers (NIXTLA_NUMBA_CACHE, set by the
     # parent) and reported apart as jit_s, as a long-running user would pay it once.
@@ -252,14 +274,21 @@ def cell_statsforecast(work: Path, n: int) -> dict:
     hist = {k: g["y"].to_numpy() for k, g in df.groupby("unique_id")}
     for uid, g in cv.groupby("unique_id"):
         y = g["y"].to_numpy()
-        insample = hist[uid][: -H]
+        insample = hist[uid][:-H]
         scores = {m: _mase_smape(y, g[m].to_numpy(), insample) for m in names}
         best = min(scores, key=lambda m: scores[m][0])
         best_mase.append(scores[best][0])
         best_smape.append(scores[best][1])
-    return {"tool": "statsforecast", "engine": "statsforecast", "n_series": n, "wall_s": round(wall, 2), "jit_s": round(jit, 2),
-            "mase": float(np.nanmean(np.where(np.isinf(best_mase), np.nan, best_mase))),
-            "smape": float(np.mean(best_smape)), "models": names}
+    return {
+        "tool": "statsforecast",
+        "engine": "statsforecast",
+        "n_series": n,
+        "wall_s": round(wall, 2),
+        "jit_s": round(jit, 2),
+        "mase": float(np.nanmean(np.where(np.isinf(best_mase), np.nan, best_mase))),
+        "smape": float(np.mean(best_smape)),
+        "models": names,
+    }
 
 
 def _prophet_one(g):
@@ -286,8 +315,14 @@ def cell_prophet(work: Path, n: int) -> dict:
         scores = pool.map(_prophet_one, groups, chunksize=4)
     wall = time.perf_counter() - t0
     m = np.array([s[0] for s in scores], dtype=float)
-    return {"tool": "prophet", "engine": "prophet", "n_series": n, "wall_s": round(wall, 2),
-            "mase": float(np.nanmean(np.where(np.isinf(m), np.nan, m))), "smape": float(np.mean([s[1] for s in scores]))}
+    return {
+        "tool": "prophet",
+        "engine": "prophet",
+        "n_series": n,
+        "wall_s": round(wall, 2),
+        "mase": float(np.nanmean(np.where(np.isinf(m), np.nan, m))),
+        "smape": float(np.mean([s[1] for s in scores])),
+    }
 
 
 def child(argv: list[str]) -> None:
@@ -322,13 +357,20 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="20 series x 21 days, no baselines but the loop")
     ap.add_argument("--baselines", nargs="*", default=["loop", "statsforecast", "prophet"])
     ap.add_argument("--prophet-max", type=int, default=1000)
-    ap.add_argument("--sf-max", type=int, default=100,
-                    help="statsforecast only up to this many series (AutoETS/AutoTheta search many "
-                         "models on the full history: ~7 CPU s per series here)")
+    ap.add_argument(
+        "--sf-max",
+        type=int,
+        default=100,
+        help="statsforecast only up to this many series (AutoETS/AutoTheta search many "
+        "models on the full history: ~7 CPU s per series here)",
+    )
     ap.add_argument("--work", type=Path, default=None, help="keep data and lakehouses here")
     ap.add_argument("--out", default="scaling", help="result file name under benchmarks/results/")
-    ap.add_argument("--resume", action="store_true",
-                    help="with --work: keep the cells a stopped run finished there, run the others")
+    ap.add_argument(
+        "--resume",
+        action="store_true",
+        help="with --work: keep the cells a stopped run finished there, run the others",
+    )
     a = ap.parse_args()
     series = [20] if a.smoke else sorted(set(a.series + ([100_000] if a.large else [])))
     days = 21 if a.smoke else a.days
@@ -352,11 +394,15 @@ def main() -> None:
                 cells.append(r)
                 with done_file.open("a") as fh:
                     fh.write(json.dumps(r) + "\n")
-                print(json.dumps({k: v for k, v in r.items() if k not in ("models", "lakehouse")}), flush=True)
+                print(
+                    json.dumps({k: v for k, v in r.items() if k not in ("models", "lakehouse")}), flush=True
+                )
     loops = {c["n_series"]: c["wall_s"] for c in cells if c["tool"] == "loop"}
     for c in cells:
         c["loop_wall_s"] = loops.get(c["n_series"])
-        c["overhead_vs_loop"] = round(c["wall_s"] / loops[c["n_series"]], 3) if c["n_series"] in loops else None
+        c["overhead_vs_loop"] = (
+            round(c["wall_s"] / loops[c["n_series"]], 3) if c["n_series"] in loops else None
+        )
     payload = {"days": days, "horizon": H, "backtest_windows": 1, "cells": cells}
     md = markdown(cells, days, a)
     if a.smoke:
@@ -379,9 +425,11 @@ def markdown(cells: list[dict], days: int, a) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in cells:
+
         def f(k, fmt="{:.2f}", c=c):
             v = c.get(k)
             return "" if v is None else fmt.format(v)
+
         lines.append(
             f"| {c['tool']} | {c['engine']} | {c['n_series']:,} | {f('wall_s')} | {f('cpu_s', '{:.1f}')} | "
             f"{f('series_per_s_per_core', '{:.3f}')} | {f('peak_rss_mb', '{:.0f}')} | {f('engine_s')} | {f('score_s')} | {f('mlflow_s')} | "
@@ -398,8 +446,10 @@ def markdown(cells: list[dict], days: int, a) -> str:
             "|---|---|---|---|---|",
         ]
         for c in mem:
-            lines.append(f"| {c['engine']} | {c['n_series']:,} | {c['peak_rss_mb']:.0f} | {c['peak_rss_train_mb']:.0f} | "
-                         f"{c.get('silver_arrow_mb', float('nan')):.0f} |")
+            lines.append(
+                f"| {c['engine']} | {c['n_series']:,} | {c['peak_rss_mb']:.0f} | {c['peak_rss_train_mb']:.0f} | "
+                f"{c.get('silver_arrow_mb', float('nan')):.0f} |"
+            )
     lines.append("")
     return "\n".join(lines)
 

@@ -70,7 +70,9 @@ def counts(lake):
 def test_nightly_end_to_end_then_idempotent(use_store):
     cfg, data, lake, rep = use_store
     assert not rep.failed
-    assert all(rep.steps[s].startswith("done") for s in ("ingest", "refine", "train", "forecast", "aggregate"))
+    assert all(
+        rep.steps[s].startswith("done") for s in ("ingest", "refine", "train", "forecast", "aggregate")
+    )
 
     faults = data.faults.set_index("series_id")
     quarantined = lake.read("silver/quarantine").set_index("series_id")
@@ -116,7 +118,9 @@ def test_nightly_end_to_end_then_idempotent(use_store):
     before = counts(lake)
     versions = {t: lake.version(t) for t in GOLD}
     rep2 = nightly(lake, cfg)
-    assert all(rep2.steps[s].startswith("skipped") for s in ("ingest", "refine", "train", "forecast", "aggregate"))
+    assert all(
+        rep2.steps[s].startswith("skipped") for s in ("ingest", "refine", "train", "forecast", "aggregate")
+    )
     assert counts(lake) == before
     assert {t: lake.version(t) for t in GOLD} == versions
 
@@ -206,7 +210,9 @@ def test_second_nightly_waits_for_the_lock(small):
 
 def test_per_series_table_matches_gold_selection(use_store):
     cfg, _, lake, _ = use_store
-    run = mlflow.MlflowClient().search_runs([mlflow.get_experiment_by_name(cfg.mlflow.experiment).experiment_id])[0]
+    run = mlflow.MlflowClient().search_runs(
+        [mlflow.get_experiment_by_name(cfg.mlflow.experiment).experiment_id]
+    )[0]
     path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="per_series.parquet")
     table = pd.read_parquet(path).set_index("series_id")
     sel = lake.read("gold/selection").set_index("series_id")

@@ -95,14 +95,19 @@ class _Progress:
     def __call__(self, step: str, done: int, total: int) -> None:
         if step not in self.started:
             self.started.add(step)
-            click.echo(f"{time.strftime('%H:%M:%S')} {step}" + (f" ({total:,} {_unit(step)})" if total else ""), err=True)
+            click.echo(
+                f"{time.strftime('%H:%M:%S')} {step}" + (f" ({total:,} {_unit(step)})" if total else ""),
+                err=True,
+            )
         if not self.enabled or total <= 0:
             return
         from tqdm import tqdm
 
         bar = self.bars.get(step)
         if bar is None:
-            bar = self.bars[step] = tqdm(total=total, desc=step, unit=_unit(step), leave=_unit(step) != "epoch", dynamic_ncols=True)
+            bar = self.bars[step] = tqdm(
+                total=total, desc=step, unit=_unit(step), leave=_unit(step) != "epoch", dynamic_ncols=True
+            )
         bar.n = done
         bar.refresh()
         if done >= total:
@@ -132,21 +137,43 @@ def _progress() -> Iterator[_Progress]:
         bars.close()
 
 
-conf_option = click.option("--conf", type=click.Path(dir_okay=False), default=None, help="YAML file overriding conf/default.yaml.")
+conf_option = click.option(
+    "--conf", type=click.Path(dir_okay=False), default=None, help="YAML file overriding conf/default.yaml."
+)
 engine_option = click.option(
-    "--engine", type=click.Choice(list(ENGINES)), default=None,
+    "--engine",
+    type=click.Choice(list(ENGINES)),
+    default=None,
     help="Where the per-series work runs: local (worker processes on this machine) or spark (the spark extra). Default: engine in the config.",
 )
-horizon_option = click.option("--horizon", type=click.IntRange(min=1), default=None, help="Steps ahead to forecast (default: horizon in the config).")
-wait_option = click.option("--wait", "lock_timeout", type=click.FloatRange(min=0), default=0, show_default=True,
-                           help="Seconds to wait for another job that writes to the lakehouse.")
+horizon_option = click.option(
+    "--horizon",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Steps ahead to forecast (default: horizon in the config).",
+)
+wait_option = click.option(
+    "--wait",
+    "lock_timeout",
+    type=click.FloatRange(min=0),
+    default=0,
+    show_default=True,
+    help="Seconds to wait for another job that writes to the lakehouse.",
+)
 
 
 OWN_LOGGERS = ("mmf", "forecasting", "training", "registry")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120, "terminal_width": 120})
-@click.option("-v", "--verbose", is_flag=True, help="Show mmf's own log messages (DEBUG and up; other libraries stay at WARNING).")
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120, "terminal_width": 120}
+)
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="Show mmf's own log messages (DEBUG and up; other libraries stay at WARNING).",
+)
 def cli(verbose: bool) -> None:
     """mmf: many-models forecasting on Delta Lake and MLflow."""
     _State.verbose = verbose
@@ -302,36 +329,55 @@ def explain(exc: Exception, config=None) -> tuple[str, int]:
     if isinstance(exc, DeltaError):
         return _explain_delta(exc, where), EXIT_ERROR
     if isinstance(exc, MlflowException):
-        return _explain_mlflow(exc, _tracking_uri(config) if config is not None else "the tracking store"), EXIT_ERROR
+        return _explain_mlflow(
+            exc, _tracking_uri(config) if config is not None else "the tracking store"
+        ), EXIT_ERROR
     if isinstance(exc, pa.ArrowException):
         return f"reading or writing table data failed in lakehouse {where}: {_first_line(exc)}", EXIT_ERROR
-    return (f"unexpected {type(exc).__name__}: {_first_line(exc)} (a bug: rerun with mmf -v for the "
-            "traceback and report it)"), EXIT_FAILED
+    return (
+        f"unexpected {type(exc).__name__}: {_first_line(exc)} (a bug: rerun with mmf -v for the "
+        "traceback and report it)"
+    ), EXIT_FAILED
 
 
 @cli.command()
-@click.option("--series", "n_series", type=click.IntRange(min=1), default=100, show_default=True, help="Number of meters.")
+@click.option(
+    "--series",
+    "n_series",
+    type=click.IntRange(min=1),
+    default=100,
+    show_default=True,
+    help="Number of meters.",
+)
 @click.option("--days", type=click.IntRange(min=1), default=90, show_default=True, help="Days of history.")
 @click.option("--freq", default="h", show_default=True, help="Reading frequency (h, 30min, 15min, D).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed: the same seed writes the same data.")
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Random seed: the same seed writes the same data."
+)
 @click.option("--clean", is_flag=True, help="No faulty series or readings.")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Parquet file to write.")
 def generate(n_series, days, freq, seed, clean, out):
     """Generate synthetic smart-meter data (with documented faults unless --clean)."""
     data = gen(n_series=n_series, days=days, freq=freq, seed=seed, clean=clean)
     write(data, out)
-    click.echo(f"wrote {len(data.readings):,} readings of {n_series} series to {out} ({len(data.faults)} faulty series)")
+    click.echo(
+        f"wrote {len(data.readings):,} readings of {n_series} series to {out} ({len(data.faults)} faulty series)"
+    )
 
 
 @cli.command("ingest")
-@click.option("--source", required=True, type=click.Path(exists=False), help="CSV/Parquet file or folder of them.")
+@click.option(
+    "--source", required=True, type=click.Path(exists=False), help="CSV/Parquet file or folder of them."
+)
 @conf_option
 @wait_option
 def ingest_cmd(source, conf, lock_timeout):
     """Append raw files to bronze/readings exactly as received (idempotent per file)."""
     config = _config(conf)
     with _writing(config, lock_timeout):
-        rep = ingest(_lake(config), source, strict=not Path(source).is_dir(), extra_columns=config.ingest.extra_columns)
+        rep = ingest(
+            _lake(config), source, strict=not Path(source).is_dir(), extra_columns=config.ingest.extra_columns
+        )
     for f, n in rep.added.items():
         click.echo(f"ingested {n:,} rows from {f}")
     for f in rep.skipped:
@@ -359,7 +405,9 @@ def refine_cmd(conf, engine, lock_timeout):
     if rep.skipped:
         click.echo(f"silver is current (built from bronze version {rep.bronze_version}); nothing to do")
         return
-    click.echo(f"silver from bronze version {rep.bronze_version}: {rep.n_series} series, {rep.n_rows:,} rows, freq {rep.freq}")
+    click.echo(
+        f"silver from bronze version {rep.bronze_version}: {rep.n_series} series, {rep.n_rows:,} rows, freq {rep.freq}"
+    )
     for reason, n in sorted(rep.quarantined.items()):
         click.echo(f"  quarantined {n} series: {reason}")
 
@@ -370,26 +418,44 @@ def refine_cmd(conf, engine, lock_timeout):
 @click.option("--models", default=None, help="Comma-separated candidate models (see `mmf candidates`).")
 @click.option("--series-id", "series_ids", multiple=True, help="Train only these series (repeatable).")
 @horizon_option
-@click.option("--silver-version", type=click.IntRange(min=0), default=None, help="Train on this silver version.")
+@click.option(
+    "--silver-version", type=click.IntRange(min=0), default=None, help="Train on this silver version."
+)
 @click.option("--tune", is_flag=True, default=None, help="Hyperopt search per series (slower).")
 @wait_option
 def train_cmd(conf, engine, models, series_ids, horizon, silver_version, tune, lock_timeout):
     """Fit, backtest and choose a model per series; log one MLflow run; register."""
-    config = _config(conf, engine=engine, horizon=horizon, models=models.split(",") if models else None,
-                     **{"tune.enabled": tune})
+    config = _config(
+        conf,
+        engine=engine,
+        horizon=horizon,
+        models=models.split(",") if models else None,
+        **{"tune.enabled": tune},
+    )
     with _writing(config, lock_timeout), _progress() as progress:
-        rep = train(_lake(config), config, silver_version=silver_version, series_ids=list(series_ids) or None,
-                    progress=progress)
+        rep = train(
+            _lake(config),
+            config,
+            silver_version=silver_version,
+            series_ids=list(series_ids) or None,
+            progress=progress,
+        )
     _print_train(rep)
 
 
 def _print_train(rep):
     click.echo(f"MLflow run {rep.run_id} on silver version {rep.silver_version} (freq {rep.freq})")
     click.echo("  status: " + ", ".join(f"{k} {v}" for k, v in sorted(rep.status_counts.items())))
-    click.echo("  chosen: " + ", ".join(f"{k} {v}" for k, v in sorted(rep.chosen.items(), key=lambda kv: -kv[1])))
+    click.echo(
+        "  chosen: " + ", ".join(f"{k} {v}" for k, v in sorted(rep.chosen.items(), key=lambda kv: -kv[1]))
+    )
     d = rep.decision
     if d is not None:
-        verdict = "promoted to champion" if d.promoted else f"kept as challenger (champion stays v{d.champion_version})"
+        verdict = (
+            "promoted to champion"
+            if d.promoted
+            else f"kept as challenger (champion stays v{d.champion_version})"
+        )
         click.echo(f"  model version {rep.model_version}: {verdict}: {d.reason}")
 
 
@@ -405,13 +471,17 @@ def forecast_cmd(conf, horizon, force, lock_timeout):
     with _writing(config, lock_timeout), _progress() as progress:
         rep = forecast(lake, config, horizon=horizon, force=force, progress=progress)
         if rep.skipped:
-            click.echo(f"gold/forecasts already holds champion version {rep.model_version} ({rep.n_rows:,} rows); use --force")
+            click.echo(
+                f"gold/forecasts already holds champion version {rep.model_version} ({rep.n_rows:,} rows); use --force"
+            )
             return
         if rep.note:
             click.echo(f"note: {rep.note}")
         if rep.n_rows:
             aggregate(lake, config, rep.model_version, delivery=rep.delivery)
-            click.echo(f"gold/forecasts version {rep.table_version}: {rep.n_rows:,} rows for {rep.describe()}")
+            click.echo(
+                f"gold/forecasts version {rep.table_version}: {rep.n_rows:,} rows for {rep.describe()}"
+            )
     if rep.missing:
         click.echo("missing output: " + missing_message(rep.missing, rep.horizon, rep.n_clean), err=True)
         sys.exit(1)
@@ -422,8 +492,12 @@ def forecast_cmd(conf, horizon, force, lock_timeout):
 @engine_option
 @horizon_option
 @wait_option
-@click.option("--source", type=click.Path(exists=False), default=None,
-              help="CSV/Parquet file or folder to ingest first (overrides nightly.source in the config).")
+@click.option(
+    "--source",
+    type=click.Path(exists=False),
+    default=None,
+    help="CSV/Parquet file or folder to ingest first (overrides nightly.source in the config).",
+)
 def nightly_cmd(conf, engine, horizon, lock_timeout, source):
     """Run ingest -> refine -> train -> forecast -> aggregate, skipping what is current."""
     config = _config(conf, engine=engine, horizon=horizon, **{"nightly.source": source})
@@ -439,15 +513,28 @@ def nightly_cmd(conf, engine, horizon, lock_timeout, source):
 
 
 @cli.command()
-@click.option("--series", "n_series", type=click.IntRange(min=1), default=50, show_default=True, help="Number of demo meters.")
-@click.option("--days", type=click.IntRange(min=14), default=60, show_default=True, help="Days of hourly history.")
+@click.option(
+    "--series",
+    "n_series",
+    type=click.IntRange(min=1),
+    default=50,
+    show_default=True,
+    help="Number of demo meters.",
+)
+@click.option(
+    "--days", type=click.IntRange(min=14), default=60, show_default=True, help="Days of hourly history."
+)
 @click.option("--lakehouse", default=None, help="Where to put the demo lakehouse (default ./lakehouse).")
 @conf_option
 def demo(n_series, days, lakehouse, conf):
     """Generate demo data and run the nightly job on it, then summarise."""
     config = _config(conf, lakehouse=lakehouse)
     lake = _lake(config)
-    src = Path(config.lakehouse).resolve().parent / "demo-data" if "://" not in config.lakehouse else Path("demo-data")
+    src = (
+        Path(config.lakehouse).resolve().parent / "demo-data"
+        if "://" not in config.lakehouse
+        else Path("demo-data")
+    )
     src.mkdir(parents=True, exist_ok=True)
     path = src / f"meters_{n_series}x{days}d.parquet"
     if not path.exists():
@@ -467,12 +554,17 @@ def _summary(lake, config, rep):
         _print_train(rep.train)
         shown = {k: v for k, v in rep.train.metrics.items() if k.startswith("backtest.") and "_" not in k}
         if shown:
-            click.echo("  backtest of chosen models (mean over series): " + ", ".join(f"{k.split('.', 1)[1]} {v:.3f}" for k, v in shown.items()))
+            click.echo(
+                "  backtest of chosen models (mean over series): "
+                + ", ".join(f"{k.split('.', 1)[1]} {v:.3f}" for k, v in shown.items())
+            )
     info = champion_info(config)
     if info:
         click.echo(f"champion: {info['name']} version {info['version']} (run {info['run_id']})")
     click.echo(f"lakehouse: {lake.root}  ({', '.join(lake.existing())})")
-    click.echo('query it (after . .venv/bin/activate):  mmf query gold/forecasts --limit 5    or    mmf sql "SELECT model, count(*) FROM gold.selection GROUP BY 1"')
+    click.echo(
+        'query it (after . .venv/bin/activate):  mmf query gold/forecasts --limit 5    or    mmf sql "SELECT model, count(*) FROM gold.selection GROUP BY 1"'
+    )
     uri = config.mlflow_tracking_uri()
     click.echo(f"MLflow UI: mlflow ui --backend-store-uri {uri}   then open http://127.0.0.1:5000")
 
@@ -481,10 +573,22 @@ def _summary(lake, config, rep):
 @click.argument("table")
 @click.option("--series-id", "series_id", default=None, help="Only this series' rows (e.g. MTR-00001).")
 @click.option("--version", type=click.IntRange(min=0), default=None, help="Delta version (time travel).")
-@click.option("--as-of", default=None,
-              help="Time travel to the table as it was at this ISO 8601 date or timestamp (naive ones are UTC), e.g. 2026-11-27 or 2026-11-27T00:00:00.")
-@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="Rows to print at most.")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True, help="Output format.")
+@click.option(
+    "--as-of",
+    default=None,
+    help="Time travel to the table as it was at this ISO 8601 date or timestamp (naive ones are UTC), e.g. 2026-11-27 or 2026-11-27T00:00:00.",
+)
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=20, show_default=True, help="Rows to print at most."
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+    help="Output format.",
+)
 @conf_option
 def query(table, series_id, version, as_of, limit, fmt, conf):
     """Print rows of lakehouse TABLE (e.g. gold/forecasts), optionally at a version or timestamp."""
@@ -492,7 +596,9 @@ def query(table, series_id, version, as_of, limit, fmt, conf):
         raise click.UsageError("give --version or --as-of, not both")
     config = _config(conf)
     lake = _lake(config)
-    at = version if version is not None else (_version_at(lake, table, _parse_as_of(as_of)) if as_of else None)
+    at = (
+        version if version is not None else (_version_at(lake, table, _parse_as_of(as_of)) if as_of else None)
+    )
     filters = [("series_id", "=", series_id)] if series_id else None
     if series_id and "series_id" not in lake.schema(table).names:
         raise click.BadParameter(f"{table} has no series_id column", param_hint="--series-id")
@@ -511,8 +617,10 @@ def _parse_as_of(text: str) -> pd.Timestamp:
     except (ValueError, TypeError):
         ts = pd.NaT
     if pd.isna(ts):
-        raise click.BadParameter(f"{text!r} is not an ISO 8601 date or timestamp (e.g. 2026-11-27 or 2026-11-27T00:00:00Z)",
-                                 param_hint="--as-of")
+        raise click.BadParameter(
+            f"{text!r} is not an ISO 8601 date or timestamp (e.g. 2026-11-27 or 2026-11-27T00:00:00Z)",
+            param_hint="--as-of",
+        )
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
@@ -538,9 +646,15 @@ def _unknown_series(lake, table: str, at, series_id: str) -> None:
         return
     scored = sorted((-difflib.SequenceMatcher(None, series_id, i).ratio(), i) for i in ids)
     close = [i for score, i in scored[:5] if -score >= 0.6]  # best first, ties in id order
-    hint = f"; closest: {', '.join(close)}" if close else (f"; ids look like {', '.join(sorted(ids)[:3])}" if ids else "")
-    raise click.BadParameter(f"series {series_id!r} is not in {table} (version {at if at is not None else lake.version(table)}){hint}",
-                             param_hint="--series-id")
+    hint = (
+        f"; closest: {', '.join(close)}"
+        if close
+        else (f"; ids look like {', '.join(sorted(ids)[:3])}" if ids else "")
+    )
+    raise click.BadParameter(
+        f"series {series_id!r} is not in {table} (version {at if at is not None else lake.version(table)}){hint}",
+        param_hint="--series-id",
+    )
 
 
 def _print_frame(df, fmt):
@@ -555,9 +669,20 @@ def _print_frame(df, fmt):
 
 @cli.command()
 @click.argument("statement")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True, help="Output format.")
-@click.option("--engine", type=click.Choice(list(ENGINES)), default=None,
-              help="SQL engine: local (DuckDB in this process) or spark (Spark SQL, the spark extra). Default: engine in the config.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+    help="Output format.",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(list(ENGINES)),
+    default=None,
+    help="SQL engine: local (DuckDB in this process) or spark (Spark SQL, the spark extra). Default: engine in the config.",
+)
 @conf_option
 def sql(statement, fmt, engine, conf):
     """Run the SQL STATEMENT over the lakehouse tables (gold.forecasts, silver.readings, ...)."""
@@ -582,8 +707,11 @@ def candidates():
         click.echo(f"{name:<16} {cls.description}{note}")
 
 
-cli.add_command(click.Command("models", callback=candidates.callback, hidden=True,
-                               help="Same as `mmf candidates` (old name)."))
+cli.add_command(
+    click.Command(
+        "models", callback=candidates.callback, hidden=True, help="Same as `mmf candidates` (old name)."
+    )
+)
 
 
 @cli.command()
@@ -622,21 +750,30 @@ def reproduce(run_id, conf, lock_timeout):
     with _writing(config, lock_timeout):
         rep = repro(_lake(config), config, run_id)
     for name, (recorded, now, same) in rep.items():
-        click.echo(f"{name:<28} recorded {recorded:<14.6g} now {now:<14.6g} {'match' if same else 'DIFFERENT'}")
+        click.echo(
+            f"{name:<28} recorded {recorded:<14.6g} now {now:<14.6g} {'match' if same else 'DIFFERENT'}"
+        )
     if not all(same for _, _, same in rep.values()):
         sys.exit(1)
 
 
 @cli.command()
 @click.argument("table")
-@click.option("--version", type=click.IntRange(min=0), required=True, help="The Delta version to go back to (see `mmf query --version`).")
+@click.option(
+    "--version",
+    type=click.IntRange(min=0),
+    required=True,
+    help="The Delta version to go back to (see `mmf query --version`).",
+)
 @conf_option
 @wait_option
 def restore(table, version, conf, lock_timeout):
     """Restore TABLE (e.g. gold/forecasts) to an earlier Delta version (as a new version)."""
     config = _config(conf)
     with _writing(config, lock_timeout):
-        click.echo(f"{table} restored to version {version} (new version {_lake(config).restore(table, version)})")
+        click.echo(
+            f"{table} restored to version {version} (new version {_lake(config).restore(table, version)})"
+        )
 
 
 @cli.command()
@@ -668,7 +805,9 @@ def repair(table, conf):
 
 
 @cli.command()
-@click.option("--retention-hours", type=click.IntRange(min=0), default=None, help="Default: retention_hours (168).")
+@click.option(
+    "--retention-hours", type=click.IntRange(min=0), default=None, help="Default: retention_hours (168)."
+)
 @click.option("--force", is_flag=True, help="Allow a retention below 168 hours (7 days).")
 @conf_option
 @wait_option
@@ -678,7 +817,9 @@ def vacuum(retention_hours, force, conf, lock_timeout):
     if retention_hours is None:
         retention_hours = config.retention_hours
     if retention_hours < 168 and not force:
-        raise click.UsageError(f"retention {retention_hours} hours is below the 168-hour (7-day) minimum; add --force to allow it")
+        raise click.UsageError(
+            f"retention {retention_hours} hours is below the 168-hour (7-day) minimum; add --force to allow it"
+        )
     lake = _lake(config)
     with _writing(config, lock_timeout):
         for name in lake.existing():
@@ -689,7 +830,12 @@ def vacuum(retention_hours, force, conf, lock_timeout):
 @cli.command()
 @click.option("--host", default=None, help="Interface to bind (default serve.host, 127.0.0.1).")
 @click.option("--port", type=click.IntRange(0, 65535), default=None, help="Port (default serve.port, 8080).")
-@click.option("--refresh-s", type=click.FloatRange(min=0.1), default=None, help="Seconds between checks of the champion alias and the Gold table versions (default 5).")
+@click.option(
+    "--refresh-s",
+    type=click.FloatRange(min=0.1),
+    default=None,
+    help="Seconds between checks of the champion alias and the Gold table versions (default 5).",
+)
 @click.option("--access-log/--no-access-log", default=True, show_default=True, help="Log every request.")
 @conf_option
 def serve(host, port, refresh_s, access_log, conf):
@@ -697,18 +843,32 @@ def serve(host, port, refresh_s, access_log, conf):
     try:
         from training.serving.app import run
     except ImportError as exc:
-        raise click.ClickException(f"mmf serve needs the serve extra ({exc.name} is missing): pip install 'mmf[serve]'") from None
+        raise click.ClickException(
+            f"mmf serve needs the serve extra ({exc.name} is missing): pip install 'mmf[serve]'"
+        ) from None
 
     config = _config(conf, **{"serve.host": host, "serve.port": port})
     auth = "on (X-API-Key)" if config.serve.api_key else "off"
-    click.echo(f"serving {config.lakehouse} and {config.mlflow.registered_model}@champion on http://{config.serve.host}:{config.serve.port} (API key {auth})")
+    click.echo(
+        f"serving {config.lakehouse} and {config.mlflow.registered_model}@champion on http://{config.serve.host}:{config.serve.port} (API key {auth})"
+    )
     run(config, refresh_s=refresh_s, access_log=access_log)
 
 
-
 @cli.command()
-@click.option("--input", "source", required=True, help="Scoring input: a lakehouse table, a Delta table path, or a .parquet/.csv file (series_id, horizon; optional ts, temperature).")
-@click.option("--output", type=click.Choice(["gold/scores", "gold/forecasts"]), default="gold/scores", show_default=True, help="gold/scores: replace this input's rows; gold/forecasts: MERGE on (series_id, ts, cutoff, model_version).")
+@click.option(
+    "--input",
+    "source",
+    required=True,
+    help="Scoring input: a lakehouse table, a Delta table path, or a .parquet/.csv file (series_id, horizon; optional ts, temperature).",
+)
+@click.option(
+    "--output",
+    type=click.Choice(["gold/scores", "gold/forecasts"]),
+    default="gold/scores",
+    show_default=True,
+    help="gold/scores: replace this input's rows; gold/forecasts: MERGE on (series_id, ts, cutoff, model_version).",
+)
 @engine_option
 @conf_option
 @wait_option
@@ -717,29 +877,68 @@ def score(source, output, engine, conf, lock_timeout):
     config = _config(conf, engine=engine)
     with _writing(config, lock_timeout), _progress() as progress:
         rep = run_score(_lake(config), config, source, output=output, progress=progress)
-    click.echo(f"{output} version {rep.table_version}: {rep.n_rows:,} rows for {rep.n_series} series from {rep.source} (model version {rep.model_version})")
+    click.echo(
+        f"{output} version {rep.table_version}: {rep.n_rows:,} rows for {rep.n_series} series from {rep.source} (model version {rep.model_version})"
+    )
     if rep.n_unknown:
-        click.echo(f"note: {rep.n_unknown} series of the input have no model in the champion and were left out", err=True)
+        click.echo(
+            f"note: {rep.n_unknown} series of the input have no model in the champion and were left out",
+            err=True,
+        )
 
 
 @cli.command()
-@click.option("--once", is_flag=True, help="Process the bronze rows not yet processed, then stop (availableNow).")
-@click.option("--checkpoint", default=None, help="Checkpoint location (default <lakehouse>/_checkpoints/stream).")
-@click.option("--starting-version", type=click.IntRange(min=0), default=None, help="First bronze version of a new stream (default: the whole table).")
-@click.option("--interval-s", type=click.FloatRange(min=1), default=60, show_default=True, help="Seconds between micro-batches (without --once).")
-@click.option("--timeout-s", type=click.FloatRange(min=1), default=None, help="Stop after this many seconds (without --once).")
+@click.option(
+    "--once", is_flag=True, help="Process the bronze rows not yet processed, then stop (availableNow)."
+)
+@click.option(
+    "--checkpoint", default=None, help="Checkpoint location (default <lakehouse>/_checkpoints/stream)."
+)
+@click.option(
+    "--starting-version",
+    type=click.IntRange(min=0),
+    default=None,
+    help="First bronze version of a new stream (default: the whole table).",
+)
+@click.option(
+    "--interval-s",
+    type=click.FloatRange(min=1),
+    default=60,
+    show_default=True,
+    help="Seconds between micro-batches (without --once).",
+)
+@click.option(
+    "--timeout-s",
+    type=click.FloatRange(min=1),
+    default=None,
+    help="Stop after this many seconds (without --once).",
+)
 @conf_option
 def stream(once, checkpoint, starting_version, interval_s, timeout_s, conf):
     """Refresh the forecasts of series that receive new bronze rows (Spark Structured Streaming)."""
+
     def show(b):
-        what = {"written": f"{b.n_rows:,} rows for {b.n_series} series (model version {b.model_version})",
-                "skipped": "already committed", "empty": "nothing to forecast"}[b.status]
-        extra = (f"; {len(b.quarantined)} quarantined" if b.quarantined else "") + (f"; {len(b.unknown)} without a model" if b.unknown else "")
+        what = {
+            "written": f"{b.n_rows:,} rows for {b.n_series} series (model version {b.model_version})",
+            "skipped": "already committed",
+            "empty": "nothing to forecast",
+        }[b.status]
+        extra = (f"; {len(b.quarantined)} quarantined" if b.quarantined else "") + (
+            f"; {len(b.unknown)} without a model" if b.unknown else ""
+        )
         click.echo(f"batch {b.batch_id}: {b.status}: {what}{extra} ({b.n_touched} series touched)")
 
     config = _config(conf, engine="spark")
-    rep = run_stream(_lake(config), config, once=once, checkpoint=checkpoint, starting_version=starting_version,
-                     interval_s=interval_s, timeout_s=timeout_s, on_batch=show)
+    rep = run_stream(
+        _lake(config),
+        config,
+        once=once,
+        checkpoint=checkpoint,
+        starting_version=starting_version,
+        interval_s=interval_s,
+        timeout_s=timeout_s,
+        on_batch=show,
+    )
     click.echo(f"stream stopped after {len(rep.batches)} batch(es); checkpoint {rep.checkpoint}")
 
 

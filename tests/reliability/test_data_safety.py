@@ -64,7 +64,9 @@ def test_training_again_on_an_earlier_silver_version_gives_the_same_models(histo
 
     def models(version):
         frame = pyfunc.load_version(cfg, version).unwrap_python_model().models()
-        return frame.sort_values("series_id").reset_index(drop=True)[["series_id", "model", "model_json", "end"]]
+        return frame.sort_values("series_id").reset_index(drop=True)[
+            ["series_id", "model", "model_json", "end"]
+        ]
 
     # the same seed on the same silver version: the very same fitted models
     pd.testing.assert_frame_equal(models("2"), models("1"))

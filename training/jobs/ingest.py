@@ -75,7 +75,9 @@ def list_sources(source: str | Path) -> list[Path]:
             raise DataContractError(f"source folder {p} holds no .csv or .parquet file")
         return files
     if not p.is_file():
-        raise DataContractError(f"source {p} does not exist: expected a CSV or Parquet file or a folder of them")
+        raise DataContractError(
+            f"source {p} does not exist: expected a CSV or Parquet file or a folder of them"
+        )
     if p.suffix.lower() not in SUFFIXES:
         raise DataContractError(f"source {p} has suffix {p.suffix!r}: expected .csv or .parquet")
     return [p]
@@ -90,7 +92,9 @@ def read_raw(path: Path, content: bytes) -> pd.DataFrame:
         try:
             text = content.decode("utf-8-sig")  # a byte-order mark (Excel) is still UTF-8
         except UnicodeDecodeError as exc:
-            raise DataContractError(f"{name}: not UTF-8 (byte {exc.start}: {content[exc.start:exc.start + 1]!r}); save the file as UTF-8") from None
+            raise DataContractError(
+                f"{name}: not UTF-8 (byte {exc.start}: {content[exc.start : exc.start + 1]!r}); save the file as UTF-8"
+            ) from None
         try:
             df = pd.read_csv(io.StringIO(text), dtype={C.SERIES_ID: str}, keep_default_na=True)
         except Exception as exc:
@@ -112,23 +116,31 @@ def read_raw(path: Path, content: bytes) -> pd.DataFrame:
 
     sid = df[C.SERIES_ID]
     if sid.isna().any():
-        raise DataContractError(f"{name}: column series_id has {int(sid.isna().sum())} empty value(s); every row needs a series id")
+        raise DataContractError(
+            f"{name}: column series_id has {int(sid.isna().sum())} empty value(s); every row needs a series id"
+        )
     df[C.SERIES_ID] = sid.astype(str)
 
     df[C.TS] = _parse_ts(df[C.TS], name)
     y = df[C.Y]
     if y.dtype == object or not (pd.api.types.is_numeric_dtype(y) or pd.api.types.is_bool_dtype(y)):
         num = pd.to_numeric(y, errors="coerce")
-        bad = y[num.isna() & y.notna() & (y.astype(str).str.strip().str.lower().isin(["", "nan", "null", "na"]) == False)]  # noqa: E712
+        bad = y[
+            num.isna() & y.notna() & ~y.astype(str).str.strip().str.lower().isin(["", "nan", "null", "na"])
+        ]
         if len(bad):
-            raise DataContractError(f"{name}: column y has non-numeric value {bad.iloc[0]!r} (row {bad.index[0]}); expected numbers")
+            raise DataContractError(
+                f"{name}: column y has non-numeric value {bad.iloc[0]!r} (row {bad.index[0]}); expected numbers"
+            )
         y = num
     df[C.Y] = y.astype(float)
     if "temperature" in df.columns:
         t = pd.to_numeric(df["temperature"], errors="coerce")
         bad = df["temperature"][t.isna() & df["temperature"].notna()]
         if len(bad):
-            raise DataContractError(f"{name}: column temperature has non-numeric value {bad.iloc[0]!r}; expected numbers")
+            raise DataContractError(
+                f"{name}: column temperature has non-numeric value {bad.iloc[0]!r}; expected numbers"
+            )
         df["temperature"] = t.astype(float)
     for col in C.ATTRIBUTES:
         if col in df.columns:
@@ -149,10 +161,14 @@ def _parse_ts(col: pd.Series, name: str) -> pd.Series:
     try:
         parsed = pd.to_datetime(col, utc=True, format="mixed")
     except (ValueError, TypeError) as exc:
-        raise DataContractError(f"{name}: column ts has a value that is not a timestamp ({exc}); expected ISO 8601 times") from None
+        raise DataContractError(
+            f"{name}: column ts has a value that is not a timestamp ({exc}); expected ISO 8601 times"
+        ) from None
     if parsed.isna().any():
         first = col[parsed.isna()].iloc[0]
-        raise DataContractError(f"{name}: column ts has a value that is not a timestamp: {first!r}; expected ISO 8601 times")
+        raise DataContractError(
+            f"{name}: column ts has a value that is not a timestamp: {first!r}; expected ISO 8601 times"
+        )
     return parsed.dt.tz_localize(None).astype("datetime64[us]")
 
 
@@ -185,7 +201,9 @@ def _extra_columns(name: str, df: pd.DataFrame, mode: str) -> list[str]:
     return extra
 
 
-def ingest(lake: Lakehouse, source: str | Path, strict: bool = True, extra_columns: str = "ignore") -> IngestReport:
+def ingest(
+    lake: Lakehouse, source: str | Path, strict: bool = True, extra_columns: str = "ignore"
+) -> IngestReport:
     """Append every new file under ``source`` to bronze. With ``strict`` (the CLI's
     default for a single file) a refused file raises; otherwise it is reported and the
     other files still land. ``extra_columns`` is ``ingest.extra_columns`` (see the

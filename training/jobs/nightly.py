@@ -74,14 +74,25 @@ def nightly(
     with lakehouse_lock(lake, lock_timeout_s):
         if config.nightly.source:
             tell("ingest", 0, 0)
-            report.ingest = ingest(lake, config.nightly.source, strict=False, extra_columns=config.ingest.extra_columns)
+            report.ingest = ingest(
+                lake, config.nightly.source, strict=False, extra_columns=config.ingest.extra_columns
+            )
             rep = report.ingest
             report.steps["ingest"] = (
-                (f"done: {rep.rows} rows from {len(rep.added)} file(s)" if rep.added
-                 else f"skipped: {len(rep.skipped)} file(s) already ingested")
-                + (f"; {len(rep.refused)} file(s) refused: " + "; ".join(rep.refused.values()) if rep.refused else "")
+                (
+                    f"done: {rep.rows} rows from {len(rep.added)} file(s)"
+                    if rep.added
+                    else f"skipped: {len(rep.skipped)} file(s) already ingested"
+                )
+                + (
+                    f"; {len(rep.refused)} file(s) refused: " + "; ".join(rep.refused.values())
+                    if rep.refused
+                    else ""
+                )
                 + "".join(f"; {f}: ignored column(s) {', '.join(c)}" for f, c in rep.ignored_columns.items())
-                + "".join(f"; {f}: added column(s) {', '.join(c)} to bronze" for f, c in rep.added_columns.items())
+                + "".join(
+                    f"; {f}: added column(s) {', '.join(c)} to bronze" for f, c in rep.added_columns.items()
+                )
             )
         else:
             report.steps["ingest"] = "skipped: no nightly.source configured"
@@ -89,7 +100,8 @@ def nightly(
         report.refine = refine(lake, config, progress=progress)
         report.steps["refine"] = (
             f"skipped: silver already built from bronze version {report.refine.bronze_version}"
-            if report.refine.skipped else f"done: bronze version {report.refine.bronze_version}"
+            if report.refine.skipped
+            else f"done: bronze version {report.refine.bronze_version}"
         )
 
         _train_step(lake, config, report, progress)
@@ -117,8 +129,11 @@ def _train_step(lake: Lakehouse, config: Config, report: NightlyReport, progress
     if why:
         report.steps["train"] += f" ({why})"
     if report.train.failed_share > config.nightly.max_failed_share:
-        _fail(report, f"{report.train.failed_share:.0%} of series failed > nightly.max_failed_share="
-                      f"{config.nightly.max_failed_share}")
+        _fail(
+            report,
+            f"{report.train.failed_share:.0%} of series failed > nightly.max_failed_share="
+            f"{config.nightly.max_failed_share}",
+        )
 
 
 def _forecast_step(lake: Lakehouse, config: Config, report: NightlyReport, horizon: int | None) -> None:

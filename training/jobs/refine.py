@@ -122,7 +122,11 @@ def refine(
     cfg = config.replace(freq=freq)
     engine = get_engine(cfg)
     out = engine.map_groups(
-        bronze, C.SERIES_ID, clean_series, REFINE_OUT, cfg,
+        bronze,
+        C.SERIES_ID,
+        clean_series,
+        REFINE_OUT,
+        cfg,
         on_error=engine_error,
         progress=(lambda done, total: progress("refine", done, total)) if progress else None,
     )
@@ -131,14 +135,20 @@ def refine(
         out = pd.concat([out, *rows], ignore_index=True)
 
     bad = out["_reason"].notna()
-    quarantine = out.loc[bad, [C.SERIES_ID, "_reason", "_detail"]].rename(columns={"_reason": "reason", "_detail": "detail"})
+    quarantine = out.loc[bad, [C.SERIES_ID, "_reason", "_detail"]].rename(
+        columns={"_reason": "reason", "_detail": "detail"}
+    )
     quarantine["bronze_version"] = version
     readings = out.loc[~bad].drop(columns=["_reason", "_detail"])
 
     attrs = bronze.groupby(C.SERIES_ID)[list(C.ATTRIBUTES)].last()
     series = readings.groupby(C.SERIES_ID).agg(
-        start=(C.TS, "min"), end=(C.TS, "max"), n_obs=(C.Y, "size"),
-        n_filled=("is_filled", "sum"), n_outliers=("is_outlier", "sum"), n_duplicates=("_n_duplicates", "first"),
+        start=(C.TS, "min"),
+        end=(C.TS, "max"),
+        n_obs=(C.Y, "size"),
+        n_filled=("is_filled", "sum"),
+        n_outliers=("is_outlier", "sum"),
+        n_duplicates=("_n_duplicates", "first"),
     )
     series = series.join(attrs, how="left").reset_index()
     series["freq"] = freq
@@ -150,8 +160,14 @@ def refine(
     for name, frame in zip(SILVER, (quarantine, series, readings)):
         if done[name] == version:
             continue
-        lake.write(name, frame, mode="overwrite", app_id=APP_ID, app_version=version,
-                   metadata={"mmf.bronze_version": version, "mmf.freq": freq})
+        lake.write(
+            name,
+            frame,
+            mode="overwrite",
+            app_id=APP_ID,
+            app_version=version,
+            metadata={"mmf.bronze_version": version, "mmf.freq": freq},
+        )
         if name == SILVER[0]:
             checkpoint("mid_refine")
     report.versions = {t: lake.version(t) for t in SILVER}

@@ -18,7 +18,9 @@ from training.jobs.train import read_silver
 from training.tables import SILVER_QUARANTINE, Lakehouse
 
 
-def reproduce(lake: Lakehouse, config: Config, run_id: str, rel_tol: float = 1e-6) -> dict[str, tuple[float, float, bool]]:
+def reproduce(
+    lake: Lakehouse, config: Config, run_id: str, rel_tol: float = 1e-6
+) -> dict[str, tuple[float, float, bool]]:
     configure(config)
     record = run_record(config, run_id)
     recorded_cfg = record["config"]
@@ -27,14 +29,25 @@ def reproduce(lake: Lakehouse, config: Config, run_id: str, rel_tol: float = 1e-
     recorded_cfg["mlflow"]["tracking_uri"] = config.mlflow.tracking_uri
     cfg: Config = from_dict(recorded_cfg)
     version, readings = read_silver(lake, record["silver_version"], record.get("series_ids"))
-    results = get_engine(cfg).map_groups(readings, C.SERIES_ID, process_series, C.TRAIN_RESULT, cfg, on_error=partial(failed_result, config=cfg))
+    results = get_engine(cfg).map_groups(
+        readings,
+        C.SERIES_ID,
+        process_series,
+        C.TRAIN_RESULT,
+        cfg,
+        on_error=partial(failed_result, config=cfg),
+    )
     quarantine = lake.read(SILVER_QUARANTINE)
-    now = aggregate_metrics(results, n_quarantined=int(record["metrics"].get("n_quarantined", len(quarantine))))
+    now = aggregate_metrics(
+        results, n_quarantined=int(record["metrics"].get("n_quarantined", len(quarantine)))
+    )
     out = {}
     for name, recorded in sorted(record["metrics"].items()):
         if name not in now:
             continue
         value = float(now[name])
-        same = (math.isnan(recorded) and math.isnan(value)) or math.isclose(recorded, value, rel_tol=rel_tol, abs_tol=1e-9)
+        same = (math.isnan(recorded) and math.isnan(value)) or math.isclose(
+            recorded, value, rel_tol=rel_tol, abs_tol=1e-9
+        )
         out[name] = (float(recorded), value, same)
     return out

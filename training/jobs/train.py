@@ -84,7 +84,9 @@ class TrainReport:
         return _failed_share(self.status_counts)
 
 
-def read_silver(lake: Lakehouse, version: int | None, series_ids: Sequence[str] | None = None) -> tuple[int, pd.DataFrame]:
+def read_silver(
+    lake: Lakehouse, version: int | None, series_ids: Sequence[str] | None = None
+) -> tuple[int, pd.DataFrame]:
     if not lake.exists(SILVER_READINGS):
         raise TableError("silver/readings does not exist: run `mmf refine` first")
     v = lake.version(SILVER_READINGS) if version is None else version
@@ -93,7 +95,9 @@ def read_silver(lake: Lakehouse, version: int | None, series_ids: Sequence[str] 
     if series_ids:
         unknown = sorted(set(series_ids) - set(frame[C.SERIES_ID].unique()))
         if unknown:
-            raise DataContractError(f"series id(s) not in silver/readings version {v}: {', '.join(unknown[:10])}")
+            raise DataContractError(
+                f"series id(s) not in silver/readings version {v}: {', '.join(unknown[:10])}"
+            )
     return v, frame
 
 
@@ -101,9 +105,25 @@ def data_freq(config: Config, frame: pd.DataFrame) -> str:
     if config.freq:
         return config.freq
     if frame.empty:
-        raise DataContractError("silver/readings is empty: every series was quarantined (see silver/quarantine)")
+        raise DataContractError(
+            "silver/readings is empty: every series was quarantined (see silver/quarantine)"
+        )
     first = frame[C.SERIES_ID].iloc[0]
     return alias(modal_step(frame.loc[frame[C.SERIES_ID] == first, C.TS].to_numpy()))
+
+
+def _quarantine(lake: Lakehouse, series_ids: Sequence[str] | None) -> pd.DataFrame:
+    """silver/quarantine, of ``series_ids`` only when given."""
+    quarantine = lake.read(SILVER_QUARANTINE)
+    return quarantine[quarantine[C.SERIES_ID].isin(series_ids)] if series_ids else quarantine
+
+
+def _register(results: pd.DataFrame, cfg: Config, version: int, glob):
+    """The many-models version of ``results`` (``None`` when no series has a usable model)."""
+    if not results["status"].isin([C.OK, C.FALLBACK]).any():
+        return None
+    store = glob.store_path if glob is not None else None  # global weights, stored once in the pyfunc
+    return pyfunc.log_many_models(results, cfg, silver_version=version, global_store=store)
 
 
 def train(
@@ -123,9 +143,7 @@ def train(
     global_models.check(cfg)  # a bad global model setting fails before any work
     configure(cfg)
     recovery.mark_orphans_failed(cfg)
-    quarantine = lake.read(SILVER_QUARANTINE)
-    if series_ids:
-        quarantine = quarantine[quarantine[C.SERIES_ID].isin(series_ids)]
+    quarantine = _quarantine(lake, series_ids)
     ids = list(series_ids) if series_ids else None
     prior = recovery.find_resumable(cfg, version, ids)
     if prior is not None:
@@ -162,16 +180,20 @@ def train(
         step = series_step(cfg)
         tell(step, 0, int(readings[C.SERIES_ID].nunique()))
         results = engine.map_groups(
-            inputs, C.SERIES_ID, process_series, C.TRAIN_RESULT, cfg, on_error=partial(failed_result, config=cfg), progress=on_progress
+            inputs,
+            C.SERIES_ID,
+            process_series,
+            C.TRAIN_RESULT,
+            cfg,
+            on_error=partial(failed_result, config=cfg),
+            progress=on_progress,
         )
         del inputs
         lap("engine_s")
         tell("MLflow run, registry and gold tables", 0, 0)
         metrics = log_results(results, cfg, history=readings, n_quarantined=len(quarantine))
-        usable = results["status"].isin([C.OK, C.FALLBACK])
         checkpoint("before_register")
-        store = glob.store_path if glob is not None else None  # global weights, stored once in the pyfunc
-        mv = pyfunc.log_many_models(results, cfg, silver_version=version, global_store=store) if usable.any() else None
+        mv = _register(results, cfg, version, glob)
         checkpoint("after_register")
         decision = _gate(lake, cfg, engine, readings, results, str(mv.version)) if mv is not None else None
         checkpoint("after_gate")
@@ -219,18 +241,31 @@ def _in_gold(lake: Lakehouse, run_id: str) -> bool:
 
 
 def _resume(
-    lake: Lakehouse, cfg: Config, run, mv, version: int, quarantine: pd.DataFrame, engine: Engine, readings: pd.DataFrame
+    lake: Lakehouse,
+    cfg: Config,
+    run,
+    mv,
+    version: int,
+    quarantine: pd.DataFrame,
+    engine: Engine,
+    readings: pd.DataFrame,
 ) -> TrainReport:
     """Finish a killed job's run whose model version is registered: the gate (unless it
     already decided; ``engine`` and ``readings`` for its comparison) and the Gold rows,
     from the run's own results; no retraining."""
     run_id, model_version = run.info.run_id, str(mv.version)
-    log.warning("resuming run %s of a killed job: model version %s is registered; writing what is left", run_id, model_version)
+    log.warning(
+        "resuming run %s of a killed job: model version %s is registered; writing what is left",
+        run_id,
+        model_version,
+    )
     results = load_results(cfg, run_id)
     note = f"finished after a restart: model version {model_version} was registered, its Gold rows were not"
     with recovery.resume_run(cfg, run_id, note):
         pyfunc.tag_version(cfg, model_version, run_id, results, version)
-        decision = promotion.recorded_decision(cfg, model_version) or _gate(lake, cfg, engine, readings, results, model_version)
+        decision = promotion.recorded_decision(cfg, model_version) or _gate(
+            lake, cfg, engine, readings, results, model_version
+        )
         checkpoint("after_gate")
         write_gold_training(lake, cfg, run_id, version, results, quarantine, decision)
         checkpoint("after_gold_selection")
@@ -278,6 +313,8 @@ def _run_exists(config: Config, run_id: str) -> bool:
     except MlflowException:
         return False
     return run.info.lifecycle_stage != "deleted"
+
+
 def _gate(
     lake: Lakehouse, cfg: Config, engine: Engine, readings: pd.DataFrame, results: pd.DataFrame, version: str
 ) -> promotion.Decision:
@@ -302,7 +339,9 @@ def compare_with_champion(
     compared = comparison.gate_frame([])
     if len(inputs):
         on_error = partial(comparison.failed_comparison, config=cfg)
-        compared = engine.map_groups(inputs, C.SERIES_ID, comparison.compare_series, C.GATE_SERIES, cfg, on_error=on_error)
+        compared = engine.map_groups(
+            inputs, C.SERIES_ID, comparison.compare_series, C.GATE_SERIES, cfg, on_error=on_error
+        )
     return comparison.Comparison(champion, comparison.combine(planned, compared))
 
 
@@ -315,7 +354,9 @@ def close_killed_run(lake: Lakehouse, config: Config) -> str | None:
     last = lake.table(GOLD_SELECTION).history(1)
     run_id = last[0].get("mmf.run_id") if last else None
     configure(config)
-    closed = bool(run_id) and recovery.close_recovered(config, run_id, "closed after a restart: its Gold rows were written")
+    closed = bool(run_id) and recovery.close_recovered(
+        config, run_id, "closed after a restart: its Gold rows were written"
+    )
     recovery.mark_orphans_failed(config)
     return run_id if closed else None
 
@@ -346,8 +387,13 @@ def write_gold_gate(lake: Lakehouse, run_id: str, decision, now: pd.Timestamp) -
         created_at=now,
     )
     lake.write(
-        GOLD_GATE, rows, mode="overwrite", predicate=f"run_id = '{run_id}'",
-        app_id=APP_GATE, app_version=int(decision.challenger_version), metadata={"mmf.run_id": run_id},
+        GOLD_GATE,
+        rows,
+        mode="overwrite",
+        predicate=f"run_id = '{run_id}'",
+        app_id=APP_GATE,
+        app_version=int(decision.challenger_version),
+        metadata={"mmf.run_id": run_id},
     )
 
 
@@ -364,12 +410,23 @@ def write_gold_training(lake, cfg, run_id, silver_version, results, quarantine, 
     sel = results[[C.SERIES_ID, "status", "reason", "model", "metric", "metric_value"]].copy()
     q = quarantine.rename(columns={"detail": "_detail"})
     if len(q):
-        q = pd.DataFrame({C.SERIES_ID: q[C.SERIES_ID], "status": C.QUARANTINED, "reason": q["reason"] + ": " + q["_detail"].fillna("")})
+        q = pd.DataFrame(
+            {
+                C.SERIES_ID: q[C.SERIES_ID],
+                "status": C.QUARANTINED,
+                "reason": q["reason"] + ": " + q["_detail"].fillna(""),
+            }
+        )
         sel = pd.concat([sel, q], ignore_index=True)
     sel["run_id"] = run_id
     sel["silver_version"] = silver_version
     sel["created_at"] = now
     lake.write(
-        GOLD_SELECTION, sel, mode="overwrite", predicate=where,
-        app_id=APP_ID, app_version=silver_version, metadata={"mmf.run_id": run_id},
+        GOLD_SELECTION,
+        sel,
+        mode="overwrite",
+        predicate=where,
+        app_id=APP_ID,
+        app_version=silver_version,
+        metadata={"mmf.run_id": run_id},
     )

@@ -152,8 +152,7 @@ class Lakehouse:
                 t.load_as_version(version)
             except Exception as exc:
                 raise TableError(
-                    f"table {canonical(name)} has no version {version!r} "
-                    f"(latest is {t.version()}): {exc}"
+                    f"table {canonical(name)} has no version {version!r} (latest is {t.version()}): {exc}"
                 ) from None
         return t
 
@@ -262,9 +261,15 @@ class Lakehouse:
         schema = self.schema(name)
         bronze = canonical(name) == BRONZE_READINGS
         if new_columns and not bronze:
-            raise TableError(f"new columns {list(new_columns)} refused: only bronze/readings takes columns outside the contract")
+            raise TableError(
+                f"new columns {list(new_columns)} refused: only bronze/readings takes columns outside the contract"
+            )
         data = df if isinstance(df, pa.Table) else to_arrow(df, schema)
-        extra = data.select(list(new_columns)).cast(pa.schema([(c, pa.string()) for c in new_columns])) if new_columns else None
+        extra = (
+            data.select(list(new_columns)).cast(pa.schema([(c, pa.string()) for c in new_columns]))
+            if new_columns
+            else None
+        )
         data = data.select(schema.names).cast(schema)
         for f in extra.schema if extra is not None else []:
             data = data.append_column(f, extra.column(f.name))
@@ -386,7 +391,9 @@ class Lakehouse:
         t = self.table(name)
         latest = t.version()
         if not 0 <= version <= latest:
-            raise TableError(f"cannot restore {canonical(name)} to version {version}: versions are 0..{latest}")
+            raise TableError(
+                f"cannot restore {canonical(name)} to version {version}: versions are 0..{latest}"
+            )
         t.restore(version)
         return self.table(name).version()
 
