@@ -233,34 +233,36 @@ def future_frame(
 
 
 def predict_by_series(
-    model: Any,
+    predict: Callable[[pd.DataFrame], pd.DataFrame],
     inputs: pd.DataFrame,
-    params: dict[str, Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
     chunks: int = 100,
 ) -> pd.DataFrame:
-    """``model.predict(inputs, params)`` in about ``chunks`` calls on whole series, telling
+    """``predict(inputs)`` in about ``chunks`` calls on whole series, telling
     ``progress(series done, series in all)`` after each (a single call without progress)."""
     if progress is None or inputs.empty:
-        return model.predict(inputs, params=params)
+        return predict(inputs)
     codes, ids = pd.factorize(inputs[C.SERIES_ID])
     size = max(1, -(-len(ids) // chunks))
     parts = []
     for block, part in inputs.groupby(codes // size, sort=True):
-        parts.append(model.predict(part, params=params))
+        parts.append(predict(part))
         progress(min((int(block) + 1) * size, len(ids)), len(ids))
     return pd.concat(parts, ignore_index=True)
 
 
 def predict_source(
-    source: Source, models: pd.DataFrame, inputs: pd.DataFrame
+    source: Source,
+    models: pd.DataFrame,
+    inputs: pd.DataFrame,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, str]]:
     """The forecasts of ``models`` (with ``source``'s levels and global weights); a
     series whose forecast fails is left out, with the reason."""
     predictor = source.model.with_models(models)
     mine = inputs[inputs[C.SERIES_ID].isin(models[C.SERIES_ID])]
     try:
-        return predictor.predict(None, mine), {}
+        return predict_by_series(lambda part: predictor.predict(None, part), mine, progress=progress), {}
     except Exception:  # noqa: BLE001 - find the series that fail, forecast the others
         log.warning("version %s: a forecast failed; forecasting series one by one", source.version)
     parts, failed = [], {}
@@ -279,7 +281,7 @@ def forecast(
     force: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> ForecastReport:
-    """``progress(step, done, total)`` is told when forecasting starts."""
+    """``progress(step, done, total)`` is told when forecasting starts and as series are forecast."""
     if progress:
         progress("forecast", 0, 0)
     configure(config)
@@ -313,11 +315,16 @@ def forecast(
             report.skipped, report.n_rows = True, len(rows)
             return report
         log.warning("%s", report.note)
-    return _deliver(lake, config, info, series, report)
+    return _deliver(lake, config, info, series, report, progress)
 
 
 def _deliver(
-    lake: Lakehouse, config: Config, info: dict[str, Any], series: pd.DataFrame, report: ForecastReport
+    lake: Lakehouse,
+    config: Config,
+    info: dict[str, Any],
+    series: pd.DataFrame,
+    report: ForecastReport,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> ForecastReport:
     """Plan, refit, forecast and write one delivery; ``report`` filled in."""
     silver_version, h = int(report.silver_version or 0), report.horizon
@@ -332,7 +339,7 @@ def _deliver(
         missing.update(failed)
         chosen.append((source, models))
     t2 = time.perf_counter()
-    pred = _forecasts(lake, chosen, silver_version, h, missing)
+    pred = _forecasts(lake, chosen, silver_version, h, missing, progress)
     t3 = time.perf_counter()
     checkpoint("before_forecast_commit")
     if len(pred):
@@ -369,8 +376,10 @@ def _forecasts(
     silver_version: int,
     h: int,
     missing: dict[str, str],
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> pd.DataFrame:
-    """Every source's forecasts as gold/forecasts rows (failures go to ``missing``)."""
+    """Every source's forecasts as gold/forecasts rows (failures go to ``missing``);
+    ``progress("forecast", series done, series in all)`` as they are forecast."""
     chosen = [(source, models) for source, models in chosen if len(models)]
     if not chosen:
         return pd.DataFrame(columns=list(C.forecast_schema(lake.levels).names))
@@ -378,9 +387,16 @@ def _forecasts(
     ends = everything.set_index(C.SERIES_ID)["end"].astype("datetime64[us]")
     inputs = future_frame(lake, silver_version, ends, str(everything["freq"].iloc[0]), h)
     now = pd.Timestamp(dt.datetime.now(dt.timezone.utc)).as_unit("us")
-    parts = []
+    parts, done, total = [], 0, len(ends)
     for source, models in chosen:
-        pred, failed = predict_source(source, models, inputs)
+        start = done
+
+        def tell(n: int, _: int, start: int = start) -> None:
+            if progress:
+                progress("forecast", start + n, total)
+
+        pred, failed = predict_source(source, models, inputs, tell if progress else None)
+        done += len(models)
         missing.update(failed)
         if pred.empty:
             continue

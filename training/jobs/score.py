@@ -248,7 +248,9 @@ def _score_local(
     inputs = prepare_input(read_input(lake, source), config.horizon)
     model = mlflow.pyfunc.load_model(champ.path)
     tell = (lambda done, total: progress("score", done, total)) if progress else None
-    pred = predict_by_series(model, inputs, params={"unknown": "skip"}, progress=tell)
+    pred = predict_by_series(
+        lambda part: model.predict(part, params={"unknown": "skip"}), inputs, progress=tell
+    )
     pred = finish_local(pred, champ, _now(), source if output == GOLD_SCORES else None)
     n_unknown = inputs[C.SERIES_ID].nunique() - pred[C.SERIES_ID].nunique()
     if output == GOLD_SCORES:
