@@ -248,7 +248,7 @@ def test_ignored_columns_are_reported_and_schemas_do_not_move(run):
     path = str(tmp / "raw" / "extra.csv")
     assert report.ingest.ignored_columns == {path: ["note", "meter_type"]}
     assert "ignored column(s) note, meter_type" in report.steps["ingest"]
-    for name in TABLES:
+    for name in (t for t in TABLES if t != "gold/gate"):  # gold/gate: from the second version on
         got = lake.arrow(name).schema
         assert [(f.name, f.type) for f in got] == [(f.name, f.type) for f in lake.schema(name)], name
 
