@@ -47,16 +47,21 @@ def git_sha() -> str:
         return "unknown"
 
 
-def save(name: str, payload: dict, markdown: str) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
+def save(
+    name: str, payload: dict, markdown: str, folder: Path = RESULTS, argv: list[str] | None = None
+) -> None:
+    """``folder/<name>.json`` (command, machine, commit and ``payload``) and ``<name>.md``;
+    ``argv``: the script's arguments (default ``sys.argv[1:]``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    args = sys.argv[1:] if argv is None else argv
     payload = {
-        "command": "python -m " + " ".join([f"benchmarks.{name}", *sys.argv[1:]]),
+        "command": "python -m " + " ".join([f"benchmarks.{name}", *args]),
         "machine": machine(),
         "git": git_sha(),
         **payload,
     }
-    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    (RESULTS / f"{name}.md").write_text(markdown)
+    (folder / f"{name}.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    (folder / f"{name}.md").write_text(markdown)
 
 
 def first_series(data: Path, n_series: int | None, folder: Path) -> Path:

@@ -26,3 +26,42 @@ def test_scaling_smoke(tmp_path):
     platform = rows[0].split("|")
     assert platform[3].strip() == "20"  # series
     assert float(platform[4]) > 0  # wall seconds measured
+
+
+def test_nights_smoke(tmp_path, mlflow_uri):
+    """Two simulated nights on tiny generated meters, the gate forced to keep the champion
+    on the second: both nights end with the next horizon of every series (the kept
+    champion refitted on the new data), scored against the day that followed."""
+    import yaml
+
+    from benchmarks.nights import main
+    from forecasting.generator import generate, write
+
+    data = write(generate(n_series=4, days=16, freq="h", seed=5, clean=True), tmp_path / "meters.parquet")
+    conf = tmp_path / "conf.yaml"
+    conf.write_text(
+        yaml.safe_dump(
+            {
+                "models": ["seasonal_naive", "weekly_naive"],
+                "workers": 1,
+                "cleaning": {"min_length": 168},
+                "mlflow": {"sample_plots": 0},
+            }
+        )
+    )
+    argv = ["--data", str(data), "--nights", "2", "--reject", "2", "--conf", str(conf)]
+    r = main(argv, results=tmp_path / "results")
+    first, second = r["per_night"]
+    assert r["horizon"] == 24
+    for night in (first, second):
+        assert (night["n_clean"], night["n_with_horizon"], night["missing"]) == (4, 4, [])
+        assert not night["nightly_failed"], night["nightly_failure"]
+        assert night["n_scored"] == 4 and 0 <= night["coverage_95"] <= 1
+        assert night["mase"] > 0 and night["naive_mase"] > 0
+    assert first["promoted"] and first["fits"] == {"trained": 4}
+    assert second["forced_reject"] and second["promoted"] is False and second["insufficient"]
+    assert second["versions"] == {"v1": 4} and second["fits"] == {"refit": 4}
+    assert first["cutoffs"] != second["cutoffs"]  # each night forecast from its latest reading
+    assert r["totals"]["nights_complete"] == 2 and r["totals"]["series_nights_with_horizon"] == 8
+    text = (tmp_path / "results" / "nights.md").read_text()
+    assert "2 of 2 nights complete; 8 of 8 series-nights with the next horizon" in text

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from forecasting import contract as C
@@ -311,6 +313,83 @@ def test_folder_with_a_bad_file_not_strict(lake, tmp_path, small):
     bronze = lake.read(BRONZE)
     assert len(bronze) == len(small.readings)
     assert set(bronze["_source_file"]) == {str(good)}
+
+
+def _parquet(path: Path, series_id: pa.Array, y: pa.Array) -> Path:
+    ts = pa.array(pd.date_range("2024-01-01", periods=len(y), freq="h").to_numpy(), pa.timestamp("us"))
+    pq.write_table(pa.table({"series_id": series_id, "ts": ts, "y": y}), path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "name, series_id, y, fragments",
+    [
+        (
+            "list_ids.parquet",
+            pa.array([["A"], ["A"]], pa.list_(pa.string())),
+            pa.array([1.0, 2.0]),
+            ["column series_id", "lists", "expected text"],
+        ),
+        (
+            "bool_y.parquet",
+            pa.array(["A", "A"]),
+            pa.array([True, False]),
+            ["column y", "booleans", "expected numbers"],
+        ),
+        (
+            "list_y.parquet",
+            pa.array(["A", "A"]),
+            pa.array([[1.0], [2.0]], pa.list_(pa.float64())),
+            ["column y", "lists", "expected numbers"],
+        ),
+        (
+            "bool_ids.parquet",
+            pa.array([True, True]),
+            pa.array([1.0, 2.0]),
+            ["column series_id", "booleans", "expected text"],
+        ),
+    ],
+)
+def test_wrongly_typed_series_id_or_y_refused_other_files_land(
+    lake, tmp_path, small, name, series_id, y, fragments
+):
+    """A Parquet ``series_id`` of lists (or booleans) is not an id, a boolean ``y`` is not
+    a reading: the file is refused naming the column, the type found and what is
+    expected (never turned into text or 0/1), and the other files still land."""
+    src = tmp_path / "raw"
+    src.mkdir()
+    good = write(small, src / "good.parquet")
+    bad = _parquet(src / name, series_id, y)
+    rep = ingest(lake, src, strict=False)
+    assert rep.added == {str(good): len(small.readings)}
+    assert list(rep.refused) == [str(bad)]
+    for fragment in fragments:
+        assert fragment in rep.refused[str(bad)], rep.refused
+    assert set(lake.read(BRONZE)["_source_file"]) == {str(good)}
+    with pytest.raises(DataContractError, match="column"):
+        ingest(lake, bad)
+
+
+def test_boolean_y_in_csv_refused(lake, tmp_path):
+    path = _csv(tmp_path / "flags.csv", "series_id,ts,y\nA,2024-01-01 00:00,True\nA,2024-01-01 01:00,False\n")
+    with pytest.raises(DataContractError) as err:
+        ingest(lake, path)
+    msg = str(err.value)
+    assert str(path) in msg and "column y" in msg and "booleans" in msg and "expected numbers" in msg
+    assert not lake.exists(BRONZE)
+
+
+def test_integer_and_categorical_series_ids_still_land_as_text(lake, tmp_path):
+    """Integer meter ids and dictionary-encoded text are ids: they land as text."""
+    ints = _parquet(tmp_path / "ints.parquet", pa.array([7, 7], pa.int64()), pa.array([1.0, 2.0]))
+    cats = _parquet(
+        tmp_path / "cats.parquet", pa.array(["B", "B"]).dictionary_encode(), pa.array([1, 2], pa.int32())
+    )
+    ingest(lake, ints)
+    ingest(lake, cats)
+    bronze = lake.read(BRONZE)
+    assert sorted(bronze[C.SERIES_ID].unique()) == ["7", "B"]
+    assert bronze[C.Y].tolist() == [1.0, 2.0, 1.0, 2.0]
 
 
 def test_folder_with_a_bad_file_strict_writes_nothing(lake, tmp_path, small):

@@ -28,6 +28,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -86,6 +87,7 @@ def list_sources(source: str | Path) -> list[Path]:
 def read_raw(path: Path, content: bytes) -> pd.DataFrame:
     """Parse one raw file and check it against the contract; raise naming file and column."""
     name = str(path)
+    types: dict[str, str] = {}  # column -> its type in the file (Parquet), for messages
     if not content.strip():
         raise DataContractError(f"{name}: the file is empty; expected a header and rows")
     if path.suffix.lower() == ".csv":
@@ -101,9 +103,11 @@ def read_raw(path: Path, content: bytes) -> pd.DataFrame:
             raise DataContractError(f"{name}: cannot be parsed as CSV ({exc})") from None
     else:
         try:
-            df = pq.read_table(io.BytesIO(content)).to_pandas()
+            table = pq.read_table(io.BytesIO(content))
+            df = table.to_pandas()
         except Exception as exc:
             raise DataContractError(f"{name}: cannot be read as Parquet ({exc})") from None
+        types = {f.name: str(f.type) for f in table.schema}
 
     missing = [c for c in C.REQUIRED if c not in df.columns]
     if missing:
@@ -119,11 +123,13 @@ def read_raw(path: Path, content: bytes) -> pd.DataFrame:
         raise DataContractError(
             f"{name}: column series_id has {int(sid.isna().sum())} empty value(s); every row needs a series id"
         )
+    _check_kind(name, C.SERIES_ID, sid, types, ID_KINDS, "text (or integer ids)")
     df[C.SERIES_ID] = sid.astype(str)
 
     df[C.TS] = _parse_ts(df[C.TS], name)
     y = df[C.Y]
-    if y.dtype == object or not (pd.api.types.is_numeric_dtype(y) or pd.api.types.is_bool_dtype(y)):
+    _check_kind(name, C.Y, y, types, Y_KINDS, "numbers")
+    if y.dtype == object or not pd.api.types.is_numeric_dtype(y):
         num = pd.to_numeric(y, errors="coerce")
         bad = y[
             num.isna() & y.notna() & ~y.astype(str).str.strip().str.lower().isin(["", "nan", "null", "na"])
@@ -146,6 +152,54 @@ def read_raw(path: Path, content: bytes) -> pd.DataFrame:
         if col in df.columns:
             df[col] = df[col].astype("string").astype(object).where(df[col].notna(), None)
     return df
+
+
+# What a column holds, in the words of a refusal, by pandas' inferred type.
+_KIND_WORDS = {
+    "string": "text",
+    "integer": "integers",
+    "floating": "decimal numbers",
+    "mixed-integer-float": "numbers",
+    "decimal": "decimal numbers",
+    "boolean": "booleans",
+    "bytes": "bytes",
+    "datetime64": "timestamps",
+    "datetime": "timestamps",
+    "date": "dates",
+    "timedelta64": "durations",
+    "timedelta": "durations",
+    "empty": "no values",
+}
+ID_KINDS = ("text", "integers")  # an integer meter id lands as its text
+Y_KINDS = ("integers", "decimal numbers", "numbers", "text", "no values")  # text: parsed as numbers
+
+
+def _kind(col: pd.Series) -> str:
+    """What ``col`` holds, in words: ``text``, ``integers``, ``booleans``, ``lists``, ..."""
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        return _kind(pd.Series(col.cat.categories))
+    inferred = pd.api.types.infer_dtype(col, skipna=True)
+    if inferred in _KIND_WORDS:
+        return _KIND_WORDS[inferred]
+    if col.dtype == object:  # nested values (Parquet lists, structs, maps) come as objects
+        values = col.dropna()
+        if values.map(lambda v: isinstance(v, (list, tuple, np.ndarray))).any():
+            return "lists"
+        if values.map(lambda v: isinstance(v, dict)).any():
+            return "structs"
+    return f"{inferred} values"
+
+
+def _check_kind(
+    name: str, column: str, col: pd.Series, types: dict[str, str], allowed, expected: str
+) -> None:
+    """Refuse the file when ``col`` holds anything but ``allowed`` kinds, naming the
+    column, what it holds (with its Parquet type) and what is expected."""
+    kind = _kind(col)
+    if kind in allowed:
+        return
+    found = types.get(column, str(col.dtype))
+    raise DataContractError(f"{name}: column {column} holds {kind} ({found}); expected {expected}")
 
 
 def _parse_ts(col: pd.Series, name: str) -> pd.Series:
