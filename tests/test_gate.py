@@ -32,7 +32,7 @@ from forecasting.metrics import mase
 from registry import aliases
 from training.jobs import forecast as forecast_job
 from training.jobs.train import train
-from training.tables import GOLD_GATE, SILVER_READINGS, Lakehouse
+from training.tables import GOLD_GATE, SILVER_READINGS, SILVER_SERIES, Lakehouse
 
 REPO = Path(__file__).resolve().parents[1]
 IDS = ["g-1", "g-2", "g-3"]
@@ -71,10 +71,28 @@ def _silver(days: range) -> pd.DataFrame:
     return frame.assign(temperature=np.nan, is_filled=False, is_outlier=False)
 
 
+def _series(lake: Lakehouse) -> None:
+    """silver/series as refine leaves it: one row per series with its span (the forecast
+    job forecasts the next horizon of each)."""
+    readings = lake.read(SILVER_READINGS)
+    span = readings.groupby(C.SERIES_ID)[C.TS].agg(["min", "max", "count"]).reset_index()
+    series = pd.DataFrame(
+        {
+            C.SERIES_ID: span[C.SERIES_ID],
+            "freq": "h",
+            "start": span["min"].astype("datetime64[us]"),
+            "end": span["max"].astype("datetime64[us]"),
+            "n_obs": span["count"].astype("int64"),
+        }
+    )
+    lake.write(SILVER_SERIES, series, mode="overwrite")
+
+
 def first_night(lake: Lakehouse, cfg, forecast: bool = True):
     """Silver days 0..13, the first version trained (the champion) and, unless told
     otherwise, its forecasts in gold/forecasts."""
     lake.write(SILVER_READINGS, _silver(range(0, DAYS - 1)))
+    _series(lake)
     rep = train(lake, cfg)
     assert rep.promoted and rep.model_version == "1"
     if forecast:
@@ -84,6 +102,7 @@ def first_night(lake: Lakehouse, cfg, forecast: bool = True):
 
 def new_day(lake: Lakehouse) -> None:
     lake.write(SILVER_READINGS, _silver(range(DAYS - 1, DAYS)), mode="append")
+    _series(lake)
 
 
 def expected_metrics(sid: str) -> tuple[float, float]:
