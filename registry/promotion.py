@@ -299,7 +299,9 @@ def _insufficient(
     if missing:
         why = f"no comparison with champion v{champion} was made"
     else:
-        why = gate_left_out(table) or "the challenger holds no series"
+        why = gate_left_out(table) or (
+            "every series was compared" if len(table) else "the challenger holds no series"
+        )
     verdict = f"promoted v{version}" if promoted else f"kept champion v{champion}"
     reason = (
         f"too little common data to compare v{version} with champion v{champion}: {n} series scored on a "
