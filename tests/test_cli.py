@@ -165,8 +165,10 @@ def test_a_damaged_delta_log_is_one_line_and_v_adds_the_traceback(tmp_path, lake
     done = run_mmf("query", "bronze/readings", "--conf", conf)
     assert done.returncode == EXIT_ERROR, done.stderr[-3000:]
     line = one_error_line(done)
-    assert line.startswith(f"error: Delta table operation failed in lakehouse {root}: "), line
-    assert "mmf restore TABLE --version N" in line, line
+    # the table layer's diagnosis: the table, the corrupt commit file and what to do
+    assert line.startswith("error: table bronze/readings cannot be read: commit file "), line
+    assert str(root) in line and "_delta_log" in line and "is corrupt" in line, line
+    assert "restore the table's folder from a backup" in line or "mmf repair bronze/readings" in line, line
 
     verbose = run_mmf("-v", "query", "bronze/readings", "--conf", conf)
     assert verbose.returncode == EXIT_ERROR

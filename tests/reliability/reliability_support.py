@@ -226,6 +226,8 @@ from training.tables import Lakehouse
 checkpoints.set_hook(Faults.from_env())
 report = ingest(Lakehouse(sys.argv[1]), sys.argv[2])
 print(report.bronze_version)
+print("added:", ",".join(report.added))
+print("skipped:", ",".join(report.skipped))
 """
 
 
