@@ -426,7 +426,8 @@ def test_concurrent_ingests_from_two_processes_both_land(lake_root, tmp_path):
 
     procs = [
         subprocess.Popen(
-            [MMF, "ingest", "--source", str(p)],
+            # the second queues behind the first on the lakehouse lock
+            [MMF, "ingest", "--source", str(p), "--wait", "120"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
