@@ -44,7 +44,7 @@ FUTURE_TOLERANCE = pd.Timedelta("1D")  # readings later than now + this: future_
 
 REFINE_OUT = pa.schema(
     [
-        *C.SILVER_READINGS,
+        *[f for f in C.SILVER_READINGS if f.name != C.BUCKET],  # the table layer adds the bucket
         ("_reason", pa.string()),
         ("_detail", pa.string()),
         ("_n_duplicates", pa.int64()),

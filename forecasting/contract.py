@@ -8,8 +8,10 @@ and both engines use these schemas (the Spark engine converts them).
 
 from __future__ import annotations
 
+import zlib
 from typing import Sequence
 
+import numpy as np
 import pyarrow as pa
 
 SERIES_ID = "series_id"
@@ -40,6 +42,26 @@ QUARANTINE_REASONS = {
 
 TS_TYPE = pa.timestamp("us")  # naive UTC everywhere after bronze
 
+# Every table that holds rows of many series carries ``bucket``, a stable hash of the
+# series id (:func:`bucket_of`), and is written sorted by it: a job works on a range of
+# buckets at a time (whole series), and Delta's file statistics and Parquet's row-group
+# statistics let it read just that range. The same hash in Spark:
+# ``crc32(series_id) % N_BUCKETS`` (see training.tables.spark_session).
+BUCKET = "bucket"
+N_BUCKETS = 1 << 16
+
+
+def bucket_of(series_ids) -> np.ndarray:
+    """The bucket (int32 in ``[0, N_BUCKETS)``) of each series id: CRC-32 of its UTF-8
+    bytes modulo :data:`N_BUCKETS`, the same in every engine and every process."""
+    ids = np.asarray(series_ids, dtype=object)
+    if ids.size == 0:
+        return np.empty(0, dtype=np.int32)
+    uniq, inverse = np.unique(ids.astype(str), return_inverse=True)
+    codes = np.fromiter((zlib.crc32(u.encode("utf-8")) % N_BUCKETS for u in uniq), np.int64, len(uniq))
+    return codes[inverse].astype(np.int32)
+
+
 LINEAGE = pa.schema(
     [
         ("_source_file", pa.string()),
@@ -58,6 +80,7 @@ BRONZE_READINGS = pa.schema(
         ("site", pa.string()),
         ("region", pa.string()),
         *LINEAGE,
+        (BUCKET, pa.int32()),
     ]
 )
 
@@ -69,6 +92,7 @@ SILVER_READINGS = pa.schema(
         ("temperature", pa.float64()),
         ("is_filled", pa.bool_()),
         ("is_outlier", pa.bool_()),
+        (BUCKET, pa.int32()),
     ]
 )
 
@@ -85,6 +109,7 @@ SILVER_SERIES = pa.schema(
         ("n_outliers", pa.int64()),
         ("n_duplicates", pa.int64()),
         ("bronze_version", pa.int64()),
+        (BUCKET, pa.int32()),
     ]
 )
 
@@ -94,6 +119,7 @@ SILVER_QUARANTINE = pa.schema(
         ("reason", pa.string()),
         ("detail", pa.string()),
         ("bronze_version", pa.int64()),
+        (BUCKET, pa.int32()),
     ]
 )
 
@@ -114,6 +140,21 @@ TRAIN_RESULT = pa.schema(
         ("candidates_json", pa.string()),  # {model: {"status", "reason", "score", "fit_s"}}
         ("model_json", pa.string()),  # Forecaster.to_dict() of the chosen model
         ("tuned_json", pa.string()),  # tuned hyper-parameters, "{}" when not tuned
+    ]
+)
+
+# gold/models: every training run's TRAIN_RESULT rows, committed batch by batch as the
+# engine finishes them (``batch`` numbers the run's bucket ranges), so a restarted run
+# resumes from its last committed batch, and the run's model bundle, metrics and other
+# Gold rows are built from it without holding the run in memory.
+GOLD_MODELS = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("silver_version", pa.int64()),
+        ("batch", pa.int64()),
+        *TRAIN_RESULT,
+        (BUCKET, pa.int32()),
+        ("created_at", pa.timestamp("us", tz="UTC")),
     ]
 )
 

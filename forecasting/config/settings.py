@@ -200,6 +200,11 @@ class Config(Section):
     )
     engine: EngineName = setting("local", " | ".join(ENGINES), allowed=f"one of {', '.join(ENGINES)}")
     workers: int | None = setting(None, "local process-pool size; null = number of cores", ge=1)
+    batch_rows: int = setting(
+        1_000_000,
+        "rows (of whole series) a job reads, processes and commits at a time; bounds every job's memory",
+        ge=1000,
+    )
     seed: int = setting(0)
     country: str = setting("GB", "public holidays for the generator and Prophet")
     models: list[str] = setting(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 import pandas as pd
 import pyarrow as pa
@@ -13,6 +13,9 @@ from forecasting.config import Config
 GroupFn = Callable[[pd.DataFrame, Any], pd.DataFrame]
 ErrorFn = Callable[[str, str], pd.DataFrame]  # (group key, reason) -> result rows
 ProgressFn = Callable[[int, int], None]  # (groups done, groups in all)
+# One batch of :meth:`Engine.map_batches`: its key and how to load its rows (called
+# when the engine is ready for them, so at most a couple of batches are in memory).
+Batch = tuple[Any, Callable[[], Any]]
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,45 @@ class Engine:
 
     def run(self, frame: Any, job: GroupJob) -> pd.DataFrame:
         raise NotImplementedError
+
+    def map_batches(
+        self,
+        batches: Iterable[Batch],
+        by: str,
+        fn: GroupFn,
+        schema: pa.Schema,
+        config: Any,
+        on_error: ErrorFn | None = None,
+        progress: ProgressFn | None = None,
+        total: int = 0,
+    ) -> Iterator[tuple[Any, pd.DataFrame]]:
+        """:meth:`map_groups` over a stream of batches of whole groups: yields ``(key,
+        results)`` as each batch's groups are all done (not necessarily in the order
+        given), so results can be committed batch by batch and memory holds a batch or
+        two, never the whole table. ``progress(done, total)`` counts groups across
+        batches (``total``: the groups of all batches, when known)."""
+        return self.stream(batches, GroupJob(by, fn, schema, config, on_error, progress), total)
+
+    def stream(
+        self, batches: Iterable[Batch], job: GroupJob, total: int
+    ) -> Iterator[tuple[Any, pd.DataFrame]]:
+        """Batch after batch through :meth:`run` (engines that can overlap batches override it)."""
+        done = 0
+        for key, load in batches:
+            frame = load()
+
+            def told(d: int, _t: int, before: int = done) -> None:
+                job.report(before + d, max(total, before + d))
+
+            inner = GroupJob(job.by, job.fn, job.schema, job.config, job.on_error, told)
+            result = self.run(frame, inner)
+            done += count_groups(frame, job.by)
+            yield key, result
+
+
+def count_groups(frame: Any, by: str) -> int:
+    """The number of distinct ``by`` values of a pandas frame (0 for anything else)."""
+    return int(frame[by].nunique()) if isinstance(frame, pd.DataFrame) and len(frame) else 0
 
 
 def conform(df: pd.DataFrame, schema: pa.Schema) -> pd.DataFrame:

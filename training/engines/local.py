@@ -2,7 +2,9 @@
 
 Groups are streamed to the pool in small chunks of whole series (at most a few chunks
 in flight per worker), so memory holds the input frame plus the results, not a copy
-per worker. A worker that dies (OOM killer, SIGKILL) fails only the chunk it held: its
+per worker. :meth:`LocalEngine.stream` (``map_batches``) keeps one pool across a stream
+of batches, loading the next batch while the last chunks of the previous one run, and
+hands back each batch's results as it completes. A worker that dies (OOM killer, SIGKILL) fails only the chunk it held: its
 series are retried one by one in a fresh pool, and a series that kills its worker again
 gets ``on_error(series, reason)`` rows instead. BLAS is pinned to one thread per worker.
 """
@@ -17,18 +19,19 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
 
 from forecasting.config import Config
 from training import checkpoints
-from training.engines.base import Engine, GroupFn, GroupJob, concat
+from training.engines.base import Batch, Engine, GroupFn, GroupJob, concat
 
 log = logging.getLogger(__name__)
 
 Group = tuple[str, pd.DataFrame]  # (key, rows)
+Tagged = tuple[int, str, pd.DataFrame]  # (batch index, key, rows)
 
 
 def iter_groups(frame: pd.DataFrame, by: str) -> Iterator[Group]:
@@ -104,6 +107,49 @@ def _chunks(groups: Iterator[Group], size: int) -> Iterator[list[Group]]:
         yield batch
 
 
+class _Batches:
+    """The batches of one :meth:`LocalEngine.stream`: the groups each still waits for, and
+    the results each has; a batch is complete when it is loaded and none is left."""
+
+    def __init__(self, job: GroupJob, total: int) -> None:
+        self.job, self.total, self.done = job, total, 0
+        self.keys: list[Any] = []
+        self.left: dict[int, int] = {}
+        self.parts: dict[int, list[pd.DataFrame]] = {}
+        self.loaded: set[int] = set()
+
+    def groups(self, batches: Iterable[Batch]) -> Iterator[Tagged]:
+        """Every group of every batch, tagged with its batch; each batch loaded only when
+        the previous one is all handed out."""
+        for tag, (key, load) in enumerate(batches):
+            frame = load()
+            self.keys.append(key)
+            self.parts[tag] = []
+            self.left[tag] = int(frame[self.job.by].nunique()) if len(frame) else 0
+            self.loaded.add(tag)
+            for gkey, g in iter_groups(frame, self.job.by):
+                yield tag, gkey, g
+            del frame
+
+    def add(self, tag: int, results: list[pd.DataFrame]) -> Iterator[tuple[Any, pd.DataFrame]]:
+        """Record a group's results; yields its batch when that was the last one left."""
+        self.parts[tag].extend(results)
+        self.left[tag] -= 1
+        self.done += 1
+        self.job.report(self.done, max(self.total, self.done))
+        if self.left[tag] == 0:
+            yield self._complete(tag)
+
+    def rest(self) -> Iterator[tuple[Any, pd.DataFrame]]:
+        """The loaded batches not yielded yet (those with no group at all)."""
+        for tag in sorted(t for t in self.loaded if t in self.parts and self.left[t] == 0):
+            yield self._complete(tag)
+
+    def _complete(self, tag: int) -> tuple[Any, pd.DataFrame]:
+        parts = self.parts.pop(tag)
+        return self.keys[tag], concat(parts, self.job.schema)
+
+
 class LocalEngine(Engine):
     name = "local"
 
@@ -122,30 +168,40 @@ class LocalEngine(Engine):
         return ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=initargs)
 
     def run(self, frame: pd.DataFrame, job: GroupJob) -> pd.DataFrame:
-        groups = iter_groups(frame, job.by)
         total = int(frame[job.by].nunique()) if len(frame) else 0
-        out: list[pd.DataFrame] = []  # one frame per group done
+        for _key, result in self.stream([(None, lambda: frame)], job, total):
+            return result
+        return concat([], job.schema)  # pragma: no cover - one batch is always yielded
+
+    def stream(
+        self, batches: Iterable[Batch], job: GroupJob, total: int
+    ) -> Iterator[tuple[Any, pd.DataFrame]]:
+        """One pool for all batches: the next batch is loaded as soon as the previous one
+        is all submitted, so the workers never wait on a batch boundary; a batch is yielded
+        when all its groups are done."""
+        state = _Batches(job, total)
+        groups = state.groups(batches)
         if self.workers == 1:
-            for _key, g in groups:
-                out.append(job.conform(job.fn(g, job.config)))
-                job.report(len(out), total)
-            return concat(out, job.schema)
-        retry = self._run_in_pool(groups, job, out, total) if total else []
+            for tag, _key, g in groups:
+                yield from state.add(tag, [job.conform(job.fn(g, job.config))])
+            yield from state.rest()
+            return
+        retry: list[Tagged] = []
+        yield from self._run_in_pool(groups, job, state, retry)
         if retry:
             log.warning("a worker died; retrying %d series one by one", len(retry))
-        for key, g in retry:
-            out.append(self._retry_one(key, g, job))
-            job.report(len(out), total)
-        return concat(out, job.schema)
+        for tag, key, g in retry:
+            yield from state.add(tag, [self._retry_one(key, g, job)])
+        yield from state.rest()
 
     def _run_in_pool(
-        self, groups: Iterator[Group], job: GroupJob, out: list[pd.DataFrame], total: int
-    ) -> list[Group]:
-        """Chunks of ``groups`` through the pool, their results added to ``out``; returns
-        the groups of the chunks a dead worker lost (the whole pool's, when it breaks)."""
+        self, groups: Iterator[Tagged], job: GroupJob, state: "_Batches", retry: list[Tagged]
+    ) -> Iterator[tuple[Any, pd.DataFrame]]:
+        """Chunks of ``groups`` through the pool, each batch yielded as it completes; the
+        groups of the chunks a dead worker lost (the whole pool's, when it breaks) go
+        to ``retry``."""
         source = _chunks(groups, self.chunk_series)
-        retry: list[Group] = []
-        pending: dict[Future, list[Group]] = {}
+        pending: dict[Future, list[Tagged]] = {}
         pool = self._pool(self.workers)
         try:
             exhausted = False
@@ -155,7 +211,8 @@ class LocalEngine(Engine):
                     if batch is None:
                         exhausted = True
                         break
-                    pending[pool.submit(_run_chunk, job.fn, job.config, batch)] = batch
+                    chunk = [(key, g) for _, key, g in batch]
+                    pending[pool.submit(_run_chunk, job.fn, job.config, chunk)] = batch
                 if not pending:
                     break
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -168,8 +225,8 @@ class LocalEngine(Engine):
                         broken = True
                         retry.extend(batch)
                         continue
-                    out.extend(job.conform(r) for r in results)
-                    job.report(len(out), total)
+                    for (tag, _, _), r in zip(batch, results):
+                        yield from state.add(tag, [job.conform(r)])
                 if broken:
                     # the pool is unusable: every chunk still in flight is lost with it
                     for batch in pending.values():
@@ -179,7 +236,6 @@ class LocalEngine(Engine):
                     pool = self._pool(self.workers)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
-        return retry
 
     def _retry_one(self, key: str, g: pd.DataFrame, job: GroupJob) -> pd.DataFrame:
         with self._pool(1) as pool:

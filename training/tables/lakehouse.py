@@ -14,9 +14,11 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
-from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+import pyarrow.compute as pc
+from deltalake import CommitProperties, DeltaTable, Transaction, WriterProperties, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
 from forecasting import contract as C
@@ -38,6 +40,7 @@ GOLD_SELECTION = "gold/selection"
 GOLD_PORTFOLIO = "gold/portfolio"
 GOLD_SCORES = "gold/scores"
 GOLD_GATE = "gold/gate"
+GOLD_MODELS = "gold/models"
 TABLE_NAMES = (
     BRONZE_READINGS,
     SILVER_READINGS,
@@ -49,12 +52,51 @@ TABLE_NAMES = (
     GOLD_PORTFOLIO,
     GOLD_SCORES,
     GOLD_GATE,
+    GOLD_MODELS,
 )
 
 # Tables whose contract gained columns since a lakehouse may have been created: written
 # with schema merge, so an older table takes the new (nullable) columns on its next
 # write; columns the contract holds keep their types (the data is cast to it first).
-EVOLVING = (GOLD_FORECASTS,)
+EVOLVING = (GOLD_FORECASTS, SILVER_READINGS, SILVER_SERIES, SILVER_QUARANTINE)
+
+# Rows per Parquet row group: small for bronze, whose files (one per ingest) hold every
+# bucket, so that reading a range of buckets reads little more than that range.
+ROW_GROUP_ROWS = {BRONZE_READINGS: 8192}
+DEFAULT_ROW_GROUP_ROWS = 65536
+
+
+def bucketed(schema: pa.Schema) -> bool:
+    """Whether a table of ``schema`` carries the series bucket (:data:`C.BUCKET`)."""
+    return C.BUCKET in schema.names
+
+
+def with_buckets(data: pa.Table, sort: bool = False) -> pa.Table:
+    """``data`` with its ``bucket`` column filled from the series ids (where null); with
+    ``sort``, its rows sorted by bucket (stably), so each row group covers a narrow range
+    (bronze, whose files hold every bucket; the other tables are written a bucket range
+    at a time by the jobs, so their files cover narrow ranges as written)."""
+    if data.num_rows == 0:
+        return data
+    col = data.column(C.BUCKET)
+    if col.null_count:
+        computed = pa.array(C.bucket_of(data.column(C.SERIES_ID).to_numpy(zero_copy_only=False)), pa.int32())
+        col = pc.coalesce(col, computed) if col.null_count < len(col) else computed
+        data = data.set_column(data.schema.get_field_index(C.BUCKET), C.BUCKET, col)
+    if not sort:
+        return data
+    order = np.argsort(col.to_numpy(zero_copy_only=False), kind="stable")
+    if np.any(order[1:] < order[:-1]):
+        data = data.take(pa.array(order))
+    return data
+
+
+def bucket_ranges(n_rows: int, max_rows: int) -> list[tuple[int, int]]:
+    """Equal ranges ``[lo, hi)`` of the bucket space, enough of them that each holds about
+    ``max_rows`` of ``n_rows`` rows (the hash spreads series evenly; at least one)."""
+    n = max(1, min(C.N_BUCKETS, -(-int(n_rows) // max(1, int(max_rows)))))
+    edges = np.linspace(0, C.N_BUCKETS, n + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
 
 def table_schema(name: str, levels: Sequence[int] = (80, 95)) -> pa.Schema:
@@ -69,6 +111,7 @@ def table_schema(name: str, levels: Sequence[int] = (80, 95)) -> pa.Schema:
         GOLD_PORTFOLIO: C.GOLD_PORTFOLIO,
         GOLD_SCORES: C.scores_schema(levels),
         GOLD_GATE: C.GOLD_GATE,
+        GOLD_MODELS: C.GOLD_MODELS,
     }[canonical(name)]
 
 
@@ -106,6 +149,49 @@ def to_arrow(df: pd.DataFrame, schema: pa.Schema) -> pa.Table:
         else:
             cols[f.name] = pa.nulls(len(df), type=f.type)
     return pa.table(cols, schema=schema)
+
+
+def _prepare(
+    name: str, df: pd.DataFrame | pa.Table, schema: pa.Schema, new_columns: Sequence[str]
+) -> pa.Table:
+    """The rows to write, cast to the table's contract ``schema`` (plus bronze's
+    ``new_columns``), bucketed and sorted by bucket where the table carries one."""
+    if new_columns and canonical(name) != BRONZE_READINGS:
+        raise TableError(
+            f"new columns {list(new_columns)} refused: only bronze/readings takes columns outside the contract"
+        )
+    data = df if isinstance(df, pa.Table) else to_arrow(df, schema)
+    extra = (
+        data.select(list(new_columns)).cast(pa.schema([(c, pa.string()) for c in new_columns]))
+        if new_columns
+        else None
+    )
+    data = data.select(schema.names).cast(schema)
+    for f in extra.schema if extra is not None else []:
+        data = data.append_column(f, extra.column(f.name))
+    return with_buckets(data, sort=canonical(name) in ROW_GROUP_ROWS) if bucketed(schema) else data
+
+
+def _add_actions(t: DeltaTable) -> pa.Table:
+    """The snapshot's add actions (one row per data file, with its statistics) in pyarrow."""
+    return pa.table(t.get_add_actions(flatten=True))
+
+
+def _writer_properties(name: str) -> WriterProperties:
+    rows = ROW_GROUP_ROWS.get(canonical(name), DEFAULT_ROW_GROUP_ROWS)
+    return WriterProperties(max_row_group_size=rows, compression="SNAPPY")
+
+
+def _expression(col: str, op: str, val: Any) -> pc.Expression:
+    """A pyarrow filter expression of one ``(column, op, value)`` filter."""
+    field = pc.field(col)
+    if op == "in":
+        return field.isin(list(val))
+    ops = {"=": "equal", "==": "equal", "!=": "not_equal", ">=": "greater_equal", "<=": "less_equal"}
+    ops.update({">": "greater", "<": "less"})
+    if op not in ops:
+        raise TableError(f"unknown filter operator {op!r}: expected one of {', '.join([*ops, 'in'])}")
+    return getattr(pc, ops[op])(field, val)
 
 
 class Lakehouse:
@@ -210,20 +296,69 @@ class Lakehouse:
         ds = t.to_pyarrow_dataset()
         expr = None
         for col, op, val in filters or []:
-            import pyarrow.compute as pc
-
-            field = pc.field(col)
-            e = {
-                "=": field == val,
-                "==": field == val,
-                "in": field.isin(list(val)) if op == "in" else None,
-                ">=": field >= val,
-                "<=": field <= val,
-                ">": field > val,
-                "<": field < val,
-            }[op]
+            e = _expression(col, op, val)
             expr = e if expr is None else expr & e
         return ds.to_table(columns=list(columns) if columns else None, filter=expr)
+
+    def n_rows(self, name: str, version: int | None = None) -> int:
+        """Rows of a table at a version, from the Delta log's file statistics (no data read)."""
+        if not self.exists(name):
+            return 0
+        actions = _add_actions(self.table(name, version))
+        return int(pc.sum(actions.column("num_records")).as_py() or 0) if actions.num_rows else 0
+
+    def batches(self, name: str, version: int | None, max_rows: int) -> list[tuple[int, int]]:
+        """The bucket ranges ``[lo, hi)`` a job reads a table in, about ``max_rows`` rows each."""
+        return bucket_ranges(self.n_rows(name, version), max_rows)
+
+    def read_buckets(
+        self,
+        name: str,
+        buckets: tuple[int, int],
+        version: int | str | dt.datetime | None = None,
+        columns: Sequence[str] | None = None,
+        filters: list[tuple[str, str, Any]] | None = None,
+    ) -> pd.DataFrame:
+        """The rows of the series whose bucket is in ``[lo, hi)``: only the files and row
+        groups of that range are read. Rows written before tables carried the bucket
+        (null there) are read too and bucketed here."""
+        lo, hi = buckets
+        if not self.exists(name):
+            return self.read(name, version, columns)
+        t = self.table(name, version)
+        names = [f.name for f in t.schema().to_arrow()]
+        cols = list(columns) if columns else names
+        extra = [c for c in (C.BUCKET, C.SERIES_ID) if c in names and c not in cols]
+        in_range = (pc.field(C.BUCKET) >= lo) & (pc.field(C.BUCKET) < hi)
+        if C.BUCKET not in names:
+            expr = None
+        else:
+            expr = in_range | pc.field(C.BUCKET).is_null() if self._has_unbucketed(t) else in_range
+        for col, op, val in filters or []:
+            e = _expression(col, op, val)
+            expr = e if expr is None else expr & e
+        table = t.to_pyarrow_dataset().to_table(columns=cols + extra, filter=expr)
+        if C.BUCKET not in names or table.column(C.BUCKET).null_count:
+            table = self._bucket_legacy(table, lo, hi)
+        return table.select(cols).to_pandas()
+
+    @staticmethod
+    def _has_unbucketed(t: DeltaTable) -> bool:
+        """Whether any file of the snapshot may hold rows without a bucket."""
+        actions = _add_actions(t)
+        key = f"null_count.{C.BUCKET}"
+        if not actions.num_rows:
+            return False
+        if key not in actions.column_names:
+            return True
+        nulls = actions.column(key)
+        return bool(nulls.null_count) or bool(pc.any(pc.greater(nulls, 0)).as_py())
+
+    @staticmethod
+    def _bucket_legacy(table: pa.Table, lo: int, hi: int) -> pa.Table:
+        buckets = C.bucket_of(table.column(C.SERIES_ID).to_numpy(zero_copy_only=False))
+        keep = (buckets >= lo) & (buckets < hi)
+        return table.filter(pa.array(keep))
 
     def history(self, name: str) -> list[dict[str, Any]]:
         return self.table(name).history()
@@ -260,19 +395,7 @@ class Lakehouse:
             mode, predicate = "append", None  # nothing to replace yet: create the table
         schema = self.schema(name)
         bronze = canonical(name) == BRONZE_READINGS
-        if new_columns and not bronze:
-            raise TableError(
-                f"new columns {list(new_columns)} refused: only bronze/readings takes columns outside the contract"
-            )
-        data = df if isinstance(df, pa.Table) else to_arrow(df, schema)
-        extra = (
-            data.select(list(new_columns)).cast(pa.schema([(c, pa.string()) for c in new_columns]))
-            if new_columns
-            else None
-        )
-        data = data.select(schema.names).cast(schema)
-        for f in extra.schema if extra is not None else []:
-            data = data.append_column(f, extra.column(f.name))
+        data = _prepare(name, df, schema, new_columns)
         # bronze may hold columns added earlier (ingest.extra_columns: add): rows without
         # them are merged in as nulls; contract columns are cast above, so their types
         # cannot change
@@ -297,6 +420,7 @@ class Lakehouse:
                 storage_options=self.storage_options,
                 commit_properties=props,
                 schema_mode=schema_mode,
+                writer_properties=_writer_properties(name),
             )
         except CommitFailedError as exc:
             if not transactions:
@@ -322,7 +446,13 @@ class Lakehouse:
             )
         try:
             write_deltalake(
-                target, data, mode=mode, predicate=predicate, commit_properties=props, schema_mode=schema_mode
+                target,
+                data,
+                mode=mode,
+                predicate=predicate,
+                commit_properties=props,
+                schema_mode=schema_mode,
+                writer_properties=_writer_properties(name),
             )
         except CommitFailedError as exc:
             if not transactions:

@@ -34,12 +34,13 @@ from typing import Any, Callable, Iterator, Sequence
 
 import pandas as pd
 import pyarrow as pa
+from pyspark.sql import Column, SparkSession
 from pyspark.sql import DataFrame as SparkDataFrame
-from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
+from forecasting import contract as C
 from forecasting.errors import TableError
-from training.tables.lakehouse import TABLE_NAMES, Lakehouse, canonical
+from training.tables.lakehouse import TABLE_NAMES, Lakehouse, bucketed, canonical, to_arrow, with_buckets
 from training.tables.spark_session import arrow_to_spark_schema, get_spark, to_pandas, to_spark
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,12 @@ _TXN_APP_ID = "spark.databricks.delta.write.txnAppId"
 _TXN_VERSION = "spark.databricks.delta.write.txnVersion"
 _TXN_RESET = "spark.databricks.delta.write.txnVersion.autoReset.enabled"
 _DML_LOCK = threading.Lock()  # the DML transaction settings are session-wide
+
+
+def spark_bucket(series_id: Column) -> Column:
+    """:func:`forecasting.contract.bucket_of` in Spark: CRC-32 of the id's UTF-8 bytes
+    modulo :data:`~forecasting.contract.N_BUCKETS`, as an int."""
+    return (F.crc32(series_id.cast("string")) % C.N_BUCKETS).cast("int")
 
 
 def spark_uri(uri: str, storage_options: dict[str, str] | None = None) -> str:
@@ -238,9 +245,14 @@ class SparkTables:
             cols = []
             for field in target:
                 col = F.col(field.name) if field.name in data.columns else F.lit(None)
+                if field.name == C.BUCKET:
+                    col = F.coalesce(col.cast("int"), spark_bucket(F.col(C.SERIES_ID)))
                 cols.append(col.cast(field.dataType).alias(field.name))
-            return data.select(*cols)
-        return to_spark(self.spark, data, schema)
+            out = data.select(*cols)
+            return out.sortWithinPartitions(C.BUCKET) if bucketed(schema) else out
+        if bucketed(schema) and not isinstance(data, pa.Table):
+            data = to_arrow(data, schema)
+        return to_spark(self.spark, with_buckets(data) if bucketed(schema) else data, schema)
 
     def write(
         self,
