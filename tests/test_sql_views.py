@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -188,3 +189,13 @@ def test_a_bad_statement_is_one_line_and_exit_code_2(lake):
         proc.stderr
     )
     assert 'Referenced column "nope" not found' in proc.stderr
+
+
+def test_the_readmes_sql_examples_run(lake):
+    """Every `mmf sql "..."` line of the README runs and returns rows."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    statements = [shlex.split(x.split("#")[0])[2] for x in lines if x.startswith('mmf sql "')]
+    assert len(statements) >= 4 and any("gold.current_selection" in s for s in statements)
+    for statement in statements:
+        out = run_sql(lake["lake"], statement, config=lake["config"])
+        assert len(out) > 0, statement
