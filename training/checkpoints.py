@@ -30,6 +30,7 @@ POINTS = (
     "after_gold_backtest",  # train: gold/backtest written, gold/selection not
     "after_gold_selection",  # train: Gold written, the MLflow run not ended
     "before_forecast_commit",  # forecast: champion's forecasts computed, gold/forecasts not written
+    "mid_forecast",  # forecast: a batch of gold/forecasts committed, not the last (info: batch)
     "after_forecast_commit",  # nightly: gold/forecasts committed, gold/portfolio not
     "stream_before_commit",  # stream: a batch's forecasts computed, not merged (info: batch_id)
     "stream_after_commit",  # stream: a batch's forecasts merged, the batch not marked done (info: batch_id)
