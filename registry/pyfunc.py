@@ -640,7 +640,11 @@ def write_models(
                 return stats
             for lo, hi in _windows(counts, _WINDOW_ROWS):
                 parts = [t for t in (_read_run(run, lo, hi) for run in runs) if t is not None]
-                table = pa.concat_tables(parts).sort_by([(C.BUCKET, "ascending"), (C.SERIES_ID, "ascending")])
+                table = (
+                    pa.concat_tables(parts)
+                    .combine_chunks()
+                    .sort_by([(C.BUCKET, "ascending"), (C.SERIES_ID, "ascending")])
+                )
                 if stats.first_id is None:
                     stats.first_id = table.column(C.SERIES_ID)[0].as_py()
                 writer.write_table(table, row_group_size=BUNDLE_GROUP_ROWS)
