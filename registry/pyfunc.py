@@ -328,16 +328,6 @@ class ManyModels(mlflow.pyfunc.PythonModel):
         lo, hi = buckets
         return self._store.frame_in(int(lo), int(hi), MODEL_COLUMNS)
 
-    def models_in(self, buckets: tuple[int, int]) -> pd.DataFrame:
-        """The rows of :meth:`models` of the series whose bucket
-        (:func:`forecasting.contract.bucket_of`) is in ``[lo, hi)``."""
-        lo, hi = buckets
-        ids = list(self._entries)
-        codes = C.bucket_of(ids)
-        keep = {sid for sid, b in zip(ids, codes) if lo <= b < hi}
-        models = self.models()
-        return models[models[C.SERIES_ID].isin(keep)].reset_index(drop=True)
-
     def with_models(self, models: pd.DataFrame) -> "ManyModels":
         """A copy of this model that holds ``models`` (rows as :meth:`models` gives,
         e.g. refitted on newer data) instead of its own: same levels and global weights,
