@@ -20,9 +20,9 @@ Hook = Callable[..., None]
 
 # On the driver, in pipeline order.
 POINTS = (
-    "before_ingest_commit",  # ingest: files read and checked, bronze not written
-    "after_ingest_commit",  # ingest: bronze committed
-    "mid_refine",  # refine: silver/quarantine committed, silver/series and silver/readings not
+    "before_ingest_commit",  # ingest: a commit's files read and checked, not written
+    "after_ingest_commit",  # ingest: a commit's files committed to bronze
+    "mid_refine",  # refine: a batch's silver/quarantine rows committed, not its others (info: batch)
     "mid_train",  # train: inside the engine loop, some series done, none recorded
     "before_register",  # train: run logged (metrics, per_series, results), no model version yet
     "after_register",  # train: model version registered, no alias set by the gate yet

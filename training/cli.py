@@ -376,7 +376,11 @@ def ingest_cmd(source, conf, lock_timeout):
     config = _config(conf)
     with _writing(config, lock_timeout):
         rep = ingest(
-            _lake(config), source, strict=not Path(source).is_dir(), extra_columns=config.ingest.extra_columns
+            _lake(config),
+            source,
+            strict=not Path(source).is_dir(),
+            extra_columns=config.ingest.extra_columns,
+            batch_rows=config.batch_rows,
         )
     for f, n in rep.added.items():
         click.echo(f"ingested {n:,} rows from {f}")

@@ -50,6 +50,7 @@ from training import global_models
 from training.checkpoints import checkpoint
 from training.engines import get_engine
 from training.engines.base import Engine
+from training.jobs.refine import refine_in_progress
 from training.tables import (
     GOLD_BACKTEST,
     GOLD_FORECASTS,
@@ -89,6 +90,9 @@ def read_silver(
 ) -> tuple[int, pd.DataFrame]:
     if not lake.exists(SILVER_READINGS):
         raise TableError("silver/readings does not exist: run `mmf refine` first")
+    rebuilding = refine_in_progress(lake) if version is None else None
+    if rebuilding:
+        raise TableError(rebuilding)
     v = lake.version(SILVER_READINGS) if version is None else version
     filters = [(C.SERIES_ID, "in", list(series_ids))] if series_ids else None
     frame = lake.read(SILVER_READINGS, version=v, filters=filters)
