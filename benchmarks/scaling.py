@@ -780,8 +780,8 @@ def projection(
 ) -> dict:
     """Per engine, from the platform cells: each figure fitted as ``a + b x`` over the
     measured sizes (x = series, or batches for the Delta file counts), then evaluated at
-    ``targets`` meters. Wall time: the fixed part ``a`` of the measured wall time plus
-    the per-series core-seconds ``b`` spread over ``nodes`` x ``node_cores``."""
+    ``targets`` meters. Wall time: the core-seconds per series of the largest cell (its
+    fixed costs included) x meters, spread over ``nodes`` x ``node_cores``."""
     out = {
         "nodes": nodes,
         "node_cores": node_cores,
@@ -797,8 +797,10 @@ def projection(
         def at(field: str, cs=cs, n=n) -> tuple[float, float]:
             return linear(n, [c.get(field) or 0 for c in cs])
 
-        wall_a, _ = at("wall_s")
-        _, core_s = linear(n, [c["wall_s"] * c["cores"] for c in cs])
+        # core-seconds per series of the largest cell, its fixed costs included (a fitted
+        # slope would take the noise of small cells for a trend)
+        largest = max(cs, key=lambda c: c["n_series"])
+        core_s = largest["wall_s"] * largest["cores"] / largest["n_series"]
         fits = {
             f: at(f)
             for f in (
@@ -809,7 +811,6 @@ def projection(
                 "silver_bytes",
             )
         }
-        largest = max(cs, key=lambda c: c["n_series"])
         file_fits = {
             t: (
                 linear([c["batches"] for c in cs], [c["tables"].get(t, {}).get("files", 0) for c in cs]),
@@ -827,7 +828,7 @@ def projection(
         for N in targets:
             batches = math.ceil(N * rows_per_series / batch_rows)
             row = {f: max(0.0, a0 + b * N) for f, (a0, b) in fits.items()}
-            row["wall_s"] = max(0.0, wall_a) + core_s * N / (nodes * node_cores)
+            row["wall_s"] = core_s * N / (nodes * node_cores)
             row["batches"] = batches
             row["delta_files"] = {
                 t: round(max(0.0, f[0] + f[1] * batches)) for t, (f, _) in file_fits.items()
@@ -932,7 +933,7 @@ def projection_md(pr: dict) -> list[str]:
         "",
         f"Computed by `projection()` from the cells above: each figure fitted as a + b x series over the measured "
         f"sizes (one size: proportional), Delta files and commits as a + b x batches (batch_rows {pr['batch_rows']:,}); "
-        f"wall time = the fixed part of the measured wall time + core-seconds per series x meters / "
+        f"wall time = core-seconds per series of the largest cell (fixed costs included) x meters / "
         f"({pr['nodes']} nodes x {pr['node_cores']} cores). Files: live files of the table.",
         "",
         "| engine | meters | driver memory GB | tree memory GB | silver GB | bundle GB | MLflow artifacts GB "

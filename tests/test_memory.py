@@ -7,7 +7,7 @@ is sampled every 0.1 s (:mod:`benchmarks.monitor`). With a small ``batch_rows`` 
 sizes run in many batches, so the largest peak of the three jobs at 20,000 series must
 stay within 1.5x of the one at 2,000.
 
-The meters arrive as files of 1,000 series, each ingested by its own ``mmf ingest`` (as
+The meters arrive as files of 2,000 series, each ingested by its own ``mmf ingest`` (as
 daily deliveries land): a delivery is ingest's unit of work, so its size, not the
 number of series already in bronze, is what ingest may hold.
 """
@@ -24,7 +24,7 @@ import yaml
 from benchmarks.meters import files, write_meters
 from benchmarks.monitor import MB, run_monitored
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 ROOT = Path(__file__).resolve().parents[1]
 MMF = str(Path(sys.executable).with_name("mmf"))
@@ -32,11 +32,12 @@ SMALL, LARGE = 2_000, 20_000
 DAYS = 15
 BATCH_ROWS = 36_000  # 100 series of 15 hourly days a batch
 MAX_RATIO = 1.5
+PER_FILE = 2_000  # series per delivered file: 1 file at 2,000 series, 10 at 20,000
 
 
 def peaks(folder: Path, n: int) -> dict[str, float]:
     """Peak RSS (MB) of each job's process tree for ``n`` meters on a fresh lakehouse."""
-    data = write_meters(folder / "meters", n, DAYS, per_file=1000)
+    data = write_meters(folder / "meters", n, DAYS, per_file=PER_FILE)
     conf = folder / "conf.yaml"
     settings = {
         "lakehouse": str(folder / "lake"),
@@ -55,6 +56,7 @@ def peaks(folder: Path, n: int) -> dict[str, float]:
         )
         assert proc.returncode == 0, f"mmf {args}: {proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
         out[args[0]] = max(out.get(args[0], 0.0), mon.peak_tree / MB)
+        print(f"{n:,} series: mmf {args[0]} peak {mon.peak_tree / MB:.0f} MB", flush=True)
     return out
 
 
