@@ -48,7 +48,7 @@ import tempfile
 import threading
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import mlflow
 import numpy as np
@@ -401,7 +401,10 @@ def _mean_metric(results: pd.DataFrame) -> float:
 
 
 def log_many_models(
-    results: pd.DataFrame, config: Config, silver_version: int, global_store: str | Path | None = None
+    results: pd.DataFrame | Iterable[pd.DataFrame],
+    config: Config,
+    silver_version: int,
+    global_store: str | Path | None = None,
 ):
     """Log every usable series' model as one pyfunc (artifact ``model``) in the active
     run and register it as a new version of ``config.mlflow.registered_model``.
@@ -422,6 +425,8 @@ def log_many_models(
         raise RegistryError(
             "log_many_models needs an active MLflow run: call it inside start_training_run(...)"
         )
+    if not isinstance(results, pd.DataFrame):  # sc-bundle replaces this
+        results = pd.concat(list(results), ignore_index=True)
     table = models_table(results, config)
     if table.num_rows == 0:
         raise RegistryError(
