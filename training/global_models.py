@@ -428,7 +428,10 @@ def train_global_models(
     """Tune and train every configured global model; ``None`` when there is none.
 
     Args:
-        readings: the silver rows of every series.
+        readings: the silver rows of the series to train on: the train job passes a
+            bounded sample (the first batches of its plan up to ``batch_rows`` rows,
+            :func:`training.jobs.train.global_sample`); the series outside it get the
+            report's :attr:`GlobalReport.outside` reason as a failed candidate.
         config: the validated settings (``freq`` set).
         engine: ``local`` or ``spark``: picks the trials (Trials / SparkTrials) and the
             launcher of ``global_nn``'s data-parallel training.
