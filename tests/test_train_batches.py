@@ -6,6 +6,7 @@ SQLite stores, and a real ``mmf train`` process killed with SIGKILL."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -204,3 +205,37 @@ def test_a_train_killed_after_a_batch_resumes_in_its_own_run(batched, silver, tm
     for key, value in rep_many.metrics.items():
         if not key.startswith("gate."):
             assert metrics[key] == pytest.approx(value, rel=1e-12), key
+
+
+def test_a_killed_train_with_a_global_model_resumes_with_the_models_it_trained(silver, tmp_path):
+    """global_gbm trains on the first batches (a sample: the others get it as a failed
+    candidate, saying why); a restart re-opens the run and reads the global model's
+    entries and weights back from the run instead of training it again."""
+    lake_root = _copy(silver, tmp_path / "lake")
+    conf = tmp_path / "conf.yaml"
+    data = {
+        **SETTINGS,
+        "lakehouse": str(lake_root),
+        "batch_rows": 2500,
+        "models": ["seasonal_naive", "global_gbm"],
+    }
+    data["mlflow"] = {**SETTINGS["mlflow"], "tracking_uri": f"sqlite:///{lake_root / 'mlflow.db'}"}
+    conf.write_text(yaml.safe_dump(data))
+    killed = _mmf("train", "--conf", str(conf), env={"MMF_TEST_KILL_AT": "mid_train:batches_done=1"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    again = _mmf("train", "--conf", str(conf), env={})
+    assert again.returncode == 0, again.stderr[-3000:]
+
+    trains, versions, _ = _registry(lake_root)
+    assert len(trains) == 1 and len(versions) == 1 and trains[0].info.status == "FINISHED"
+    uri = f"sqlite:///{lake_root / 'mlflow.db'}"
+    artifacts = {
+        a.path for a in MlflowClient(tracking_uri=uri).list_artifacts(trains[0].info.run_id, "resume")
+    }
+    assert artifacts == {"resume/global_entries.json", "resume/global_models.npz"}
+    models = Lakehouse(str(lake_root)).read("gold/models")
+    assert not models.duplicated(["run_id", "series_id"]).any()
+    candidates = [json.loads(c)["global_gbm"] for c in models["candidates_json"] if c]
+    outside = [c for c in candidates if "training sample" in (c.get("reason") or "")]
+    assert outside and len(outside) < len(candidates)  # some series in the sample, some not
+    assert any(c["status"] == "ok" for c in candidates)
