@@ -82,6 +82,7 @@ from training import global_models
 from training.checkpoints import checkpoint
 from training.engines import get_engine
 from training.engines.base import Engine
+from training.jobs.refine import refine_in_progress
 from training.tables import (
     GOLD_BACKTEST,
     GOLD_FORECASTS,
@@ -191,6 +192,9 @@ def pin_silver(lake: Lakehouse, version: int | None, series_ids: Sequence[str] |
     ``series_ids`` must be in it."""
     if not lake.exists(SILVER_READINGS):
         raise TableError("silver/readings does not exist: run `mmf refine` first")
+    rebuilding = refine_in_progress(lake) if version is None else None
+    if rebuilding:
+        raise TableError(rebuilding)
     v = lake.version(SILVER_READINGS) if version is None else version
     if series_ids:
         filters = [(C.SERIES_ID, "in", list(series_ids))]
