@@ -543,9 +543,8 @@ def _resume(lake: Lakehouse, cfg: Config, plan: Plan, run, mv, engine: Engine) -
             write_backtest(lake, run_id, plan, i, batch_rows(lake, run_id, plan.ranges[i]))
         tags = mv.tags or {}
         if "mmf.n_series" not in tags or not any(k.startswith(pyfunc.HASH_TAG) for k in tags):
-            # killed between registering and tagging the version  # sc-bundle replaces this
-            results = pd.concat(list(run_batches(lake, run_id, plan)), ignore_index=True)
-            pyfunc.tag_version(cfg, model_version, run_id, results, plan.version)
+            # killed between registering and tagging the version
+            pyfunc.tag_version(cfg, model_version, run_id, run_batches(lake, run_id, plan), plan.version)
         decision = promotion.recorded_decision(cfg, model_version) or _gate(
             lake, cfg, engine, plan, run_id, model_version
         )
