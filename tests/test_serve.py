@@ -132,6 +132,90 @@ def test_series_pages_through_every_series_of_the_champion_run(client, lake):
     assert client.get("/series", params={"prefix": "NOPE"}).json()["items"] == []
 
 
+def test_series_sorted_by_error_and_filtered_by_status_and_model(client, lake):
+    sel = lake.lake.read("gold/selection").set_index("series_id")
+    # by error: the chosen model's backtest metric, lowest first, series without one last
+    seen, cursor = [], None
+    while True:
+        params = {"limit": 3, "sort": "error", **({"cursor": cursor} if cursor else {})}
+        page = client.get("/series", params=params).json()
+        seen += page["items"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    expected = sorted(
+        sel.index, key=lambda s: (pd.isna(sel.at[s, "metric_value"]), sel.at[s, "metric_value"], s)
+    )
+    assert [i["series_id"] for i in seen] == expected
+    errors = [i["metric_value"] for i in seen if i["metric_value"] is not None]
+    np.testing.assert_allclose(errors, sel.loc[expected[: len(errors)], "metric_value"])
+    down = client.get("/series", params={"sort": "error", "order": "desc"}).json()["items"]
+    assert [i["series_id"] for i in down] == sorted(
+        lake.usable, key=lambda s: (-sel.at[s, "metric_value"], s)
+    ) + lake.quarantined
+    assert [
+        i["series_id"] for i in client.get("/series", params={"order": "desc"}).json()["items"]
+    ] == sorted(sel.index, reverse=True)
+
+    page = client.get("/series", params={"status": "quarantined"}).json()
+    assert [i["series_id"] for i in page["items"]] == lake.quarantined and page["total"] == len(
+        lake.quarantined
+    )
+    assert page["counts"] == {
+        "status": {"ok": len(lake.usable), "quarantined": len(lake.quarantined)},
+        "model": {"seasonal_naive": len(lake.usable)},
+    }
+    page = client.get("/series", params={"model": "seasonal_naive", "prefix": "MTR-0001"}).json()
+    assert [i["series_id"] for i in page["items"]] == [s for s in lake.usable if s.startswith("MTR-0001")]
+    assert client.get("/series", params={"model": "theta"}).json()["total"] == 0
+    for bad in ({"sort": "name"}, {"order": "up"}, {"status": "fine"}, {"model": "a/b"}):
+        assert client.get("/series", params=bad).status_code == 400, bad
+    r = client.get("/series", params={"sort": "error", "cursor": "MTR-99999"})
+    assert r.status_code == 400 and "MTR-99999" in r.json()["detail"]
+    # in id order an id outside the run still places the page (as before)
+    after = client.get("/series", params={"cursor": "MTR-00003a"}).json()["items"]
+    assert after[0]["series_id"] == "MTR-00004"
+
+
+def test_series_listing_natural_order():
+    from training.serving.listing import SeriesListing, natural_key
+
+    ids = ["X10", "X2", "X1", "X11", "A-7", "X01", "x3", "X2b", "A-10"]
+    assert sorted(ids, key=natural_key) == ["A-7", "A-10", "X01", "X1", "X2", "X2b", "X10", "X11", "x3"]
+    rows = {sid: {"status": "ok", "model": "m", "metric_value": float(len(sid))} for sid in ids}
+    listing = SeriesListing(rows)
+    first = listing.page(limit=4)
+    assert first.ids == ["A-7", "A-10", "X01", "X1"] and first.next_cursor == "X1" and first.total == 9
+    assert listing.page(limit=4, cursor=first.next_cursor).ids == ["X2", "X2b", "X10", "X11"]
+    assert listing.page(prefix="X1").ids == ["X01", "X1", "X10", "X11"][1:]  # prefix is text: X01 is not X1…
+    assert listing.page(sort="error", limit=3).ids == ["X1", "X2", "x3"]  # error ties in natural order
+
+
+def test_portfolio_intervals_travel_when_the_table_has_them():
+    from training.serving import render
+
+    frame = pd.DataFrame(
+        {
+            "level": ["total", "total", "region"],
+            "key": ["all", "all", "north"],
+            "day": [dt.date(2024, 1, 2), dt.date(2024, 1, 1), dt.date(2024, 1, 1)],
+            "yhat": [10.0, 8.0, 8.0],
+            "n_series": [3, 3, 3],
+            "yhat_lower_80": [7.0, 6.0, np.nan],
+            "yhat_upper_80": [13.0, 10.0, np.nan],
+        }
+    )
+    body = S.Portfolio.model_validate_json(render.portfolio_body(frame, 4, "2"))
+    assert body.levels == [80] and [r.day for r in body.rows] == ["2024-01-01", "2024-01-02", "2024-01-01"]
+    assert [(r.lower, r.upper) for r in body.rows] == [
+        ({"80": 6.0}, {"80": 10.0}),
+        ({"80": 7.0}, {"80": 13.0}),
+        ({"80": None}, {"80": None}),
+    ]
+    plain = S.Portfolio.model_validate_json(render.portfolio_body(frame.iloc[:, :5], 4, "2"))
+    assert plain.levels == [] and plain.rows[0].lower == {} and plain.rows[0].upper == {}
+
+
 def test_forecast_lookup_is_the_gold_row_set(client, lake):
     sid = lake.usable[0]
     r = client.get(f"/series/{sid}/forecast")
@@ -345,7 +429,15 @@ def test_page_and_static_files(client):
     assert again.status_code == 304 and again.headers["cache-control"] == "no-cache"
     for name in ("nope.js", "..%2Fserving%2Fapp.py", "..%2F..%2Fsetup.cfg"):
         assert client.get(f"/static/{name}").status_code == 404
-    assert client.get("/docs").status_code == 404  # Swagger UI would need a CDN
+    docs = client.get("/docs")  # Swagger UI from the swagger-ui-bundle package: no CDN
+    assert docs.status_code == 200 and "/docs/assets/swagger-ui-bundle.js" in docs.text
+    assert "http" not in docs.text.replace('href="/', "").split("<body>")[0]  # nothing from outside
+    bundle = client.get("/docs/assets/swagger-ui-bundle.js")
+    assert bundle.status_code == 200 and bundle.headers["content-type"].startswith("text/javascript")
+    assert "SwaggerUIBundle" in bundle.text
+    assert client.get("/docs/assets/swagger-ui.css").headers["content-type"].startswith("text/css")
+    for name in ("index.html", "swagger-ui-bundle.js.map", "..%2F__init__.py"):
+        assert client.get(f"/docs/assets/{name}").status_code == 404
     spec = client.get("/openapi.json").json()
     assert {"/predict", "/series/{series_id}/forecast", "/ready"} <= set(spec["paths"])
 

@@ -1,29 +1,45 @@
 """The forecast page in a real headless browser (Debian's chromium + chromedriver, driven by
-Selenium) against ``mmf serve`` started as a real process on a loopback port.
+Selenium) against ``mmf serve`` started as a real process on a loopback port, over a
+lakehouse built by the jobs with ids ``X1 … X12`` and two candidate models (the explorer:
+natural order, sort by error, filters, history length, portfolio chart, CSV export) and
+``/docs``.
 
 A missing browser fails this test rather than skipping it: CI installs chromium and
-chromium-driver (see ``.ci/run``)."""
+chromium-driver (see ``.ci/run``). The screenshots linked from the README are written by
+these tests: ``MMF_SCREENSHOT_DIR=docs pytest tests/test_serve_browser.py``."""
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
-from test_serve_support import HORIZON, built, clean_env, free_port, stop, wait_for
+from test_serve_support import built_for_explorer, clean_env, free_port, stop, wait_for
+
+from training.serving.listing import natural_key
 
 CHROMIUM = os.environ.get("MMF_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("MMF_CHROMEDRIVER", "/usr/bin/chromedriver")
-HISTORY_POINTS = 168  # what the page asks for
+HISTORY_POINTS = 168  # the page's default history: 7 days of hourly readings
 
 
 @pytest.fixture(scope="session")
 def lake(tmp_path_factory):
-    return built(tmp_path_factory)
+    return built_for_explorer(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def selection(lake):
+    return lake.lake.read("gold/selection").set_index("series_id")
 
 
 @pytest.fixture(scope="module")
@@ -104,16 +120,64 @@ def _browser(tmp_path):
         f"--user-data-dir={tmp_path / 'chrome-profile'}",
     ):
         opts.add_argument(arg)
+    downloads = tmp_path / "downloads"
+    downloads.mkdir(exist_ok=True)
+    opts.add_experimental_option(
+        "prefs", {"download.default_directory": str(downloads), "download.prompt_for_download": False}
+    )
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    driver.execute_cdp_cmd(
+        "Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)}
+    )
+    return driver
 
 
-def test_forecast_page_shows_a_series(served, lake, tmp_path):
+def _download(tmp_path, name: str, timeout: float = 20) -> list[dict[str, str]]:
+    """The rows of the CSV file the page downloaded as ``name`` (removed once read)."""
+    path = tmp_path / "downloads" / name
+    deadline = time.monotonic() + timeout
+    while not path.exists() or list(path.parent.glob("*.crdownload")):
+        assert time.monotonic() < deadline, f"{name} was not downloaded: {list(path.parent.iterdir())}"
+        time.sleep(0.1)
+    text = path.read_text()
+    path.unlink()
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def _shot(element_or_driver, name: str, tmp_path) -> None:
+    """A PNG screenshot, copied to ``MMF_SCREENSHOT_DIR`` when set (the README's images)."""
+    shot = tmp_path / name
+    saved = (
+        element_or_driver.save_screenshot(str(shot))
+        if hasattr(element_or_driver, "save_screenshot")
+        else element_or_driver.screenshot(str(shot))
+    )
+    assert saved and shot.stat().st_size > 5_000
+    if os.environ.get("MMF_SCREENSHOT_DIR"):
+        shutil.copy(shot, Path(os.environ["MMF_SCREENSHOT_DIR"]) / name)
+
+
+def _table_ids(driver, attr: str = "id") -> list[str]:
+    """``data-<attr>`` of the series table's rows, read at once (the table is redrawn
+    while the page loads)."""
+    return driver.execute_script(
+        "return [...document.querySelectorAll('#series-list tr')].map((r) => r.dataset[arguments[0]]);", attr
+    )
+
+
+def _no_console_errors(driver) -> None:
+    errors = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
+    assert not errors, errors
+
+
+def test_forecast_page_shows_a_series(served, lake, selection, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
     target, other = lake.usable[2], lake.usable[6]
+    horizon = lake.config.horizon
     driver = _browser(tmp_path)
     try:
         wait = WebDriverWait(driver, 30)
@@ -141,14 +205,14 @@ def test_forecast_page_shows_a_series(served, lake, tmp_path):
             title = d.find_element(By.ID, "series-title").text
             points = d.find_elements(By.CSS_SELECTOR, "#chart svg .fc-point")
             metrics = d.find_elements(By.CSS_SELECTOR, "#metrics tr")
-            return title == target and len(points) == HORIZON and metrics
+            return title == target and len(points) == horizon and metrics
 
         wait.until(rendered)
-        assert driver.find_element(By.ID, "model-name").text == "seasonal_naive"
+        assert driver.find_element(By.ID, "model-name").text == selection.at[target, "model"]
         assert driver.find_element(By.ID, "model-version").text == "1"
         assert driver.find_element(By.ID, "series-status").text == "ok"
         chart = driver.find_element(By.CSS_SELECTOR, "#chart svg")
-        assert chart.get_attribute("data-forecast-points") == str(HORIZON)
+        assert chart.get_attribute("data-forecast-points") == str(horizon)
         assert chart.get_attribute("data-history-points") == str(HISTORY_POINTS)
         assert len(driver.find_elements(By.CSS_SELECTOR, "#chart svg polygon.band")) == len(
             lake.config.levels
@@ -161,17 +225,15 @@ def test_forecast_page_shows_a_series(served, lake, tmp_path):
         assert {"mae", "rmse", "mase", "coverage_80"} <= set(metric_names)
         mase = driver.find_element(By.CSS_SELECTOR, '#metrics tr[data-metric="mase"] td:last-child').text
         assert mase not in ("", "–")
-        assert "seasonal_naive" in driver.find_element(By.ID, "candidates").text
+        candidates = driver.find_element(By.ID, "candidates").text
+        assert "seasonal_naive" in candidates and "weekly_naive" in candidates
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#portfolio-table tbody tr"))
         assert "series" in driver.find_element(By.ID, "portfolio-summary").text
         assert "champion mmf-many-models v1" in driver.find_element(By.ID, "champion").text
         assert not driver.find_element(By.ID, "message").is_displayed()
         assert driver.current_url.endswith(f"#series={target}")
 
-        shot = tmp_path / "forecast_page.png"
-        assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
-        if os.environ.get("MMF_SCREENSHOT_DIR"):
-            shutil.copy(shot, Path(os.environ["MMF_SCREENSHOT_DIR"]) / shot.name)
+        _shot(driver, "forecast_page.png", tmp_path)
 
         # an exact id and Enter selects that series
         search.clear()
@@ -179,11 +241,10 @@ def test_forecast_page_shows_a_series(served, lake, tmp_path):
         wait.until(
             lambda d: (
                 d.find_element(By.ID, "series-title").text == other
-                and len(d.find_elements(By.CSS_SELECTOR, "#chart svg .fc-point")) == HORIZON
+                and len(d.find_elements(By.CSS_SELECTOR, "#chart svg .fc-point")) == horizon
             )
         )
-        errors = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
-        assert not errors, errors
+        _no_console_errors(driver)
     finally:
         driver.quit()
 
@@ -199,5 +260,178 @@ def test_forecast_page_names_an_unknown_series(served, tmp_path):
         assert "MTR-99999" in driver.find_element(By.ID, "message").text
         assert driver.find_element(By.ID, "series-title").text == "MTR-99999"
         assert driver.find_elements(By.CSS_SELECTOR, "#chart svg .fc-point") == []
+    finally:
+        driver.quit()
+
+
+def test_explorer_orders_sorts_filters_and_exports_the_series_table(served, lake, selection, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    every = list(selection.index)
+    natural = sorted(every, key=natural_key)
+    assert natural[:3] == ["X1", "X2", "X3"] and natural != sorted(every)  # text order differs
+    by_error = sorted(
+        every, key=lambda s: (pd.isna(selection.at[s, "metric_value"]), selection.at[s, "metric_value"])
+    )
+    models = selection["model"].dropna()
+    assert models.nunique() == 2, models.value_counts()  # both candidates are chosen somewhere
+    model = models.value_counts().index[-1]
+    driver = _browser(tmp_path)
+    try:
+        wait = WebDriverWait(driver, 30)
+        driver.get(served + "/")
+        wait.until(lambda d: _table_ids(d) == natural)  # X1, X2, … X10, not X1, X10, X11 … X2
+
+        Select(driver.find_element(By.ID, "sort")).select_by_value("error:asc")
+        wait.until(lambda d: _table_ids(d) == by_error)
+        errors = [float(e) for e in _table_ids(driver, "error") if e]
+        np.testing.assert_allclose(errors, selection.loc[by_error[: len(errors)], "metric_value"])
+        assert errors == sorted(errors) and len(errors) == len(lake.usable)
+        assert driver.find_element(By.ID, "error-head").text == "error (mase)"
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#chart svg .fc-point"))
+        _shot(driver, "page_explorer.png", tmp_path)
+
+        # filter by model (the counts come from the whole run), then by status
+        Select(driver.find_element(By.ID, "filter-model")).select_by_value(model)
+        wanted = [s for s in by_error if selection.at[s, "model"] == model]
+        wait.until(lambda d: _table_ids(d) == wanted)
+        assert {c.text for c in driver.find_elements(By.CSS_SELECTOR, "#series-list td.model")} == {model}
+        assert f"{model} ({len(wanted)})" in driver.find_element(By.ID, "filter-model").text
+
+        driver.find_element(By.ID, "export-table").click()
+        rows = _download(tmp_path, "series.csv")
+        assert [r["series_id"] for r in rows] == wanted
+        assert {r["model"] for r in rows} == {model} and {r["metric"] for r in rows} == {"mase"}
+        np.testing.assert_allclose(
+            [float(r["metric_value"]) for r in rows], selection.loc[wanted, "metric_value"]
+        )
+
+        Select(driver.find_element(By.ID, "filter-model")).select_by_value("")
+        Select(driver.find_element(By.ID, "filter-status")).select_by_value("quarantined")
+        wait.until(lambda d: _table_ids(d) == lake.quarantined)
+        driver.find_element(By.ID, "export-table").click()
+        rows = _download(tmp_path, "series.csv")
+        assert [(r["series_id"], r["status"], r["model"]) for r in rows] == [
+            (s, "quarantined", "") for s in lake.quarantined
+        ]
+        assert "negative_values" in rows[0]["reason"]
+        _no_console_errors(driver)
+    finally:
+        driver.quit()
+
+
+def test_history_length_redraws_and_the_series_exports_as_shown(served, lake, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    target = "X2"
+    silver = lake.lake.read("silver/readings", filters=[("series_id", "=", target)]).sort_values("ts")
+    gold = lake.lake.read("gold/forecasts", filters=[("series_id", "=", target)]).sort_values("ts")
+    driver = _browser(tmp_path)
+
+    def history_points(d):
+        return int(d.find_element(By.CSS_SELECTOR, "#chart svg").get_attribute("data-history-points") or -1)
+
+    try:
+        wait = WebDriverWait(driver, 30)
+        driver.get(served + f"/#series={target}")
+        wait.until(lambda d: history_points(d) == HISTORY_POINTS)  # 7 days by default
+        history = Select(driver.find_element(By.ID, "history-length"))
+        history.select_by_value("14")
+        wait.until(lambda d: history_points(d) == 14 * 24)
+        first = driver.find_element(By.CSS_SELECTOR, "#chart svg").get_attribute("data-history-from")
+        assert first == (silver["ts"].iloc[-1] - pd.Timedelta(hours=14 * 24 - 1)).strftime(
+            "%Y-%m-%dT%H:%M:%S.000Z"
+        )
+        history.select_by_value("all")
+        wait.until(lambda d: history_points(d) == silver["y"].notna().sum())
+        history.select_by_value("7")
+        wait.until(lambda d: history_points(d) == HISTORY_POINTS)
+
+        driver.find_element(By.ID, "export-series").click()
+        rows = _download(tmp_path, f"{target}.csv")
+        actual = [r for r in rows if r["kind"] == "actual"]
+        forecast = [r for r in rows if r["kind"] == "forecast"]
+        assert len(actual) == HISTORY_POINTS and len(forecast) == lake.config.horizon == len(gold)
+        assert list(rows[0]) == ["series_id", "ts", "kind", "y", "yhat"] + [
+            f"yhat_{side}_{lv}" for lv in sorted(lake.config.levels) for side in ("lower", "upper")
+        ]
+        tail = silver.tail(HISTORY_POINTS)
+        assert [r["ts"] for r in actual] == list(tail["ts"].dt.strftime("%Y-%m-%dT%H:%M:%SZ"))
+        np.testing.assert_allclose([float(r["y"]) for r in actual], tail["y"])
+        np.testing.assert_allclose([float(r["yhat"]) for r in forecast], gold["yhat"])
+        for lv in lake.config.levels:
+            np.testing.assert_allclose(
+                [float(r[f"yhat_lower_{lv}"]) for r in forecast], gold[f"yhat_lower_{lv}"]
+            )
+            np.testing.assert_allclose(
+                [float(r[f"yhat_upper_{lv}"]) for r in forecast], gold[f"yhat_upper_{lv}"]
+            )
+        assert {r["series_id"] for r in rows} == {target}
+        _no_console_errors(driver)
+    finally:
+        driver.quit()
+
+
+def test_portfolio_chart_by_total_region_and_site(served, lake, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    port = lake.lake.read("gold/portfolio")
+    days = port.loc[port["level"] == "total", "day"].nunique()
+    assert days >= 3  # a line, not a point
+    driver = _browser(tmp_path)
+    try:
+        wait = WebDriverWait(driver, 30)
+        driver.get(served + "/")
+        chart = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#portfolio-chart svg[data-level]"))
+        assert chart.get_attribute("data-level") == "total" and chart.get_attribute("data-lines") == "1"
+        assert driver.find_elements(By.CSS_SELECTOR, '#portfolio-chart path.total[data-key="total"]')
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#portfolio-chart circle.pf-point")) == days
+        # gold/portfolio carries no interval columns yet: no bands are drawn
+        assert driver.find_elements(By.CSS_SELECTOR, "#portfolio-chart polygon") == []
+
+        level = Select(driver.find_element(By.ID, "portfolio-level"))
+        assert [o.get_attribute("value") for o in level.options] == ["total", "region", "site"]
+        level.select_by_value("region")
+        regions = sorted(port.loc[port["level"] == "region", "key"].unique())
+        wait.until(
+            lambda d: (
+                d.find_element(By.CSS_SELECTOR, "#portfolio-chart svg").get_attribute("data-lines")
+                == str(len(regions))
+            )
+        )
+        keys = [
+            p.get_attribute("data-key")
+            for p in driver.find_elements(By.CSS_SELECTOR, "#portfolio-chart path.part")
+        ]
+        assert keys == regions
+        _shot(driver.find_element(By.ID, "portfolio"), "page_portfolio.png", tmp_path)
+
+        driver.find_element(By.ID, "export-portfolio").click()
+        rows = _download(tmp_path, "portfolio-v1.csv")
+        assert len(rows) == len(port)
+        totals = [r for r in rows if r["level"] == "total"]
+        expected = port[port["level"] == "total"].sort_values("day")
+        np.testing.assert_allclose([float(r["yhat"]) for r in totals], expected["yhat"])
+        _no_console_errors(driver)
+    finally:
+        driver.quit()
+
+
+def test_docs_is_swagger_ui_served_without_a_cdn(served, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = _browser(tmp_path)
+    try:
+        driver.get(served + "/docs")
+        WebDriverWait(driver, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".opblock")) >= 8)
+        paths = {e.text for e in driver.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")}
+        assert {"/series", "/portfolio", "/predict"} <= paths
+        scripts = [s.get_attribute("src") for s in driver.find_elements(By.TAG_NAME, "script")]
+        assert scripts and all(src.startswith(served) for src in scripts)
+        _no_console_errors(driver)
     finally:
         driver.quit()

@@ -17,6 +17,7 @@ import httpx
 
 N_SERIES, DAYS, SEED, FAULT_SHARE = 12, 21, 3, 0.34  # 11 usable series, MTR-00005 quarantined
 HORIZON = 24
+EXPLORER_HORIZON = 72  # three days: a portfolio line, not a point
 
 
 @dataclass
@@ -43,8 +44,8 @@ def small_config(root: Path, **overrides):
 
     return load_config(
         lakehouse=str(root / "lake"),
-        horizon=HORIZON,
-        models=["seasonal_naive"],
+        horizon=overrides.pop("horizon", HORIZON),
+        models=overrides.pop("models", ["seasonal_naive"]),
         workers=2,
         **{
             "cleaning.min_length": 48,
@@ -64,7 +65,27 @@ def built(tmp_path_factory) -> Built:
         return _BUILT["lake"]
 
 
-def _build(root: Path) -> Built:
+def explorer_ids(sid: str) -> str:
+    """``MTR-00012`` -> ``X12``: ids whose text order is not their natural order."""
+    return "X" + str(int(sid.split("-")[1]))
+
+
+def built_for_explorer(tmp_path_factory) -> Built:
+    """The same pipeline on the same meters with ids ``X1 … X12``, two candidate models
+    and a three-day horizon, so that the chosen models, errors and id orders differ and the
+    portfolio spans days (the page's explorer)."""
+    with _LOCK:
+        if "explorer" not in _BUILT:
+            _BUILT["explorer"] = _build(
+                tmp_path_factory.mktemp("explorer"),
+                rename=explorer_ids,
+                models=["seasonal_naive", "weekly_naive"],
+                horizon=EXPLORER_HORIZON,
+            )
+        return _BUILT["explorer"]
+
+
+def _build(root: Path, rename=None, **settings) -> Built:
     from forecasting.generator import generate, write
     from training.jobs.forecast import aggregate, forecast
     from training.jobs.ingest import ingest
@@ -72,14 +93,16 @@ def _build(root: Path) -> Built:
     from training.jobs.train import train
     from training.tables import Lakehouse
 
-    cfg = small_config(root)
+    cfg = small_config(root, **settings)
     lake = Lakehouse.from_config(cfg)
     data = generate(n_series=N_SERIES, days=DAYS, freq="h", seed=SEED, fault_share=FAULT_SHARE)
+    if rename is not None:
+        data.readings["series_id"] = data.readings["series_id"].map(rename)
     write(data, root / "raw" / "meters.parquet")
     ingest(lake, str(root / "raw" / "meters.parquet"))
     refine(lake, cfg)
     rep = train(lake, cfg)
-    assert rep.model_version == "1" and rep.promoted
+    assert rep.model_version == "1" and rep.promoted, rep
     forecast(lake, cfg)
     aggregate(lake, cfg)
     sel = lake.read("gold/selection")

@@ -7,17 +7,19 @@ Endpoints (the committed spec is ``training/serving/openapi.json``)::
     GET  /ready                           200 once a champion and the Gold tables are loaded and the newest
                                           forecast cutoff is within serve.max_forecast_age_h, else 503 + reason
     GET  /models/champion                 the champion's name, version, run, silver version, promotion time
-    GET  /series?prefix=&limit=&cursor=   series of the champion's run with status and chosen model
+    GET  /series?prefix=&limit=&cursor=   series of the champion's run with status, chosen model and error
+         &status=&model=&sort=&order=     (natural id order or by error; filtered by status and model)
     GET  /series/{id}/forecast            latest Gold forecast (?version=N or ?as_of=ISO: time travel)
     GET  /series/{id}/history?points=     recent silver readings
     GET  /series/{id}/backtest            gold/backtest rows of the champion's run
     GET  /portfolio                       gold/portfolio totals of the served forecasts
     POST /predict                         forecasts from the champion many-models pyfunc in memory
     GET  /                                the forecast page (training/serving/static)
+    GET  /docs                            Swagger UI, served from the swagger-ui-bundle package (no CDN)
 
 With ``serve.api_key`` set (or ``MMF_API_KEY``), every request needs the header
 ``X-API-Key`` (compared in constant time, :mod:`training.serving.security`) except
-``/health`` and the page and its own static files, which hold no data; the page asks for
+``/health`` and the page, ``/docs`` and their own static files, which hold no data; the page asks for
 the key when the API answers 401. A key that is set but empty (``MMF_API_KEY=""``) is
 refused at start.
 
@@ -43,7 +45,7 @@ from training.serving import schemas as S
 from training.serving.middleware import BodyLimitMiddleware, InternalErrorMiddleware
 from training.serving.protocol import server_config
 from training.serving.refresher import DEFAULT_REFRESH_S
-from training.serving.routes import models, page, predict, probes, series
+from training.serving.routes import docs, models, page, predict, probes, series
 from training.serving.state import ServingState
 
 API_VERSION = "1"
@@ -85,7 +87,7 @@ def create_app(config: Config, refresh_s: float = DEFAULT_REFRESH_S, start: bool
         description=DESCRIPTION,
         lifespan=lifespan,
         openapi_url=None,  # served by the page router, behind the key
-        docs_url=None,  # Swagger UI and ReDoc load from a CDN; the spec is at /openapi.json
+        docs_url=None,  # FastAPI's Swagger UI and ReDoc load from a CDN: /docs is served by routes.docs
         redoc_url=None,
     )
     app.state.serving = state
@@ -93,9 +95,10 @@ def create_app(config: Config, refresh_s: float = DEFAULT_REFRESH_S, start: bool
     handlers.install(app)
     app.add_middleware(BodyLimitMiddleware)
     app.add_middleware(InternalErrorMiddleware)  # outermost: it also answers for the body limit
-    for part in (probes, models, series, predict, page):
+    for part in (probes, models, series, predict, page, docs):
         app.include_router(part.router)
     app.mount("/static", page.PageFiles(), name="static")
+    app.mount("/docs/assets", docs.SwaggerFiles(), name="docs-assets")
     return app
 
 

@@ -28,6 +28,7 @@ _VALUE_ERRORS = {
     "less_than",
     "less_than_equal",
     "too_short",
+    "literal_error",  # a value outside a documented set (sort, order, status)
 }
 
 

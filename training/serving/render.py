@@ -254,8 +254,15 @@ def backtest_body(
 
 
 def portfolio_body(frame: pd.DataFrame, version: int, model_version: str) -> bytes:
-    """gold/portfolio rows of one model version -> the portfolio body (total, regions, sites)."""
+    """gold/portfolio rows of one model version -> the portfolio body (total, regions, sites),
+    with each row's interval bounds when the table carries ``yhat_lower_<level>`` /
+    ``yhat_upper_<level>`` columns."""
+    levels = levels_of(list(frame.columns))
     frame = frame.assign(_o=frame["level"].map(_PORTFOLIO_ORDER).fillna(3)).sort_values(["_o", "key", "day"])
+    bounds = {
+        side: {str(lv): [none_if_nan(v) for v in frame[f"yhat_{side}_{lv}"].astype(float)] for lv in levels}
+        for side in ("lower", "upper")
+    }
     rows = [
         {
             "level": r.level,
@@ -263,10 +270,12 @@ def portfolio_body(frame: pd.DataFrame, version: int, model_version: str) -> byt
             "day": pd.Timestamp(r.day).date().isoformat(),
             "yhat": none_if_nan(float(r.yhat)) if r.yhat is not None else None,
             "n_series": None if pd.isna(r.n_series) else int(r.n_series),
+            "lower": {key: values[k] for key, values in bounds["lower"].items()},
+            "upper": {key: values[k] for key, values in bounds["upper"].items()},
         }
-        for r in frame.itertuples()
+        for k, r in enumerate(frame.itertuples())
     ]
     body = S.Portfolio.model_validate(
-        {"model_version": model_version, "table_version": version, "rows": rows}
+        {"model_version": model_version, "table_version": version, "levels": levels, "rows": rows}
     )
     return body.model_dump_json().encode()

@@ -18,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, StrictInt
 # can never be read as a path, a URI or an expression wherever it ends up.
 SERIES_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 PREFIX_PATTERN = r"^[A-Za-z0-9._:-]{0,128}$"
+MODEL_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
+STATUSES = ("ok", "fallback", "failed", "quarantined")
 MAX_BODY_BYTES = 1_048_576  # 1 MiB
 MAX_SERIES = 1000  # series per /predict request
 MAX_PAGE = 1000  # series per /series page
@@ -93,13 +95,21 @@ class SeriesItem(_Out):
     metric_value: Metric = None
 
 
+class SeriesCounts(_Out):
+    status: dict[str, int] = Field(default_factory=dict, description="series of the run by status")
+    model: dict[str, int] = Field(default_factory=dict, description="series of the run by chosen model")
+
+
 class SeriesPage(_Out):
     run_id: str = Field(description="the champion's training run (gold/selection rows of this run)")
     model_version: str
-    total: int = Field(description="series matching the prefix")
+    total: int = Field(description="series matching the prefix and filters")
     items: list[SeriesItem]
     next_cursor: str | None = Field(
         None, description="pass as `cursor` for the next page; null on the last page"
+    )
+    counts: SeriesCounts = Field(
+        default_factory=SeriesCounts, description="the whole run's series by status and by model (unfiltered)"
     )
 
 
@@ -158,11 +168,20 @@ class PortfolioRow(_Out):
     day: str = Field(description="ISO date")
     yhat: Metric
     n_series: int | None
+    lower: dict[str, Metric] = Field(
+        default_factory=dict,
+        description='lower bound per interval level (`"80"`, `"95"`) when gold/portfolio carries intervals',
+    )
+    upper: dict[str, Metric] = Field(default_factory=dict, description="upper bound per interval level")
 
 
 class Portfolio(_Out):
     model_version: str
     table_version: int = Field(description="gold/portfolio Delta version read")
+    levels: list[int] = Field(
+        default_factory=list,
+        description="interval levels of the rows (empty: no intervals in gold/portfolio)",
+    )
     rows: list[PortfolioRow]
 
 

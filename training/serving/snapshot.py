@@ -1,7 +1,7 @@
 """What a request reads: one immutable :class:`Snapshot` of the champion, the latest
 gold/forecasts rows of its version pre-rendered as one JSON body per series (a lookup is
-a dict hit), and its run's gold/selection rows sorted by series id (pagination by
-bisection)."""
+a dict hit), and its run's gold/selection rows in the orders the series list pages through
+(:mod:`~training.serving.listing`)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 
 from forecasting import contract as C
 from training.serving.champion import Champion
+from training.serving.listing import SeriesListing
 from training.serving.render import forecast_bodies, latest_write, newest_per_series, selection_rows
 from training.tables import (
     GOLD_BACKTEST,
@@ -51,7 +52,7 @@ class ForecastIndex:
 class SelectionIndex:
     table_version: int
     run_id: str
-    ids: list[str]  # sorted
+    listing: SeriesListing  # natural id order, by error, filters
     rows: Mapping[str, dict[str, Any]]
 
 
@@ -98,7 +99,7 @@ def build_selection(lake: Lakehouse, table_version: int, run_id: str) -> Selecti
         SELECTION, version=table_version, columns=_SELECTION_COLUMNS, filters=[("run_id", "=", run_id)]
     )
     rows = selection_rows(table.to_pandas(), _SELECTION_COLUMNS)
-    return SelectionIndex(table_version, run_id, sorted(rows), rows)
+    return SelectionIndex(table_version, run_id, SeriesListing(rows), rows)
 
 
 def staleness(forecasts: ForecastIndex | None, max_age_h: float, now: dt.datetime) -> str | None:

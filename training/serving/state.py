@@ -20,7 +20,6 @@ timestamp; table locations come from the configuration only.
 
 from __future__ import annotations
 
-import bisect
 import datetime as dt
 
 import numpy as np
@@ -33,6 +32,7 @@ from training.serving import schemas as S
 from training.serving.cache import LRU
 from training.serving.champion import Champion
 from training.serving.errors import ServeError
+from training.serving.listing import UnknownCursor
 from training.serving.refresher import DEFAULT_REFRESH_S, Refresher
 from training.serving.snapshot import BACKTEST, FORECASTS, PORTFOLIO, READINGS, SELECTION, Snapshot
 from training.serving.timetravel import TimeTravel
@@ -96,23 +96,24 @@ class ServingState:
             )
         return body
 
-    def series_page(self, prefix: str, cursor: str | None, limit: int) -> S.SeriesPage:
+    def series_page(self, prefix: str, cursor: str | None, limit: int, **how: str | None) -> S.SeriesPage:
+        """A page of the champion run's series; ``how``: the :meth:`SeriesListing.page`
+        filters and order (status, model, sort, order)."""
         snap, champion = self.require_champion()
         sel = snap.selection
         if sel is None:
             raise ServeError(503, f"no {SELECTION} rows loaded for the champion: {snap.problem or 'loading'}")
-        ids = sel.ids
-        lo = bisect.bisect_left(ids, prefix)
-        hi = bisect.bisect_left(ids, prefix + "\x7f") if prefix else len(ids)  # ids are ASCII
-        start = max(lo, bisect.bisect_right(ids, cursor)) if cursor else lo
-        page = ids[start : min(hi, start + limit)]
-        more = start + limit < hi
+        try:
+            found = sel.listing.page(prefix=prefix, cursor=cursor, limit=limit, **how)
+        except UnknownCursor as exc:
+            raise ServeError(400, str(exc)) from None
         return S.SeriesPage(
             run_id=sel.run_id,
             model_version=champion.version,
-            total=hi - lo,
-            items=[S.SeriesItem(**sel.rows[sid]) for sid in page],
-            next_cursor=page[-1] if more and page else None,
+            total=found.total,
+            items=[S.SeriesItem(**sel.rows[sid]) for sid in found.ids],
+            next_cursor=found.next_cursor,
+            counts=S.SeriesCounts(**sel.listing.counts),
         )
 
     def predict_body(self, items: list[S.PredictItem]) -> bytes:
@@ -174,5 +175,8 @@ class ServingState:
 
     def _portfolio(self, version: int, model_version: str) -> bytes:
         filters = [("model_version", "=", model_version)]
-        frame = self.lake.arrow(PORTFOLIO, version, _PORTFOLIO_COLUMNS, filters).to_pandas()
-        return render.portfolio_body(frame, version, model_version)
+        table = self.lake.arrow(PORTFOLIO, version, filters=filters)  # with interval columns when present
+        wanted = _PORTFOLIO_COLUMNS + [
+            c for c in table.column_names if c.startswith(("yhat_lower_", "yhat_upper_"))
+        ]
+        return render.portfolio_body(table.select(wanted).to_pandas(), version, model_version)

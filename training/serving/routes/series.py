@@ -4,7 +4,7 @@ time travel), history and backtest, and the portfolio totals."""
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 from fastapi import Path as PathParam
@@ -32,18 +32,39 @@ Version = Annotated[int | None, Query(ge=0, description="gold/forecasts Delta ve
 AsOf = Annotated[
     str | None, Query(max_length=40, description="ISO 8601 time (UTC when no offset): time travel")
 ]
+Status = Annotated[
+    Literal[S.STATUSES] | None, Query(description="only series of this status in the champion's run")
+]
+Model = Annotated[
+    str | None, Query(pattern=S.MODEL_PATTERN, description="only series whose chosen model is this")
+]
+Sort = Annotated[
+    Literal["id", "error"],
+    Query(
+        description="`id`: natural id order (X2 before X10); `error`: the chosen model's backtest "
+        "metric (gold/selection `metric_value`), series without one last"
+    ),
+]
+Order = Annotated[Literal["asc", "desc"], Query(description="ascending or descending")]
 Points = Annotated[int, Query(ge=1, le=S.MAX_HISTORY_POINTS, description="how many of the latest readings")]
 
 
 @router.get(
     "/series",
     response_model=S.SeriesPage,
-    summary="Series of the champion's run, by id, with status and chosen model",
+    summary="Series of the champion's run, with status, chosen model and error: sorted and filtered",
 )
 async def series(
-    state: State, prefix: Prefix = "", limit: Limit = 100, cursor: Cursor = None
+    state: State,
+    prefix: Prefix = "",
+    limit: Limit = 100,
+    cursor: Cursor = None,
+    status: Status = None,
+    model: Model = None,
+    sort: Sort = "id",
+    order: Order = "asc",
 ) -> S.SeriesPage:
-    return state.series_page(prefix, cursor, limit)
+    return state.series_page(prefix, cursor, limit, status=status, model=model, sort=sort, order=order)
 
 
 @router.get(

@@ -1,11 +1,15 @@
-// The forecast page: pick or search a series, see its history, forecast with intervals,
-// chosen model, backtest metrics and the portfolio totals. Plain DOM + inline SVG, no
-// third-party code (the page must work on a closed network).
+// The forecast page: the champion run's series in natural id order, sorted by error and
+// filtered by status and model; a series' history (7 days to all), forecast with intervals,
+// chosen model and backtest metrics; the portfolio chart; CSV export of each. Plain DOM +
+// inline SVG, no third-party code (the page must work on a closed network).
 "use strict";
 
 const SVG_NS = "http://www.w3.org/2000/svg";
 const PAGE = 50;
-const HISTORY_POINTS = 168;
+const MAX_PAGE = 1000; // the API's largest /series page (CSV export pages through them)
+const HISTORY_POINTS = 5000; // the API's most: the history length is cut here, not refetched
+const DAY = 24 * 3600e3;
+const PALETTE = ["#2f6fb0", "#c44e52", "#55a868", "#8172b2", "#ccb974", "#64b5cd", "#8c613c", "#dd8452"];
 const METRIC_ORDER = ["mae", "rmse", "smape", "mase", "bias"];
 
 const state = {
@@ -15,6 +19,8 @@ const state = {
   selected: null,
   searchSeq: 0,
   selectSeq: 0,
+  shown: null, // { id, history, forecast }: what the chart draws (the CSV exports it)
+  portfolio: null,
 };
 
 const $ = (id) => document.getElementById(id);
@@ -97,6 +103,8 @@ async function loadPortfolio() {
   regions.replaceChildren();
   try {
     const p = await api("/portfolio");
+    state.portfolio = p;
+    $("export-portfolio").disabled = false;
     const totals = p.rows.filter((r) => r.level === "total");
     let sum = 0;
     let series = 0;
@@ -108,7 +116,8 @@ async function loadPortfolio() {
       body.append(tr);
     }
     $("portfolio-summary").textContent =
-      `model v${p.model_version}: ${fmt(sum)} over ${totals.length} day(s), ${series} series`;
+      `model v${p.model_version}: ${fmt(sum)} over ${totals.length} day(s), ${series} series` +
+      (p.levels && p.levels.length ? `, ${p.levels.join("% and ")}% intervals` : "");
     const byRegion = new Map();
     for (const r of p.rows.filter((row) => row.level === "region")) {
       byRegion.set(r.key, (byRegion.get(r.key) || 0) + (r.yhat || 0));
@@ -118,16 +127,95 @@ async function loadPortfolio() {
       tr.append(el("td", {}, key), el("td", {}, fmt(total)));
       regions.append(tr);
     }
+    const select = $("portfolio-level");
+    const wanted = select.value || "total";
+    select.replaceChildren(el("option", { value: "total" }, "total"));
+    for (const level of ["region", "site"]) {
+      const keys = new Set(p.rows.filter((r) => r.level === level).map((r) => r.key));
+      // a level whose attribute is absent holds only "unknown": nothing to split by
+      if (keys.size && !(keys.size === 1 && keys.has("unknown"))) select.append(el("option", { value: level }, level));
+    }
+    select.value = [...select.options].some((o) => o.value === wanted) ? wanted : "total";
+    drawPortfolio();
   } catch (e) {
+    state.portfolio = null;
     $("portfolio-summary").textContent = `no portfolio: ${e.message}`;
   }
 }
 
+function drawPortfolio() {
+  const fig = $("portfolio-chart");
+  const p = state.portfolio;
+  if (!p) return;
+  const level = $("portfolio-level").value || "total";
+  const byKey = new Map();
+  for (const r of p.rows.filter((row) => row.level === level)) {
+    if (!byKey.has(r.key)) byKey.set(r.key, []);
+    byKey.get(r.key).push({ t: Date.parse(`${r.day}T00:00:00Z`), y: r.yhat, lo: r.lower || {}, up: r.upper || {} });
+  }
+  const keys = [...byKey.keys()].sort(naturalCompare);
+  const lines = keys.map((key, i) => ({
+    name: level === "total" ? "total" : key,
+    cls: level === "total" ? "total" : "part",
+    color: level === "total" ? null : PALETTE[i % PALETTE.length],
+    points: byKey.get(key),
+  }));
+  const levels = [...(p.levels || [])].sort((a, b) => b - a);
+  const root = chartFrame(fig, lines.flatMap((l) => l.points), levels, { daily: true, H: 260 });
+  root.setAttribute("data-level", level);
+  root.setAttribute("data-lines", String(lines.length));
+  if (!root.frame) return;
+  const { x, y } = root.frame;
+  for (const line of lines) {
+    levels.forEach((lv, i) => {
+      const band = drawBand(root, line.points, lv, x, y, {
+        class: "band pf-band", "fill-opacity": bandOpacity(i), "data-level": String(lv), "data-key": line.name,
+      });
+      if (band && line.color) band.style.fill = line.color; // CSSOM: allowed by the page's CSP
+    });
+  }
+  for (const line of lines) {
+    const path = drawLine(root, line.points, x, y, line.cls);
+    if (path) {
+      path.setAttribute("data-key", line.name);
+      if (line.color) path.style.stroke = line.color;
+    }
+    for (const pt of line.points.filter((q) => q.y !== null)) {
+      const dot = svg("circle", { class: "pf-point", cx: x(pt.t).toFixed(1), cy: y(pt.y).toFixed(1), r: 2.5 });
+      dot.style.fill = line.color || "var(--fc)";
+      dot.append(svg("title", {}, `${line.name} ${utcLabel(pt.t, false)}  ${fmt(pt.y)}`));
+      root.append(dot);
+    }
+  }
+  const items = lines.slice(0, 8).map((l) => ({ cls: l.cls, label: l.name, color: l.color }));
+  if (lines.length > 8) items.push({ label: `… ${lines.length - 8} more` });
+  legend(root, items, levels);
+}
+
 // -- series list -----------------------------------------------------------------------
+function naturalCompare(a, b) {
+  return a.localeCompare(b, "en", { numeric: true });
+}
+
+function listParams(limit) {
+  const [sort, order] = $("sort").value.split(":");
+  const params = new URLSearchParams({ prefix: state.prefix, limit: String(limit), sort, order });
+  if ($("filter-status").value) params.set("status", $("filter-status").value);
+  if ($("filter-model").value) params.set("model", $("filter-model").value);
+  return params;
+}
+
+function fillFilter(select, counts) {
+  const wanted = select.value;
+  select.replaceChildren(el("option", { value: "" }, "all"));
+  for (const [value, n] of Object.entries(counts || {})) select.append(el("option", { value }, `${value} (${n})`));
+  select.value = Object.prototype.hasOwnProperty.call(counts || {}, wanted) ? wanted : "";
+}
+
 async function loadSeries(reset) {
   const seq = ++state.searchSeq;
   if (reset) state.cursor = null;
-  const params = new URLSearchParams({ prefix: state.prefix, limit: String(PAGE) });
+  const params = listParams(PAGE);
   if (state.cursor) params.set("cursor", state.cursor);
   let page;
   try {
@@ -139,19 +227,46 @@ async function loadSeries(reset) {
   if (seq !== state.searchSeq) return null; // a newer search is under way
   const list = $("series-list");
   if (reset) list.replaceChildren();
+  if (page.counts) {
+    fillFilter($("filter-status"), page.counts.status);
+    fillFilter($("filter-model"), page.counts.model);
+  }
+  const metric = (page.items.find((i) => i.metric) || {}).metric;
+  if (metric) $("error-head").textContent = `error (${metric})`;
   for (const item of page.items) {
-    const button = el("button", { type: "button", "data-id": item.series_id });
-    button.append(el("span", {}, item.series_id), el("span", { class: `badge ${item.status || ""}` }, item.model || item.status || "?"));
-    if (item.series_id === state.selected) button.classList.add("selected");
-    button.addEventListener("click", () => selectSeries(item.series_id));
-    const li = el("li");
-    li.append(button);
-    list.append(li);
+    const tr = el("tr", { "data-id": item.series_id, "data-error": item.metric_value ?? "" });
+    const button = el("button", { type: "button", "data-id": item.series_id }, item.series_id);
+    const idCell = el("td");
+    idCell.append(button);
+    const statusCell = el("td", { class: "status" });
+    statusCell.append(el("span", { class: `badge ${item.status || ""}` }, item.status || "?"));
+    tr.append(idCell, el("td", { class: "model" }, item.model || "–"), statusCell, el("td", { class: "error" }, fmt(item.metric_value)));
+    if (item.reason) tr.title = item.reason;
+    if (item.series_id === state.selected) tr.classList.add("selected");
+    tr.addEventListener("click", () => selectSeries(item.series_id));
+    list.append(tr);
   }
   state.cursor = page.next_cursor;
   $("more").hidden = !page.next_cursor;
-  $("series-count").textContent = `${page.total} series${state.prefix ? ` starting with “${state.prefix}”` : ""}`;
+  const shown = list.rows.length;
+  $("series-count").textContent =
+    `${shown < page.total ? `${shown} of ` : ""}${page.total} series${state.prefix ? ` starting with “${state.prefix}”` : ""}`;
   return page;
+}
+
+async function exportTable() {
+  // every series that matches the filters, in the order shown
+  const rows = [];
+  let cursor = null;
+  do {
+    const params = listParams(MAX_PAGE);
+    if (cursor) params.set("cursor", cursor);
+    const page = await api(`/series?${params}`);
+    rows.push(...page.items);
+    cursor = page.next_cursor;
+  } while (cursor);
+  const cols = ["series_id", "status", "model", "metric", "metric_value", "reason"];
+  download("series.csv", toCsv(cols, rows.map((r) => cols.map((c) => r[c]))));
 }
 
 // -- one series ------------------------------------------------------------------------
@@ -159,9 +274,7 @@ async function selectSeries(id) {
   const seq = ++state.selectSeq;
   state.selected = id;
   history.replaceState(null, "", `#series=${encodeURIComponent(id)}`);
-  for (const b of document.querySelectorAll("#series-list button")) {
-    b.classList.toggle("selected", b.dataset.id === id);
-  }
+  for (const tr of $("series-list").rows) tr.classList.toggle("selected", tr.dataset.id === id);
   $("series-title").textContent = id;
   showMessage("");
   const enc = encodeURIComponent(id);
@@ -182,8 +295,63 @@ async function selectSeries(id) {
   $("model-version").textContent = forecast ? forecast.model_version : "–";
   $("series-status").textContent = (backtest && backtest.status) || "–";
   $("cutoff").textContent = forecast && forecast.cutoff ? utcLabel(Date.parse(forecast.cutoff)) : "–";
-  drawChart(historyRows, forecast);
+  state.shown = { id, history: historyRows, forecast };
+  $("export-series").disabled = false;
+  redraw();
   renderBacktest(backtest);
+}
+
+function shownHistory() {
+  // the readings within the chosen length, counted back from the last one
+  const points = (state.shown && state.shown.history.points) || [];
+  const days = $("history-length").value;
+  if (days === "all" || !points.length) return points;
+  const last = Date.parse(points[points.length - 1].ts);
+  return points.filter((p) => Date.parse(p.ts) > last - Number(days) * DAY);
+}
+
+function redraw() {
+  if (state.shown) drawChart({ points: shownHistory() }, state.shown.forecast);
+}
+
+function exportSeries() {
+  const { id, forecast } = state.shown;
+  const levels = forecast ? [...forecast.levels].sort((a, b) => a - b) : [];
+  const cols = ["series_id", "ts", "kind", "y", "yhat", ...levels.flatMap((lv) => [`yhat_lower_${lv}`, `yhat_upper_${lv}`])];
+  const rows = shownHistory().map((p) => [id, p.ts, "actual", p.y, null, ...levels.flatMap(() => [null, null])]);
+  for (const p of forecast ? forecast.points : []) {
+    rows.push([id, p.ts, "forecast", null, p.yhat, ...levels.flatMap((lv) => [p.lower[lv], p.upper[lv]])]);
+  }
+  download(`${id}.csv`, toCsv(cols, rows));
+}
+
+function exportPortfolio() {
+  const p = state.portfolio;
+  const levels = [...(p.levels || [])].sort((a, b) => a - b);
+  const cols = ["model_version", "level", "key", "day", "yhat", "n_series", ...levels.flatMap((lv) => [`yhat_lower_${lv}`, `yhat_upper_${lv}`])];
+  const rows = p.rows.map((r) => [p.model_version, r.level, r.key, r.day, r.yhat, r.n_series,
+    ...levels.flatMap((lv) => [(r.lower || {})[lv], (r.upper || {})[lv]])]);
+  download(`portfolio-v${p.model_version}.csv`, toCsv(cols, rows));
+}
+
+// -- CSV -------------------------------------------------------------------------------
+function csvCell(value) {
+  if (value === null || value === undefined) return "";
+  const text = String(value);
+  return /[",\r\n]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
+}
+
+function toCsv(cols, rows) {
+  return [cols, ...rows].map((r) => r.map(csvCell).join(",")).join("\r\n") + "\r\n";
+}
+
+function download(name, text) {
+  const url = URL.createObjectURL(new Blob([text], { type: "text/csv;charset=utf-8" }));
+  const a = el("a", { href: url, download: name, hidden: "" });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10_000);
 }
 
 function renderBacktest(bt) {
@@ -236,9 +404,9 @@ function niceTicks(lo, hi, n) {
 const HOUR = 3600e3;
 const TIME_STEPS = [1, 2, 3, 6, 12, 24, 48, 168, 336, 720].map((h) => h * HOUR);
 
-function timeTicks(t0, t1, n) {
-  // UTC-aligned steps (hours, days, weeks) giving at most n ticks inside [t0, t1]
-  const step = TIME_STEPS.find((s) => (t1 - t0) / s <= n) || TIME_STEPS[TIME_STEPS.length - 1];
+function timeTicks(t0, t1, n, least = 0) {
+  // UTC-aligned steps (hours, days, weeks; at least `least`) giving at most n ticks inside [t0, t1]
+  const step = TIME_STEPS.find((s) => s >= least && (t1 - t0) / s <= n) || TIME_STEPS[TIME_STEPS.length - 1];
   const ticks = [];
   for (let t = Math.ceil(t0 / step) * step; t <= t1; t += step) ticks.push(t);
   return { ticks, daily: step >= 24 * HOUR };
@@ -248,32 +416,28 @@ function bandOpacity(i) {
   return String(0.12 + 0.12 * i); // i-th level from the widest
 }
 
-function drawChart(hist, forecast) {
-  const fig = $("chart");
+function chartFrame(fig, points, levels, opts = {}) {
+  // a fresh <svg> in fig with axes fitted to points (and their bands); root.frame holds the
+  // scales (null: nothing to draw)
   fig.replaceChildren();
   const W = 860;
-  const H = 340;
+  const H = opts.H || 340;
   const m = { l: 56, r: 16, t: 24, b: 34 };
-  const hp = (hist.points || []).filter((p) => p.y !== null).map((p) => ({ t: Date.parse(p.ts), y: p.y }));
-  const fp = forecast ? forecast.points.map((p) => ({ t: Date.parse(p.ts), y: p.yhat, lo: p.lower, up: p.upper })) : [];
-  const levels = forecast ? [...forecast.levels].sort((a, b) => b - a) : [];
-  const root = svg("svg", {
-    class: "chart", viewBox: `0 0 ${W} ${H}`, role: "img",
-    "data-history-points": String(hp.length), "data-forecast-points": String(fp.length),
-  });
+  const root = svg("svg", { class: "chart", viewBox: `0 0 ${W} ${H}`, role: "img" });
+  root.frame = null;
   fig.append(root);
-  if (!hp.length && !fp.length) {
-    root.append(svg("text", { x: W / 2, y: H / 2, "text-anchor": "middle", class: "muted" }, "no data"));
-    return;
-  }
-  const ts = [...hp.map((p) => p.t), ...fp.map((p) => p.t)];
-  const ys = [...hp.map((p) => p.y)];
-  for (const p of fp) {
-    if (p.y !== null) ys.push(p.y);
+  const ts = points.map((p) => p.t);
+  const ys = [];
+  for (const p of points) {
+    if (p.y !== null && p.y !== undefined) ys.push(p.y);
     for (const lv of levels) {
-      if (p.lo[lv] !== null && p.lo[lv] !== undefined) ys.push(p.lo[lv]);
-      if (p.up[lv] !== null && p.up[lv] !== undefined) ys.push(p.up[lv]);
+      if (p.lo && p.lo[lv] !== null && p.lo[lv] !== undefined) ys.push(p.lo[lv]);
+      if (p.up && p.up[lv] !== null && p.up[lv] !== undefined) ys.push(p.up[lv]);
     }
+  }
+  if (!ts.length || !ys.length) {
+    root.append(svg("text", { x: W / 2, y: H / 2, "text-anchor": "middle", class: "muted" }, "no data"));
+    return root;
   }
   const t0 = Math.min(...ts);
   const t1 = Math.max(...ts);
@@ -285,40 +449,88 @@ function drawChart(hist, forecast) {
   y1 += pad;
   const x = (t) => m.l + ((t - t0) / (t1 - t0 || 1)) * (W - m.l - m.r);
   const y = (v) => H - m.b - ((v - y0) / (y1 - y0)) * (H - m.t - m.b);
-
   const axis = svg("g", { class: "axis" });
   for (const v of niceTicks(y0, y1, 5)) {
     axis.append(svg("line", { class: "grid", x1: m.l, x2: W - m.r, y1: y(v), y2: y(v) }));
     axis.append(svg("text", { x: m.l - 6, y: y(v) + 4, "text-anchor": "end" }, fmt(v, 2)));
   }
-  const { ticks, daily } = timeTicks(t0, t1, 7);
+  const { ticks, daily } = timeTicks(t0, t1, 7, opts.daily ? DAY : 0);
   for (const t of ticks) {
+    // labels near an edge are anchored inside the chart
+    const anchor = x(t) > W - m.r - 36 ? "end" : x(t) < m.l + 36 ? "start" : "middle";
     axis.append(svg("line", { class: "grid", x1: x(t), x2: x(t), y1: H - m.b, y2: H - m.b + 4 }));
-    axis.append(svg("text", { x: x(t), y: H - m.b + 16, "text-anchor": "middle" }, utcLabel(t, !daily)));
+    axis.append(svg("text", { x: x(t), y: H - m.b + 16, "text-anchor": anchor }, utcLabel(t, !daily)));
   }
-  axis.append(svg("text", { x: W - m.r, y: H - 4, "text-anchor": "end" }, "UTC"));
+  axis.append(svg("text", { x: W - m.r, y: H - 2, "text-anchor": "end" }, opts.daily ? "UTC days" : "UTC"));
   root.append(axis);
+  root.frame = { x, y, W, H, m, t0, t1 };
+  return root;
+}
 
-  levels.forEach((lv, i) => {
-    const pts = fp.filter((p) => p.lo[lv] !== null && p.up[lv] !== null && p.lo[lv] !== undefined);
-    if (pts.length < 2) return;
-    const upper = pts.map((p) => `${x(p.t)},${y(p.up[lv])}`);
-    const lower = pts.slice().reverse().map((p) => `${x(p.t)},${y(p.lo[lv])}`);
-    root.append(svg("polygon", {
-      class: `band band-${lv}`, points: [...upper, ...lower].join(" "),
-      "fill-opacity": bandOpacity(i), "data-level": String(lv),
-    }));
-  });
-  const line = (points, cls) => {
-    const d = points.filter((p) => p.y !== null).map((p, i) => `${i ? "L" : "M"}${x(p.t).toFixed(1)},${y(p.y).toFixed(1)}`);
-    if (d.length) root.append(svg("path", { class: cls, d: d.join("") }));
-  };
-  line(hp, "history");
+function drawBand(root, points, lv, x, y, attrs) {
+  const pts = points.filter((p) => p.lo && p.up && p.lo[lv] !== null && p.up[lv] !== null && p.lo[lv] !== undefined && p.up[lv] !== undefined);
+  if (pts.length < 2) return null;
+  const upper = pts.map((p) => `${x(p.t)},${y(p.up[lv])}`);
+  const lower = pts.slice().reverse().map((p) => `${x(p.t)},${y(p.lo[lv])}`);
+  const band = svg("polygon", { ...attrs, points: [...upper, ...lower].join(" ") });
+  root.append(band);
+  return band;
+}
+
+function drawLine(root, points, x, y, cls) {
+  const d = points.filter((p) => p.y !== null && p.y !== undefined).map((p, i) => `${i ? "L" : "M"}${x(p.t).toFixed(1)},${y(p.y).toFixed(1)}`);
+  if (!d.length) return null;
+  const path = svg("path", { class: cls, d: d.join("") });
+  root.append(path);
+  return path;
+}
+
+function legend(root, items, levels) {
+  const { m } = root.frame;
+  const g = svg("g", { class: "legend", transform: `translate(${m.l + 8},${m.t - 10})` });
+  let lx = 0;
+  for (const { cls, label, color } of items) {
+    if (cls) {
+      const line = svg("line", { class: cls, x1: lx, x2: lx + 18, y1: 0, y2: 0 });
+      if (color) line.style.stroke = color;
+      g.append(line);
+    }
+    g.append(svg("text", { x: lx + (cls ? 22 : 0), y: 4 }, label));
+    lx += Math.max(70, 30 + 6.5 * label.length);
+  }
+  for (const lv of levels.slice().reverse()) {
+    // the narrower band is drawn over the wider ones: show what the eye sees
+    let covered = 0;
+    for (let j = 0; j <= levels.indexOf(lv); j++) covered += Number(bandOpacity(j));
+    const opacity = String(Math.min(0.8, covered));
+    g.append(svg("rect", { class: "band", x: lx, y: -5, width: 18, height: 10, "fill-opacity": opacity }));
+    g.append(svg("text", { x: lx + 22, y: 4 }, `${lv}% interval`));
+    lx += 100;
+  }
+  root.append(g);
+}
+
+function drawChart(hist, forecast) {
+  const hp = (hist.points || []).filter((p) => p.y !== null).map((p) => ({ t: Date.parse(p.ts), y: p.y }));
+  const fp = forecast ? forecast.points.map((p) => ({ t: Date.parse(p.ts), y: p.yhat, lo: p.lower, up: p.upper })) : [];
+  const levels = forecast ? [...forecast.levels].sort((a, b) => b - a) : [];
+  const root = chartFrame($("chart"), [...hp, ...fp], levels);
+  root.setAttribute("data-history-points", String(hp.length));
+  root.setAttribute("data-forecast-points", String(fp.length));
+  if (hp.length) {
+    root.setAttribute("data-history-from", new Date(hp[0].t).toISOString());
+  }
+  if (!root.frame) return;
+  const { x, y, m, H, t0, t1 } = root.frame;
+  levels.forEach((lv, i) => drawBand(root, fp, lv, x, y, {
+    class: `band band-${lv}`, "fill-opacity": bandOpacity(i), "data-level": String(lv),
+  }));
+  drawLine(root, hp, x, y, "history");
   if (forecast && forecast.cutoff) {
     const tc = Date.parse(forecast.cutoff);
     if (tc >= t0 && tc <= t1) root.append(svg("line", { class: "cutoff", x1: x(tc), x2: x(tc), y1: m.t, y2: H - m.b }));
   }
-  line(fp, "forecast");
+  drawLine(root, fp, x, y, "forecast");
   const dots = svg("g", { class: "fc-points" });
   for (const p of fp) {
     if (p.y === null) continue;
@@ -328,25 +540,7 @@ function drawChart(hist, forecast) {
     dots.append(dot);
   }
   root.append(dots);
-
-  const legend = svg("g", { class: "legend", transform: `translate(${m.l + 8},${m.t - 10})` });
-  const items = [["history", "actual"], ["forecast", "forecast"]];
-  let lx = 0;
-  for (const [cls, label] of items) {
-    legend.append(svg("line", { class: cls, x1: lx, x2: lx + 18, y1: 0, y2: 0 }));
-    legend.append(svg("text", { x: lx + 22, y: 4 }, label));
-    lx += 90;
-  }
-  for (const lv of levels.slice().reverse()) {
-    // the narrower band is drawn over the wider ones: show what the eye sees
-    let covered = 0;
-    for (let j = 0; j <= levels.indexOf(lv); j++) covered += Number(bandOpacity(j));
-    const opacity = String(Math.min(0.8, covered));
-    legend.append(svg("rect", { class: "band", x: lx, y: -5, width: 18, height: 10, "fill-opacity": opacity }));
-    legend.append(svg("text", { x: lx + 22, y: 4 }, `${lv}% interval`));
-    lx += 100;
-  }
-  root.append(legend);
+  legend(root, [{ cls: "history", label: "actual" }, { cls: "forecast", label: "forecast" }], levels);
 }
 
 // -- wiring ----------------------------------------------------------------------------
@@ -389,6 +583,12 @@ document.addEventListener("DOMContentLoaded", () => {
     selectSeries((exact || page.items[0]).series_id);
   });
   $("more").addEventListener("click", () => loadSeries(false));
+  for (const id of ["sort", "filter-status", "filter-model"]) $(id).addEventListener("change", () => loadSeries(true));
+  $("history-length").addEventListener("change", redraw);
+  $("portfolio-level").addEventListener("change", drawPortfolio);
+  $("export-series").addEventListener("click", exportSeries);
+  $("export-portfolio").addEventListener("click", exportPortfolio);
+  $("export-table").addEventListener("click", () => exportTable().catch((e) => { $("series-count").textContent = e.message; }));
   $("auth").addEventListener("submit", (event) => {
     event.preventDefault();
     state.key = $("api-key").value;
