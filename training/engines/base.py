@@ -19,6 +19,28 @@ Batch = tuple[Any, Callable[[], Any]]
 
 
 @dataclass(frozen=True)
+class TableBatch:
+    """A batch read straight from a lakehouse table: the rows of the series whose bucket is
+    in ``buckets`` (at ``version``; only ``columns``; ``filters`` as
+    :meth:`~training.tables.Lakehouse.read` takes them). Calling it reads them as pandas
+    (the local engine); the Spark engine reads the same rows from Delta on its executors
+    instead, so they never pass through the driver."""
+
+    lake: Any  # training.tables.Lakehouse
+    table: str
+    buckets: tuple[int, int]
+    version: int | None = None
+    columns: tuple[str, ...] | None = None
+    filters: tuple[tuple[str, str, Any], ...] = ()
+
+    def __call__(self) -> pd.DataFrame:
+        cols = list(self.columns) if self.columns else None
+        return self.lake.read_buckets(
+            self.table, self.buckets, self.version, cols, list(self.filters) or None
+        )
+
+
+@dataclass(frozen=True)
 class GroupJob:
     """One :meth:`Engine.map_groups` call: ``fn(group, config)`` on each group of rows
     sharing ``by``, each result with exactly ``schema``'s columns."""

@@ -22,19 +22,22 @@ closure).
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+import operator
+from typing import Any, Callable, Iterable, Iterator
 
 import pandas as pd
 import pyarrow as pa
 from pyspark import TaskContext
+from pyspark.sql import Column, SparkSession
 from pyspark.sql import DataFrame as SparkDataFrame
-from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
+from forecasting import contract as C
 from forecasting.config import Config
 from forecasting.errors import MMFError
 from training import checkpoints
-from training.engines.base import Engine, ErrorFn, GroupFn, GroupJob, concat, conform
+from training.engines.base import Batch, Engine, ErrorFn, GroupFn, GroupJob, TableBatch, concat, conform
+from training.tables.spark import SparkTables, spark_bucket
 from training.tables.spark_session import arrow_to_spark_schema, get_spark, to_pandas, to_spark
 
 log = logging.getLogger(__name__)
@@ -84,6 +87,43 @@ class SparkEngine(Engine):
         result = concat(parts, job.schema)
         return result.sort_values(job.by, kind="stable", ignore_index=True) if len(result) else result
 
+    def stream(
+        self, batches: Iterable[Batch], job: GroupJob, total: int
+    ) -> Iterator[tuple[Any, pd.DataFrame]]:
+        """Batch after batch; a :class:`TableBatch` is read from Delta by the executors
+        (delta-spark at its pinned version, only its bucket range), never by the driver."""
+        done = 0
+        for key, load in batches:
+            frame = self.read_batch(load) if isinstance(load, TableBatch) else load()
+
+            def told(d: int, _t: int, before: int = done) -> None:
+                job.report(before + d, max(total, before + d))
+
+            parts: list[pd.DataFrame] = []
+            out, n = self.plan(
+                frame, GroupJob(job.by, job.fn, job.schema, job.config, job.on_error, told), parts
+            )
+            if out is not None:
+                parts.append(to_pandas(out, job.schema))
+            done += n
+            job.report(done, max(total, done))
+            yield key, concat(parts, job.schema)
+
+    def read_batch(self, batch: TableBatch) -> SparkDataFrame:
+        """``batch``'s rows as a lazy Spark DataFrame over the Delta table."""
+        tables = SparkTables(batch.lake, self.spark, self.config)
+        df = tables.read(batch.table, batch.version)
+        lo, hi = batch.buckets
+        if C.BUCKET in df.columns:
+            bucket = F.coalesce(F.col(C.BUCKET), spark_bucket(F.col(C.SERIES_ID)))
+            df = df.where((F.col(C.BUCKET) >= lo) & (F.col(C.BUCKET) < hi) | F.col(C.BUCKET).isNull())
+            df = df.where((bucket >= lo) & (bucket < hi))
+        else:  # a table written before buckets
+            df = df.where((spark_bucket(F.col(C.SERIES_ID)) >= lo) & (spark_bucket(F.col(C.SERIES_ID)) < hi))
+        for col, op, val in batch.filters:
+            df = df.where(_condition(col, op, val))
+        return df.select(*batch.columns) if batch.columns else df
+
     def plan(
         self, frame: pd.DataFrame | SparkDataFrame, job: GroupJob, driver_rows: list[pd.DataFrame]
     ) -> tuple[SparkDataFrame | None, int]:
@@ -118,6 +158,19 @@ class SparkEngine(Engine):
             .applyInPandas(udf, schema=arrow_to_spark_schema(job.schema))
         )
         return out, total
+
+
+_OPS = {"=": operator.eq, "==": operator.eq, "!=": operator.ne, ">=": operator.ge, "<=": operator.le}
+_OPS.update({">": operator.gt, "<": operator.lt})
+
+
+def _condition(col: str, op: str, val: Any) -> Column:
+    """A Spark condition of one ``(column, op, value)`` filter (as Lakehouse.read takes)."""
+    if op == "in":
+        return F.col(col).isin(list(val))
+    if op not in _OPS:
+        raise MMFError(f"unknown filter operator {op!r}: expected one of {', '.join([*_OPS, 'in'])}")
+    return _OPS[op](F.col(col), val)
 
 
 def _set_aside_too_large(counts: dict[str, int], job: GroupJob, driver_rows: list[pd.DataFrame]) -> list[str]:
