@@ -43,5 +43,6 @@ for local lakehouses)::
 The many-models pyfunc is an MLflow 3 logged model named ``model`` of that run (stored
 under ``<artifact root>/models/<model_id>/artifacts``): ``MLmodel``,
 ``mmf_many_models.py`` (the models-from-code entry point) and
-``artifacts/models.parquet`` (series_id, model, model_json, end, freq, status).
+``artifacts/models.parquet`` (series_id, model, model_json, end, freq, status, bucket;
+sorted by bucket in row groups of at most 2,000 series, read lazily on load).
 """

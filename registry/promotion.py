@@ -195,17 +195,28 @@ def _aggregate(values: pd.Series, metric: str) -> float:
     return float(values.abs().mean() if metric == "bias" else values.mean())
 
 
-def champion_to_compare(config: Config, version: str | int) -> tuple[str, pd.DataFrame | None] | None:
-    """The champion the gate will compare ``version`` with, and its training results
-    (its run's ``results.parquet``; ``None`` when they cannot be read): what the train
-    job needs to build the comparison. ``None`` when there is no champion, or it is
-    ``version`` itself."""
+def champion_run(config: Config, version: str | int) -> tuple[str, str | None] | None:
+    """The champion the gate will compare ``version`` with and the id of the run that
+    trained it (``None`` when unknown): the train job reads the champion's results of a
+    batch of series from that run's ``gold/models`` rows. ``None`` when there is no
+    champion, or it is ``version`` itself."""
     client = set_uris(config)
     champion = champion_version(client, config.mlflow.registered_model)
     if champion is None or champion == str(version):
         return None
     mv = client.get_model_version(config.mlflow.registered_model, champion)
-    run_id = (mv.tags or {}).get("mmf.run_id") or mv.run_id
+    return champion, (mv.tags or {}).get("mmf.run_id") or mv.run_id or None
+
+
+def champion_to_compare(config: Config, version: str | int) -> tuple[str, pd.DataFrame | None] | None:
+    """The champion the gate will compare ``version`` with, and its training results
+    (its run's ``results.parquet``; ``None`` when they cannot be read), all at once (a
+    champion whose run predates ``gold/models``). ``None`` when there is no champion, or
+    it is ``version`` itself."""
+    found = champion_run(config, version)
+    if found is None:
+        return None
+    champion, run_id = found
     try:
         return champion, load_results(config, run_id) if run_id else None
     except (MlflowException, OSError) as exc:
@@ -388,6 +399,7 @@ def _log_decision(decision: Decision) -> None:
 __all__ = [
     "Decision",
     "champion_history",
+    "champion_run",
     "champion_to_compare",
     "gate",
     "promote",

@@ -3,8 +3,14 @@
 Logged as *models from code* (``python_model`` is the path of
 ``registry/mmf_many_models.py``), so nothing is pickled. The fitted models travel as
 explicit data: the artifact ``models.parquet`` holds one row per series with
-``series_id, model, model_json, end, freq, status``, where ``model_json`` is the
-versioned ``Forecaster.to_dict()`` (or ensemble) JSON of the training result. The
+``series_id, model, model_json, end, freq, status, bucket``, where ``model_json`` is the
+versioned ``Forecaster.to_dict()`` (or ensemble) JSON of the training result and
+``bucket`` is :func:`forecasting.contract.bucket_of` of the id. Rows are sorted by
+bucket, in row groups of at most :data:`BUNDLE_GROUP_ROWS` series, and written a bucket
+range at a time (:func:`write_models`), so neither writing nor loading ever holds every
+series' model: ``load_context`` reads the file's footer (each row group's bucket range),
+and a series' model is read with its row group when first asked for (a few row groups
+are cached). Bundles written before buckets (no ``bucket`` column) load as well. The
 interval levels, the metric and the format version are in the pyfunc's
 ``model_config``. Global models (``global_nn``, ``global_gbm``) keep their weights ONCE,
 in the artifact ``global_models.npz`` (numpy arrays and JSON strings, read with
@@ -44,8 +50,13 @@ import copy
 import hashlib
 import json
 import logging
+import shutil
 import tempfile
 import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
@@ -54,6 +65,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
@@ -86,8 +98,15 @@ MODELS_SCHEMA = pa.schema(
         ("end", C.TS_TYPE),
         ("freq", pa.string()),
         ("status", pa.string()),
+        (C.BUCKET, pa.int32()),  # bundles written before buckets have none
     ]
 )
+MODEL_COLUMNS = [C.SERIES_ID, "model", "model_json", "end", "freq"]  # what ManyModels.models gives
+BUNDLE_GROUP_ROWS = 2_000  # series per row group of models.parquet: a lookup reads one or two
+CACHE_GROUPS = 8  # row groups a loaded bundle keeps (least recently used out)
+FITTED_CACHE = 4_096  # deserialized models a loaded bundle keeps (least recently used out)
+_SPILL_ROWS = 1_000  # rows per row group of a frame spilled by write_models
+_WINDOW_ROWS = 10 * BUNDLE_GROUP_ROWS  # rows write_models sorts at a time (about)
 # Requirement names of mmf that scoring needs; pinned to the installed versions.
 _SCORING_REQUIREMENTS = (
     "mlflow",
@@ -102,10 +121,176 @@ _SCORING_REQUIREMENTS = (
 )
 
 
+# -- the bundle: models.parquet ---------------------------------------------------------
+Entry = tuple[str, str, pd.Timestamp, str]  # a series' model name, model_json, end, freq
+
+
+class _LRU:
+    """A small thread-safe least-recently-used cache."""
+
+    def __init__(self, size: int):
+        self.size = max(1, int(size))
+        self._items: OrderedDict[Any, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> Any:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: Any, value: Any) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+    def keys(self) -> list[Any]:
+        with self._lock:
+            return list(self._items)
+
+
+def _entries(table: pa.Table) -> dict[str, Entry]:
+    """series id -> :data:`Entry` of the rows of ``table`` (columns ``MODEL_COLUMNS``)."""
+    cols = table.select(MODEL_COLUMNS).to_pydict()
+    return {
+        str(sid): (name, text, pd.Timestamp(end), freq)
+        for sid, name, text, end, freq in zip(*(cols[c] for c in MODEL_COLUMNS))
+    }
+
+
+def _with_buckets(table: pa.Table) -> pa.Table:
+    """``table`` with its ``bucket`` column (computed from the ids when it has none)."""
+    if C.BUCKET in table.column_names:
+        return table
+    return table.append_column(C.BUCKET, pa.array(C.bucket_of(table.column(C.SERIES_ID).to_pylist())))
+
+
+def _in_range(table: pa.Table, lo: int, hi: int) -> pa.Table:
+    """The rows of ``table`` whose bucket is in ``[lo, hi)``."""
+    bucket = table.column(C.BUCKET)
+    return table.filter(pc.and_(pc.greater_equal(bucket, lo), pc.less(bucket, hi)))
+
+
+def _frame(table: pa.Table, columns: list[str]) -> pd.DataFrame:
+    frame = table.select(columns).to_pandas()
+    if "end" in frame:
+        frame["end"] = pd.to_datetime(frame["end"]).astype("datetime64[us]")
+    return frame
+
+
+class ParquetModels:
+    """``models.parquet`` read lazily. Opening it reads the footer only: each row group's
+    bucket range (the min/max statistics of ``bucket``; in a bundle written before
+    buckets, a row group may hold any bucket). A series is found by its bucket: only the
+    row groups covering it are read, and the last :data:`CACHE_GROUPS` of them are kept."""
+
+    def __init__(self, path: str | Path, cache_groups: int | None = None):
+        self.path = str(path)
+        self._file = pq.ParquetFile(self.path)
+        meta = self._file.metadata
+        self.num_rows = int(meta.num_rows)
+        self.columns = list(self._file.schema_arrow.names)
+        self.lo, self.hi = _group_ranges(meta, self.columns)
+        self.groups = _LRU(cache_groups or CACHE_GROUPS)  # row group index -> {series id: Entry}
+        self._io = threading.Lock()
+
+    def read(self, columns: list[str], groups: list[int] | None = None) -> pa.Table:
+        with self._io:
+            if groups is None:
+                return self._file.read(columns=columns)
+            return self._file.read_row_groups(groups, columns=columns)
+
+    def group(self, g: int) -> dict[str, Entry]:
+        held = self.groups.get(g)
+        if held is None:
+            held = _entries(self.read(MODEL_COLUMNS, [g]))
+            self.groups.put(g, held)
+        return held
+
+    def entries(self, ids: list[str]) -> dict[str, Entry]:
+        """The entries of those of ``ids`` the bundle holds."""
+        wanted = np.asarray(ids, dtype=object)
+        buckets = C.bucket_of(wanted)
+        found: dict[str, Entry] = {}
+        for g in range(len(self.lo)):
+            mask = (buckets >= self.lo[g]) & (buckets <= self.hi[g])
+            if not mask.any():
+                continue
+            held = self.group(g)
+            for sid in wanted[mask]:
+                entry = held.get(sid)
+                if entry is not None:
+                    found[sid] = entry
+        return found
+
+    def frame(self, columns: list[str]) -> pd.DataFrame:
+        return _frame(self.read(columns), columns)
+
+    def frame_in(self, lo: int, hi: int, columns: list[str]) -> pd.DataFrame:
+        """The rows of the series whose bucket is in ``[lo, hi)`` (only the row groups
+        that may hold them are read)."""
+        groups = [g for g in range(len(self.lo)) if self.lo[g] < hi and self.hi[g] >= lo]
+        extra = [C.BUCKET] if C.BUCKET in self.columns else []
+        if C.SERIES_ID not in columns:
+            extra.append(C.SERIES_ID)
+        table = _with_buckets(self.read(list(dict.fromkeys(columns + extra)), groups))
+        return _frame(_in_range(table, lo, hi), columns)
+
+
+def _group_ranges(meta: pq.FileMetaData, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Per row group, the lowest and highest bucket it may hold (inclusive)."""
+    n = meta.num_row_groups
+    lo, hi = np.zeros(n, dtype=np.int64), np.full(n, C.N_BUCKETS - 1, dtype=np.int64)
+    if C.BUCKET not in names:
+        return lo, hi
+    col = names.index(C.BUCKET)
+    for g in range(n):
+        stats = meta.row_group(g).column(col).statistics
+        if stats is not None and stats.has_min_max and not stats.null_count:
+            lo[g], hi[g] = int(stats.min), int(stats.max)
+    return lo, hi
+
+
+class FrameModels:
+    """Models held in memory (:meth:`ManyModels.with_models`), with the interface of
+    :class:`ParquetModels`."""
+
+    def __init__(self, models: pd.DataFrame):
+        self._entries: dict[str, Entry] = {
+            str(sid): (name, text, pd.Timestamp(end), freq)
+            for sid, name, text, end, freq in zip(*(models[c] for c in MODEL_COLUMNS))
+        }
+        self.num_rows = len(self._entries)
+
+    def entries(self, ids: list[str]) -> dict[str, Entry]:
+        return {sid: self._entries[sid] for sid in ids if sid in self._entries}
+
+    def frame(self, columns: list[str]) -> pd.DataFrame:
+        entries = list(self._entries.values())
+        full = {
+            C.SERIES_ID: list(self._entries),
+            "model": [e[0] for e in entries],
+            "model_json": [e[1] for e in entries],
+            "end": pd.to_datetime([e[2] for e in entries]).as_unit("us"),
+            "freq": [e[3] for e in entries],
+        }
+        return pd.DataFrame({c: full[c] for c in columns})
+
+    def frame_in(self, lo: int, hi: int, columns: list[str]) -> pd.DataFrame:
+        buckets = C.bucket_of(list(self._entries))
+        keep = (buckets >= lo) & (buckets < hi)
+        return self.frame(columns)[keep].reset_index(drop=True)
+
+
 # -- the model -------------------------------------------------------------------------
 class ManyModels(mlflow.pyfunc.PythonModel):
     """Every series' fitted model behind one ``predict``; see the module docstring for
-    the input and output columns. Models are deserialized on first use and cached."""
+    the input and output columns. Loading reads ``models.parquet``'s footer only; a
+    series' model is read (with its row group) and deserialized on first use, and the
+    last ones used are cached."""
 
     def load_context(self, context) -> None:
         config = dict(context.model_config or {})
@@ -115,71 +300,53 @@ class ManyModels(mlflow.pyfunc.PythonModel):
                 f"many-models format_version {version!r}: this release reads format_version {FORMAT_VERSION}"
             )
         self.levels: list[int] = [int(v) for v in config.get("levels", [80, 95])]
-        table = pq.read_table(context.artifacts[MODELS_ARTIFACT]).to_pydict()
         if GLOBAL_ARTIFACT in (context.artifacts or {}):
             self.global_weights: list[str] = load_global_weights(context.artifacts[GLOBAL_ARTIFACT])
         else:
             self.global_weights = []
-        self._entries: dict[str, tuple[str, str, pd.Timestamp, str]] = {
-            sid: (name, text, pd.Timestamp(end), freq)
-            for sid, name, text, end, freq in zip(
-                table[C.SERIES_ID], table["model"], table["model_json"], table["end"], table["freq"]
-            )
-        }
-        self._fitted: dict[str, Any] = {}
-        self._lock = threading.Lock()
+        self._store: ParquetModels | FrameModels = ParquetModels(context.artifacts[MODELS_ARTIFACT])
+        self._fitted = _LRU(FITTED_CACHE)
 
     @property
     def series_ids(self) -> list[str]:
-        return list(self._entries)
+        return self._store.frame([C.SERIES_ID])[C.SERIES_ID].tolist()
 
     def series_ends(self) -> pd.DataFrame:
         """``series_id, end, freq`` of every series held: the training end (cutoff)
         its forecasts start after."""
-        return pd.DataFrame(
-            {
-                C.SERIES_ID: list(self._entries),
-                "end": pd.to_datetime([e[2] for e in self._entries.values()]).as_unit("us"),
-                "freq": [e[3] for e in self._entries.values()],
-            }
-        )
+        return self._store.frame([C.SERIES_ID, "end", "freq"])
 
     def models(self) -> pd.DataFrame:
         """``series_id, model, model_json, end, freq`` of every series held: the spec
-        of each series' chosen model (name and parameters) and its fitted state."""
-        entries = list(self._entries.values())
-        return pd.DataFrame(
-            {
-                C.SERIES_ID: list(self._entries),
-                "model": [e[0] for e in entries],
-                "model_json": [e[1] for e in entries],
-                "end": pd.to_datetime([e[2] for e in entries]).as_unit("us"),
-                "freq": [e[3] for e in entries],
-            }
-        )
+        of each series' chosen model (name and parameters) and its fitted state. All of
+        them at once: a job works a bucket range at a time with :meth:`models_in`."""
+        return self._store.frame(MODEL_COLUMNS)
+
+    def models_in(self, buckets: tuple[int, int]) -> pd.DataFrame:
+        """:meth:`models` of the series whose bucket (:func:`forecasting.contract.bucket_of`)
+        is in ``[lo, hi)``; only the row groups of that range are read."""
+        lo, hi = buckets
+        return self._store.frame_in(int(lo), int(hi), MODEL_COLUMNS)
 
     def with_models(self, models: pd.DataFrame) -> "ManyModels":
         """A copy of this model that holds ``models`` (rows as :meth:`models` gives,
         e.g. refitted on newer data) instead of its own: same levels and global weights,
         so ``predict`` forecasts after each row's ``end``."""
         other = copy.copy(self)
-        other._entries = {
-            str(sid): (name, text, pd.Timestamp(end), freq)
-            for sid, name, text, end, freq in zip(
-                models[C.SERIES_ID], models["model"], models["model_json"], models["end"], models["freq"]
-            )
-        }
-        other._fitted = {}
-        other._lock = threading.Lock()
+        other._store = FrameModels(models)
+        other._fitted = _LRU(FITTED_CACHE)
         return other
 
-    def fitted(self, series_id: str) -> Any:
-        """The fitted model of one series (deserialized once)."""
+    def fitted(self, series_id: str, entry: Entry | None = None) -> Any:
+        """The fitted model of one series (deserialized once, while it stays among the
+        last :data:`FITTED_CACHE` used). Raises ``KeyError`` for a series not held."""
         model = self._fitted.get(series_id)
         if model is None:
-            model = load_fitted(self._entries[series_id][1])
-            with self._lock:
-                self._fitted[series_id] = model
+            entry = entry or self._store.entries([series_id]).get(series_id)
+            if entry is None:
+                raise KeyError(series_id)
+            model = load_fitted(entry[1])
+            self._fitted.put(series_id, model)
         return model
 
     def predict(
@@ -203,13 +370,14 @@ class ManyModels(mlflow.pyfunc.PythonModel):
                 error_code=INVALID_PARAMETER_VALUE,
             )
         ids = frame[C.SERIES_ID].astype(str)
-        unknown = sorted(set(ids) - self._entries.keys())
+        entries = self._store.entries(list(pd.unique(ids)))
+        unknown = sorted(set(ids) - entries.keys())
         if unknown and unknown_mode == "error":
             listed = ", ".join(unknown[:MAX_LISTED]) + (
                 f" (first {MAX_LISTED} listed)" if len(unknown) > MAX_LISTED else ""
             )
             raise MlflowException(
-                f"{len(unknown)} unknown series id(s): {listed}. This model holds {len(self._entries)} "
+                f"{len(unknown)} unknown series id(s): {listed}. This model holds {self._store.num_rows} "
                 "series (those with status ok or fallback at training); pass "
                 "params={'unknown': 'skip'} to leave unknown series out",
                 error_code=INVALID_PARAMETER_VALUE,
@@ -217,13 +385,13 @@ class ManyModels(mlflow.pyfunc.PythonModel):
         parts: list[dict[str, Any]] = []
         frame = frame.assign(**{C.SERIES_ID: ids})
         for sid, rows in frame.groupby(C.SERIES_ID, sort=False):
-            if sid in self._entries:
-                parts.append(self._forecast_one(sid, rows))
+            if sid in entries:
+                parts.append(self._forecast_one(sid, rows, entries[sid]))
         return _output(parts, self.levels)
 
     # -- one series --------------------------------------------------------------------
-    def _forecast_one(self, sid: str, rows: pd.DataFrame) -> dict[str, Any]:
-        name, _, end, freq = self._entries[sid]
+    def _forecast_one(self, sid: str, rows: pd.DataFrame, entry: Entry) -> dict[str, Any]:
+        name, _, end, freq = entry
         off = pd.tseries.frequencies.to_offset(freq)
         ks: np.ndarray | None = None  # step of each row with a ts
         wanted_k: np.ndarray | None = None  # distinct steps returned
@@ -242,7 +410,7 @@ class ManyModels(mlflow.pyfunc.PythonModel):
                 f"series {sid}: horizon {h}: expected an integer between 1 and {MAX_STEPS}",
                 error_code=INVALID_PARAMETER_VALUE,
             )
-        model = self.fitted(sid)
+        model = self.fitted(sid, entry)
         X = None
         if getattr(model, "supports_exog", False) and "temperature" in rows.columns:
             X = _future_exog(sid, rows, h, ks)
@@ -335,9 +503,8 @@ def _future_exog(sid: str, rows: pd.DataFrame, h: int, ks: np.ndarray | None) ->
 
 
 # -- logging ---------------------------------------------------------------------------
-def models_table(results: pd.DataFrame, config: Config) -> pa.Table:
-    """``models.parquet``: the usable series (status ok or fallback) and their models."""
-    usable = results[results["status"].isin(USABLE) & results["model_json"].fillna("").ne("")]
+def _freqs(usable: pd.DataFrame, config: Config) -> list[str]:
+    """Each usable row's freq: its model_json's (or its first member's), else config.freq."""
     freqs = []
     for sid, text in zip(usable[C.SERIES_ID], usable["model_json"]):
         data = json.loads(text)
@@ -350,17 +517,138 @@ def models_table(results: pd.DataFrame, config: Config) -> pa.Table:
                 f"series {sid}: its model_json names no freq and config.freq is unset: set freq"
             )
         freqs.append(freq)
-    frame = pd.DataFrame(
+    return freqs
+
+
+def models_table(results: pd.DataFrame, config: Config) -> pa.Table:
+    """The ``models.parquet`` rows of ``results`` (TRAIN_RESULT rows; other columns are
+    ignored): the usable series (status ok or fallback) and their models, with their
+    bucket, sorted by bucket then series id."""
+    usable = results[results["status"].isin(USABLE) & results["model_json"].fillna("").ne("")]
+    ids = usable[C.SERIES_ID].astype(str).to_numpy(dtype=object)
+    table = pa.table(
         {
-            C.SERIES_ID: usable[C.SERIES_ID].astype(str).to_numpy(),
-            "model": usable["model"].astype(str).to_numpy(),
-            "model_json": usable["model_json"].to_numpy(),
+            C.SERIES_ID: ids,
+            "model": usable["model"].astype(str).to_numpy(dtype=object),
+            "model_json": usable["model_json"].to_numpy(dtype=object),
             "end": pd.to_datetime(usable["end"]).to_numpy(dtype="datetime64[us]"),
-            "freq": freqs,
-            "status": usable["status"].to_numpy(),
-        }
+            "freq": _freqs(usable, config),
+            "status": usable["status"].astype(str).to_numpy(dtype=object),
+            C.BUCKET: C.bucket_of(ids),
+        },
+        schema=MODELS_SCHEMA,
     )
-    return pa.Table.from_pandas(frame, schema=MODELS_SCHEMA, preserve_index=False)
+    return table.sort_by([(C.BUCKET, "ascending"), (C.SERIES_ID, "ascending")])
+
+
+@dataclass
+class BundleStats:
+    """What a bundle's version tags say of the results it was built from, summed up
+    frame by frame (:meth:`add`)."""
+
+    n_series: int = 0  # rows with a model: the rows of models.parquet
+    metric_sum: float = 0.0  # of the finite metric_value of the usable rows
+    metric_count: int = 0
+    first_id: str | None = None  # the first series of models.parquet (the input example)
+
+    def add(self, results: pd.DataFrame) -> None:
+        usable = results[results["status"].isin(USABLE)]
+        values = finite_metric_values(usable)
+        self.metric_sum += float(values.sum())
+        self.metric_count += len(values)
+        self.n_series += int(usable["model_json"].fillna("").ne("").sum())
+
+    @property
+    def metric_value(self) -> float:
+        """The mean metric over the usable series (nan without any)."""
+        return self.metric_sum / self.metric_count if self.metric_count else float("nan")
+
+
+def _frames(results: pd.DataFrame | Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    if isinstance(results, pd.DataFrame):
+        yield results
+    else:
+        yield from results
+
+
+def bundle_stats(results: pd.DataFrame | Iterable[pd.DataFrame]) -> BundleStats:
+    """:class:`BundleStats` of results (one frame, or an iterable of frames)."""
+    stats = BundleStats()
+    for frame in _frames(results):
+        stats.add(frame)
+    return stats
+
+
+@dataclass
+class _Run:
+    """A sorted run of models.parquet rows spilled to disk, and the bucket range (inclusive)
+    of each of its row groups."""
+
+    path: Path
+    lo: np.ndarray
+    hi: np.ndarray
+
+
+def _spill(table: pa.Table, path: Path) -> _Run:
+    pq.write_table(table, path, row_group_size=_SPILL_ROWS, compression="lz4")
+    buckets = table.column(C.BUCKET).to_numpy()
+    starts = np.arange(0, len(buckets), _SPILL_ROWS)
+    return _Run(path, buckets[starts], buckets[np.minimum(starts + _SPILL_ROWS, len(buckets)) - 1])
+
+
+def _read_run(run: _Run, lo: int, hi: int) -> pa.Table | None:
+    """The rows of a spilled run whose bucket is in ``[lo, hi)``."""
+    groups = np.flatnonzero((run.lo < hi) & (run.hi >= lo)).tolist()
+    if not groups:
+        return None
+    with pq.ParquetFile(run.path) as f:
+        return _in_range(f.read_row_groups(groups), lo, hi)
+
+
+def _windows(counts: np.ndarray, rows: int) -> list[tuple[int, int]]:
+    """Bucket ranges ``[lo, hi)`` of about ``rows`` rows each (never splitting a bucket)
+    given the rows per bucket; empty ranges left out."""
+    cum = np.cumsum(counts)
+    cuts = np.searchsorted(cum, np.arange(rows, int(cum[-1]), rows), side="left") + 1
+    edges = np.unique(np.concatenate([[0], cuts, [len(counts)]]))
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if cum[b - 1] > (cum[a - 1] if a else 0)]
+
+
+def write_models(
+    results: pd.DataFrame | Iterable[pd.DataFrame], config: Config, path: str | Path
+) -> BundleStats:
+    """Write ``models.parquet`` (:func:`models_table` rows) of ``results``: one frame of
+    TRAIN_RESULT rows, or an iterable of them (e.g. a training run's batches), read one at
+    a time. Rows are sorted by bucket then series id, in row groups of at most
+    :data:`BUNDLE_GROUP_ROWS` series, so each covers a narrow bucket range and a lookup
+    reads little. The sort is external: each frame's rows are spilled to disk sorted,
+    then merged a bucket range of about :data:`_WINDOW_ROWS` rows at a time, so memory
+    is bounded by a frame and a window, never by the number of series. Returns what the
+    version's tags say of ``results``."""
+    stats = BundleStats()
+    counts = np.zeros(C.N_BUCKETS, dtype=np.int64)
+    with tempfile.TemporaryDirectory(prefix="mmf-models-spill-") as spill:
+        runs: list[_Run] = []
+        for i, frame in enumerate(_frames(results)):
+            stats.add(frame)
+            table = models_table(frame, config)
+            if table.num_rows:
+                runs.append(_spill(table, Path(spill) / f"{i:06d}.parquet"))
+                counts += np.bincount(table.column(C.BUCKET).to_numpy(), minlength=C.N_BUCKETS)
+        with pq.ParquetWriter(path, MODELS_SCHEMA, compression="zstd") as writer:
+            if not runs:
+                return stats
+            for lo, hi in _windows(counts, _WINDOW_ROWS):
+                parts = [t for t in (_read_run(run, lo, hi) for run in runs) if t is not None]
+                table = (
+                    pa.concat_tables(parts)
+                    .combine_chunks()
+                    .sort_by([(C.BUCKET, "ascending"), (C.SERIES_ID, "ascending")])
+                )
+                if stats.first_id is None:
+                    stats.first_id = table.column(C.SERIES_ID)[0].as_py()
+                writer.write_table(table, row_group_size=BUNDLE_GROUP_ROWS)
+    return stats
 
 
 def signature(levels: list[int]):
@@ -395,16 +683,16 @@ def scoring_requirements() -> list[str]:
     return pins
 
 
-def _mean_metric(results: pd.DataFrame) -> float:
-    values = finite_metric_values(results)
-    return float(values.mean()) if len(values) else float("nan")
-
-
 def log_many_models(
-    results: pd.DataFrame, config: Config, silver_version: int, global_store: str | Path | None = None
+    results: pd.DataFrame | Iterable[pd.DataFrame],
+    config: Config,
+    silver_version: int,
+    global_store: str | Path | None = None,
 ):
     """Log every usable series' model as one pyfunc (artifact ``model``) in the active
     run and register it as a new version of ``config.mlflow.registered_model``.
+    ``results``: the run's TRAIN_RESULT rows, as one frame or an iterable of frames (one
+    per batch; other columns are ignored), read once (:func:`write_models`).
     ``global_store``: the ``global_models.npz`` of the run's global models (their
     weights, stored once), when any was trained.
 
@@ -422,14 +710,7 @@ def log_many_models(
         raise RegistryError(
             "log_many_models needs an active MLflow run: call it inside start_training_run(...)"
         )
-    table = models_table(results, config)
-    if table.num_rows == 0:
-        raise RegistryError(
-            "no series has a usable model (status ok or fallback): nothing to register; see the run's per_series.parquet"
-        )
     levels = [int(v) for v in config.levels]
-    first = table.column(C.SERIES_ID)[0].as_py()
-    example = pd.DataFrame({C.SERIES_ID: [first], "horizon": [np.int64(min(3, config.horizon))]})
     model_config = {
         "format_version": FORMAT_VERSION,
         "levels": levels,
@@ -438,7 +719,12 @@ def log_many_models(
     }
     with tempfile.TemporaryDirectory(prefix="mmf-models-") as tmp:
         path = Path(tmp) / "models.parquet"
-        pq.write_table(table, path, compression="zstd")
+        stats = write_models(results, config, path)
+        if stats.n_series == 0:
+            raise RegistryError(
+                "no series has a usable model (status ok or fallback): nothing to register; see the run's per_series.parquet"
+            )
+        example = pd.DataFrame({C.SERIES_ID: [stats.first_id], "horizon": [np.int64(min(3, config.horizon))]})
         info = mlflow.pyfunc.log_model(
             name=ARTIFACT_NAME,
             python_model=str(CODE_FILE),
@@ -450,26 +736,33 @@ def log_many_models(
             signature=signature(levels),
             input_example=example,
             pip_requirements=scoring_requirements(),
-            metadata={"mmf.format_version": FORMAT_VERSION, "mmf.n_series": table.num_rows},
+            metadata={"mmf.format_version": FORMAT_VERSION, "mmf.n_series": stats.n_series},
             registered_model_name=config.mlflow.registered_model,
         )
-    return tag_version(config, str(info.registered_model_version), run.info.run_id, results, silver_version)
+    return tag_version(config, str(info.registered_model_version), run.info.run_id, stats, silver_version)
 
 
-def tag_version(config: Config, version: str, run_id: str, results: pd.DataFrame, silver_version: int):
-    """Set the ``mmf.*`` tags of a registered version (see :func:`log_many_models`) and,
-    once, the ``mmf.sha256.*`` hashes of its artifact (:func:`artifact_hashes`);
-    idempotent, so a restarted job can complete the tags of a version registered by a
-    job killed before it tagged it. Returns the ``ModelVersion``."""
+def tag_version(
+    config: Config,
+    version: str,
+    run_id: str,
+    results: pd.DataFrame | Iterable[pd.DataFrame] | BundleStats,
+    silver_version: int,
+):
+    """Set the ``mmf.*`` tags of a registered version (see :func:`log_many_models`;
+    ``results`` as there, or their :class:`BundleStats`) and, once, the ``mmf.sha256.*``
+    hashes of its artifact (:func:`artifact_hashes`); idempotent, so a restarted job can
+    complete the tags of a version registered by a job killed before it tagged it.
+    Returns the ``ModelVersion``."""
     client = mlflow.MlflowClient()
     name = config.mlflow.registered_model
-    usable = results[results["status"].isin(USABLE)]
+    stats = results if isinstance(results, BundleStats) else bundle_stats(results)
     tags = {
         "mmf.silver_version": str(int(silver_version)),
         "mmf.run_id": run_id,
         "mmf.metric": config.backtest.metric,
-        "mmf.metric_value": repr(_mean_metric(usable)),
-        "mmf.n_series": str(models_table(results, config).num_rows),
+        "mmf.metric_value": repr(stats.metric_value),
+        "mmf.n_series": str(stats.n_series),
     }
     current = client.get_model_version(name, version).tags or {}
     if not any(key.startswith(HASH_TAG) for key in current):  # recorded once, never overwritten
@@ -541,7 +834,8 @@ def verify_artifact(name: str, version: str, tags: dict[str, str], model_dir: st
 def load_version(config: Config, version: str | int):
     """The many-models pyfunc of one registered version, loaded from a local copy of its
     artifact once that copy matches the hashes recorded at registration
-    (:func:`verify_artifact`).
+    (:func:`verify_artifact`). The copy stays while the model's ``models.parquet``
+    reader lives (it reads row groups on demand).
 
     Raises:
         RegistryError: the version does not exist (the message lists those that do), or
@@ -550,10 +844,18 @@ def load_version(config: Config, version: str | int):
     client = set_uris(config)
     name = config.mlflow.registered_model
     mv = require_version(client, name, str(version))
-    with tempfile.TemporaryDirectory(prefix="mmf-model-") as tmp:
+    tmp = tempfile.mkdtemp(prefix=f"mmf-model-v{version}-")
+    try:
         path = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=tmp)
         verify_artifact(name, str(version), mv.tags or {}, path)
-        return mlflow.pyfunc.load_model(path)  # everything is read on load: the copy can go
+        model = mlflow.pyfunc.load_model(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    # models.parquet is read lazily: the copy goes once its reader does (or at exit)
+    store = getattr(model.unwrap_python_model(), "_store", None)
+    weakref.finalize(store if store is not None else model, shutil.rmtree, tmp, True)
+    return model
 
 
 def version_details(config: Config, version: str | int) -> dict[str, Any]:

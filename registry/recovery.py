@@ -1,12 +1,16 @@
 """Crash recovery: runs a killed job left behind.
 
 A job killed mid-run leaves its run ``RUNNING``: :func:`mark_orphans_failed` ends such
-runs ``FAILED`` with the tag ``mmf.failure`` (unless their process still lives). A job
-killed after it registered its model version is found again by :func:`find_resumable`
-(same silver version and config hash, a ``READY`` version of this run) and finished
-from its ``results.parquet`` (:func:`resume_run`) instead of training and registering
-again; one killed after everything was recorded only has its run closed
-(:func:`close_recovered`). Both tag the run ``mmf.recovered``.
+runs ``FAILED`` with the tag ``mmf.failure`` (unless their process still lives). The
+next job with the same silver version, config hash and batch plan finds that run again
+(:func:`find_resumable`) and re-opens it (:func:`resume_run`): a run killed while its
+batches were being trained goes on with the batches missing from ``gold/models``; one
+killed after it registered its model version is finished from its recorded results
+instead of training and registering again; one killed after everything was recorded
+only has its run closed (:func:`close_recovered`). Both tag the run ``mmf.recovered``.
+What a re-opened run needs again that is not in a table (the global models' weights and
+per-series entries) is kept as run artifacts under ``resume/``
+(:func:`log_resume_state`, :func:`load_resume_state`).
 """
 
 from __future__ import annotations
@@ -24,12 +28,13 @@ from mlflow.entities import RunStatus
 from forecasting.config import Config
 from registry.connection import configure, set_uris
 from registry.results import RESULTS_FILE
-from registry.runs import CONFIG_HASH_TAG, JOB_TAG, SILVER_VERSION_TAG, config_hash
+from registry.runs import BATCHES_TAG, CONFIG_HASH_TAG, JOB_TAG, SILVER_VERSION_TAG, config_hash
 
 log = logging.getLogger(__name__)
 
 FAILURE_TAG = "mmf.failure"
 RECOVERED_TAG = "mmf.recovered"
+RESUME_DIR = "resume"  # run artifacts a re-opened run reads back
 ORPHAN_REASON = "orphaned: the job was killed before it finished"
 
 
@@ -85,13 +90,21 @@ def _alive(pid: str | None) -> bool:
         return True
 
 
-def find_resumable(config: Config, silver_version: int, series_ids: list[str] | None = None):
-    """The newest training run a killed job left after registering its model version:
-    ``(run, model_version)``, or ``None``. It must have been found orphaned (``FAILED``
-    with ``mmf.failure``: run :func:`mark_orphans_failed` first; a run that failed on an
-    exception is not resumed, its job is run again), carry this silver version and config
-    hash, hold a ``results.parquet`` and own a ``READY`` version of
-    ``mlflow.registered_model``."""
+def find_resumable(
+    config: Config,
+    silver_version: int,
+    series_ids: list[str] | None = None,
+    n_batches: int | None = None,
+):
+    """The newest training run a killed job left that the next job must finish:
+    ``(run, model_version)``, ``model_version`` ``None`` when it did not register one
+    yet; or ``None``. It must have been found orphaned (``FAILED`` with
+    ``mmf.failure``: run :func:`mark_orphans_failed` first; a run that failed on an
+    exception is not resumed, its job is run again) and carry this silver version and
+    config hash. Then either it owns a ``READY`` version of
+    ``mlflow.registered_model`` (it trained every batch and logged its results), or it
+    recorded the same batch plan (tag ``mmf.batches`` equal to ``n_batches``): its
+    batches committed to ``gold/models`` are kept and the others trained."""
     client = set_uris(config)
     exp = client.get_experiment_by_name(config.mlflow.experiment)
     if exp is None:
@@ -104,18 +117,44 @@ def find_resumable(config: Config, silver_version: int, series_ids: list[str] | 
     runs = client.search_runs(
         [exp.experiment_id], filter_string=query, order_by=["attributes.start_time DESC"], max_results=20
     )
-    name = config.mlflow.registered_model
     for run in runs:
         if run.data.tags.get(FAILURE_TAG) != ORPHAN_REASON:
             continue
-        try:
-            versions = client.search_model_versions(f"name = '{name}' and run_id = '{run.info.run_id}'")
-        except Exception:  # noqa: BLE001 - no registered model yet
-            return None
-        ready = sorted((mv for mv in versions if mv.status == "READY"), key=lambda mv: int(mv.version))
-        if ready and any(a.path == RESULTS_FILE for a in client.list_artifacts(run.info.run_id)):
-            return run, ready[0]
+        version = _registered(client, config, run)
+        if version is not None:
+            return run, version
+        if n_batches is not None and run.data.tags.get(BATCHES_TAG) == str(int(n_batches)):
+            return run, None
     return None
+
+
+def _registered(client: MlflowClient, config: Config, run):
+    """The first ``READY`` version registered from ``run``, when it has one and its
+    results were logged (``results.parquet``)."""
+    name = config.mlflow.registered_model
+    try:
+        versions = client.search_model_versions(f"name = '{name}' and run_id = '{run.info.run_id}'")
+    except Exception:  # noqa: BLE001 - no registered model yet
+        return None
+    ready = sorted((mv for mv in versions if mv.status == "READY"), key=lambda mv: int(mv.version))
+    if ready and any(a.path == RESULTS_FILE for a in client.list_artifacts(run.info.run_id)):
+        return ready[0]
+    return None
+
+
+def log_resume_state(folder: str | Path) -> None:
+    """Keep the files of ``folder`` in the active run (under ``resume/``) for a job that
+    re-opens it after a kill."""
+    mlflow.log_artifacts(str(folder), artifact_path=RESUME_DIR)
+
+
+def load_resume_state(config: Config, run_id: str, dst: str | Path) -> Path | None:
+    """The files :func:`log_resume_state` kept in the run, downloaded under ``dst``
+    (``None`` when it kept none)."""
+    client = set_uris(config)
+    if not any(a.path == RESUME_DIR for a in client.list_artifacts(run_id)):
+        return None
+    return Path(client.download_artifacts(run_id, RESUME_DIR, str(dst)))
 
 
 @contextlib.contextmanager

@@ -1,14 +1,25 @@
 """A training job's results in its run, logged from the driver in a few calls (never
 one call per series): the aggregate metrics, ``per_series.parquet`` (and
 ``per_series.json``), ``results.parquet`` and the plots; and ``results.parquet`` read
-back, to finish a killed job (:mod:`registry.recovery`)."""
+back, to finish a killed job (:mod:`registry.recovery`).
+
+The results come as an iterable of batches (TRAIN_RESULT frames, e.g. a run's
+``gold/models`` rows read back a bucket range at a time) and are never held together:
+the metrics are accumulated (exact sums, counts, and one float per usable series for the
+median and the error histogram), the two Parquet files are written batch by batch, and
+the forecast plot reads back only its sampled series."""
 
 from __future__ import annotations
 
+import math
 import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterable, Sequence
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -17,28 +28,117 @@ from forecasting import contract as C
 from forecasting.config import Config
 from forecasting.errors import RegistryError
 from registry.connection import set_uris
-from registry.metrics import aggregate_metrics, per_series_table
-from registry.plots import plot_errors, plot_forecasts
+from registry.metrics import USABLE, chosen_backtest, finite_metric_values, per_series_table
+from registry.plots import plot_errors, plot_forecasts, sample_series
 
 RESULTS_FILE = "results.parquet"  # the engine's TRAIN_RESULT rows, for resuming a killed job
 TABLE_MAX_ROWS = 20_000  # per_series.json (mlflow.log_table) only below this size
+# ids -> rows of those series (history: silver rows ``series_id, ts, y``; results: TRAIN_RESULT)
+Lookup = Callable[[Sequence[str]], pd.DataFrame]
+
+
+class ExactSum:
+    """A float sum that is exact until its final rounding (Shewchuk's partials, as
+    :func:`math.fsum`), so it does not depend on how the values were batched or ordered."""
+
+    def __init__(self) -> None:
+        self.partials: list[float] = []
+
+    def add(self, values: Iterable[float]) -> None:
+        partials = self.partials
+        for x in values:
+            i = 0
+            for y in partials:
+                if abs(x) < abs(y):
+                    x, y = y, x
+                hi = x + y
+                lo = y - (hi - x)
+                if lo:
+                    partials[i] = lo
+                    i += 1
+                x = hi
+            partials[i:] = [x]
+
+    def value(self) -> float:
+        return math.fsum(self.partials)
+
+
+@dataclass
+class RunTotals:
+    """What the driver keeps of a run's results across batches: counts, exact sums and the
+    finite metric value of each usable series (the median and the error histogram)."""
+
+    n_series: int = 0
+    status: Counter = field(default_factory=Counter)
+    chosen: Counter = field(default_factory=Counter)
+    metric_values: list[np.ndarray] = field(default_factory=list)
+    usable_ids: list[np.ndarray] = field(default_factory=list)
+    bt_sums: dict[str, ExactSum] = field(default_factory=dict)
+    bt_counts: Counter = field(default_factory=Counter)
+
+    def add(self, results: pd.DataFrame, bt: pd.DataFrame | None = None) -> None:
+        """Count one batch (``bt``: its :func:`chosen_backtest`, when already computed)."""
+        self.n_series += len(results)
+        self.status.update(results["status"].astype(str).tolist())
+        usable = results[results["status"].isin(USABLE)]
+        self.chosen.update(m for m in usable["model"].tolist() if m)
+        self.metric_values.append(finite_metric_values(usable).to_numpy(dtype=float))
+        self.usable_ids.append(usable[C.SERIES_ID].astype(str).to_numpy())
+        bt = chosen_backtest(usable) if bt is None else bt.loc[bt.index.isin(usable[C.SERIES_ID])]
+        for col in bt.columns:
+            values = pd.to_numeric(bt[col], errors="coerce").dropna()
+            if len(values):
+                self.bt_sums.setdefault(col, ExactSum()).add(values.tolist())
+                self.bt_counts[col] += len(values)
+
+    def values(self) -> np.ndarray:
+        return np.concatenate(self.metric_values) if self.metric_values else np.empty(0)
+
+    def metrics(self, n_quarantined: int | None = None) -> dict[str, float]:
+        """The aggregate metrics (see :func:`log_results`)."""
+        out: dict[str, float] = {
+            "n_series": float(self.n_series),
+            "n_ok": float(self.status.get(C.OK, 0)),
+            "n_fallback": float(self.status.get(C.FALLBACK, 0)),
+            "n_failed": float(self.status.get(C.FAILED, 0)),
+        }
+        if n_quarantined is not None:
+            out["n_quarantined"] = float(n_quarantined)
+        values = self.values()
+        if len(values):
+            summed = ExactSum()
+            summed.add(values.tolist())
+            out["metric_value_mean"] = summed.value() / len(values)
+            out["metric_value_median"] = float(np.median(values))
+        for col, total in self.bt_sums.items():
+            mean = total.value() / self.bt_counts[col]
+            if math.isfinite(mean):
+                out[f"backtest.{col}"] = float(mean)
+        for model, count in self.chosen.items():
+            out[f"chosen.{model}"] = float(count)
+        return out
 
 
 def log_results(
-    results: pd.DataFrame,
+    results: pd.DataFrame | Iterable[pd.DataFrame],
     config: Config,
-    history: pd.DataFrame | None = None,
+    history: pd.DataFrame | Lookup | None = None,
     n_quarantined: int | None = None,
+    lookup: Lookup | None = None,
 ) -> dict[str, float]:
     """Log a training job's results to the active run in a few calls.
 
-    Metrics: ``n_series``, ``n_ok``, ``n_fallback``, ``n_failed``, ``n_quarantined``
-    (when given), ``metric_value_mean``/``metric_value_median`` (ok and fallback series),
-    ``backtest.<m>`` (mean over series of the chosen model's backtest metric ``m``) and
-    ``chosen.<model>`` (series per chosen model). Artifacts: ``per_series.parquet``,
+    ``results``: the TRAIN_RESULT rows, one frame or an iterable of batches of them
+    (read once, one batch at a time). Metrics: ``n_series``, ``n_ok``, ``n_fallback``,
+    ``n_failed``, ``n_quarantined`` (when given), ``metric_value_mean``/
+    ``metric_value_median`` (ok and fallback series), ``backtest.<m>`` (mean over series
+    of the chosen model's backtest metric ``m``) and ``chosen.<model>`` (series per
+    chosen model). Artifacts: ``per_series.parquet``, ``results.parquet``,
     ``per_series.json`` (an MLflow table, up to 20,000 series),
     ``plots/forecast_vs_actuals.png`` (``config.mlflow.sample_plots`` series; needs
-    ``history``: silver rows ``series_id, ts, y``) and ``plots/error_distribution.png``.
+    ``history``: silver rows ``series_id, ts, y``, or a function of the sampled ids
+    returning them; and, for batches, ``lookup``: the sampled series' TRAIN_RESULT rows)
+    and ``plots/error_distribution.png``.
 
     Returns:
         The aggregate metrics logged.
@@ -48,35 +148,87 @@ def log_results(
     """
     if mlflow.active_run() is None:
         raise RegistryError("log_results needs an active MLflow run: call it inside start_training_run(...)")
-    metrics = aggregate_metrics(results, n_quarantined)
-    mlflow.log_metrics(metrics)
-    table = per_series_table(results)
+    if isinstance(results, pd.DataFrame):
+        frame = results
+        results = [frame]
+        lookup = lookup or (lambda ids: frame[frame[C.SERIES_ID].astype(str).isin(set(ids))])
     with tempfile.TemporaryDirectory(prefix="mmf-run-") as tmp:
-        path = Path(tmp) / "per_series.parquet"
-        table.to_parquet(path, index=False)
-        mlflow.log_artifact(str(path))
-        _log_train_results(results, Path(tmp) / RESULTS_FILE)
-        plots = Path(tmp) / "plots"
+        folder = Path(tmp)
+        totals, n_rows = _write_batches(results, folder)
+        metrics = totals.metrics(n_quarantined)
+        mlflow.log_metrics(metrics)
+        mlflow.log_artifact(str(folder / "per_series.parquet"))
+        mlflow.log_artifact(str(folder / RESULTS_FILE))
+        plots = folder / "plots"
         plots.mkdir()
-        plot_errors(results, config, plots / "error_distribution.png")
-        if history is not None and config.mlflow.sample_plots > 0:
-            plot_forecasts(results, config, history, plots / "forecast_vs_actuals.png")
+        values = totals.values()
+        plot_errors(
+            pd.DataFrame({"status": C.OK, "metric_value": values}), config, plots / "error_distribution.png"
+        )
+        if history is not None and lookup is not None and config.mlflow.sample_plots > 0:
+            _plot_sample(totals, config, history, lookup, plots / "forecast_vs_actuals.png")
         mlflow.log_artifacts(str(plots), artifact_path="plots")
-    if len(table) <= TABLE_MAX_ROWS:
-        json_table = table.assign(end=table["end"].astype(str))
-        mlflow.log_table(json_table, artifact_file="per_series.json")
+        if n_rows <= TABLE_MAX_ROWS:
+            table = pd.read_parquet(folder / "per_series.parquet")
+            mlflow.log_table(table.assign(end=table["end"].astype(str)), artifact_file="per_series.json")
     return metrics
 
 
-def _log_train_results(results: pd.DataFrame, path: Path) -> None:
-    """``results.parquet``: the engine's rows as returned (TRAIN_RESULT), so a job killed
-    after registering can write its Gold rows without training again."""
-    names = [n for n in C.TRAIN_RESULT.names if n in results.columns]
-    schema = pa.schema([C.TRAIN_RESULT.field(n) for n in names])
-    pq.write_table(
-        pa.Table.from_pandas(results[names], schema=schema, preserve_index=False), path, compression="zstd"
-    )
-    mlflow.log_artifact(str(path))
+def _write_batches(batches: Iterable[pd.DataFrame], folder: Path) -> tuple[RunTotals, int]:
+    """``results.parquet`` and ``per_series.parquet`` in ``folder``, written batch by
+    batch, and the run's totals. The per-series table's metric columns are the union over
+    batches (a batch without a metric gets it null), so its batches are kept as parts
+    on disk and copied into the one file at the end."""
+    totals = RunTotals()
+    names = list(C.TRAIN_RESULT.names)
+    with pq.ParquetWriter(folder / RESULTS_FILE, C.TRAIN_RESULT, compression="zstd") as writer:
+        parts: list[Path] = []
+        for i, batch in enumerate(batches):
+            cols = batch.reindex(columns=names)  # a column the rows lack is written null
+            writer.write_table(pa.Table.from_pandas(cols, schema=C.TRAIN_RESULT, preserve_index=False))
+            bt = chosen_backtest(batch)
+            totals.add(batch, bt)
+            part = folder / f"per_series-{i}.parquet"
+            per_series_table(batch, bt).to_parquet(part, index=False)
+            parts.append(part)
+    n_rows = _merge_parts(parts, folder / "per_series.parquet")
+    return totals, n_rows
+
+
+def _merge_parts(parts: list[Path], path: Path) -> int:
+    """The parts' rows in one Parquet file with the union of their columns (in order of
+    first appearance); returns the rows written. Parts are removed as they are copied."""
+    fields: dict[str, pa.Field] = {}
+    for part in parts:
+        for f in pq.read_schema(part):
+            if f.name not in fields or pa.types.is_null(fields[f.name].type):
+                fields[f.name] = f
+    schema = pa.schema(list(fields.values()))
+    n = 0
+    with pq.ParquetWriter(path, schema) as writer:
+        for part in parts:
+            table = pq.read_table(part)
+            cols = [
+                table.column(f.name).cast(f.type)
+                if f.name in table.column_names
+                else pa.nulls(len(table), f.type)
+                for f in schema
+            ]
+            writer.write_table(pa.Table.from_arrays(cols, schema=schema))
+            n += len(table)
+            part.unlink()
+    return n
+
+
+def _plot_sample(totals: RunTotals, config: Config, history, lookup: Lookup, path: Path) -> None:
+    """The forecast plot of the run's sampled series, read back by ``lookup``."""
+    ids = np.concatenate(totals.usable_ids) if totals.usable_ids else np.empty(0, dtype=object)
+    sample = sample_series(pd.DataFrame({C.SERIES_ID: ids, "status": C.OK}), config)
+    if not sample:
+        return
+    rows = lookup(sample)
+    hist = history(sample) if callable(history) else history
+    plot_forecasts(rows, config, hist, path)
 
 
 def load_results(config: Config, run_id: str) -> pd.DataFrame:

@@ -10,6 +10,8 @@ Tags of a training run:
 ``mmf.host``/``mmf.pid``  who runs it (lets :func:`registry.recovery.mark_orphans_failed`
                         leave live runs alone)
 ``mmf.config_hash``     :func:`config_hash` of the settings that shape the results
+``mmf.batches``         the number of bucket ranges (batches) the job's plan has; a
+                        restarted job re-opens the run only on the same plan
 ``mmf.failure``         set on runs found orphaned by a killed job (:mod:`registry.recovery`)
 ``mmf.recovered``       set when a restarted job finished a killed job's run
                         (:mod:`registry.recovery`)
@@ -40,6 +42,7 @@ from registry.connection import configure, set_uris
 JOB_TAG = "mmf.job"
 CONFIG_HASH_TAG = "mmf.config_hash"
 SILVER_VERSION_TAG = "mmf.silver_version"
+BATCHES_TAG = "mmf.batches"
 # where and how a job runs, not what it computes: left out of config_hash
 _RUNTIME_KEYS = (
     "lakehouse",
@@ -115,10 +118,11 @@ def start_training_run(
     engine: str,
     run_name: str | None = None,
     series_ids: list[str] | None = None,
+    batches: int | None = None,
 ) -> mlflow.ActiveRun:
     """Start the job's one MLflow run (use it as a context manager: an exception inside
     ends the run ``FAILED``). Logs the flattened config as params, the full config as
-    ``conf.yaml`` and the ``mmf.*`` tags."""
+    ``conf.yaml`` and the ``mmf.*`` tags (``batches``: the job's number of batches)."""
     configure(config)
     tags = {
         JOB_TAG: "train",
@@ -130,6 +134,8 @@ def start_training_run(
         "mmf.host": socket.gethostname(),
         "mmf.pid": str(os.getpid()),
     }
+    if batches is not None:
+        tags[BATCHES_TAG] = str(int(batches))
     run = mlflow.start_run(run_name=run_name or f"train-silver-v{int(silver_version)}", tags=tags)
     try:
         data = redacted_config(config)

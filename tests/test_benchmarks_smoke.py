@@ -3,29 +3,53 @@ benchmarks/results/, never asserted here."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_scaling_smoke(tmp_path):
+def _scaling(tmp_path, *extra: str) -> tuple[str, dict]:
     out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.scaling", "--smoke", "--work", str(tmp_path)],
+        [sys.executable, "-m", "benchmarks.scaling", "--smoke", "--work", str(tmp_path), *extra],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    rows = [
-        line for line in out.stdout.splitlines() if line.startswith("| platform") or line.startswith("| loop")
-    ]
-    assert len(rows) == 2, out.stdout
-    platform = rows[0].split("|")
-    assert platform[3].strip() == "20"  # series
-    assert float(platform[4]) > 0  # wall seconds measured
+    # the smoke run writes its results beside its cells, never over the recorded ones
+    return out.stdout, json.loads((tmp_path / "scaling.json").read_text())
+
+
+def test_scaling_smoke(tmp_path):
+    stdout, result = _scaling(tmp_path)
+    rows = [line for line in stdout.splitlines() if line.startswith(("| platform", "| loop"))]
+    assert len(rows) == 2, stdout  # the platform cell, then its loop cell
+    platform, loop = result["cells"]
+    assert (platform["tool"], loop["tool"], loop["pair"]) == ("platform", "loop", "local")
+    assert platform["n_series"] == 20 and platform["models"] == ["seasonal_naive", "weekly_naive", "theta"]
+    assert platform["wall_s"] > 0 and platform["silver_rows"] == 20 * 21 * 24
+    assert 0 < platform["driver_peak_rss_mb"] <= platform["tree_peak_rss_mb"]
+    assert platform["bundle_bytes"] > 0 and platform["silver_bytes"] > 0
+    assert platform["overhead_vs_loop"] == round(platform["wall_s"] / loop["wall_s"], 3)
+    projected = result["projection"]["engines"]["local"]["at"]["1000000"]
+    assert projected["batches"] > 0 and projected["wall_s"] > 0 and projected["bundle_bytes"] > 0
+
+
+@pytest.mark.slow
+def test_scaling_restart_smoke(tmp_path):
+    """train killed at 80% of its series then run again ends with the Gold of a full run."""
+    _, result = _scaling(tmp_path, "--restart-at", "0.8")
+    (restart,) = result["restarts"]
+    assert restart["kill_killed"] and restart["kill_share_done"] >= 0.8
+    identical = restart["gold_identical"]
+    assert {"gold/selection", "gold/backtest"} <= set(identical) and all(identical.values()), identical
+    assert restart["restarted_state"]["model_versions"] == restart["full_state"]["model_versions"] == 1
 
 
 def test_nights_smoke(tmp_path, mlflow_uri):

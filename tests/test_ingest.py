@@ -489,3 +489,96 @@ def test_an_unreadable_file_is_refused_and_the_others_land(lake, lake_root, tmp_
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert f"skipped {good}: already ingested" in proc.stdout
     assert f"refused {broken}: {broken}: cannot be read" in proc.stderr
+
+
+# -- commits of whole files of about batch_rows rows -------------------------------------------
+
+
+def _folder(tmp_path: Path, sizes: list[int]) -> Path:
+    """A folder of parquet files of ``sizes`` hourly rows each (one series per file)."""
+    src = tmp_path / "raw"
+    src.mkdir()
+    for i, n in enumerate(sizes):
+        ts = pd.date_range("2024-01-01", periods=n, freq="h")
+        frame = pd.DataFrame({C.SERIES_ID: f"S{i}", C.TS: ts, C.Y: np.arange(n, dtype=float)})
+        frame.to_parquet(src / f"f{i:02d}.parquet", index=False)
+    return src
+
+
+def _commits(lake: Lakehouse) -> list[list[str]]:
+    """Each bronze commit's files, oldest first (from its add actions' rows)."""
+    rows = lake.read(BRONZE, columns=["_source_file"])
+    per_version = []
+    for v in range(lake.version(BRONZE) + 1):
+        before = set() if v == 0 else set(lake.read(BRONZE, version=v - 1)["_source_file"])
+        per_version.append(sorted(set(lake.read(BRONZE, version=v)["_source_file"]) - before))
+    assert sum(map(len, per_version)) == rows["_source_file"].nunique()
+    return [[Path(f).name for f in files] for files in per_version]
+
+
+def test_files_committed_in_groups_of_about_batch_rows(lake, tmp_path):
+    src = _folder(tmp_path, [400, 400, 400, 2500, 300, 900, 100])
+    rep = ingest(lake, src, strict=False, batch_rows=1000)
+    # whole files; a group is committed when the next file would take it past 1000 rows
+    # or it reaches them; the 2500-row file is a commit of its own
+    assert _commits(lake) == [
+        ["f00.parquet", "f01.parquet"],
+        ["f02.parquet"],
+        ["f03.parquet"],
+        ["f04.parquet"],
+        ["f05.parquet", "f06.parquet"],
+    ]
+    assert rep.bronze_version == lake.version(BRONZE) == 4
+    assert rep.added == {
+        str(src / f"f{i:02d}.parquet"): n for i, n in enumerate([400, 400, 400, 2500, 300, 900, 100])
+    }
+    bronze = lake.read(BRONZE)
+    assert len(bronze) == 5000 and (bronze["_batch_id"] == rep.batch_id).all()
+    assert bronze["_ingested_at"].nunique() == 1
+    table = lake.table(BRONZE)
+    for digest in bronze["_content_hash"].unique():  # each file's transaction, in its commit
+        assert table.transaction_version(f"mmf-ingest-{digest}") == 1
+
+    # one commit of the same files holds the same rows
+    other = Lakehouse(str(tmp_path / "other"))
+    ingest(other, src, strict=False)
+    assert other.version(BRONZE) == 0
+    cols = [C.SERIES_ID, C.TS, C.Y, "_source_file", "_content_hash"]
+    pd.testing.assert_frame_equal(
+        bronze[cols].sort_values(cols).reset_index(drop=True),
+        other.read(BRONZE)[cols].sort_values(cols).reset_index(drop=True),
+    )
+    again = ingest(lake, src, strict=False, batch_rows=1000)
+    assert again.added == {} and len(again.skipped) == 7 and lake.version(BRONZE) == 4
+
+
+class _FailAtSecondCommit:
+    def __init__(self) -> None:
+        self.seen = 0
+
+    def __call__(self, name: str, **info) -> None:
+        if name == "before_ingest_commit":
+            self.seen += 1
+            if self.seen == 2:
+                raise RuntimeError("stopped before the second commit")
+
+
+def test_stopped_between_commits_then_the_rest_lands_once(lake, tmp_path, checkpoint_hook):
+    src = _folder(tmp_path, [600, 600, 600])
+    checkpoint_hook(_FailAtSecondCommit())
+    with pytest.raises(RuntimeError, match="second commit"):
+        ingest(lake, src, strict=False, batch_rows=1000)
+    checkpoint_hook(None)
+    assert sorted(lake.read(BRONZE)["_source_file"].unique()) == [str(src / "f00.parquet")]
+    rep = ingest(lake, src, strict=False, batch_rows=1000)
+    assert rep.skipped == [str(src / "f00.parquet")] and len(rep.added) == 2
+    bronze = lake.read(BRONZE)
+    assert len(bronze) == 1800 and not bronze.duplicated([C.SERIES_ID, C.TS]).any()
+
+
+def test_strict_folder_checks_every_file_before_the_first_commit(lake, tmp_path):
+    src = _folder(tmp_path, [1500, 200])
+    _csv(src / "z_bad.csv", "series_id,ts\nA,2024-01-01 00:00\n")
+    with pytest.raises(DataContractError, match="z_bad.csv"):
+        ingest(lake, src, strict=True, batch_rows=1000)
+    assert not lake.exists(BRONZE)

@@ -5,6 +5,8 @@ travel, and bad input writes nothing."""
 from __future__ import annotations
 
 import os
+import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,10 +17,12 @@ import pytest
 
 from forecasting import contract as C
 from forecasting.config import load_config
-from forecasting.errors import FrequencyError
+from forecasting.errors import FrequencyError, TableError
 from forecasting.generator import generate, write
+from tests.reliability.faults import InjectedError
 from training.jobs.ingest import ingest
-from training.jobs.refine import SILVER, refine
+from training.jobs.refine import SILVER, refine, refine_in_progress
+from training.jobs.train import read_silver
 from training.tables import Lakehouse
 
 MMF = str(Path(sys.executable).with_name("mmf"))
@@ -26,7 +30,7 @@ H = pd.Timedelta("1h")
 
 
 def _config(root: Path, **overrides):
-    return load_config(lakehouse=str(root), workers=2, models=["seasonal_naive"], **overrides)
+    return load_config(**{"lakehouse": str(root), "workers": 2, "models": ["seasonal_naive"], **overrides})
 
 
 def _hourly(sid: str, y, start: str = "2024-01-01", step: str = "h", **cols) -> pd.DataFrame:
@@ -523,3 +527,177 @@ def test_half_hourly_real_layout_refines(lake_root, tmp_path, config):
     assert len(s) == len(df) and not s["is_filled"].any()
     assert (s.groupby(C.SERIES_ID)[C.TS].diff().dropna() == pd.Timedelta("30min")).all()
     assert (lake.read("silver/series")["freq"] == "30min").all()
+
+
+# -- batches: bounded memory, resumable ---------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+SORT = {
+    "silver/readings": [C.SERIES_ID, C.TS],
+    "silver/series": [C.SERIES_ID],
+    "silver/quarantine": [C.SERIES_ID],
+}
+
+
+def _tables(lake: Lakehouse) -> dict[str, pd.DataFrame]:
+    return {t: lake.read(t).sort_values(SORT[t]).reset_index(drop=True) for t in SILVER}
+
+
+def _assert_same_silver(lake: Lakehouse, reference: dict[str, pd.DataFrame]) -> None:
+    got = _tables(lake)
+    for t in SILVER:
+        pd.testing.assert_frame_equal(got[t], reference[t], obj=t)
+    assert got["silver/readings"][[C.SERIES_ID, C.TS]].duplicated().sum() == 0
+    assert got["silver/series"][C.SERIES_ID].is_unique and got["silver/quarantine"][C.SERIES_ID].is_unique
+
+
+def _rebuild_batches(lake: Lakehouse, name: str) -> list[int]:
+    """The batches of the table's latest rebuild, in commit order (from its history)."""
+    batches = []
+    for commit in lake.history(name):  # newest first
+        batches.append(int(commit["mmf.batch"]))
+        if commit["mmf.done"] == "1":
+            return batches[::-1]
+    raise AssertionError(f"{name}: no first commit of a rebuild")
+
+
+@pytest.fixture(scope="module")
+def mixed_bronze(tmp_path_factory):
+    """50 hourly meters (30% faulty) and 8 half-hourly ones (a mix: quarantined), in one
+    bronze file, and its silver refined in one batch."""
+    tmp = tmp_path_factory.mktemp("batches")
+    data = generate(n_series=50, days=14, seed=12, fault_share=0.3).readings
+    half = [_hourly(f"HH{i}", _load(96, 60 + i), step="30min") for i in range(8)]
+    raw = pd.concat([data, *half], ignore_index=True)
+    path = tmp / "meters.parquet"
+    raw.to_parquet(path, index=False)
+    lake = Lakehouse(str(tmp / "one"))
+    ingest(lake, path)
+    report = refine(lake, _config(tmp / "one", **{"cleaning.min_length": 48}))
+    assert len(lake.history("silver/readings")) == 1  # one batch
+    assert report.quarantined.get("mixed_frequency") == 8
+    return path, _tables(lake), report
+
+
+def test_tiny_batches_equal_one_batch(mixed_bronze, tmp_path):
+    path, reference, one = mixed_bronze
+    lake = Lakehouse(str(tmp_path / "lake"))
+    ingest(lake, path)
+    config = _config(tmp_path / "lake", batch_rows=1000, **{"cleaning.min_length": 48})
+    n = len(lake.batches("bronze/readings", 0, 1000))
+    assert n >= 10
+    report = refine(lake, config)
+    _assert_same_silver(lake, reference)
+    assert (report.n_series, report.n_rows, report.quarantined, report.freq) == (
+        one.n_series,
+        one.n_rows,
+        one.quarantined,
+        one.freq,
+    )
+    for t in SILVER:  # one commit per batch, each batch once; the completion marker on the last only
+        assert sorted(_rebuild_batches(lake, t)) == list(range(n))
+        assert len(lake.history(t)) == n
+        assert lake.txn_version(t, "mmf-refine") == 0
+        assert lake.table(t, n - 2).transaction_version("mmf-refine") is None
+        last = lake.history(t)[0]
+        assert (last["mmf.bronze_version"], last["mmf.batches"], last["mmf.freq"]) == ("0", str(n), "h")
+    assert refine_in_progress(lake) is None
+    assert refine(lake, config).skipped
+    assert len(lake.history("silver/readings")) == n
+
+
+class _FailAt:
+    """A checkpoint hook raising at the ``nth`` time ``mid_refine`` is reached."""
+
+    def __init__(self, nth: int) -> None:
+        self.nth, self.seen = nth, 0
+
+    def __call__(self, name: str, **info) -> None:
+        if name == "mid_refine":
+            self.seen += 1
+            if self.seen == self.nth:
+                raise InjectedError(f"stopped at mid_refine {info}")
+
+
+def test_stopped_half_way_resumes_without_duplicates(mixed_bronze, tmp_path, checkpoint_hook):
+    """A refine stopped after 3 batches of silver/quarantine (2 of the other tables): the
+    readers are told, and the next refine does only the rest, ending as a one-batch run."""
+    path, reference, one = mixed_bronze
+    lake = Lakehouse(str(tmp_path / "lake"))
+    ingest(lake, path)
+    config = _config(tmp_path / "lake", batch_rows=1000, workers=1, **{"cleaning.min_length": 48})
+    n = len(lake.batches("bronze/readings", 0, 1000))
+    checkpoint_hook(_FailAt(3))
+    with pytest.raises(InjectedError):
+        refine(lake, config)
+    checkpoint_hook(None)
+    assert [len(lake.history(t)) for t in SILVER] == [3, 2, 2]
+    assert all(lake.txn_version(t, "mmf-refine") is None for t in SILVER)
+    message = f"silver/readings is being rebuilt (batch 2 of {n} for bronze version 0): run `mmf refine`"
+    assert refine_in_progress(lake).startswith(message)
+    with pytest.raises(TableError, match=re.escape(message)):
+        read_silver(lake, None)
+
+    report = refine(lake, config)
+    _assert_same_silver(lake, reference)
+    assert (report.n_series, report.n_rows, report.quarantined) == (one.n_series, one.n_rows, one.quarantined)
+    for t in SILVER:  # the done batches were not committed again
+        assert sorted(_rebuild_batches(lake, t)) == list(range(n)) and len(lake.history(t)) == n
+    assert refine_in_progress(lake) is None
+    assert read_silver(lake, None)[0] == n - 1
+
+
+def test_another_batch_plan_starts_the_rebuild_over(mixed_bronze, tmp_path, checkpoint_hook):
+    path, reference, _ = mixed_bronze
+    lake = Lakehouse(str(tmp_path / "lake"))
+    ingest(lake, path)
+    config = _config(tmp_path / "lake", batch_rows=1000, workers=1, **{"cleaning.min_length": 48})
+    checkpoint_hook(_FailAt(4))
+    with pytest.raises(InjectedError):
+        refine(lake, config)
+    checkpoint_hook(None)
+    refine(lake, config.replace(batch_rows=5000))
+    _assert_same_silver(lake, reference)
+    n = len(lake.batches("bronze/readings", 0, 5000))
+    for t in SILVER:
+        assert sorted(_rebuild_batches(lake, t)) == list(range(n))
+
+
+def test_killed_at_mid_refine_twice_then_finished(mixed_bronze, tmp_path):
+    """`mmf refine` (a pool of 2 workers, tiny batches) killed with SIGKILL at mid_refine,
+    then killed there again while resuming, then run to the end: silver equals a one-batch
+    run, without a duplicated row."""
+    path, reference, _ = mixed_bronze
+    root = tmp_path / "lake"
+    lake = Lakehouse(str(root))
+    ingest(lake, path)
+    conf = tmp_path / "conf.yaml"
+    conf.write_text(
+        f"lakehouse: {root}\nworkers: 2\nbatch_rows: 1000\nmodels: [seasonal_naive]\ncleaning:\n  min_length: 48\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MMF_", "PYTEST_"))}
+    env["PYTHONPATH"] = str(REPO)
+
+    def run(**extra: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "tests.reliability.launch", "refine", "--conf", str(conf)]
+        return subprocess.run(
+            cmd, cwd=REPO, env={**env, **extra}, capture_output=True, text=True, timeout=300
+        )
+
+    first = run(MMF_TEST_KILL_AT="mid_refine")
+    assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
+    assert [lake.exists(t) for t in SILVER] == [True, False, False]
+    assert len(lake.history("silver/quarantine")) == 1
+    second = run(MMF_TEST_KILL_AT="mid_refine")
+    assert second.returncode == -signal.SIGKILL, second.stderr[-2000:]
+    assert len(lake.history("silver/quarantine")) == 2
+    assert all(lake.txn_version(t, "mmf-refine") is None for t in SILVER)
+
+    done = run()
+    assert done.returncode == 0, done.stderr[-2000:]
+    _assert_same_silver(lake, reference)
+    n = len(lake.batches("bronze/readings", 0, 1000))
+    for t in SILVER:
+        assert sorted(_rebuild_batches(lake, t)) == list(range(n))
+        assert lake.txn_version(t, "mmf-refine") == 0
+    assert refine(lake, _config(root, batch_rows=1000)).skipped

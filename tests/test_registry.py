@@ -307,7 +307,8 @@ def test_many_models_pyfunc_round_trip(config):
     assert not [p for p in files if p.suffix in (".pkl", ".pickle") or p.name == "python_model.pkl"]
     stored = pd.read_parquet(next(p for p in files if p.name == "models.parquet"))
     assert sorted(stored["series_id"]) == [*IDS, "m-x"]  # the failed series has no model
-    assert list(stored.columns) == ["series_id", "model", "model_json", "end", "freq", "status"]
+    assert list(stored.columns) == ["series_id", "model", "model_json", "end", "freq", "status", "bucket"]
+    assert stored["bucket"].is_monotonic_increasing
     assert set(stored["freq"]) == {"h"}
 
 

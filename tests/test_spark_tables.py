@@ -14,6 +14,7 @@ import pytest
 pytest.importorskip("pyspark")
 
 from forecasting import contract as C  # noqa: E402
+from forecasting.errors import MMFError  # noqa: E402
 from training.jobs.sql import run_sql  # noqa: E402
 from training.tables import Lakehouse  # noqa: E402
 from training.tables.spark import SparkTables, hadoop_settings, spark_uri  # noqa: E402
@@ -172,6 +173,41 @@ def test_sql_with_spark_sees_every_table(tables):
     assert view["t"].iloc[0] == pd.Timestamp("2024-01-01")
     local = run_sql(lake, "SELECT model_version, count(*) AS n FROM gold.forecasts GROUP BY 1 ORDER BY 1")
     assert local["n"].tolist() == out["n"].tolist()
+
+
+def test_spark_sql_current_views_show_tables_and_one_line_errors(tables):
+    """The same current views as DuckDB's (version 1, the champion, wins the shared
+    cutoff; the newest run's selection without a champion), SHOW TABLES by the names a
+    query uses, and an error in one line naming ``gold.forecasts`` as written."""
+    lake = tables.lake
+    lake.write("gold/forecasts", _forecasts("1"))
+    lake.write("gold/forecasts", _forecasts("2", shift=5.0))
+    sel = [
+        {"run_id": run, C.SERIES_ID: sid, "status": "ok", "reason": "", "model": "theta", "metric": "mase"}
+        | {"metric_value": 1.0, "silver_version": 0, "created_at": NOW + pd.Timedelta(minutes=k)}
+        for k, run in enumerate(("run-1", "run-2"))
+        for sid in ("a", "b")
+    ]
+    lake.write("gold/selection", pd.DataFrame(sel))
+    q = "SELECT model_version, run_id, count(*) AS n FROM gold.current_{} GROUP BY 1, 2"
+    for champion, version in ((("1", "run-1"), "1"), (None, "2")):
+        spark = run_sql(
+            lake, q.format("forecasts").replace("run_id", "run_id AS r"), "spark", champion=champion
+        )
+        local = run_sql(lake, q.format("forecasts").replace("run_id", "run_id AS r"), champion=champion)
+        assert (
+            spark.to_dict("list")
+            == local.to_dict("list")
+            == {"model_version": [version], "r": [f"run-{version}"], "n": [6]}
+        )
+    picked = run_sql(lake, "SELECT DISTINCT run_id FROM gold.current_selection", engine="spark")
+    assert picked["run_id"].tolist() == ["run-2"]
+    shown = run_sql(lake, "SHOW TABLES", engine="spark")["name"].tolist()
+    assert shown == ["gold.current_forecasts", "gold.current_selection", "gold.forecasts", "gold.selection"]
+    with pytest.raises(MMFError) as err:
+        run_sql(lake, "SELECT nope FROM gold.forecasts", engine="spark")
+    assert "\n" not in str(err.value) and str(err.value).startswith("mmf sql: [UNRESOLVED_COLUMN")
+    assert "gold_forecasts" not in str(err.value), str(err.value)
 
 
 def test_remote_uris_and_credentials_for_spark():

@@ -20,9 +20,9 @@ Hook = Callable[..., None]
 
 # On the driver, in pipeline order.
 POINTS = (
-    "before_ingest_commit",  # ingest: files read and checked, bronze not written
-    "after_ingest_commit",  # ingest: bronze committed
-    "mid_refine",  # refine: silver/quarantine committed, silver/series and silver/readings not
+    "before_ingest_commit",  # ingest: a commit's files read and checked, not written
+    "after_ingest_commit",  # ingest: a commit's files committed to bronze
+    "mid_refine",  # refine: a batch's silver/quarantine rows committed, not its others (info: batch)
     "mid_train",  # train: inside the engine loop, some series done, none recorded
     "before_register",  # train: run logged (metrics, per_series, results), no model version yet
     "after_register",  # train: model version registered, no alias set by the gate yet
@@ -30,6 +30,7 @@ POINTS = (
     "after_gold_backtest",  # train: gold/backtest written, gold/selection not
     "after_gold_selection",  # train: Gold written, the MLflow run not ended
     "before_forecast_commit",  # forecast: champion's forecasts computed, gold/forecasts not written
+    "mid_forecast",  # forecast: a batch of gold/forecasts committed, not the last (info: batch)
     "after_forecast_commit",  # nightly: gold/forecasts committed, gold/portfolio not
     "stream_before_commit",  # stream: a batch's forecasts computed, not merged (info: batch_id)
     "stream_after_commit",  # stream: a batch's forecasts merged, the batch not marked done (info: batch_id)

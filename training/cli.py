@@ -376,7 +376,11 @@ def ingest_cmd(source, conf, lock_timeout):
     config = _config(conf)
     with _writing(config, lock_timeout):
         rep = ingest(
-            _lake(config), source, strict=not Path(source).is_dir(), extra_columns=config.ingest.extra_columns
+            _lake(config),
+            source,
+            strict=not Path(source).is_dir(),
+            extra_columns=config.ingest.extra_columns,
+            batch_rows=config.batch_rows,
         )
     for f, n in rep.added.items():
         click.echo(f"ingested {n:,} rows from {f}")
@@ -563,7 +567,7 @@ def _summary(lake, config, rep):
         click.echo(f"champion: {info['name']} version {info['version']} (run {info['run_id']})")
     click.echo(f"lakehouse: {lake.root}  ({', '.join(lake.existing())})")
     click.echo(
-        'query it (after . .venv/bin/activate):  mmf query gold/forecasts --limit 5    or    mmf sql "SELECT model, count(*) FROM gold.selection GROUP BY 1"'
+        'query it (after . .venv/bin/activate):  mmf query gold/forecasts --limit 5    or    mmf sql "SELECT model, count(*) FROM gold.current_selection GROUP BY 1"'
     )
     uri = config.mlflow_tracking_uri()
     click.echo(f"MLflow UI: mlflow ui --backend-store-uri {uri}   then open http://127.0.0.1:5000")
@@ -685,9 +689,13 @@ def _print_frame(df, fmt):
 )
 @conf_option
 def sql(statement, fmt, engine, conf):
-    """Run the SQL STATEMENT over the lakehouse tables (gold.forecasts, silver.readings, ...)."""
+    """Run the read-only SQL STATEMENT over the lakehouse tables (gold.forecasts, silver.readings, ...).
+
+    The views gold.current_forecasts, gold.current_selection and gold.current_portfolio
+    hold the champion's current rows (no older runs or versions); SHOW TABLES lists them all.
+    A refused or failed statement is one error line and exit code 2."""
     config = _config(conf, engine=engine)
-    _print_frame(run_sql(_lake(config), statement, engine=config.engine), fmt)
+    _print_frame(run_sql(_lake(config), statement, engine=config.engine, config=config), fmt)
 
 
 @cli.command("candidates")

@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -63,12 +64,16 @@ from forecasting.models.global_models import (
     temperature_scaling,
 )
 from forecasting.models.global_models import gbm as gbm_mod
+from forecasting.models.global_models import (
+    load as load_store,
+)
 from forecasting.models.global_models import nn as nn_mod
 from forecasting.pipeline import GLOBAL_COLUMN, prepare
 from forecasting.tuning import load_search_spaces, minimize
 
 log = logging.getLogger(__name__)
 STORE_FILE = "global_models.npz"
+ENTRIES_FILE = "global_entries.json"
 
 
 def configured(config: Config) -> list[str]:
@@ -125,14 +130,22 @@ class GlobalReport:
     runs: dict[str, GlobalRun]
     store_path: Path | None
     _tmp: Any = field(default=None, repr=False)
+    # why a series outside the training sample has no result (see train_global_models'
+    # ``sampled``); "" when every series was in it
+    outside: str = ""
 
     def attach(self, readings: pd.DataFrame) -> pd.DataFrame:
         """``readings`` with :data:`GLOBAL_COLUMN`: each series' results as JSON on its
-        first row, null elsewhere."""
+        first row, null elsewhere; a series outside the training sample gets a failed
+        entry per model saying so (:attr:`outside`)."""
         payload: dict[str, dict[str, Any]] = {}
         for run in self.runs.values():
             for sid, entry in run.entries.items():
                 payload.setdefault(sid, {})[run.name] = entry
+        if self.outside and len(readings):
+            failed = {name: {"status": "failed", "reason": self.outside} for name in self.runs}
+            for sid in readings[C.SERIES_ID].astype(str).unique():
+                payload.setdefault(sid, failed)
         out = readings.copy()
         column = pd.Series(pd.NA, index=out.index, dtype="string")
         if len(out):
@@ -146,6 +159,30 @@ class GlobalReport:
 
     def weights(self) -> list[GlobalWeights]:
         return [r.weights for r in self.runs.values() if r.weights is not None]
+
+    def save(self, folder: str | Path) -> Path:
+        """What a restarted job needs to go on with these models (each series' entries,
+        the weights' store): ``entries.json`` and ``global_models.npz`` in ``folder``."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        data = {"outside": self.outside, "runs": {n: r.entries for n, r in self.runs.items()}}
+        (folder / ENTRIES_FILE).write_text(json.dumps(data, allow_nan=False))
+        if self.store_path is not None:
+            shutil.copyfile(self.store_path, folder / STORE_FILE)
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> GlobalReport:
+        """The report :meth:`save` kept in ``folder`` (copied to a folder of its own,
+        the weights registered in this process); its runs hold only the entries."""
+        tmp = tempfile.TemporaryDirectory(prefix="mmf-global-")
+        data = json.loads((Path(folder) / ENTRIES_FILE).read_text())
+        runs = {n: GlobalRun(n, {}, None, entries) for n, entries in data["runs"].items()}
+        store = None
+        if (Path(folder) / STORE_FILE).exists():
+            store = Path(shutil.copyfile(Path(folder) / STORE_FILE, Path(tmp.name) / STORE_FILE))
+            load_store(store)
+        return cls(runs, store, tmp, data.get("outside", ""))
 
 
 # -- the panel ------------------------------------------------------------------------
@@ -391,7 +428,10 @@ def train_global_models(
     """Tune and train every configured global model; ``None`` when there is none.
 
     Args:
-        readings: the silver rows of every series.
+        readings: the silver rows of the series to train on: the train job passes a
+            bounded sample (the first batches of its plan up to ``batch_rows`` rows,
+            :func:`training.jobs.train.global_sample`); the series outside it get the
+            report's :attr:`GlobalReport.outside` reason as a failed candidate.
         config: the validated settings (``freq`` set).
         engine: ``local`` or ``spark``: picks the trials (Trials / SparkTrials) and the
             launcher of ``global_nn``'s data-parallel training.

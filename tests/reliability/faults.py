@@ -6,6 +6,9 @@ checkpoint. Nothing of it is in the product: a test installs it with
 
 ``MMF_TEST_KILL_AT=<checkpoint>``
     SIGKILL the process when it reaches ``<checkpoint>`` (one of ``checkpoints.POINTS``).
+``MMF_TEST_KILL_AT=<checkpoint>:<info>=<value>``
+    SIGKILL the process when it reaches ``<checkpoint>`` with that info (e.g.
+    ``mid_train:batches_done=1``: once one batch of the training is committed).
 ``MMF_TEST_KILL_AT=worker:<function>:<key>[,<key>...]``
     SIGKILL the local-engine worker that is about to run ``<function>`` (e.g.
     ``process_series``) on one of these group keys, every time, so the engine's one-by-one
@@ -70,7 +73,11 @@ class Faults:
         return cls(kill_at=kill, pause_at=pause, busy_at=busy) if kill or pause or busy else None
 
     def __call__(self, name: str, **info: Any) -> None:
-        if name == self.kill_at or (name == "worker_group" and self._doomed(**info)):
+        if (
+            name == self.kill_at
+            or self._kill_with(name, info)
+            or (name == "worker_group" and self._doomed(**info))
+        ):
             os.kill(os.getpid(), signal.SIGKILL)
         if self.pause_at and self.pause_at.split(":", 1)[0] == name:
             _pause(Path(self.pause_at.split(":", 1)[1]))
@@ -82,6 +89,12 @@ class Faults:
             where = f"stage{info['stage']}-part{info['partition']}-attempt0"
             (Path(self.fail_first_attempt) / where).touch()
             raise InjectedError(f"injected failure of the first attempt of task {where}")
+
+    def _kill_with(self, name: str, info: dict[str, Any]) -> bool:
+        """``kill_at`` is ``<checkpoint>:<info>=<value>`` and this is that checkpoint with that info."""
+        point, _, cond = (self.kill_at or "").partition(":")
+        key, eq, value = cond.partition("=")
+        return point == name and point != "worker" and bool(eq) and str(info.get(key)) == value
 
     def _doomed(self, function: str, key: str) -> bool:
         parts = (self.kill_at or "").split(":", 2)

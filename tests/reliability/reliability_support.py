@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 N_SERIES, DAYS, SEED = 10, 14, 11
 TABLES = tuple(t for t in TABLE_NAMES if t != "gold/scores")  # every table a nightly writes
 # Columns a rerun legitimately changes: ids of the batch and run, wall-clock times.
-VOLATILE = {"_batch_id", "_ingested_at", "run_id", "created_at"}
+VOLATILE = {"_batch_id", "_ingested_at", "run_id", "created_at", "candidates_json"}  # candidates' fit_s
 SORT = {
     "bronze/readings": ["series_id", "ts", "y"],
     "silver/readings": ["series_id", "ts"],
@@ -29,6 +29,7 @@ SORT = {
     "gold/selection": ["series_id"],
     "gold/portfolio": ["level", "key", "day", "model_version"],
     "gold/gate": ["challenger_version", "series_id"],
+    "gold/models": ["series_id", "silver_version"],
 }
 KEYS = {  # no two rows may share these
     "silver/readings": ["series_id", "ts"],
@@ -37,6 +38,7 @@ KEYS = {  # no two rows may share these
     "gold/selection": ["run_id", "series_id"],
     "gold/portfolio": ["level", "key", "day", "model_version"],
     "gold/gate": ["run_id", "series_id"],
+    "gold/models": ["run_id", "series_id"],
 }
 
 

@@ -87,7 +87,8 @@ def sql_lake(reference, tmp_path_factory):
 
 
 READS = [
-    "SELECT model, count(*) FROM gold.selection GROUP BY 1",  # README
+    "SELECT model, count(*) FROM gold.current_selection GROUP BY 1",  # README
+    "SELECT model, count(*) FROM gold.selection GROUP BY 1",
     "SELECT series_id, yhat FROM gold.forecasts ORDER BY series_id, ts LIMIT 3",
     "WITH f AS (SELECT * FROM gold.forecasts) SELECT count(*) AS n FROM f",
     "  -- a comment\n select count(*) as n from silver.readings;",

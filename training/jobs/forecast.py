@@ -17,15 +17,27 @@ after its latest silver timestamp, its cutoff, whatever the promotion gate decid
   ``mmf forecast`` exit non-zero.
 
 Rows carry ``model_version`` and ``run_id`` of the version that forecast,
-``silver_version`` (the silver/readings version of the data) and ``fit``. A delivery
-is one write, replace-where on each row's (model_version, cutoff, series): the same
-forecast written again replaces and never duplicates, and forecasts from earlier
-cutoffs stay (to be scored against the actuals). The write records the Delta
-application transaction ``mmf-forecast`` = :func:`delivery_key` (silver version,
-champion version, horizon): a rerun on the same data with the same champion skips the
-step, unless the delivery is incomplete or its champion rows come from another run
-than the champion's (an MLflow store lost and trained again); then it forecasts again
-and says why (:attr:`ForecastReport.note`).
+``silver_version`` (the silver/readings version of the data) and ``fit``.
+
+A delivery works in batches of whole series: the bucket ranges of silver/readings at
+its version, about ``config.batch_rows`` rows each (:meth:`Lakehouse.batches`). Each
+batch is planned, refitted (the engine keeps one pool across batches), forecast and
+written in its own commit as it completes, replace-where on each row's
+(model_version, cutoff, series): the same forecast written again replaces and never
+duplicates, and forecasts from earlier cutoffs stay (to be scored against the
+actuals). Every batch commit's metadata names the delivery (``mmf.delivery`` =
+:func:`delivery_key` of silver version, champion version and horizon; ``mmf.run_id``)
+and the batch (``mmf.batch``, ``mmf.buckets``), with its counts and its series left
+without a forecast. A restarted delivery reads its done-set back from the Delta log
+(:func:`done_batches`: the commits of the same delivery and run since the last
+finished one), skips those batches and keeps their ``created_at``, so the delivery
+ends as one write would have. Only the LAST commit records the Delta application
+transaction ``mmf-forecast`` = the delivery key (and ``mmf.final``): a rerun on the
+same data with the same champion skips the step, unless the delivery is incomplete or
+its champion rows come from another run than the champion's (an MLflow store lost and
+trained again); then it forecasts again and says why (:attr:`ForecastReport.note`).
+gold/portfolio (:func:`aggregate`) sums the delivery's totals a bucket range at a time
+and writes them once.
 
 Future temperature, for models that use it, is the same hour one week earlier (a
 persistence forecast; a weather feed can replace it by passing its own frame).
@@ -34,8 +46,10 @@ persistence forecast; a weather feed can replace it by passing its own frame).
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -59,6 +73,7 @@ from training.tables import (
     SILVER_READINGS,
     SILVER_SERIES,
     Lakehouse,
+    bucket_ranges,
 )
 
 log = logging.getLogger(__name__)
@@ -110,14 +125,35 @@ def delivery_key(silver_version: int, model_version: str | int, horizon: int) ->
 
 @dataclass
 class Source:
-    """A registered version and the series it forecasts in a delivery."""
+    """A registered version that forecasts in a delivery."""
 
     version: str
     run_id: str
     silver_version: int | None
     model: Any  # its ManyModels (registry.pyfunc)
-    trained: list[str] = field(default_factory=list)  # forecast as trained
-    refit: list[str] = field(default_factory=list)  # fitted again on the current silver first
+
+
+@dataclass
+class Part:
+    """The series of one batch one source forecasts: its models of them (as
+    ``ManyModels.models`` rows), those forecast as trained and those to refit first."""
+
+    source: Source
+    models: pd.DataFrame
+    trained: list[str] = field(default_factory=list)
+    refit: list[str] = field(default_factory=list)
+
+
+@dataclass
+class BatchPlan:
+    """One bucket range of a delivery: its series (silver/series ``end, freq`` by id),
+    the sources' parts and the series left without a forecast, with the reason."""
+
+    index: int
+    buckets: tuple[int, int]
+    series: pd.DataFrame
+    parts: list[Part]
+    missing: dict[str, str]
 
 
 def load_source(config: Config, info: dict[str, Any]) -> Source:
@@ -125,51 +161,77 @@ def load_source(config: Config, info: dict[str, Any]) -> Source:
     return Source(str(info["version"]), info["run_id"], info.get("silver_version"), model)
 
 
-def series_to_forecast(lake: Lakehouse) -> pd.DataFrame:
-    """silver/series (the series not quarantined): ``end`` and ``freq`` by series id."""
-    frame = lake.read(SILVER_SERIES, columns=[C.SERIES_ID, "end", "freq"])
+def series_to_forecast(lake: Lakehouse, buckets: tuple[int, int] | None = None) -> pd.DataFrame:
+    """silver/series (the series not quarantined), of a bucket range: ``end`` and
+    ``freq`` by series id."""
+    cols = [C.SERIES_ID, "end", "freq"]
+    if buckets is None:
+        frame = lake.read(SILVER_SERIES, columns=cols)
+    else:
+        frame = lake.read_buckets(SILVER_SERIES, buckets, columns=cols)
     frame["end"] = frame["end"].astype("datetime64[us]")
     return frame.set_index(C.SERIES_ID)
 
 
-def assign(source: Source, wanted: pd.DataFrame, silver_version: int) -> list[str]:
-    """Give ``source`` the series of ``wanted`` it holds: as trained when it was trained
-    on ``silver_version`` up to the series' end, else to refit. Returns the others."""
-    ends = source.model.series_ends().set_index(C.SERIES_ID)["end"]
+def assign(source: Source, models: pd.DataFrame, wanted: pd.DataFrame, silver_version: int):
+    """The part of ``wanted`` that ``source`` (whose models of the batch are ``models``)
+    holds: as trained when it was trained on ``silver_version`` up to the series' end,
+    else to refit. Returns the part and the series it does not hold."""
+    ends = models.set_index(C.SERIES_ID)["end"]
     same_data = source.silver_version is not None and int(source.silver_version) == int(silver_version)
-    left = []
+    part, left = Part(source, models[models[C.SERIES_ID].isin(wanted.index)].reset_index(drop=True)), []
     for sid, end in zip(wanted.index, wanted["end"]):
         if sid not in ends.index:
             left.append(sid)
         elif same_data and ends[sid] == end:
-            source.trained.append(sid)
+            part.trained.append(sid)
         else:
-            source.refit.append(sid)
-    return left
+            part.refit.append(sid)
+    return part, left
 
 
-def plan(lake: Lakehouse, config: Config, champion: Source, series: pd.DataFrame, silver_version: int):
-    """The sources of a delivery (the champion first, then the newest version holding
-    each series it does not hold) and the series none holds, with the reason."""
-    left = assign(champion, series, silver_version)
-    sources = [champion]
+class Sources:
+    """The champion, and the other versions as a delivery needs them (each loaded once)."""
+
+    def __init__(self, config: Config, champion: Source) -> None:
+        self.config, self.champion = config, champion
+        self.loaded: dict[str, Source] = {champion.version: champion}
+        self.by_run: dict[str, str] | None = None
+
+    def get(self, version: str) -> Source:
+        if version not in self.loaded:
+            self.loaded[version] = load_source(self.config, pyfunc.version_details(self.config, version))
+        return self.loaded[version]
+
+    def runs(self) -> dict[str, str]:
+        if self.by_run is None:
+            self.by_run = pyfunc.versions_by_run(self.config)
+        return self.by_run
+
+
+def plan(lake: Lakehouse, sources: Sources, series: pd.DataFrame, silver_version: int, buckets):
+    """The parts of a batch (the champion first, then the newest version holding each
+    series it does not hold) and the series none holds, with the reason."""
+    champion = sources.champion
+    first, left = assign(champion, champion.model.models_in(buckets), series, silver_version)
+    parts = [first]
     if not left:
-        return sources, {}
+        return parts, {}
     sel = lake.read(
         GOLD_SELECTION,
         columns=["run_id", C.SERIES_ID, "status", "reason", "created_at"],
         filters=[(C.SERIES_ID, "in", left)],
     )
-    by_run = pyfunc.versions_by_run(config)
+    by_run = sources.runs()
     usable = sel[sel["status"].isin([C.OK, C.FALLBACK])].assign(version=lambda f: f["run_id"].map(by_run))
     usable = usable[usable["version"].notna() & (usable["version"] != champion.version)]
     newest = usable.groupby(C.SERIES_ID)["version"].agg(lambda v: max(v, key=int))
     for version in sorted(set(newest), key=int, reverse=True):
-        source = load_source(config, pyfunc.version_details(config, version))
-        assign(source, series.loc[newest.index[newest == version]], silver_version)
-        sources.append(source)
-    held = {sid for src in sources for sid in src.trained + src.refit}
-    return sources, {sid: _why_unheld(sel, sid, by_run) for sid in left if sid not in held}
+        source = sources.get(str(version))
+        wanted = series.loc[newest.index[newest == version]]
+        parts.append(assign(source, source.model.models_in(buckets), wanted, silver_version)[0])
+    held = {sid for part in parts for sid in part.trained + part.refit}
+    return parts, {sid: _why_unheld(sel, sid, by_run) for sid in left if sid not in held}
 
 
 def _why_unheld(sel: pd.DataFrame, sid: str, by_run: dict[str, str]) -> str:
@@ -182,42 +244,50 @@ def _why_unheld(sel: pd.DataFrame, sid: str, by_run: dict[str, str]) -> str:
     return f"{last['status']} in training run {last['run_id']}: {last['reason']}"
 
 
-def refit_models(lake: Lakehouse, cfg: Config, source: Source, silver_version: int):
-    """``source``'s models of the series it forecasts (as ``ManyModels.models`` rows),
-    those of ``source.refit`` fitted again on silver (on the engine); and the series
-    whose refit failed, with the reason."""
-    models = source.model.models().set_index(C.SERIES_ID)
-    keep = models.loc[source.trained]
-    if not source.refit:
-        return keep.reset_index(), {}
-    specs = refit_specs(models.loc[source.refit].reset_index())
-    readings = lake.read(SILVER_READINGS, version=silver_version, filters=[(C.SERIES_ID, "in", source.refit)])
-    out = (
-        get_engine(cfg)
-        .map_groups(
-            with_specs(readings, specs), C.SERIES_ID, refit_series, C.REFIT_RESULT, cfg, on_error=failed_refit
-        )
-        .set_index(C.SERIES_ID)
+def refit_input(lake: Lakehouse, batch: BatchPlan, silver_version: int) -> pd.DataFrame:
+    """The silver rows of the batch's series to refit, each series' spec on its first row."""
+    specs: dict[str, str] = {}
+    for part in batch.parts:
+        specs.update(refit_specs(part.models[part.models[C.SERIES_ID].isin(part.refit)]))
+    if not specs:
+        return pd.DataFrame({C.SERIES_ID: pd.Series([], dtype=object)})
+    readings = lake.read_buckets(
+        SILVER_READINGS, batch.buckets, version=silver_version, filters=[(C.SERIES_ID, "in", sorted(specs))]
     )
-    ok = out.index[out["status"] == C.OK]
-    failed = {sid: f"v{source.version} {out.at[sid, 'reason']}" for sid in out.index.difference(ok)}
-    for sid in set(source.refit) - set(out.index):
+    return with_specs(readings.drop(columns=[C.BUCKET], errors="ignore"), specs)
+
+
+def refit_models(part: Part, out: pd.DataFrame, silver_version: int):
+    """``part``'s models of the series it forecasts, those of ``part.refit`` replaced by
+    their refit (``out``: REFIT_RESULT rows by series id); and the series whose refit
+    failed, with the reason."""
+    source = part.source
+    models = part.models.set_index(C.SERIES_ID)
+    keep = models.loc[part.trained]
+    if not part.refit:
+        return keep.reset_index(), {}
+    mine = out[out.index.isin(part.refit)]
+    ok = mine.index[mine["status"] == C.OK]
+    failed = {sid: f"v{source.version} {mine.at[sid, 'reason']}" for sid in mine.index.difference(ok)}
+    for sid in set(part.refit) - set(mine.index):
         failed[sid] = f"no rows in silver/readings version {silver_version} to refit v{source.version} on"
-    fresh = models.loc[ok].assign(model_json=out.loc[ok, "model_json"], end=out.loc[ok, "end"])
+    fresh = models.loc[ok].assign(model_json=mine.loc[ok, "model_json"], end=mine.loc[ok, "end"])
     both = [f for f in (keep, fresh) if len(f)] or [keep]
     return pd.concat(both).reset_index(), failed
 
 
 def future_frame(
-    lake: Lakehouse, silver_version: int, ends: pd.Series, freq: str, horizon: int
+    lake: Lakehouse, silver_version: int, ends: pd.Series, freq: str, horizon: int, buckets=(0, C.N_BUCKETS)
 ) -> pd.DataFrame:
-    """Rows (series_id, horizon, ts, temperature) for every series and future step."""
+    """Rows (series_id, horizon, ts, temperature) for every series and future step (of
+    the series of ``ends``, all in the bucket range ``buckets``)."""
     sids = ends.index.to_numpy()
     ts = future_timestamps(ends.to_numpy(dtype="datetime64[us]"), freq, np.arange(1, horizon + 1)).ravel()
     frame = pd.DataFrame({C.SERIES_ID: np.repeat(sids, horizon), "horizon": horizon, C.TS: ts})
     week = pd.Timedelta("7D")
-    hist = lake.read(
+    hist = lake.read_buckets(
         SILVER_READINGS,
+        buckets,
         version=silver_version,
         columns=[C.SERIES_ID, C.TS, "temperature"],
         filters=[(C.TS, ">", (ends.min() - week).to_pydatetime())],
@@ -295,122 +365,252 @@ def forecast(
     if silver_version is None:
         raise TableError("silver/readings does not exist: run `mmf refine` first")
     version, run_id, h = str(info["version"]), info["run_id"], horizon or config.horizon
-    series = series_to_forecast(lake)
+    n_clean = lake.n_rows(SILVER_SERIES)
     key = delivery_key(silver_version, version, h)
     report = ForecastReport(
         version,
         run_id,
-        len(series),
+        n_clean,
         0,
         lake.version(GOLD_FORECASTS) or 0,
         silver_version=silver_version,
         horizon=h,
-        n_clean=len(series),
+        n_clean=n_clean,
         delivery=key,
     )
+    ranges = lake.batches(SILVER_READINGS, silver_version, config.batch_rows)
     if not force and lake.txn_version(GOLD_FORECASTS, APP_FORECAST) == key:
-        rows = delivered(lake, series, h)
-        report.note = redo_reason(rows, series, h, version, run_id)
+        n_rows, report.note = check_delivery(lake, ranges, h, version, run_id)
         if not report.note:
-            report.skipped, report.n_rows = True, len(rows)
+            report.skipped, report.n_rows = True, n_rows
             return report
         log.warning("%s", report.note)
-    return _deliver(lake, config, info, series, report, progress)
+    return _deliver(lake, config, info, ranges, report, progress)
+
+
+@dataclass
+class Delivery:
+    """What one delivery has committed so far (the batches done before a restart included):
+    small counts only."""
+
+    key: int
+    run_id: str
+    n_batches: int
+    created_at: pd.Timestamp
+    done: dict[str, dict[str, Any]]  # "lo:hi" -> the commit's metadata
+    rows: int = 0
+    fits: Counter = field(default_factory=Counter)
+    versions: Counter = field(default_factory=Counter)
+    missing: dict[str, str] = field(default_factory=dict)
+    table_version: int | None = None
+    final: bool = False
+
+    def add(self, counts: dict[str, Any], missing: dict[str, str]) -> None:
+        self.rows += int(counts.get("rows", 0))
+        self.fits.update(counts.get("fits", {}))
+        self.versions.update(counts.get("versions", {}))
+        self.missing.update(missing)
+
+
+def done_batches(lake: Lakehouse, key: int, run_id: str, limit: int) -> dict[str, dict[str, Any]]:
+    """The batch commits of the unfinished delivery ``key`` of ``run_id`` in gold/forecasts
+    (its done-set, by bucket range ``"lo:hi"``): the commits since the last commit of
+    another delivery or of a finished one (``mmf.final``), read from the Delta log."""
+    if not lake.exists(GOLD_FORECASTS):
+        return {}
+    done: dict[str, dict[str, Any]] = {}
+    for commit in lake.table(GOLD_FORECASTS).history(limit):  # newest first
+        if "mmf.run_id" not in commit:
+            continue  # not a delivery (a scoring merge, a maintenance commit)
+        if (
+            commit.get("mmf.delivery") != str(key)
+            or commit["mmf.run_id"] != run_id
+            or commit.get("mmf.final")
+        ):
+            break
+        done.setdefault(str(commit["mmf.buckets"]), commit)
+    return done
 
 
 def _deliver(
     lake: Lakehouse,
     config: Config,
     info: dict[str, Any],
-    series: pd.DataFrame,
+    ranges: list[tuple[int, int]],
     report: ForecastReport,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> ForecastReport:
-    """Plan, refit, forecast and write one delivery; ``report`` filled in."""
-    silver_version, h = int(report.silver_version or 0), report.horizon
+    """Plan, refit, forecast and write one delivery batch by batch; ``report`` filled in."""
+    h = report.horizon
     t0 = time.perf_counter()
-    sources, missing = plan(lake, config, load_source(config, info), series, silver_version)
+    sources = Sources(config, load_source(config, info))
+    done = done_batches(lake, int(report.delivery or 0), report.run_id, len(ranges) + 100)
+    now = pd.Timestamp(dt.datetime.now(dt.timezone.utc)).as_unit("us")
+    if done:  # a restart: the delivery keeps its creation time (gold/portfolio reads it)
+        now = pd.Timestamp(next(iter(done.values()))["mmf.created_at"]).as_unit("us")
+    state = Delivery(int(report.delivery or 0), report.run_id, len(ranges), now, done)
+    for rng, commit in done.items():
+        state.add(json.loads(commit.get("mmf.counts", "{}")), json.loads(commit.get("mmf.missing", "{}")))
+        lo, hi = (int(b) for b in rng.split(":"))
+        check_batch(lake, series_to_forecast(lake, (lo, hi)), h, state.missing)
+    todo = [(i, b) for i, b in enumerate(ranges) if f"{b[0]}:{b[1]}" not in done]
+    if done:
+        log.info("forecast: resuming delivery %s, %d of %d batches done", state.key, len(done), len(ranges))
     t1 = time.perf_counter()
-    freq = config.freq or (str(series["freq"].iloc[0]) if len(series) else None)
+    timings = {"refit_s": 0.0, "score_s": 0.0, "gold_write_s": 0.0}
+    _run_batches(lake, config, sources, todo, state, report, timings, progress)
+    if not state.final and (state.rows or state.done):  # every batch was done but none marked final
+        _commit(lake, state, report, -1, (0, 0), _empty(lake), {}, {}, final=True)
+    report.n_rows, report.n_series = state.rows, sum(state.versions.values())
+    report.fits, report.versions = dict(state.fits), dict(state.versions)
+    report.missing = {sid: state.missing[sid] for sid in sorted(state.missing)}
+    if state.table_version is not None:
+        report.table_version = state.table_version
+    report.timings = {"load_s": t1 - t0, **timings}
+    return report
+
+
+def _run_batches(lake, config, sources, todo, state: Delivery, report, timings, progress) -> None:
+    """Refit on the engine (one pool across batches), forecast and commit each batch as
+    it completes; the last one commits the delivery's application transaction."""
+    silver_version, h = int(report.silver_version or 0), report.horizon
+    plans: dict[int, BatchPlan] = {}
+
+    def loader(i: int, buckets: tuple[int, int]):
+        def load() -> pd.DataFrame:
+            series = series_to_forecast(lake, buckets)
+            parts, missing = plan(lake, sources, series, silver_version, buckets)
+            plans[i] = BatchPlan(i, buckets, series, parts, missing)
+            return refit_input(lake, plans[i], silver_version)
+
+        return load
+
+    # the batches' plans are made as the engine loads them; the freq of the first one
+    # with series is the delivery's (as before, one frequency per lakehouse)
+    freq, first = config.freq, next((series_to_forecast(lake, b) for _, b in todo), None)
+    if freq is None and first is not None and len(first):
+        freq = str(first["freq"].iloc[0])
     cfg = config.replace(horizon=h, freq=freq)
-    chosen = []
-    for source in sources:
-        models, failed = refit_models(lake, cfg, source, silver_version)
-        missing.update(failed)
-        chosen.append((source, models))
-    t2 = time.perf_counter()
-    pred = _forecasts(lake, chosen, silver_version, h, missing, progress)
-    t3 = time.perf_counter()
-    checkpoint("before_forecast_commit")
+    engine = get_engine(cfg)
+    batches = [(i, loader(i, b)) for i, b in todo]
+    stream = engine.map_batches(
+        batches, C.SERIES_ID, refit_series, C.REFIT_RESULT, cfg, on_error=failed_refit
+    )
+    left, clock = len(todo), time.perf_counter()
+    for i, out in stream:
+        batch = plans.pop(i)
+        left -= 1
+        chosen = []
+        for part in batch.parts:
+            models, failed = refit_models(part, out.set_index(C.SERIES_ID), silver_version)
+            batch.missing.update(failed)
+            chosen.append((part, models))
+        t = time.perf_counter()
+        timings["refit_s"] += t - clock
+        pred = _forecasts(lake, chosen, batch, silver_version, h, state, progress, report.n_clean)
+        timings["score_s"] += time.perf_counter() - t
+        t = time.perf_counter()
+        final = left == 0 and (state.rows > 0 or len(pred) > 0 or bool(state.done))
+        if len(pred) or final:
+            _commit(lake, state, report, i, batch.buckets, pred, _counts(pred), batch.missing, final)
+        state.missing.update(batch.missing)
+        check_batch(lake, batch.series, h, state.missing)
+        timings["gold_write_s"] += time.perf_counter() - t
+        clock = time.perf_counter()
+        if not final:
+            checkpoint("mid_forecast", batch=i)
+
+
+def _counts(pred: pd.DataFrame) -> dict[str, Any]:
+    """A batch's rows, and its series by fit and by model version."""
+    if pred.empty:
+        return {"rows": 0, "fits": {}, "versions": {}}
+    firsts = pred.drop_duplicates(C.SERIES_ID)
+    return {
+        "rows": len(pred),
+        "fits": {str(k): int(v) for k, v in firsts["fit"].value_counts().items()},
+        "versions": {str(k): int(v) for k, v in firsts["model_version"].value_counts().items()},
+    }
+
+
+def _empty(lake: Lakehouse) -> pd.DataFrame:
+    return pd.DataFrame(columns=list(C.forecast_schema(lake.levels).names))
+
+
+def _commit(lake, state: Delivery, report, i, buckets, pred, counts, missing, final: bool) -> None:
+    """One batch's gold/forecasts rows in their own commit: replace-where on each row's
+    (model_version, cutoff, series), metadata naming the delivery and the batch; the
+    last one also records the application transaction ``mmf-forecast``."""
+    if state.table_version is None:
+        checkpoint("before_forecast_commit")
+    metadata = {
+        "mmf.run_id": report.run_id,
+        "mmf.silver_version": report.silver_version,
+        "mmf.delivery": state.key,
+        "mmf.batch": i,
+        "mmf.batches": state.n_batches,
+        "mmf.buckets": f"{buckets[0]}:{buckets[1]}",
+        "mmf.created_at": state.created_at.isoformat(),
+        "mmf.counts": json.dumps(counts),
+        "mmf.missing": json.dumps(missing),
+    }
+    txn: dict[str, Any] = {}
+    if final:
+        metadata["mmf.final"] = "1"
+        txn = {"app_id": APP_FORECAST, "app_version": state.key}
     if len(pred):
-        report.table_version = lake.write(
+        state.table_version = lake.write(
             GOLD_FORECASTS,
             pred,
             mode="overwrite",
             predicate=replace_predicate(pred),
-            app_id=APP_FORECAST,
-            app_version=report.delivery,
-            metadata={"mmf.run_id": report.run_id, "mmf.silver_version": silver_version},
+            metadata=metadata,
+            **txn,
         )
-    report.n_rows, report.n_series = len(pred), int(pred[C.SERIES_ID].nunique()) if len(pred) else 0
-    report.fits = pred.drop_duplicates(C.SERIES_ID)["fit"].value_counts().to_dict() if len(pred) else {}
-    report.versions = (
-        pred.drop_duplicates(C.SERIES_ID)["model_version"].value_counts().to_dict() if len(pred) else {}
-    )
-    rows = delivered(lake, series, h)
-    for sid in missing_series(series, rows, h):
-        missing.setdefault(sid, "no forecast of its latest end in gold/forecasts after the write")
-    report.missing = {sid: missing[sid] for sid in sorted(missing)}
-    report.timings = {
-        "load_s": t1 - t0,
-        "refit_s": t2 - t1,
-        "score_s": t3 - t2,
-        "gold_write_s": time.perf_counter() - t3,
-    }
-    return report
+    else:
+        state.table_version = lake.write(GOLD_FORECASTS, _empty(lake), metadata=metadata, **txn)
+    state.add(counts, {})
+    state.final = state.final or final
 
 
 def _forecasts(
     lake: Lakehouse,
-    chosen: list[tuple[Source, pd.DataFrame]],
+    chosen: list[tuple[Part, pd.DataFrame]],
+    batch: BatchPlan,
     silver_version: int,
     h: int,
-    missing: dict[str, str],
+    state: Delivery,
     progress: Callable[[str, int, int], None] | None = None,
+    total: int = 0,
 ) -> pd.DataFrame:
-    """Every source's forecasts as gold/forecasts rows (failures go to ``missing``);
+    """A batch's forecasts as gold/forecasts rows (failures go to ``batch.missing``);
     ``progress("forecast", series done, series in all)`` as they are forecast."""
-    chosen = [(source, models) for source, models in chosen if len(models)]
+    chosen = [(part, models) for part, models in chosen if len(models)]
     if not chosen:
-        return pd.DataFrame(columns=list(C.forecast_schema(lake.levels).names))
+        return _empty(lake)
     everything = pd.concat([m for _, m in chosen], ignore_index=True)
     ends = everything.set_index(C.SERIES_ID)["end"].astype("datetime64[us]")
-    inputs = future_frame(lake, silver_version, ends, str(everything["freq"].iloc[0]), h)
-    now = pd.Timestamp(dt.datetime.now(dt.timezone.utc)).as_unit("us")
-    parts, done, total = [], 0, len(ends)
-    for source, models in chosen:
-        start = done
+    inputs = future_frame(lake, silver_version, ends, str(everything["freq"].iloc[0]), h, batch.buckets)
+    parts, start = [], sum(state.versions.values())
+    for part, models in chosen:
 
         def tell(n: int, _: int, start: int = start) -> None:
             if progress:
-                progress("forecast", start + n, total)
+                progress("forecast", start + n, max(total, start + n))
 
-        pred, failed = predict_source(source, models, inputs, tell if progress else None)
-        done += len(models)
-        missing.update(failed)
+        pred, failed = predict_source(part.source, models, inputs, tell if progress else None)
+        start += len(models)
+        batch.missing.update(failed)
         if pred.empty:
             continue
-        refit = set(source.refit)
-        pred["model_version"] = source.version
-        pred["run_id"] = source.run_id
+        pred["model_version"] = part.source.version
+        pred["run_id"] = part.source.run_id
         pred["cutoff"] = pred[C.SERIES_ID].map(ends).astype("datetime64[us]")
-        pred["created_at"] = now
+        pred["created_at"] = state.created_at
         pred["silver_version"] = silver_version
-        pred["fit"] = np.where(pred[C.SERIES_ID].isin(refit), C.REFIT, C.TRAINED)
+        pred["fit"] = np.where(pred[C.SERIES_ID].isin(set(part.refit)), C.REFIT, C.TRAINED)
         parts.append(pred)
-    if not parts:
-        return pd.DataFrame(columns=list(C.forecast_schema(lake.levels).names))
-    return pd.concat(parts, ignore_index=True)
+    return pd.concat(parts, ignore_index=True) if parts else _empty(lake)
 
 
 def _quote(text: str) -> str:
@@ -436,10 +636,14 @@ def delivered(lake: Lakehouse, series: pd.DataFrame, h: int) -> pd.DataFrame:
     if series.empty or not lake.exists(GOLD_FORECASTS):
         return pd.DataFrame(columns=cols)
     fc = lake.read(
-        GOLD_FORECASTS, columns=cols, filters=[("cutoff", ">=", series["end"].min().to_pydatetime())]
+        GOLD_FORECASTS,
+        columns=cols,
+        filters=[
+            ("cutoff", ">=", series["end"].min().to_pydatetime()),
+            (C.SERIES_ID, "in", list(series.index)),
+        ],
     )
     ends = series["end"]
-    fc = fc[fc[C.SERIES_ID].isin(ends.index)]
     fc = fc[fc["cutoff"] == fc[C.SERIES_ID].map(ends)]
     last = pd.Series(
         future_timestamps(ends.to_numpy(dtype="datetime64[us]"), series["freq"].iloc[0], [h])[:, 0],
@@ -454,18 +658,42 @@ def missing_series(series: pd.DataFrame, rows: pd.DataFrame, h: int) -> list[str
     return [sid for sid in series.index if int(n.get(sid, 0)) < h]
 
 
-def redo_reason(rows: pd.DataFrame, series: pd.DataFrame, h: int, version: str, run_id: str) -> str:
+def check_batch(lake: Lakehouse, series: pd.DataFrame, h: int, missing: dict[str, str]) -> None:
+    """Name in ``missing`` the series of a batch whose next ``h`` steps gold/forecasts lacks."""
+    for sid in missing_series(series, delivered(lake, series, h), h):
+        missing.setdefault(sid, "no forecast of its latest end in gold/forecasts after the write")
+
+
+def check_delivery(
+    lake: Lakehouse, ranges: list[tuple[int, int]], h: int, version: str, run_id: str
+) -> tuple[int, str]:
+    """The rows of a recorded delivery, batch by batch, and why it must be made again
+    ("" when it stands): a series without its next ``h`` steps, or champion rows of
+    another run than the champion's."""
+    n_rows, n_missing, runs = 0, 0, set()
+    for buckets in ranges:
+        series = series_to_forecast(lake, buckets)
+        rows = delivered(lake, series, h)
+        n_rows += len(rows)
+        n_missing += len(missing_series(series, rows, h))
+        runs |= set(rows.loc[rows["model_version"] == version, "run_id"]) - {run_id}
+    return n_rows, redo_reason(n_missing, sorted(runs), h, version, run_id)
+
+
+def redo_reason(n_missing: int, runs: list[str], h: int, version: str, run_id: str) -> str:
     """Why a delivery already recorded must be made again ("" when it stands)."""
-    missing = missing_series(series, rows, h)
-    if missing:
-        return f"forecasting again: {len(missing)} series had no forecast of the next {h} steps"
-    runs = sorted(set(rows.loc[rows["model_version"] == version, "run_id"]) - {run_id})
+    if n_missing:
+        return f"forecasting again: {n_missing} series had no forecast of the next {h} steps"
     if runs:
         return (
             f"forecasting again: gold/forecasts held version {version} from run {', '.join(runs)}, not from "
             f"the champion's run {run_id} (the MLflow store was lost or replaced and trained again)"
         )
     return ""
+
+
+# -- gold/portfolio --------------------------------------------------------------------
+LEVELS = ("total", "region", "site")
 
 
 def aggregate(
@@ -475,29 +703,26 @@ def aggregate(
     delivery of one model version (the latest in gold/forecasts by default): every series
     of the gold/forecasts write that last forecast with that version, including series
     another version forecast in it; replace-where on the version. ``delivery``: the
-    application-transaction version to record (by default the model version)."""
-    heads = lake.read(GOLD_FORECASTS, columns=["model_version", "created_at"])
-    if heads.empty:
-        raise RegistryError("gold/forecasts is empty: run `mmf forecast` first")
-    version = model_version or max(heads["model_version"].unique(), key=int)
-    newest = heads.loc[heads["model_version"] == version, "created_at"].max()
-    fc = lake.read(
-        GOLD_FORECASTS,
-        columns=[C.SERIES_ID, C.TS, "yhat", "model_version", "cutoff"],
-        filters=[("created_at", "=", newest.to_pydatetime())],
-    )
-    attrs = lake.read(SILVER_SERIES, columns=[C.SERIES_ID, "site", "region"])
-    fc = fc.merge(attrs, on=C.SERIES_ID, how="left")
-    fc["day"] = fc[C.TS].dt.date
-    fc["total"] = "all"
-    parts = []
-    for level in ("total", "region", "site"):
-        keyed = fc.assign(key=fc[level].fillna("unknown"))
-        agg = keyed.groupby(["key", "day"]).agg(
-            yhat=("yhat", "sum"), n_series=(C.SERIES_ID, "nunique"), cutoff=("cutoff", "max")
-        )
-        parts.append(agg.reset_index().assign(level=level))
-    out = pd.concat(parts, ignore_index=True)
+    application-transaction version to record (by default the model version).
+
+    gold/forecasts is read a bucket range of series at a time (about ``batch_rows``
+    rows of the delivery each); the totals are summed across ranges (a series is in one
+    range only, so the series counts add up) and written once."""
+    ranges = bucket_ranges(lake.n_rows(SILVER_SERIES) * max(1, int(config.horizon)), config.batch_rows)
+    version, newest = _newest_delivery(lake, ranges, model_version)
+    sums: pd.DataFrame | None = None
+    for buckets in ranges:
+        part = _portfolio_part(lake, buckets, newest)
+        if part is None:
+            continue
+        if sums is None:
+            sums = part
+        else:
+            both = pd.concat([sums, part])
+            sums = both.groupby(level=[0, 1, 2]).agg({"yhat": "sum", "n_series": "sum", "cutoff": "max"})
+    if sums is None:
+        raise RegistryError(f"gold/forecasts holds no rows of model version {version}")
+    out = sums.reset_index()[["key", "day", "yhat", "n_series", "cutoff", "level"]]
     out["model_version"] = version
     out["created_at"] = pd.Timestamp(dt.datetime.now(dt.timezone.utc)).as_unit("us")
     return lake.write(
@@ -508,3 +733,52 @@ def aggregate(
         app_id=APP_PORTFOLIO,
         app_version=int(delivery if delivery is not None else version),
     )
+
+
+def _newest_delivery(lake: Lakehouse, ranges, model_version: str | None) -> tuple[str, pd.Timestamp]:
+    """The model version (``model_version``, else the latest in gold/forecasts) and the
+    creation time of its latest write, read a bucket range at a time."""
+    newest: dict[str, pd.Timestamp] = {}
+    filters = [("model_version", "=", model_version)] if model_version else None
+    for lo, hi in ranges:
+        heads = _forecasts_in(lake, (lo, hi), ["model_version", "created_at"], filters)
+        for v, ts in heads.groupby("model_version")["created_at"].max().items():
+            newest[v] = max(ts, newest.get(v, ts))
+    if not newest:
+        raise RegistryError("gold/forecasts is empty: run `mmf forecast` first")
+    version = model_version or max(newest, key=int)
+    if version not in newest:
+        raise RegistryError(f"gold/forecasts holds no rows of model version {version}")
+    return version, newest[version]
+
+
+def _forecasts_in(lake: Lakehouse, buckets, columns, filters=None) -> pd.DataFrame:
+    """gold/forecasts rows of the series of a bucket range (the table has no bucket
+    column: the series are those of silver/series in the range, or all when the range is
+    the whole space)."""
+    if buckets == (0, C.N_BUCKETS):
+        return lake.read(GOLD_FORECASTS, columns=columns, filters=filters)
+    ids = list(lake.read_buckets(SILVER_SERIES, buckets, columns=[C.SERIES_ID])[C.SERIES_ID])
+    return lake.read(GOLD_FORECASTS, columns=columns, filters=[*(filters or []), (C.SERIES_ID, "in", ids)])
+
+
+def _portfolio_part(lake: Lakehouse, buckets, newest: pd.Timestamp) -> pd.DataFrame | None:
+    """The totals of one bucket range: yhat, n_series, cutoff by (level, key, day)."""
+    fc = _forecasts_in(
+        lake, buckets, [C.SERIES_ID, C.TS, "yhat", "cutoff"], [("created_at", "=", newest.to_pydatetime())]
+    )
+    if fc.empty:
+        return None
+    attrs = lake.read_buckets(SILVER_SERIES, buckets, columns=[C.SERIES_ID, "site", "region"])
+    fc = fc.merge(attrs, on=C.SERIES_ID, how="left")
+    fc["day"] = fc[C.TS].dt.date
+    fc["total"] = "all"
+    parts = []
+    for level in LEVELS:
+        keyed = fc.assign(key=fc[level].fillna("unknown"), level=level)
+        parts.append(
+            keyed.groupby(["level", "key", "day"]).agg(
+                yhat=("yhat", "sum"), n_series=(C.SERIES_ID, "nunique"), cutoff=("cutoff", "max")
+            )
+        )
+    return pd.concat(parts)

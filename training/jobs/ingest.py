@@ -14,8 +14,10 @@ are taken as UTC; a ``ts`` column of numbers is refused, not read as epoch offse
 Columns outside the contract follow ``ingest.extra_columns``: ``ignore`` (the default:
 the file lands without them and they are reported), ``refuse`` (the file is refused,
 naming them) or ``add`` (they are stored as new nullable string columns of bronze only;
-silver and gold schemas never change). Bronze is written in one commit per run, so a
-job killed before it leaves no row and one killed after it skips these files next time.
+silver and gold schemas never change). Bronze is written in commits of whole files of
+about ``batch_rows`` rows each (a larger file is a commit of its own), files read one at
+a time, so memory holds one commit's files: a job killed before a commit leaves none of
+its rows, and one killed after it skips its files next time.
 """
 
 from __future__ import annotations
@@ -27,10 +29,12 @@ import logging
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from forecasting import contract as C
@@ -227,12 +231,13 @@ def _parse_ts(col: pd.Series, name: str) -> pd.Series:
 
 
 def ingested_hashes(lake: Lakehouse) -> set[str]:
+    """The content hashes of the files in bronze, read a batch of rows at a time."""
     if not lake.exists(BRONZE):
         return set()
-    col = lake.arrow(BRONZE, columns=["_content_hash"]).column(0)
-    import pyarrow.compute as pc
-
-    return set(pc.unique(col).to_pylist())
+    hashes: set[str] = set()
+    for batch in lake.table(BRONZE).to_pyarrow_dataset().to_batches(columns=["_content_hash"]):
+        hashes.update(pc.unique(batch.column(0)).to_pylist())
+    return hashes
 
 
 def _extra_columns(name: str, df: pd.DataFrame, mode: str) -> list[str]:
@@ -256,17 +261,54 @@ def _extra_columns(name: str, df: pd.DataFrame, mode: str) -> list[str]:
 
 
 def ingest(
-    lake: Lakehouse, source: str | Path, strict: bool = True, extra_columns: str = "ignore"
+    lake: Lakehouse,
+    source: str | Path,
+    strict: bool = True,
+    extra_columns: str = "ignore",
+    batch_rows: int = 1_000_000,
 ) -> IngestReport:
-    """Append every new file under ``source`` to bronze. With ``strict`` (the CLI's
-    default for a single file) a refused file raises; otherwise it is reported and the
-    other files still land. ``extra_columns`` is ``ingest.extra_columns`` (see the
-    module docstring)."""
+    """Append every new file under ``source`` to bronze, in commits of whole files of
+    about ``batch_rows`` rows (``config.batch_rows``; a larger file is a commit of its
+    own), so memory holds a commit's files, never all of them. With ``strict`` (the
+    CLI's default for a single file) a refused file raises, and every file is checked
+    before anything is written; otherwise it is reported and the other files still land.
+    ``extra_columns`` is ``ingest.extra_columns`` (see the module docstring)."""
     report = IngestReport(batch_id=uuid.uuid4().hex[:12])
     files = list_sources(source)
     seen = ingested_hashes(lake)
-    frames: list[tuple[str, str, pd.DataFrame]] = []  # (file, content hash, rows)
     now = pd.Timestamp(dt.datetime.now(dt.timezone.utc)).as_unit("us")
+    if strict and len(files) > 1:  # a refused file raises here, before any commit
+        for _ in _new_files(files, set(seen), IngestReport(report.batch_id), now, True, extra_columns):
+            pass
+    group: list[tuple[str, str, pd.DataFrame]] = []  # (file, content hash, rows) of the next commit
+    rows = 0
+    for item in _new_files(files, seen, report, now, strict, extra_columns):
+        if group and rows + len(item[2]) > batch_rows:
+            _commit_group(lake, group, report)
+            group, rows = [], 0
+        group.append(item)
+        rows += len(item[2])
+        if rows >= batch_rows:
+            _commit_group(lake, group, report)
+            group, rows = [], 0
+    if group:
+        _commit_group(lake, group, report)
+    if report.bronze_version is None:
+        report.bronze_version = lake.version(BRONZE)
+    return report
+
+
+def _new_files(
+    files: list[Path],
+    seen: set[str],
+    report: IngestReport,
+    now: pd.Timestamp,
+    strict: bool,
+    extra_columns: str,
+) -> Iterator[tuple[str, str, pd.DataFrame]]:
+    """(file, content hash, rows with lineage) of each file not in bronze (``seen``:
+    the content hashes there, and those of the files yielded), read and checked one at
+    a time; the files skipped, refused and with extra columns go to ``report``."""
     for path in files:
         try:
             content = path.read_bytes()
@@ -284,6 +326,7 @@ def ingest(
         except DataContractError as exc:
             _refuse(report, path, exc, strict)
             continue
+        del content
         if extra and extra_columns == "add":
             report.added_columns[str(path)] = extra
         elif extra:
@@ -293,15 +336,14 @@ def ingest(
         df["_content_hash"] = digest
         df["_batch_id"] = report.batch_id
         df["_ingested_at"] = now
-        frames.append((str(path), digest, df))
         seen.add(digest)
-    if frames:
-        checkpoint("before_ingest_commit")
-        _commit(lake, frames, report)
-        checkpoint("after_ingest_commit")
-    else:
-        report.bronze_version = lake.version(BRONZE)
-    return report
+        yield str(path), digest, df
+
+
+def _commit_group(lake: Lakehouse, group: list[tuple[str, str, pd.DataFrame]], report: IngestReport) -> None:
+    checkpoint("before_ingest_commit")
+    _commit(lake, group, report)
+    checkpoint("after_ingest_commit")
 
 
 def _refuse(report: IngestReport, path: Path, exc: DataContractError, strict: bool) -> None:
@@ -312,9 +354,9 @@ def _refuse(report: IngestReport, path: Path, exc: DataContractError, strict: bo
 
 
 def _commit(lake: Lakehouse, frames: list[tuple[str, str, pd.DataFrame]], report: IngestReport) -> None:
-    """Append ``frames`` in one commit that also records, per file, the Delta application
-    transaction ``mmf-ingest-<content hash>``, checked against the snapshot it commits
-    on: two runs that both found a file new cannot both commit it (Delta refuses the
+    """Append ``frames`` (a group of whole files) in one commit that also records, per
+    file, the Delta application transaction ``mmf-ingest-<content hash>``, checked
+    against the snapshot it commits on: two runs that both found a file new cannot both commit it (Delta refuses the
     second commit as concurrent on the same app id). The loser re-reads bronze's content
     hashes, skips the files that landed meanwhile and commits the rest."""
     for attempt in range(1, COMMIT_TRIES + 1):
@@ -346,7 +388,7 @@ def _commit(lake: Lakehouse, frames: list[tuple[str, str, pd.DataFrame]], report
                         f"bronze/readings: no commit after {attempt} tries: other writers kept committing"
                     ) from None
                 report.bronze_version = lake.version(BRONZE)
-        report.added = {p: len(f) for p, _, f in frames}
+        report.added.update({p: len(f) for p, _, f in frames})
         return
 
 

@@ -75,7 +75,11 @@ def nightly(
         if config.nightly.source:
             tell("ingest", 0, 0)
             report.ingest = ingest(
-                lake, config.nightly.source, strict=False, extra_columns=config.ingest.extra_columns
+                lake,
+                config.nightly.source,
+                strict=False,
+                extra_columns=config.ingest.extra_columns,
+                batch_rows=config.batch_rows,
             )
             rep = report.ingest
             report.steps["ingest"] = (

@@ -1,16 +1,31 @@
 """``mmf refine``: bronze/readings -> silver/readings, silver/series, silver/quarantine.
 
-Bronze is read at a pinned version; the frequency is the configured one or inferred.
-When inferred and the data mixes frequencies (two steps each shared by at least 10% of
-the series), the lakehouse keeps one, the frequency of its current silver, else the step
-of most series (ties: the one ingested first), and the series regular at another step
-are quarantined ``mixed_frequency``: a file of another frequency stops only its own
-series. Without any common step the data is refused. Every series goes through
-:func:`forecasting.cleaning.clean_series` on the engine; good series land in
-silver/readings and silver/series, bad ones in silver/quarantine with a reason. Each
-silver table records the bronze version it was built from as a Delta application
-transaction (app id ``mmf-refine``), so re-running on unchanged bronze writes nothing,
-and a refine killed half-way redoes only what is left.
+Bronze is read at a pinned version, in batches of whole series: bucket ranges of about
+``batch_rows`` rows (:meth:`Lakehouse.batches`), streamed through the engine (one pool
+across batches) and written as each batch completes, so memory holds a batch or two,
+never all of bronze.
+
+The frequency is the configured one or inferred, from a first light pass over the
+batches that reads only the series id, time and ingestion time and keeps, per series,
+its modal step and first ingestion. When inferred and the data mixes frequencies (two
+steps each shared by at least 10% of the series), the lakehouse keeps one, the
+frequency of its current silver, else the step of most series (ties: the one ingested
+first), and the series regular at another step are quarantined ``mixed_frequency``: a
+file of another frequency stops only its own series. Without any common step the data
+is refused. Every series goes through :func:`forecasting.cleaning.clean_series` on the
+engine; good series land in silver/readings and silver/series, bad ones in
+silver/quarantine with a reason.
+
+Silver is rebuilt whole from each bronze version: each batch is one commit per silver
+table, with the commit metadata ``mmf.bronze_version``, ``mmf.freq``, ``mmf.batch`` (its
+index in the plan), ``mmf.batches`` (the plan's size) and ``mmf.done`` (how many of the
+rebuild's batches the table holds with this commit). A rebuild's first commit to a
+table replaces the table, the later ones append, and the last one records the bronze
+version as a Delta application transaction (app id ``mmf-refine``), so re-running on
+unchanged bronze writes nothing. A refine killed half-way reads each table's done
+batches back from its latest commits and does only the rest (a plan that differs,
+another ``batch_rows`` or frequency, starts the rebuild over); until it is finished,
+:func:`refine_in_progress` tells readers that silver/readings is incomplete.
 """
 
 from __future__ import annotations
@@ -18,10 +33,11 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
+import pyarrow.compute as pc
 
 from forecasting import contract as C
 from forecasting.cleaning import REFINE_OUT, clean_series, quarantine_row
@@ -36,28 +52,70 @@ log = logging.getLogger(__name__)
 APP_ID = "mmf-refine"
 SILVER = (SILVER_QUARANTINE, SILVER_SERIES, SILVER_READINGS)
 MIN_SHARE = 0.1  # a step shared by this share of the series is a frequency of the data
+# The commit metadata of a rebuild's batch commits (see the module docstring).
+BRONZE_KEY, FREQ_KEY = "mmf.bronze_version", "mmf.freq"
+BATCH_KEY, BATCHES_KEY, DONE_KEY = "mmf.batch", "mmf.batches", "mmf.done"
+# Only what cleaning uses: the lineage strings (file, hash, batch) and columns added by
+# ingest.extra_columns=add are as long as the data and would double its memory;
+# cleaning orders duplicates by ingestion time.
+KEEP = [c for c in C.BRONZE_READINGS.names if c not in set(C.LINEAGE.names) - {"_ingested_at"}]
+Range = tuple[int, int]
 
 
-def lakehouse_freq(lake: Lakehouse, bronze: pd.DataFrame) -> tuple[str, dict[str, str]]:
+@dataclass
+class Steps:
+    """What the frequency pass keeps: per series its modal step and first ingestion,
+    and the number of series of each batch."""
+
+    step: dict[str, pd.Timedelta | None] = field(default_factory=dict)
+    first: dict[str, pd.Timestamp] = field(default_factory=dict)
+    sizes: list[int] = field(default_factory=list)
+
+
+def series_steps(lake: Lakehouse, version: int, plan: list[Range]) -> Steps:
+    """The frequency pass over bronze at ``version``, batch by batch, reading only the
+    series id, time and ingestion time."""
+    out = Steps()
+    for buckets in plan:
+        frame = lake.read_buckets(
+            BRONZE_READINGS, buckets, version, columns=[C.SERIES_ID, C.TS, "_ingested_at"]
+        )
+        by = frame.groupby(C.SERIES_ID, sort=False)
+        out.step.update({sid: modal_step(g) for sid, g in by[C.TS]})
+        out.first.update(by["_ingested_at"].min().to_dict())
+        out.sizes.append(by.ngroups)
+    return out
+
+
+def _silver_steps(lake: Lakehouse, version: int | None) -> set[pd.Timedelta]:
+    """The frequencies of silver/series at ``version`` (None: the latest; -1: none)."""
+    if version == -1 or not lake.exists(SILVER_SERIES):
+        return set()
+    freqs = pc.unique(lake.arrow(SILVER_SERIES, version, columns=["freq"]).column(0)).to_pylist()
+    return {step_of(f) for f in freqs if f}
+
+
+def lakehouse_freq(
+    lake: Lakehouse, steps: Steps, silver_version: int | None = None
+) -> tuple[str, dict[str, str]]:
     """The inferred frequency, and the series to quarantine as ``mixed_frequency``
-    (series id -> detail) when the data mixes frequencies (see the module docstring)."""
-    by_series = bronze.groupby(C.SERIES_ID, sort=False)
-    steps = {sid: modal_step(g) for sid, g in by_series[C.TS]}
-    counts = Counter(s for s in steps.values() if s is not None)
+    (series id -> detail) when the data mixes frequencies (see the module docstring);
+    the frequency of silver is that of silver/series at ``silver_version`` (None: the
+    latest, -1: none), the version before the rebuild in progress began."""
+    counts = Counter(s for s in steps.step.values() if s is not None)
     total = sum(counts.values())
     major = [s for s, n in counts.items() if n / total >= MIN_SHARE] if total else []
     if len(major) < 2:
-        return infer_freq(steps, min_share=MIN_SHARE), {}
-    current = {step_of(f) for f in lake.read(SILVER_SERIES, columns=["freq"])["freq"].dropna().unique()}
-    kept = [s for s in major if s in current]
+        return infer_freq(steps.step, min_share=MIN_SHARE), {}
+    kept = [s for s in major if s in _silver_steps(lake, silver_version)]
     if len(kept) == 1:
         keep, why = kept[0], "the frequency of its silver"
     else:
-        first = by_series["_ingested_at"].min().to_dict()
         seen: dict[pd.Timedelta, pd.Timestamp] = {}
-        for sid, st in steps.items():
+        for sid, st in steps.step.items():
             if st in major:
-                seen[st] = min(seen.get(st, first[sid]), first[sid])
+                first = steps.first[sid]
+                seen[st] = min(seen.get(st, first), first)
         keep = min(major, key=lambda s: (-counts[s], seen[s], s))
         why = f"the step of most series ({counts[keep]})"
     freq = alias(keep)
@@ -65,7 +123,7 @@ def lakehouse_freq(lake: Lakehouse, bronze: pd.DataFrame) -> tuple[str, dict[str
     mixed = {
         sid: f"readings mostly {alias(s)} apart ({counts[s]} series), the lakehouse's frequency is {freq} "
         f"({why}); keep such series in a lakehouse of their own, or set freq"
-        for sid, s in steps.items()
+        for sid, s in steps.step.items()
         if s in major and s != keep
     }
     return freq, mixed
@@ -92,6 +150,71 @@ def engine_error(series_id: str, why: str) -> pd.DataFrame:
     return quarantine_row(series_id, "processing_failed", why)
 
 
+# -- the rebuild's state, read back from the tables' commit history ----------------------
+
+
+def _batch_of(commit: dict[str, Any]) -> tuple[str, int, int, int] | None:
+    """(bronze version, batches, batch, done) of a rebuild's batch commit; None for any
+    other commit."""
+    try:
+        return commit[BRONZE_KEY], int(commit[BATCHES_KEY]), int(commit[BATCH_KEY]), int(commit[DONE_KEY])
+    except (KeyError, ValueError):
+        return None
+
+
+def unfinished_rebuild(lake: Lakehouse, name: str) -> list[dict[str, Any]]:
+    """The commits of ``name``'s unfinished rebuild (from any bronze version, in any
+    plan), newest first; empty when its newest commit is not a batch of one. Only as
+    many commits of the history are read as the newest one says the rebuild has."""
+    if not lake.exists(name):
+        return []
+    table = lake.table(name)
+    newest = table.history(limit=1)
+    batch = _batch_of(newest[0]) if newest else None
+    if batch is None or not 0 < batch[3] < batch[1]:
+        return []
+    commits = table.history(limit=batch[3])
+    found = [_batch_of(c) for c in commits]
+    same = {(b[0], b[1], c.get(FREQ_KEY)) if b else None for b, c in zip(found, commits)}
+    if (
+        None in found
+        or len(same) != 1
+        or [b[3] for b in found] != list(range(batch[3], 0, -1))
+        or len({b[2] for b in found}) != len(found)
+        or not all(0 <= b[2] < b[1] for b in found)
+    ):
+        log.warning("%s: the commits of its unfinished rebuild are not as expected; starting it over", name)
+        return []
+    return commits
+
+
+def _resumable(commits: list[dict[str, Any]], version: int, n: int, freq: str) -> set[int]:
+    """The batches of an unfinished rebuild's ``commits`` when it is the one to finish
+    (from bronze ``version``, in a plan of ``n`` batches, at ``freq``), else none."""
+    if not commits or _batch_of(commits[0])[:2] != (str(version), n) or commits[0].get(FREQ_KEY) != freq:
+        return set()
+    return {int(c[BATCH_KEY]) for c in commits}
+
+
+def refine_in_progress(lake: Lakehouse) -> str | None:
+    """Why silver/readings cannot be read as a whole now: its newest commit is a batch of
+    a rebuild not finished (a refine was stopped half-way); None when it can."""
+    if not lake.exists(SILVER_READINGS):
+        return None
+    newest = lake.table(SILVER_READINGS).history(limit=1)
+    batch = _batch_of(newest[0]) if newest else None
+    if batch is None or batch[3] >= batch[1]:
+        return None
+    version, n, _, done = batch
+    return (
+        f"silver/readings is being rebuilt (batch {done} of {n} for bronze version {version}): "
+        "run `mmf refine` to finish it"
+    )
+
+
+# -- the job ----------------------------------------------------------------------------
+
+
 def refine(
     lake: Lakehouse,
     config: Config,
@@ -104,44 +227,123 @@ def refine(
     if not lake.exists(BRONZE_READINGS):
         raise TableError("bronze/readings does not exist: run `mmf ingest --source PATH` first")
     version = lake.version(BRONZE_READINGS) if bronze_version is None else bronze_version
-    done = {t: lake.txn_version(t, APP_ID) for t in SILVER}
-    if all(v == version for v in done.values()):
+    current = {t: lake.txn_version(t, APP_ID) == version for t in SILVER}
+    if all(current.values()):
         series = lake.read(SILVER_SERIES, columns=["freq"])
         freq = series["freq"].iloc[0] if len(series) else (config.freq or "")
         return RefineReport(version, freq, skipped=True, versions={t: lake.version(t) for t in SILVER})
 
-    # Only what cleaning uses: the lineage strings (file, hash, batch) and columns added
-    # by ingest.extra_columns=add are as long as the data and would double its memory.
-    skip = set(C.LINEAGE.names) - {"_ingested_at"}  # cleaning orders duplicates by ingestion time
-    keep = [c for c in C.BRONZE_READINGS.names if c not in skip]
-    bronze = lake.read(BRONZE_READINGS, version=version, columns=keep)
-    bronze["_row"] = np.arange(len(bronze))
-    freq, mixed = (config.freq, {}) if config.freq else lakehouse_freq(lake, bronze)
-    if mixed:
-        bronze = bronze[~bronze[C.SERIES_ID].isin(list(mixed))]
-    cfg = config.replace(freq=freq)
-    engine = get_engine(cfg)
-    out = engine.map_groups(
-        bronze,
-        C.SERIES_ID,
-        clean_series,
-        REFINE_OUT,
-        cfg,
-        on_error=engine_error,
-        progress=(lambda done, total: progress("refine", done, total)) if progress else None,
-    )
-    if mixed:
-        rows = [quarantine_row(sid, "mixed_frequency", why) for sid, why in mixed.items()]
-        out = pd.concat([out, *rows], ignore_index=True)
+    plan = lake.batches(BRONZE_READINGS, version, config.batch_rows)
+    n = len(plan)
+    unfinished = {t: [] if current[t] else unfinished_rebuild(lake, t) for t in SILVER}
+    steps = None if config.freq else series_steps(lake, version, plan)
+    if steps is None:
+        freq, mixed = str(config.freq), {}
+    else:  # silver's frequency is the one it had before a rebuild left unfinished
+        left = unfinished[SILVER_SERIES]
+        freq, mixed = lakehouse_freq(lake, steps, left[-1]["version"] - 1 if left else None)
+    done = {t: set(range(n)) if current[t] else _resumable(unfinished[t], version, n, freq) for t in SILVER}
+    if any(done.values()):
+        log.info(
+            "resuming the rebuild of silver from bronze version %d: %s",
+            version,
+            {t: len(d) for t, d in done.items()},
+        )
+    _Rebuild(lake, config.replace(freq=freq), version, plan, done, mixed).run(steps, progress)
+    return _report(lake, version, freq)
 
+
+class _Rebuild:
+    """The batches of one silver rebuild not done yet, cleaned on the engine and
+    committed to each silver table that lacks them, as each batch completes."""
+
+    def __init__(self, lake: Lakehouse, config: Config, version: int, plan: list[Range], done, mixed) -> None:
+        self.lake, self.config, self.version, self.plan = lake, config, version, plan
+        self.done: dict[str, set[int]] = done  # table -> its batches committed
+        self.mixed: dict[str, str] = mixed
+        buckets = C.bucket_of(np.array(list(mixed), dtype=object)) if mixed else np.array([], dtype=np.int32)
+        starts = np.array([lo for lo, _ in plan])
+        where = np.searchsorted(starts, buckets, side="right") - 1
+        self.mixed_in: dict[int, list[str]] = {}
+        for sid, i in zip(mixed, where):
+            self.mixed_in.setdefault(int(i), []).append(sid)
+        self.attrs: dict[int, pd.DataFrame] = {}  # batch -> its series' attributes (batches loaded)
+
+    def run(self, steps: Steps | None, progress: Callable[[str, int, int], None] | None) -> None:
+        n = len(self.plan)
+        todo = [i for i in range(n) if any(i not in d for d in self.done.values())]
+        # the series to clean, when the frequency pass counted them
+        total = sum(steps.sizes[i] - len(self.mixed_in.get(i, ())) for i in todo) if steps else 0
+        tell = (lambda d, t: progress("refine", d, t)) if progress else None
+        results = get_engine(self.config).map_batches(
+            ((i, self._loader(i)) for i in todo),
+            C.SERIES_ID,
+            clean_series,
+            REFINE_OUT,
+            self.config,
+            on_error=engine_error,
+            progress=tell,
+            total=total,
+        )
+        for i, out in results:
+            rows = [
+                quarantine_row(sid, "mixed_frequency", self.mixed[sid]) for sid in self.mixed_in.get(i, ())
+            ]
+            if rows:
+                out = pd.concat([out, *rows], ignore_index=True)
+            self._commit(i, silver_frames(out, self.attrs.pop(i), self.version, str(self.config.freq)))
+
+    def _loader(self, i: int) -> Callable[[], pd.DataFrame]:
+        def load() -> pd.DataFrame:
+            frame = self.lake.read_buckets(BRONZE_READINGS, self.plan[i], self.version, columns=KEEP)
+            frame["_row"] = np.arange(len(frame))  # the order of the rows: later ones win
+            if self.mixed_in.get(i):
+                frame = frame[~frame[C.SERIES_ID].isin(self.mixed_in[i])]
+            self.attrs[i] = frame.groupby(C.SERIES_ID)[list(C.ATTRIBUTES)].last()
+            return frame
+
+        return load
+
+    def _commit(self, i: int, frames: tuple[pd.DataFrame, ...]) -> None:
+        """Batch ``i``'s rows to each silver table that lacks them: the rebuild's first
+        commit to a table replaces it, its last one records the bronze version."""
+        n = len(self.plan)
+        for name, frame in zip(SILVER, frames):
+            done = self.done[name]
+            if i in done:
+                continue
+            last = len(done) + 1 == n
+            self.lake.write(
+                name,
+                frame,
+                mode="append" if done else "overwrite",
+                app_id=APP_ID if last else None,
+                app_version=self.version if last else None,
+                metadata={
+                    BRONZE_KEY: self.version,
+                    FREQ_KEY: self.config.freq,
+                    BATCH_KEY: i,
+                    BATCHES_KEY: n,
+                    DONE_KEY: len(done) + 1,
+                },
+            )
+            done.add(i)
+            if name == SILVER[0]:
+                checkpoint("mid_refine", batch=i)
+
+
+def silver_frames(
+    out: pd.DataFrame, attrs: pd.DataFrame, version: int, freq: str
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """A batch's cleaning results -> its rows of silver/quarantine, silver/series and
+    silver/readings (the order of :data:`SILVER`); ``attrs``: the batch's series
+    attributes (the last non-null value of each)."""
     bad = out["_reason"].notna()
     quarantine = out.loc[bad, [C.SERIES_ID, "_reason", "_detail"]].rename(
         columns={"_reason": "reason", "_detail": "detail"}
     )
     quarantine["bronze_version"] = version
     readings = out.loc[~bad].drop(columns=["_reason", "_detail"])
-
-    attrs = bronze.groupby(C.SERIES_ID)[list(C.ATTRIBUTES)].last()
     series = readings.groupby(C.SERIES_ID).agg(
         start=(C.TS, "min"),
         end=(C.TS, "max"),
@@ -153,22 +355,19 @@ def refine(
     series = series.join(attrs, how="left").reset_index()
     series["freq"] = freq
     series["bronze_version"] = version
-    readings = readings.drop(columns=["_n_duplicates"])
+    return quarantine, series, readings.drop(columns=["_n_duplicates"])
 
-    report = RefineReport(version, freq, n_series=len(series), n_rows=len(readings))
-    report.quarantined = quarantine["reason"].value_counts().to_dict()
-    for name, frame in zip(SILVER, (quarantine, series, readings)):
-        if done[name] == version:
-            continue
-        lake.write(
-            name,
-            frame,
-            mode="overwrite",
-            app_id=APP_ID,
-            app_version=version,
-            metadata={"mmf.bronze_version": version, "mmf.freq": freq},
-        )
-        if name == SILVER[0]:
-            checkpoint("mid_refine")
-    report.versions = {t: lake.version(t) for t in SILVER}
-    return report
+
+def _report(lake: Lakehouse, version: int, freq: str) -> RefineReport:
+    """The counts of the silver tables as rebuilt (read from the Delta log, and the
+    quarantine's reasons): right whether this run did every batch or resumed."""
+    versions = {t: lake.version(t) for t in SILVER}
+    reasons = lake.arrow(SILVER_QUARANTINE, versions[SILVER_QUARANTINE], columns=["reason"]).column(0)
+    return RefineReport(
+        version,
+        freq,
+        n_series=lake.n_rows(SILVER_SERIES, versions[SILVER_SERIES]),
+        n_rows=lake.n_rows(SILVER_READINGS, versions[SILVER_READINGS]),
+        quarantined=dict(Counter(reasons.to_pylist())),
+        versions=versions,
+    )

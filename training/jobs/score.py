@@ -242,32 +242,55 @@ def score(
     return _score_local(lake, config, champ, source, output, progress)
 
 
+def input_batches(lake, source: str, batch_rows: int):
+    """The scoring input in batches of whole series: a lakehouse table carrying the
+    series bucket is read a bucket range (about ``batch_rows`` rows) at a time; any other
+    input is one batch."""
+    kind, where = _kind(lake, source)
+    if kind == "table" and lake.exists(where) and C.BUCKET in lake.schema(where).names:
+        version = lake.version(where)  # pinned: every batch reads the same snapshot
+        for buckets in lake.batches(where, version, batch_rows):
+            yield lake.read_buckets(where, buckets, version=version)
+        return
+    yield read_input(lake, source)
+
+
 def _score_local(
     lake, config: Config, champ: Champion, source: str, output: str, progress=None
 ) -> ScoreReport:
-    inputs = prepare_input(read_input(lake, source), config.horizon)
+    """Batch by batch (:func:`input_batches`), each batch's rows in their own commit. To
+    gold/scores, the first commit replaces the (source, model_version) rows and the others
+    append, so scoring the same input again (or after a failure) still leaves one copy."""
     model = mlflow.pyfunc.load_model(champ.path)
-    tell = (lambda done, total: progress("score", done, total)) if progress else None
-    pred = predict_by_series(
-        lambda part: model.predict(part, params={"unknown": "skip"}), inputs, progress=tell
-    )
-    pred = finish_local(pred, champ, _now(), source if output == GOLD_SCORES else None)
-    n_unknown = inputs[C.SERIES_ID].nunique() - pred[C.SERIES_ID].nunique()
-    if output == GOLD_SCORES:
-        where = f"source = {_quote(source)} AND model_version = {_quote(champ.version)}"
-        version = lake.write(output, pred, mode="overwrite", predicate=where)
-    else:
-        version = merge_local(lake, output, pred, FORECAST_KEYS)
-    return ScoreReport(
-        source,
-        output,
-        champ.version,
-        champ.run_id,
-        pred[C.SERIES_ID].nunique(),
-        len(pred),
-        int(n_unknown),
-        version,
-    )
+    now, first, version = _now(), True, None
+    n_series = n_rows = n_unknown = done = 0
+    for frame in input_batches(lake, source, config.batch_rows):
+        inputs = prepare_input(frame, config.horizon)
+        del frame
+        if inputs.empty and not first:
+            continue
+
+        def tell(d: int, total: int, before: int = done) -> None:
+            if progress:
+                progress("score", before + d, before + total)
+
+        pred = predict_by_series(
+            lambda part: model.predict(part, params={"unknown": "skip"}),
+            inputs,
+            progress=tell if progress else None,
+        )
+        pred = finish_local(pred, champ, now, source if output == GOLD_SCORES else None)
+        n_in, n_out = inputs[C.SERIES_ID].nunique(), pred[C.SERIES_ID].nunique()
+        done += n_in
+        if output == GOLD_SCORES:
+            where = f"source = {_quote(source)} AND model_version = {_quote(champ.version)}"
+            mode, predicate = ("overwrite", where) if first else ("append", None)
+            version = lake.write(output, pred, mode=mode, predicate=predicate)
+        elif len(pred) or first:
+            version = merge_local(lake, output, pred, FORECAST_KEYS)
+        first = False
+        n_series, n_rows, n_unknown = n_series + n_out, n_rows + len(pred), n_unknown + n_in - n_out
+    return ScoreReport(source, output, champ.version, champ.run_id, n_series, n_rows, int(n_unknown), version)
 
 
 def finish_local(pred: pd.DataFrame, champ: Champion, now: pd.Timestamp, source: str | None) -> pd.DataFrame:

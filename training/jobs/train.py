@@ -1,26 +1,54 @@
 """``mmf train``: every series in silver gets its own model, chosen on its own backtest.
 
 Silver is read at a pinned Delta version (recorded in the MLflow run, so the exact data
-can be re-read by time travel). The engine maps :func:`forecasting.pipeline.process_series`
-over the series; then, on the driver and once: one MLflow run with the results, one
+can be re-read by time travel), in batches: the bucket ranges of
+:meth:`Lakehouse.batches` (about ``batch_rows`` rows of whole series each), each read on
+its own (:meth:`Lakehouse.read_buckets`). The engine maps
+:func:`forecasting.pipeline.process_series` over the series of a stream of batches
+(:meth:`Engine.map_batches`); as each batch completes, its TRAIN_RESULT rows are
+committed to ``gold/models`` (with the run id, silver version and batch index) and its
+backtest rows to ``gold/backtest``, each in a commit of its own. Then, reading the
+run's ``gold/models`` rows back a batch at a time (never the whole run at once): the
+MLflow run's metrics and artifacts (:func:`registry.results.log_results`), one
 many-models pyfunc registered as ``challenger`` (promoted to ``champion`` by the gate),
-and the run's rows in ``gold/gate``, ``gold/backtest`` and ``gold/selection``.
+the gate, and the run's rows in ``gold/gate`` and ``gold/selection`` (a commit per
+batch; the application transaction ``mmf-train`` and the ``mmf.run_id`` commit metadata
+only on the last one: that commit is what says the run is in Gold).
 
 The gate compares the challenger with the champion on the same window
 (:mod:`forecasting.comparison`, :mod:`registry.promotion`): the engine maps
 :func:`forecasting.comparison.compare_series` over the series the champion forecast and
-whose actuals have since arrived (one refit of the challenger's chosen model per series,
-and of the champion's only where its Gold forecasts are missing); the comparison per
-series goes to the run (``gate_series.parquet``) and to ``gold/gate``.
+whose actuals have since arrived, batch by batch (the champion's results and Gold
+forecasts of the batch's series only; one refit of the challenger's chosen model per
+series, and of the champion's only where its Gold forecasts are missing); the
+comparison per series (small: one row per series) goes to the run
+(``gate_series.parquet``) and to ``gold/gate``.
 
-Restart: a job killed after registering its model version is not trained again. The
-next job finds its run (same silver version and config hash, a registered version; see
-:func:`registry.recovery.find_resumable`), re-opens it and finishes what is left from the
-run's ``results.parquet``: the gate (unless it already decided: then its recorded
-comparison) and the Gold rows (replace-where on the run id). A job killed before
-registering leaves a run marked ``FAILED`` (orphaned) and is trained again; one killed
-after its Gold rows only has its run closed (:func:`close_killed_run`). So a restart
-ends with the registry state of an uninterrupted run: one version, the same aliases.
+Global models need data across series: they are trained on a bounded sample, the first
+batches of the plan up to ``batch_rows`` rows in all (every series when silver holds no
+more), before the per-series step; the series outside that sample get the global models
+as failed candidates with the reason (see :func:`global_sample`).
+
+Restart: a job killed at any point leaves its run (``FAILED`` by
+:func:`registry.recovery.mark_orphans_failed`). The next job on the same silver version,
+config hash and batch plan re-opens THAT run (:func:`registry.recovery.find_resumable`,
+:func:`registry.recovery.resume_run`); there is never a second run for one job:
+
+* killed while training batches: only the batches missing from ``gold/models`` are
+  trained; a batch in ``gold/models`` but not in ``gold/backtest`` (killed between the
+  two commits) gets its backtest rows from ``gold/models``; the global models' entries
+  and weights come back from the run (``resume/``), not trained again;
+* killed after registering its model version: nothing is trained or registered again;
+  the gate (unless it already decided: then its recorded comparison) and the Gold rows
+  still missing are written;
+* killed after its last ``gold/selection`` commit: its run is only closed
+  (:func:`close_killed_run`).
+
+Each table's done-set is read back from the table itself (``gold/models``: the run's
+``batch`` values; ``gold/backtest`` and ``gold/selection``: the buckets of the run's
+series), so a kill between two tables' commits of one batch never duplicates. A restart
+therefore ends with the tables and registry state of an uninterrupted run: one run, one
+version, the same aliases.
 """
 
 from __future__ import annotations
@@ -28,11 +56,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import tempfile
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
+import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
@@ -45,24 +76,34 @@ from forecasting.pipeline import failed_result, process_series
 from registry import promotion, pyfunc, recovery, runs
 from registry.connection import configure, set_uris
 from registry.global_models import log_global_models
+from registry.metrics import USABLE, chosen_backtest
 from registry.results import load_results, log_results
 from training import global_models
 from training.checkpoints import checkpoint
 from training.engines import get_engine
 from training.engines.base import Engine
+from training.jobs.refine import refine_in_progress
 from training.tables import (
     GOLD_BACKTEST,
     GOLD_FORECASTS,
     GOLD_GATE,
+    GOLD_MODELS,
     GOLD_SELECTION,
     SILVER_QUARANTINE,
     SILVER_READINGS,
+    SILVER_SERIES,
     Lakehouse,
 )
 
 log = logging.getLogger(__name__)
 APP_ID = "mmf-train"
 APP_GATE = "mmf-gate"
+RESULT_COLUMNS = list(C.TRAIN_RESULT.names)
+SELECTION_COLUMNS = [C.SERIES_ID, "status", "reason", "model", "metric", "metric_value"]
+OUTSIDE_SAMPLE = (
+    "outside the global models' training sample (the first batches of silver, up to batch_rows rows): "
+    "raise batch_rows to train them on more series"
+)
 
 
 @dataclass
@@ -76,29 +117,96 @@ class TrainReport:
     metrics: dict[str, float] = field(default_factory=dict)
     chosen: dict[str, int] = field(default_factory=dict)
     decision: object | None = None
-    results: pd.DataFrame | None = None
     timings: dict[str, float] = field(default_factory=dict)  # engine_s, mlflow_s, gold_write_s
+    lake: Lakehouse | None = field(default=None, repr=False, compare=False)
 
     @property
     def failed_share(self) -> float:
         return _failed_share(self.status_counts)
 
+    @property
+    def results(self) -> pd.DataFrame | None:
+        """The run's TRAIN_RESULT rows, read from ``gold/models`` when asked: the whole
+        run in one frame, for small runs (tests, benchmarks); jobs read it by batch."""
+        return run_results(self.lake, self.run_id) if self.lake is not None else None
+
+
+@dataclass
+class Plan:
+    """A job's batches: silver/readings at a pinned version, in bucket ranges (of the
+    series ``series_ids`` only, when given)."""
+
+    lake: Lakehouse
+    version: int
+    ranges: list[tuple[int, int]]
+    series_ids: list[str] | None = None
+
+    @property
+    def n(self) -> int:
+        return len(self.ranges)
+
+    def _filters(self) -> list | None:
+        return [(C.SERIES_ID, "in", list(self.series_ids))] if self.series_ids else None
+
+    def load(self, i: int) -> pd.DataFrame:
+        """Batch ``i``'s silver rows."""
+        return self.lake.read_buckets(
+            SILVER_READINGS, self.ranges[i], version=self.version, filters=self._filters()
+        )
+
+    def quarantine(self, i: int) -> pd.DataFrame:
+        """Batch ``i``'s rows of silver/quarantine."""
+        return self.lake.read_buckets(SILVER_QUARANTINE, self.ranges[i], filters=self._filters())
+
+    def n_quarantined(self) -> int:
+        if not self.series_ids:
+            return self.lake.n_rows(SILVER_QUARANTINE)
+        return len(self.lake.read(SILVER_QUARANTINE, columns=[C.SERIES_ID], filters=self._filters()))
+
+    def n_series(self) -> int:
+        """The series to train, as the Delta log counts them (for progress reports)."""
+        return len(self.series_ids) if self.series_ids else self.lake.n_rows(SILVER_SERIES)
+
+    def history(self, ids: Sequence[str]) -> pd.DataFrame:
+        """The silver rows of a few series (the run's plots)."""
+        return self.lake.read(SILVER_READINGS, version=self.version, filters=[(C.SERIES_ID, "in", list(ids))])
+
+    def batch_of(self, ids) -> np.ndarray:
+        """The index of the batch each series id falls in."""
+        los = np.array([lo for lo, _ in self.ranges])
+        return np.searchsorted(los, C.bucket_of(ids), side="right") - 1
+
 
 def read_silver(
     lake: Lakehouse, version: int | None, series_ids: Sequence[str] | None = None
 ) -> tuple[int, pd.DataFrame]:
+    """Silver/readings at ``version`` (the latest when ``None``) in one frame: for jobs
+    on a few series (``mmf reproduce``); training reads it by batch (:class:`Plan`)."""
+    v = pin_silver(lake, version, series_ids)
+    filters = [(C.SERIES_ID, "in", list(series_ids))] if series_ids else None
+    return v, lake.read(SILVER_READINGS, version=v, filters=filters)
+
+
+def pin_silver(lake: Lakehouse, version: int | None, series_ids: Sequence[str] | None = None) -> int:
+    """The silver/readings version to read (the latest when ``None``); every id of
+    ``series_ids`` must be in it."""
     if not lake.exists(SILVER_READINGS):
         raise TableError("silver/readings does not exist: run `mmf refine` first")
+    rebuilding = refine_in_progress(lake) if version is None else None
+    if rebuilding:
+        raise TableError(rebuilding)
     v = lake.version(SILVER_READINGS) if version is None else version
-    filters = [(C.SERIES_ID, "in", list(series_ids))] if series_ids else None
-    frame = lake.read(SILVER_READINGS, version=v, filters=filters)
     if series_ids:
-        unknown = sorted(set(series_ids) - set(frame[C.SERIES_ID].unique()))
+        filters = [(C.SERIES_ID, "in", list(series_ids))]
+        found = set(
+            lake.read(SILVER_READINGS, version=v, columns=[C.SERIES_ID], filters=filters)[C.SERIES_ID]
+        )
+        unknown = sorted(set(series_ids) - found)
         if unknown:
             raise DataContractError(
                 f"series id(s) not in silver/readings version {v}: {', '.join(unknown[:10])}"
             )
-    return v, frame
+    return v
 
 
 def data_freq(config: Config, frame: pd.DataFrame) -> str:
@@ -112,18 +220,15 @@ def data_freq(config: Config, frame: pd.DataFrame) -> str:
     return alias(modal_step(frame.loc[frame[C.SERIES_ID] == first, C.TS].to_numpy()))
 
 
-def _quarantine(lake: Lakehouse, series_ids: Sequence[str] | None) -> pd.DataFrame:
-    """silver/quarantine, of ``series_ids`` only when given."""
-    quarantine = lake.read(SILVER_QUARANTINE)
-    return quarantine[quarantine[C.SERIES_ID].isin(series_ids)] if series_ids else quarantine
-
-
-def _register(results: pd.DataFrame, cfg: Config, version: int, glob):
-    """The many-models version of ``results`` (``None`` when no series has a usable model)."""
-    if not results["status"].isin([C.OK, C.FALLBACK]).any():
-        return None
-    store = glob.store_path if glob is not None else None  # global weights, stored once in the pyfunc
-    return pyfunc.log_many_models(results, cfg, silver_version=version, global_store=store)
+def plan_freq(config: Config, plan: Plan) -> str:
+    """``config.freq``, or the step of the first series of the plan's first non-empty batch."""
+    if config.freq:
+        return config.freq
+    for i in range(plan.n):
+        frame = plan.load(i)
+        if len(frame):
+            return data_freq(config, frame)
+    return data_freq(config, pd.DataFrame({C.SERIES_ID: []}))
 
 
 def train(
@@ -137,27 +242,79 @@ def train(
     global-model fits) finish; see :func:`series_step`."""
     tell = progress or _silent
     tell("train", 0, 0)
-    version, readings = read_silver(lake, silver_version, series_ids)
-    cfg = config.replace(freq=data_freq(config, readings))
+    version = pin_silver(lake, silver_version, series_ids)
+    ids = list(series_ids) if series_ids else None
+    plan = Plan(lake, version, lake.batches(SILVER_READINGS, version, config.batch_rows), ids)
+    cfg = config.replace(freq=plan_freq(config, plan))
     engine = get_engine(cfg)
     global_models.check(cfg)  # a bad global model setting fails before any work
     configure(cfg)
     recovery.mark_orphans_failed(cfg)
-    quarantine = _quarantine(lake, series_ids)
-    ids = list(series_ids) if series_ids else None
-    prior = recovery.find_resumable(cfg, version, ids)
+    prior = recovery.find_resumable(cfg, version, ids, plan.n)
     if prior is not None:
         run, mv = prior
-        if not _in_gold(lake, run.info.run_id):
-            return _resume(lake, cfg, run, mv, version, quarantine, engine, readings)
-        recovery.close_recovered(cfg, run.info.run_id, "closed after a restart: its Gold rows were written")
+        run_id = run.info.run_id
+        if selection_done(lake, run_id):
+            recovery.close_recovered(cfg, run_id, "closed after a restart: its Gold rows were written")
+        elif mv is None:
+            return _train(lake, cfg, plan, engine, progress, resume=run_id)
+        else:
+            return _resume(lake, cfg, plan, run, mv, engine)
+    return _train(lake, cfg, plan, engine, progress)
 
-    def on_progress(done: int, total: int) -> None:
-        if 0 < done < total:
-            checkpoint("mid_train")
-        tell(step, done, total)
 
+def _train(
+    lake: Lakehouse, cfg: Config, plan: Plan, engine: Engine, progress, resume: str | None = None
+) -> TrainReport:
+    """Train the plan's batches in a new run, or in the killed job's run ``resume`` (only
+    the batches it has not committed to gold/models), then record the run."""
+    tell = progress or _silent
     timings: dict[str, float] = {}
+    lap = _stopwatch(timings)
+    with _open_run(cfg, plan, engine, resume) as run:
+        run_id = run.info.run_id
+        lap("mlflow_s")
+        # Global models train once on the driver, on a sample; each series gets their results in its rows.
+        glob = _global_models(cfg, plan, engine, run_id, progress, resumed=resume is not None)
+        if glob is not None:
+            lap("global_s")
+        train_batches(lake, cfg, plan, engine, run_id, glob, tell, resumed=resume is not None)
+        lap("engine_s")
+        tell("MLflow run, registry and gold tables", 0, 0)
+        metrics = log_results(
+            run_batches(lake, run_id, plan),
+            cfg,
+            history=plan.history,
+            n_quarantined=plan.n_quarantined(),
+            lookup=partial(run_rows, lake, run_id),
+        )
+        checkpoint("before_register")
+        mv = _register(lake, cfg, plan, run_id, metrics, glob)
+        checkpoint("after_register")
+        decision = _gate(lake, cfg, engine, plan, run_id, str(mv.version)) if mv is not None else None
+        checkpoint("after_gate")
+        lap("mlflow_s")
+        write_gold_training(lake, cfg, run_id, plan, decision)
+        checkpoint("after_gold_selection")
+        lap("gold_write_s")
+    return _report(lake, run_id, plan, cfg, mv, decision, metrics, timings)
+
+
+def _open_run(cfg: Config, plan: Plan, engine: Engine, resume: str | None) -> AbstractContextManager:
+    """The job's one run: a new one (tagged with its plan), or the killed job's, re-opened."""
+    if resume is not None:
+        log.warning("resuming run %s of a killed job: training the batches missing from gold/models", resume)
+        note = "resumed after a restart: its batches in gold/models kept, the others trained"
+        return recovery.resume_run(cfg, resume, note)
+    run = runs.start_training_run(
+        cfg, silver_version=plan.version, engine=engine.name, series_ids=plan.series_ids, batches=plan.n
+    )
+    if plan.series_ids:
+        runs.log_series_subset(list(plan.series_ids))
+    return run
+
+
+def _stopwatch(timings: dict[str, float]) -> Callable[[str], None]:
     clock = time.perf_counter()
 
     def lap(name: str) -> None:
@@ -166,42 +323,7 @@ def train(
         timings[name] = timings.get(name, 0.0) + now - clock
         clock = now
 
-    with runs.start_training_run(cfg, silver_version=version, engine=engine.name, series_ids=ids) as run:
-        run_id = run.info.run_id
-        if series_ids:
-            runs.log_series_subset(list(series_ids))
-        lap("mlflow_s")
-        # Global models train once on the driver; each series gets their results in its rows.
-        glob = global_models.train_global_models(readings, cfg, engine=engine.name, progress=progress)
-        inputs = glob.attach(readings) if glob is not None else readings
-        if glob is not None:
-            log_global_models(glob)
-            lap("global_s")
-        step = series_step(cfg)
-        tell(step, 0, int(readings[C.SERIES_ID].nunique()))
-        results = engine.map_groups(
-            inputs,
-            C.SERIES_ID,
-            process_series,
-            C.TRAIN_RESULT,
-            cfg,
-            on_error=partial(failed_result, config=cfg),
-            progress=on_progress,
-        )
-        del inputs
-        lap("engine_s")
-        tell("MLflow run, registry and gold tables", 0, 0)
-        metrics = log_results(results, cfg, history=readings, n_quarantined=len(quarantine))
-        checkpoint("before_register")
-        mv = _register(results, cfg, version, glob)
-        checkpoint("after_register")
-        decision = _gate(lake, cfg, engine, readings, results, str(mv.version)) if mv is not None else None
-        checkpoint("after_gate")
-        lap("mlflow_s")
-        write_gold_training(lake, cfg, run_id, version, results, quarantine, decision)
-        checkpoint("after_gold_selection")
-        lap("gold_write_s")
-    return _report(run_id, version, cfg, mv, decision, results, quarantine, metrics, timings)
+    return lap
 
 
 def _silent(step: str, done: int, total: int) -> None:
@@ -213,64 +335,237 @@ def series_step(config: Config) -> str:
     return "tune, fit and backtest" if config.tune.enabled else "fit and backtest"
 
 
-def _report(run_id, version, cfg, mv, decision, results, quarantine, metrics, timings) -> TrainReport:
-    usable = results["status"].isin([C.OK, C.FALLBACK])
-    counts = results["status"].value_counts().to_dict()
-    if len(quarantine):
-        counts[C.QUARANTINED] = len(quarantine)
-    return TrainReport(
-        run_id=run_id,
-        silver_version=version,
-        freq=cfg.freq,
-        model_version=str(mv.version) if mv is not None else None,
-        promoted=bool(decision and decision.promoted),
-        status_counts={k: int(v) for k, v in counts.items()},
-        metrics=metrics,
-        chosen=results.loc[usable, "model"].value_counts().to_dict(),
-        decision=decision,
-        results=results,
-        timings=timings,
+# -- the batches -----------------------------------------------------------------------
+def train_batches(lake, cfg, plan: Plan, engine: Engine, run_id: str, glob, tell, resumed: bool) -> None:
+    """Map ``process_series`` over the plan's batches not in gold/models yet, committing
+    each batch's rows to gold/models and gold/backtest as it completes."""
+    done = done_batches(lake, GOLD_MODELS, run_id, plan) if resumed else set()
+    if resumed:  # a batch killed between its two commits: its backtest rows from gold/models
+        for i in sorted(done - done_batches(lake, GOLD_BACKTEST, run_id, plan)):
+            write_backtest(lake, run_id, plan, i, batch_rows(lake, run_id, plan.ranges[i]))
+    todo = [i for i in range(plan.n) if i not in done]
+    step, total = series_step(cfg), plan.n_series()
+    committed = len(done)
+
+    def on_progress(n_done: int, n_total: int) -> None:
+        if 0 < n_done < n_total:
+            checkpoint("mid_train", batches_done=committed)
+        tell(step, n_done, n_total)
+
+    def load(i: int) -> pd.DataFrame:
+        frame = plan.load(i)
+        return glob.attach(frame) if glob is not None else frame
+
+    tell(step, 0, total)
+    on_error = partial(failed_result, config=cfg)
+    batches = ((i, partial(load, i)) for i in todo)
+    stream = engine.map_batches(
+        batches,
+        C.SERIES_ID,
+        process_series,
+        C.TRAIN_RESULT,
+        cfg,
+        on_error=on_error,
+        progress=on_progress,
+        total=total,
+    )
+    for i, results in stream:
+        commit_batch(lake, run_id, plan, i, results)
+        committed += 1
+        if committed < plan.n:
+            checkpoint("mid_train", batches_done=committed)
+
+
+def commit_batch(lake: Lakehouse, run_id: str, plan: Plan, i: int, results: pd.DataFrame) -> None:
+    """Batch ``i``'s results: its rows in gold/models, then its rows in gold/backtest,
+    each in a commit of its own (commit metadata: the run and the batch)."""
+    if len(results) or not lake.exists(GOLD_MODELS):
+        rows = results.assign(
+            run_id=run_id, silver_version=plan.version, batch=i, created_at=_now(), **{C.BUCKET: None}
+        )
+        lake.write(GOLD_MODELS, rows, metadata={"mmf.run_id": run_id, "mmf.batch": i, "mmf.batches": plan.n})
+    write_backtest(lake, run_id, plan, i, results)
+
+
+def write_backtest(lake: Lakehouse, run_id: str, plan: Plan, i: int, results: pd.DataFrame) -> None:
+    """Batch ``i``'s backtest rows appended to gold/backtest (when it has any)."""
+    bt = backtest_rows(results, run_id)
+    if len(bt):
+        lake.write(
+            GOLD_BACKTEST, bt, metadata={"mmf.train_run": run_id, "mmf.batch": i, "mmf.batches": plan.n}
+        )
+
+
+def done_batches(lake: Lakehouse, name: str, run_id: str, plan: Plan) -> set[int]:
+    """The batches of the run a table holds rows of: gold/models by its ``batch`` column,
+    the other tables by the buckets of the run's series in them."""
+    where = [("run_id", "=", run_id)]
+    if name == GOLD_MODELS:
+        return {int(b) for b in lake.read(GOLD_MODELS, columns=["batch"], filters=where)["batch"].unique()}
+    ids = lake.read(name, columns=[C.SERIES_ID], filters=where)[C.SERIES_ID].unique()
+    return {int(b) for b in np.unique(plan.batch_of(ids))}
+
+
+def batch_rows(lake: Lakehouse, run_id: str, buckets: tuple[int, int]) -> pd.DataFrame:
+    """A run's TRAIN_RESULT rows of one bucket range, from gold/models, by series id."""
+    rows = lake.read_buckets(GOLD_MODELS, buckets, columns=RESULT_COLUMNS, filters=[("run_id", "=", run_id)])
+    return rows.sort_values(C.SERIES_ID, ignore_index=True)
+
+
+def run_batches(lake: Lakehouse, run_id: str, plan: Plan) -> Iterator[pd.DataFrame]:
+    """A run's TRAIN_RESULT rows, batch by batch, read back from gold/models."""
+    for buckets in plan.ranges:
+        yield batch_rows(lake, run_id, buckets)
+
+
+def run_rows(lake: Lakehouse, run_id: str, ids: Sequence[str]) -> pd.DataFrame:
+    """A run's TRAIN_RESULT rows of a few series."""
+    where = [("run_id", "=", run_id), (C.SERIES_ID, "in", list(ids))]
+    return lake.read(GOLD_MODELS, columns=RESULT_COLUMNS, filters=where)
+
+
+def run_results(lake: Lakehouse, run_id: str) -> pd.DataFrame:
+    """All of a run's TRAIN_RESULT rows in one frame (small runs only)."""
+    rows = lake.read(GOLD_MODELS, columns=RESULT_COLUMNS, filters=[("run_id", "=", run_id)])
+    return rows.sort_values(C.SERIES_ID, ignore_index=True)
+
+
+def _now() -> pd.Timestamp:
+    return pd.Timestamp(dt.datetime.now(dt.timezone.utc)).as_unit("us")
+
+
+# -- global models ---------------------------------------------------------------------
+def global_sample(plan: Plan, max_rows: int) -> tuple[pd.DataFrame, bool]:
+    """The global models' training data: the plan's first batches while they hold at
+    most ``max_rows`` rows together (the first batch always), and whether that is every
+    batch. Bounded by ``batch_rows`` like every other step; the hash spreads series
+    evenly over buckets, so the first batches are an unbiased sample of the series."""
+    frames: list[pd.DataFrame] = []
+    rows = 0
+    for i in range(plan.n):
+        frame = plan.load(i)
+        if frames and rows + len(frame) > max_rows:
+            return pd.concat(frames, ignore_index=True), False
+        frames.append(frame)
+        rows += len(frame)
+    return (pd.concat(frames, ignore_index=True) if frames else plan.load(0)), True
+
+
+def _global_models(cfg: Config, plan: Plan, engine: Engine, run_id: str, progress, resumed: bool):
+    """The run's global models: trained on :func:`global_sample` and logged (with what a
+    restart needs, under the run's ``resume/``), or, for a re-opened run that logged
+    them, read back from it; ``None`` when none is configured."""
+    if not global_models.configured(cfg):
+        return None
+    if resumed:
+        with tempfile.TemporaryDirectory(prefix="mmf-resume-") as tmp:
+            folder = recovery.load_resume_state(cfg, run_id, tmp)
+            if folder is not None and (folder / global_models.ENTRIES_FILE).exists():
+                return global_models.GlobalReport.load(folder)
+    sample, complete = global_sample(plan, cfg.batch_rows)
+    glob = global_models.train_global_models(sample, cfg, engine=engine.name, progress=progress)
+    del sample
+    if glob is None:
+        return None
+    if not complete:
+        glob.outside = OUTSIDE_SAMPLE
+    log_global_models(glob)
+    with tempfile.TemporaryDirectory(prefix="mmf-resume-") as tmp:
+        recovery.log_resume_state(glob.save(tmp))
+    return glob
+
+
+def _register(lake: Lakehouse, cfg: Config, plan: Plan, run_id: str, metrics: dict[str, float], glob):
+    """The run's many-models version (``None`` when no series has a usable model)."""
+    if not metrics.get("n_ok", 0) + metrics.get("n_fallback", 0):
+        return None
+    store = glob.store_path if glob is not None else None  # global weights, stored once in the pyfunc
+    return pyfunc.log_many_models(
+        run_batches(lake, run_id, plan), cfg, silver_version=plan.version, global_store=store
     )
 
 
-def _in_gold(lake: Lakehouse, run_id: str) -> bool:
-    """Whether gold/selection holds rows of this run (its job got that far)."""
+def _report(lake, run_id, plan: Plan, cfg: Config, mv, decision, metrics, timings) -> TrainReport:
+    counts = {s: int(metrics.get(f"n_{s}", 0)) for s in (C.OK, C.FALLBACK, C.FAILED)}
+    counts[C.QUARANTINED] = int(metrics.get("n_quarantined", 0))
+    chosen = {k[len("chosen.") :]: int(v) for k, v in metrics.items() if k.startswith("chosen.")}
+    return TrainReport(
+        run_id=run_id,
+        silver_version=plan.version,
+        freq=cfg.freq,
+        model_version=str(mv.version) if mv is not None else None,
+        promoted=bool(decision and decision.promoted),
+        status_counts={k: v for k, v in counts.items() if v},
+        metrics=metrics,
+        chosen=chosen,
+        decision=decision,
+        timings=timings,
+        lake=lake,
+    )
+
+
+# -- restart ---------------------------------------------------------------------------
+def selection_done(lake: Lakehouse, run_id: str) -> bool:
+    """Whether the run's last gold/selection commit (the one naming it, ``mmf.run_id``)
+    is in the table: its job recorded everything."""
     if not lake.exists(GOLD_SELECTION):
         return False
-    return len(lake.read(GOLD_SELECTION, columns=["run_id"], filters=[("run_id", "=", run_id)])) > 0
+    return any(c.get("mmf.run_id") == run_id for c in lake.history(GOLD_SELECTION))
 
 
-def _resume(
-    lake: Lakehouse,
-    cfg: Config,
-    run,
-    mv,
-    version: int,
-    quarantine: pd.DataFrame,
-    engine: Engine,
-    readings: pd.DataFrame,
-) -> TrainReport:
+def last_trained_run(lake: Lakehouse) -> str | None:
+    """The run of the last complete training recorded in gold/selection (the newest
+    commit carrying ``mmf.run_id``: a killed job's batch commits do not)."""
+    table = lake.table(GOLD_SELECTION)
+    last = table.history(1)
+    if last and last[0].get("mmf.run_id"):
+        return last[0]["mmf.run_id"]
+    return next((c["mmf.run_id"] for c in table.history() if c.get("mmf.run_id")), None)
+
+
+def _resume(lake: Lakehouse, cfg: Config, plan: Plan, run, mv, engine: Engine) -> TrainReport:
     """Finish a killed job's run whose model version is registered: the gate (unless it
-    already decided; ``engine`` and ``readings`` for its comparison) and the Gold rows,
-    from the run's own results; no retraining."""
+    already decided) and the Gold rows still missing, from the run's gold/models rows;
+    no retraining."""
     run_id, model_version = run.info.run_id, str(mv.version)
     log.warning(
         "resuming run %s of a killed job: model version %s is registered; writing what is left",
         run_id,
         model_version,
     )
-    results = load_results(cfg, run_id)
     note = f"finished after a restart: model version {model_version} was registered, its Gold rows were not"
     with recovery.resume_run(cfg, run_id, note):
-        pyfunc.tag_version(cfg, model_version, run_id, results, version)
+        if not done_batches(lake, GOLD_MODELS, run_id, plan):
+            _adopt_results(lake, cfg, plan, run_id)
+        for i in sorted(
+            done_batches(lake, GOLD_MODELS, run_id, plan) - done_batches(lake, GOLD_BACKTEST, run_id, plan)
+        ):
+            write_backtest(lake, run_id, plan, i, batch_rows(lake, run_id, plan.ranges[i]))
+        tags = mv.tags or {}
+        if "mmf.n_series" not in tags or not any(k.startswith(pyfunc.HASH_TAG) for k in tags):
+            # killed between registering and tagging the version
+            pyfunc.tag_version(cfg, model_version, run_id, run_batches(lake, run_id, plan), plan.version)
         decision = promotion.recorded_decision(cfg, model_version) or _gate(
-            lake, cfg, engine, readings, results, model_version
+            lake, cfg, engine, plan, run_id, model_version
         )
         checkpoint("after_gate")
-        write_gold_training(lake, cfg, run_id, version, results, quarantine, decision)
+        write_gold_training(lake, cfg, run_id, plan, decision)
         checkpoint("after_gold_selection")
     metrics = {k: float(v) for k, v in run.data.metrics.items()}
-    return _report(run_id, version, cfg, mv, decision, results, quarantine, metrics, {})
+    return _report(lake, run_id, plan, cfg, mv, decision, metrics, {})
+
+
+def _adopt_results(lake: Lakehouse, cfg: Config, plan: Plan, run_id: str) -> None:
+    """A run registered before training wrote gold/models: its ``results.parquet``
+    committed there batch by batch (read once, whole, as that release wrote it)."""
+    results = load_results(cfg, run_id)
+    buckets = C.bucket_of(results[C.SERIES_ID])
+    for i, (lo, hi) in enumerate(plan.ranges):
+        part = results[(buckets >= lo) & (buckets < hi)]
+        rows = part.assign(run_id=run_id, silver_version=plan.version, batch=i, created_at=_now())
+        lake.write(
+            GOLD_MODELS, rows.assign(**{C.BUCKET: None}), metadata={"mmf.run_id": run_id, "mmf.batch": i}
+        )
 
 
 def training_due(lake: Lakehouse, config: Config, silver_version: int) -> str | None:
@@ -283,8 +578,7 @@ def training_due(lake: Lakehouse, config: Config, silver_version: int) -> str | 
     ``""``: nothing trained on this silver version yet."""
     if lake.txn_version(GOLD_SELECTION, APP_ID) != silver_version:
         return ""
-    last = lake.table(GOLD_SELECTION).history(1)
-    run_id = last[0].get("mmf.run_id") if last else None
+    run_id = last_trained_run(lake)
     if run_id and not _run_exists(config, run_id):
         return (
             f"training again: run {run_id}, which gold/selection records for silver version {silver_version}, "
@@ -315,34 +609,93 @@ def _run_exists(config: Config, run_id: str) -> bool:
     return run.info.lifecycle_stage != "deleted"
 
 
-def _gate(
-    lake: Lakehouse, cfg: Config, engine: Engine, readings: pd.DataFrame, results: pd.DataFrame, version: str
-) -> promotion.Decision:
+# -- the gate --------------------------------------------------------------------------
+def _gate(lake: Lakehouse, cfg: Config, engine: Engine, plan: Plan, run_id: str, version: str):
     """The gate on ``version``, with its comparison with the champion."""
-    compared = compare_with_champion(lake, cfg, engine, readings, results, version)
-    return promotion.gate(cfg, version, results, compared)
+    found = promotion.champion_run(cfg, version)
+    compared = compare_with_champion(lake, cfg, engine, plan, run_id, found)
+    rows = challenger_rows(lake, cfg, plan, run_id) if found is None else _no_rows()
+    return promotion.gate(cfg, version, rows, compared)
+
+
+def _no_rows() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=object) for c in SELECTION_COLUMNS})
+
+
+def challenger_rows(lake: Lakehouse, cfg: Config, plan: Plan, run_id: str) -> pd.DataFrame:
+    """What the gate needs of the challenger when there is no champion to compare with:
+    per usable series its ``backtest.metric`` (``metric_value`` where that is the
+    metric it was chosen on, else its chosen model's backtest mean); one small row per
+    series."""
+    metric = cfg.backtest.metric
+    parts = []
+    for batch in run_batches(lake, run_id, plan):
+        usable = batch[batch["status"].isin(USABLE)]
+        values = pd.to_numeric(usable["metric_value"], errors="coerce").to_numpy(dtype=float)
+        other = (usable["metric"] != metric).to_numpy()
+        if other.any():
+            bt = chosen_backtest(usable[other])
+            got = bt[metric].reindex(usable.loc[other, C.SERIES_ID]) if metric in bt else np.nan
+            values[other] = np.asarray(got, dtype=float)
+        parts.append(usable[[C.SERIES_ID, "status", "model"]].assign(metric=metric, metric_value=values))
+    return pd.concat(parts, ignore_index=True) if parts else _no_rows()
 
 
 def compare_with_champion(
-    lake: Lakehouse, cfg: Config, engine: Engine, readings: pd.DataFrame, results: pd.DataFrame, version: str
+    lake: Lakehouse, cfg: Config, engine: Engine, plan: Plan, run_id: str, found
 ) -> comparison.Comparison | None:
-    """The challenger ``version`` (its ``results``) and the champion scored per series
-    on the champion's window (:mod:`forecasting.comparison`), the refits mapped over the
-    series by the engine; ``None`` when there is no other champion."""
-    found = promotion.champion_to_compare(cfg, version)
+    """The challenger (run ``run_id``) and the champion (``found``: its version and
+    run, :func:`registry.promotion.champion_run`) scored per series on the champion's
+    window (:mod:`forecasting.comparison`), batch by batch: each batch's plan from the
+    two runs' results and the champion's Gold forecasts of the batch's series, the
+    refits mapped over its series by the engine. ``None`` when there is no other
+    champion."""
     if found is None:
         return None
-    champion, champion_results = found
-    forecasts = lake.read(GOLD_FORECASTS, filters=[("model_version", "=", champion)])
-    planned = comparison.plan(results, champion_results, forecasts, cfg)
-    inputs = comparison.attach(readings, planned)
-    compared = comparison.gate_frame([])
-    if len(inputs):
-        on_error = partial(comparison.failed_comparison, config=cfg)
-        compared = engine.map_groups(
-            inputs, C.SERIES_ID, comparison.compare_series, C.GATE_SERIES, cfg, on_error=on_error
-        )
-    return comparison.Comparison(champion, comparison.combine(planned, compared))
+    champion, champion_run = found
+    champion_of = champion_results(lake, cfg, champion_run)
+    planned: dict[int, pd.DataFrame] = {}
+
+    def load(i: int) -> pd.DataFrame:
+        chal = batch_rows(lake, run_id, plan.ranges[i])
+        ids = chal.loc[chal["status"].isin(USABLE), C.SERIES_ID].tolist()
+        where = [("model_version", "=", champion), (C.SERIES_ID, "in", ids)]
+        forecasts = lake.read(GOLD_FORECASTS, filters=where)
+        planned[i] = comparison.plan(chal, champion_of(plan.ranges[i]), forecasts, cfg)
+        return comparison.attach(plan.load(i), planned[i])
+
+    on_error = partial(comparison.failed_comparison, config=cfg)
+    batches = ((i, partial(load, i)) for i in range(plan.n))
+    stream = engine.map_batches(
+        batches, C.SERIES_ID, comparison.compare_series, C.GATE_SERIES, cfg, on_error=on_error
+    )
+    parts = [comparison.combine(planned.pop(i), compared) for i, compared in stream]
+    parts = [p for p in parts if len(p)]
+    series = (
+        pd.concat(parts, ignore_index=True).sort_values(C.SERIES_ID, ignore_index=True)
+        if parts
+        else comparison.gate_frame([])
+    )
+    return comparison.Comparison(champion, series)
+
+
+def champion_results(
+    lake: Lakehouse, cfg: Config, run_id: str | None
+) -> Callable[[tuple[int, int]], pd.DataFrame | None]:
+    """The champion's TRAIN_RESULT rows of a bucket range: from its run's gold/models
+    rows; for a champion trained before gold/models, from its run's ``results.parquet``
+    (read once); ``None`` when they cannot be read."""
+    if run_id and len(lake.read(GOLD_MODELS, columns=["batch"], filters=[("run_id", "=", run_id)])):
+        return partial(batch_rows, lake, run_id)
+    try:
+        whole = load_results(cfg, run_id) if run_id else None
+    except (MlflowException, OSError) as exc:
+        log.warning("cannot read the results of the champion's run %s: %s", run_id, exc)
+        whole = None
+    if whole is None:
+        return lambda buckets: None
+    ids = C.bucket_of(whole[C.SERIES_ID])
+    return lambda buckets: whole[(ids >= buckets[0]) & (ids < buckets[1])]
 
 
 def close_killed_run(lake: Lakehouse, config: Config) -> str | None:
@@ -351,8 +704,7 @@ def close_killed_run(lake: Lakehouse, config: Config) -> str | None:
     orphaned run failed. Returns the id of the run closed, if any."""
     if not lake.exists(GOLD_SELECTION):
         return None
-    last = lake.table(GOLD_SELECTION).history(1)
-    run_id = last[0].get("mmf.run_id") if last else None
+    run_id = last_trained_run(lake)
     configure(config)
     closed = bool(run_id) and recovery.close_recovered(
         config, run_id, "closed after a restart: its Gold rows were written"
@@ -361,6 +713,7 @@ def close_killed_run(lake: Lakehouse, config: Config) -> str | None:
     return run_id if closed else None
 
 
+# -- Gold ------------------------------------------------------------------------------
 def backtest_rows(results: pd.DataFrame, run_id: str) -> pd.DataFrame:
     rows = []
     for sid, payload in zip(results[C.SERIES_ID], results["backtest_json"]):
@@ -397,36 +750,45 @@ def write_gold_gate(lake: Lakehouse, run_id: str, decision, now: pd.Timestamp) -
     )
 
 
-def write_gold_training(lake, cfg, run_id, silver_version, results, quarantine, decision=None) -> None:
-    """This run's rows in gold/gate, gold/backtest and gold/selection, replacing any
-    earlier attempt of the same run (replace-where on run_id), so a retry never
-    duplicates."""
-    now = pd.Timestamp(dt.datetime.now(dt.timezone.utc)).as_unit("us")
-    where = f"run_id = '{run_id}'"
+def write_gold_training(lake: Lakehouse, cfg: Config, run_id: str, plan: Plan, decision=None) -> None:
+    """This run's rows in gold/gate (replace-where on run_id) and gold/selection (the
+    batches it does not hold yet); gold/backtest was written with the batches. A retry
+    never duplicates."""
+    now = _now()
     write_gold_gate(lake, run_id, decision, now)
-    bt = backtest_rows(results, run_id)
-    lake.write(GOLD_BACKTEST, bt, mode="overwrite", predicate=where)
     checkpoint("after_gold_backtest")
-    sel = results[[C.SERIES_ID, "status", "reason", "model", "metric", "metric_value"]].copy()
-    q = quarantine.rename(columns={"detail": "_detail"})
+    write_gold_selection(lake, run_id, plan, now)
+
+
+def write_gold_selection(lake: Lakehouse, run_id: str, plan: Plan, now: pd.Timestamp) -> None:
+    """The run's gold/selection rows, a commit per batch (its series' results and its
+    quarantined series), skipping the batches the table holds; the last commit carries
+    the application transaction ``mmf-train`` and ``mmf.run_id``."""
+    done = done_batches(lake, GOLD_SELECTION, run_id, plan)
+    last = plan.n - 1
+    for i in range(plan.n):
+        if i in done:
+            continue
+        sel = selection_rows(lake, run_id, plan, i, now)
+        meta = {"mmf.batch": i, "mmf.batches": plan.n}
+        if i == last:
+            meta["mmf.run_id"] = run_id
+            lake.write(GOLD_SELECTION, sel, app_id=APP_ID, app_version=plan.version, metadata=meta)
+        elif len(sel):
+            lake.write(GOLD_SELECTION, sel, metadata={"mmf.train_run": run_id, **meta})
+
+
+def selection_rows(lake: Lakehouse, run_id: str, plan: Plan, i: int, now: pd.Timestamp) -> pd.DataFrame:
+    """Batch ``i``'s gold/selection rows: its series' results and its quarantined series."""
+    sel = batch_rows(lake, run_id, plan.ranges[i])[SELECTION_COLUMNS]
+    q = plan.quarantine(i)
     if len(q):
         q = pd.DataFrame(
             {
                 C.SERIES_ID: q[C.SERIES_ID],
                 "status": C.QUARANTINED,
-                "reason": q["reason"] + ": " + q["_detail"].fillna(""),
+                "reason": q["reason"] + ": " + q["detail"].fillna(""),
             }
         )
-        sel = pd.concat([sel, q], ignore_index=True)
-    sel["run_id"] = run_id
-    sel["silver_version"] = silver_version
-    sel["created_at"] = now
-    lake.write(
-        GOLD_SELECTION,
-        sel,
-        mode="overwrite",
-        predicate=where,
-        app_id=APP_ID,
-        app_version=silver_version,
-        metadata={"mmf.run_id": run_id},
-    )
+        sel = pd.concat([sel, q], ignore_index=True) if len(sel) else q.reindex(columns=SELECTION_COLUMNS)
+    return sel.assign(run_id=run_id, silver_version=plan.version, created_at=now)

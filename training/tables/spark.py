@@ -30,7 +30,7 @@ import logging
 import re
 import threading
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import pandas as pd
 import pyarrow as pa
@@ -229,12 +229,23 @@ class SparkTables:
                 f"run it again to resume from {checkpoint}"
             ) from exc
 
-    def register_views(self, names: Sequence[str] = TABLE_NAMES) -> list[str]:
-        """A temporary view ``<layer>_<table>`` per existing table; returns the tables."""
+    def register_views(
+        self, names: Sequence[str] = TABLE_NAMES, views: Mapping[str, str] | None = None
+    ) -> list[str]:
+        """A temporary view ``<layer>_<table>`` per existing table, then one per entry of
+        ``views`` (``gold/current_forecasts`` -> a query naming tables ``gold.forecasts``
+        style) whose tables all exist; returns the tables and views registered."""
         existing = [n for n in names if self.exists(n)]
         for name in existing:
             self.read(name).createOrReplaceTempView(view_name(name))
-        return existing
+        registered = list(existing)
+        for name, query in (views or {}).items():
+            used = [t for t in TABLE_NAMES if re.search(rf"\b{re.escape(t.replace('/', '.'))}\b", query)]
+            if all(t in existing for t in used):
+                body = rewrite_table_names(query, existing)
+                self.spark.sql(f"CREATE OR REPLACE TEMPORARY VIEW {view_name(name)} AS {body}")
+                registered.append(name)
+        return registered
 
     # -- writing ---------------------------------------------------------------------
     def frame(self, name: str, data: pd.DataFrame | pa.Table | SparkDataFrame) -> SparkDataFrame:
@@ -367,11 +378,12 @@ def rewrite_table_names(statement: str, tables: list[str]) -> str:
     return "".join(parts)
 
 
-def spark_sql(lake: Any, statement: str) -> pd.DataFrame:
+def spark_sql(lake: Any, statement: str, views: Mapping[str, str] | None = None) -> pd.DataFrame:
     """Run ``statement`` with Spark SQL over the lakehouse's tables: each existing table is
-    a temporary view named ``<layer>_<table>`` (``gold_forecasts``), and ``gold.forecasts``
-    style names are rewritten to those views."""
+    a temporary view named ``<layer>_<table>`` (``gold_forecasts``), as is each of
+    ``views`` (see :meth:`SparkTables.register_views`), and ``gold.forecasts`` style
+    names are rewritten to those views."""
     tables = SparkTables(lake)
-    existing = tables.register_views()
+    existing = tables.register_views(views=views)
     df = tables.spark.sql(rewrite_table_names(statement, existing))
     return df.toArrow().to_pandas()

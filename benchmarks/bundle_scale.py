@@ -1,0 +1,345 @@
+"""The many-models bundle at scale (issue #12): build, load and serve-start time and memory
+of a champion bundle of 1,000 to 100,000 series.
+
+What it does, for each ``--series`` N:
+
+1. Build (a child process): N ``seasonal_naive`` models fitted on short synthetic hourly
+   histories (48 points), handed to ``registry.pyfunc.log_many_models`` as an iterable of
+   frames of ``--batch`` series (TRAIN_RESULT rows plus the gold/models extra columns, as
+   the train job passes them), inside a real MLflow training run, then promoted to
+   champion. Records the time to generate the frames, the time of ``log_many_models``
+   (writing ``models.parquet``, logging and registering the pyfunc, hashing its
+   artifact) and the child's peak RSS.
+2. Load (a fresh child process each): ``mlflow.pyfunc.load_model`` of a local copy of the
+   version's artifact, and ``registry.pyfunc.load_version`` (download, sha256 check,
+   load: what ``mmf serve``/``forecast`` do): time, and RSS (psutil) after imports,
+   after the load and after forecasting one series. With ``--baseline ROOT`` the first
+   is repeated with the code of another checkout (e.g. main before the change) on the
+   same artifact.
+3. Serve start: ``mmf serve`` (uvicorn, a subprocess) against the lakehouse whose
+   champion is the bundle: time from the process start until ``GET /models/champion``
+   answers 200 (the champion loaded and its first predict paid), and the server's RSS
+   then and after one ``POST /predict``. The lakehouse holds no Gold tables (the bundle
+   is built directly), so ``/ready`` stays 503 ("gold/forecasts does not exist yet"): the
+   figure is the model-loading part of the start, not the Gold caches.
+
+Run::
+
+    .venv/bin/python -m benchmarks.bundle_scale --series 1000 10000 100000 --work /tmp/bundle-scale
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+N_OBS = 48
+
+
+def _rss_mib() -> float:
+    import psutil
+
+    return round(psutil.Process().memory_info().rss / 2**20, 1)
+
+
+def _peak_mib() -> float:
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+# -- 1. build (child) ------------------------------------------------------------------
+def frames(n_series: int, batch: int, clock: dict):
+    """TRAIN_RESULT frames of ``batch`` series each (plus gold/models' extra columns);
+    ``clock["generate_s"]`` sums the time spent making them."""
+    import numpy as np
+    import pandas as pd
+
+    from forecasting import contract as C
+    from forecasting.models.seasonal_naive import SeasonalNaive
+
+    rng = np.random.default_rng(0)
+    end = pd.Timestamp("2024-03-31 23:00")
+    hours = np.arange(N_OBS)
+    for start in range(0, n_series, batch):
+        t0 = time.perf_counter()
+        ids = [f"BENCH-{i:06d}" for i in range(start, min(start + batch, n_series))]
+        texts = []
+        for _ in ids:
+            y = rng.uniform(0.5, 5) * (1 + 0.4 * np.sin(2 * np.pi * (hours % 24) / 24)) + rng.normal(
+                0, 0.2, N_OBS
+            )
+            model = SeasonalNaive(season_length=24, seasonalities=(24, 168), freq="h").fit(np.maximum(y, 0))
+            texts.append(json.dumps(model.to_dict()))
+        frame = pd.DataFrame(
+            {
+                C.SERIES_ID: ids,
+                "status": C.OK,
+                "reason": "",
+                "model": "seasonal_naive",
+                "metric": "mase",
+                "metric_value": rng.uniform(0.6, 1.4, len(ids)),
+                "n_obs": N_OBS,
+                "end": end,
+                "backtest_json": "[]",
+                "candidates_json": "{}",
+                "model_json": texts,
+                "tuned_json": "{}",
+            }
+        ).assign(run_id="bench", batch=start // batch, bucket=lambda f: C.bucket_of(f[C.SERIES_ID]))
+        clock["generate_s"] += time.perf_counter() - t0
+        yield frame
+
+
+def build(work: Path, n_series: int, batch: int) -> dict:
+    from forecasting.config import load_config
+    from registry import promotion, pyfunc, runs
+
+    cfg = load_config(work / "conf.yaml")
+    clock = {"generate_s": 0.0}
+    t0 = time.perf_counter()
+    with runs.start_training_run(cfg, silver_version=0, engine="local", run_name="bundle-scale"):
+        mv = pyfunc.log_many_models(frames(n_series, batch, clock), cfg, silver_version=0)
+    total = time.perf_counter() - t0
+    promotion.promote(cfg, mv.version)
+    return {
+        "version": str(mv.version),
+        "n_series": int(mv.tags["mmf.n_series"]),
+        "generate_s": round(clock["generate_s"], 2),
+        "log_many_models_s": round(total - clock["generate_s"], 2),
+        "peak_rss_mib": _peak_mib(),
+    }
+
+
+# -- 2. load (child) -------------------------------------------------------------------
+def load(work: Path, how: str) -> dict:
+    import mlflow
+    import numpy as np
+    import pandas as pd
+
+    from forecasting.config import load_config
+    from registry import pyfunc
+
+    cfg = load_config(work / "conf.yaml")
+    os.environ["MLFLOW_TRACKING_URI"] = cfg.mlflow_tracking_uri()
+    base = _rss_mib()
+    t0 = time.perf_counter()
+    if how == "load_version":
+        model = pyfunc.load_version(cfg, "1")
+    else:
+        model = mlflow.pyfunc.load_model(str(work / "model"))
+    load_s = time.perf_counter() - t0
+    loaded = _rss_mib()
+    t0 = time.perf_counter()
+    out = model.predict(pd.DataFrame({"series_id": ["BENCH-000007"], "horizon": [np.int64(48)]}))
+    assert len(out) == 48
+    return {
+        "load_s": round(load_s, 3),
+        "first_predict_s": round(time.perf_counter() - t0, 3),
+        "rss_after_imports_mib": base,
+        "rss_after_load_mib": loaded,
+        "rss_after_predict_mib": _rss_mib(),
+    }
+
+
+# -- 3. serve start ---------------------------------------------------------------------
+def serve_start(work: Path) -> dict:
+    import httpx
+    import psutil
+
+    with __import__("socket").socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("MLFLOW_TRACKING_URI", "MMF_LAKEHOUSE", "MMF_API_KEY")
+    }
+    env["PYTHONPATH"] = str(ROOT)
+    log = open(work / "server.log", "wb")
+    t0 = time.perf_counter()
+    cmd = [
+        sys.executable,
+        "-m",
+        "training.cli",
+        "serve",
+        "--conf",
+        str(work / "conf.yaml"),
+        "--port",
+        str(port),
+    ]
+    server = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        while True:
+            if server.poll() is not None or time.perf_counter() - t0 > 600:
+                raise SystemExit(
+                    f"server exited ({server.returncode}) or timed out: see {work / 'server.log'}"
+                )
+            try:
+                if httpx.get(url + "/models/champion", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        started = time.perf_counter() - t0
+        proc = psutil.Process(server.pid)
+        rss = proc.memory_info().rss
+        body = {"series": [{"series_id": "BENCH-000011", "horizon": 48}]}
+        assert httpx.post(url + "/predict", json=body, timeout=30).status_code == 200
+        ready = httpx.get(url + "/ready", timeout=5)
+        return {
+            "champion_loaded_s": round(started, 2),
+            "rss_champion_loaded_mib": round(rss / 2**20, 1),
+            "rss_after_predict_mib": round(proc.memory_info().rss / 2**20, 1),
+            "ready_status": ready.status_code,
+            "ready_problem": ready.json().get("reason") if ready.status_code != 200 else None,
+        }
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
+        log.close()
+
+
+# -- orchestration ---------------------------------------------------------------------
+def _child(mode: str, work: Path, *extra: str, root: Path = ROOT) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", mode, "--work", str(work), *extra]
+    env = {**os.environ, "PYTHONPATH": str(root), "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    out = subprocess.run(cmd, cwd=root, env=env, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def cell(work: Path, n_series: int, batch: int, baseline: Path | None) -> dict:
+    import yaml
+
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    settings = {
+        "lakehouse": str(work / "lake"),
+        "horizon": 48,
+        "freq": "h",
+        "models": ["seasonal_naive"],
+        "mlflow": {"tracking_uri": f"sqlite:///{work / 'mlflow.db'}", "experiment": "bundle-scale"},
+        "serve": {"max_forecast_age_h": 0},
+    }
+    (work / "conf.yaml").write_text(yaml.safe_dump(settings))
+    print(f"{n_series:,} series: building ...", flush=True)
+    out: dict = {"series": n_series, "batch": batch}
+    out["build"] = _child("build", work, "--series", str(n_series), "--batch", str(batch))
+    (model,) = (p.parent for p in (work / "lake").rglob("MLmodel"))
+    shutil.copytree(model, work / "model")
+    parquet = next((work / "model").rglob("models.parquet"))
+    meta = __import__("pyarrow.parquet", fromlist=["x"]).ParquetFile(parquet).metadata
+    out["bundle"] = {"mib": round(parquet.stat().st_size / 2**20, 1), "row_groups": meta.num_row_groups}
+    print(f"  built: {out['build']}; loading ...", flush=True)
+    out["load_model"] = _child("load_model", work)
+    out["load_version"] = _child("load_version", work)
+    if baseline is not None:
+        out["load_model_baseline"] = _child("load_model", work, root=baseline)
+    print(f"  loaded: {out['load_model']}; starting the server ...", flush=True)
+    out["serve"] = serve_start(work)
+    print(f"  serve: {out['serve']}", flush=True)
+    return out
+
+
+def markdown(report: dict) -> str:
+    m = report["machine"]
+    lines = [
+        "# Model bundle at scale",
+        "",
+        f"`{report['command']}` on {report['date']} (commit {report['git']}{report['baseline_note']})",
+        "",
+        f"Machine: {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB memory, Python {m['python']}; "
+        f"1-minute load average {report['load_average_1m']} at the start (the cores are shared: times are noisy).",
+        "",
+        "| series | bundle MiB / row groups | generate s | log_many_models s | build peak RSS MiB "
+        "| load_model s | RSS after imports → load → 1 predict MiB | load_version s (RSS after load) "
+        "| serve: champion loaded s | serve RSS MiB (loaded, after /predict) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for c in report["cells"]:
+        b, lm, lv, s = c["build"], c["load_model"], c["load_version"], c["serve"]
+        lines.append(
+            f"| {c['series']:,} | {c['bundle']['mib']} / {c['bundle']['row_groups']} | {b['generate_s']} "
+            f"| {b['log_many_models_s']} | {b['peak_rss_mib']} | {lm['load_s']} "
+            f"| {lm['rss_after_imports_mib']} → {lm['rss_after_load_mib']} → {lm['rss_after_predict_mib']} "
+            f"| {lv['load_s']} ({lv['rss_after_load_mib']}) | {s['champion_loaded_s']} "
+            f"| {s['rss_champion_loaded_mib']}, {s['rss_after_predict_mib']} |"
+        )
+    if any("load_model_baseline" in c for c in report["cells"]):
+        lines += ["", "Same artifact, loaded by the baseline checkout's code (before the change):", ""]
+        lines += ["| series | load_model s | RSS after imports → load → 1 predict MiB |", "|---:|---:|---:|"]
+        for c in report["cells"]:
+            lb = c.get("load_model_baseline")
+            if lb:
+                lines.append(
+                    f"| {c['series']:,} | {lb['load_s']} | {lb['rss_after_imports_mib']} → "
+                    f"{lb['rss_after_load_mib']} → {lb['rss_after_predict_mib']} |"
+                )
+    ready = report["cells"][-1]["serve"]
+    lines += [
+        "",
+        f"The lakehouse holds no Gold tables: `/ready` answered {ready['ready_status']} "
+        f"({ready['ready_problem']}), so the serve figure is the model-loading part of the start "
+        "(process start until `GET /models/champion` answers 200: imports, the champion's download, "
+        "sha256 check, load, its listing of series ids and its first predict).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--series", type=int, nargs="+", default=[1_000, 10_000, 100_000])
+    p.add_argument("--batch", type=int, default=10_000, help="series per frame handed to log_many_models")
+    p.add_argument("--work", type=Path, default=HERE / "work" / "bundle_scale")
+    p.add_argument("--baseline", type=Path, help="also load each bundle with this checkout's code")
+    p.add_argument("--results", type=Path, default=HERE / "results")
+    p.add_argument("--child", choices=["build", "load_model", "load_version"], help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child == "build":
+        print(json.dumps(build(args.work, args.series[0], args.batch)))
+        return
+    if args.child:
+        print(json.dumps(load(args.work, args.child)))
+        return
+
+    from benchmarks.common import git_sha
+    from benchmarks.common import machine as common_machine
+
+    command = shlex.join(
+        [".venv/bin/python", "-m", "benchmarks.bundle_scale", *(sys.argv[1:] if argv is None else argv)]
+    )
+    load_avg = round(os.getloadavg()[0], 2)
+    cells = [cell(args.work / str(n), n, args.batch, args.baseline) for n in args.series]
+    report = {
+        "benchmark": "bundle_scale",
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+        "git": git_sha(),
+        "baseline_note": f"; baseline {args.baseline}" if args.baseline else "",
+        "machine": common_machine(),
+        "load_average_1m": load_avg,
+        "cells": cells,
+    }
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / "bundle_scale.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.results / "bundle_scale.md").write_text(markdown(report))
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,241 @@
+"""``mmf train`` batch by batch (issue #12): a train over several batches ends in the same
+Gold tables, chosen models and metrics as a one-batch train, and a train killed once
+some batches are committed, then run again, finishes in the killed job's own run: one
+MLflow run, one model version, no duplicated Gold row. Real Delta tables, real MLflow
+SQLite stores, and a real ``mmf train`` process killed with SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from forecasting.config import load_config
+from forecasting.generator import generate, write
+from training.jobs.ingest import ingest
+from training.jobs.refine import refine
+from training.jobs.train import train
+from training.tables import SILVER_READINGS, Lakehouse
+
+REPO = Path(__file__).resolve().parents[1]
+GOLD = ("gold/models", "gold/backtest", "gold/selection")
+VOLATILE = ["run_id", "created_at", "batch", "candidates_json"]  # ids, wall-clock times, fit_s
+KEYS = {
+    "gold/models": ["run_id", "series_id"],
+    "gold/backtest": ["run_id", "series_id", "model", "window"],
+    "gold/selection": ["run_id", "series_id"],
+}
+SETTINGS = {
+    "horizon": 24,
+    "models": ["seasonal_naive", "theta"],
+    "workers": 2,
+    "cleaning": {"min_length": 96},
+    "mlflow": {"sample_plots": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def silver(tmp_path_factory):
+    """A lakehouse with 16 hourly meters x 14 days refined (some quarantined), no MLflow store."""
+    root = tmp_path_factory.mktemp("silver")
+    raw = root / "raw"
+    raw.mkdir()
+    write(generate(n_series=16, days=14, freq="h", seed=5, fault_share=0.2), raw / "meters.parquet")
+    cfg = _config(root / "lake", 10**6)
+    lake = Lakehouse.from_config(cfg)
+    ingest(lake, str(raw))
+    refine(lake, cfg)
+    return root / "lake"
+
+
+def _config(lake: Path, batch_rows: int):
+    uri = f"sqlite:///{lake / 'mlflow.db'}"
+    data = {**SETTINGS, "mlflow": {**SETTINGS["mlflow"], "tracking_uri": uri}}
+    return load_config(lakehouse=str(lake), batch_rows=batch_rows, **_flat(data))
+
+
+def _flat(data: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in data.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _copy(silver: Path, dst: Path) -> Path:
+    shutil.copytree(silver, dst)
+    return dst
+
+
+def _train(lake: Path, batch_rows: int, monkeypatch):
+    cfg = _config(lake, batch_rows)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", cfg.mlflow.tracking_uri)
+    return cfg, train(Lakehouse.from_config(cfg), cfg)
+
+
+def _tables(lake: Path) -> dict[str, pd.DataFrame]:
+    out = {}
+    for name in GOLD:
+        frame = Lakehouse(str(lake)).read(name)
+        assert not frame.duplicated(KEYS[name]).any(), name
+        frame = frame.drop(columns=[c for c in VOLATILE if c in frame.columns])
+        out[name] = frame.sort_values(KEYS[name][1:], kind="stable").reset_index(drop=True)
+    return out
+
+
+def _registry(lake: Path) -> tuple[list, list, dict]:
+    uri = f"sqlite:///{lake / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    exp = client.get_experiment_by_name("mmf")
+    trains = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("mmf.job") == "train"]
+    versions = client.search_model_versions("name = 'mmf-many-models'")
+    aliases = client.get_registered_model("mmf-many-models").aliases
+    return trains, versions, aliases
+
+
+@pytest.fixture(scope="module")
+def batched(silver, tmp_path_factory):
+    """An uninterrupted train in 1,000-row batches and one in a single batch, on copies of ``silver``."""
+    mp = pytest.MonkeyPatch()
+    root = tmp_path_factory.mktemp("runs")
+    many, one = _copy(silver, root / "many"), _copy(silver, root / "one")
+    try:
+        cfg, rep_many = _train(many, 1000, mp)
+        _, rep_one = _train(one, 10**6, mp)
+    finally:
+        mp.undo()
+    n = len(Lakehouse(str(many)).batches(SILVER_READINGS, rep_many.silver_version, 1000))
+    return many, one, rep_many, rep_one, n
+
+
+def test_a_train_in_many_batches_equals_a_train_in_one(batched):
+    many, one, rep_many, rep_one, n = batched
+    assert n >= 4
+    lake = Lakehouse(str(many))
+    assert set(lake.read("gold/models")["batch"]) == set(range(n)) - _empty(lake, n)
+    commits = [c for c in lake.history("gold/selection") if c.get("mmf.batches") == str(n)]
+    assert len(commits) >= 2 and sum("mmf.run_id" in c for c in commits) == 1
+    assert lake.history("gold/selection")[0]["mmf.run_id"] == rep_many.run_id
+    got, want = _tables(many), _tables(one)
+    for name in GOLD:
+        pd.testing.assert_frame_equal(got[name], want[name], check_dtype=False, obj=name)
+    assert rep_many.chosen == rep_one.chosen and rep_many.status_counts == rep_one.status_counts
+    assert rep_many.metrics.keys() == rep_one.metrics.keys()
+    for key, value in rep_one.metrics.items():
+        assert rep_many.metrics[key] == pytest.approx(value, rel=1e-12), key
+    assert sorted(rep_many.results["series_id"]) == sorted(rep_one.results["series_id"])
+    for lake_root in (many, one):
+        trains, versions, aliases = _registry(lake_root)
+        assert len(trains) == 1 and len(versions) == 1 and str(aliases["champion"]) == "1"
+    tags = [_registry(r)[1][0].tags for r in (many, one)]
+    assert tags[0]["mmf.n_series"] == tags[1]["mmf.n_series"]
+
+
+def _empty(lake: Lakehouse, n: int) -> set[int]:
+    """The batches of the plan that hold no series (nothing to commit)."""
+    ranges = lake.batches(SILVER_READINGS, lake.version(SILVER_READINGS), 1000)
+    silver = lake.read(SILVER_READINGS, columns=["bucket"])["bucket"]
+    return {i for i, (lo, hi) in enumerate(ranges) if not ((silver >= lo) & (silver < hi)).any()}
+
+
+def _mmf(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    clean = {
+        k: v for k, v in os.environ.items() if not k.startswith(("MMF_", "MLFLOW_TRACKING_URI", "PYTEST_"))
+    }
+    clean.update(PYTHONPATH=str(REPO), MLFLOW_ENABLE_ASYNC_LOGGING="false", GIT_PYTHON_REFRESH="quiet", **env)
+    return subprocess.run(
+        [sys.executable, "-m", "tests.reliability.launch", *args],
+        cwd=REPO,
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_a_train_killed_after_a_batch_resumes_in_its_own_run(batched, silver, tmp_path):
+    many, _, rep_many, _, n = batched
+    lake_root = _copy(silver, tmp_path / "lake")
+    conf = tmp_path / "conf.yaml"
+    data = {**SETTINGS, "lakehouse": str(lake_root), "batch_rows": 1000}
+    data["mlflow"] = {**SETTINGS["mlflow"], "tracking_uri": f"sqlite:///{lake_root / 'mlflow.db'}"}
+    conf.write_text(yaml.safe_dump(data))
+
+    killed = _mmf("train", "--conf", str(conf), env={"MMF_TEST_KILL_AT": "mid_train:batches_done=2"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    lake = Lakehouse(str(lake_root))
+    at_kill = set(lake.read("gold/models")["batch"])
+    assert 2 <= len(at_kill) < n and not lake.exists("gold/selection")
+
+    again = _mmf("train", "--conf", str(conf), env={})
+    assert again.returncode == 0, again.stderr[-3000:]
+
+    trains, versions, aliases = _registry(lake_root)
+    assert len(trains) == 1 and len(versions) == 1 and str(aliases["champion"]) == "1"
+    run = trains[0]
+    assert run.info.status == "FINISHED" and "mmf.recovered" in run.data.tags
+    assert "mmf.failure" not in run.data.tags and versions[0].run_id == run.info.run_id
+    for name in GOLD:
+        assert set(lake.read(name)["run_id"]) == {run.info.run_id}, name
+    got, want = _tables(lake_root), _tables(many)
+    for name in GOLD:
+        pd.testing.assert_frame_equal(got[name], want[name], check_dtype=False, obj=name)
+    # the batches committed before the kill were not trained again
+    models = lake.read("gold/models")
+    first = models[models["batch"].isin(at_kill)]["created_at"].max()
+    assert (models[~models["batch"].isin(at_kill)]["created_at"] > first).all()
+    assert lake.txn_version("gold/selection", "mmf-train") == rep_many.silver_version
+    assert lake.history("gold/selection")[0]["mmf.run_id"] == run.info.run_id
+    metrics = (
+        MlflowClient(tracking_uri=f"sqlite:///{lake_root / 'mlflow.db'}")
+        .get_run(run.info.run_id)
+        .data.metrics
+    )
+    for key, value in rep_many.metrics.items():
+        if not key.startswith("gate."):
+            assert metrics[key] == pytest.approx(value, rel=1e-12), key
+
+
+def test_a_killed_train_with_a_global_model_resumes_with_the_models_it_trained(silver, tmp_path):
+    """global_gbm trains on the first batches (a sample: the others get it as a failed
+    candidate, saying why); a restart re-opens the run and reads the global model's
+    entries and weights back from the run instead of training it again."""
+    lake_root = _copy(silver, tmp_path / "lake")
+    conf = tmp_path / "conf.yaml"
+    data = {
+        **SETTINGS,
+        "lakehouse": str(lake_root),
+        "batch_rows": 2500,
+        "models": ["seasonal_naive", "global_gbm"],
+    }
+    data["mlflow"] = {**SETTINGS["mlflow"], "tracking_uri": f"sqlite:///{lake_root / 'mlflow.db'}"}
+    conf.write_text(yaml.safe_dump(data))
+    killed = _mmf("train", "--conf", str(conf), env={"MMF_TEST_KILL_AT": "mid_train:batches_done=1"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    again = _mmf("train", "--conf", str(conf), env={})
+    assert again.returncode == 0, again.stderr[-3000:]
+
+    trains, versions, _ = _registry(lake_root)
+    assert len(trains) == 1 and len(versions) == 1 and trains[0].info.status == "FINISHED"
+    uri = f"sqlite:///{lake_root / 'mlflow.db'}"
+    artifacts = {
+        a.path for a in MlflowClient(tracking_uri=uri).list_artifacts(trains[0].info.run_id, "resume")
+    }
+    assert artifacts == {"resume/global_entries.json", "resume/global_models.npz"}
+    models = Lakehouse(str(lake_root)).read("gold/models")
+    assert not models.duplicated(["run_id", "series_id"]).any()
+    candidates = [json.loads(c)["global_gbm"] for c in models["candidates_json"] if c]
+    outside = [c for c in candidates if "training sample" in (c.get("reason") or "")]
+    assert outside and len(outside) < len(candidates)  # some series in the sample, some not
+    assert any(c["status"] == "ok" for c in candidates)
