@@ -81,7 +81,7 @@ from registry.results import load_results, log_results
 from training import global_models
 from training.checkpoints import checkpoint
 from training.engines import get_engine
-from training.engines.base import Engine
+from training.engines.base import Engine, TableBatch
 from training.jobs.refine import refine_in_progress
 from training.tables import (
     GOLD_BACKTEST,
@@ -148,11 +148,15 @@ class Plan:
     def _filters(self) -> list | None:
         return [(C.SERIES_ID, "in", list(self.series_ids))] if self.series_ids else None
 
+    def batch(self, i: int) -> TableBatch:
+        """Batch ``i``'s silver rows, as the engine reads them (the Spark engine on its
+        executors, the local engine through deltalake)."""
+        filters = tuple(self._filters() or ())
+        return TableBatch(self.lake, SILVER_READINGS, self.ranges[i], self.version, filters=filters)
+
     def load(self, i: int) -> pd.DataFrame:
-        """Batch ``i``'s silver rows."""
-        return self.lake.read_buckets(
-            SILVER_READINGS, self.ranges[i], version=self.version, filters=self._filters()
-        )
+        """Batch ``i``'s silver rows, read here."""
+        return self.batch(i)()
 
     def quarantine(self, i: int) -> pd.DataFrame:
         """Batch ``i``'s rows of silver/quarantine."""
@@ -352,13 +356,12 @@ def train_batches(lake, cfg, plan: Plan, engine: Engine, run_id: str, glob, tell
             checkpoint("mid_train", batches_done=committed)
         tell(step, n_done, n_total)
 
-    def load(i: int) -> pd.DataFrame:
-        frame = plan.load(i)
-        return glob.attach(frame) if glob is not None else frame
+    def load(i: int) -> pd.DataFrame:  # the global models' results joined to the rows, here
+        return glob.attach(plan.load(i))
 
     tell(step, 0, total)
     on_error = partial(failed_result, config=cfg)
-    batches = ((i, partial(load, i)) for i in todo)
+    batches = ((i, plan.batch(i) if glob is None else partial(load, i)) for i in todo)
     stream = engine.map_batches(
         batches,
         C.SERIES_ID,
