@@ -81,7 +81,7 @@ from registry.results import load_results, log_results
 from training import global_models
 from training.checkpoints import checkpoint
 from training.engines import get_engine
-from training.engines.base import Engine, TableBatch
+from training.engines.base import Engine, Sink, TableBatch
 from training.jobs.refine import refine_in_progress
 from training.tables import (
     GOLD_BACKTEST,
@@ -341,12 +341,14 @@ def series_step(config: Config) -> str:
 
 # -- the batches -----------------------------------------------------------------------
 def train_batches(lake, cfg, plan: Plan, engine: Engine, run_id: str, glob, tell, resumed: bool) -> None:
-    """Map ``process_series`` over the plan's batches not in gold/models yet, committing
-    each batch's rows to gold/models and gold/backtest as it completes."""
+    """Map ``process_series`` over the plan's batches not in gold/models yet; the engine
+    commits each batch's rows to gold/models as it completes (:func:`models_sink`), then
+    derives its gold/backtest rows from them (:func:`derive_backtest`): on Spark neither
+    comes back to the driver."""
     done = done_batches(lake, GOLD_MODELS, run_id, plan) if resumed else set()
     if resumed:  # a batch killed between its two commits: its backtest rows from gold/models
         for i in sorted(done - done_batches(lake, GOLD_BACKTEST, run_id, plan)):
-            write_backtest(lake, run_id, plan, i, batch_rows(lake, run_id, plan.ranges[i]))
+            derive_backtest(engine, lake, run_id, plan, i)
     todo = [i for i in range(plan.n) if i not in done]
     step, total = series_step(cfg), plan.n_series()
     committed = len(done)
@@ -371,23 +373,42 @@ def train_batches(lake, cfg, plan: Plan, engine: Engine, run_id: str, glob, tell
         on_error=on_error,
         progress=on_progress,
         total=total,
+        sink=partial(models_sink, lake, run_id, plan),
     )
-    for i, results in stream:
-        commit_batch(lake, run_id, plan, i, results)
+    for i, written in stream:
+        if written.version is not None:
+            derive_backtest(engine, lake, run_id, plan, i, written.version)
         committed += 1
         if committed < plan.n:
             checkpoint("mid_train", batches_done=committed)
 
 
-def commit_batch(lake: Lakehouse, run_id: str, plan: Plan, i: int, results: pd.DataFrame) -> None:
-    """Batch ``i``'s results: its rows in gold/models, then its rows in gold/backtest,
-    each in a commit of its own (commit metadata: the run and the batch)."""
-    if len(results) or not lake.exists(GOLD_MODELS):
-        rows = results.assign(
-            run_id=run_id, silver_version=plan.version, batch=i, created_at=_now(), **{C.BUCKET: None}
-        )
-        lake.write(GOLD_MODELS, rows, metadata={"mmf.run_id": run_id, "mmf.batch": i, "mmf.batches": plan.n})
-    write_backtest(lake, run_id, plan, i, results)
+def models_sink(lake: Lakehouse, run_id: str, plan: Plan, i: int) -> Sink:
+    """Where batch ``i``'s TRAIN_RESULT rows go: gold/models, with the run, the silver
+    version and the batch, in a commit of their own (commit metadata: the run and the
+    batch); an empty batch commits only to create the table."""
+    columns = {
+        "run_id": run_id,
+        "silver_version": plan.version,
+        "batch": i,
+        "created_at": _now(),
+        C.BUCKET: None,
+    }
+    meta = {"mmf.run_id": run_id, "mmf.batch": i, "mmf.batches": plan.n}
+    return Sink(lake, GOLD_MODELS, columns, meta, create=True)
+
+
+def derive_backtest(
+    engine: Engine, lake: Lakehouse, run_id: str, plan: Plan, i: int, version: int | None = None
+) -> None:
+    """Batch ``i``'s gold/backtest rows (when it has any), in a commit of their own,
+    derived by the engine from the run's gold/models rows of the batch (at ``version``:
+    the commit that wrote them; ``None``: the latest)."""
+    where = (("run_id", "=", run_id),)
+    source = TableBatch(lake, GOLD_MODELS, plan.ranges[i], version, (C.SERIES_ID, "backtest_json"), where)
+    meta = {"mmf.train_run": run_id, "mmf.batch": i, "mmf.batches": plan.n}
+    rows = partial(backtest_rows, run_id=run_id)
+    engine.derive(source, rows, lake.schema(GOLD_BACKTEST), Sink(lake, GOLD_BACKTEST, metadata=meta))
 
 
 def write_backtest(lake: Lakehouse, run_id: str, plan: Plan, i: int, results: pd.DataFrame) -> None:
