@@ -5,9 +5,11 @@ can be re-read by time travel), in batches: the bucket ranges of
 :meth:`Lakehouse.batches` (about ``batch_rows`` rows of whole series each), each read on
 its own (:meth:`Lakehouse.read_buckets`). The engine maps
 :func:`forecasting.pipeline.process_series` over the series of a stream of batches
-(:meth:`Engine.map_batches`); as each batch completes, its TRAIN_RESULT rows are
-committed to ``gold/models`` (with the run id, silver version and batch index) and its
-backtest rows to ``gold/backtest``, each in a commit of its own. Then, reading the
+(:meth:`Engine.map_batches`); as each batch completes, the engine commits its
+TRAIN_RESULT rows to ``gold/models`` (with the run id, silver version and batch index:
+a sink, :class:`training.engines.base.Sink`) and derives its backtest rows in
+``gold/backtest`` from them (:meth:`Engine.derive`), each in a commit of its own (on
+Spark both are written by the executors: no result comes to the driver). Then, reading the
 run's ``gold/models`` rows back a batch at a time (never the whole run at once): the
 MLflow run's metrics and artifacts (:func:`registry.results.log_results`), one
 many-models pyfunc registered as ``challenger`` (promoted to ``champion`` by the gate),
