@@ -4,6 +4,7 @@ local engine, failures as rows, and the too-large guard before grouping."""
 from __future__ import annotations
 
 import uuid
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -249,7 +250,7 @@ def test_a_sink_commits_each_batch_from_the_executors_once(spark, tmp_path):
     """``map_batches(..., sink=...)``: each batch committed by the engine in a commit of
     its own (Spark: by delta-spark, the group function run once per series although the
     rows are both counted and written), the same rows, counts and commit metadata as the
-    local engine's."""
+    local engine's; a series too large to ship gets its on_error rows committed with them."""
     from training.engines.base import Sink, TableBatch
     from training.tables import BRONZE_READINGS, GOLD_SELECTION, Lakehouse
 
@@ -304,3 +305,21 @@ def test_a_sink_commits_each_batch_from_the_executors_once(spark, tmp_path):
         assert {c["mmf.batches"] for c in commits} == {str(len(local))}
         batch_of = table(lk).groupby("silver_version")[C.SERIES_ID].count().to_dict()
         assert batch_of == {k: s.rows for k, s in local.items() if s.rows}
+
+    # a series too large to ship: its on_error rows, made on the driver, committed with the others
+    def too_large(sid: str, why: str) -> pd.DataFrame:
+        return pd.DataFrame(
+            {C.SERIES_ID: [sid], "status": [C.FAILED], "reason": [why], "metric_value": [None]}
+        )
+
+    capped = _cfg(**{"cleaning.max_points_per_series": 96})  # MTR-00004 has 98 rows
+    into = partial(lambda lk, i: Sink(lk, GOLD_SELECTION, {"run_id": "r2"}), lake_s)
+    sums = SparkEngine(capped).map_batches(
+        batches, C.SERIES_ID, judge, JUDGED, capped, on_error=too_large, sink=into
+    )
+    assert sum(s.rows for _, s in sums) == 9
+    rows = lake_s.read(GOLD_SELECTION, filters=[("run_id", "=", "r2")])
+    assert len(rows) == 9 and rows[C.SERIES_ID].is_unique
+    assert rows.loc[rows["reason"].str.startswith("too_large", na=False), C.SERIES_ID].tolist() == [
+        "MTR-00004"
+    ]
