@@ -3,6 +3,10 @@ local engine, failures as rows, and the too-large guard before grouping."""
 
 from __future__ import annotations
 
+import uuid
+from functools import partial
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -194,3 +198,128 @@ def test_worker_errors_become_rows(spark):
         SparkEngine(cfg).map_groups(frame, C.SERIES_ID, _boom, schema, cfg)
     empty = SparkEngine(cfg).map_groups(frame.iloc[:0], C.SERIES_ID, _boom, schema, cfg)
     assert empty.empty and list(empty.columns) == schema.names
+
+
+def test_table_batches_are_read_by_the_executors_and_match_local(spark, tmp_path):
+    """A TableBatch: the Spark engine reads the bucket range from Delta itself (at the
+    pinned version), with the same results per batch as the local engine reading it."""
+    from training.engines.base import TableBatch
+    from training.tables import BRONZE_READINGS, Lakehouse
+
+    lake, cfg = Lakehouse(str(tmp_path / "lake")), _cfg()
+    bronze = _bronze(n_series=12)
+    lake.write(BRONZE_READINGS, bronze.drop(columns=["_row"]))
+    version = lake.version(BRONZE_READINGS)
+    lake.write(BRONZE_READINGS, bronze.drop(columns=["_row"]).iloc[:10])  # not in the pinned version
+    ranges = lake.batches(BRONZE_READINGS, version, max_rows=len(bronze) // 3)
+    assert len(ranges) >= 3
+    cols = tuple(
+        c for c in C.BRONZE_READINGS.names if c not in ("_source_file", "_content_hash", "_batch_id")
+    )
+    batches = [(i, TableBatch(lake, BRONZE_READINGS, r, version, cols)) for i, r in enumerate(ranges)]
+
+    def clean(pdf, config):  # read order is not kept by a Spark read: number rows per group
+        return clean_series(pdf.assign(_row=np.arange(len(pdf))), config)
+
+    local = dict(
+        LocalEngine(workers=1).map_batches(
+            batches, C.SERIES_ID, clean, REFINE_OUT, cfg, on_error=engine_error
+        )
+    )
+    engine = SparkEngine(cfg)
+    assert not isinstance(engine.read_batch(batches[0][1]), pd.DataFrame)  # lazy, on the executors
+    remote = dict(engine.map_batches(batches, C.SERIES_ID, clean, REFINE_OUT, cfg, on_error=engine_error))
+    assert sorted(remote) == sorted(local) == list(range(len(ranges)))
+    for key in local:
+        pd.testing.assert_frame_equal(_sorted(remote[key]), _sorted(local[key]))
+    everything = pd.concat(local.values())
+    assert everything[C.SERIES_ID].nunique() == 12 and not everything.duplicated([C.SERIES_ID, C.TS]).any()
+
+
+JUDGED = pa.schema(
+    [
+        (C.SERIES_ID, pa.string()),
+        ("status", pa.string()),
+        ("reason", pa.string()),
+        ("metric_value", pa.float64()),
+    ]
+)
+
+
+def test_a_sink_commits_each_batch_from_the_executors_once(spark, tmp_path):
+    """``map_batches(..., sink=...)``: each batch committed by the engine in a commit of
+    its own (Spark: by delta-spark, the group function run once per series although the
+    rows are both counted and written), the same rows, counts and commit metadata as the
+    local engine's; a series too large to ship gets its on_error rows committed with them."""
+    from training.engines.base import Sink, TableBatch
+    from training.tables import BRONZE_READINGS, GOLD_SELECTION, Lakehouse
+
+    bronze, cfg = _bronze(n_series=9).drop(columns=["_row"]), _cfg()
+    when = pd.Timestamp("2024-03-02", tz="UTC")
+    out: dict[str, tuple[Lakehouse, dict]] = {}
+    for name, engine in (("local", LocalEngine(workers=1)), ("spark", SparkEngine(cfg))):
+        lake = Lakehouse(str(tmp_path / name / "lake"))
+        lake.write(BRONZE_READINGS, bronze)
+        version = lake.version(BRONZE_READINGS)
+        ranges = lake.batches(BRONZE_READINGS, version, max_rows=len(bronze) // 3)
+        batches = [(i, TableBatch(lake, BRONZE_READINGS, r, version)) for i, r in enumerate(ranges)]
+        calls = tmp_path / name / "calls"
+        calls.mkdir()
+
+        def sink(i: int, lake: Lakehouse = lake, n: int = len(ranges)) -> Sink:
+            meta = {"mmf.batch": i, "mmf.batches": n}
+            return Sink(lake, GOLD_SELECTION, {"run_id": "r1", "silver_version": i, "created_at": when}, meta)
+
+        def judge(pdf: pd.DataFrame, config, calls: str = str(calls)) -> pd.DataFrame:
+            """One row per series (``failed`` for some), each call leaving a file in ``calls``
+            (local, so that it pickles by value to the workers)."""
+            sid = str(pdf[C.SERIES_ID].iloc[0])
+            (Path(calls) / f"{sid}-{uuid.uuid4().hex}").touch()
+            status = C.FAILED if sum(map(ord, sid)) % 2 else C.OK
+            row = {
+                C.SERIES_ID: [sid],
+                "status": [status],
+                "reason": [None],
+                "metric_value": [float(len(pdf))],
+            }
+            return pd.DataFrame(row)
+
+        out[name] = lake, dict(engine.map_batches(batches, C.SERIES_ID, judge, JUDGED, cfg, sink=sink))
+        assert len(list(calls.iterdir())) == 9, f"{name}: a series computed twice or not at all"
+
+    (lake, local), (lake_s, remote) = out["local"], out["spark"]
+    assert sorted(remote) == sorted(local) and len(local) >= 3
+    for key, summary in local.items():
+        assert (remote[key].rows, remote[key].statuses) == (summary.rows, summary.statuses), key
+        assert summary.version is not None and remote[key].version is not None
+    assert sum(s.rows for s in remote.values()) == 9
+    assert {C.OK, C.FAILED} <= {k for s in remote.values() for k in s.statuses}
+
+    def table(lk: Lakehouse) -> pd.DataFrame:
+        return lk.read(GOLD_SELECTION).sort_values(C.SERIES_ID, ignore_index=True)
+
+    pd.testing.assert_frame_equal(table(lake_s), table(lake))
+    for lk in (lake, lake_s):
+        commits = [c for c in lk.history(GOLD_SELECTION) if "mmf.batch" in c]
+        assert sorted(int(c["mmf.batch"]) for c in commits) == sorted(local)
+        assert {c["mmf.batches"] for c in commits} == {str(len(local))}
+        batch_of = table(lk).groupby("silver_version")[C.SERIES_ID].count().to_dict()
+        assert batch_of == {k: s.rows for k, s in local.items() if s.rows}
+
+    # a series too large to ship: its on_error rows, made on the driver, committed with the others
+    def too_large(sid: str, why: str) -> pd.DataFrame:
+        return pd.DataFrame(
+            {C.SERIES_ID: [sid], "status": [C.FAILED], "reason": [why], "metric_value": [None]}
+        )
+
+    capped = _cfg(**{"cleaning.max_points_per_series": 96})  # MTR-00004 has 98 rows
+    into = partial(lambda lk, i: Sink(lk, GOLD_SELECTION, {"run_id": "r2"}), lake_s)
+    sums = SparkEngine(capped).map_batches(
+        batches, C.SERIES_ID, judge, JUDGED, capped, on_error=too_large, sink=into
+    )
+    assert sum(s.rows for _, s in sums) == 9
+    rows = lake_s.read(GOLD_SELECTION, filters=[("run_id", "=", "r2")])
+    assert len(rows) == 9 and rows[C.SERIES_ID].is_unique
+    assert rows.loc[rows["reason"].str.startswith("too_large", na=False), C.SERIES_ID].tolist() == [
+        "MTR-00004"
+    ]

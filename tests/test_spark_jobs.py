@@ -5,6 +5,8 @@ neither loses nor duplicates a micro-batch when it crashes and restarts."""
 
 from __future__ import annotations
 
+import json
+
 import mlflow
 import numpy as np
 import pandas as pd
@@ -20,6 +22,7 @@ from forecasting.errors import MMFError  # noqa: E402
 from forecasting.generator import generate  # noqa: E402
 from tests.reliability.faults import Faults  # noqa: E402
 from training.cli import cli  # noqa: E402
+from training.engines import spark as spark_engine  # noqa: E402
 from training.jobs import forecast as forecast_job  # noqa: E402
 from training.jobs import score as scoring  # noqa: E402
 from training.jobs import stream as stream_job  # noqa: E402
@@ -187,3 +190,57 @@ def test_stream_refreshes_touched_series_once_across_restarts(tmp_path, spark, c
     # each refreshed window starts right after the newest reading, on the hourly grid
     row = gold[(gold[C.SERIES_ID] == touched[0]) & (gold["cutoff"] == late[C.TS].max())]
     assert row[C.TS].min() == late[C.TS].max() + pd.Timedelta("1h")
+
+
+def _gold(lake: Lakehouse, name: str, keys: list[str]) -> pd.DataFrame:
+    """A Gold table sorted, without what differs between two runs: run ids, wall-clock
+    times (``created_at``, the candidates' ``fit_s``)."""
+    frame = lake.read(name).drop(columns=["run_id", "created_at"], errors="ignore")
+    if "candidates_json" in frame:
+        frame["candidates_json"] = [
+            json.dumps({m: {k: v for k, v in c.items() if k != "fit_s"} for m, c in json.loads(s).items()})
+            for s in frame["candidates_json"]
+        ]
+    return frame.sort_values(keys, ignore_index=True)
+
+
+def _batch_commits(lake: Lakehouse, name: str, run_key: str) -> dict[int, dict]:
+    commits = [c for c in lake.history(name) if "mmf.batch" in c]
+    by_batch = {int(c["mmf.batch"]): c for c in commits}
+    assert len(by_batch) == len(commits), f"{name}: a batch in two commits"
+    assert {c[run_key] for c in commits} == {lake.read(name, columns=["run_id"])["run_id"].iloc[0]}
+    return by_batch
+
+
+def test_train_on_spark_writes_gold_from_the_executors(tmp_path, spark, monkeypatch):
+    """``train --engine spark``: each batch's gold/models rows are written by delta-spark
+    from the executors, its gold/backtest rows derived from them there too, each in a
+    commit of its own with the same commit metadata as the local engine's; the per-series
+    results never come back to the driver. The tables equal a local train's."""
+    readings = _readings(n_series=8)
+    for folder in ("local", "spark"):
+        (tmp_path / folder).mkdir()
+    cfg, lake = _setup(tmp_path / "local", readings, batch_rows=1000)
+    cfg_s, lake_s = _setup(tmp_path / "spark", readings, batch_rows=1000)
+    rep = train(lake, cfg)
+
+    collected: list = []
+    collect = spark_engine.to_pandas
+    monkeypatch.setattr(
+        spark_engine, "to_pandas", lambda df, schema: collected.append(schema) or collect(df, schema)
+    )
+    rep_s = train(lake_s, cfg_s.replace(engine="spark"))
+    assert collected == [], "results came back to the driver"
+    assert rep_s.status_counts == rep.status_counts == {C.OK: 8}
+
+    keys = {"gold/models": [C.SERIES_ID], "gold/backtest": [C.SERIES_ID, "model", "window"]}
+    for name, by in keys.items():
+        pd.testing.assert_frame_equal(_gold(lake_s, name, by), _gold(lake, name, by), obj=name)
+    batches = set(lake_s.read("gold/models")["batch"])
+    assert len(batches) >= 3
+    for name, run_key in (("gold/models", "mmf.run_id"), ("gold/backtest", "mmf.train_run")):
+        local, remote = _batch_commits(lake, name, run_key), _batch_commits(lake_s, name, run_key)
+        assert set(local) == set(remote) == batches, name
+        assert {c["mmf.batches"] for c in remote.values()} == {c["mmf.batches"] for c in local.values()}
+        assert all("userMetadata" in c for c in remote.values()), f"{name}: not committed by delta-spark"
+        assert not any("userMetadata" in c for c in local.values())

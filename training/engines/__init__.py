@@ -3,7 +3,10 @@
 Every engine offers ``map_groups(frame, by, fn, schema, config, on_error)``: apply
 ``fn(group_frame, config) -> frame`` to each group of rows sharing ``by`` and return the
 concatenated results with exactly ``schema``'s columns (each engine implements
-``run(frame, job)`` for it, :mod:`training.engines.base`). ``local`` is a process pool;
+``run(frame, job)`` for it, :mod:`training.engines.base`), and ``map_batches`` over a
+stream of batches, whose results the engine can commit itself to a Delta table (a
+:class:`~training.engines.base.Sink`; ``derive`` likewise for rows computed from a
+table's batch). ``local`` is a process pool;
 ``spark`` runs ``groupBy(by).applyInPandas``. Which engines exist is
 :data:`forecasting.config.ENGINES` (name -> ``module:class``); an engine's module is
 imported only when it is chosen (the Spark one needs the optional pyspark).

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import pandas as pd
 import pyarrow as pa
@@ -16,6 +16,80 @@ ProgressFn = Callable[[int, int], None]  # (groups done, groups in all)
 # One batch of :meth:`Engine.map_batches`: its key and how to load its rows (called
 # when the engine is ready for them, so at most a couple of batches are in memory).
 Batch = tuple[Any, Callable[[], Any]]
+RowsFn = Callable[[pd.DataFrame], pd.DataFrame]  # rows of a table -> rows derived from them (pure)
+STATUS = "status"  # results with this column are counted by its values (Summary.statuses)
+
+
+@dataclass(frozen=True)
+class TableBatch:
+    """A batch read straight from a lakehouse table: the rows of the series whose bucket is
+    in ``buckets`` (at ``version``; only ``columns``; ``filters`` as
+    :meth:`~training.tables.Lakehouse.read` takes them). Calling it reads them as pandas
+    (the local engine); the Spark engine reads the same rows from Delta on its executors
+    instead, so they never pass through the driver."""
+
+    lake: Any  # training.tables.Lakehouse
+    table: str
+    buckets: tuple[int, int]
+    version: int | None = None
+    columns: tuple[str, ...] | None = None
+    filters: tuple[tuple[str, str, Any], ...] = ()
+
+    def __call__(self) -> pd.DataFrame:
+        cols = list(self.columns) if self.columns else None
+        return self.lake.read_buckets(
+            self.table, self.buckets, self.version, cols, list(self.filters) or None
+        )
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What a sink committed for one batch, small whatever the batch's size: its number
+    of rows, those rows by ``status`` (when the rows have that column; a null status is
+    not counted) and the table version of its commit (``None``: nothing committed)."""
+
+    rows: int
+    statuses: dict[str, int] = field(default_factory=dict)
+    version: int | None = None
+
+    @classmethod
+    def of(cls, rows: pd.DataFrame) -> Summary:
+        if STATUS not in rows.columns or not len(rows):
+            return cls(len(rows))
+        counts = rows[STATUS].value_counts()
+        return cls(len(rows), {str(k): int(n) for k, n in counts.items()})
+
+
+@dataclass(frozen=True)
+class Sink:
+    """Where an engine commits a batch's rows itself (``map_batches(..., sink=...)``,
+    :meth:`Engine.derive`), so they never come back to the job: appended to ``table`` of
+    ``lake`` (a :class:`~training.tables.Lakehouse`) with the constant ``columns`` set
+    on every row (``None``: null), in one Delta commit carrying ``metadata`` (read back
+    by :meth:`~training.tables.Lakehouse.history` alike from either engine's commits). A
+    batch without rows commits nothing, unless ``create`` is set and the table does not
+    exist yet: then its (empty) commit creates it."""
+
+    lake: Any  # training.tables.Lakehouse
+    table: str
+    columns: Mapping[str, Any] = field(default_factory=dict)
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    create: bool = False
+
+    def commits(self, rows: int) -> bool:
+        """Whether a batch of ``rows`` rows is committed."""
+        return rows > 0 or (self.create and not self.lake.exists(self.table))
+
+    def commit(self, rows: pd.DataFrame) -> Summary:
+        """``rows`` committed here, through the lakehouse (deltalake)."""
+        summary = Summary.of(rows)
+        if not self.commits(summary.rows):
+            return summary
+        version = self.lake.write(self.table, rows.assign(**self.columns), metadata=dict(self.metadata))
+        return replace(summary, version=int(version))
+
+
+SinkFn = Callable[[Any], Sink]  # batch key -> the sink of that batch's results
 
 
 @dataclass(frozen=True)
@@ -75,13 +149,36 @@ class Engine:
         on_error: ErrorFn | None = None,
         progress: ProgressFn | None = None,
         total: int = 0,
-    ) -> Iterator[tuple[Any, pd.DataFrame]]:
+        sink: SinkFn | None = None,
+    ) -> Iterator[tuple[Any, Any]]:
         """:meth:`map_groups` over a stream of batches of whole groups: yields ``(key,
         results)`` as each batch's groups are all done (not necessarily in the order
         given), so results can be committed batch by batch and memory holds a batch or
         two, never the whole table. ``progress(done, total)`` counts groups across
-        batches (``total``: the groups of all batches, when known)."""
-        return self.stream(batches, GroupJob(by, fn, schema, config, on_error, progress), total)
+        batches (``total``: the groups of all batches, when known).
+
+        With ``sink`` (batch key -> :class:`Sink`) the engine commits each batch's
+        results itself, in a commit of their own, and yields ``(key, Summary)``
+        instead: the results never come back to the caller (on Spark, not even to the
+        driver)."""
+        job = GroupJob(by, fn, schema, config, on_error, progress)
+        if sink is None:
+            return self.stream(batches, job, total)
+        return self.stream_into(batches, job, total, sink)
+
+    def stream_into(
+        self, batches: Iterable[Batch], job: GroupJob, total: int, sink: SinkFn
+    ) -> Iterator[tuple[Any, Summary]]:
+        """Each batch's results of :meth:`stream` committed here by its sink (engines
+        whose results live elsewhere override it and commit them there)."""
+        for key, results in self.stream(batches, job, total):
+            yield key, sink(key).commit(results)
+
+    def derive(self, source: TableBatch, fn: RowsFn, schema: pa.Schema, sink: Sink) -> Summary:
+        """Rows computed from a table's batch, committed by ``sink``: ``fn`` (pure, row by
+        row: the engine may hand it the batch in any number of pieces) maps ``source``'s
+        rows to rows of ``schema`` (missing nullable columns are null)."""
+        return sink.commit(fn(source()))
 
     def stream(
         self, batches: Iterable[Batch], job: GroupJob, total: int

@@ -11,8 +11,11 @@ live in :mod:`training.tables.spark_session`, the Delta tables in :mod:`training
   ``on_error(key, "too_large: ...")`` rows on the driver instead (one huge series must not
   take a Python worker or an executor down). An exception inside ``fn`` becomes
   ``on_error`` rows too; a task that dies is retried by Spark (``spark.task.maxFailures``;
-  ``local[N,F]`` in local mode). Side effects never happen in a worker: results come back
-  to the driver, which commits them once.
+  ``local[N,F]`` in local mode). Side effects never happen in a group function:
+  without a sink, results come back to the driver, which commits them once; with one
+  (``map_batches(..., sink=...)``, ``derive``), each batch's results are written to
+  Delta by the executors in one delta-spark commit (a failed task is retried before
+  anything commits) and only counts come back.
 
 Each group passes the checkpoint ``spark_task`` (:mod:`training.checkpoints`) in its task,
 with the hook installed on the driver when the job was planned (shipped in the UDF's
@@ -22,20 +25,46 @@ closure).
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+import operator
+from dataclasses import replace
+from typing import Any, Callable, Iterable, Iterator
 
 import pandas as pd
 import pyarrow as pa
-from pyspark import TaskContext
+from pyspark import StorageLevel, TaskContext
+from pyspark.sql import Column, SparkSession
 from pyspark.sql import DataFrame as SparkDataFrame
-from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
+from forecasting import contract as C
 from forecasting.config import Config
 from forecasting.errors import MMFError
 from training import checkpoints
-from training.engines.base import Engine, ErrorFn, GroupFn, GroupJob, concat, conform
-from training.tables.spark_session import arrow_to_spark_schema, get_spark, to_pandas, to_spark
+from training.engines.base import (
+    STATUS,
+    Batch,
+    Engine,
+    ErrorFn,
+    GroupFn,
+    GroupJob,
+    RowsFn,
+    Sink,
+    SinkFn,
+    Summary,
+    TableBatch,
+    concat,
+    conform,
+)
+from training.tables import to_arrow
+from training.tables.spark import SparkTables, spark_bucket
+from training.tables.spark_session import (
+    arrow_to_spark_schema,
+    get_spark,
+    normalize_arrow,
+    to_pandas,
+    to_spark,
+)
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +113,100 @@ class SparkEngine(Engine):
         result = concat(parts, job.schema)
         return result.sort_values(job.by, kind="stable", ignore_index=True) if len(result) else result
 
+    def stream(
+        self, batches: Iterable[Batch], job: GroupJob, total: int
+    ) -> Iterator[tuple[Any, pd.DataFrame]]:
+        """Batch after batch, each one's results collected to the driver."""
+
+        def collect(_key: Any, out: SparkDataFrame | None, parts: list[pd.DataFrame]) -> pd.DataFrame:
+            if out is not None:
+                parts.append(to_pandas(out, job.schema))
+            return concat(parts, job.schema)
+
+        return self._batches(batches, job, total, collect)
+
+    def stream_into(
+        self, batches: Iterable[Batch], job: GroupJob, total: int, sink: SinkFn
+    ) -> Iterator[tuple[Any, Summary]]:
+        """Batch after batch, each one's results written to Delta by the executors
+        (:meth:`write`); only their counts come to the driver."""
+
+        def write(key: Any, out: SparkDataFrame | None, parts: list[pd.DataFrame]) -> Summary:
+            if parts:  # the rows of the groups too large to ship, made on the driver
+                rows = to_spark(self.spark, concat(parts, job.schema), job.schema)
+                out = rows if out is None else out.unionByName(rows)
+            if out is None:
+                out = self.spark.createDataFrame([], arrow_to_spark_schema(job.schema))
+            return self.write(out, sink(key))
+
+        return self._batches(batches, job, total, write)
+
+    def _batches(
+        self,
+        batches: Iterable[Batch],
+        job: GroupJob,
+        total: int,
+        finish: Callable[[Any, SparkDataFrame | None, list[pd.DataFrame]], Any],
+    ) -> Iterator[tuple[Any, Any]]:
+        """Batch after batch: ``finish(key, worker results, driver rows)`` on each
+        planned batch (:meth:`plan`); a :class:`TableBatch` is read from Delta by the
+        executors (delta-spark at its pinned version, only its bucket range), never by
+        the driver."""
+        done = 0
+        for key, load in batches:
+            frame = self.read_batch(load) if isinstance(load, TableBatch) else load()
+
+            def told(d: int, _t: int, before: int = done) -> None:
+                job.report(before + d, max(total, before + d))
+
+            parts: list[pd.DataFrame] = []
+            out, n = self.plan(
+                frame, GroupJob(job.by, job.fn, job.schema, job.config, job.on_error, told), parts
+            )
+            result = finish(key, out, parts)
+            done += n
+            job.report(done, max(total, done))
+            yield key, result
+
+    def derive(self, source: TableBatch, fn: RowsFn, schema: pa.Schema, sink: Sink) -> Summary:
+        """``fn`` over ``source``'s rows on the executors (``mapInArrow`` over the Delta
+        read of :meth:`read_batch`), its rows written to Delta by them too."""
+        rows = self.read_batch(source).mapInArrow(rows_udf(fn, schema), arrow_to_spark_schema(schema))
+        return self.write(rows, sink)
+
+    def write(self, rows: SparkDataFrame, sink: Sink) -> Summary:
+        """``rows`` with ``sink``'s constant columns committed to its table by delta-spark
+        (its metadata as the commit's ``userMetadata``). The rows are computed once:
+        persisted (executors' memory and disk) while a Spark aggregation counts them for
+        the driver, then written from there."""
+        tables = SparkTables(sink.lake, self.spark, self.config)
+        types = {f.name: f.dataType for f in arrow_to_spark_schema(sink.lake.schema(sink.table))}
+        constants = {k: _literal(v, types.get(k)) for k, v in sink.columns.items()}
+        rows = (rows.withColumns(constants) if constants else rows).persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            summary = count_rows(rows)
+            if sink.commits(summary.rows):
+                version = tables.write(sink.table, rows, metadata=sink.metadata)
+                summary = replace(summary, version=version)
+        finally:
+            rows.unpersist()
+        return summary
+
+    def read_batch(self, batch: TableBatch) -> SparkDataFrame:
+        """``batch``'s rows as a lazy Spark DataFrame over the Delta table."""
+        tables = SparkTables(batch.lake, self.spark, self.config)
+        df = tables.read(batch.table, batch.version)
+        lo, hi = batch.buckets
+        if C.BUCKET in df.columns:
+            bucket = F.coalesce(F.col(C.BUCKET), spark_bucket(F.col(C.SERIES_ID)))
+            df = df.where((F.col(C.BUCKET) >= lo) & (F.col(C.BUCKET) < hi) | F.col(C.BUCKET).isNull())
+            df = df.where((bucket >= lo) & (bucket < hi))
+        else:  # a table written before buckets
+            df = df.where((spark_bucket(F.col(C.SERIES_ID)) >= lo) & (spark_bucket(F.col(C.SERIES_ID)) < hi))
+        for col, op, val in batch.filters:
+            df = df.where(_condition(col, op, val))
+        return df.select(*batch.columns) if batch.columns else df
+
     def plan(
         self, frame: pd.DataFrame | SparkDataFrame, job: GroupJob, driver_rows: list[pd.DataFrame]
     ) -> tuple[SparkDataFrame | None, int]:
@@ -118,6 +241,50 @@ class SparkEngine(Engine):
             .applyInPandas(udf, schema=arrow_to_spark_schema(job.schema))
         )
         return out, total
+
+
+def count_rows(rows: SparkDataFrame) -> Summary:
+    """The rows of a Spark DataFrame counted by a Spark aggregation (by ``status`` when
+    it has that column): only the counts come to the driver."""
+    if STATUS not in rows.columns:
+        return Summary(int(rows.count()))
+    counts = {r[0]: int(r[1]) for r in rows.groupBy(STATUS).count().collect()}
+    return Summary(sum(counts.values()), {str(k): n for k, n in counts.items() if k is not None})
+
+
+def _literal(value: Any, dtype: T.DataType | None) -> Column:
+    """A constant column (``value`` cast to the table's type of that column, when it has one)."""
+    if isinstance(value, pd.Timestamp):
+        value = value.to_pydatetime()
+    col = F.lit(value)
+    return col.cast(dtype) if dtype is not None else col
+
+
+def rows_udf(fn: RowsFn, schema: pa.Schema) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """The function each Python worker runs over its piece of a :meth:`SparkEngine.derive`
+    source: ``fn`` on each Arrow batch as pandas, its rows given exactly ``schema`` (as
+    :meth:`~training.tables.Lakehouse.write` gives them: missing columns null)."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            out = fn(batch.to_pandas())
+            if len(out):
+                yield from normalize_arrow(to_arrow(out, schema)).to_batches()
+
+    return run
+
+
+_OPS = {"=": operator.eq, "==": operator.eq, "!=": operator.ne, ">=": operator.ge, "<=": operator.le}
+_OPS.update({">": operator.gt, "<": operator.lt})
+
+
+def _condition(col: str, op: str, val: Any) -> Column:
+    """A Spark condition of one ``(column, op, value)`` filter (as Lakehouse.read takes)."""
+    if op == "in":
+        return F.col(col).isin(list(val))
+    if op not in _OPS:
+        raise MMFError(f"unknown filter operator {op!r}: expected one of {', '.join([*_OPS, 'in'])}")
+    return _OPS[op](F.col(col), val)
 
 
 def _set_aside_too_large(counts: dict[str, int], job: GroupJob, driver_rows: list[pd.DataFrame]) -> list[str]:

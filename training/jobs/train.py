@@ -5,9 +5,11 @@ can be re-read by time travel), in batches: the bucket ranges of
 :meth:`Lakehouse.batches` (about ``batch_rows`` rows of whole series each), each read on
 its own (:meth:`Lakehouse.read_buckets`). The engine maps
 :func:`forecasting.pipeline.process_series` over the series of a stream of batches
-(:meth:`Engine.map_batches`); as each batch completes, its TRAIN_RESULT rows are
-committed to ``gold/models`` (with the run id, silver version and batch index) and its
-backtest rows to ``gold/backtest``, each in a commit of its own. Then, reading the
+(:meth:`Engine.map_batches`); as each batch completes, the engine commits its
+TRAIN_RESULT rows to ``gold/models`` (with the run id, silver version and batch index:
+a sink, :class:`training.engines.base.Sink`) and derives its backtest rows in
+``gold/backtest`` from them (:meth:`Engine.derive`), each in a commit of its own (on
+Spark both are written by the executors: no result comes to the driver). Then, reading the
 run's ``gold/models`` rows back a batch at a time (never the whole run at once): the
 MLflow run's metrics and artifacts (:func:`registry.results.log_results`), one
 many-models pyfunc registered as ``challenger`` (promoted to ``champion`` by the gate),
@@ -81,7 +83,7 @@ from registry.results import load_results, log_results
 from training import global_models
 from training.checkpoints import checkpoint
 from training.engines import get_engine
-from training.engines.base import Engine
+from training.engines.base import Engine, Sink, TableBatch
 from training.jobs.refine import refine_in_progress
 from training.tables import (
     GOLD_BACKTEST,
@@ -148,11 +150,15 @@ class Plan:
     def _filters(self) -> list | None:
         return [(C.SERIES_ID, "in", list(self.series_ids))] if self.series_ids else None
 
+    def batch(self, i: int) -> TableBatch:
+        """Batch ``i``'s silver rows, as the engine reads them (the Spark engine on its
+        executors, the local engine through deltalake)."""
+        filters = tuple(self._filters() or ())
+        return TableBatch(self.lake, SILVER_READINGS, self.ranges[i], self.version, filters=filters)
+
     def load(self, i: int) -> pd.DataFrame:
-        """Batch ``i``'s silver rows."""
-        return self.lake.read_buckets(
-            SILVER_READINGS, self.ranges[i], version=self.version, filters=self._filters()
-        )
+        """Batch ``i``'s silver rows, read here."""
+        return self.batch(i)()
 
     def quarantine(self, i: int) -> pd.DataFrame:
         """Batch ``i``'s rows of silver/quarantine."""
@@ -337,12 +343,14 @@ def series_step(config: Config) -> str:
 
 # -- the batches -----------------------------------------------------------------------
 def train_batches(lake, cfg, plan: Plan, engine: Engine, run_id: str, glob, tell, resumed: bool) -> None:
-    """Map ``process_series`` over the plan's batches not in gold/models yet, committing
-    each batch's rows to gold/models and gold/backtest as it completes."""
+    """Map ``process_series`` over the plan's batches not in gold/models yet; the engine
+    commits each batch's rows to gold/models as it completes (:func:`models_sink`), then
+    derives its gold/backtest rows from them (:func:`derive_backtest`): on Spark neither
+    comes back to the driver."""
     done = done_batches(lake, GOLD_MODELS, run_id, plan) if resumed else set()
     if resumed:  # a batch killed between its two commits: its backtest rows from gold/models
         for i in sorted(done - done_batches(lake, GOLD_BACKTEST, run_id, plan)):
-            write_backtest(lake, run_id, plan, i, batch_rows(lake, run_id, plan.ranges[i]))
+            derive_backtest(engine, lake, run_id, plan, i)
     todo = [i for i in range(plan.n) if i not in done]
     step, total = series_step(cfg), plan.n_series()
     committed = len(done)
@@ -352,13 +360,12 @@ def train_batches(lake, cfg, plan: Plan, engine: Engine, run_id: str, glob, tell
             checkpoint("mid_train", batches_done=committed)
         tell(step, n_done, n_total)
 
-    def load(i: int) -> pd.DataFrame:
-        frame = plan.load(i)
-        return glob.attach(frame) if glob is not None else frame
+    def load(i: int) -> pd.DataFrame:  # the global models' results joined to the rows, here
+        return glob.attach(plan.load(i))
 
     tell(step, 0, total)
     on_error = partial(failed_result, config=cfg)
-    batches = ((i, partial(load, i)) for i in todo)
+    batches = ((i, plan.batch(i) if glob is None else partial(load, i)) for i in todo)
     stream = engine.map_batches(
         batches,
         C.SERIES_ID,
@@ -368,23 +375,42 @@ def train_batches(lake, cfg, plan: Plan, engine: Engine, run_id: str, glob, tell
         on_error=on_error,
         progress=on_progress,
         total=total,
+        sink=partial(models_sink, lake, run_id, plan),
     )
-    for i, results in stream:
-        commit_batch(lake, run_id, plan, i, results)
+    for i, written in stream:
+        if written.version is not None:
+            derive_backtest(engine, lake, run_id, plan, i, written.version)
         committed += 1
         if committed < plan.n:
             checkpoint("mid_train", batches_done=committed)
 
 
-def commit_batch(lake: Lakehouse, run_id: str, plan: Plan, i: int, results: pd.DataFrame) -> None:
-    """Batch ``i``'s results: its rows in gold/models, then its rows in gold/backtest,
-    each in a commit of its own (commit metadata: the run and the batch)."""
-    if len(results) or not lake.exists(GOLD_MODELS):
-        rows = results.assign(
-            run_id=run_id, silver_version=plan.version, batch=i, created_at=_now(), **{C.BUCKET: None}
-        )
-        lake.write(GOLD_MODELS, rows, metadata={"mmf.run_id": run_id, "mmf.batch": i, "mmf.batches": plan.n})
-    write_backtest(lake, run_id, plan, i, results)
+def models_sink(lake: Lakehouse, run_id: str, plan: Plan, i: int) -> Sink:
+    """Where batch ``i``'s TRAIN_RESULT rows go: gold/models, with the run, the silver
+    version and the batch, in a commit of their own (commit metadata: the run and the
+    batch); an empty batch commits only to create the table."""
+    columns = {
+        "run_id": run_id,
+        "silver_version": plan.version,
+        "batch": i,
+        "created_at": _now(),
+        C.BUCKET: None,
+    }
+    meta = {"mmf.run_id": run_id, "mmf.batch": i, "mmf.batches": plan.n}
+    return Sink(lake, GOLD_MODELS, columns, meta, create=True)
+
+
+def derive_backtest(
+    engine: Engine, lake: Lakehouse, run_id: str, plan: Plan, i: int, version: int | None = None
+) -> None:
+    """Batch ``i``'s gold/backtest rows (when it has any), in a commit of their own,
+    derived by the engine from the run's gold/models rows of the batch (at ``version``:
+    the commit that wrote them; ``None``: the latest)."""
+    where = (("run_id", "=", run_id),)
+    source = TableBatch(lake, GOLD_MODELS, plan.ranges[i], version, (C.SERIES_ID, "backtest_json"), where)
+    meta = {"mmf.train_run": run_id, "mmf.batch": i, "mmf.batches": plan.n}
+    rows = partial(backtest_rows, run_id=run_id)
+    engine.derive(source, rows, lake.schema(GOLD_BACKTEST), Sink(lake, GOLD_BACKTEST, metadata=meta))
 
 
 def write_backtest(lake: Lakehouse, run_id: str, plan: Plan, i: int, results: pd.DataFrame) -> None:

@@ -9,10 +9,11 @@ The root may be anything deltalake accepts (a local folder, ``az://``, ``abfss:/
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import uuid
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -28,6 +29,7 @@ from training.tables import doctor
 log = logging.getLogger(__name__)
 
 _COMMIT_KEY = "mmf.commit_id"  # commit metadata: identifies the commit a write made
+_USER_METADATA = "userMetadata"  # delta-spark's commit metadata (one string): a JSON object here
 
 # The tables of a lakehouse: their names are declared here only.
 BRONZE_READINGS = "bronze/readings"
@@ -113,6 +115,29 @@ def table_schema(name: str, levels: Sequence[int] = (80, 95)) -> pa.Schema:
         GOLD_GATE: C.GOLD_GATE,
         GOLD_MODELS: C.GOLD_MODELS,
     }[canonical(name)]
+
+
+def user_metadata(metadata: Mapping[str, Any]) -> str:
+    """Commit metadata as delta-spark records it (its one ``userMetadata`` string): a
+    JSON object of strings, as deltalake's custom metadata holds them."""
+    return json.dumps({str(k): str(v) for k, v in metadata.items()}, sort_keys=True)
+
+
+def commit_info(commit: dict[str, Any]) -> dict[str, Any]:
+    """A commit's info with the keys of its JSON ``userMetadata`` (a delta-spark commit's
+    metadata, :func:`user_metadata`) next to the others, as deltalake's custom metadata
+    keys are: the same ``mmf.*`` keys whichever layer committed (the commit's own keys
+    win)."""
+    raw = commit.get(_USER_METADATA)
+    if not isinstance(raw, str) or not raw.startswith("{"):
+        return commit
+    try:
+        extra = json.loads(raw)
+    except ValueError:
+        return commit
+    if not isinstance(extra, dict):
+        return commit
+    return {**{str(k): v if isinstance(v, str) else json.dumps(v) for k, v in extra.items()}, **commit}
 
 
 def canonical(name: str) -> str:
@@ -360,8 +385,10 @@ class Lakehouse:
         keep = (buckets >= lo) & (buckets < hi)
         return table.filter(pa.array(keep))
 
-    def history(self, name: str) -> list[dict[str, Any]]:
-        return self.table(name).history()
+    def history(self, name: str, limit: int | None = None) -> list[dict[str, Any]]:
+        """The table's commits, newest first (the last ``limit`` only), each with its
+        metadata keys whichever layer wrote it (:func:`commit_info`)."""
+        return [commit_info(c) for c in self.table(name).history(limit)]
 
     # -- writing ---------------------------------------------------------------------
     def write(

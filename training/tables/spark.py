@@ -12,7 +12,9 @@ Who writes what:
 * the jobs (``ingest``, ``refine``, ``train``, ``forecast``, ``nightly``) commit through
   :class:`~training.tables.Lakehouse` (deltalake) on the driver, with either engine: the
   results of the group mapping come back to the driver and are committed once;
-* this layer writes where the data never comes to the driver: ``mmf score --engine
+* this layer writes where the data never comes to the driver: the Spark engine's sinks
+  (``train``'s ``gold/models`` and ``gold/backtest`` batches, a delta-spark commit each,
+  its commit metadata as ``userMetadata``), ``mmf score --engine
   spark`` (``gold/scores`` by replace-where, or ``gold/forecasts`` by MERGE) and
   ``mmf stream`` (``gold/forecasts`` by MERGE, one Delta application transaction per
   micro-batch);
@@ -40,7 +42,15 @@ from pyspark.sql import functions as F
 
 from forecasting import contract as C
 from forecasting.errors import TableError
-from training.tables.lakehouse import TABLE_NAMES, Lakehouse, bucketed, canonical, to_arrow, with_buckets
+from training.tables.lakehouse import (
+    TABLE_NAMES,
+    Lakehouse,
+    bucketed,
+    canonical,
+    to_arrow,
+    user_metadata,
+    with_buckets,
+)
 from training.tables.spark_session import arrow_to_spark_schema, get_spark, to_pandas, to_spark
 
 log = logging.getLogger(__name__)
@@ -273,12 +283,16 @@ class SparkTables:
         replace_where: str | None = None,
         app_id: str | None = None,
         app_version: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
     ) -> int:
         """Append or overwrite (only where ``replace_where`` holds, when given). With
         ``app_id``/``app_version`` the commit records a Delta application transaction and
         a write whose version was already committed under that id is skipped (Delta's
-        ``txnAppId``/``txnVersion``). A replace-where on an absent table creates it.
-        Returns the table's version after the write."""
+        ``txnAppId``/``txnVersion``). ``metadata`` goes into the commit as its
+        ``userMetadata`` (a JSON object of strings), which
+        :meth:`~training.tables.Lakehouse.history` reads as the keys deltalake's custom
+        metadata would be. A replace-where on an absent table creates it. Returns the
+        table's version after the write."""
         df = self.frame(name, data)
         if replace_where is not None and not self.exists(name):
             mode, replace_where = "append", None
@@ -287,6 +301,8 @@ class SparkTables:
             writer = writer.option("replaceWhere", replace_where)
         if app_id:
             writer = writer.option("txnAppId", app_id).option("txnVersion", int(app_version or 0))
+        if metadata:
+            writer = writer.option("userMetadata", user_metadata(metadata))
         writer.save(self.uri(name))
         return int(self.lake.version(name))
 
