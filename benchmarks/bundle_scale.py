@@ -23,9 +23,17 @@ What it does, for each ``--series`` N:
    is built directly), so ``/ready`` stays 503 ("gold/forecasts does not exist yet"): the
    figure is the model-loading part of the start, not the Gold caches.
 
+``--kind reference`` builds a *reference* bundle instead (``mlflow.bundle: reference``):
+the frames are committed to gold/models one Delta commit each, as training does (timed
+apart: that is the engine's write, not the registration), then ``log_many_models``
+registers a version naming the run's rows at the table's version (no models.parquet;
+its tags' figures are read from the table without the models). Results go to
+``bundle_scale_reference.{json,md}``.
+
 Run::
 
     .venv/bin/python -m benchmarks.bundle_scale --series 1000 10000 100000 --work /tmp/bundle-scale
+    .venv/bin/python -m benchmarks.bundle_scale --kind reference --series 10000 100000 --work /tmp/bundle-ref
 """
 
 from __future__ import annotations
@@ -59,9 +67,10 @@ def _peak_mib() -> float:
 
 
 # -- 1. build (child) ------------------------------------------------------------------
-def frames(n_series: int, batch: int, clock: dict):
+def frames(n_series: int, batch: int, clock: dict, by_bucket: bool = False):
     """TRAIN_RESULT frames of ``batch`` series each (plus gold/models' extra columns);
-    ``clock["generate_s"]`` sums the time spent making them."""
+    ``clock["generate_s"]`` sums the time spent making them. ``by_bucket``: each frame a
+    range of buckets (as training's batches are), else a range of ids."""
     import numpy as np
     import pandas as pd
 
@@ -71,9 +80,12 @@ def frames(n_series: int, batch: int, clock: dict):
     rng = np.random.default_rng(0)
     end = pd.Timestamp("2024-03-31 23:00")
     hours = np.arange(N_OBS)
+    every = np.array([f"BENCH-{i:06d}" for i in range(n_series)], dtype=object)
+    if by_bucket:
+        every = every[np.argsort(C.bucket_of(every), kind="stable")]
     for start in range(0, n_series, batch):
         t0 = time.perf_counter()
-        ids = [f"BENCH-{i:06d}" for i in range(start, min(start + batch, n_series))]
+        ids = list(every[start : start + batch])
         texts = []
         for _ in ids:
             y = rng.uniform(0.5, 5) * (1 + 0.4 * np.sin(2 * np.pi * (hours % 24) / 24)) + rng.normal(
@@ -101,24 +113,52 @@ def frames(n_series: int, batch: int, clock: dict):
         yield frame
 
 
-def build(work: Path, n_series: int, batch: int) -> dict:
+def build(work: Path, n_series: int, batch: int, kind: str = "embedded") -> dict:
     from forecasting.config import load_config
     from registry import promotion, pyfunc, runs
 
     cfg = load_config(work / "conf.yaml")
-    clock = {"generate_s": 0.0}
-    t0 = time.perf_counter()
-    with runs.start_training_run(cfg, silver_version=0, engine="local", run_name="bundle-scale"):
-        mv = pyfunc.log_many_models(frames(n_series, batch, clock), cfg, silver_version=0)
-    total = time.perf_counter() - t0
+    clock = {"generate_s": 0.0, "write_s": 0.0}
+    with runs.start_training_run(cfg, silver_version=0, engine="local", run_name="bundle-scale") as run:
+        if kind == "reference":
+            ref = write_gold_models(
+                cfg, run.info.run_id, frames(n_series, batch, clock, by_bucket=True), clock
+            )
+            t0 = time.perf_counter()
+            mv = pyfunc.log_many_models(None, cfg, silver_version=0, reference=ref)
+            log_s = time.perf_counter() - t0
+        else:
+            t0 = time.perf_counter()
+            mv = pyfunc.log_many_models(frames(n_series, batch, clock), cfg, silver_version=0)
+            log_s = time.perf_counter() - t0 - clock["generate_s"]  # the frames are made as it reads them
     promotion.promote(cfg, mv.version)
-    return {
+    out = {
         "version": str(mv.version),
         "n_series": int(mv.tags["mmf.n_series"]),
         "generate_s": round(clock["generate_s"], 2),
-        "log_many_models_s": round(total - clock["generate_s"], 2),
+        "log_many_models_s": round(log_s, 2),
         "peak_rss_mib": _peak_mib(),
     }
+    if kind == "reference":
+        out["write_gold_models_s"] = round(clock["write_s"], 2)
+    return out
+
+
+def write_gold_models(cfg, run_id: str, batches, clock: dict):
+    """The frames committed to gold/models one Delta commit each, as training commits its
+    batches; the :class:`registry.pyfunc.ModelsRef` of the run's rows at the last one."""
+    import pandas as pd
+
+    from registry import pyfunc
+    from training.tables import GOLD_MODELS, Lakehouse
+
+    lake = Lakehouse.from_config(cfg)
+    for i, frame in enumerate(batches):
+        t0 = time.perf_counter()
+        rows = frame.assign(run_id=run_id, silver_version=0, batch=i, created_at=pd.Timestamp.now(tz="UTC"))
+        lake.write(GOLD_MODELS, rows, metadata={"mmf.run_id": run_id, "mmf.batch": i})
+        clock["write_s"] += time.perf_counter() - t0
+    return pyfunc.ModelsRef(lake.root, run_id, int(lake.version(GOLD_MODELS)))
 
 
 # -- 2. load (child) -------------------------------------------------------------------
@@ -221,7 +261,7 @@ def _child(mode: str, work: Path, *extra: str, root: Path = ROOT) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def cell(work: Path, n_series: int, batch: int, baseline: Path | None) -> dict:
+def cell(work: Path, n_series: int, batch: int, baseline: Path | None, kind: str = "embedded") -> dict:
     import yaml
 
     if work.exists():
@@ -237,13 +277,21 @@ def cell(work: Path, n_series: int, batch: int, baseline: Path | None) -> dict:
     }
     (work / "conf.yaml").write_text(yaml.safe_dump(settings))
     print(f"{n_series:,} series: building ...", flush=True)
-    out: dict = {"series": n_series, "batch": batch}
-    out["build"] = _child("build", work, "--series", str(n_series), "--batch", str(batch))
+    out: dict = {"series": n_series, "batch": batch, "kind": kind}
+    out["build"] = _child("build", work, "--series", str(n_series), "--batch", str(batch), "--kind", kind)
     (model,) = (p.parent for p in (work / "lake").rglob("MLmodel"))
     shutil.copytree(model, work / "model")
-    parquet = next((work / "model").rglob("models.parquet"))
-    meta = __import__("pyarrow.parquet", fromlist=["x"]).ParquetFile(parquet).metadata
-    out["bundle"] = {"mib": round(parquet.stat().st_size / 2**20, 1), "row_groups": meta.num_row_groups}
+    if kind == "reference":
+        files = list((work / "lake" / "gold" / "models").glob("*.parquet"))
+        mib = sum(f.stat().st_size for f in files) / 2**20
+        out["bundle"] = {"mib": round(mib, 1), "row_groups": f"{len(files)} files"}
+    else:
+        parquet = next((work / "model").rglob("models.parquet"))
+        meta = __import__("pyarrow.parquet", fromlist=["x"]).ParquetFile(parquet).metadata
+        out["bundle"] = {"mib": round(parquet.stat().st_size / 2**20, 1), "row_groups": meta.num_row_groups}
+    out["artifact_files"] = sorted(
+        p.relative_to(work / "model").as_posix() for p in (work / "model").rglob("*") if p.is_file()
+    )
     print(f"  built: {out['build']}; loading ...", flush=True)
     out["load_model"] = _child("load_model", work)
     out["load_version"] = _child("load_version", work)
@@ -258,14 +306,19 @@ def cell(work: Path, n_series: int, batch: int, baseline: Path | None) -> dict:
 def markdown(report: dict) -> str:
     m = report["machine"]
     lines = [
-        "# Model bundle at scale",
+        "# Model bundle at scale" + (" (reference bundle)" if report.get("kind") == "reference" else ""),
         "",
         f"`{report['command']}` on {report['date']} (commit {report['git']}{report['baseline_note']})",
         "",
         f"Machine: {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB memory, Python {m['python']}; "
-        f"1-minute load average {report['load_average_1m']} at the start (the cores are shared: times are noisy).",
+        f"1-minute load average {report['load_average_1m']} at the start"
+        + (f", {report['load_average_1m_end']} at the end" if "load_average_1m_end" in report else "")
+        + " (the cores are shared: times are noisy).",
         "",
-        "| series | bundle MiB / row groups | generate s | log_many_models s | build peak RSS MiB "
+        "| series | "
+        + ("gold/models MiB / files" if report.get("kind") == "reference" else "bundle MiB / row groups")
+        + (" | generate s (write gold/models s)" if report.get("kind") == "reference" else " | generate s")
+        + " | log_many_models s | build peak RSS MiB "
         "| load_model s | RSS after imports → load → 1 predict MiB | load_version s (RSS after load) "
         "| serve: champion loaded s | serve RSS MiB (loaded, after /predict) |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -273,7 +326,9 @@ def markdown(report: dict) -> str:
     for c in report["cells"]:
         b, lm, lv, s = c["build"], c["load_model"], c["load_version"], c["serve"]
         lines.append(
-            f"| {c['series']:,} | {c['bundle']['mib']} / {c['bundle']['row_groups']} | {b['generate_s']} "
+            f"| {c['series']:,} | {c['bundle']['mib']} / {c['bundle']['row_groups']} | {b['generate_s']}"
+            + (f" ({b['write_gold_models_s']})" if "write_gold_models_s" in b else "")
+            + " "
             f"| {b['log_many_models_s']} | {b['peak_rss_mib']} | {lm['load_s']} "
             f"| {lm['rss_after_imports_mib']} → {lm['rss_after_load_mib']} → {lm['rss_after_predict_mib']} "
             f"| {lv['load_s']} ({lv['rss_after_load_mib']}) | {s['champion_loaded_s']} "
@@ -308,10 +363,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--work", type=Path, default=HERE / "work" / "bundle_scale")
     p.add_argument("--baseline", type=Path, help="also load each bundle with this checkout's code")
     p.add_argument("--results", type=Path, default=HERE / "results")
+    p.add_argument("--kind", choices=["embedded", "reference"], default="embedded", help="the bundle built")
     p.add_argument("--child", choices=["build", "load_model", "load_version"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child == "build":
-        print(json.dumps(build(args.work, args.series[0], args.batch)))
+        print(json.dumps(build(args.work, args.series[0], args.batch, args.kind)))
         return
     if args.child:
         print(json.dumps(load(args.work, args.child)))
@@ -324,7 +380,7 @@ def main(argv: list[str] | None = None) -> None:
         [".venv/bin/python", "-m", "benchmarks.bundle_scale", *(sys.argv[1:] if argv is None else argv)]
     )
     load_avg = round(os.getloadavg()[0], 2)
-    cells = [cell(args.work / str(n), n, args.batch, args.baseline) for n in args.series]
+    cells = [cell(args.work / str(n), n, args.batch, args.baseline, args.kind) for n in args.series]
     report = {
         "benchmark": "bundle_scale",
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -333,11 +389,14 @@ def main(argv: list[str] | None = None) -> None:
         "baseline_note": f"; baseline {args.baseline}" if args.baseline else "",
         "machine": common_machine(),
         "load_average_1m": load_avg,
+        "load_average_1m_end": round(os.getloadavg()[0], 2),
+        "kind": args.kind,
         "cells": cells,
     }
     args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "bundle_scale.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.results / "bundle_scale.md").write_text(markdown(report))
+    stem = "bundle_scale" if args.kind == "embedded" else "bundle_scale_reference"
+    (args.results / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.results / f"{stem}.md").write_text(markdown(report))
     print(markdown(report))
 
 

@@ -44,5 +44,7 @@ The many-models pyfunc is an MLflow 3 logged model named ``model`` of that run (
 under ``<artifact root>/models/<model_id>/artifacts``): ``MLmodel``,
 ``mmf_many_models.py`` (the models-from-code entry point) and
 ``artifacts/models.parquet`` (series_id, model, model_json, end, freq, status, bucket;
-sorted by bucket in row groups of at most 2,000 series, read lazily on load).
+sorted by bucket in row groups of at most 2,000 series, read lazily on load); a
+*reference* bundle (``mlflow.bundle``) has no models.parquet: its ``MLmodel``'s
+``model_config`` names the run's rows of gold/models at a pinned Delta version.
 """

@@ -18,6 +18,18 @@ in the artifact ``global_models.npz`` (numpy arrays and JSON strings, read with
 holds only a reference to them, its scaling and its last inputs. ``load_context`` loads
 that file once, and ``global_nn`` forecasts with numpy (no torch needed to serve).
 
+A *reference* bundle (``mlflow.bundle: reference``; ``auto`` with the Spark engine)
+copies no model: the artifact holds no ``models.parquet``, and its ``model_config``
+names the run's rows of the Delta table gold/models, where training committed them
+batch by batch: ``bundle: reference``, ``models_table`` (the table's URI),
+``models_lakehouse``, ``models_run_id``, ``models_version`` (the table's version after
+the run's last batch commit), ``n_series``, ``freq`` and ``storage_option_names`` (the
+names of the storage options reading it needs, never their values). ``load_context``
+reads the table's log at that version (:class:`DeltaModels`) and a series' model with
+its block of buckets when first asked for: Delta file statistics and Parquet row groups
+skip the rest. The storage options (credentials) are given at load time
+(:func:`load_path`: the loading config's, or the environment's), never stored.
+
 Scoring input (one or more rows per series)::
 
     series_id    str       required
@@ -41,7 +53,13 @@ names), so the artifact is checked first: at registration the sha256 of ``MLmode
 ``mmf_many_models.py`` and every file under ``artifacts/`` (``models.parquet``,
 ``global_models.npz``) is recorded as a version tag ``mmf.sha256.<path>``, and
 :func:`load_version` refuses (:class:`RegistryError`) a downloaded artifact whose files
-differ from those tags, before any of it runs.
+differ from those tags, before any of it runs. For a reference bundle the hashes cover
+``MLmodel`` (with the reference in its ``model_config``), the code and ``global_models.npz``;
+the models it refers to are protected by Delta's version pinning, not by a hash: the
+loader reads gold/models as of ``models_version``, so rows committed later (other runs)
+are never seen, and the run's rows read are those that version holds (until `mmf vacuum`
+removes files that version needs, e.g. after `mmf restore gold/models`; loading then
+fails with a :class:`RegistryError`).
 """
 
 from __future__ import annotations
@@ -66,6 +84,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
@@ -79,6 +98,7 @@ from forecasting.models.global_models import load as load_global_weights
 from registry.aliases import champion_info, require_version, version_info
 from registry.connection import set_uris
 from registry.metrics import USABLE, finite_metric_values
+from training.tables import GOLD_MODELS, Lakehouse
 
 log = logging.getLogger(__name__)
 
@@ -285,12 +305,204 @@ class FrameModels:
         return self.frame(columns)[keep].reset_index(drop=True)
 
 
+# -- the reference bundle: the run's rows of gold/models ----------------------------------
+EMBEDDED, REFERENCE = "embedded", "reference"  # bundle kinds (config ``mlflow.bundle``)
+
+
+@dataclass(frozen=True)
+class ModelsRef:
+    """Where a reference bundle's models are: the rows of run ``run_id`` in gold/models
+    under the lakehouse root ``lakehouse``, as of the table's Delta ``version`` (the one
+    after the run's last batch commit)."""
+
+    lakehouse: str
+    run_id: str
+    version: int
+
+    @property
+    def table(self) -> str:
+        """The URI of the gold/models table."""
+        return Lakehouse(self.lakehouse).uri(GOLD_MODELS)
+
+    def model_config(self, storage_options: dict[str, str] | None) -> dict[str, Any]:
+        """The ``model_config`` entries naming the rows; of the storage options only their
+        names (the values, credentials among them, are given at load: :func:`load_path`)."""
+        return {
+            "bundle": REFERENCE,
+            "models_table": self.table,
+            "models_lakehouse": self.lakehouse,
+            "models_run_id": self.run_id,
+            "models_version": int(self.version),
+            "storage_option_names": sorted(storage_options or {}),
+            "storage_options": {},
+        }
+
+    @classmethod
+    def from_model_config(cls, config: dict[str, Any]) -> "ModelsRef":
+        return cls(
+            str(config["models_lakehouse"]), str(config["models_run_id"]), int(config["models_version"])
+        )
+
+
+def bundle_kind(config: Config) -> str:
+    """The bundle a training run registers: ``mlflow.bundle``, with ``auto`` resolved
+    (reference with the Spark engine, embedded otherwise)."""
+    kind = config.mlflow.bundle
+    if kind == "auto":
+        return REFERENCE if config.engine == "spark" else EMBEDDED
+    return kind
+
+
+def _usable_rows(run_id: str) -> pc.Expression:
+    """The rows of a run a bundle holds: status ok or fallback, with a model."""
+    model = pc.field("model_json")
+    return (
+        (pc.field("run_id") == run_id)
+        & pc.field("status").isin(list(USABLE))
+        & model.is_valid()
+        & (model != "")
+    )
+
+
+def _run_files(ref: ModelsRef, storage_options: dict[str, str] | None) -> ds.Dataset:
+    """The data files of gold/models at ``ref.version`` that may hold rows of its run.
+    Each file keeps its Delta statistics as its partition expression, so a filter on
+    ``bucket`` skips files, and Parquet row-group statistics skip row groups."""
+    try:
+        table = Lakehouse(ref.lakehouse, storage_options).table(GOLD_MODELS, int(ref.version))
+        dataset = table.to_pyarrow_dataset()
+    except Exception as exc:  # noqa: BLE001 - one message for every way the table is unreadable
+        raise RegistryError(
+            f"the models of run {ref.run_id} are in {ref.table} at version {ref.version}, which cannot be "
+            f"read: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}. Check "
+            "the storage options (given at load), and that the table's log and files of that version are "
+            "still there (`mmf restore`/`mmf vacuum` of gold/models can remove them)"
+        ) from None
+    fragments = list(dataset.get_fragments(filter=pc.field("run_id") == ref.run_id))
+    return ds.FileSystemDataset(fragments, dataset.schema, dataset.format, dataset.filesystem)
+
+
+def _fill_buckets(table: pa.Table) -> pa.Table:
+    """``table`` with null buckets (rows written before buckets) computed from the ids."""
+    col = table.column(C.BUCKET)
+    if not col.null_count:
+        return table
+    computed = pa.array(C.bucket_of(table.column(C.SERIES_ID).to_pylist()), pa.int32())
+    return table.set_column(table.schema.get_field_index(C.BUCKET), C.BUCKET, pc.coalesce(col, computed))
+
+
+class DeltaModels:
+    """The models of a reference bundle: its run's usable rows of gold/models at the
+    pinned version, read lazily, with the interface of :class:`ParquetModels`. Opening
+    it reads the table's log only. A series is found by its bucket: the bucket space is
+    cut in blocks of about :data:`BUNDLE_GROUP_ROWS` series, a lookup reads its block
+    (only the files and row groups whose bucket statistics overlap it) and the last
+    :data:`CACHE_GROUPS` blocks are kept."""
+
+    def __init__(
+        self,
+        ref: ModelsRef,
+        storage_options: dict[str, str] | None = None,
+        n_series: int = 0,
+        freq: str | None = None,
+        cache_groups: int | None = None,
+    ):
+        self.ref, self.num_rows, self.freq = ref, int(n_series), freq
+        self._data = _run_files(ref, storage_options)
+        self._where = _usable_rows(ref.run_id)
+        per_block = C.N_BUCKETS * BUNDLE_GROUP_ROWS // self.num_rows if self.num_rows else C.N_BUCKETS // 64
+        self.width = int(min(C.N_BUCKETS, max(1, per_block)))  # buckets per block
+        self.groups = _LRU(cache_groups or CACHE_GROUPS)  # block -> {series id: Entry}
+
+    def _scan(self, columns: list[str], lo: int = 0, hi: int = C.N_BUCKETS) -> Iterator[pa.Table]:
+        """The run's usable rows whose bucket is in ``[lo, hi)``, a record batch at a time:
+        ``columns`` plus ``series_id`` and ``bucket`` (``freq`` computed from
+        ``model_json``, as :func:`models_table` does)."""
+        wanted = list(dict.fromkeys([*columns, C.SERIES_ID, C.BUCKET]))
+        read = [c for c in wanted if c != "freq"] + (["model_json"] if "freq" in wanted else [])
+        expr = self._where
+        if (lo, hi) != (0, C.N_BUCKETS):
+            bucket = pc.field(C.BUCKET)
+            expr = expr & (((bucket >= lo) & (bucket < hi)) | bucket.is_null())
+        for batch in self._data.to_batches(columns=list(dict.fromkeys(read)), filter=expr):
+            if not batch.num_rows:
+                continue
+            table = _in_range(_fill_buckets(pa.Table.from_batches([batch])), lo, hi)
+            if "freq" in wanted:
+                ids, texts = table.column(C.SERIES_ID).to_pylist(), table.column("model_json").to_pylist()
+                freqs = [_freq_of(sid, text, self.freq) for sid, text in zip(ids, texts)]
+                table = table.append_column("freq", pa.array(freqs, pa.string()))
+            yield table.select(wanted)
+
+    def group(self, block: int) -> dict[str, Entry]:
+        held = self.groups.get(block)
+        if held is None:
+            held = {}
+            lo = block * self.width
+            for table in self._scan(MODEL_COLUMNS, lo, min(C.N_BUCKETS, lo + self.width)):
+                held.update(_entries(table))
+            self.groups.put(block, held)
+        return held
+
+    def entries(self, ids: list[str]) -> dict[str, Entry]:
+        """The entries of those of ``ids`` the bundle holds."""
+        wanted = np.asarray(ids, dtype=object)
+        blocks = C.bucket_of(wanted) // self.width
+        found: dict[str, Entry] = {}
+        for block in np.unique(blocks):
+            held = self.group(int(block))
+            for sid in wanted[blocks == block]:
+                entry = held.get(sid)
+                if entry is not None:
+                    found[sid] = entry
+        return found
+
+    def frame(self, columns: list[str]) -> pd.DataFrame:
+        return self.frame_in(0, C.N_BUCKETS, columns)
+
+    def frame_in(self, lo: int, hi: int, columns: list[str]) -> pd.DataFrame:
+        """The rows of the series whose bucket is in ``[lo, hi)``, in the order of
+        ``models.parquet`` (bucket, then series id)."""
+        parts = list(self._scan(columns, lo, hi))
+        table = pa.concat_tables(parts) if parts else MODELS_SCHEMA.empty_table()
+        table = table.sort_by([(C.BUCKET, "ascending"), (C.SERIES_ID, "ascending")])
+        return _frame(table, columns)
+
+
+def reference_stats(ref: ModelsRef, storage_options: dict[str, str] | None = None) -> BundleStats:
+    """:class:`BundleStats` of a run's rows of gold/models, read a record batch at a time
+    without their models (``model_json`` is only tested for being there)."""
+    model = pc.field("model_json")
+    columns = {
+        C.SERIES_ID: pc.field(C.SERIES_ID),
+        "status": pc.field("status"),
+        "metric_value": pc.field("metric_value"),
+        C.BUCKET: pc.field(C.BUCKET),
+        "has_model": model.is_valid() & (model != ""),
+    }
+    usable = (pc.field("run_id") == ref.run_id) & pc.field("status").isin(list(USABLE))
+    stats, first = BundleStats(), None
+    for batch in _run_files(ref, storage_options).to_batches(columns=columns, filter=usable):
+        if not batch.num_rows:
+            continue
+        frame = _fill_buckets(pa.Table.from_batches([batch])).to_pandas()
+        frame["model_json"] = np.where(frame.pop("has_model").fillna(False).astype(bool), "m", "")
+        stats.add(frame)
+        held = frame[frame["model_json"] != ""]
+        if len(held):
+            key = min(zip(held[C.BUCKET].astype(int), held[C.SERIES_ID]))
+            first = key if first is None or key < first else first
+    stats.first_id = first[1] if first else None
+    return stats
+
+
 # -- the model -------------------------------------------------------------------------
 class ManyModels(mlflow.pyfunc.PythonModel):
     """Every series' fitted model behind one ``predict``; see the module docstring for
-    the input and output columns. Loading reads ``models.parquet``'s footer only; a
-    series' model is read (with its row group) and deserialized on first use, and the
-    last ones used are cached."""
+    the input and output columns. Loading reads ``models.parquet``'s footer only (a
+    reference bundle: gold/models' log at the pinned version, :class:`DeltaModels`); a
+    series' model is read (with its row group, or block) and deserialized on first use,
+    and the last ones used are cached."""
 
     def load_context(self, context) -> None:
         config = dict(context.model_config or {})
@@ -304,7 +516,16 @@ class ManyModels(mlflow.pyfunc.PythonModel):
             self.global_weights: list[str] = load_global_weights(context.artifacts[GLOBAL_ARTIFACT])
         else:
             self.global_weights = []
-        self._store: ParquetModels | FrameModels = ParquetModels(context.artifacts[MODELS_ARTIFACT])
+        self._store: ParquetModels | DeltaModels | FrameModels
+        if config.get("bundle", EMBEDDED) == REFERENCE:
+            self._store = DeltaModels(
+                ModelsRef.from_model_config(config),
+                config.get("storage_options") or None,
+                n_series=int(config.get("n_series") or 0),
+                freq=config.get("freq"),
+            )
+        else:
+            self._store = ParquetModels(context.artifacts[MODELS_ARTIFACT])
         self._fitted = _LRU(FITTED_CACHE)
 
     @property
@@ -503,21 +724,19 @@ def _future_exog(sid: str, rows: pd.DataFrame, h: int, ks: np.ndarray | None) ->
 
 
 # -- logging ---------------------------------------------------------------------------
+def _freq_of(sid: str, text: str, default: str | None) -> str:
+    """A series' freq: its model_json's (or its first member's), else ``default``."""
+    data = json.loads(text)
+    freq = data.get("freq") or next((m.get("freq") for m in data.get("members") or [] if m.get("freq")), None)
+    freq = freq or default
+    if not freq:
+        raise RegistryError(f"series {sid}: its model_json names no freq and config.freq is unset: set freq")
+    return freq
+
+
 def _freqs(usable: pd.DataFrame, config: Config) -> list[str]:
     """Each usable row's freq: its model_json's (or its first member's), else config.freq."""
-    freqs = []
-    for sid, text in zip(usable[C.SERIES_ID], usable["model_json"]):
-        data = json.loads(text)
-        freq = data.get("freq") or next(
-            (m.get("freq") for m in data.get("members") or [] if m.get("freq")), None
-        )
-        freq = freq or config.freq
-        if not freq:
-            raise RegistryError(
-                f"series {sid}: its model_json names no freq and config.freq is unset: set freq"
-            )
-        freqs.append(freq)
-    return freqs
+    return [_freq_of(sid, text, config.freq) for sid, text in zip(usable[C.SERIES_ID], usable["model_json"])]
 
 
 def models_table(results: pd.DataFrame, config: Config) -> pa.Table:
@@ -684,10 +903,11 @@ def scoring_requirements() -> list[str]:
 
 
 def log_many_models(
-    results: pd.DataFrame | Iterable[pd.DataFrame],
+    results: pd.DataFrame | Iterable[pd.DataFrame] | None,
     config: Config,
     silver_version: int,
     global_store: str | Path | None = None,
+    reference: ModelsRef | None = None,
 ):
     """Log every usable series' model as one pyfunc (artifact ``model``) in the active
     run and register it as a new version of ``config.mlflow.registered_model``.
@@ -695,6 +915,10 @@ def log_many_models(
     per batch; other columns are ignored), read once (:func:`write_models`).
     ``global_store``: the ``global_models.npz`` of the run's global models (their
     weights, stored once), when any was trained.
+    ``reference``: register a *reference* bundle instead: no ``models.parquet``; the
+    version's ``model_config`` names the run's rows of gold/models at a pinned Delta
+    version (:class:`ModelsRef`), read there on load, and ``results`` is not read (the
+    tags' figures come from the table, without its models: :func:`reference_stats`).
 
     Model version tags: ``mmf.silver_version``, ``mmf.run_id``, ``mmf.metric``,
     ``mmf.metric_value`` (mean over the model's series), ``mmf.n_series``.
@@ -710,36 +934,51 @@ def log_many_models(
         raise RegistryError(
             "log_many_models needs an active MLflow run: call it inside start_training_run(...)"
         )
-    levels = [int(v) for v in config.levels]
     model_config = {
         "format_version": FORMAT_VERSION,
-        "levels": levels,
+        "levels": [int(v) for v in config.levels],
         "metric": config.backtest.metric,
         "silver_version": int(silver_version),
     }
+    glob = {GLOBAL_ARTIFACT: str(global_store)} if global_store else {}
     with tempfile.TemporaryDirectory(prefix="mmf-models-") as tmp:
-        path = Path(tmp) / "models.parquet"
-        stats = write_models(results, config, path)
+        if reference is None:
+            path = Path(tmp) / "models.parquet"
+            stats = write_models(results if results is not None else [], config, path)
+            artifacts = {MODELS_ARTIFACT: str(path), **glob}
+        else:
+            artifacts = glob
+            stats = reference_stats(reference, config.storage_options)
+            model_config.update(reference.model_config(config.storage_options))
+            model_config.update(n_series=stats.n_series, freq=config.freq)
         if stats.n_series == 0:
             raise RegistryError(
                 "no series has a usable model (status ok or fallback): nothing to register; see the run's per_series.parquet"
             )
-        example = pd.DataFrame({C.SERIES_ID: [stats.first_id], "horizon": [np.int64(min(3, config.horizon))]})
-        info = mlflow.pyfunc.log_model(
-            name=ARTIFACT_NAME,
-            python_model=str(CODE_FILE),
-            artifacts={
-                MODELS_ARTIFACT: str(path),
-                **({GLOBAL_ARTIFACT: str(global_store)} if global_store else {}),
-            },
-            model_config=model_config,
-            signature=signature(levels),
-            input_example=example,
-            pip_requirements=scoring_requirements(),
-            metadata={"mmf.format_version": FORMAT_VERSION, "mmf.n_series": stats.n_series},
-            registered_model_name=config.mlflow.registered_model,
-        )
+        info = _log_model(config, model_config, artifacts, stats, reference is not None)
     return tag_version(config, str(info.registered_model_version), run.info.run_id, stats, silver_version)
+
+
+def _log_model(
+    config: Config, model_config: dict[str, Any], artifacts: dict[str, str], stats, reference: bool
+):
+    """``mlflow.pyfunc.log_model`` of the many-models code, registered."""
+    levels = model_config["levels"]
+    example = pd.DataFrame({C.SERIES_ID: [stats.first_id], "horizon": [np.int64(min(3, config.horizon))]})
+    metadata = {"mmf.format_version": FORMAT_VERSION, "mmf.n_series": stats.n_series}
+    if reference:
+        metadata["mmf.bundle"] = REFERENCE
+    return mlflow.pyfunc.log_model(
+        name=ARTIFACT_NAME,
+        python_model=str(CODE_FILE),
+        artifacts=artifacts or None,
+        model_config=model_config,
+        signature=signature(levels),
+        input_example=example,
+        pip_requirements=scoring_requirements(),
+        metadata=metadata,
+        registered_model_name=config.mlflow.registered_model,
+    )
 
 
 def tag_version(
@@ -835,7 +1074,8 @@ def load_version(config: Config, version: str | int):
     """The many-models pyfunc of one registered version, loaded from a local copy of its
     artifact once that copy matches the hashes recorded at registration
     (:func:`verify_artifact`). The copy stays while the model's ``models.parquet``
-    reader lives (it reads row groups on demand).
+    reader lives (it reads row groups on demand). A reference bundle reads its models
+    from gold/models with ``config.storage_options`` (:func:`load_path`).
 
     Raises:
         RegistryError: the version does not exist (the message lists those that do), or
@@ -848,7 +1088,7 @@ def load_version(config: Config, version: str | int):
     try:
         path = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=tmp)
         verify_artifact(name, str(version), mv.tags or {}, path)
-        model = mlflow.pyfunc.load_model(path)
+        model = load_path(path, config.storage_options)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -856,6 +1096,25 @@ def load_version(config: Config, version: str | int):
     store = getattr(model.unwrap_python_model(), "_store", None)
     weakref.finalize(store if store is not None else model, shutil.rmtree, tmp, True)
     return model
+
+
+def bundle_config(model_dir: str | Path) -> dict[str, Any]:
+    """The ``model_config`` a many-models artifact was logged with (its ``MLmodel``)."""
+    meta = mlflow.models.Model.load(str(model_dir))
+    return dict(meta.flavors.get("python_function", {}).get("config") or {})
+
+
+def load_path(model_dir: str | Path, storage_options: dict[str, str] | None = None):
+    """Load a local copy of a many-models artifact (check it first: :func:`verify_artifact`).
+    A reference bundle reads gold/models with ``storage_options`` (the loading config's:
+    credentials are never stored with the version), given as the load-time
+    ``model_config`` override; without them, deltalake's own environment variables (or
+    ``MLFLOW_PYFUNC_INFERENCE_CONFIG``) apply."""
+    if storage_options and bundle_config(model_dir).get("bundle") == REFERENCE:
+        return mlflow.pyfunc.load_model(
+            str(model_dir), model_config={"storage_options": dict(storage_options)}
+        )
+    return mlflow.pyfunc.load_model(str(model_dir))
 
 
 def version_details(config: Config, version: str | int) -> dict[str, Any]:

@@ -107,6 +107,7 @@ def config_hash(config: Config, series_ids: list[str] | None = None) -> str:
     for key in _RUNTIME_KEYS:
         data.pop(key, None)
     data["mlflow"].pop("tracking_uri", None)
+    data["mlflow"].pop("bundle", None)  # how the version holds its models, not what they are
     data["series_ids"] = sorted(series_ids) if series_ids else None
     text = json.dumps(data, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

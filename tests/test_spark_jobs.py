@@ -138,6 +138,30 @@ def test_score_on_spark_matches_local_and_is_idempotent(trained, tmp_path):
         scoring.score(lake, cfg, str(bad), engine="spark")
 
 
+def test_score_on_spark_with_a_reference_bundle(tmp_path, spark):
+    """A champion that refers to its run's gold/models rows (no models.parquet): each
+    executor's pyfunc reads them there, and Spark scores as the local path does."""
+    from registry import pyfunc
+
+    cfg, lake = _setup(tmp_path, _readings(n_series=4, days=10), **{"mlflow.bundle": "reference"})
+    rep = train(lake, cfg)
+    champ = scoring.champion(cfg)
+    assert pyfunc.bundle_config(champ.path)["bundle"] == "reference"
+    ids = sorted(rep.results[C.SERIES_ID])
+    src = str(tmp_path / "request.parquet")
+    pd.DataFrame({C.SERIES_ID: ids[:3] + ["NOT-A-METER"], "horizon": 5}).to_parquet(src)
+    first = scoring.score(lake, cfg, src, engine="spark")
+    assert (first.n_series, first.n_rows, first.n_unknown) == (3, 15, 1)
+    spark_rows = lake.read("gold/scores").sort_values([C.SERIES_ID, C.TS], ignore_index=True)
+    assert (
+        spark_rows["cutoff"] == spark_rows[C.SERIES_ID].map(rep.results.set_index(C.SERIES_ID)["end"])
+    ).all()
+    scoring.score(lake, cfg, src, engine="local")
+    local_rows = lake.read("gold/scores").sort_values([C.SERIES_ID, C.TS], ignore_index=True)
+    cols = ["yhat", "yhat_lower_80", "yhat_upper_95"]
+    np.testing.assert_allclose(spark_rows[cols].to_numpy(), local_rows[cols].to_numpy(), atol=1e-9)
+
+
 def test_stream_refreshes_touched_series_once_across_restarts(tmp_path, spark, checkpoint_hook):
     readings = _readings(n_series=4, days=10)
     start = readings[C.TS].min()

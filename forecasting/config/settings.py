@@ -86,6 +86,12 @@ class MLflow(Section):
         0.0, "challenger promoted when metric <= champion * (1 + tolerance)", ge=0
     )
     sample_plots: int = setting(4, "series drawn in the forecast-vs-actuals plot", ge=0)
+    bundle: Literal["embedded", "reference", "auto"] = setting(
+        "auto",
+        "a version's per-series models: embedded (models.parquet in the artifact) |\n"
+        "reference (the run's gold/models rows, pinned Delta version) | auto (reference\n"
+        "with the Spark engine, else embedded)",
+    )
 
 
 class Gate(Section):

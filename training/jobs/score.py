@@ -44,7 +44,14 @@ from forecasting.config import Config
 from forecasting.errors import DataContractError, RegistryError, TableError
 from registry.aliases import CHAMPION, champion_info, require_version
 from registry.connection import set_uris
-from registry.pyfunc import MODELS_ARTIFACT, output_columns, verify_artifact
+from registry.pyfunc import (
+    MODELS_ARTIFACT,
+    REFERENCE,
+    bundle_config,
+    load_path,
+    output_columns,
+    verify_artifact,
+)
 from training.jobs.forecast import predict_by_series
 from training.tables import GOLD_FORECASTS, GOLD_SCORES, canonical, to_arrow
 
@@ -67,7 +74,7 @@ class Champion:
     run_id: str
     path: str  # local folder of the MLflow model
     levels: list[int]
-    models: pd.DataFrame  # series_id, model, end, freq (the pyfunc's models.parquet)
+    models: pd.DataFrame  # series_id, end, freq (and model) of every series the version holds
 
     @property
     def freq(self) -> str | None:
@@ -121,22 +128,24 @@ def champion(config: Config, version: str | None = None) -> Champion:
         )
         tags = mlflow.MlflowClient().get_model_version(name, str(version)).tags or {}
         verify_artifact(name, str(version), tags, path)  # before its code can run
-        found = sorted(Path(path).rglob(f"{MODELS_ARTIFACT}.parquet"))
-        if not found:
-            raise RegistryError(
-                f"version {version} of {name!r} holds no {MODELS_ARTIFACT}.parquet: not a many-models pyfunc"
-            )
-        models = pq.read_table(found[0], columns=[C.SERIES_ID, "model", "end", "freq"]).to_pandas()
-        meta = mlflow.models.Model.load(path)
-        levels = [
-            int(v)
-            for v in (meta.flavors.get("python_function", {}).get("config") or {}).get(
-                "levels", config.levels
-            )
-        ]
+        models = _champion_models(config, name, str(version), path)
+        levels = [int(v) for v in bundle_config(path).get("levels", config.levels)]
         champ = Champion(name, str(version), str(run_id), str(path), levels, models)
         _DOWNLOADS[key] = champ
         return champ
+
+
+def _champion_models(config: Config, name: str, version: str, path: str) -> pd.DataFrame:
+    """``series_id, end, freq`` of the series a downloaded version holds (with ``model``
+    from an embedded bundle's models.parquet; a reference bundle's from gold/models)."""
+    if bundle_config(path).get("bundle") == REFERENCE:
+        return load_path(path, config.storage_options).unwrap_python_model().series_ends()
+    found = sorted(Path(path).rglob(f"{MODELS_ARTIFACT}.parquet"))
+    if not found:
+        raise RegistryError(
+            f"version {version} of {name!r} holds no {MODELS_ARTIFACT}.parquet: not a many-models pyfunc"
+        )
+    return pq.read_table(found[0], columns=[C.SERIES_ID, "model", "end", "freq"]).to_pandas()
 
 
 # -- input -----------------------------------------------------------------------------
@@ -261,7 +270,7 @@ def _score_local(
     """Batch by batch (:func:`input_batches`), each batch's rows in their own commit. To
     gold/scores, the first commit replaces the (source, model_version) rows and the others
     append, so scoring the same input again (or after a failure) still leaves one copy."""
-    model = mlflow.pyfunc.load_model(champ.path)
+    model = load_path(champ.path, config.storage_options)
     now, first, version = _now(), True, None
     n_series = n_rows = n_unknown = done = 0
     for frame in input_batches(lake, source, config.batch_rows):
@@ -322,22 +331,24 @@ def merge_local(lake, name: str, frame: pd.DataFrame, keys) -> int:
 
 
 # -- the Spark path --------------------------------------------------------------------
-def _worker_model(name: str):
-    """The pyfunc shipped as ``name``, loaded once per Python worker process."""
+def _worker_model(name: str, storage_options: dict[str, str] | None = None):
+    """The pyfunc shipped as ``name``, loaded once per Python worker process (a
+    reference bundle reads gold/models with ``storage_options``)."""
     model = _WORKER_MODELS.get(name)
     if model is None:
         from pyspark import SparkFiles
 
-        model = mlflow.pyfunc.load_model(SparkFiles.get(name))
+        model = load_path(SparkFiles.get(name), storage_options)
         _WORKER_MODELS[name] = model
     return model
 
 
-def _group_predictor(name: str, columns: list[str]):
+def _group_predictor(name: str, columns: list[str], storage_options: dict[str, str] | None = None):
     """The per-series function of the grouped UDF (a closure over plain values only)."""
+    options = dict(storage_options or {})
 
     def predict(pdf: pd.DataFrame) -> pd.DataFrame:
-        return _worker_model(name).predict(pdf, params={"unknown": "skip"})[columns]
+        return _worker_model(name, options).predict(pdf, params={"unknown": "skip"})[columns]
 
     return predict
 
@@ -381,7 +392,7 @@ def predict_spark(spark, champ: Champion, inputs, config: Config, cutoffs: pd.Da
     inputs = inputs.select(*cols)
     schema = output_schema(champ.levels)
     name = _ship(spark, champ)
-    fn = _group_predictor(name, list(schema.names))
+    fn = _group_predictor(name, list(schema.names), config.storage_options)
     n_series = inputs.select(C.SERIES_ID).distinct().count()
     parts = SparkEngine(config, spark).partitions(n_series)
     pred = (

@@ -506,6 +506,9 @@ def _register(lake: Lakehouse, cfg: Config, plan: Plan, run_id: str, metrics: di
     if not metrics.get("n_ok", 0) + metrics.get("n_fallback", 0):
         return None
     store = glob.store_path if glob is not None else None  # global weights, stored once in the pyfunc
+    if pyfunc.bundle_kind(cfg) == pyfunc.REFERENCE:  # the version refers to the run's gold/models rows
+        ref = pyfunc.ModelsRef(lake.root, run_id, int(lake.version(GOLD_MODELS)))
+        return pyfunc.log_many_models(None, cfg, plan.version, global_store=store, reference=ref)
     return pyfunc.log_many_models(
         run_batches(lake, run_id, plan), cfg, silver_version=plan.version, global_store=store
     )
