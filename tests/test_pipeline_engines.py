@@ -161,6 +161,7 @@ def test_engines_agree(outcome, spark):
 
 
 @pytest.mark.spark
+@pytest.mark.slow  # the same comparison runs on the standalone cluster (tests/test_spark_cluster.py)
 def test_nightly_cli_on_spark_matches_local(outcome, dataset, tmp_path, spark_submit_args):
     """``mmf nightly --engine spark`` in its own process (its own JVM, on a machine whose
     local time zone is not UTC) writes the Gold tables the local engine writes."""

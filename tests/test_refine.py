@@ -663,6 +663,7 @@ def test_another_batch_plan_starts_the_rebuild_over(mixed_bronze, tmp_path, chec
         assert sorted(_rebuild_batches(lake, t)) == list(range(n))
 
 
+@pytest.mark.slow  # the in-process stop above and tests/reliability/test_restart.py[mid_refine] run by default
 def test_killed_at_mid_refine_twice_then_finished(mixed_bronze, tmp_path):
     """`mmf refine` (a pool of 2 workers, tiny batches) killed with SIGKILL at mid_refine,
     then killed there again while resuming, then run to the end: silver equals a one-batch

@@ -207,6 +207,7 @@ def test_a_train_killed_after_a_batch_resumes_in_its_own_run(batched, silver, tm
             assert metrics[key] == pytest.approx(value, rel=1e-12), key
 
 
+@pytest.mark.slow  # a train killed after two batches resumes in its own run: the test above, by default
 def test_a_killed_train_with_a_global_model_resumes_with_the_models_it_trained(silver, tmp_path):
     """global_gbm trains on the first batches (a sample: the others get it as a failed
     candidate, saying why); a restart re-opens the run and reads the global model's

@@ -149,7 +149,8 @@ def three_versions(tmp_path):
     return lake_dir, conf
 
 
-@pytest.mark.parametrize("damage", ["truncated", "copy_to_output"])
+# the second kind of damage takes the same diagnosis and repair path: slow
+@pytest.mark.parametrize("damage", ["truncated", pytest.param("copy_to_output", marks=pytest.mark.slow)])
 def test_a_corrupt_latest_commit_is_diagnosed_and_repaired(three_versions, damage):
     lake_dir, conf = three_versions
     lake = lake_of(lake_dir)
