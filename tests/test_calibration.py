@@ -227,7 +227,6 @@ def test_training_stores_the_factors_of_the_chosen_models_backtest():
 
 
 def test_calibration_none_and_too_few_residuals_leave_model_json_as_before():
-    pdf = _cfg()
     off = process_series(_series(), _cfg(intervals={"calibration": "none"})).iloc[0]
     assert set(json.loads(off.model_json)) == {
         "model",
@@ -240,7 +239,7 @@ def test_calibration_none_and_too_few_residuals_leave_model_json_as_before():
     }
     few = process_series(_series(), _cfg(intervals={"min_residuals": 49})).iloc[0]
     assert "calibration" not in json.loads(few.model_json)
-    assert pdf.intervals.calibration == "conformal"  # the default
+    assert _cfg().intervals.calibration == "conformal"  # the default
 
 
 def test_nonnegative_bounds_hold_on_a_series_near_zero():
