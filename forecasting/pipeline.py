@@ -66,7 +66,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from forecasting.backtest import check_forecast
-from forecasting.calibration import conformal_factors
+from forecasting.calibration import conformal_factors, shrunk
 from forecasting.choice import (
     CANDIDATE_FAILED,
     CANDIDATE_TIMEOUT,
@@ -282,6 +282,7 @@ def _adjusted(run: SeriesRun, cand: Candidate, model: Any) -> Any:
         factors, n = conformal_factors(
             cand.windows, run.data.y, config.levels, config.intervals.min_residuals
         )
+        factors = shrunk(factors, config.intervals.strength)
     if not factors and config.bounds is None:
         return model
     return AdjustedForecaster(model, factors, config.bounds, n)

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from forecasting.calibration import conformal_factor, conformal_factors, conformity_scores
+from forecasting.calibration import conformal_factor, conformal_factors, conformity_scores, shrunk
 from forecasting.config import from_dict
 from forecasting.errors import ModelError
 from forecasting.models import AdjustedForecaster, get_model, load_fitted
@@ -69,6 +69,8 @@ def test_conformal_factors_pool_the_windows():
     assert factors == pytest.approx({80: 0.9})
     assert conformal_factors(windows, y, [80], min_residuals=11) == ({}, 10)
     assert conformal_factors([], y, [80], min_residuals=1) == ({}, 0)
+    assert shrunk({80: 0.25, 95: 4.0}, 0.5) == pytest.approx({80: 0.5, 95: 2.0})
+    assert shrunk({80: 0.25}, 0) == {80: 1.0} and shrunk({80: 0.25}, 1) == {80: 0.25}
 
 
 # -- the adjusted model ----------------------------------------------------------------
@@ -194,7 +196,7 @@ def _cfg(**kw):
 
 def test_training_stores_the_factors_of_the_chosen_models_backtest():
     pdf = _series()
-    row = process_series(pdf, _cfg()).iloc[0]
+    row = process_series(pdf, _cfg(intervals={"strength": 1})).iloc[0]
     assert row.status == "ok"
     data = json.loads(row.model_json)
     assert data["model"] == "seasonal_naive" and "bounds" not in data

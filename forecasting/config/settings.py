@@ -62,6 +62,13 @@ class Intervals(Section):
     min_residuals: int = setting(
         24, "fewer backtest errors than this: the model's own intervals are kept", ge=1
     )
+    strength: Number = setting(
+        0.8,
+        "factor ** strength is applied: 1 = the per-series conformal factor, 0 = the\n"
+        "model's own intervals (the chosen model's backtest errors are optimistic)",
+        ge=0,
+        le=1,
+    )
 
 
 class Ingest(Section):
