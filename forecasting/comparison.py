@@ -55,6 +55,7 @@ from forecasting.frequency import future_timestamps
 from forecasting.metrics import evaluate, score
 from forecasting.models import EnsembleForecaster, Forecaster, get_model
 from forecasting.models.base import one_thread
+from forecasting.models.calibrated import with_adjustment
 from forecasting.models.global_models import is_global
 from forecasting.series import SeriesData, prepare, series_id_of
 from forecasting.timeout import Alarm, run_seeded
@@ -357,6 +358,7 @@ def refit(
         )
     else:
         model = _fit_spec(spec, history, config)
+    model = with_adjustment(model, spec)  # the calibration and bounds training gave it
     X = future_exog(history, h) if model.supports_exog else None
     forecast = model.predict(h, X=X, level=levels)
     return {k: np.asarray(v, dtype=float) for k, v in forecast.items()}

@@ -10,7 +10,8 @@ frequency); fit candidates (:func:`_candidate`: tune a model when ``tune.enabled
 then backtest it under ``config.model_timeout_s``; a global model is scored from the
 driver's forecasts); add the ensemble candidate when enabled (:func:`_with_ensemble`);
 choose (:mod:`forecasting.choice`); forecast (:func:`_forecast`: refit the chosen
-model on the full history, serialize it and check that it forecasts).
+model on the full history, add its interval calibration and bounds (:func:`_adjusted`),
+serialize it and check that it forecasts).
 
 Conventions of the result row:
 
@@ -23,8 +24,12 @@ Conventions of the result row:
   ``failed`` or ``timeout``; ``fit_s`` is wall-clock time, the one field that is not
   reproducible from run to run.
 * ``model_json``: ``Forecaster.to_dict()`` of the chosen model, or
-  ``{"model": "ensemble", "format_version", "method", "members": [...]}``; read it
-  back with :func:`load_fitted`. Empty for a failed series.
+  ``{"model": "ensemble", "format_version", "method", "members": [...]}``, with
+  ``calibration`` (``intervals.calibration: conformal``: per-level factors from the
+  chosen candidate's backtest errors, :mod:`forecasting.calibration`) and ``bounds``
+  (``bounds: nonnegative``) beside those keys when they apply
+  (:mod:`forecasting.models.calibrated`); read it back with :func:`load_fitted`, which
+  applies them. Empty for a failed series.
 * ``tuned_json``: with ``tune.enabled``, per tuned model ``{params, best, loss,
   default_loss, evals, tune_s}`` (:meth:`forecasting.tuning.TuneResult.summary`), or
   ``{skipped: reason}``; ``params`` are the values used (``{}``: the configured ones
@@ -61,6 +66,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from forecasting.backtest import check_forecast
+from forecasting.calibration import conformal_factors, shrunk
 from forecasting.choice import (
     CANDIDATE_FAILED,
     CANDIDATE_TIMEOUT,
@@ -76,8 +82,8 @@ from forecasting.config import Config
 from forecasting.contract import FAILED, SERIES_ID
 from forecasting.global_candidates import GLOBAL_COLUMN as GLOBAL_COLUMN
 from forecasting.global_candidates import arrays, global_candidate, global_payload
+from forecasting.models import AdjustedForecaster, Forecaster, get_model, load_model
 from forecasting.models import EnsembleForecaster as EnsembleForecaster
-from forecasting.models import Forecaster, get_model, load_model
 from forecasting.models import load_fitted as load_fitted
 from forecasting.models.base import one_thread
 from forecasting.models.global_models import is_global
@@ -253,6 +259,7 @@ def _forecast(run: SeriesRun, cand: Candidate) -> str:
         model: Any = EnsembleForecaster([_fit_full(run, n) for n in members], run.config.ensemble.method)
     else:
         model = _fit_full(run, cand.name)
+    model = _adjusted(run, cand, model)
     uses_x = any(run.data.exog(n) is not None for n in members)
     text = json.dumps(model.to_dict(), default=json_default)
     loaded = load_fitted(text)  # what the forecast job will do: prove it works now
@@ -263,6 +270,22 @@ def _forecast(run: SeriesRun, cand: Candidate) -> str:
     if not uses_x and not any(is_global(n) for n in members):
         check_forecast(loaded.predict(horizon, level=levels), horizon, levels, who=cand.name)
     return text
+
+
+def _adjusted(run: SeriesRun, cand: Candidate, model: Any) -> Any:
+    """``model`` with the interval factors of ``cand``'s backtest (``intervals.calibration:
+    conformal``) and the configured ``bounds``; ``model`` itself when neither applies."""
+    config = run.config
+    factors: dict[int, float] = {}
+    n = 0
+    if config.intervals.calibration == "conformal":
+        factors, n = conformal_factors(
+            cand.windows, run.data.y, config.levels, config.intervals.min_residuals
+        )
+        factors = shrunk(factors, config.intervals.strength)
+    if not factors and config.bounds is None:
+        return model
+    return AdjustedForecaster(model, factors, config.bounds, n)
 
 
 def _fit_full(run: SeriesRun, name: str) -> Forecaster:

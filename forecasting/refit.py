@@ -8,6 +8,8 @@ again on the series' current history (:func:`refit_series`). Nothing is re-chose
 nothing is backtested: the choice is the registered version's, only the fit is new.
 
 * An ensemble refits each of its members and combines them with its own method.
+* The interval calibration and bounds training stored in the ``model_json``
+  (:mod:`forecasting.models.calibrated`) are kept: the refitted model carries them.
 * A global model (``global_nn``, ``global_gbm``) is not retrained: its weights are the
   registered version's (stored once in the pyfunc), and the series' state (scaling and
   last inputs) is computed again from the new history, exactly as training computes it
@@ -39,6 +41,7 @@ from forecasting.contract import FAILED, OK, REFIT_RESULT, SERIES_ID
 from forecasting.errors import DataContractError, ModelError
 from forecasting.models import EnsembleForecaster, Forecaster, load_fitted, model_class
 from forecasting.models.base import check_format, one_thread
+from forecasting.models.calibrated import with_adjustment
 from forecasting.models.global_models import GlobalWeights, get
 from forecasting.results import json_default
 from forecasting.series import SeriesData, prepare, series_id_of
@@ -144,14 +147,15 @@ def _spec(pdf: pd.DataFrame) -> dict[str, Any]:
     return json.loads(values.iloc[0])
 
 
-def refit(spec: dict[str, Any], data: SeriesData, config: Config) -> Forecaster | EnsembleForecaster:
-    """The spec's model (or ensemble) fitted again on ``data``."""
+def refit(spec: dict[str, Any], data: SeriesData, config: Config) -> Any:
+    """The spec's model (or ensemble) fitted again on ``data``, with the interval
+    calibration and bounds training gave it (kept as they are: nothing is backtested)."""
     model = json.loads(spec["model_json"])
     if model.get("model") == ENSEMBLE:
         check_format(model, "ensemble")
         members = [_refit_one(m, data, spec, config) for m in model["members"]]
-        return EnsembleForecaster(members, model["method"])
-    return _refit_one(model, data, spec, config)
+        return with_adjustment(EnsembleForecaster(members, model["method"]), model)
+    return with_adjustment(_refit_one(model, data, spec, config), model)
 
 
 def _refit_one(member: dict[str, Any], data: SeriesData, spec: dict[str, Any], config: Config) -> Forecaster:
@@ -185,7 +189,8 @@ def _check(text: str, spec: dict[str, Any], data: SeriesData, config: Config) ->
     (what training checks; models with a regressor or global weights are checked when
     the forecast job forecasts them, where the future regressor and the weights are)."""
     loaded = load_fitted(text)
-    members = loaded.members if isinstance(loaded, EnsembleForecaster) else [loaded]
+    base = getattr(loaded, "base", loaded)  # an AdjustedForecaster's model
+    members = base.members if isinstance(base, EnsembleForecaster) else [base]
     if any(type(m).is_global or data.exog(m.name) is not None for m in members):
         return
     levels = list(config.levels)

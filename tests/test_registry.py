@@ -444,3 +444,34 @@ def test_mark_orphans_failed(config):
     assert client.get_run(live.info.run_id).info.status == "RUNNING"
     assert client.get_run(foreign.info.run_id).info.status == "RUNNING"
     assert recovery.mark_orphans_failed(config) == []
+
+
+def test_pyfunc_applies_the_calibration_and_bounds_in_model_json(config):
+    """The many-models pyfunc forecasts a calibrated, bounded model_json with its
+    factors and bounds applied (nothing in the pyfunc knows of them: load_fitted does)."""
+    results, _ = make_results()
+    results = results[results["status"] != "failed"].reset_index(drop=True)
+    plain_text = results.at[1, "model_json"]
+    data = json.loads(plain_text)
+    data["calibration"] = {"method": "conformal", "factors": {"80": 0.5, "95": 2.0}, "n_residuals": 48}
+    data["bounds"] = "nonnegative"
+    data["state"]["last_season"] = [
+        v - 11.0 for v in data["state"]["last_season"]
+    ]  # some of the mean below 0
+    results.at[1, "model_json"] = json.dumps(data)
+    with runs.start_training_run(config, silver_version=3, engine="local"):
+        pyfunc.log_many_models(results, config, silver_version=3)
+    model = mlflow.pyfunc.load_model(f"models:/{config.mlflow.registered_model}/1")
+    h = 30
+    out = model.predict(pd.DataFrame({"series_id": [IDS[1]], "horizon": h}))
+    base = load_fitted(json.dumps({k: v for k, v in data.items() if k not in ("calibration", "bounds")}))
+    raw = base.predict(h, level=[80, 95])
+    assert raw["mean"].min() < 0
+    for lv, f in ((80, 0.5), (95, 2.0)):
+        lo = np.maximum(raw["mean"] - f * (raw["mean"] - raw[f"lo-{lv}"]), 0.0)
+        hi = np.maximum(raw["mean"] + f * (raw[f"hi-{lv}"] - raw["mean"]), 0.0)
+        np.testing.assert_allclose(out[f"yhat_lower_{lv}"].to_numpy(), lo)
+        np.testing.assert_allclose(out[f"yhat_upper_{lv}"].to_numpy(), hi)
+    np.testing.assert_allclose(out["yhat"].to_numpy(), np.maximum(raw["mean"], 0.0))
+    assert (out[["yhat", "yhat_lower_80", "yhat_lower_95"]] >= 0).all().all()
+    assert set(out["model"]) == {"seasonal_naive"}

@@ -51,6 +51,26 @@ class Ensemble(Section):
     method: Literal["mean", "median"] = setting("median", "mean | median")
 
 
+class Intervals(Section):
+    """Calibration of the chosen model's prediction intervals (:mod:`forecasting.calibration`)."""
+
+    calibration: Literal["conformal", "none"] = setting(
+        "conformal",
+        "conformal (per series, each level's interval scaled to cover its share of the\n"
+        "chosen model's backtest errors; the factors travel in model_json) | none",
+    )
+    min_residuals: int = setting(
+        24, "fewer backtest errors than this: the model's own intervals are kept", ge=1
+    )
+    strength: Number = setting(
+        0.8,
+        "factor ** strength is applied: 1 = the per-series conformal factor, 0 = the\n"
+        "model's own intervals (the chosen model's backtest errors are optimistic)",
+        ge=0,
+        le=1,
+    )
+
+
 class Ingest(Section):
     extra_columns: ExtraColumns = setting(
         "ignore",
@@ -227,8 +247,14 @@ class Config(Section):
     model_timeout_s: Number = setting(
         60, "a candidate slower than this on one series is recorded as timed out", gt=0
     )
+    bounds: Literal["nonnegative"] | None = setting(
+        None,
+        "null | nonnegative (forecasts and interval bounds clipped at 0, e.g. energy)",
+        allowed="null or nonnegative",
+    )
     backtest: Backtest = setting(Backtest())
     ensemble: Ensemble = setting(Ensemble())
+    intervals: Intervals = setting(Intervals())
     ingest: Ingest = setting(Ingest())
     cleaning: Cleaning = setting(Cleaning())
     mlflow: MLflow = setting(MLflow())

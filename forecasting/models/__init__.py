@@ -20,6 +20,7 @@ from forecasting.choice import ENSEMBLE
 from forecasting.errors import ModelError, UnknownModelError
 from forecasting.models.arima import ARIMA
 from forecasting.models.base import FORMAT_VERSION, Forecaster, check_format
+from forecasting.models.calibrated import AdjustedForecaster, with_adjustment
 from forecasting.models.ensemble import EnsembleForecaster
 from forecasting.models.ets import ETS
 from forecasting.models.global_models import GLOBAL_MODELS
@@ -80,20 +81,25 @@ def load_model(data: dict[str, Any]) -> Forecaster:
     return model_class(data["model"]).from_dict(data)
 
 
-def load_fitted(model_json: str) -> Forecaster | EnsembleForecaster:
+def load_fitted(model_json: str) -> Forecaster | EnsembleForecaster | AdjustedForecaster:
     """A fitted model (single or ensemble) from a result row's ``model_json``; call
-    ``predict(h, X=None, level=...)`` on it. Only registered names are built."""
+    ``predict(h, X=None, level=...)`` on it. Only registered names are built. A
+    ``model_json`` with ``calibration`` or ``bounds`` comes wrapped in
+    :class:`~forecasting.models.calibrated.AdjustedForecaster`, which applies them."""
     if not model_json:
         raise ModelError("empty model_json: the series has no fitted model (status failed)")
     data = json.loads(model_json)
     if data.get("model") == ENSEMBLE:
         check_format(data, "ensemble")
-        return EnsembleForecaster([load_model(m) for m in data["members"]], data["method"])
-    return load_model(data)
+        base: Any = EnsembleForecaster([load_model(m) for m in data["members"]], data["method"])
+    else:
+        base = load_model(data)
+    return with_adjustment(base, data)
 
 
 __all__ = [
     "FORMAT_VERSION",
+    "AdjustedForecaster",
     "GLOBAL_MODELS",
     "MODELS",
     "EnsembleForecaster",
