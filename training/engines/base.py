@@ -111,6 +111,15 @@ class GroupJob:
         if self.progress:
             self.progress(done, total)
 
+    def after(self, before: int, total: int) -> GroupJob:
+        """This job for one batch of a stream: its progress counts on from the ``before``
+        groups of earlier batches, out of ``total`` (or of as many as are done)."""
+
+        def told(done: int, _total: int) -> None:
+            self.report(before + done, max(total, before + done))
+
+        return replace(self, progress=told)
+
 
 class Engine:
     name = "base"
@@ -187,12 +196,7 @@ class Engine:
         done = 0
         for key, load in batches:
             frame = load()
-
-            def told(d: int, _t: int, before: int = done) -> None:
-                job.report(before + d, max(total, before + d))
-
-            inner = GroupJob(job.by, job.fn, job.schema, job.config, job.on_error, told)
-            result = self.run(frame, inner)
+            result = self.run(frame, job.after(done, total))
             done += count_groups(frame, job.by)
             yield key, result
 

@@ -25,7 +25,6 @@ closure).
 from __future__ import annotations
 
 import logging
-import operator
 from dataclasses import replace
 from typing import Any, Callable, Iterable, Iterator
 
@@ -57,6 +56,7 @@ from training.engines.base import (
     conform,
 )
 from training.tables import to_arrow
+from training.tables.lakehouse import condition
 from training.tables.spark import SparkTables, spark_bucket
 from training.tables.spark_session import (
     arrow_to_spark_schema,
@@ -155,14 +155,8 @@ class SparkEngine(Engine):
         done = 0
         for key, load in batches:
             frame = self.read_batch(load) if isinstance(load, TableBatch) else load()
-
-            def told(d: int, _t: int, before: int = done) -> None:
-                job.report(before + d, max(total, before + d))
-
             parts: list[pd.DataFrame] = []
-            out, n = self.plan(
-                frame, GroupJob(job.by, job.fn, job.schema, job.config, job.on_error, told), parts
-            )
+            out, n = self.plan(frame, job.after(done, total), parts)
             result = finish(key, out, parts)
             done += n
             job.report(done, max(total, done))
@@ -197,12 +191,11 @@ class SparkEngine(Engine):
         tables = SparkTables(batch.lake, self.spark, self.config)
         df = tables.read(batch.table, batch.version)
         lo, hi = batch.buckets
-        if C.BUCKET in df.columns:
-            bucket = F.coalesce(F.col(C.BUCKET), spark_bucket(F.col(C.SERIES_ID)))
+        bucket = spark_bucket(F.col(C.SERIES_ID))  # a table written before buckets
+        if C.BUCKET in df.columns:  # the stored column first: Delta skips files by it
             df = df.where((F.col(C.BUCKET) >= lo) & (F.col(C.BUCKET) < hi) | F.col(C.BUCKET).isNull())
-            df = df.where((bucket >= lo) & (bucket < hi))
-        else:  # a table written before buckets
-            df = df.where((spark_bucket(F.col(C.SERIES_ID)) >= lo) & (spark_bucket(F.col(C.SERIES_ID)) < hi))
+            bucket = F.coalesce(F.col(C.BUCKET), bucket)
+        df = df.where((bucket >= lo) & (bucket < hi))
         for col, op, val in batch.filters:
             df = df.where(_condition(col, op, val))
         return df.select(*batch.columns) if batch.columns else df
@@ -274,17 +267,9 @@ def rows_udf(fn: RowsFn, schema: pa.Schema) -> Callable[[Iterator[pa.RecordBatch
     return run
 
 
-_OPS = {"=": operator.eq, "==": operator.eq, "!=": operator.ne, ">=": operator.ge, "<=": operator.le}
-_OPS.update({">": operator.gt, "<": operator.lt})
-
-
 def _condition(col: str, op: str, val: Any) -> Column:
     """A Spark condition of one ``(column, op, value)`` filter (as Lakehouse.read takes)."""
-    if op == "in":
-        return F.col(col).isin(list(val))
-    if op not in _OPS:
-        raise MMFError(f"unknown filter operator {op!r}: expected one of {', '.join([*_OPS, 'in'])}")
-    return _OPS[op](F.col(col), val)
+    return condition(F.col(col), op, val)
 
 
 def _set_aside_too_large(counts: dict[str, int], job: GroupJob, driver_rows: list[pd.DataFrame]) -> list[str]:

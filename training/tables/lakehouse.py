@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import operator
 import uuid
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -207,16 +208,24 @@ def _writer_properties(name: str) -> WriterProperties:
     return WriterProperties(max_row_group_size=rows, compression="SNAPPY")
 
 
+# The operators of a ``(column, op, value)`` read filter (``Lakehouse.read``, ``TableBatch``).
+FILTER_OPS = {"=": operator.eq, "==": operator.eq, "!=": operator.ne, ">=": operator.ge, "<=": operator.le}
+FILTER_OPS.update({">": operator.gt, "<": operator.lt})
+
+
+def condition(column: Any, op: str, val: Any) -> Any:
+    """``column op val`` for one ``(column, op, value)`` filter, on any column object
+    that overloads the comparisons and has ``isin`` (a pyarrow field, a Spark column)."""
+    if op == "in":
+        return column.isin(list(val))
+    if op not in FILTER_OPS:
+        raise TableError(f"unknown filter operator {op!r}: expected one of {', '.join([*FILTER_OPS, 'in'])}")
+    return FILTER_OPS[op](column, val)
+
+
 def _expression(col: str, op: str, val: Any) -> pc.Expression:
     """A pyarrow filter expression of one ``(column, op, value)`` filter."""
-    field = pc.field(col)
-    if op == "in":
-        return field.isin(list(val))
-    ops = {"=": "equal", "==": "equal", "!=": "not_equal", ">=": "greater_equal", "<=": "less_equal"}
-    ops.update({">": "greater", "<": "less"})
-    if op not in ops:
-        raise TableError(f"unknown filter operator {op!r}: expected one of {', '.join([*ops, 'in'])}")
-    return getattr(pc, ops[op])(field, val)
+    return condition(pc.field(col), op, val)
 
 
 class Lakehouse:
