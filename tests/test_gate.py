@@ -13,10 +13,8 @@ new day the challenger's model (weekly naive) is far better than the champion's
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
@@ -30,6 +28,7 @@ from forecasting import comparison
 from forecasting import contract as C
 from forecasting.metrics import mase
 from registry import aliases
+from tests.reliability.reliability_support import mmf
 from training.jobs import forecast as forecast_job
 from training.jobs.train import train
 from training.tables import GOLD_GATE, SILVER_READINGS, SILVER_SERIES, Lakehouse
@@ -258,20 +257,7 @@ def test_future_regressor_is_last_weeks_value():
 # -- a killed train, restarted ----------------------------------------------------------
 def _mmf(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """``mmf ARGS`` in a fresh process, with the test fault hook (tests/reliability)."""
-    clean = {
-        k: v for k, v in os.environ.items() if not k.startswith(("MMF_", "MLFLOW_TRACKING_URI", "PYTEST_"))
-    }
-    clean.update(
-        PYTHONPATH=str(REPO), MLFLOW_ENABLE_ASYNC_LOGGING="false", GIT_PYTHON_REFRESH="quiet", **(env or {})
-    )
-    return subprocess.run(
-        [sys.executable, "-m", "tests.reliability.launch", *args],
-        cwd=REPO,
-        env=clean,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return mmf(*args, env=env, timeout=300)
 
 
 @pytest.mark.parametrize("point", ["after_gate", "after_gold_backtest"])

@@ -7,11 +7,9 @@ SQLite stores, and a real ``mmf train`` process killed with SIGKILL."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -21,6 +19,7 @@ from mlflow import MlflowClient
 
 from forecasting.config import load_config
 from forecasting.generator import generate, write
+from tests.reliability.reliability_support import mmf
 from training.jobs.ingest import ingest
 from training.jobs.refine import refine
 from training.jobs.train import train
@@ -149,19 +148,9 @@ def _empty(lake: Lakehouse, n: int) -> set[int]:
     return {i for i, (lo, hi) in enumerate(ranges) if not ((silver >= lo) & (silver < hi)).any()}
 
 
-def _mmf(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    clean = {
-        k: v for k, v in os.environ.items() if not k.startswith(("MMF_", "MLFLOW_TRACKING_URI", "PYTEST_"))
-    }
-    clean.update(PYTHONPATH=str(REPO), MLFLOW_ENABLE_ASYNC_LOGGING="false", GIT_PYTHON_REFRESH="quiet", **env)
-    return subprocess.run(
-        [sys.executable, "-m", "tests.reliability.launch", *args],
-        cwd=REPO,
-        env=clean,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+def _mmf(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``mmf ARGS`` in a fresh process, with the test fault hook (tests/reliability)."""
+    return mmf(*args, env=env, timeout=600)
 
 
 def test_a_train_killed_after_a_batch_resumes_in_its_own_run(batched, silver, tmp_path):
