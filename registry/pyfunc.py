@@ -532,6 +532,28 @@ class ManyModels(mlflow.pyfunc.PythonModel):
     def series_ids(self) -> list[str]:
         return self._store.frame([C.SERIES_ID])[C.SERIES_ID].tolist()
 
+    @property
+    def n_series(self) -> int:
+        """How many series this model holds (from the bundle's metadata: nothing read)."""
+        return int(self._store.num_rows)
+
+    def holds(self, ids: list[str]) -> set[str]:
+        """Those of ``ids`` this model holds: only their blocks of the bundle are read,
+        so a caller checks a request without a set of every id held."""
+        return set(self._store.entries(list(ids)))
+
+    def first_series(self) -> str | None:
+        """The first series of the bundle (bucket, then id; ``None`` when empty), read
+        from the lowest bucket ranges that hold any: growing ranges, so a large bundle
+        reads little of itself."""
+        lo, hi = 0, 64
+        while lo < C.N_BUCKETS:
+            ids = self._store.frame_in(lo, hi, [C.SERIES_ID])[C.SERIES_ID]
+            if len(ids):
+                return str(ids.iloc[0])
+            lo, hi = hi, min(C.N_BUCKETS, hi * 16)
+        return None
+
     def series_ends(self) -> pd.DataFrame:
         """``series_id, end, freq`` of every series held: the training end (cutoff)
         its forecasts start after."""

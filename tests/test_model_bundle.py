@@ -152,6 +152,9 @@ def test_lazy_bundle_forecasts_every_series_as_its_model_does(config, small_grou
 
     inner = lazy.unwrap_python_model()
     assert sorted(inner.series_ids) == ids
+    # what the server checks a request with, without a set of every id held
+    assert inner.n_series == len(ids) and inner.holds([ids[0], "nope", ids[-1]]) == {ids[0], ids[-1]}
+    assert inner.first_series() == inner.series_ids[0]  # bucket, then id
     ends = inner.series_ends().set_index("series_id").sort_index()
     assert ends["end"].dtype == "datetime64[us]" and set(ends["freq"]) == {"h"}
     assert (ends["end"] == by_id.loc[ids, "end"]).all()

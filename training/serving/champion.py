@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -27,7 +27,10 @@ log = logging.getLogger(__name__)
 class Champion:
     info: dict[str, Any]
     model: Any  # mlflow.pyfunc.PyFuncModel
-    series: frozenset[str] | None  # what the pyfunc holds (None: unknown, let it raise)
+    holds: (
+        Callable[[list[str]], set[str]] | None
+    )  # which of some ids the pyfunc holds (None: unknown, let it raise)
+    n_series: int
     loaded_at: str
 
     @property
@@ -62,16 +65,15 @@ def follow(
 def load(config: Config, info: dict[str, Any]) -> Champion:
     """Load the pyfunc of the version ``info`` names, and pay its first predict here."""
     model = pyfunc.load_version(config, info["version"])
-    series: frozenset[str] | None = None
-    unwrap = getattr(model, "unwrap_python_model", None)
-    if unwrap is not None:
-        ids = getattr(unwrap(), "series_ids", None)
-        series = frozenset(ids) if ids is not None else None
-    if series:  # the first predict pays one-off imports: pay it here, not in a request
-        model.predict(pd.DataFrame({C.SERIES_ID: [min(series)], "horizon": [np.int64(1)]}))
+    inner = model.unwrap_python_model() if hasattr(model, "unwrap_python_model") else None
+    holds = getattr(inner, "holds", None)
+    n_series = int(getattr(inner, "n_series", 0) or 0)
+    first = inner.first_series() if hasattr(inner, "first_series") else None
+    if first is not None:  # the first predict pays one-off imports: pay it here, not in a request
+        model.predict(pd.DataFrame({C.SERIES_ID: [first], "horizon": [np.int64(1)]}))
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-    log.info("loaded champion %s version %s (%s series)", info["name"], info["version"], len(series or ()))
-    return Champion(info=info, model=model, series=series, loaded_at=now)
+    log.info("loaded champion %s version %s (%s series)", info["name"], info["version"], n_series)
+    return Champion(info=info, model=model, holds=holds, n_series=n_series, loaded_at=now)
 
 
 def check(champion: Champion, items: list[S.PredictItem], max_horizon: int) -> None:
@@ -95,7 +97,7 @@ def check(champion: Champion, items: list[S.PredictItem], max_horizon: int) -> N
                 f"series {item.series_id!r}: {len(item.temperature)} temperature value(s) for horizon "
                 f"{item.horizon}: give exactly one value per future step",
             )
-    unknown = sorted(seen - champion.series) if champion.series is not None else []
+    unknown = sorted(seen - champion.holds(sorted(seen))) if champion.holds is not None else []
     if unknown:
         listed = ", ".join(repr(s) for s in unknown[:10]) + (" ..." if len(unknown) > 10 else "")
         raise ServeError(
