@@ -61,7 +61,11 @@ def test_zero_scales_fall_back_in_order_and_never_divide_by_zero():
     assert M.mase([0, 2], [0, 0], zeros, 7) == pytest.approx(1.0)
     assert M.rmsse([0, 2], [0, 0], zeros) == pytest.approx(math.sqrt(2))
     assert M.scaled_mae([0, 2], [0, 0], zeros) == pytest.approx(1.0)
-    for f in (M.mase([0, 0], [0, 0], zeros, 7), M.rmsse([0, 0], [0, 0], zeros), M.scaled_mae([0], [0], zeros)):
+    for f in (
+        M.mase([0, 0], [0, 0], zeros, 7),
+        M.rmsse([0, 0], [0, 0], zeros),
+        M.scaled_mae([0], [0], zeros),
+    ):
         assert f == 0.0
     assert M.scale_chain(0.0, float("nan"), 4.0) == 4.0
     assert M.scale_chain(0.0) == 1.0
