@@ -18,7 +18,7 @@ from forecasting.demand import demand_class, demand_stats
 from forecasting.errors import FrequencyError
 from forecasting.frequency import infer_freq, modal_step, seasonalities_for
 from forecasting.models import INTERMITTENT, get_model, load_fitted
-from forecasting.models.intermittent import ses
+from forecasting.models.intermittent import best_alpha, ses
 
 # -- demand classes ---------------------------------------------------------------------
 
@@ -73,7 +73,10 @@ def test_adida_and_imapa_by_hand():
     )
     levels = [_fit("adida", alpha=0.2, aggregation=k).rate_ for k in (1, 2, 3, 4)]
     assert _fit("imapa", alpha=0.2).rate_ == pytest.approx(np.mean(levels))
-    assert 0.1 <= _fit("adida").to_dict()["state"]["rate"]  # alpha chosen in [0.1, 0.3]
+    # alpha=None: SES's alpha chosen in [0.1, 0.3] by the in-sample one-step error
+    chosen = best_alpha(sums)
+    assert 0.1 <= chosen <= 0.3
+    assert _fit("adida").rate_ == pytest.approx(ses(sums, chosen)[0] / 4)
 
 
 @pytest.mark.parametrize("name", INTERMITTENT)
