@@ -11,21 +11,35 @@ it per series). It returns silver readings rows (``REFINE_OUT``), or a single ro
    running ahead makes all its timestamps suspect, and its cutoff would be in the future.
 2. Duplicated timestamps: ``duplicates: last`` keeps the reading ingested last (ties:
    the later row of the file); ``mean`` averages the conflicting values.
-3. ``irregular``: the series' modal spacing is not the collection's frequency, or more
-   than 1% of its timestamps are off the grid (the phase most of them share); the few
-   off-grid readings of a regular series are dropped.
-4. The series is put on the regular grid from its first to its last reading. Runs of
+3. ``irregular``: the series' modal spacing is not a step of the collection's
+   frequency, or more than 1% of its timestamps are off the grid (the phase most of
+   them share; for a calendar frequency, the offset's days at the time of day most of
+   them share: Sundays for ``W-SUN``, the 1st of the month for ``MS``, the last day for
+   ``ME``); the few off-grid readings of a regular series are dropped.
+4. The series is put on its grid from its first to its last reading: every step for a
+   fixed frequency (``h``, ``D``), every calendar step for a calendar one (``W-SUN``,
+   ``MS``, ``ME``, ``QS``, ``QE``; see :mod:`forecasting.frequency`), so a weekly
+   series with missing weeks has those weeks as missing steps. Runs of
    missing steps up to ``cleaning.max_gap_fill`` are interpolated linearly; longer runs
    are filled from the same step one season earlier (else interpolated) and all filled
    steps are flagged ``is_filled``. ``too_many_gaps``: more than
    ``cleaning.max_missing_share`` of the grid was missing.
 5. ``negative_values``: more negative readings than ``cleaning.max_negative_share``.
-   ``constant``: a single distinct value over two or more readings. ``too_short``:
-   fewer readings than ``cleaning.min_length``.
-6. Outliers: a robust z-score of the residual to the seasonal median (the same hour of
+   ``constant``: a single distinct value over two or more readings; an all-zero series
+   is constant too, with the detail saying so (no demand or consumption was ever
+   recorded: nothing to model, and a dead feed should be seen rather than forecast as
+   zero; its first non-zero reading brings it back). A series with zeros and some
+   demand is not constant, however few its demands. ``too_short``: fewer readings than
+   ``cleaning.min_length``.
+6. The demand class of the observed readings (:func:`forecasting.demand.demand_class`:
+   smooth, erratic, intermittent or lumpy) goes in ``_demand_class`` on every row
+   (refine writes it to ``silver/series.demand_class``).
+7. Outliers: a robust z-score of the residual to the seasonal median (the same hour of
    the week over the 5 nearest weeks, or of the day over 7 days for short series),
    scaled by that hour's MAD, above ``cleaning.outlier_z`` is flagged ``is_outlier``;
    with ``cleaning.clip_outliers`` the reading is replaced by that seasonal median.
+   Intermittent and lumpy series are not screened: their seasonal median is 0 and every
+   demand would stand out.
 """
 
 from __future__ import annotations
@@ -38,7 +52,8 @@ import pandas as pd
 import pyarrow as pa
 
 from forecasting import contract as C
-from forecasting.frequency import alias, modal_step, seasonalities_for, step_of
+from forecasting.demand import INTERMITTENT, LUMPY, demand_class
+from forecasting.frequency import alias, grid, grid_steps, modal_step, on_grid, seasonalities_for
 
 FUTURE_TOLERANCE = pd.Timedelta("1D")  # readings later than now + this: future_timestamps
 
@@ -48,6 +63,7 @@ REFINE_OUT = pa.schema(
         ("_reason", pa.string()),
         ("_detail", pa.string()),
         ("_n_duplicates", pa.int64()),
+        ("_demand_class", pa.string()),  # refine writes it to silver/series.demand_class
     ]
 )
 
@@ -65,6 +81,7 @@ def quarantine_row(series_id: str, reason: str, detail: str) -> pd.DataFrame:
             "_reason": [reason],
             "_detail": [detail],
             "_n_duplicates": [0],
+            "_demand_class": [None],
         }
     )
 
@@ -97,7 +114,6 @@ class _Quarantined(Exception):
 def _clean(sid: str, pdf: pd.DataFrame, config: Any) -> pd.DataFrame:
     """The rules of the module docstring, in order; a broken rule raises :class:`_Quarantined`."""
     cfg = config.cleaning
-    step = step_of(config.freq)
     seasons = seasonalities_for(config.freq)
     if len(pdf) > cfg.max_points_per_series:
         raise _Quarantined(
@@ -105,20 +121,25 @@ def _clean(sid: str, pdf: pd.DataFrame, config: Any) -> pd.DataFrame:
         )
     frame = _readings(pdf)
     frame, n_dup = _dedupe(frame, cfg.duplicates)
-    frame = _on_grid(frame, step, config.freq)
-    grid = pd.date_range(frame["ts"].iloc[0], frame["ts"].iloc[-1], freq=step)
-    reg = frame.set_index("ts").reindex(grid)
+    frame = _on_grid(frame, config.freq)
+    steps = grid(frame["ts"].iloc[0], frame["ts"].iloc[-1], config.freq)
+    reg = frame.set_index("ts").reindex(steps)
     y = reg["y"].to_numpy(dtype=float)
     missing = ~np.isfinite(y)
     _check_gaps(missing, cfg.max_missing_share)
     _check_values(y[~missing], cfg)
     filled = _fill(y, missing, cfg.max_gap_fill, seasons[0])
-    filled, is_outlier = _outliers(filled, missing, seasons, cfg)
-    n = len(grid)
+    kind = demand_class(y[~missing])
+    if kind not in (INTERMITTENT, LUMPY):
+        filled, is_outlier = _outliers(filled, missing, seasons, cfg)
+        kind = demand_class(filled[~missing])  # of the readings as silver holds them
+    else:
+        is_outlier = np.zeros(len(filled), dtype=bool)
+    n = len(steps)
     return pd.DataFrame(
         {
             C.SERIES_ID: np.full(n, sid, dtype=object),
-            C.TS: grid.to_numpy(dtype="datetime64[us]"),
+            C.TS: steps.to_numpy(dtype="datetime64[us]"),
             C.Y: filled,
             "temperature": _temperature(reg["t"].to_numpy(dtype=float)),
             "is_filled": missing,
@@ -126,6 +147,7 @@ def _clean(sid: str, pdf: pd.DataFrame, config: Any) -> pd.DataFrame:
             "_reason": pd.Series([None] * n, dtype=object),
             "_detail": pd.Series([None] * n, dtype=object),
             "_n_duplicates": np.full(n, n_dup, dtype="int64"),
+            "_demand_class": pd.Series([kind] * n, dtype=object),
         }
     )
 
@@ -165,25 +187,21 @@ def _dedupe(frame: pd.DataFrame, how: str) -> tuple[pd.DataFrame, int]:
     return frame.sort_values("ts", kind="stable").reset_index(drop=True), n_dup
 
 
-def _on_grid(frame: pd.DataFrame, step: pd.Timedelta, freq: str) -> pd.DataFrame:
+def _on_grid(frame: pd.DataFrame, freq: str) -> pd.DataFrame:
     """Rule 3: quarantines ``irregular`` series, drops the few off-grid readings of the others."""
     ts = frame["ts"].to_numpy()
     modal = modal_step(ts)
-    if modal is not None and modal != step:
+    if modal is not None and modal not in grid_steps(ts[0], ts[-1], freq):
         raise _Quarantined(
             "irregular", f"readings are mostly {alias(modal)} apart, not the collection's frequency {freq}"
         )
     if len(ts) < 2:
         return frame
-    # the grid is the phase most timestamps share, so one stray first reading does
-    # not put every other reading off the grid
-    residues = ts.astype("datetime64[ns]").astype("int64") % step.value
-    values, counts = np.unique(residues, return_counts=True)
-    offsets = (residues - values[np.argmax(counts)]) % step.value
-    off_grid = int((offsets != 0).sum())
+    on = on_grid(ts, freq)
+    off_grid = int((~on).sum())
     if off_grid > 0.01 * len(ts):
         raise _Quarantined("irregular", f"{off_grid} of {len(ts)} timestamps are off the {freq} grid")
-    return frame[offsets == 0]
+    return frame[on]
 
 
 def _check_gaps(missing: np.ndarray, max_share: float) -> None:
@@ -206,7 +224,10 @@ def _check_values(valid: np.ndarray, cfg: Any) -> None:
         )
     # a single reading is too short rather than constant
     if len(valid) >= 2 and np.nanmax(valid) == np.nanmin(valid):
-        raise _Quarantined("constant", f"all {len(valid)} readings equal {valid[0]:g}")
+        why = (
+            ": no demand or consumption recorded (an all-zero item or a dead meter)" if valid[0] == 0 else ""
+        )
+        raise _Quarantined("constant", f"all {len(valid)} readings equal {valid[0]:g}{why}")
     if len(valid) < cfg.min_length:
         raise _Quarantined("too_short", f"{len(valid)} valid readings < cleaning.min_length={cfg.min_length}")
 
@@ -214,7 +235,7 @@ def _check_values(valid: np.ndarray, cfg: Any) -> None:
 def _outliers(
     filled: np.ndarray, missing: np.ndarray, seasons: tuple[int, ...], cfg: Any
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Rule 6: the readings (clipped to the seasonal median with ``clip_outliers``) and
+    """Rule 7: the readings (clipped to the seasonal median with ``clip_outliers``) and
     the outlier flags; filled steps are never outliers."""
     season = seasons[0]
     # weekly phase when there are enough weeks, so weekends are compared with weekends

@@ -29,7 +29,7 @@ STATUSES = (OK, FALLBACK, FAILED, QUARANTINED)
 QUARANTINE_REASONS = {
     "all_missing": "every reading is missing or not finite",
     "too_short": "fewer valid readings than the minimum history",
-    "constant": "every reading has the same value",
+    "constant": "every reading has the same value (all zero included: no demand recorded)",
     "negative_values": "negative readings above the allowed share",
     "non_finite": "infinite readings above the allowed share",
     "too_many_gaps": "more missing steps than the allowed share after regularisation",
@@ -110,6 +110,9 @@ SILVER_SERIES = pa.schema(
         ("n_duplicates", pa.int64()),
         ("bronze_version", pa.int64()),
         (BUCKET, pa.int32()),
+        # came later (an older table takes it on its next write, null in older rows): the
+        # demand class of the series' observed readings (forecasting.demand)
+        ("demand_class", pa.string()),
     ]
 )
 

@@ -1,4 +1,13 @@
-"""Frequencies: inferring one from timestamps, and the seasons each one implies."""
+"""Frequencies: inferring one from timestamps, the seasons each one implies, and the
+grid a series is cleaned onto.
+
+Two kinds of frequency: a *fixed step* (``h``, ``30min``, ``D``, ``7D``: a pandas
+``Tick``), where every step has the same length, and a *calendar* frequency (``W-SUN``,
+``MS``, ``ME``, ``QS``, ``QE``, ``YS``, ``B``), whose steps follow the calendar: a
+month start is 28 to 31 days after the previous one, a weekly ``W-SUN`` step always
+lands on a Sunday. :func:`on_grid` and :func:`grid` treat both alike, so cleaning
+puts a series on its grid either way.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +20,57 @@ from forecasting.errors import FrequencyError
 
 
 def step_of(freq: str) -> pd.Timedelta:
+    """The length of one step of a fixed-step frequency (``ValueError`` for a calendar one)."""
     return pd.Timedelta(pd.tseries.frequencies.to_offset(freq))
+
+
+def is_calendar(freq: str | pd.DateOffset) -> bool:
+    """Whether ``freq`` follows the calendar (``W-SUN``, ``MS``, ``QE``) rather than a
+    fixed step (``h``, ``D``)."""
+    return not isinstance(pd.tseries.frequencies.to_offset(freq), pd.offsets.Tick)
+
+
+def grid(first, last, freq: str) -> pd.DatetimeIndex:
+    """Every step of ``freq`` from ``first`` (on the grid) to ``last``."""
+    return pd.date_range(first, last, freq=pd.tseries.frequencies.to_offset(freq))
+
+
+def grid_steps(first, last, freq: str) -> set[pd.Timedelta]:
+    """The distinct spacings of the ``freq`` grid between ``first`` and ``last`` (at
+    least one step past ``first``): one length for a fixed step, e.g. 28 to 31 days for
+    ``MS``."""
+    off = pd.tseries.frequencies.to_offset(freq)
+    if not is_calendar(off):
+        return {pd.Timedelta(off)}
+    start = off.rollback(pd.Timestamp(first))
+    end = max(pd.Timestamp(last), start + 2 * off)
+    idx = pd.date_range(start, end, freq=off)
+    return {pd.Timedelta(int(d), unit="ns") for d in np.unique(np.diff(idx.asi8))}
+
+
+def on_grid(ts: np.ndarray, freq: str) -> np.ndarray:
+    """Per timestamp, whether it lies on the grid of ``freq`` that most of ``ts`` share.
+
+    Fixed steps: the phase (the remainder modulo the step) most timestamps share, so one
+    stray first reading does not put every other off the grid. Calendar frequencies: on
+    the offset (a Sunday for ``W-SUN``, the 1st for ``MS``, the last day for ``ME``) at
+    the time of day most of them share (midnight, usually).
+    """
+    ts = np.asarray(ts, dtype="datetime64[ns]")
+    if len(ts) == 0:
+        return np.zeros(0, dtype=bool)
+    off = pd.tseries.frequencies.to_offset(freq)
+    if not is_calendar(off):
+        step = pd.Timedelta(off).value
+        residues = ts.astype("int64") % step
+        values, counts = np.unique(residues, return_counts=True)
+        return (residues - values[np.argmax(counts)]) % step == 0
+    idx = pd.DatetimeIndex(ts)
+    tod = (idx - idx.normalize()).asi8
+    values, counts = np.unique(tod, return_counts=True)
+    day = idx.normalize()
+    on = np.fromiter((off.is_on_offset(d) for d in day), bool, len(day))
+    return on & (tod == values[np.argmax(counts)])
 
 
 def future_timestamps(end, freq: str | pd.DateOffset, steps) -> np.ndarray:
@@ -131,10 +190,26 @@ def infer_freq(steps: dict[str, pd.Timedelta | None], min_share: float = 0.1) ->
             f"cannot infer the frequency: no step is shared by {min_share:.0%} of the series "
             f"(most common: {listing}); set `freq` in the config (e.g. freq: h)"
         )
-    if len(major) > 1:
+    if len(major) > 1 and not _calendar_like([s for s, _ in major]):
         listing = ", ".join(f"{alias(s)} ({n} series)" for s, n in major)
         raise FrequencyError(
             f"the data mixes frequencies: {listing}; expected one frequency per lakehouse. "
             "Split the sources, or set `freq` in the config to keep one and quarantine the rest"
         )
-    return alias(major[0][0])
+    step = major[0][0]
+    if _calendar_like([step]):
+        kind = "monthly" if step <= pd.Timedelta(days=31) else "quarterly"
+        fix = "MS (month start) or ME (month end)" if kind == "monthly" else "QS or QE"
+        raise FrequencyError(
+            f"the data looks {kind} (readings mostly {alias(step)} apart, as calendar "
+            f"{'months' if kind == 'monthly' else 'quarters'} are): set `freq` in the config "
+            f"to {fix}; calendar frequencies are not inferred"
+        )
+    return alias(step)
+
+
+def _calendar_like(steps: list[pd.Timedelta]) -> bool:
+    """Whether every step is the length of a calendar month (28-31 days) or quarter
+    (89-92 days): readings one calendar month apart are not a fixed step."""
+    days = [s / pd.Timedelta(days=1) for s in steps]
+    return bool(days) and (all(28 <= d <= 31 for d in days) or all(89 <= d <= 92 for d in days))

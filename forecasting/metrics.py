@@ -1,19 +1,37 @@
 """Forecast accuracy metrics on plain numpy arrays.
 
 Point metrics: :func:`mae`, :func:`rmse`, :func:`smape` (0..200 scale), :func:`mase`
-(scaled by the in-sample MAE of a seasonal naive forecast) and :func:`bias`
-(``mean(yhat - y)``: positive means over-forecasting). Interval metrics:
+(scaled by the in-sample MAE of a seasonal naive forecast), :func:`bias`
+(``mean(yhat - y)``: positive means over-forecasting), and the two scaled errors retail
+forecasters compare on, which stay defined on series with many zeros: :func:`rmsse`
+(the M5 competition's root mean squared scaled error) and :func:`scaled_mae` (the MAE
+over the in-sample mean, Kourentzes' "MAE/mean"). Interval metrics:
 :func:`coverage` and :func:`pinball` (quantile loss). :func:`evaluate` computes all of
 them for one forecast dict as a model's ``predict`` returns it, and :func:`score`
 turns one metric into a "smaller is better" number for model choice.
 
 Edge cases are decided here, once:
 
-* sMAPE counts a step where both actual and forecast are 0 as a perfect step (0/0 := 0).
-* MASE with a zero scale (a perfectly flat, or perfectly seasonal, history) is 0.0 when
-  the forecast errors are all 0 too, and ``inf`` otherwise: any error is infinitely
-  worse than the naive forecast, which was perfect in sample. A history too short for
-  even a lag-1 difference (fewer than 2 points) gives ``nan``.
+* sMAPE counts a step where both actual and forecast are 0 as a perfect step (0/0 := 0);
+  a step where only one of them is 0 counts 200 (the maximum). sMAPE is therefore
+  defined on intermittent series but says little there: prefer ``scaled_mae`` or
+  ``rmsse``.
+* A scale that is 0 never divides: each scaled metric falls back, in order, to the next
+  scale of the same kind that is not 0 (:func:`scale_chain`):
+
+  - MASE: the seasonal-naive in-sample MAE at lag ``m``; else the lag-1 naive MAE (a
+    perfectly seasonal history can still move step to step); else the in-sample mean
+    absolute value (a flat history: the error relative to its level); else 1 (an
+    all-zero history, e.g. a backtest window before an item's first sale: the MAE
+    itself, in the units of ``y``).
+  - RMSSE: the in-sample mean squared lag-1 difference; else the mean square of the
+    history; else 1 (the RMSE itself).
+  - scaled MAE: the in-sample mean absolute value; else 1 (the MAE itself).
+
+  So a perfect forecast scores 0.0 and any other a finite number, and the candidates of
+  a series rank by their error whatever its history. A history too short for a lag-1
+  difference (fewer than 2 points) gives ``nan`` for MASE and RMSSE (no scale can be
+  judged), as before.
 """
 
 from __future__ import annotations
@@ -22,7 +40,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-POINT_METRICS = ("mae", "rmse", "smape", "mase", "bias")
+POINT_METRICS = ("mae", "rmse", "smape", "mase", "bias", "rmsse", "scaled_mae")
 
 
 def _pair(y, yhat) -> tuple[np.ndarray, np.ndarray]:
@@ -70,19 +88,53 @@ def naive_scale(insample, m: int) -> float:
     return float(np.mean(np.abs(x[lag:] - x[:-lag])))
 
 
+def scale_chain(*scales: float) -> float:
+    """The first of ``scales`` that is neither 0 nor ``nan``; 1.0 when none is (the
+    fallback rule of the module docstring)."""
+    for value in scales:
+        if np.isfinite(value) and value > 0.0:
+            return float(value)
+    return 1.0
+
+
+def _insample(insample) -> np.ndarray:
+    return np.asarray(insample, dtype=float).ravel()
+
+
 def mase(y, yhat, insample, m: int) -> float:
     """Mean absolute scaled error: ``mae(y, yhat) / naive_scale(insample, m)``.
 
-    A zero scale gives 0.0 when the forecast is exact and ``inf`` otherwise; see the
-    module docstring.
+    A zero scale falls back to the lag-1 naive MAE, then the in-sample mean absolute
+    value, then 1; fewer than 2 in-sample points give ``nan`` (module docstring).
     """
     err = mae(y, yhat)
-    scale = naive_scale(insample, m)
+    x = _insample(insample)
+    scale = naive_scale(x, m)
     if np.isnan(scale):
         return float("nan")
-    if scale == 0.0:
-        return 0.0 if err == 0.0 else float("inf")
-    return float(err / scale)
+    return float(err / scale_chain(scale, naive_scale(x, 1), float(np.mean(np.abs(x)))))
+
+
+def rmsse(y, yhat, insample) -> float:
+    """Root mean squared scaled error (M5): ``sqrt(mean((y - yhat)^2) / mean(diff(insample)^2))``
+    with the lag-1 naive forecast's in-sample squared error as the scale, as in the M5
+    competition. A zero scale falls back to the history's mean square, then 1; fewer
+    than 2 in-sample points give ``nan`` (module docstring)."""
+    y, yhat = _pair(y, yhat)
+    x = _insample(insample)
+    if x.size < 2:
+        return float("nan")
+    scale = scale_chain(float(np.mean(np.diff(x) ** 2)), float(np.mean(x**2)))
+    return float(np.sqrt(np.mean((y - yhat) ** 2) / scale))
+
+
+def scaled_mae(y, yhat, insample) -> float:
+    """MAE over the in-sample mean absolute value (the "MAE/mean" of intermittent-demand
+    studies): defined whenever the history has a demand, and never divided by a zero
+    naive error. An all-zero (or empty) history scales by 1 (module docstring)."""
+    err = mae(y, yhat)
+    x = _insample(insample)
+    return float(err / scale_chain(float(np.mean(np.abs(x))) if x.size else 0.0))
 
 
 def bias(y, yhat) -> float:
@@ -115,12 +167,12 @@ def evaluate(
     Args:
         y: actuals of the forecast steps.
         forecast: ``{"mean", "lo-<lv>", "hi-<lv>"}`` arrays as ``predict`` returns them.
-        insample: the training history (for the MASE scale).
+        insample: the training history (for the scales of MASE, RMSSE and scaled MAE).
         m: season length for the MASE scale.
         levels: interval levels (percent).
 
     Returns:
-        ``mae, rmse, smape, mase, bias`` then ``coverage_<lv>, pinball_<lv>`` per level.
+        ``mae, rmse, smape, mase, bias, rmsse, scaled_mae`` then ``coverage_<lv>, pinball_<lv>`` per level.
         The pinball loss of a level is the mean of the losses of its lower bound (at
         ``tau = 0.5 - lv/200``) and its upper bound (``tau = 0.5 + lv/200``). A level
         the forecast has no interval for gets ``nan`` for both.
@@ -132,6 +184,8 @@ def evaluate(
         "smape": smape(y, mean),
         "mase": mase(y, mean, insample, m),
         "bias": bias(y, mean),
+        "rmsse": rmsse(y, mean, insample),
+        "scaled_mae": scaled_mae(y, mean, insample),
     }
     for lv in levels:
         lo, hi = forecast.get(f"lo-{lv}"), forecast.get(f"hi-{lv}")

@@ -6,8 +6,9 @@ bad series: whatever goes wrong ends as a ``failed`` row with the reason.
 
 Steps, one function each, in this order: clean (:func:`forecasting.series.prepare`:
 sorted arrays, the ``temperature`` regressor when complete, the season lengths of the
-frequency); fit candidates (:func:`_candidate`: tune a model when ``tune.enabled``,
-then backtest it under ``config.model_timeout_s``; a global model is scored from the
+frequency, the demand class); fit candidates (:func:`_candidate`: ``config.models``, or
+``intermittent.models`` for a series whose demand class is in ``intermittent.classes``
+(:meth:`Config.candidates`); tune a model when ``tune.enabled``, then backtest it under ``config.model_timeout_s``; a global model is scored from the
 driver's forecasts); add the ensemble candidate when enabled (:func:`_with_ensemble`);
 choose (:mod:`forecasting.choice`); forecast (:func:`_forecast`: refit the chosen
 model on the full history, add its interval calibration and bounds (:func:`_adjusted`),
@@ -17,7 +18,7 @@ Conventions of the result row:
 
 * ``backtest_json``: a list of ``{model, window, cutoff, <metrics>}`` for every
   candidate that finished its backtest (ensemble included), in the order of
-  ``config.models``; ``cutoff`` is the ISO timestamp of the *last training*
+  its candidates; ``cutoff`` is the ISO timestamp of the *last training*
   observation of the window (statsforecast's ``cross_validation`` convention, and that
   of ``gold/forecasts.cutoff``); non-finite metrics are ``null``.
 * ``candidates_json``: ``{model: {status, reason, score, fit_s}}`` with status ``ok``,
@@ -106,7 +107,7 @@ class SeriesRun:
 
     data: SeriesData
     config: Config
-    names: list[str]  # config.models in order, a name listed twice only once
+    names: list[str]  # the candidates in order (Config.candidates of its demand class)
     glob: dict[str, Any]  # driver-made global-model results (GLOBAL_COLUMN)
     spaces: dict[str, SearchSpace]  # search spaces of the models tuned here
     tuned: dict[str, dict[str, Any]] = field(default_factory=dict)  # model -> tuned params used
@@ -162,7 +163,7 @@ def _clean(pdf: pd.DataFrame, config: Config, row: dict[str, Any]) -> SeriesRun:
     return SeriesRun(
         data=data,
         config=config,
-        names=list(dict.fromkeys(config.models)),
+        names=config.candidates(data.demand_class),
         glob=global_payload(pdf),
         spaces=search_spaces(config) if config.tune.enabled else {},
     )

@@ -3,7 +3,8 @@
 
 Steps of :func:`prepare`: sort by ``ts``; take ``y``, the timestamps and (when complete)
 ``temperature`` as the regressor of models that support one; derive the season lengths
-from the frequency.
+from the frequency; classify the demand of the observed readings (those not
+``is_filled``, :func:`forecasting.demand.demand_class`), which picks the candidates.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pandas as pd
 from forecasting.backtest import backtest
 from forecasting.config import Config
 from forecasting.contract import SERIES_ID, TS, Y
+from forecasting.demand import demand_class, observed
 from forecasting.errors import DataContractError
 from forecasting.frequency import freq_of, seasonalities_for
 from forecasting.models import Forecaster, model_class
@@ -36,6 +38,7 @@ class SeriesData:
     X: np.ndarray | None
     freq: str
     seasonalities: tuple[int, ...]
+    demand_class: str | None = None  # forecasting.demand; None: no demand at all
 
     @property
     def season_length(self) -> int:
@@ -92,6 +95,7 @@ def prepare(pdf: pd.DataFrame, config: Config) -> SeriesData:
         if np.all(np.isfinite(temp)):
             X = temp.reshape(-1, 1)
     freq = config.freq or freq_of(ts)
+    filled = df["is_filled"].fillna(False).to_numpy(dtype=bool) if "is_filled" in df.columns else None
     return SeriesData(
         series_id=str(df[SERIES_ID].iloc[0]),
         y=y,
@@ -99,6 +103,7 @@ def prepare(pdf: pd.DataFrame, config: Config) -> SeriesData:
         X=X,
         freq=freq,
         seasonalities=seasonalities_for(freq),
+        demand_class=demand_class(observed(y, filled)),
     )
 
 

@@ -95,7 +95,7 @@ def test_every_setting_says_in_words_what_it_allows():
         k: w for k, w in said.items() if not w or any(t in w for t in ("<", "[", "Literal", "typing", "|"))
     }
     assert not leaked, leaked  # words, never a Python type
-    assert said["backtest.metric"] == "one of mae, rmse, smape, mase, bias, pinball"
+    assert said["backtest.metric"] == "one of mae, rmse, smape, mase, bias, rmsse, scaled_mae, pinball"
     assert said["tune.global_timeout_s"] == "a number > 0"
     assert said["nightly.max_failed_share"] == "a number between 0 and 1"
 

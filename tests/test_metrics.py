@@ -46,8 +46,48 @@ def test_mase_falls_back_to_lag_one_when_history_is_short():
 def test_mase_zero_scale_and_too_short():
     flat = [3, 3, 3, 3]
     assert M.mase([3, 3], [3, 3], flat, 1) == 0.0
-    assert M.mase([3, 4], [3, 3], flat, 1) == math.inf
+    # a flat history: the error relative to its level (MAE 0.5 / mean 3)
+    assert M.mase([3, 4], [3, 3], flat, 1) == pytest.approx(0.5 / 3)
     assert math.isnan(M.mase([1], [1], [5], 1))
+
+
+def test_zero_scales_fall_back_in_order_and_never_divide_by_zero():
+    # perfectly seasonal at lag 2: the lag-2 naive is exact, lag 1 is not (scale 10)
+    seasonal = [0, 10, 0, 10, 0, 10]
+    assert M.naive_scale(seasonal, 2) == 0.0
+    assert M.mase([0, 10], [5, 5], seasonal, 2) == pytest.approx(0.5)
+    # an all-zero history (a backtest window before an item's first sale): scale 1
+    zeros = [0.0] * 8
+    assert M.mase([0, 2], [0, 0], zeros, 7) == pytest.approx(1.0)
+    assert M.rmsse([0, 2], [0, 0], zeros) == pytest.approx(math.sqrt(2))
+    assert M.scaled_mae([0, 2], [0, 0], zeros) == pytest.approx(1.0)
+    for f in (
+        M.mase([0, 0], [0, 0], zeros, 7),
+        M.rmsse([0, 0], [0, 0], zeros),
+        M.scaled_mae([0], [0], zeros),
+    ):
+        assert f == 0.0
+    assert M.scale_chain(0.0, float("nan"), 4.0) == 4.0
+    assert M.scale_chain(0.0) == 1.0
+
+
+def test_rmsse_and_scaled_mae_by_hand_on_intermittent_demand():
+    history = [0, 0, 3, 0, 0, 0, 1, 0]  # lag-1 squared diffs: 9 + 9 + 1 + 1 = 20 over 7
+    y, yhat = [0, 2, 0, 0], [0.5, 0.5, 0.5, 0.5]
+    mse = (0.25 + 2.25 + 0.25 + 0.25) / 4
+    assert M.rmsse(y, yhat, history) == pytest.approx(math.sqrt(mse / (20 / 7)))
+    assert M.scaled_mae(y, yhat, history) == pytest.approx(((0.5 * 3 + 1.5) / 4) / (4 / 8))
+    assert math.isnan(M.rmsse([1], [1], [5]))
+    # sMAPE on zeros is defined: a step with both 0 scores 0, one zero 200
+    assert M.smape([0, 0], [0, 1]) == pytest.approx(100.0)
+
+
+def test_evaluate_reports_the_scaled_metrics_and_the_config_accepts_them():
+    from forecasting.config import METRIC_NAMES
+
+    out = M.evaluate([0, 2], {"mean": np.array([1.0, 1.0])}, [0, 1, 0, 3], 1, [])
+    assert {"rmsse", "scaled_mae"} <= set(out) and {"rmsse", "scaled_mae"} <= set(METRIC_NAMES)
+    assert M.score(out, "scaled_mae") == pytest.approx(1.0 / 1.0)
 
 
 def test_coverage_closed_interval():
@@ -78,6 +118,8 @@ def test_evaluate_keys_and_level_pinball():
         "smape",
         "mase",
         "bias",
+        "rmsse",
+        "scaled_mae",
         "coverage_80",
         "pinball_80",
         "coverage_95",

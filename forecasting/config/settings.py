@@ -16,9 +16,10 @@ import pandas as pd
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from forecasting.config.validation import Section, refuse, set_dotted, setting, validated
+from forecasting.demand import DEMAND_CLASSES, INTERMITTENT, LUMPY
 from forecasting.errors import ConfigError
 from forecasting.metrics import POINT_METRICS
-from forecasting.models import all_models, unavailable_reason
+from forecasting.models import MODELS, all_models, unavailable_reason
 from forecasting.tuning import load_search_spaces
 
 # The one registry of engines: name -> "module:class", imported only when chosen (the
@@ -34,15 +35,23 @@ EXTRA_COLUMNS = ("ignore", "refuse", "add")  # ingest.extra_columns
 EngineName = Literal[tuple(ENGINES)]  # type: ignore[valid-type]
 MetricName = Literal[METRIC_NAMES]  # type: ignore[valid-type]
 ExtraColumns = Literal[EXTRA_COLUMNS]  # type: ignore[valid-type]
+DemandClass = Literal[DEMAND_CLASSES]  # type: ignore[valid-type]
 Number = int | float  # an int stays an int (the config hash and MLflow params see what was written)
 Level = Annotated[int, Field(gt=0, lt=100)]
-FREQ_ALLOWED = "null or a pandas frequency alias such as h, 30min, D (not the deprecated H, T)"
+FREQ_ALLOWED = (
+    "null or a pandas frequency alias such as h, 30min, D, W-SUN, MS, ME, QS, QE "
+    "(not the deprecated H, T, M, Q)"
+)
 
 
 class Backtest(Section):
     windows: int = setting(1, "rolling-origin windows", ge=1)
     step: int | None = setting(None, "steps between window cutoffs; null = horizon", ge=1)
-    metric: MetricName = setting("mase", "mae | rmse | smape | mase | bias (absolute) | pinball")
+    metric: MetricName = setting(
+        "mase",
+        "mae | rmse | smape | mase | bias (absolute) | rmsse | scaled_mae | pinball\n"
+        "(rmsse, scaled_mae: scaled errors that suit intermittent demand)",
+    )
 
 
 class Ensemble(Section):
@@ -69,6 +78,44 @@ class Intervals(Section):
         ge=0,
         le=1,
     )
+
+
+def check_models(names: list[str], known: list[str]) -> list[str]:
+    """``names`` when each is one of ``known`` and its packages are installed."""
+    for name in names:
+        if name not in known:
+            raise refuse(f"one of {', '.join(known)}", name)
+        why = unavailable_reason(name)
+        if why is not None:
+            raise refuse(f"a model whose packages are installed: {why}", name)
+    return names
+
+
+class Intermittent(Section):
+    """The candidates of series with intermittent demand (forecasting/demand.py classes
+    each series: smooth | erratic | intermittent | lumpy, by ADI 1.32 and CV² 0.49)"""
+
+    classes: list[DemandClass] = setting(
+        [INTERMITTENT, LUMPY],
+        "series of these classes get `intermittent.models` as candidates;\n[] = every series gets `models`",
+        allowed=f"a list of demand classes among {', '.join(DEMAND_CLASSES)}",
+    )
+    models: list[str] = setting(
+        ["croston_sba", "adida", "imapa", "tsb"],
+        "per-series models for those series (croston, croston_sba, tsb,\nadida, imapa, or any other)",
+        allowed="a non-empty list of per-series model names",
+        min_length=1,
+    )
+    mode: Literal["replace", "add"] = setting(
+        "replace",
+        "replace (these models instead of `models`: seasonal and smooth-level models fit\n"
+        "zero-heavy series poorly and cost most of the time) | add (after `models`)",
+    )
+
+    @field_validator("models")
+    @classmethod
+    def _known_per_series_models(cls, names: list[str]) -> list[str]:
+        return check_models(names, sorted(MODELS))  # global models train only for `models`
 
 
 class Ingest(Section):
@@ -215,7 +262,10 @@ class Config(Section):
         ge=0,
     )
     freq: str | None = setting(
-        None, "pandas alias (h, 30min, D, ...); null = inferred from the data", allowed=FREQ_ALLOWED
+        None,
+        "pandas alias: a fixed step (h, 30min, D) or a calendar one (W-SUN, MS, ME,\n"
+        "QS, QE: set it, it is not inferred); null = inferred from the data",
+        allowed=FREQ_ALLOWED,
     )
     horizon: int = setting(48, "steps to forecast", ge=1)
     levels: list[Level] = setting(
@@ -257,6 +307,11 @@ class Config(Section):
     intervals: Intervals = setting(Intervals())
     ingest: Ingest = setting(Ingest())
     cleaning: Cleaning = setting(Cleaning())
+    intermittent: Intermittent = setting(
+        Intermittent(),
+        "candidates by demand class: smooth | erratic | intermittent | lumpy, from the\n"
+        "average interval between demands (ADI >= 1.32) and the CV² of their sizes (>= 0.49)",
+    )
     mlflow: MLflow = setting(MLflow())
     gate: Gate = setting(
         Gate(), "challenger vs champion, both scored on the actuals after the champion's cutoff"
@@ -282,14 +337,7 @@ class Config(Section):
     @field_validator("models")
     @classmethod
     def _known_installed_models(cls, names: list[str]) -> list[str]:
-        known = sorted(all_models())  # per-series and global models
-        for name in names:
-            if name not in known:
-                raise refuse(f"one of {', '.join(known)}", name)
-            why = unavailable_reason(name)
-            if why is not None:
-                raise refuse(f"a model whose packages are installed: {why}", name)
-        return names
+        return check_models(names, sorted(all_models()))  # per-series and global models
 
     @field_validator("model_params")
     @classmethod
@@ -304,6 +352,15 @@ class Config(Section):
     @property
     def backtest_step(self) -> int:
         return self.backtest.step or self.horizon
+
+    def candidates(self, demand_class: str | None) -> list[str]:
+        """The candidate models of a series of ``demand_class``: ``models``, or for the
+        classes of ``intermittent.classes`` its models instead (``replace``) or after
+        them (``add``); each name once, in order."""
+        if demand_class not in self.intermittent.classes:
+            return list(dict.fromkeys(self.models))
+        extra = list(self.intermittent.models)
+        return list(dict.fromkeys(extra if self.intermittent.mode == "replace" else [*self.models, *extra]))
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump()

@@ -24,6 +24,7 @@ from forecasting.models.calibrated import AdjustedForecaster, with_adjustment
 from forecasting.models.ensemble import EnsembleForecaster
 from forecasting.models.ets import ETS
 from forecasting.models.global_models import GLOBAL_MODELS
+from forecasting.models.intermittent import INTERMITTENT_MODELS
 from forecasting.models.mstl import MSTL
 from forecasting.models.prophet_model import ProphetModel
 from forecasting.models.seasonal_naive import SeasonalNaive, WeeklyNaive
@@ -32,8 +33,11 @@ from forecasting.models.theta import Theta
 # MODELS holds the per-series models, every one of which fits on one series; the global
 # models, trained across series, have their own map (GLOBAL_MODELS).
 MODELS: dict[str, type[Forecaster]] = {
-    cls.name: cls for cls in (SeasonalNaive, WeeklyNaive, ETS, ARIMA, Theta, MSTL, ProphetModel)
+    cls.name: cls
+    for cls in (SeasonalNaive, WeeklyNaive, ETS, ARIMA, Theta, MSTL, ProphetModel, *INTERMITTENT_MODELS)
 }
+#: the models for intermittent demand (croston, croston_sba, tsb, adida, imapa)
+INTERMITTENT = tuple(cls.name for cls in INTERMITTENT_MODELS)
 
 
 def all_models() -> dict[str, type[Forecaster]]:
@@ -101,6 +105,7 @@ __all__ = [
     "FORMAT_VERSION",
     "AdjustedForecaster",
     "GLOBAL_MODELS",
+    "INTERMITTENT",
     "MODELS",
     "EnsembleForecaster",
     "Forecaster",

@@ -351,11 +351,12 @@ def silver_frames(
         n_filled=("is_filled", "sum"),
         n_outliers=("is_outlier", "sum"),
         n_duplicates=("_n_duplicates", "first"),
+        demand_class=("_demand_class", "first"),
     )
     series = series.join(attrs, how="left").reset_index()
     series["freq"] = freq
     series["bronze_version"] = version
-    return quarantine, series, readings.drop(columns=["_n_duplicates"])
+    return quarantine, series, readings.drop(columns=["_n_duplicates", "_demand_class"])
 
 
 def _report(lake: Lakehouse, version: int, freq: str) -> RefineReport:
