@@ -34,6 +34,7 @@ from typing import Any, Callable
 from forecasting.config import Config
 from training.checkpoints import checkpoint
 from training.jobs import forecast as forecast_job
+from training.jobs import monitor as monitor_job
 from training.jobs import train as train_job
 from training.jobs.ingest import ingest
 from training.jobs.refine import refine
@@ -53,6 +54,7 @@ class NightlyReport:
     steps: dict[str, str] = field(default_factory=dict)  # step -> "done" | "skipped: why"
     ingest: Any = None
     refine: Any = None
+    monitor: Any = None  # training.jobs.monitor.MonitorReport (monitoring.enabled)
     train: Any = None
     forecast: Any = None
     failed: bool = False
@@ -108,7 +110,12 @@ def nightly(
             else f"done: bronze version {report.refine.bronze_version}"
         )
 
+        if config.monitoring.enabled:
+            report.monitor = monitor_job.monitor(lake, config, progress=progress)
+            report.steps["monitor"] = report.monitor.describe()
         _train_step(lake, config, report, progress)
+        if report.monitor is not None:
+            _record_drift(lake, config, report)
         tell("forecast", 0, 0)
         _forecast_step(lake, config, report, horizon)
     return report
@@ -138,6 +145,14 @@ def _train_step(lake: Lakehouse, config: Config, report: NightlyReport, progress
             f"{report.train.failed_share:.0%} of series failed > nightly.max_failed_share="
             f"{config.nightly.max_failed_share}",
         )
+
+
+def _record_drift(lake: Lakehouse, config: Config, report: NightlyReport) -> None:
+    """The MLflow run trained on this silver version records how many series had
+    drifted (:func:`training.jobs.monitor.record_on_run`; a rerun finds it recorded)."""
+    run_id = report.train.run_id if report.train is not None else train_job.last_trained_run(lake)
+    if run_id and monitor_job.record_on_run(config, run_id, report.monitor.drifted):
+        report.steps["monitor"] += f"; recorded on run {run_id}"
 
 
 def _forecast_step(lake: Lakehouse, config: Config, report: NightlyReport, horizon: int | None) -> None:
