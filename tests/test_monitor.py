@@ -209,3 +209,15 @@ def test_api_forecast_carries_live_accuracy(two_nights):
         assert a["silver_version"] == lake.version("silver/readings")
         night2_end = FIRST_NIGHT_END + pd.Timedelta(hours=ARRIVED)
         assert body["cutoff"] == night2_end.strftime("%Y-%m-%dT%H:%M:%SZ")  # night 2's forecast, next to it
+
+
+def test_spark_engine_scores_the_same(two_nights, spark):
+    """The scoring runs through the engine's map_batches: on Spark it computes the same
+    rows, so scoring the same silver version again writes nothing."""
+    cfg, lake, *_ = two_nights
+    tables = ("gold/accuracy", "gold/drift")
+    versions = {t: lake.version(t) for t in tables}
+    redo = monitor(lake, cfg.replace(engine="spark", batch_rows=1000), force=True)
+    assert redo.batches > 1 and redo.scored == N_SERIES * ARRIVED and redo.written == 0
+    assert redo.drifted == 1 and redo.drifted_ids == [SHIFTED]
+    assert {t: lake.version(t) for t in tables} == versions

@@ -45,6 +45,7 @@ from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from forecasting import contract as C
@@ -387,7 +388,11 @@ def record_on_run(config: Config, run_id: str, drifted: int) -> bool:
     holds the tag already is left as it is). Returns whether it wrote."""
     configure(config)
     client = MlflowClient()
-    if client.get_run(run_id).data.tags.get(DRIFT_TAG) is not None:
+    try:
+        if client.get_run(run_id).data.tags.get(DRIFT_TAG) is not None:
+            return False
+    except MlflowException as exc:  # the run is gone (a lost store): nothing to record on
+        log.warning("drift count not recorded on run %s: %s", run_id, str(exc).splitlines()[0])
         return False
     client.log_metric(run_id, DRIFT_METRIC, float(drifted))
     client.set_tag(run_id, DRIFT_TAG, str(int(drifted)))

@@ -1,4 +1,4 @@
-"""``mmf nightly``: ingest -> refine -> train -> forecast -> aggregate, restartable.
+"""``mmf nightly``: ingest -> refine -> monitor -> train -> forecast -> aggregate, restartable.
 
 Each step is skipped when its input Delta version has not changed since it last
 succeeded; what "succeeded" means is read from the tables themselves (Delta
@@ -16,6 +16,11 @@ a run over that share, or one lost with its MLflow store, is trained again, and 
 step says why); the forecast, when gold/forecasts records the delivery of the current
 silver version by the current champion, complete and from the champion's run
 (:mod:`training.jobs.forecast`).
+
+Monitoring (``monitoring.enabled``), after refine and before training, scores the earlier
+deliveries against the new actuals and flags drift (:mod:`training.jobs.monitor`, skipped
+when it already scored this silver version); the training run on this silver version
+records how many series drifted.
 
 A nightly ends with the next horizon of every clean series (silver/series), from the
 latest silver, whatever the gate decided: a kept champion is refitted on the new data,
@@ -111,8 +116,7 @@ def nightly(
         )
 
         if config.monitoring.enabled:
-            report.monitor = monitor_job.monitor(lake, config, progress=progress)
-            report.steps["monitor"] = report.monitor.describe()
+            _monitor_step(lake, config, report)
         _train_step(lake, config, report, progress)
         if report.monitor is not None:
             _record_drift(lake, config, report)
@@ -145,6 +149,20 @@ def _train_step(lake: Lakehouse, config: Config, report: NightlyReport, progress
             f"{report.train.failed_share:.0%} of series failed > nightly.max_failed_share="
             f"{config.nightly.max_failed_share}",
         )
+
+
+def _monitor_step(lake: Lakehouse, config: Config, report: NightlyReport) -> None:
+    """Score the earlier deliveries; a failure is reported (the nightly exits non-zero)
+    but does not keep the night from training and forecasting."""
+    try:
+        report.monitor = monitor_job.monitor(lake, config)
+    except Exception as exc:  # noqa: BLE001 - monitoring must not stop the delivery
+        log.exception("monitoring failed")
+        why = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+        report.steps["monitor"] = f"failed: {why}"
+        _fail(report, f"monitoring failed: {why}")
+        return
+    report.steps["monitor"] = report.monitor.describe()
 
 
 def _record_drift(lake: Lakehouse, config: Config, report: NightlyReport) -> None:
