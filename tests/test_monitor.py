@@ -221,3 +221,14 @@ def test_spark_engine_scores_the_same(two_nights, spark):
     assert redo.batches > 1 and redo.scored == N_SERIES * ARRIVED and redo.written == 0
     assert redo.drifted == 1 and redo.drifted_ids == [SHIFTED]
     assert {t: lake.version(t) for t in tables} == versions
+
+
+def test_mase_scale_follows_the_metrics_rule():
+    from training.jobs.monitor import mase_scale
+
+    hourly = np.tile(np.arange(24.0), 3) + np.repeat([0.0, 1.0, 3.0], 24)
+    assert mase_scale(hourly, 24) == pytest.approx(np.mean(np.abs(hourly[24:] - hourly[:-24])))
+    seasonal = np.tile(np.arange(24.0), 3)  # perfectly seasonal: the lag-1 naive MAE
+    assert mase_scale(seasonal, 24) == pytest.approx(np.mean(np.abs(np.diff(seasonal))))
+    assert mase_scale(np.full(50, 4.0), 24) == 4.0  # flat: its level
+    assert mase_scale(np.zeros(50), 24) == 1.0 and np.isnan(mase_scale(np.array([1.0]), 24))

@@ -117,12 +117,13 @@ def score_series(group: pd.DataFrame, config: Config) -> pd.DataFrame:
     m = seasonalities_for(config.freq)[0] if config.freq else 1
     ts_all = actual[C.TS].to_numpy(dtype="datetime64[us]")
     y_all = actual[C.Y].to_numpy(dtype=float)
-    scales = {c: naive_scale(y_all[ts_all <= np.datetime64(c, "us")], m) for c in rows["cutoff"].unique()}
+    scales = {c: mase_scale(y_all[ts_all <= np.datetime64(c, "us")], m) for c in rows["cutoff"].unique()}
     y, yhat = rows[C.Y].to_numpy(float), rows["yhat"].to_numpy(float)
     err = yhat - y
     scale = rows["cutoff"].map(scales).to_numpy(float)
     rows["mae"], rows["bias"], rows["scale"], rows["n"] = np.abs(err), err, scale, 1
-    rows["mase"] = _mase(np.abs(err), scale)
+    with np.errstate(invalid="ignore"):
+        rows["mase"] = np.abs(err) / scale
     for lv in levels:
         lo, hi = rows[f"yhat_lower_{lv}"].to_numpy(float), rows[f"yhat_upper_{lv}"].to_numpy(float)
         inside = ((y >= lo) & (y <= hi)).astype(float)
@@ -133,13 +134,19 @@ def score_series(group: pd.DataFrame, config: Config) -> pd.DataFrame:
     return rows[schema.names]
 
 
-def _mase(abs_err: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """``abs_err / scale`` with :func:`forecasting.metrics.mase`'s edge cases: a zero
-    scale gives 0 for an exact step and inf otherwise; an unknown scale gives nan."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out = abs_err / scale
-    out = np.where(scale == 0, np.where(abs_err == 0, 0.0, np.inf), out)
-    return np.where(np.isnan(scale), np.nan, out)
+def mase_scale(insample: np.ndarray, m: int) -> float:
+    """The MASE denominator of :func:`forecasting.metrics.mase` for this history: the
+    seasonal naive in-sample MAE at lag ``m``; when that is 0, the lag-1 naive MAE, then
+    the mean absolute value, then 1 (the metrics' fallback rule: a scale never divides
+    by zero); ``nan`` for fewer than 2 points."""
+    x = np.asarray(insample, dtype=float)
+    first = naive_scale(x, m)
+    if np.isnan(first):
+        return float("nan")
+    for value in (first, naive_scale(x, 1), float(np.mean(np.abs(x)))):
+        if np.isfinite(value) and value > 0.0:
+            return float(value)
+    return 1.0
 
 
 # -- the job -------------------------------------------------------------------------------
@@ -171,11 +178,14 @@ def batch_frame(lake: Lakehouse, config: Config, plan: BatchPlan, silver_version
     if plan.ends.empty or not lake.exists(GOLD_FORECASTS):
         return pd.DataFrame({C.SERIES_ID: pd.Series([], dtype=object), KIND: pd.Series([], dtype=object)})
     plan.since = plan.ends.min() - lookback(config, freq)
+    # an older table may lack columns (fit, a level's bounds): those are null here
+    held = {f.name for f in lake.table(GOLD_FORECASTS).schema().to_arrow()}
     fc = lake.read(
         GOLD_FORECASTS,
-        columns=fc_cols,
+        columns=[c for c in fc_cols if c in held],
         filters=[("cutoff", ">=", plan.since.to_pydatetime()), (C.SERIES_ID, "in", list(plan.ends.index))],
     )
+    fc = fc.reindex(columns=fc_cols)
     fc = fc[fc[C.TS] <= fc[C.SERIES_ID].map(plan.ends)]
     if fc.empty:
         return pd.DataFrame({C.SERIES_ID: pd.Series([], dtype=object), KIND: pd.Series([], dtype=object)})
