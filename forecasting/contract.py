@@ -286,3 +286,65 @@ GOLD_GATE = pa.schema(
         ("created_at", pa.timestamp("us", tz="UTC")),
     ]
 )
+
+
+def accuracy_schema(levels: Sequence[int]) -> pa.Schema:
+    """gold/accuracy (``mmf monitor``): one row per delivered forecast step whose actual
+    has arrived in silver/readings, keyed by (series, model_version, cutoff, lead).
+    ``created_at`` is the delivery's time (gold/forecasts.created_at) and
+    ``forecast_day`` its UTC date; ``lead`` the steps ahead of the cutoff (1..horizon);
+    ``n`` the actuals scored (1 per step); ``mae``, ``mase`` (the absolute error over
+    ``scale``, the series' in-sample seasonal naive MAE of its silver history up to the
+    cutoff), ``bias`` (``yhat - y``) and ``coverage_<lv>`` (1 inside the interval, else
+    0) of that step."""
+    fields = [
+        (SERIES_ID, pa.string()),
+        ("model_version", pa.string()),
+        ("run_id", pa.string()),
+        ("model", pa.string()),
+        ("fit", pa.string()),
+        ("cutoff", TS_TYPE),
+        ("created_at", pa.timestamp("us", tz="UTC")),
+        ("forecast_day", pa.date32()),
+        ("lead", pa.int64()),
+        (TS, TS_TYPE),
+        (Y, pa.float64()),
+        ("yhat", pa.float64()),
+        ("n", pa.int64()),
+        ("mae", pa.float64()),
+        ("mase", pa.float64()),
+        ("bias", pa.float64()),
+        ("scale", pa.float64()),
+    ]
+    fields += [(f"coverage_{lv}", pa.float64()) for lv in levels]
+    return pa.schema(fields + [(BUCKET, pa.int32())])
+
+
+def drift_schema(levels: Sequence[int]) -> pa.Schema:
+    """gold/drift (``mmf monitor``): per series and monitoring run (the silver/readings
+    version whose actuals were scored), its live accuracy over the last
+    ``monitoring.days`` days of scored steps (``window_start``..``window_end``: the
+    actuals' times; ``n`` steps; ``mae``, ``mase``, ``bias``, ``coverage_<lv>`` their
+    means), the backtest MASE of the model that forecast it (``run_id``, ``model``: its
+    training run's gold/backtest rows of the chosen model, mean over windows), ``ratio``
+    = live / backtest MASE and ``drifted`` = ``ratio > factor`` (``monitoring.factor``)."""
+    fields = [
+        (SERIES_ID, pa.string()),
+        ("silver_version", pa.int64()),
+        ("window_start", TS_TYPE),
+        ("window_end", TS_TYPE),
+        ("n", pa.int64()),
+        ("mae", pa.float64()),
+        ("mase", pa.float64()),
+        ("bias", pa.float64()),
+    ]
+    fields += [(f"coverage_{lv}", pa.float64()) for lv in levels]
+    fields += [
+        ("run_id", pa.string()),
+        ("model", pa.string()),
+        ("backtest_mase", pa.float64()),
+        ("ratio", pa.float64()),
+        ("factor", pa.float64()),
+        ("drifted", pa.bool_()),
+    ]
+    return pa.schema(fields + [(BUCKET, pa.int32())])

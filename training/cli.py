@@ -15,6 +15,7 @@ import atexit
 import contextlib
 import difflib
 import errno
+import json
 import logging
 import os
 import sys
@@ -40,6 +41,7 @@ from registry.aliases import champion_info
 from registry.connection import configure, telemetry_off_by_default
 from training.jobs.forecast import aggregate, forecast, missing_message
 from training.jobs.ingest import ingest
+from training.jobs.monitor import fleet, fleet_text, monitor
 from training.jobs.nightly import nightly
 from training.jobs.refine import refine
 from training.jobs.reproduce import reproduce as repro
@@ -514,6 +516,28 @@ def nightly_cmd(conf, engine, horizon, lock_timeout, source):
     if rep.failed:
         click.echo(f"run FAILED: {rep.failure}", err=True)
         sys.exit(1)
+
+
+@cli.command("monitor")
+@conf_option
+@engine_option
+@click.option(
+    "--score", is_flag=True, help="Score the forecasts against the new actuals first (as the nightly does)."
+)
+@click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="Worst series listed.")
+@click.option("--json", "as_json", is_flag=True, help="The fleet view as one JSON object.")
+@wait_option
+def monitor_cmd(conf, engine, score, top, as_json, lock_timeout):
+    """Live accuracy of the delivered forecasts: worst series, coverage vs nominal, drift counts."""
+    config = _config(conf, engine=engine)
+    lake = _lake(config)
+    if score:
+        with _writing(config, lock_timeout), _progress() as progress:
+            rep = monitor(lake, config, progress=progress)
+        if not as_json:
+            click.echo(f"monitor {rep.describe()}")
+    view = fleet(lake, config, top=top)
+    click.echo(json.dumps(view, default=str) if as_json else "\n".join(fleet_text(view)))
 
 
 @cli.command()

@@ -179,6 +179,18 @@ class Nightly(Section):
     )
 
 
+class Monitoring(Section):
+    """Live accuracy of the delivered forecasts (:mod:`training.jobs.monitor`)."""
+
+    enabled: bool = setting(
+        True,
+        "score earlier forecasts against the actuals that arrived (gold/accuracy)\n"
+        "and flag drift (gold/drift); the nightly runs it before training",
+    )
+    days: int = setting(7, "live error is measured over the last this many days of actuals", ge=1)
+    factor: Number = setting(1.5, "a series drifted when its live MASE > factor x its backtest MASE", gt=0)
+
+
 class Tune(Section):
     enabled: bool = setting(False)
     max_evals: int = setting(10, "evaluations per series and model (and per global model)", ge=1)
@@ -317,6 +329,7 @@ class Config(Section):
         Gate(), "challenger vs champion, both scored on the actuals after the champion's cutoff"
     )
     nightly: Nightly = setting(Nightly())
+    monitoring: Monitoring = setting(Monitoring(), "forecast monitoring against actuals (`mmf monitor`)")
     tune: Tune = setting(Tune(), "Hyperopt (TPE) search of hyper-parameters (`mmf train --tune`)")
     deep: Deep = setting(Deep(), "training of global_nn (the deep extra: pip install -e .[deep])")
     spark: SparkSettings = setting(SparkSettings())

@@ -30,6 +30,8 @@ SORT = {
     "gold/portfolio": ["level", "key", "day", "model_version"],
     "gold/gate": ["challenger_version", "series_id"],
     "gold/models": ["series_id", "silver_version"],
+    "gold/accuracy": ["series_id", "model_version", "cutoff", "lead"],
+    "gold/drift": ["series_id", "silver_version"],
 }
 KEYS = {  # no two rows may share these
     "silver/readings": ["series_id", "ts"],

@@ -1,4 +1,4 @@
-"""``mmf nightly``: ingest -> refine -> train -> forecast -> aggregate, restartable.
+"""``mmf nightly``: ingest -> refine -> monitor -> train -> forecast -> aggregate, restartable.
 
 Each step is skipped when its input Delta version has not changed since it last
 succeeded; what "succeeded" means is read from the tables themselves (Delta
@@ -17,6 +17,11 @@ step says why); the forecast, when gold/forecasts records the delivery of the cu
 silver version by the current champion, complete and from the champion's run
 (:mod:`training.jobs.forecast`).
 
+Monitoring (``monitoring.enabled``), after refine and before training, scores the earlier
+deliveries against the new actuals and flags drift (:mod:`training.jobs.monitor`, skipped
+when it already scored this silver version); the training run on this silver version
+records how many series drifted.
+
 A nightly ends with the next horizon of every clean series (silver/series), from the
 latest silver, whatever the gate decided: a kept champion is refitted on the new data,
 and series it does not hold are forecast by the newest version that holds them. A
@@ -34,6 +39,7 @@ from typing import Any, Callable
 from forecasting.config import Config
 from training.checkpoints import checkpoint
 from training.jobs import forecast as forecast_job
+from training.jobs import monitor as monitor_job
 from training.jobs import train as train_job
 from training.jobs.ingest import ingest
 from training.jobs.refine import refine
@@ -53,6 +59,7 @@ class NightlyReport:
     steps: dict[str, str] = field(default_factory=dict)  # step -> "done" | "skipped: why"
     ingest: Any = None
     refine: Any = None
+    monitor: Any = None  # training.jobs.monitor.MonitorReport (monitoring.enabled)
     train: Any = None
     forecast: Any = None
     failed: bool = False
@@ -108,7 +115,11 @@ def nightly(
             else f"done: bronze version {report.refine.bronze_version}"
         )
 
+        if config.monitoring.enabled:
+            _monitor_step(lake, config, report)
         _train_step(lake, config, report, progress)
+        if report.monitor is not None:
+            _record_drift(lake, config, report)
         tell("forecast", 0, 0)
         _forecast_step(lake, config, report, horizon)
     return report
@@ -138,6 +149,28 @@ def _train_step(lake: Lakehouse, config: Config, report: NightlyReport, progress
             f"{report.train.failed_share:.0%} of series failed > nightly.max_failed_share="
             f"{config.nightly.max_failed_share}",
         )
+
+
+def _monitor_step(lake: Lakehouse, config: Config, report: NightlyReport) -> None:
+    """Score the earlier deliveries; a failure is reported (the nightly exits non-zero)
+    but does not keep the night from training and forecasting."""
+    try:
+        report.monitor = monitor_job.monitor(lake, config)
+    except Exception as exc:  # noqa: BLE001 - monitoring must not stop the delivery
+        log.exception("monitoring failed")
+        why = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+        report.steps["monitor"] = f"failed: {why}"
+        _fail(report, f"monitoring failed: {why}")
+        return
+    report.steps["monitor"] = report.monitor.describe()
+
+
+def _record_drift(lake: Lakehouse, config: Config, report: NightlyReport) -> None:
+    """The MLflow run trained on this silver version records how many series had
+    drifted (:func:`training.jobs.monitor.record_on_run`; a rerun finds it recorded)."""
+    run_id = report.train.run_id if report.train is not None else train_job.last_trained_run(lake)
+    if run_id and monitor_job.record_on_run(config, run_id, report.monitor.drifted):
+        report.steps["monitor"] += f"; recorded on run {run_id}"
 
 
 def _forecast_step(lake: Lakehouse, config: Config, report: NightlyReport, horizon: int | None) -> None:

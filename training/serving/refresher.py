@@ -21,6 +21,7 @@ from forecasting.config import Config
 from training.serving import champion as champions
 from training.serving.errors import brief
 from training.serving.snapshot import (
+    DRIFT,
     FORECASTS,
     SELECTION,
     WATCHED,
@@ -109,8 +110,12 @@ class Refresher:
         if fv is None:
             forecasts = None
             problems.append(f"{FORECASTS} does not exist yet: run `mmf forecast`")
-        elif forecasts is None or (forecasts.table_version, forecasts.wanted) != (fv, wanted):
-            forecasts = build_forecasts(self.lake, fv, wanted)
+        elif forecasts is None or (forecasts.table_version, forecasts.wanted, forecasts.drift_version) != (
+            fv,
+            wanted,
+            versions[DRIFT],
+        ):
+            forecasts = build_forecasts(self.lake, fv, wanted, versions[DRIFT])
 
         selection = prev.selection
         sv = versions[SELECTION]

@@ -90,8 +90,32 @@ class Columns:
 
 
 # -- forecasts and predictions -----------------------------------------------------------
-def forecast_bodies(table: pa.Table, table_version: int) -> dict[str, bytes]:
-    """gold/forecasts rows (one forecast per series) -> one validated JSON body per series."""
+def accuracy_items(table: pa.Table) -> dict[str, dict[str, Any]]:
+    """gold/drift rows (one monitoring run) -> the ``accuracy`` item of each series."""
+    levels = sorted(int(c.rsplit("_", 1)[1]) for c in table.column_names if c.startswith("coverage_"))
+    out: dict[str, dict[str, Any]] = {}
+    for row in table.to_pandas().to_dict("records"):
+        item = S.LiveAccuracy(
+            silver_version=int(row["silver_version"]),
+            window_start=utc_iso([row["window_start"]])[0],
+            window_end=utc_iso([row["window_end"]])[0],
+            n=int(row["n"]),
+            mae=none_if_nan(row["mae"]),
+            mase=none_if_nan(row["mase"]),
+            bias=none_if_nan(row["bias"]),
+            coverage={str(lv): none_if_nan(row[f"coverage_{lv}"]) for lv in levels},
+            backtest_mase=none_if_nan(row["backtest_mase"]),
+            drifted=bool(row["drifted"]),
+        )
+        out[str(row[C.SERIES_ID])] = item.model_dump()
+    return out
+
+
+def forecast_bodies(
+    table: pa.Table, table_version: int, accuracy: dict[str, dict[str, Any]] | None = None
+) -> dict[str, bytes]:
+    """gold/forecasts rows (one forecast per series) -> one validated JSON body per series
+    (with the series' ``accuracy`` item, :func:`accuracy_items`, when it has one)."""
     if table.num_rows == 0:
         return {}
     table = table.sort_by([(C.SERIES_ID, "ascending"), (C.TS, "ascending")])
@@ -112,6 +136,7 @@ def forecast_bodies(table: pa.Table, table_version: int) -> dict[str, bytes]:
                 "table_version": table_version,
                 "levels": cols.levels,
                 "points": cols.points(s, e),
+                "accuracy": (accuracy or {}).get(sid),
             }
         )
         out[sid] = body.model_dump_json().encode()

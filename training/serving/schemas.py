@@ -120,6 +120,26 @@ class Point(_Out):
     upper: dict[str, Metric] = Field(description="upper bound per interval level")
 
 
+class LiveAccuracy(_Out):
+    """The series' latest live accuracy (gold/drift, ``mmf monitor``): its delivered
+    forecasts scored against the actuals of the last ``monitoring.days`` days."""
+
+    silver_version: int = Field(description="the silver/readings version whose actuals were scored")
+    window_start: UtcTime | None = Field(None, description="first actual scored")
+    window_end: UtcTime | None = Field(None, description="last actual scored")
+    n: int = Field(description="forecast steps scored")
+    mae: Metric
+    mase: Metric = Field(
+        description="scaled by the in-sample seasonal naive MAE up to each forecast's cutoff"
+    )
+    bias: Metric = Field(description="mean of yhat - y: positive means over-forecasting")
+    coverage: dict[str, Metric] = Field(
+        description='share of actuals inside each interval level (`"80"`, `"95"`)'
+    )
+    backtest_mase: Metric = Field(description="the forecasting model's backtest MASE")
+    drifted: bool = Field(description="live MASE above monitoring.factor x backtest MASE")
+
+
 class Forecast(_Out):
     series_id: str
     model: str | None = Field(None, description="the model that produced the forecast")
@@ -130,6 +150,10 @@ class Forecast(_Out):
     table_version: int = Field(description="gold/forecasts Delta version read")
     levels: list[int]
     points: list[Point]
+    accuracy: LiveAccuracy | None = Field(
+        None,
+        description="live accuracy of the series' delivered forecasts (null until `mmf monitor` scored some)",
+    )
 
 
 class HistoryPoint(_Out):

@@ -16,9 +16,16 @@ import pyarrow.compute as pc
 from forecasting import contract as C
 from training.serving.champion import Champion
 from training.serving.listing import SeriesListing
-from training.serving.render import forecast_bodies, latest_write, newest_per_series, selection_rows
+from training.serving.render import (
+    accuracy_items,
+    forecast_bodies,
+    latest_write,
+    newest_per_series,
+    selection_rows,
+)
 from training.tables import (
     GOLD_BACKTEST,
+    GOLD_DRIFT,
     GOLD_FORECASTS,
     GOLD_PORTFOLIO,
     GOLD_SELECTION,
@@ -35,7 +42,8 @@ FORECASTS, SELECTION, BACKTEST, PORTFOLIO, READINGS = (
     GOLD_PORTFOLIO,
     SILVER_READINGS,
 )
-WATCHED = (FORECASTS, SELECTION, BACKTEST, PORTFOLIO, READINGS)
+DRIFT = GOLD_DRIFT
+WATCHED = (FORECASTS, SELECTION, BACKTEST, PORTFOLIO, READINGS, DRIFT)
 _SELECTION_COLUMNS = [C.SERIES_ID, "status", "reason", "model", "metric", "metric_value"]
 
 
@@ -46,6 +54,7 @@ class ForecastIndex:
     model_version: str | None  # the version the rows come from (wanted, or the latest written)
     bodies: Mapping[str, bytes]
     newest_cutoff: dt.datetime | None = None  # UTC: the latest training end the rows start after
+    drift_version: int | None = None  # the gold/drift version the bodies' live accuracy comes from
 
 
 @dataclass(frozen=True)
@@ -65,9 +74,12 @@ class Snapshot:
     problem: str | None = "starting: the first refresh has not finished"
 
 
-def build_forecasts(lake: Lakehouse, table_version: int, wanted: str | None) -> ForecastIndex:
+def build_forecasts(
+    lake: Lakehouse, table_version: int, wanted: str | None, drift_version: int | None = None
+) -> ForecastIndex:
     """The gold/forecasts rows of champion version ``wanted`` at ``table_version``, rendered;
-    the most recent forecast written while the champion has not been forecast yet."""
+    the most recent forecast written while the champion has not been forecast yet. Each
+    body carries the series' latest live accuracy (gold/drift at ``drift_version``)."""
     started = time.perf_counter()
     rows = (
         newest_per_series(
@@ -82,7 +94,7 @@ def build_forecasts(lake: Lakehouse, table_version: int, wanted: str | None) -> 
     newest = pc.max(rows["cutoff"]).as_py() if rows.num_rows else None
     if newest is not None and newest.tzinfo is None:
         newest = newest.replace(tzinfo=dt.timezone.utc)  # Gold timestamps are naive UTC
-    bodies = forecast_bodies(rows, table_version)
+    bodies = forecast_bodies(rows, table_version, live_accuracy(lake, drift_version))
     log.info(
         "cached %d forecasts of model version %s (gold/forecasts version %d) in %.2fs",
         len(bodies),
@@ -90,7 +102,18 @@ def build_forecasts(lake: Lakehouse, table_version: int, wanted: str | None) -> 
         table_version,
         time.perf_counter() - started,
     )
-    return ForecastIndex(table_version, wanted, model_version, bodies, newest)
+    return ForecastIndex(table_version, wanted, model_version, bodies, newest, drift_version)
+
+
+def live_accuracy(lake: Lakehouse, drift_version: int | None) -> dict[str, dict]:
+    """Each series' row of the latest monitoring run in gold/drift, as ``accuracy`` items."""
+    if drift_version is None:
+        return {}
+    latest = lake.arrow(DRIFT, version=drift_version, columns=["silver_version"])
+    if latest.num_rows == 0:
+        return {}
+    newest = pc.max(latest["silver_version"]).as_py()
+    return accuracy_items(lake.arrow(DRIFT, version=drift_version, filters=[("silver_version", "=", newest)]))
 
 
 def build_selection(lake: Lakehouse, table_version: int, run_id: str) -> SelectionIndex:

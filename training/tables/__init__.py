@@ -14,7 +14,9 @@ Nothing here imports the engines, the jobs, MLflow or serving.
 
 from training.tables.lakehouse import (
     BRONZE_READINGS,
+    GOLD_ACCURACY,
     GOLD_BACKTEST,
+    GOLD_DRIFT,
     GOLD_FORECASTS,
     GOLD_GATE,
     GOLD_MODELS,
@@ -36,7 +38,9 @@ from training.tables.lock import LockedError, lakehouse_lock
 
 __all__ = [
     "BRONZE_READINGS",
+    "GOLD_ACCURACY",
     "GOLD_BACKTEST",
+    "GOLD_DRIFT",
     "GOLD_FORECASTS",
     "GOLD_GATE",
     "GOLD_MODELS",

@@ -44,6 +44,8 @@ GOLD_PORTFOLIO = "gold/portfolio"
 GOLD_SCORES = "gold/scores"
 GOLD_GATE = "gold/gate"
 GOLD_MODELS = "gold/models"
+GOLD_ACCURACY = "gold/accuracy"
+GOLD_DRIFT = "gold/drift"
 TABLE_NAMES = (
     BRONZE_READINGS,
     SILVER_READINGS,
@@ -56,6 +58,8 @@ TABLE_NAMES = (
     GOLD_SCORES,
     GOLD_GATE,
     GOLD_MODELS,
+    GOLD_ACCURACY,
+    GOLD_DRIFT,
 )
 
 # Tables whose contract gained columns since a lakehouse may have been created: written
@@ -115,6 +119,8 @@ def table_schema(name: str, levels: Sequence[int] = (80, 95)) -> pa.Schema:
         GOLD_SCORES: C.scores_schema(levels),
         GOLD_GATE: C.GOLD_GATE,
         GOLD_MODELS: C.GOLD_MODELS,
+        GOLD_ACCURACY: C.accuracy_schema(levels),
+        GOLD_DRIFT: C.drift_schema(levels),
     }[canonical(name)]
 
 

@@ -295,10 +295,18 @@ async function selectSeries(id) {
   $("model-version").textContent = forecast ? forecast.model_version : "–";
   $("series-status").textContent = (backtest && backtest.status) || "–";
   $("cutoff").textContent = forecast && forecast.cutoff ? utcLabel(Date.parse(forecast.cutoff)) : "–";
+  $("live-accuracy").textContent = liveAccuracy(forecast && forecast.accuracy);
   state.shown = { id, history: historyRows, forecast };
   $("export-series").disabled = false;
   redraw();
   renderBacktest(backtest);
+}
+
+function liveAccuracy(a) {
+  if (!a) return "–";
+  const cov = Object.entries(a.coverage || {}).map(([lv, c]) => `${lv}%: ${c == null ? "–" : Math.round(100 * c) + "%"}`);
+  return `MASE ${fmt(a.mase)} (backtest ${fmt(a.backtest_mase)}${a.drifted ? ", drifted" : ""}) · MAE ${fmt(a.mae)} · ` +
+    `coverage ${cov.join(", ")} · ${a.n} steps`;
 }
 
 function shownHistory() {
