@@ -20,7 +20,7 @@ from forecasting import contract as C  # noqa: E402
 from forecasting.config import load_config  # noqa: E402
 from forecasting.errors import MMFError  # noqa: E402
 from forecasting.generator import generate  # noqa: E402
-from tests.reliability.faults import Faults  # noqa: E402
+from tests.reliability.faults import Faults, InjectedError  # noqa: E402
 from training.cli import cli  # noqa: E402
 from training.engines import spark as spark_engine  # noqa: E402
 from training.jobs import forecast as forecast_job  # noqa: E402
@@ -399,3 +399,37 @@ def test_refine_on_spark_keeps_rows_off_the_driver(refined):
                 assert c["operationMetrics"]["num_added_rows"] == 0, (name, c)
     readings = lakes["spark"].history("silver/readings")
     assert all(str(c.get("engineInfo", "")).startswith("Apache-Spark") for c in readings)
+
+
+def test_refine_stopped_on_spark_resumes_from_its_commits(refined, tmp_path, spark, checkpoint_hook):
+    """A Spark refine stopped half-way (after batch 2's silver/quarantine commit) is
+    finished by the local engine from the commits Spark made: their metadata is the
+    local engine's, so each table does only its missing batches and silver ends equal."""
+    lakes, _, _ = refined
+    lake = Lakehouse(str(tmp_path / "lake"))
+    ingest(lake, _refine_sources(tmp_path / "source"), batch_rows=1000)
+    cfg = load_config(lakehouse=lake.root, batch_rows=1000, workers=1, **{"cleaning.min_length": 96})
+    seen = []
+
+    def stop(name: str, **info) -> None:
+        if name == "mid_refine":
+            seen.append(info)
+            if len(seen) == 2:
+                raise InjectedError(f"stopped at mid_refine {info}")
+
+    checkpoint_hook(stop)
+    with pytest.raises(InjectedError):
+        refine(lake, cfg.replace(engine="spark"))
+    checkpoint_hook(None)
+    assert [len(lake.history(t)) for t in ("silver/quarantine", "silver/series", "silver/readings")] == [
+        2,
+        1,
+        1,
+    ]
+    refine(lake, cfg)
+    n = len(lake.batches("bronze/readings", 1, 1000))
+    for name, frame in _silver(lakes["local"]).items():
+        pd.testing.assert_frame_equal(_silver(lake)[name], frame, obj=name)
+        assert len(lake.history(name)) == n, name
+    engines = [str(c.get("engineInfo", ""))[:6] for c in lake.history("silver/readings")]
+    assert engines == ["delta-"] * (n - 1) + ["Apache"]  # batch 0 by Spark, the rest by deltalake

@@ -26,6 +26,13 @@ unchanged bronze writes nothing. A refine killed half-way reads each table's don
 batches back from its latest commits and does only the rest (a plan that differs,
 another ``batch_rows`` or frequency, starts the rebuild over); until it is finished,
 :func:`refine_in_progress` tells readers that silver/readings is incomplete.
+
+With the Spark engine no bronze or silver row passes through the driver
+(:mod:`training.engines.spark_refine`): the frequency pass runs on the executors (one
+row per series comes back), and each batch is read from Delta, cleaned per series by
+:func:`refine_group` (which also does what the local loader does over the batch: read
+order, attributes) and written to the three silver tables by them, with the same
+commits and commit metadata, so either engine resumes the other's rebuild.
 """
 
 from __future__ import annotations
@@ -186,12 +193,11 @@ def unfinished_rebuild(lake: Lakehouse, name: str) -> list[dict[str, Any]]:
     many commits of the history are read as the newest one says the rebuild has."""
     if not lake.exists(name):
         return []
-    table = lake.table(name)
-    newest = table.history(limit=1)
+    newest = lake.history(name, limit=1)  # with a delta-spark commit's metadata too
     batch = _batch_of(newest[0]) if newest else None
     if batch is None or not 0 < batch[3] < batch[1]:
         return []
-    commits = table.history(limit=batch[3])
+    commits = lake.history(name, limit=batch[3])
     found = [_batch_of(c) for c in commits]
     same = {(b[0], b[1], c.get(FREQ_KEY)) if b else None for b, c in zip(found, commits)}
     if (
@@ -219,7 +225,7 @@ def refine_in_progress(lake: Lakehouse) -> str | None:
     a rebuild not finished (a refine was stopped half-way); None when it can."""
     if not lake.exists(SILVER_READINGS):
         return None
-    newest = lake.table(SILVER_READINGS).history(limit=1)
+    newest = lake.history(SILVER_READINGS, limit=1)
     batch = _batch_of(newest[0]) if newest else None
     if batch is None or batch[3] >= batch[1]:
         return None
