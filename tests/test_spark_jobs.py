@@ -20,7 +20,7 @@ from forecasting import contract as C  # noqa: E402
 from forecasting.config import load_config  # noqa: E402
 from forecasting.errors import MMFError  # noqa: E402
 from forecasting.generator import generate  # noqa: E402
-from tests.reliability.faults import Faults  # noqa: E402
+from tests.reliability.faults import Faults, InjectedError  # noqa: E402
 from training.cli import cli  # noqa: E402
 from training.engines import spark as spark_engine  # noqa: E402
 from training.jobs import forecast as forecast_job  # noqa: E402
@@ -268,3 +268,168 @@ def test_train_on_spark_writes_gold_from_the_executors(tmp_path, spark, monkeypa
         assert {c["mmf.batches"] for c in remote.values()} == {c["mmf.batches"] for c in local.values()}
         assert all("userMetadata" in c for c in remote.values()), f"{name}: not committed by delta-spark"
         assert not any("userMetadata" in c for c in local.values())
+
+
+# -- refine on Spark: bronze and silver rows never pass through the driver ------------------
+
+SILVER_KEYS = {
+    "silver/readings": [C.SERIES_ID, C.TS],
+    "silver/series": [C.SERIES_ID],
+    "silver/quarantine": [C.SERIES_ID],
+}
+
+
+def _refine_sources(folder) -> str:
+    """Two files ingested in one call (one ingestion time, two bronze commits): hourly
+    meters, 30% of them faulty (quarantined), two half-hourly ones (quarantined
+    ``mixed_frequency``), attributes that go missing or change over a series, and a
+    reading of the first file contradicted by the second (a tie of ingestion time: the
+    read order decides)."""
+    data = generate(n_series=12, days=10, seed=12, fault_share=0.3)
+    raw = data.readings.astype({"site": object, "region": object})
+    good = sorted(set(raw[C.SERIES_ID]) - set(data.faults[C.SERIES_ID]))
+    late = raw[C.TS] >= raw[C.TS].min() + pd.Timedelta("5D")
+    raw.loc[(raw[C.SERIES_ID] == good[0]) & late, "site"] = None  # the last known site stays
+    raw.loc[(raw[C.SERIES_ID] == good[1]) & late, "region"] = "moved"  # the last one wins
+    half = [
+        pd.DataFrame(
+            {C.SERIES_ID: f"HH{i}", C.TS: pd.date_range("2024-01-01", periods=96, freq="30min"), C.Y: 1.0 + i}
+        )
+        for i in range(2)
+    ]
+    half[0][C.Y] += np.arange(96) % 7
+    half[1][C.Y] += np.arange(96) % 5
+    folder.mkdir()
+    pd.concat([raw, *half], ignore_index=True).to_parquet(folder / "part0.parquet", index=False)
+    again = raw[raw[C.SERIES_ID] == good[2]].head(5).assign(**{C.Y: lambda d: d[C.Y] + 10.0})
+    again.to_parquet(folder / "part1.parquet", index=False)
+    return str(folder)
+
+
+def _silver(lake: Lakehouse) -> dict[str, pd.DataFrame]:
+    return {t: lake.read(t).sort_values(by, ignore_index=True) for t, by in SILVER_KEYS.items()}
+
+
+@pytest.fixture(scope="module")
+def refined(tmp_path_factory, spark):
+    """The same bronze refined by the local engine and by Spark (tiny batches), what the
+    driver of the Spark refine read of bronze, wrote through deltalake and collected."""
+    tmp = tmp_path_factory.mktemp("refine")
+    source = _refine_sources(tmp / "source")
+    cfg = load_config(lakehouse=str(tmp / "local"), batch_rows=1000, workers=1, **{"cleaning.min_length": 96})
+    lakes = {}
+    for engine in ("local", "spark"):
+        lakes[engine] = Lakehouse(str(tmp / engine))
+        ingest(lakes[engine], source, batch_rows=1000)
+    reports = {"local": refine(lakes["local"], cfg)}
+    seen = {"bronze_reads": [], "written": [], "collected": []}
+    read, write, collect = Lakehouse.read_buckets, Lakehouse.write, spark_engine.to_pandas
+
+    def read_buckets(self, name, *args, **kwargs):
+        seen["bronze_reads"].append(name)
+        return read(self, name, *args, **kwargs)
+
+    def written(self, name, df, *args, **kwargs):
+        seen["written"].append((name, df.num_rows if hasattr(df, "num_rows") else len(df)))
+        return write(self, name, df, *args, **kwargs)
+
+    # the row counts of the report and of later jobs' batch plans come from the Delta
+    # log's file statistics, which delta-spark collects by default (the test session
+    # turns that off)
+    stats = "spark.databricks.delta.stats.collect"
+    spark.conf.set(stats, "true")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Lakehouse, "read_buckets", read_buckets)
+        mp.setattr(Lakehouse, "write", written)
+        mp.setattr(
+            spark_engine,
+            "to_pandas",
+            lambda df, schema: seen["collected"].append(schema) or collect(df, schema),
+        )
+        try:
+            reports["spark"] = refine(
+                lakes["spark"], cfg.replace(lakehouse=str(tmp / "spark"), engine="spark")
+            )
+        finally:
+            spark.conf.set(stats, "false")
+    return lakes, reports, seen
+
+
+def test_refine_on_spark_equals_local(refined):
+    """``refine --engine spark`` over several batches: the silver tables equal the local
+    engine's, quarantine (faults and a mix of frequencies) and attributes included, and
+    each batch is one commit per table with the same commit metadata."""
+    lakes, reports, _ = refined
+    local, remote = _silver(lakes["local"]), _silver(lakes["spark"])
+    for name in SILVER_KEYS:
+        pd.testing.assert_frame_equal(remote[name], local[name], obj=name)
+    quarantine = local["silver/quarantine"]
+    assert (quarantine["reason"] == "mixed_frequency").sum() == 2 and len(quarantine) > 2
+    series = local["silver/series"].set_index(C.SERIES_ID)
+    assert "moved" in set(series["region"]) and series["site"].notna().all()
+    assert (reports["spark"].n_series, reports["spark"].n_rows, reports["spark"].quarantined) == (
+        reports["local"].n_series,
+        reports["local"].n_rows,
+        reports["local"].quarantined,
+    )
+    n = len(lakes["local"].batches("bronze/readings", 1, 1000))
+    assert n >= 3
+    keys = ("mmf.bronze_version", "mmf.freq", "mmf.batch", "mmf.batches", "mmf.done")
+    for name in SILVER_KEYS:
+        meta = {e: [tuple(c.get(k) for k in keys) for c in lakes[e].history(name)] for e in lakes}
+        assert meta["spark"] == meta["local"] and len(meta["local"]) == n, name
+        assert lakes["spark"].txn_version(name, "mmf-refine") == 1
+    assert refine(lakes["spark"], load_config(lakehouse=lakes["spark"].root, engine="spark")).skipped
+
+
+def test_refine_on_spark_keeps_rows_off_the_driver(refined):
+    """The Spark refine's driver neither reads bronze (the frequency pass and the batches
+    are read by the executors), nor collects results, nor writes a silver row itself: the
+    commits holding rows are delta-spark's; deltalake only makes the empty commits of a
+    batch without rows for a table (delta-spark commits nothing for an empty append)."""
+    lakes, _, seen = refined
+    assert seen["bronze_reads"] == [] and seen["collected"] == []
+    assert seen["written"] and all(rows == 0 for _, rows in seen["written"]), seen["written"]
+    for name in SILVER_KEYS:
+        commits = lakes["spark"].history(name)
+        by_spark = [c for c in commits if str(c.get("engineInfo", "")).startswith("Apache-Spark")]
+        assert by_spark, f"{name}: no commit by Spark"
+        for c in commits:
+            if c not in by_spark:
+                assert c["operationMetrics"]["num_added_rows"] == 0, (name, c)
+    readings = lakes["spark"].history("silver/readings")
+    assert all(str(c.get("engineInfo", "")).startswith("Apache-Spark") for c in readings)
+
+
+def test_refine_stopped_on_spark_resumes_from_its_commits(refined, tmp_path, spark, checkpoint_hook):
+    """A Spark refine stopped half-way (after batch 2's silver/quarantine commit) is
+    finished by the local engine from the commits Spark made: their metadata is the
+    local engine's, so each table does only its missing batches and silver ends equal."""
+    lakes, _, _ = refined
+    lake = Lakehouse(str(tmp_path / "lake"))
+    ingest(lake, _refine_sources(tmp_path / "source"), batch_rows=1000)
+    cfg = load_config(lakehouse=lake.root, batch_rows=1000, workers=1, **{"cleaning.min_length": 96})
+    seen = []
+
+    def stop(name: str, **info) -> None:
+        if name == "mid_refine":
+            seen.append(info)
+            if len(seen) == 2:
+                raise InjectedError(f"stopped at mid_refine {info}")
+
+    checkpoint_hook(stop)
+    with pytest.raises(InjectedError):
+        refine(lake, cfg.replace(engine="spark"))
+    checkpoint_hook(None)
+    assert [len(lake.history(t)) for t in ("silver/quarantine", "silver/series", "silver/readings")] == [
+        2,
+        1,
+        1,
+    ]
+    refine(lake, cfg)
+    n = len(lake.batches("bronze/readings", 1, 1000))
+    for name, frame in _silver(lakes["local"]).items():
+        pd.testing.assert_frame_equal(_silver(lake)[name], frame, obj=name)
+        assert len(lake.history(name)) == n, name
+    engines = [str(c.get("engineInfo", ""))[:6] for c in lake.history("silver/readings")]
+    assert engines == ["delta-"] * (n - 1) + ["Apache"]  # batch 0 by Spark, the rest by deltalake

@@ -37,6 +37,7 @@ LAYERS = {
 # modules that may be imported inside a function.
 OPTIONAL = (
     "training.engines.spark",
+    "training.engines.spark_refine",
     "training.tables.spark",
     "training.tables.spark_session",
     "training.serving",

@@ -26,6 +26,13 @@ unchanged bronze writes nothing. A refine killed half-way reads each table's don
 batches back from its latest commits and does only the rest (a plan that differs,
 another ``batch_rows`` or frequency, starts the rebuild over); until it is finished,
 :func:`refine_in_progress` tells readers that silver/readings is incomplete.
+
+With the Spark engine no bronze or silver row passes through the driver
+(:mod:`training.engines.spark_refine`): the frequency pass runs on the executors (one
+row per series comes back), and each batch is read from Delta, cleaned per series by
+:func:`refine_group` (which also does what the local loader does over the batch: read
+order, attributes) and written to the three silver tables by them, with the same
+commits and commit metadata, so either engine resumes the other's rebuild.
 """
 
 from __future__ import annotations
@@ -33,10 +40,12 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from functools import partial
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from forecasting import contract as C
@@ -46,6 +55,7 @@ from forecasting.errors import TableError
 from forecasting.frequency import alias, infer_freq, modal_step, step_of
 from training.checkpoints import checkpoint
 from training.engines import get_engine
+from training.engines.base import GroupJob
 from training.tables import BRONZE_READINGS, SILVER_QUARANTINE, SILVER_READINGS, SILVER_SERIES, Lakehouse
 
 log = logging.getLogger(__name__)
@@ -60,6 +70,11 @@ BATCH_KEY, BATCHES_KEY, DONE_KEY = "mmf.batch", "mmf.batches", "mmf.done"
 # cleaning orders duplicates by ingestion time.
 KEEP = [c for c in C.BRONZE_READINGS.names if c not in set(C.LINEAGE.names) - {"_ingested_at"}]
 Range = tuple[int, int]
+# A batch's silver rows of all three tables in one frame (the Spark engine's): every
+# column of silver/readings, silver/series and silver/quarantine but the bucket (the
+# table layer adds it), and ``kind``, the table of the row.
+_FIELDS = {f.name: f for t in (C.SILVER_READINGS, C.SILVER_SERIES, C.SILVER_QUARANTINE) for f in t}
+SILVER_ROWS = pa.schema([*(f for n, f in _FIELDS.items() if n != C.BUCKET), ("kind", pa.string())])
 
 
 @dataclass
@@ -85,6 +100,16 @@ def series_steps(lake: Lakehouse, version: int, plan: list[Range]) -> Steps:
         out.first.update(by["_ingested_at"].min().to_dict())
         out.sizes.append(by.ngroups)
     return out
+
+
+def _series_steps(lake: Lakehouse, config: Config, version: int, plan: list[Range]) -> Steps:
+    """The frequency pass on the engine's side: on Spark by the executors (only a row per
+    series comes back), else :func:`series_steps` here."""
+    if config.engine != "spark":
+        return series_steps(lake, version, plan)
+    from training.engines import spark_refine  # the optional pyspark
+
+    return Steps(*spark_refine.series_steps(get_engine(config), lake, version, plan))
 
 
 def _silver_steps(lake: Lakehouse, version: int | None) -> set[pd.Timedelta]:
@@ -168,12 +193,11 @@ def unfinished_rebuild(lake: Lakehouse, name: str) -> list[dict[str, Any]]:
     many commits of the history are read as the newest one says the rebuild has."""
     if not lake.exists(name):
         return []
-    table = lake.table(name)
-    newest = table.history(limit=1)
+    newest = lake.history(name, limit=1)  # with a delta-spark commit's metadata too
     batch = _batch_of(newest[0]) if newest else None
     if batch is None or not 0 < batch[3] < batch[1]:
         return []
-    commits = table.history(limit=batch[3])
+    commits = lake.history(name, limit=batch[3])
     found = [_batch_of(c) for c in commits]
     same = {(b[0], b[1], c.get(FREQ_KEY)) if b else None for b, c in zip(found, commits)}
     if (
@@ -201,7 +225,7 @@ def refine_in_progress(lake: Lakehouse) -> str | None:
     a rebuild not finished (a refine was stopped half-way); None when it can."""
     if not lake.exists(SILVER_READINGS):
         return None
-    newest = lake.table(SILVER_READINGS).history(limit=1)
+    newest = lake.history(SILVER_READINGS, limit=1)
     batch = _batch_of(newest[0]) if newest else None
     if batch is None or batch[3] >= batch[1]:
         return None
@@ -236,7 +260,7 @@ def refine(
     plan = lake.batches(BRONZE_READINGS, version, config.batch_rows)
     n = len(plan)
     unfinished = {t: [] if current[t] else unfinished_rebuild(lake, t) for t in SILVER}
-    steps = None if config.freq else series_steps(lake, version, plan)
+    steps = None if config.freq else _series_steps(lake, config, version, plan)
     if steps is None:
         freq, mixed = str(config.freq), {}
     else:  # silver's frequency is the one it had before a rebuild left unfinished
@@ -275,6 +299,8 @@ class _Rebuild:
         # the series to clean, when the frequency pass counted them
         total = sum(steps.sizes[i] - len(self.mixed_in.get(i, ())) for i in todo) if steps else 0
         tell = (lambda d, t: progress("refine", d, t)) if progress else None
+        if self.config.engine == "spark":
+            return self._run_spark(todo, total, tell)
         results = get_engine(self.config).map_batches(
             ((i, self._loader(i)) for i in todo),
             C.SERIES_ID,
@@ -286,12 +312,43 @@ class _Rebuild:
             total=total,
         )
         for i, out in results:
-            rows = [
-                quarantine_row(sid, "mixed_frequency", self.mixed[sid]) for sid in self.mixed_in.get(i, ())
-            ]
+            rows = self._mixed_rows(i)
             if rows:
                 out = pd.concat([out, *rows], ignore_index=True)
-            self._commit(i, silver_frames(out, self.attrs.pop(i), self.version, str(self.config.freq)))
+            frames = dict(
+                zip(SILVER, silver_frames(out, self.attrs.pop(i), self.version, str(self.config.freq)))
+            )
+            self._commit(i, partial(_write_frame, self.lake, frames))
+
+    def _run_spark(self, todo: list[int], total: int, tell: Callable[[int, int], None] | None) -> None:
+        """The batches on Spark: each read from bronze, cleaned and written to silver by
+        the executors (:mod:`training.engines.spark_refine`), committed as the local
+        engine's are; the driver gets counts."""
+        from training.engines import spark_refine  # the optional pyspark
+
+        engine, freq, done = get_engine(self.config), str(self.config.freq), 0
+        fn = partial(refine_group, version=self.version, order=spark_refine.ORDER)
+        on_error = partial(refine_error, version=self.version, freq=freq)
+        for i in todo:
+            job = GroupJob(C.SERIES_ID, fn, SILVER_ROWS, self.config, on_error, tell).after(done, total)
+            mixed = self._mixed_rows(i)
+            rows = (
+                [silver_rows(silver_frames(pd.concat(mixed), _no_attrs(), self.version, freq))]
+                if mixed
+                else []
+            )
+            exclude = self.mixed_in.get(i, [])
+            with spark_refine.clean_batch(
+                engine, self.lake, self.version, self.plan[i], job, KEEP, exclude, rows
+            ) as b:
+                self._commit(i, b.write)
+                done += b.groups
+            if tell:
+                tell(done, max(total, done))
+
+    def _mixed_rows(self, i: int) -> list[pd.DataFrame]:
+        """The quarantine rows of batch ``i``'s series of another frequency."""
+        return [quarantine_row(sid, "mixed_frequency", self.mixed[sid]) for sid in self.mixed_in.get(i, ())]
 
     def _loader(self, i: int) -> Callable[[], pd.DataFrame]:
         def load() -> pd.DataFrame:
@@ -304,18 +361,19 @@ class _Rebuild:
 
         return load
 
-    def _commit(self, i: int, frames: tuple[pd.DataFrame, ...]) -> None:
-        """Batch ``i``'s rows to each silver table that lacks them: the rebuild's first
+    def _commit(self, i: int, write: Callable[..., int]) -> None:
+        """Batch ``i``'s rows to each silver table that lacks them (``write(name,
+        **how)`` commits the batch's rows of table ``name`` once, with the
+        :meth:`~training.tables.Lakehouse.write` keywords ``how``): the rebuild's first
         commit to a table replaces it, its last one records the bronze version."""
         n = len(self.plan)
-        for name, frame in zip(SILVER, frames):
+        for name in SILVER:
             done = self.done[name]
             if i in done:
                 continue
             last = len(done) + 1 == n
-            self.lake.write(
+            write(
                 name,
-                frame,
                 mode="append" if done else "overwrite",
                 app_id=APP_ID if last else None,
                 app_version=self.version if last else None,
@@ -330,6 +388,48 @@ class _Rebuild:
             done.add(i)
             if name == SILVER[0]:
                 checkpoint("mid_refine", batch=i)
+
+
+def _write_frame(lake: Lakehouse, frames: dict[str, pd.DataFrame], name: str, **how: Any) -> int:
+    """Table ``name``'s rows of ``frames`` committed through the lakehouse."""
+    return lake.write(name, frames[name], **how)
+
+
+def _no_attrs() -> pd.DataFrame:
+    """No series attributes (a frame of :func:`silver_frames`'s ``attrs`` without rows)."""
+    return pd.DataFrame(columns=list(C.ATTRIBUTES), index=pd.Index([], name=C.SERIES_ID), dtype=object)
+
+
+def refine_group(pdf: pd.DataFrame, config: Any, version: int, order: Sequence[str]) -> pd.DataFrame:
+    """One series' bronze rows -> its rows of the three silver tables
+    (:data:`SILVER_ROWS`), what the local path makes of it in its batch: its rows put in
+    the batch's read order (the ``order`` columns) and numbered ``_row`` as the local
+    loader does, its attributes the last non-null ones, then
+    :func:`~forecasting.cleaning.clean_series` and :func:`silver_frames`. Pure: the
+    Spark engine runs it per series on the executors."""
+    pdf = pdf.sort_values(list(order), kind="stable").drop(columns=list(order)).reset_index(drop=True)
+    pdf["_row"] = np.arange(len(pdf))
+    attrs = pdf.groupby(C.SERIES_ID)[list(C.ATTRIBUTES)].last()
+    return silver_rows(silver_frames(clean_series(pdf, config), attrs, version, str(config.freq)))
+
+
+def refine_error(series_id: str, why: str, version: int, freq: str) -> pd.DataFrame:
+    """:func:`engine_error`'s quarantine row as :data:`SILVER_ROWS`."""
+    return silver_rows(silver_frames(engine_error(series_id, why), _no_attrs(), version, freq))
+
+
+def silver_rows(frames: tuple[pd.DataFrame, ...]) -> pd.DataFrame:
+    """:func:`silver_frames`' three frames as one of :data:`SILVER_ROWS` (``kind``: the
+    table), a column of another table null (NaN or NaT: Arrow takes it as a null of the
+    column's type, integers included)."""
+    parts = [f.assign(kind=name) for name, f in zip(SILVER, frames) if len(f)]
+    if not parts:
+        return SILVER_ROWS.empty_table().to_pandas()
+    out = pd.concat(parts, ignore_index=True)
+    for f in SILVER_ROWS:  # a column of none of them: nulls of its type
+        if f.name not in out.columns:
+            out[f.name] = pa.nulls(len(out), f.type).to_pandas()
+    return out[SILVER_ROWS.names]
 
 
 def silver_frames(

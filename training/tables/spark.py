@@ -14,7 +14,8 @@ Who writes what:
   results of the group mapping come back to the driver and are committed once;
 * this layer writes where the data never comes to the driver: the Spark engine's sinks
   (``train``'s ``gold/models`` and ``gold/backtest`` batches, a delta-spark commit each,
-  its commit metadata as ``userMetadata``), ``mmf score --engine
+  its commit metadata as ``userMetadata``), ``refine --engine spark``'s silver batches
+  (:mod:`training.engines.spark_refine`), ``mmf score --engine
   spark`` (``gold/scores`` by replace-where, or ``gold/forecasts`` by MERGE) and
   ``mmf stream`` (``gold/forecasts`` by MERGE, one Delta application transaction per
   micro-batch);
