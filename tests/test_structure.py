@@ -39,6 +39,7 @@ OPTIONAL = (
     "training.engines.spark",
     "training.tables.spark",
     "training.tables.spark_session",
+    "training.jobs.forecast_spark",
     "training.serving",
     "training.deep",
 )
