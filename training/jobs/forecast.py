@@ -39,6 +39,12 @@ trained again); then it forecasts again and says why (:attr:`ForecastReport.note
 gold/portfolio (:func:`aggregate`) sums the delivery's totals a bucket range at a time
 and writes them once.
 
+With the Spark engine (:mod:`training.jobs.forecast_spark`) the same delivery goes
+through Spark: the driver plans each batch with series ids only, the executors read the
+silver rows and the models, refit and forecast each series with the functions of this
+module, and delta-spark commits each batch (same predicate, metadata and transaction);
+the missing check and gold/portfolio are Spark aggregations.
+
 Future temperature, for models that use it, is the same hour one week earlier (a
 persistence forecast; a weather feed can replace it by passing its own frame).
 """

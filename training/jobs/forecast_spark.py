@@ -457,10 +457,11 @@ def with_last(series: SparkDataFrame, h: int) -> SparkDataFrame:
     return series.select(C.SERIES_ID, "end", "freq").mapInPandas(add, arrow_to_spark_schema(schema))
 
 
-def delivered(tables: SparkTables, series: SparkDataFrame) -> SparkDataFrame:
-    """The gold/forecasts rows of the next horizon of ``series`` (:func:`with_last` rows),
-    as :func:`training.jobs.forecast.delivered` selects them."""
+def delivered(tables: SparkTables, series: SparkDataFrame, small: bool = False) -> SparkDataFrame:
+    """The gold/forecasts rows of the next horizon of ``series`` (:func:`with_last` rows;
+    ``small``: a batch's, broadcast), as :func:`training.jobs.forecast.delivered` selects them."""
     rows = tables.read(GOLD_FORECASTS, columns=[C.SERIES_ID, C.TS, "cutoff", "model_version", "run_id"])
+    series = F.broadcast(series) if small else series
     ts, cutoff = F.col(C.TS), F.col("cutoff")
     return rows.join(series, on=C.SERIES_ID).where(
         (cutoff == F.col("end")) & (ts > cutoff) & (ts <= F.col("last"))
@@ -479,7 +480,7 @@ def check_batch(lake: Lakehouse, config: Config, buckets, h: int, missing: dict[
     engine = SparkEngine(config)
     tables = SparkTables(lake, engine.spark, config)
     series = with_last(engine.read_batch(TableBatch(lake, SILVER_SERIES, buckets)), h)
-    short = _short(series, delivered(tables, series), h).select(C.SERIES_ID).collect()
+    short = _short(series, delivered(tables, series, small=True), h).select(C.SERIES_ID).collect()
     for row in sorted(short, key=lambda r: r[0]):
         missing.setdefault(str(row[0]), MISSING_AFTER_WRITE)
 
