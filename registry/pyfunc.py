@@ -565,11 +565,12 @@ class ManyModels(mlflow.pyfunc.PythonModel):
         them at once: a job works a bucket range at a time with :meth:`models_in`."""
         return self._store.frame(MODEL_COLUMNS)
 
-    def models_in(self, buckets: tuple[int, int]) -> pd.DataFrame:
+    def models_in(self, buckets: tuple[int, int], columns: list[str] | None = None) -> pd.DataFrame:
         """:meth:`models` of the series whose bucket (:func:`forecasting.contract.bucket_of`)
-        is in ``[lo, hi)``; only the row groups of that range are read."""
+        is in ``[lo, hi)`` (only ``columns`` of them, when given); only the row groups of
+        that range are read."""
         lo, hi = buckets
-        return self._store.frame_in(int(lo), int(hi), MODEL_COLUMNS)
+        return self._store.frame_in(int(lo), int(hi), list(columns or MODEL_COLUMNS))
 
     def with_models(self, models: pd.DataFrame) -> "ManyModels":
         """A copy of this model that holds ``models`` (rows as :meth:`models` gives,

@@ -433,3 +433,110 @@ def test_refine_stopped_on_spark_resumes_from_its_commits(refined, tmp_path, spa
         assert len(lake.history(name)) == n, name
     engines = [str(c.get("engineInfo", ""))[:6] for c in lake.history("silver/readings")]
     assert engines == ["delta-"] * (n - 1) + ["Apache"]  # batch 0 by Spark, the rest by deltalake
+
+
+# -- mmf forecast --engine spark --------------------------------------------------------
+def _refit_lake(root, **changes):
+    """8 hourly meters: a champion trained on 13 days (local engine), then 3 more days in
+    silver, so a forecast refits every series on the newer silver version."""
+    readings = _readings(n_series=8, days=16)
+    day = (readings[C.TS] - readings[C.TS].min()) // pd.Timedelta("1D")
+    cfg, lake = _setup(root, readings[day < 13].reset_index(drop=True), batch_rows=1000, **changes)
+    train(lake, cfg)
+    src = root / "part1.parquet"
+    readings[day >= 13].reset_index(drop=True).to_parquet(src)
+    ingest(lake, src)
+    refine(lake, cfg)
+    return cfg, lake
+
+
+def _delivered(lake: Lakehouse):
+    """gold/forecasts and gold/portfolio sorted, without their wall-clock times."""
+    fc = lake.read("gold/forecasts")
+    assert not fc.duplicated(KEYS).any()
+    assert fc["created_at"].nunique() == 1  # one delivery, as if written at once
+    portfolio = lake.read("gold/portfolio").drop(columns=["created_at"])
+    return (
+        fc.drop(columns=["created_at"]).sort_values(KEYS, ignore_index=True),
+        portfolio.sort_values(["level", "key", "day"], ignore_index=True),
+    )
+
+
+def _drop_outputs(lake: Lakehouse) -> None:
+    import shutil
+
+    for name in ("gold/forecasts", "gold/portfolio"):
+        shutil.rmtree(lake.uri(name))
+
+
+def _forecast_commits(lake: Lakehouse) -> dict[int, dict]:
+    commits = [c for c in lake.history("gold/forecasts") if "mmf.batch" in c]
+    by_batch = {int(c["mmf.batch"]): c for c in commits}
+    assert len(by_batch) == len(commits), "a batch in two commits"
+    return by_batch
+
+
+@pytest.mark.parametrize("bundle", ["reference", "embedded"])
+def test_forecast_on_spark_matches_local_and_resumes(tmp_path, spark, checkpoint_hook, monkeypatch, bundle):
+    """``forecast --engine spark``: the executors read the silver rows and (reference
+    bundle) the gold/models rows, refit and forecast each series, and delta-spark commits
+    each batch with the local path's commit metadata; the forecast rows never come to the
+    driver. gold/forecasts and gold/portfolio equal the local engine's, and a delivery
+    stopped at ``mid_forecast`` resumes to the same tables. An embedded bundle (no table of
+    its models) is looked up in each executor's copy of the model folder."""
+    cfg, lake = _refit_lake(tmp_path, **{"mlflow.bundle": bundle})
+    spark_cfg = cfg.replace(engine="spark")
+    rep = forecast_job.forecast(lake, cfg)
+    forecast_job.aggregate(lake, cfg, rep.model_version, delivery=rep.delivery)
+    assert rep.fits == {C.REFIT: 8} and not rep.missing
+    local_fc, local_portfolio = _delivered(lake)
+    local_commits = _forecast_commits(lake)
+    assert len(local_commits) >= 3
+
+    _drop_outputs(lake)
+    collected: list = []
+    collect = spark_engine.to_pandas
+    monkeypatch.setattr(
+        spark_engine, "to_pandas", lambda df, schema: collected.append(schema) or collect(df, schema)
+    )
+    rep_s = forecast_job.forecast(lake, spark_cfg)
+    assert collected == [], "forecast rows came back to the driver"
+    assert (rep_s.n_rows, rep_s.n_series, rep_s.fits, rep_s.versions, rep_s.missing) == (
+        rep.n_rows,
+        rep.n_series,
+        rep.fits,
+        rep.versions,
+        rep.missing,
+    )
+    assert lake.txn_version("gold/forecasts", forecast_job.APP_FORECAST) == rep.delivery
+    forecast_job.aggregate(lake, spark_cfg, rep_s.model_version, delivery=rep_s.delivery)
+    spark_fc, spark_portfolio = _delivered(lake)
+    pd.testing.assert_frame_equal(spark_fc, local_fc, check_exact=False, rtol=1e-9)
+    pd.testing.assert_frame_equal(spark_portfolio, local_portfolio, check_exact=False, rtol=1e-9)
+    commits = _forecast_commits(lake)
+    assert set(commits) == set(local_commits)
+    assert all("userMetadata" in c for c in commits.values()), "not committed by delta-spark"
+    assert not any("userMetadata" in c for c in local_commits.values())
+    keys = ("mmf.delivery", "mmf.buckets", "mmf.counts", "mmf.missing", "mmf.batches", "mmf.final")
+    for i, c in commits.items():
+        assert {k: c.get(k) for k in keys} == {k: local_commits[i].get(k) for k in keys}, i
+    # a rerun with the same champion and data skips (checked by Spark)
+    assert forecast_job.forecast(lake, spark_cfg).skipped
+
+    if bundle == "embedded":
+        return  # the restart below does not depend on the bundle
+    # stopped right after its first batch commit, then started again: it resumes
+    _drop_outputs(lake)
+    checkpoint_hook(Faults(raise_at="mid_forecast"))
+    with pytest.raises(InjectedError, match="injected crash"):
+        forecast_job.forecast(lake, spark_cfg)
+    checkpoint_hook(None)
+    assert len(_forecast_commits(lake)) == 1
+    assert lake.txn_version("gold/forecasts", forecast_job.APP_FORECAST) is None
+    again = forecast_job.forecast(lake, spark_cfg)
+    assert (again.n_rows, again.fits, again.missing) == (rep.n_rows, rep.fits, rep.missing)
+    assert len(_forecast_commits(lake)) == len(local_commits)  # no batch committed twice
+    forecast_job.aggregate(lake, spark_cfg, again.model_version, delivery=again.delivery)
+    resumed_fc, resumed_portfolio = _delivered(lake)
+    pd.testing.assert_frame_equal(resumed_fc, local_fc, check_exact=False, rtol=1e-9)
+    pd.testing.assert_frame_equal(resumed_portfolio, local_portfolio, check_exact=False, rtol=1e-9)

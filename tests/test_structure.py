@@ -40,6 +40,7 @@ OPTIONAL = (
     "training.engines.spark_refine",
     "training.tables.spark",
     "training.tables.spark_session",
+    "training.jobs.forecast_spark",
     "training.serving",
     "training.deep",
 )

@@ -68,24 +68,48 @@ class Sink:
     on every row (``None``: null), in one Delta commit carrying ``metadata`` (read back
     by :meth:`~training.tables.Lakehouse.history` alike from either engine's commits). A
     batch without rows commits nothing, unless ``create`` is set and the table does not
-    exist yet: then its (empty) commit creates it."""
+    exist yet: then its (empty) commit creates it; or ``always`` is set (an empty commit
+    carrying its metadata). With ``predicate`` the commit replaces the table's rows where
+    it holds (replace-where; an absent table is created); with ``app_id`` it records that
+    Delta application transaction at ``app_version``."""
 
     lake: Any  # training.tables.Lakehouse
     table: str
     columns: Mapping[str, Any] = field(default_factory=dict)
     metadata: Mapping[str, Any] = field(default_factory=dict)
     create: bool = False
+    predicate: str | None = None
+    app_id: str | None = None
+    app_version: int | None = None
+    always: bool = False
 
     def commits(self, rows: int) -> bool:
         """Whether a batch of ``rows`` rows is committed."""
-        return rows > 0 or (self.create and not self.lake.exists(self.table))
+        return rows > 0 or self.always or (self.create and not self.lake.exists(self.table))
+
+    def options(self) -> dict[str, Any]:
+        """The write's replace-where and application transaction, as
+        :meth:`~training.tables.spark.SparkTables.write` takes them (none when unset)."""
+        out: dict[str, Any] = {}
+        if self.predicate:
+            out.update(mode="overwrite", replace_where=self.predicate)
+        if self.app_id:
+            out.update(app_id=self.app_id, app_version=self.app_version)
+        return out
 
     def commit(self, rows: pd.DataFrame) -> Summary:
         """``rows`` committed here, through the lakehouse (deltalake)."""
         summary = Summary.of(rows)
         if not self.commits(summary.rows):
             return summary
-        version = self.lake.write(self.table, rows.assign(**self.columns), metadata=dict(self.metadata))
+        options = self.options()
+        if "replace_where" in options and summary.rows:
+            options["predicate"] = options.pop("replace_where")
+        else:
+            options.pop("replace_where", None)
+            options.pop("mode", None)
+        data = rows.assign(**self.columns)
+        version = self.lake.write(self.table, data, metadata=dict(self.metadata), **options)
         return replace(summary, version=int(version))
 
 

@@ -180,7 +180,7 @@ class SparkEngine(Engine):
         try:
             summary = count_rows(rows)
             if sink.commits(summary.rows):
-                version = tables.write(sink.table, rows, metadata=sink.metadata)
+                version = tables.write(sink.table, rows, metadata=sink.metadata, **sink.options())
                 summary = replace(summary, version=version)
         finally:
             rows.unpersist()

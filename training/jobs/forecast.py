@@ -39,6 +39,12 @@ trained again); then it forecasts again and says why (:attr:`ForecastReport.note
 gold/portfolio (:func:`aggregate`) sums the delivery's totals a bucket range at a time
 and writes them once.
 
+With the Spark engine (:mod:`training.jobs.forecast_spark`) the same delivery goes
+through Spark: the driver plans each batch with series ids only, the executors read the
+silver rows and the models, refit and forecast each series with the functions of this
+module, and delta-spark commits each batch (same predicate, metadata and transaction);
+the missing check and gold/portfolio are Spark aggregations.
+
 Future temperature, for models that use it, is the same hour one week earlier (a
 persistence forecast; a weather feed can replace it by passing its own frame).
 """
@@ -209,11 +215,19 @@ class Sources:
         return self.by_run
 
 
-def plan(lake: Lakehouse, sources: Sources, series: pd.DataFrame, silver_version: int, buckets):
+def plan(
+    lake: Lakehouse,
+    sources: Sources,
+    series: pd.DataFrame,
+    silver_version: int,
+    buckets,
+    columns: list[str] | None = None,
+):
     """The parts of a batch (the champion first, then the newest version holding each
-    series it does not hold) and the series none holds, with the reason."""
+    series it does not hold) and the series none holds, with the reason. ``columns``: of
+    the parts' models, only those (by default every ``ManyModels.models`` column)."""
     champion = sources.champion
-    first, left = assign(champion, champion.model.models_in(buckets), series, silver_version)
+    first, left = assign(champion, champion.model.models_in(buckets, columns), series, silver_version)
     parts = [first]
     if not left:
         return parts, {}
@@ -229,7 +243,7 @@ def plan(lake: Lakehouse, sources: Sources, series: pd.DataFrame, silver_version
     for version in sorted(set(newest), key=int, reverse=True):
         source = sources.get(str(version))
         wanted = series.loc[newest.index[newest == version]]
-        parts.append(assign(source, source.model.models_in(buckets), wanted, silver_version)[0])
+        parts.append(assign(source, source.model.models_in(buckets, columns), wanted, silver_version)[0])
     held = {sid for part in parts for sid in part.trained + part.refit}
     return parts, {sid: _why_unheld(sel, sid, by_run) for sid in left if sid not in held}
 
@@ -276,24 +290,35 @@ def refit_models(part: Part, out: pd.DataFrame, silver_version: int):
     return pd.concat(both).reset_index(), failed
 
 
+WEEK = pd.Timedelta("7D")  # future temperature: the same hour one week earlier
+
+
 def future_frame(
     lake: Lakehouse, silver_version: int, ends: pd.Series, freq: str, horizon: int, buckets=(0, C.N_BUCKETS)
 ) -> pd.DataFrame:
     """Rows (series_id, horizon, ts, temperature) for every series and future step (of
     the series of ``ends``, all in the bucket range ``buckets``)."""
-    sids = ends.index.to_numpy()
-    ts = future_timestamps(ends.to_numpy(dtype="datetime64[us]"), freq, np.arange(1, horizon + 1)).ravel()
-    frame = pd.DataFrame({C.SERIES_ID: np.repeat(sids, horizon), "horizon": horizon, C.TS: ts})
-    week = pd.Timedelta("7D")
     hist = lake.read_buckets(
         SILVER_READINGS,
         buckets,
         version=silver_version,
         columns=[C.SERIES_ID, C.TS, "temperature"],
-        filters=[(C.TS, ">", (ends.min() - week).to_pydatetime())],
+        filters=[(C.TS, ">", (ends.min() - WEEK).to_pydatetime())],
     )
-    if hist["temperature"].notna().any():
-        hist = hist.assign(**{C.TS: hist[C.TS] + week}).drop_duplicates([C.SERIES_ID, C.TS])
+    return future_rows(ends, freq, horizon, hist, bool(hist["temperature"].notna().any()))
+
+
+def future_rows(
+    ends: pd.Series, freq: str, horizon: int, hist: pd.DataFrame, temperature: bool
+) -> pd.DataFrame:
+    """:func:`future_frame` of the series of ``ends`` from their silver rows ``hist``
+    (series_id, ts, temperature; at least those of the last week before each end), pure:
+    with a ``temperature`` column when ``temperature`` (the batch has some)."""
+    sids = ends.index.to_numpy()
+    ts = future_timestamps(ends.to_numpy(dtype="datetime64[us]"), freq, np.arange(1, horizon + 1)).ravel()
+    frame = pd.DataFrame({C.SERIES_ID: np.repeat(sids, horizon), "horizon": horizon, C.TS: ts})
+    if temperature:
+        hist = hist.assign(**{C.TS: hist[C.TS] + WEEK}).drop_duplicates([C.SERIES_ID, C.TS])
         frame = frame.merge(hist, on=[C.SERIES_ID, C.TS], how="left")
         # beyond one week ahead, repeat the last known week
         frame["temperature"] = frame.groupby(C.SERIES_ID)["temperature"].transform(
@@ -380,7 +405,10 @@ def forecast(
     )
     ranges = lake.batches(SILVER_READINGS, silver_version, config.batch_rows)
     if not force and lake.txn_version(GOLD_FORECASTS, APP_FORECAST) == key:
-        n_rows, report.note = check_delivery(lake, ranges, h, version, run_id)
+        if config.engine == "spark":  # counted by Spark, the rows stay on the executors
+            n_rows, report.note = _spark().check_delivery(lake, config, h, version, run_id)
+        else:
+            n_rows, report.note = check_delivery(lake, ranges, h, version, run_id)
         if not report.note:
             report.skipped, report.n_rows = True, n_rows
             return report
@@ -419,7 +447,7 @@ def done_batches(lake: Lakehouse, key: int, run_id: str, limit: int) -> dict[str
     if not lake.exists(GOLD_FORECASTS):
         return {}
     done: dict[str, dict[str, Any]] = {}
-    for commit in lake.table(GOLD_FORECASTS).history(limit):  # newest first
+    for commit in lake.history(GOLD_FORECASTS, limit):  # newest first, either layer's commits
         if "mmf.run_id" not in commit:
             continue  # not a delivery (a scoring merge, a maintenance commit)
         if (
@@ -449,18 +477,26 @@ def _deliver(
     if done:  # a restart: the delivery keeps its creation time (gold/portfolio reads it)
         now = pd.Timestamp(next(iter(done.values()))["mmf.created_at"]).as_unit("us")
     state = Delivery(int(report.delivery or 0), report.run_id, len(ranges), now, done)
+    spark = _spark() if config.engine == "spark" else None  # data through Spark (forecast_spark)
     for rng, commit in done.items():
         state.add(json.loads(commit.get("mmf.counts", "{}")), json.loads(commit.get("mmf.missing", "{}")))
         lo, hi = (int(b) for b in rng.split(":"))
-        check_batch(lake, series_to_forecast(lake, (lo, hi)), h, state.missing)
+        if spark is not None:
+            spark.check_batch(lake, config, (lo, hi), h, state.missing)
+        else:
+            check_batch(lake, series_to_forecast(lake, (lo, hi)), h, state.missing)
     todo = [(i, b) for i, b in enumerate(ranges) if f"{b[0]}:{b[1]}" not in done]
     if done:
         log.info("forecast: resuming delivery %s, %d of %d batches done", state.key, len(done), len(ranges))
     t1 = time.perf_counter()
     timings = {"refit_s": 0.0, "score_s": 0.0, "gold_write_s": 0.0}
-    _run_batches(lake, config, sources, todo, state, report, timings, progress)
+    run = spark.run_batches if spark is not None else _run_batches
+    run(lake, config, sources, todo, state, report, timings, progress)
     if not state.final and (state.rows or state.done):  # every batch was done but none marked final
-        _commit(lake, state, report, -1, (0, 0), _empty(lake), {}, {}, final=True)
+        if spark is not None:
+            spark.commit_final(lake, config, state, report)
+        else:
+            _commit(lake, state, report, -1, (0, 0), _empty(lake), {}, {}, final=True)
     report.n_rows, report.n_series = state.rows, sum(state.versions.values())
     report.fits, report.versions = dict(state.fits), dict(state.versions)
     report.missing = {sid: state.missing[sid] for sid in sorted(state.missing)}
@@ -521,6 +557,14 @@ def _run_batches(lake, config, sources, todo, state: Delivery, report, timings, 
             checkpoint("mid_forecast", batch=i)
 
 
+def _spark():
+    """:mod:`training.jobs.forecast_spark`, imported when the Spark engine is chosen (it
+    needs the optional pyspark)."""
+    from training.jobs import forecast_spark
+
+    return forecast_spark
+
+
 def _counts(pred: pd.DataFrame) -> dict[str, Any]:
     """A batch's rows, and its series by fit and by model version."""
     if pred.empty:
@@ -543,6 +587,27 @@ def _commit(lake, state: Delivery, report, i, buckets, pred, counts, missing, fi
     last one also records the application transaction ``mmf-forecast``."""
     if state.table_version is None:
         checkpoint("before_forecast_commit")
+    metadata, txn = commit_metadata(state, report, i, buckets, counts, missing, final)
+    if len(pred):
+        state.table_version = lake.write(
+            GOLD_FORECASTS,
+            pred,
+            mode="overwrite",
+            predicate=replace_predicate(pred),
+            metadata=metadata,
+            **txn,
+        )
+    else:
+        state.table_version = lake.write(GOLD_FORECASTS, _empty(lake), metadata=metadata, **txn)
+    state.add(counts, {})
+    state.final = state.final or final
+
+
+def commit_metadata(
+    state: Delivery, report, i, buckets, counts, missing, final: bool
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A batch commit's metadata (naming the delivery and the batch) and, on the last
+    one, the application transaction (``app_id``, ``app_version``) it records."""
     metadata = {
         "mmf.run_id": report.run_id,
         "mmf.silver_version": report.silver_version,
@@ -558,19 +623,7 @@ def _commit(lake, state: Delivery, report, i, buckets, pred, counts, missing, fi
     if final:
         metadata["mmf.final"] = "1"
         txn = {"app_id": APP_FORECAST, "app_version": state.key}
-    if len(pred):
-        state.table_version = lake.write(
-            GOLD_FORECASTS,
-            pred,
-            mode="overwrite",
-            predicate=replace_predicate(pred),
-            metadata=metadata,
-            **txn,
-        )
-    else:
-        state.table_version = lake.write(GOLD_FORECASTS, _empty(lake), metadata=metadata, **txn)
-    state.add(counts, {})
-    state.final = state.final or final
+    return metadata, txn
 
 
 def _forecasts(
@@ -707,7 +760,10 @@ def aggregate(
 
     gold/forecasts is read a bucket range of series at a time (about ``batch_rows``
     rows of the delivery each); the totals are summed across ranges (a series is in one
-    range only, so the series counts add up) and written once."""
+    range only, so the series counts add up) and written once. With the Spark engine,
+    Spark reads, sums and writes them (:func:`training.jobs.forecast_spark.aggregate`)."""
+    if config.engine == "spark":
+        return _spark().aggregate(lake, config, model_version, delivery)
     ranges = bucket_ranges(lake.n_rows(SILVER_SERIES) * max(1, int(config.horizon)), config.batch_rows)
     version, newest = _newest_delivery(lake, ranges, model_version)
     sums: pd.DataFrame | None = None
