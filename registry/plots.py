@@ -1,6 +1,7 @@
 """The two plots of a training run: the error distribution over series and a sample of
-series' forecasts against their history (PNG files; :mod:`registry.results` logs them
-under ``plots/``)."""
+series' forecasts against actuals (their last backtest window, the chosen model fitted
+again up to its cutoff) and their next horizon (PNG files; :mod:`registry.results` logs
+them under ``plots/``)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ import numpy as np
 import pandas as pd
 
 from forecasting import contract as C
+from forecasting.comparison import refit
 from forecasting.config import Config
 from forecasting.frequency import future_timestamps
 from forecasting.models import load_fitted
+from forecasting.series import prepare
 from registry.metrics import USABLE, finite_metric_values
 
 HISTORY_TAIL_SEASONS = 3  # history drawn before the forecast, in horizons
@@ -69,49 +72,93 @@ def _model_freq(data: dict[str, Any]) -> str | None:
     return None
 
 
+def backtest_cutoff(row: pd.Series, config: Config) -> pd.Timestamp | None:
+    """The cutoff of the chosen model's last backtest window (``backtest_json``)."""
+    try:
+        windows = json.loads(row.get("backtest_json") or "[]")
+    except (TypeError, ValueError):
+        return None
+    cutoffs = [w["cutoff"] for w in windows if w.get("model") == row["model"] and w.get("cutoff")]
+    return pd.Timestamp(max(cutoffs)) if cutoffs else None
+
+
+def backtest_forecast(row: pd.Series, g: pd.DataFrame, config: Config) -> pd.DataFrame | None:
+    """The chosen model (model and parameters) fitted again up to its last backtest
+    cutoff and forecast over that window: ``ts, mean, lo-<lv>, hi-<lv>`` beside the
+    actuals (``y``), or ``None`` without a cutoff or actuals after it."""
+    cutoff = backtest_cutoff(row, config)
+    if cutoff is None:
+        return None
+    ts = pd.to_datetime(g[C.TS])
+    before, after = g[ts <= cutoff], g[ts > cutoff].head(config.horizon)
+    if before.empty or after.empty:
+        return None
+    fc = refit(row["model_json"], prepare(before, config), len(after), sorted(config.levels), config)
+    return pd.DataFrame({C.TS: pd.to_datetime(after[C.TS]).to_numpy(), C.Y: after[C.Y].to_numpy(), **fc})
+
+
+def _bands(ax, x, fc, levels: list[int], color: str, label: str) -> None:
+    ax.plot(x, fc["mean"], color=color, lw=1.2, label=label)
+    for lv, alpha in zip(reversed(levels), np.linspace(0.15, 0.35, len(levels))):
+        ax.fill_between(x, fc[f"lo-{lv}"], fc[f"hi-{lv}"], color=color, alpha=alpha, lw=0)
+
+
+def _future(row: pd.Series, g: pd.DataFrame | None, config: Config) -> tuple[pd.DatetimeIndex, Any]:
+    """The chosen model's next ``config.horizon`` steps after the training end. A model
+    that needs future regressors gets the last observed ones repeated (plot only)."""
+    h, levels = config.horizon, sorted(config.levels)
+    fitted = load_fitted(row["model_json"])
+    try:
+        fc = fitted.predict(h, level=levels)
+    except Exception:
+        if g is None or "temperature" not in g or not g["temperature"].notna().any():
+            raise
+        last = g["temperature"].ffill().to_numpy(dtype=float)[-h:]
+        fc = fitted.predict(h, X=np.resize(last, h).reshape(-1, 1), level=levels)
+    freq = _model_freq(json.loads(row["model_json"])) or config.freq
+    return pd.DatetimeIndex(future_timestamps(pd.Timestamp(row["end"]), freq, np.arange(1, h + 1))), fc
+
+
+def _panel(ax, sid: str, row: pd.Series, g: pd.DataFrame | None, config: Config) -> None:
+    """One series: its actuals, the backtest forecast against them, the next horizon."""
+    levels, h = sorted(config.levels), config.horizon
+    title = f"{sid}: {row['model']} ({row['status']})"
+    if g is not None and len(g):
+        tail = g.tail((HISTORY_TAIL_SEASONS + 1) * h)
+        ax.plot(pd.to_datetime(tail[C.TS]), tail[C.Y], color="k", lw=1, label="actual")
+    try:
+        bt = backtest_forecast(row, g, config) if g is not None and len(g) else None
+        if bt is not None:
+            _bands(ax, bt[C.TS], bt, levels, "#4C72B0", "backtest forecast")
+            title += f", backtest {config.backtest.metric} {float(row['metric_value']):.3g}"
+    except Exception as exc:  # noqa: BLE001 - a plot never fails the run
+        title += f" - no backtest: {str(exc)[:40]}"
+    try:
+        future, fc = _future(row, g, config)
+        _bands(ax, future, fc, levels, "#C44E52", "forecast")
+    except Exception as exc:  # noqa: BLE001 - a plot never fails the run
+        title += f" - no forecast: {str(exc)[:60]}"
+    ax.set_title(title, fontsize=9)
+    ax.tick_params(labelsize=7)
+
+
 def plot_forecasts(results: pd.DataFrame, config: Config, history: pd.DataFrame, path: Path) -> None:
-    """History tail and the chosen model's forecast (``config.horizon`` steps, widest
-    interval shaded) for a sample of series. A model that needs future regressors gets
-    the last observed ones repeated (a plot-only approximation)."""
+    """Forecasts against actuals for a sample of series: per series, its last readings,
+    the chosen model's forecast of its last backtest window (the model and parameters
+    fitted again up to that window's cutoff, intervals shaded) over the actuals of that
+    window, and its forecast of the next ``config.horizon`` steps after the data."""
     ids = sample_series(results, config)
     if not ids:
         return
     rows = results.set_index(results[C.SERIES_ID].astype(str))
     hist = history[history[C.SERIES_ID].astype(str).isin(ids)]
     groups = {str(k): g.sort_values(C.TS) for k, g in hist.groupby(C.SERIES_ID, sort=False)}
-    levels = sorted(config.levels)
-    h = config.horizon
     ncols = 2 if len(ids) > 1 else 1
     nrows = math.ceil(len(ids) / ncols)
     fig = _figure(6 * ncols, 3 * nrows)
     for i, sid in enumerate(ids):
         ax = fig.add_subplot(nrows, ncols, i + 1)
-        row = rows.loc[sid]
-        g = groups.get(sid)
-        if g is not None and len(g):
-            tail = g.tail(HISTORY_TAIL_SEASONS * h)
-            ax.plot(pd.to_datetime(tail[C.TS]), tail[C.Y], color="k", lw=1, label="actual")
-        title = f"{sid}: {row['model']} ({row['status']})"
-        try:
-            fitted = load_fitted(row["model_json"])
-            try:
-                fc = fitted.predict(h, level=levels)
-            except Exception:
-                if g is None or "temperature" not in g or not g["temperature"].notna().any():
-                    raise
-                last = g["temperature"].ffill().to_numpy(dtype=float)[-h:]
-                fc = fitted.predict(h, X=np.resize(last, h).reshape(-1, 1), level=levels)
-            freq = _model_freq(json.loads(row["model_json"])) or config.freq
-            future = pd.DatetimeIndex(future_timestamps(pd.Timestamp(row["end"]), freq, np.arange(1, h + 1)))
-            ax.plot(future, fc["mean"], color="#C44E52", lw=1.2, label="forecast")
-            for lv, alpha in zip(reversed(levels), np.linspace(0.15, 0.35, len(levels))):
-                ax.fill_between(
-                    future, fc[f"lo-{lv}"], fc[f"hi-{lv}"], color="#C44E52", alpha=alpha, lw=0, label=f"{lv}%"
-                )
-        except Exception as exc:  # noqa: BLE001 - a plot never fails the run
-            title += f" - no forecast: {str(exc)[:60]}"
-        ax.set_title(title, fontsize=9)
-        ax.tick_params(labelsize=7)
+        _panel(ax, sid, rows.loc[sid], groups.get(sid), config)
         if i == 0:
             ax.legend(fontsize=7)
     fig.savefig(path, dpi=90)

@@ -69,6 +69,7 @@ from forecasting.errors import RegistryError
 from registry.aliases import CHALLENGER, CHAMPION, champion_version, require_version, versions
 from registry.connection import set_uris
 from registry.metrics import USABLE, chosen_backtest, gate_compared, gate_left_out
+from registry.pyfunc import describe_gate
 from registry.results import load_results
 
 log = logging.getLogger(__name__)
@@ -274,6 +275,7 @@ def _finish(config: Config, decision: Decision) -> None:
         promote(config, decision.challenger_version)
     client = set_uris(config)
     name = config.mlflow.registered_model
+    describe_gate(client, name, decision.challenger_version, decision.reason)
     client.set_model_version_tag(name, decision.challenger_version, GATE_TAG, decision.reason)
     log.info("gate %s v%s: %s", name, decision.challenger_version, decision.reason)
 
@@ -342,6 +344,7 @@ def recorded_decision(config: Config, version: str | int) -> Decision | None:
     if tag is None:
         if recorded.promoted:
             promote(config, version)
+        describe_gate(client, name, version, recorded.reason)
         client.set_model_version_tag(name, version, GATE_TAG, recorded.reason)
     return recorded
 

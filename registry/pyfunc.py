@@ -34,7 +34,8 @@ Scoring input (one or more rows per series)::
 
     series_id    str       required
     horizon      int       required: steps after the series' training end
-    ts           datetime  optional, naive UTC: the future timestamps wanted; the forecast
+    ts           datetime  optional, UTC (naive, or ISO 8601 text: ``2024-01-22T00:00:00Z``,
+                           naive text taken as UTC): the future timestamps wanted; the forecast
                            runs up to the last one and returns just those, in time order
                            (horizon is then unused)
     temperature  float     optional: the future regressor, one value per row (aligned
@@ -42,11 +43,16 @@ Scoring input (one or more rows per series)::
                            use it
 
 Output: ``series_id, ts, yhat, yhat_lower_<lv>, yhat_upper_<lv> ..., model`` with
-``ts = end + k * freq``. An unknown series id raises (the message lists up to 10);
+``ts = end + k * freq`` (naive UTC datetimes; under ``mlflow models serve``, ISO 8601
+text with a ``Z``, ``2024-01-22T00:00:00Z``, as ``mmf serve``'s ``/predict`` writes them,
+see :func:`iso_timestamps`). An unknown series id raises (the message lists up to 10);
 ``params={"unknown": "skip"}`` leaves unknown series out instead.
 
-The scoring environment needs the ``mmf`` package installed (it holds the model code);
-the model's ``requirements.txt`` pins the third-party packages ``mmf`` depends on.
+The model's code travels with it: ``code/`` holds copies of the ``forecasting``,
+``registry`` and ``training`` packages (``code_paths``), and its ``requirements.txt`` pins
+the third-party packages ``mmf`` depends on, so ``mlflow models serve`` builds a working
+environment with its default manager (virtualenv) without ``mmf`` installed. Where ``mmf``
+is installed and imported (its own jobs), its packages are the ones used.
 
 Loading a version runs its stored ``mmf_many_models.py`` (and whatever its ``MLmodel``
 names), so the artifact is checked first: at registration the sha256 of ``MLmodel``,
@@ -68,7 +74,9 @@ import copy
 import hashlib
 import json
 import logging
+import os
 import shutil
+import sys
 import tempfile
 import threading
 import weakref
@@ -88,6 +96,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from packaging.requirements import Requirement
 
 from forecasting import contract as C
 from forecasting.config import Config
@@ -128,6 +137,9 @@ FITTED_CACHE = 4_096  # deserialized models a loaded bundle keeps (least recentl
 _SPILL_ROWS = 1_000  # rows per row group of a frame spilled by write_models
 _WINDOW_ROWS = 10 * BUNDLE_GROUP_ROWS  # rows write_models sorts at a time (about)
 # Requirement names of mmf that scoring needs; pinned to the installed versions.
+SERVING_ENV = "_MLFLOW_IS_IN_SERVING_ENVIRONMENT"  # set by MLflow's scoring server
+PACKAGE = "mmf"  # the distribution whose requirements the model's environment pins
+CODE_PACKAGES = ("forecasting", "registry", "training")  # copied into the model (code_paths)
 _SCORING_REQUIREMENTS = (
     "mlflow",
     "numpy",
@@ -631,7 +643,8 @@ class ManyModels(mlflow.pyfunc.PythonModel):
         for sid, rows in frame.groupby(C.SERIES_ID, sort=False):
             if sid in entries:
                 parts.append(self._forecast_one(sid, rows, entries[sid]))
-        return _output(parts, self.levels)
+        out = _output(parts, self.levels)
+        return iso_timestamps(out) if in_mlflow_serving() else out
 
     # -- one series --------------------------------------------------------------------
     def _forecast_one(self, sid: str, rows: pd.DataFrame, entry: Entry) -> dict[str, Any]:
@@ -641,9 +654,8 @@ class ManyModels(mlflow.pyfunc.PythonModel):
         wanted_k: np.ndarray | None = None  # distinct steps returned
         if C.TS in rows.columns and rows[C.TS].notna().any():
             ts_rows = rows[rows[C.TS].notna()]
-            wanted = pd.DatetimeIndex(pd.to_datetime(ts_rows[C.TS]))
-            if wanted.tz is not None:
-                wanted = wanted.tz_convert("UTC").tz_localize(None)
+            # datetimes or ISO 8601 text, naive (UTC) or with a zone (``Z``, ``+01:00``)
+            wanted = pd.DatetimeIndex(pd.to_datetime(ts_rows[C.TS], utc=True)).tz_localize(None)
             ks = _steps(sid, end, off, wanted)
             wanted_k = np.unique(ks)
             h = int(wanted_k[-1])
@@ -677,6 +689,20 @@ class ManyModels(mlflow.pyfunc.PythonModel):
             out[f"yhat_lower_{lv}"] = np.asarray(fc[f"lo-{lv}"], dtype=float)[idx]
             out[f"yhat_upper_{lv}"] = np.asarray(fc[f"hi-{lv}"], dtype=float)[idx]
         return out
+
+
+def in_mlflow_serving() -> bool:
+    """Whether MLflow's scoring server (``mlflow models serve``) runs this model: it sets
+    ``_MLFLOW_IS_IN_SERVING_ENVIRONMENT`` (MLflow's own switch for serving behaviour)."""
+    return os.environ.get(SERVING_ENV, "").lower() == "true"
+
+
+def iso_timestamps(out: pd.DataFrame) -> pd.DataFrame:
+    """``out`` with ``ts`` as ISO 8601 UTC text with a ``Z`` (``2024-01-22T00:00:00Z``),
+    the form ``mmf serve``'s ``/predict`` answers with: MLflow's JSON would otherwise write
+    the naive UTC datetimes without a zone (``2024-01-22T00:00:00``)."""
+    values = out[C.TS].to_numpy(dtype="datetime64[s]")
+    return out.assign(**{C.TS: np.char.add(np.datetime_as_string(values, unit="s"), "Z").astype(object)})
 
 
 def output_columns(levels: list[int]) -> list[str]:
@@ -897,12 +923,15 @@ def signature(levels: list[int]):
     """Input/output schema and the ``unknown`` param of the many-models pyfunc."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+    from mlflow.types.schema import AnyType
 
     inputs = Schema(
         [
             ColSpec("string", C.SERIES_ID),
             ColSpec("long", "horizon"),
-            ColSpec("datetime", C.TS, required=False),
+            # any: datetimes, or ISO 8601 text with a Z as /predict writes it (MLflow's datetime
+            # check refuses a zone); the model reads both
+            ColSpec(AnyType(), C.TS, required=False),
             ColSpec("double", "temperature", required=False),
         ]
     )
@@ -915,14 +944,47 @@ def signature(levels: list[int]):
 
 
 def scoring_requirements() -> list[str]:
-    """Pins of the installed third-party packages that scoring imports."""
+    """Pins of the installed third-party packages the model's code needs: ``mmf``'s own
+    requirements (without its extras) when its distribution is installed, else the
+    packages scoring imports. The code itself travels with the model (:func:`code_paths`),
+    so an environment built from these pins (``mlflow models serve``'s default
+    virtualenv) scores without ``mmf`` installed."""
     pins = []
-    for name in _SCORING_REQUIREMENTS:
+    for name in _package_requirements() or _SCORING_REQUIREMENTS:
         try:
             pins.append(f"{name}=={importlib_metadata.version(name)}")
         except importlib_metadata.PackageNotFoundError:
             continue
     return pins
+
+
+def _package_requirements() -> list[str]:
+    """The names of the installed ``mmf`` distribution's requirements (extras left out)."""
+    try:
+        required = importlib_metadata.requires(PACKAGE) or []
+    except importlib_metadata.PackageNotFoundError:
+        return []
+    names = [Requirement(text) for text in required]
+    return [r.name for r in names if r.marker is None or "extra" not in str(r.marker)]
+
+
+def code_paths(folder: str | Path) -> list[str]:
+    """Copies, in ``folder``, of the packages the many-models code imports
+    (:data:`CODE_PACKAGES`, their Python files only), for ``log_model(code_paths=...)``:
+    the model then loads where ``mmf`` is not installed. Where it is (``mmf``'s own jobs),
+    the installed packages, imported before the model loads, are the ones used."""
+    out = []
+    for package in CODE_PACKAGES:
+        source = Path(__file__).resolve().parents[1] / package
+        target = Path(folder) / package
+        for path in sorted(source.rglob("*.py")):
+            if "__pycache__" in path.parts:
+                continue
+            dest = target / path.relative_to(source)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, dest)
+        out.append(str(target))
+    return out
 
 
 def log_many_models(
@@ -978,12 +1040,18 @@ def log_many_models(
             raise RegistryError(
                 "no series has a usable model (status ok or fallback): nothing to register; see the run's per_series.parquet"
             )
-        info = _log_model(config, model_config, artifacts, stats, reference is not None)
+        code = code_paths(Path(tmp) / "code")
+        info = _log_model(config, model_config, artifacts, stats, reference is not None, code)
     return tag_version(config, str(info.registered_model_version), run.info.run_id, stats, silver_version)
 
 
 def _log_model(
-    config: Config, model_config: dict[str, Any], artifacts: dict[str, str], stats, reference: bool
+    config: Config,
+    model_config: dict[str, Any],
+    artifacts: dict[str, str],
+    stats,
+    reference: bool,
+    code: list[str],
 ):
     """``mlflow.pyfunc.log_model`` of the many-models code, registered."""
     levels = model_config["levels"]
@@ -999,6 +1067,7 @@ def _log_model(
         signature=signature(levels),
         input_example=example,
         pip_requirements=scoring_requirements(),
+        code_paths=code,
         metadata=metadata,
         registered_model_name=config.mlflow.registered_model,
     )
@@ -1032,17 +1101,80 @@ def tag_version(
     for key, value in tags.items():
         if current.get(key) != value:
             client.set_model_version_tag(name, version, key, value)
+    describe_version(client, config, client.get_model_version(name, version), run_id, stats, silver_version)
     return client.get_model_version(name, version)
+
+
+# -- descriptions ----------------------------------------------------------------------
+GATE_HEADING = "\n\nGate: "  # the gate's decision, appended to a version's description
+
+
+def describe_version(
+    client, config: Config, mv, run_id: str, stats: BundleStats, silver_version: int
+) -> None:
+    """Describe a registered version (what data, what models; the gate's decision, once
+    made, is kept) and, when it has none, the registered model."""
+    name = config.mlflow.registered_model
+    try:
+        metrics = client.get_run(run_id).data.metrics
+    except MlflowException:
+        metrics = {}
+    chosen = sorted(
+        ((k.removeprefix("chosen."), int(v)) for k, v in metrics.items() if k.startswith("chosen.")),
+        key=lambda kv: (-kv[1], kv[0]),
+    )
+    embedded = (HASH_TAG + "artifacts/models.parquet") in (mv.tags or {})
+    held = "in the artifact's models.parquet" if embedded else "read from the run's gold/models rows"
+    text = (
+        f"The chosen model of each of {stats.n_series} series (status ok or fallback) of training run "
+        f"{run_id}, fitted on silver/readings version {int(silver_version)} of {config.lakehouse}; "
+        f"models {held}. Candidates: {', '.join(config.models)}; chosen: "
+        + (", ".join(f"{m} {n}" for m, n in chosen) or "(not recorded)")
+        + f". Mean backtest {config.backtest.metric} over its series: {stats.metric_value:.4g}."
+    )
+    gate = (mv.description or "").partition(GATE_HEADING)[2]
+    text += GATE_HEADING + gate if gate else ""
+    if mv.description != text:
+        client.update_model_version(name, mv.version, description=text)
+    if not (client.get_registered_model(name).description or ""):
+        client.update_registered_model(name, description=MODEL_DESCRIPTION)
+
+
+def describe_gate(client, name: str, version: str, reason: str) -> None:
+    """Append (or replace) the gate's decision in a version's description."""
+    mv = client.get_model_version(name, version)
+    text = (mv.description or "").partition(GATE_HEADING)[0] + GATE_HEADING + reason
+    if mv.description != text:
+        client.update_model_version(name, version, description=text)
+
+
+MODEL_DESCRIPTION = (
+    "mmf many-models forecasting: each version is one MLflow pyfunc holding the chosen, fitted "
+    "model of every series of a training run (one model per series: seasonal naive, ETS, "
+    "Theta, MSTL, ARIMA, Prophet or a global model, chosen by its own rolling-origin "
+    "backtest). Input: series_id and horizon (optional: ts, temperature); output: series_id, "
+    "ts, yhat and yhat_lower_<level>/yhat_upper_<level> per interval level, and model. "
+    "Aliases: challenger (the newest version), champion (the version the promotion gate "
+    "promoted: not worse than the previous champion on data it never saw)."
+)
 
 
 # -- the artifact's hashes ------------------------------------------------------------
 def artifact_hashes(model_dir: str | Path) -> dict[str, str]:
     """sha256 of the files of a model artifact that decide what runs and what it forecasts:
     ``MLmodel`` (it names the loader and the code), ``mmf_many_models.py`` (executed on
-    load) and every file under ``artifacts/`` (read on load), by path in the artifact."""
+    load) and every file under ``artifacts/`` (read on load), by path in the artifact;
+    and under the key ``code``, one digest of every file under ``code/`` (the packages
+    the model imports where ``mmf`` is not installed: their paths and sha256s)."""
     root = Path(model_dir)
     files = [root / "MLmodel", root / CODE_FILE.name, *sorted((root / "artifacts").rglob("*"))]
-    return {f.relative_to(root).as_posix(): _sha256(f) for f in files if f.is_file()}
+    hashes = {f.relative_to(root).as_posix(): _sha256(f) for f in files if f.is_file()}
+    if (root / "code").is_dir():  # the packages the code imports (code_paths): one digest
+        tree = hashlib.sha256()
+        for f in sorted(p for p in (root / "code").rglob("*") if p.is_file()):
+            tree.update(f"{f.relative_to(root).as_posix()}\0{_sha256(f)}\n".encode())
+        hashes["code"] = tree.hexdigest()
+    return hashes
 
 
 def _sha256(path: Path) -> str:
@@ -1133,11 +1265,15 @@ def load_path(model_dir: str | Path, storage_options: dict[str, str] | None = No
     credentials are never stored with the version), given as the load-time
     ``model_config`` override; without them, deltalake's own environment variables (or
     ``MLFLOW_PYFUNC_INFERENCE_CONFIG``) apply."""
-    if storage_options and bundle_config(model_dir).get("bundle") == REFERENCE:
-        return mlflow.pyfunc.load_model(
-            str(model_dir), model_config={"storage_options": dict(storage_options)}
-        )
-    return mlflow.pyfunc.load_model(str(model_dir))
+    path = list(sys.path)  # MLflow puts the model's code/ first: mmf's own packages stay in use
+    try:
+        if storage_options and bundle_config(model_dir).get("bundle") == REFERENCE:
+            return mlflow.pyfunc.load_model(
+                str(model_dir), model_config={"storage_options": dict(storage_options)}
+            )
+        return mlflow.pyfunc.load_model(str(model_dir))
+    finally:
+        sys.path[:] = path
 
 
 def version_details(config: Config, version: str | int) -> dict[str, Any]:

@@ -18,10 +18,16 @@ Tags of a training run:
 
 Params: the flattened, redacted config; artifacts: ``conf.yaml`` (the same config) and,
 for a job on a subset of series, ``series_ids.json``.
+
+The run is named for its day and data (``train 2026-12-03 14:05 UTC silver v12``), its
+description (the ``mlflow.note.content`` tag) says what it trains on what, and its input
+is the silver table at the pinned version (``mlflow.log_input``: a dataset whose source
+is the Delta table's path and version, context ``training``).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import os
@@ -32,14 +38,20 @@ from typing import Any
 
 import mlflow
 import yaml
+from mlflow.data.delta_dataset_source import DeltaDatasetSource
+from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import RunStatus
+from mlflow.types import ColSpec, Schema
 
 from forecasting import __version__
+from forecasting import contract as C
 from forecasting.config import Config
 from forecasting.errors import RegistryError
 from registry.connection import configure, set_uris
+from training.tables import SILVER_READINGS, Lakehouse
 
 JOB_TAG = "mmf.job"
+DESCRIPTION_TAG = "mlflow.note.content"  # what the MLflow UI shows as a run's description
 CONFIG_HASH_TAG = "mmf.config_hash"
 SILVER_VERSION_TAG = "mmf.silver_version"
 BATCHES_TAG = "mmf.batches"
@@ -137,15 +149,55 @@ def start_training_run(
     }
     if batches is not None:
         tags[BATCHES_TAG] = str(int(batches))
-    run = mlflow.start_run(run_name=run_name or f"train-silver-v{int(silver_version)}", tags=tags)
+    tags[DESCRIPTION_TAG] = run_description(config, silver_version, engine, series_ids)
+    run = mlflow.start_run(run_name=run_name or training_run_name(silver_version), tags=tags)
     try:
         data = redacted_config(config)
         mlflow.log_params(flatten(data))
         mlflow.log_text(yaml.safe_dump(data, sort_keys=False), "conf.yaml")
+        mlflow.log_input(silver_dataset(config, silver_version), context="training")
     except Exception:
         mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
         raise
     return run
+
+
+def training_run_name(silver_version: int, now: dt.datetime | None = None) -> str:
+    """``train 2026-12-03 14:05 UTC silver v12``: when it started and on what data."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    return f"train {now:%Y-%m-%d %H:%M} UTC silver v{int(silver_version)}"
+
+
+def run_description(
+    config: Config, silver_version: int, engine: str, series_ids: list[str] | None = None
+) -> str:
+    """The run's description: the data, the candidates, the backtest and the engine."""
+    which = f"{len(series_ids)} chosen series" if series_ids else "every clean series"
+    tuned = ", tuned with Hyperopt" if config.tune.enabled else ""
+    return (
+        f"Training of {which} of silver/readings version {int(silver_version)} "
+        f"(lakehouse {config.lakehouse}), one model per series: candidates "
+        f"{', '.join(config.models)}{tuned}, chosen by {config.backtest.metric} on a "
+        f"{config.backtest.windows}-window rolling-origin backtest of {config.horizon} steps; "
+        f"engine {engine}. The fitted models are registered as one many-models pyfunc "
+        f"({config.mlflow.registered_model}), promoted to champion by the gate."
+    )
+
+
+def silver_dataset(config: Config, silver_version: int) -> MetaDataset:
+    """The job's input for ``mlflow.log_input``: silver/readings at ``silver_version``
+    (a Delta source: the table's path and version; its schema; no rows are read)."""
+    types = {"string": "string", "double": "double", "bool": "boolean", "int32": "integer"}
+    cols = [
+        ColSpec(
+            types.get(str(f.type), "long") if not str(f.type).startswith("timestamp") else "datetime", f.name
+        )
+        for f in C.SILVER_READINGS
+    ]
+    source = DeltaDatasetSource(
+        path=Lakehouse.from_config(config).uri(SILVER_READINGS), delta_table_version=int(silver_version)
+    )
+    return MetaDataset(source, name=f"silver/readings@v{int(silver_version)}", schema=Schema(cols))
 
 
 def log_series_subset(series_ids: list[str]) -> None:
