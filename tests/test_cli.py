@@ -15,6 +15,7 @@ import shutil
 import stat
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,13 @@ from registry.connection import ensure_store
 from training.cli import EXIT_ERROR, EXIT_FAILED, explain
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def run_all(commands: list[list[str]], prefix: tuple[str, ...] = ()) -> list[subprocess.CompletedProcess]:
+    """``run_mmf`` of each command, two processes at a time (each takes a core for its
+    start-up), in the order given: for commands that write nothing (each one fails)."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return list(pool.map(lambda args: run_mmf(*args, prefix=prefix), commands))
 
 
 def run_mmf(*args: str, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
@@ -101,8 +109,8 @@ def writable(root: Path) -> None:
 def test_a_lakehouse_below_a_file_is_one_line(tmp_path, meters):
     (tmp_path / "afile").write_text("not a folder")
     conf = conf_for(tmp_path, tmp_path / "afile" / "lake")
-    for args in (["ingest", "--source", str(meters)], ["train"], ["nightly"]):
-        done = run_mmf(*args, "--conf", conf)
+    commands = [["ingest", "--source", str(meters)], ["train"], ["nightly"]]
+    for args, done in zip(commands, run_all([[*args, "--conf", conf] for args in commands])):
         assert done.returncode == EXIT_ERROR, (args, done.stderr[-3000:])
         line = one_error_line(done)
         assert "a part of the path is a file, not a folder" in line and str(tmp_path / "afile") in line, line
@@ -117,13 +125,14 @@ def test_a_read_only_lakehouse_is_one_line_and_still_readable(tmp_path, lake, me
         probe = subprocess.run([*prefix, "touch", str(root / "probe")], capture_output=True)
         assert probe.returncode != 0, "the lakehouse is still writable"
         conf = conf_for(tmp_path, root)
-        for args in (["ingest", "--source", str(meters)], ["refine"], ["train"], ["forecast"], ["nightly"]):
-            done = run_mmf(*args, "--conf", conf, prefix=prefix)
-            assert done.returncode == EXIT_ERROR, (args, done.stderr[-3000:])
-            line = one_error_line(done)
+        writers = [["ingest", "--source", str(meters)], ["refine"], ["train"], ["forecast"], ["nightly"]]
+        commands = [*writers, ["query", "bronze/readings", "--limit", "1"]]
+        *refused, done = run_all([[*args, "--conf", conf] for args in commands], prefix=prefix)
+        for args, proc in zip(writers, refused):
+            assert proc.returncode == EXIT_ERROR, (args, proc.stderr[-3000:])
+            line = one_error_line(proc)
             assert line.startswith(f"error: permission denied: {root}"), line
             assert "run mmf as a user who may write there" in line, line
-        done = run_mmf("query", "bronze/readings", "--limit", "1", "--conf", conf, prefix=prefix)
         assert done.returncode == 0, done.stderr[-3000:]
     finally:
         writable(root)
@@ -162,7 +171,9 @@ def damaged_log(tmp_path: Path, lake: Path) -> Path:
 def test_a_damaged_delta_log_is_one_line_and_v_adds_the_traceback(tmp_path, lake):
     root = damaged_log(tmp_path, lake)
     conf = conf_for(tmp_path, root)
-    done = run_mmf("query", "bronze/readings", "--conf", conf)
+    done, verbose = run_all(
+        [["query", "bronze/readings", "--conf", conf], ["-v", "query", "bronze/readings", "--conf", conf]]
+    )
     assert done.returncode == EXIT_ERROR, done.stderr[-3000:]
     line = one_error_line(done)
     # the table layer's diagnosis: the table, the corrupt commit file and what to do
@@ -170,7 +181,6 @@ def test_a_damaged_delta_log_is_one_line_and_v_adds_the_traceback(tmp_path, lake
     assert str(root) in line and "_delta_log" in line and "is corrupt" in line, line
     assert "restore the table's folder from a backup" in line or "mmf repair bronze/readings" in line, line
 
-    verbose = run_mmf("-v", "query", "bronze/readings", "--conf", conf)
     assert verbose.returncode == EXIT_ERROR
     assert "Traceback (most recent call last)" in verbose.stderr
     assert verbose.stderr.rstrip().splitlines()[-1] == line

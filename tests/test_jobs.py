@@ -19,9 +19,10 @@ from training.tables import Lakehouse
 GOLD = ("gold/forecasts", "gold/backtest", "gold/selection", "gold/portfolio")
 
 
-def _setup(tmp_path, config):
-    """40 hourly meters x 21 days, 20% faulty (every fault kind), two candidate models."""
-    data = generate(n_series=40, days=21, freq="h", seed=7, fault_share=0.2)
+def _setup(tmp_path, config, n_series: int = 40):
+    """``n_series`` hourly meters x 21 days, 20% faulty (with 40: every fault kind), two
+    candidate models."""
+    data = generate(n_series=n_series, days=21, freq="h", seed=7, fault_share=0.2)
     src = tmp_path / "raw"
     src.mkdir()
     write(data, src / "meters.parquet")
@@ -33,8 +34,9 @@ def _setup(tmp_path, config):
 
 @pytest.fixture
 def small(tmp_path, config):
-    """A fresh lakehouse and MLflow store with the raw data, nothing run yet."""
-    return _setup(tmp_path, config)
+    """A fresh lakehouse and MLflow store with the raw data (12 meters: the tests that
+    train here check what a run does, not what the faults do), nothing run yet."""
+    return _setup(tmp_path, config, n_series=12)
 
 
 @pytest.fixture(scope="module")

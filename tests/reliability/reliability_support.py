@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -115,6 +116,19 @@ def mmf(*args: str, env: dict[str, str] | None = None, timeout: float = 240) -> 
         text=True,
         timeout=timeout,
     )
+
+
+def mmf_lanes(
+    *lanes: list[list[str]], env: dict[str, str] | None = None
+) -> list[subprocess.CompletedProcess]:
+    """``mmf`` commands in lanes: each lane's commands one after the other, the lanes at
+    once (each process starting up takes a core for seconds: two lanes keep both cores of
+    a CI machine busy). Only commands that cannot disturb each other may share a moment:
+    two writing commands go in the same lane (the lakehouse lock refuses the second one).
+    Returns the results lane by lane, in the order given."""
+    with ThreadPoolExecutor(max_workers=len(lanes)) as pool:
+        done = list(pool.map(lambda lane: [mmf(*args, env=env) for args in lane], lanes))
+    return [proc for lane in done for proc in lane]
 
 
 def mmf_bg(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:

@@ -11,7 +11,7 @@ import re
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from reliability_support import lake_of, mlflow_template, mmf, new_lake, write_conf
+from reliability_support import lake_of, mlflow_template, mmf, mmf_lanes, new_lake, write_conf
 
 from forecasting.generator import generate
 
@@ -137,15 +137,24 @@ def test_vacuum_refuses_less_than_7_days_unless_forced_and_time_travel_survives(
 
 @pytest.fixture
 def three_versions(tmp_path):
-    """bronze/readings at versions 0, 1, 2 (one file each) and silver built from it."""
+    """bronze/readings at versions 0, 1, 2 (one file each) and silver built from it, by
+    `mmf ingest` and `mmf refine` in this process (the tests' own commands run in processes
+    of their own)."""
+    from training.cli import cli
+
     lake_dir = tmp_path / "lake"
     conf = write_conf(tmp_path / "conf.yaml", lake_dir, None)
     data = generate(n_series=3, days=3, freq="h", seed=6, clean=True).readings
+    runner = CliRunner()
     for i, day in enumerate(sorted(data["ts"].dt.normalize().unique())):
         path = tmp_path / f"day{i}.parquet"
         data[data["ts"].dt.normalize() == day].to_parquet(path, index=False)
-        assert mmf("ingest", "--source", str(path), "--conf", str(conf)).returncode == 0
-    assert mmf("refine", "--conf", str(conf)).returncode == 0
+        done = runner.invoke(
+            cli, ["ingest", "--source", str(path), "--conf", str(conf)], catch_exceptions=False
+        )
+        assert done.exit_code == 0, done.output
+    done = runner.invoke(cli, ["refine", "--conf", str(conf)], catch_exceptions=False)
+    assert done.exit_code == 0, done.output
     return lake_dir, conf
 
 
@@ -161,25 +170,32 @@ def test_a_corrupt_latest_commit_is_diagnosed_and_repaired(three_versions, damag
     # a commit cut short (a full disk), or what `COPY (...) TO` wrote over it
     bad.write_text(good_text[: len(good_text) // 2] if damage == "truncated" else "x\n1\n")
 
-    # every command that reads the table names it, the bad file and the fix, in one line
-    for args in (
-        ["query", "bronze/readings"],
-        ["restore", "bronze/readings", "--version", "1"],
-        ["refine"],
-    ):
-        proc = mmf(*args, "--conf", str(conf))
+    # every command that reads the table names it, the bad file and the fix, in one line;
+    # two lanes of processes at once, the writing ones (the lakehouse lock) in one lane
+    c = ["--conf", str(conf)]
+    restore, refine, old, query, sql, doctor = mmf_lanes(
+        [
+            ["restore", "bronze/readings", "--version", "1", *c],
+            ["refine", *c],
+            ["query", "bronze/readings", "--version", "1", *c],
+        ],
+        [
+            ["query", "bronze/readings", *c],
+            ["sql", "SELECT count(*) AS n FROM silver.readings", *c],
+            ["doctor", *c],
+        ],
+    )
+    for name, proc in (("query", query), ("restore", restore), ("refine", refine)):
         # one error line (besides the step start lines, "HH:MM:SS step")
         errors = [line for line in proc.stderr.splitlines() if not re.match(r"\d\d:\d\d:\d\d ", line)]
-        assert proc.returncode == 2 and len(errors) == 1, (args, proc.stderr)
+        assert proc.returncode == 2 and len(errors) == 1, (name, proc.stderr)
         assert errors[0].startswith("error: table bronze/readings cannot be read: commit file "), proc.stderr
         assert str(bad) in proc.stderr and "mmf repair bronze/readings" in proc.stderr
         assert "read the table at version 1" in proc.stderr
-    sql = mmf("sql", "SELECT count(*) AS n FROM silver.readings", "--conf", str(conf))
     assert sql.returncode == 0 and "bronze/readings is left out" in sql.stderr, sql.stderr
-    old = mmf("query", "bronze/readings", "--version", "1", "--conf", str(conf))  # time travel still works
+    # time travel still works
     assert old.returncode == 0 and f"of {len(kept[1]):,} rows; version 1)" in old.stderr, old.stderr
 
-    doctor = mmf("doctor", "--conf", str(conf))
     assert doctor.returncode == 1, doctor.stderr
     assert f"bronze/readings: CORRUPT: commit file {bad} (version 2)" in doctor.stdout
     assert "last good version is 1: run `mmf repair bronze/readings`" in doctor.stdout
@@ -195,8 +211,9 @@ def test_a_corrupt_latest_commit_is_diagnosed_and_repaired(three_versions, damag
     assert lake.version("bronze/readings") == 1
     for v, frame in kept.items():  # nothing lost from the earlier versions
         pd.testing.assert_frame_equal(lake.read("bronze/readings", version=v), frame)
-    assert mmf("doctor", "--conf", str(conf)).returncode == 0
-    again = mmf("repair", "bronze/readings", "--conf", str(conf))
+    # a second doctor and a second repair (which finds nothing to do) read, at once
+    healthy, again = mmf_lanes([["doctor", *c]], [["repair", "bronze/readings", *c]])
+    assert healthy.returncode == 0, healthy.stdout
     assert again.returncode == 0 and "nothing to repair" in again.stdout
     # the table takes new commits again: the lost day is ingested anew as version 2
     day2 = sorted(p for p in lake_dir.parent.glob("day*.parquet"))[-1]
