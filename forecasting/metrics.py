@@ -101,18 +101,24 @@ def _insample(insample) -> np.ndarray:
     return np.asarray(insample, dtype=float).ravel()
 
 
-def mase(y, yhat, insample, m: int) -> float:
-    """Mean absolute scaled error: ``mae(y, yhat) / naive_scale(insample, m)``.
-
-    A zero scale falls back to the lag-1 naive MAE, then the in-sample mean absolute
-    value, then 1; fewer than 2 in-sample points give ``nan`` (module docstring).
-    """
-    err = mae(y, yhat)
+def mase_scale(insample, m: int) -> float:
+    """The denominator of :func:`mase` for this history: the seasonal naive in-sample
+    MAE at lag ``m``; when that is 0, the lag-1 naive MAE, then the in-sample mean
+    absolute value, then 1 (:func:`scale_chain`); ``nan`` for fewer than 2 points."""
     x = _insample(insample)
     scale = naive_scale(x, m)
     if np.isnan(scale):
         return float("nan")
-    return float(err / scale_chain(scale, naive_scale(x, 1), float(np.mean(np.abs(x)))))
+    return scale_chain(scale, naive_scale(x, 1), float(np.mean(np.abs(x))))
+
+
+def mase(y, yhat, insample, m: int) -> float:
+    """Mean absolute scaled error: ``mae(y, yhat) / mase_scale(insample, m)``.
+
+    A zero scale falls back to the lag-1 naive MAE, then the in-sample mean absolute
+    value, then 1; fewer than 2 in-sample points give ``nan`` (module docstring).
+    """
+    return float(mae(y, yhat) / mase_scale(insample, m))
 
 
 def rmsse(y, yhat, insample) -> float:

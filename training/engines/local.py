@@ -190,8 +190,7 @@ class LocalEngine(Engine):
         yield from self._run_in_pool(groups, job, state, retry)
         if retry:
             log.warning("a worker died; retrying %d series one by one", len(retry))
-        for tag, key, g in retry:
-            yield from state.add(tag, [self._retry_one(key, g, job)])
+        yield from self._retry(retry, job, state)
         yield from state.rest()
 
     def _run_in_pool(
@@ -237,13 +236,29 @@ class LocalEngine(Engine):
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def _retry_one(self, key: str, g: pd.DataFrame, job: GroupJob) -> pd.DataFrame:
-        with self._pool(1) as pool:
-            try:
-                return job.conform(pool.submit(_run_chunk, job.fn, job.config, [(key, g)]).result()[0])
-            except BrokenProcessPool:
-                reason = "worker process died twice while processing this series (killed or out of memory)"
-                log.error("series %s: %s", key, reason)
-                if job.on_error is None:
-                    raise
-                return job.conform(job.on_error(key, reason))
+    def _retry(
+        self, retry: list[Tagged], job: GroupJob, state: "_Batches"
+    ) -> Iterator[tuple[Any, pd.DataFrame]]:
+        """The groups a dead worker lost, one at a time in a pool of one worker: a group
+        that kills that worker too gets ``job.on_error`` (the pool is replaced for the
+        next group; the others share one pool rather than starting one each)."""
+        pool: ProcessPoolExecutor | None = None
+        try:
+            for tag, key, g in retry:
+                pool = pool or self._pool(1)
+                try:
+                    result = job.conform(pool.submit(_run_chunk, job.fn, job.config, [(key, g)]).result()[0])
+                except BrokenProcessPool:
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    pool = None
+                    reason = (
+                        "worker process died twice while processing this series (killed or out of memory)"
+                    )
+                    log.error("series %s: %s", key, reason)
+                    if job.on_error is None:
+                        raise
+                    result = job.conform(job.on_error(key, reason))
+                yield from state.add(tag, [result])
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)

@@ -7,7 +7,7 @@ ahead of the cutoff (1..horizon), ``created_at`` the delivery's time and
 ``forecast_day`` its UTC date, with the step's ``mae`` (``|yhat - y|``), ``bias``
 (``yhat - y``), ``coverage_<lv>`` (1 inside the level's interval, else 0) and ``mase``
 = ``mae / scale``, where ``scale`` is the series' in-sample seasonal naive MAE
-(:func:`forecasting.metrics.naive_scale`, season of the lakehouse frequency, as the
+(:func:`forecasting.metrics.mase_scale`, season of the lakehouse frequency, as the
 backtest uses) recomputed from silver/readings up to the forecast's cutoff: the very
 history the model was trained or refitted on, so live and backtest MASE share a scale.
 
@@ -52,7 +52,7 @@ from forecasting import contract as C
 from forecasting.config import Config
 from forecasting.errors import TableError
 from forecasting.frequency import seasonalities_for
-from forecasting.metrics import naive_scale
+from forecasting.metrics import mase_scale
 from registry.connection import configure
 from training.engines import get_engine
 from training.jobs.forecast import replace_predicate
@@ -132,21 +132,6 @@ def score_series(group: pd.DataFrame, config: Config) -> pd.DataFrame:
     rows["forecast_day"] = created.dt.date
     rows[C.BUCKET] = C.bucket_of(rows[C.SERIES_ID].to_numpy())
     return rows[schema.names]
-
-
-def mase_scale(insample: np.ndarray, m: int) -> float:
-    """The MASE denominator of :func:`forecasting.metrics.mase` for this history: the
-    seasonal naive in-sample MAE at lag ``m``; when that is 0, the lag-1 naive MAE, then
-    the mean absolute value, then 1 (the metrics' fallback rule: a scale never divides
-    by zero); ``nan`` for fewer than 2 points."""
-    x = np.asarray(insample, dtype=float)
-    first = naive_scale(x, m)
-    if np.isnan(first):
-        return float("nan")
-    for value in (first, naive_scale(x, 1), float(np.mean(np.abs(x)))):
-        if np.isfinite(value) and value > 0.0:
-            return float(value)
-    return 1.0
 
 
 # -- the job -------------------------------------------------------------------------------
