@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import pandas as pd
 import pyarrow as pa
 
 from forecasting.config import Config
+from registry.aggregates import Stat, Totals
 
 GroupFn = Callable[[pd.DataFrame, Any], pd.DataFrame]
 ErrorFn = Callable[[str, str], pd.DataFrame]  # (group key, reason) -> result rows
@@ -68,24 +69,41 @@ class Sink:
     on every row (``None``: null), in one Delta commit carrying ``metadata`` (read back
     by :meth:`~training.tables.Lakehouse.history` alike from either engine's commits). A
     batch without rows commits nothing, unless ``create`` is set and the table does not
-    exist yet: then its (empty) commit creates it."""
+    exist yet (then its empty commit creates it) or ``always`` is set.
+
+    ``predicate`` makes the commit a replace-where (the rows where it holds are replaced
+    by the batch's); ``app_id``/``app_version`` record a Delta application transaction
+    in the commit (as :meth:`~training.tables.Lakehouse.write` records it: never a
+    reason to skip the write)."""
 
     lake: Any  # training.tables.Lakehouse
     table: str
     columns: Mapping[str, Any] = field(default_factory=dict)
     metadata: Mapping[str, Any] = field(default_factory=dict)
     create: bool = False
+    predicate: str | None = None
+    app_id: str | None = None
+    app_version: int | None = None
+    always: bool = False
 
     def commits(self, rows: int) -> bool:
         """Whether a batch of ``rows`` rows is committed."""
-        return rows > 0 or (self.create and not self.lake.exists(self.table))
+        return rows > 0 or self.always or (self.create and not self.lake.exists(self.table))
 
     def commit(self, rows: pd.DataFrame) -> Summary:
         """``rows`` committed here, through the lakehouse (deltalake)."""
         summary = Summary.of(rows)
         if not self.commits(summary.rows):
             return summary
-        version = self.lake.write(self.table, rows.assign(**self.columns), metadata=dict(self.metadata))
+        version = self.lake.write(
+            self.table,
+            rows.assign(**self.columns),
+            mode="overwrite" if self.predicate else "append",
+            predicate=self.predicate,
+            app_id=self.app_id,
+            app_version=self.app_version,
+            metadata=dict(self.metadata),
+        )
         return replace(summary, version=int(version))
 
 
@@ -189,6 +207,28 @@ class Engine:
         rows to rows of ``schema`` (missing nullable columns are null)."""
         return sink.commit(fn(source()))
 
+    def derive_all(
+        self, parts: Sequence[tuple[TableBatch, RowsFn]], schema: pa.Schema, sink: Sink
+    ) -> Summary:
+        """:meth:`derive` from several sources at once: ``fn(source)`` of each
+        ``(source, fn)``, all committed by ``sink`` in one commit."""
+        rows = [conform_rows(fn(source()), schema) for source, fn in parts]
+        return sink.commit(concat(rows, schema))
+
+    def aggregate(
+        self, sources: Sequence[TableBatch], facts: RowsFn, medians: Sequence[str] = ()
+    ) -> dict[str, Stat]:
+        """The facts of ``sources``' rows summed up per key (:mod:`registry.aggregates`):
+        ``facts`` (pure, row by row) maps rows to rows ``key, value``; the result is a
+        :class:`~registry.aggregates.Stat` per key (the median of the values only for
+        ``medians``). Here batch by batch, each source read and summed up on its own
+        (exact sums); engines that hold the data elsewhere sum up there, and only the
+        sums come back."""
+        totals = Totals(medians)
+        for source in sources:
+            totals.add(facts(source()))
+        return totals.stats()
+
     def stream(
         self, batches: Iterable[Batch], job: GroupJob, total: int
     ) -> Iterator[tuple[Any, pd.DataFrame]]:
@@ -212,6 +252,12 @@ def conform(df: pd.DataFrame, schema: pa.Schema) -> pd.DataFrame:
     if missing:
         raise ValueError(f"group function returned no column(s) {missing}; expected {schema.names}")
     return df[schema.names]
+
+
+def conform_rows(rows: pd.DataFrame, schema: pa.Schema) -> pd.DataFrame:
+    """``rows`` with ``schema``'s columns in order, a missing one null (as a derived
+    batch is written)."""
+    return rows.reindex(columns=schema.names)
 
 
 def concat(parts: list[pd.DataFrame], schema: pa.Schema) -> pd.DataFrame:
