@@ -61,6 +61,7 @@ from forecasting.series import SeriesData, prepare, series_id_of
 from forecasting.timeout import Alarm, run_seeded
 
 PLAN_COLUMN = "_gate_plan"  # the series' comparison payload (JSON), on its first row
+SKIP = "skip"  # in a payload: the series is left out, for this reason (attach_all)
 USABLE = (OK, FALLBACK)
 NO_CHAMPION_MODEL = "the champion has no model for this series"
 NO_ACTUALS = "no actuals after the champion's cutoff yet"
@@ -198,6 +199,26 @@ def attach(readings: pd.DataFrame, planned: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def attach_all(readings: pd.DataFrame, planned: pd.DataFrame) -> pd.DataFrame:
+    """:func:`attach`, and for each series planned with a reason only (it cannot be
+    compared) its first silver row with a payload carrying that reason: the engine's
+    rows then hold every planned series (no :func:`combine` on the driver), and a
+    series left out costs no fit."""
+    out = attach(readings, planned)
+    skipped = planned[planned[PLAN_COLUMN].isna() & (planned["reason"] != "")]
+    if not len(skipped):
+        return out
+    first = readings[readings[SERIES_ID].isin(set(skipped[SERIES_ID]))].drop_duplicates(SERIES_ID).copy()
+    payloads = {
+        sid: json.dumps(
+            {SKIP: reason, "window_start": None if pd.isna(start) else pd.Timestamp(start).isoformat()}
+        )
+        for sid, reason, start in zip(skipped[SERIES_ID], skipped["reason"], skipped["window_start"])
+    }
+    first[PLAN_COLUMN] = first[SERIES_ID].astype(str).map(payloads).astype("string")
+    return pd.concat([out, first], ignore_index=True)
+
+
 def combine(planned: pd.DataFrame, compared: pd.DataFrame) -> pd.DataFrame:
     """Every planned series as a GATE_SERIES row: the engine's rows, and the series left
     out on the driver with their reason."""
@@ -225,6 +246,9 @@ def compare_series(pdf: pd.DataFrame, config: Config) -> pd.DataFrame:
         One GATE_SERIES row; a series that cannot be compared gets its reason.
     """
     sid = series_id_of(pdf)
+    skipped = _skipped(pdf)
+    if skipped is not None:
+        return gate_frame([_row(sid, skipped.get(SKIP, ""), skipped.get("window_start"))])
     try:
         with one_thread(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # convergence noise of the refits
@@ -260,6 +284,15 @@ def _row(series_id: str, reason: str, window_start: Any = None) -> dict[str, Any
         "challenger_saw_window": False,
         "reason": reason,
     }
+
+
+def _skipped(pdf: pd.DataFrame) -> dict[str, Any] | None:
+    """The payload of a series planned as left out (:func:`attach_all`), else ``None``."""
+    values = pdf[PLAN_COLUMN].dropna() if PLAN_COLUMN in pdf.columns else pd.Series(dtype=object)
+    if values.empty:
+        return None
+    payload = json.loads(values.iloc[0])
+    return payload if SKIP in payload else None
 
 
 def _payload(pdf: pd.DataFrame) -> dict[str, Any]:

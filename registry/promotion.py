@@ -54,11 +54,13 @@ import math
 import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import mlflow
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
@@ -66,9 +68,10 @@ from forecasting import contract as C
 from forecasting.comparison import Comparison, gate_frame
 from forecasting.config import Config
 from forecasting.errors import RegistryError
+from registry.aggregates import GateSummary, left_out_text
 from registry.aliases import CHALLENGER, CHAMPION, champion_version, require_version, versions
 from registry.connection import set_uris
-from registry.metrics import USABLE, chosen_backtest, gate_compared, gate_left_out
+from registry.metrics import USABLE, chosen_backtest
 from registry.pyfunc import describe_gate
 from registry.results import load_results
 
@@ -245,6 +248,29 @@ def gate(
             (:mod:`forecasting.comparison`); none, or one with another champion, is no
             common data.
     """
+    metric = config.backtest.metric
+    chal = _challenger_series(results, metric)
+    first = _aggregate(chal, metric) if len(chal) else None
+    if comparison is None:
+        return decide(config, version, first)
+    summary = GateSummary.of(comparison.series, metric)
+    return decide(config, version, first, comparison.champion_version, summary, comparison.series)
+
+
+def decide(
+    config: Config,
+    version: str | int,
+    first: float | None,
+    compared_with: str | None = None,
+    summary: GateSummary | None = None,
+    series: pd.DataFrame | None = None,
+) -> Decision:
+    """:func:`gate` on summaries, small whatever the number of series: ``first`` is the
+    challenger's mean ``backtest.metric`` over its usable series (the decision's metric
+    when there is no champion yet), ``summary`` its comparison with champion
+    ``compared_with``; ``series`` the comparison's rows, when the caller holds them
+    (logged as ``gate_series.parquet``; a job writing them elsewhere logs that file
+    itself)."""
     client = set_uris(config)
     name = config.mlflow.registered_model
     version = str(version)
@@ -253,16 +279,14 @@ def gate(
     metric = config.backtest.metric
     champion = champion_version(client, name)
     if champion is None:
-        chal = _challenger_series(results, metric)
-        mean = _aggregate(chal, metric) if len(chal) else None
         decision = Decision(
-            True, version, None, mean, None, 0, "no champion yet: first version promoted", metric
+            True, version, None, first, None, 0, "no champion yet: first version promoted", metric
         )
     elif champion == version:
         decision = Decision(True, version, champion, None, None, 0, "already the champion", metric)
     else:
-        same = comparison is not None and comparison.champion_version == champion
-        decision = _compare(config, version, champion, comparison.series if same else None)
+        same = summary is not None and compared_with == champion
+        decision = _verdict(config, version, champion, summary if same else None, series if same else None)
     _finish(config, decision)
     return decision
 
@@ -282,15 +306,23 @@ def _finish(config: Config, decision: Decision) -> None:
 
 def _compare(config: Config, version: str, champion: str, series: pd.DataFrame | None) -> Decision:
     """The verdict on the per-series comparison (GATE_SERIES rows) with ``champion``."""
+    summary = None if series is None else GateSummary.of(series, config.backtest.metric)
+    return _verdict(config, version, champion, summary, series)
+
+
+def _verdict(
+    config: Config, version: str, champion: str, summary: GateSummary | None, series: pd.DataFrame | None
+) -> Decision:
+    """The verdict on the comparison with ``champion`` summed up (``None``: none was
+    made); ``series``: its rows, when held here (the decision's ``series``)."""
     metric = config.backtest.metric
     tol = float(config.mlflow.promotion_tolerance)
-    table = gate_frame([]) if series is None else series
-    common = gate_compared(table)
-    n, points = len(common), int(common["n_points"].sum())
+    table = series if series is not None else (gate_frame([]) if summary is None else None)
+    s = summary if summary is not None else GateSummary()
+    n, points = s.compared, s.points
     if n < config.gate.min_common_series:
-        return _insufficient(config, version, champion, table, series is None)
-    c = _aggregate(common["challenger_metric"].astype(float), metric)
-    p = _aggregate(common["champion_metric"].astype(float), metric)
+        return _insufficient(config, version, champion, s, table, summary is None)
+    c, p = float(s.challenger_metric), float(s.champion_metric)
     label = f"|{metric}|" if metric == "bias" else metric
     on = f"on {n} common series ({points} points after the champion's cutoffs)"
     promoted = math.isfinite(c) and c <= p * (1 + tol)
@@ -304,16 +336,21 @@ def _compare(config: Config, version: str, champion: str, series: pd.DataFrame |
 
 
 def _insufficient(
-    config: Config, version: str, champion: str, table: pd.DataFrame, missing: bool
+    config: Config,
+    version: str,
+    champion: str,
+    summary: GateSummary,
+    table: pd.DataFrame | None,
+    missing: bool,
 ) -> Decision:
     """The decision on too little common data: ``gate.insufficient``, said so."""
-    n = len(gate_compared(table))
+    n = summary.compared
     promoted = config.gate.insufficient == "promote"
     if missing:
         why = f"no comparison with champion v{champion} was made"
     else:
-        why = gate_left_out(table) or (
-            "every series was compared" if len(table) else "the challenger holds no series"
+        why = left_out_text(summary.left_out) or (
+            "every series was compared" if summary.rows else "the challenger holds no series"
         )
     verdict = f"promoted v{version}" if promoted else f"kept champion v{champion}"
     reason = (
@@ -370,6 +407,19 @@ def _read_recorded(config: Config, run_id: str | None) -> Decision | None:
     return Decision(**{k: v for k, v in data.items() if k in known}, series=series)
 
 
+def log_gate_series(batches: Iterable[pd.DataFrame]) -> None:
+    """``gate_series.parquet`` in the active run, written a batch of GATE_SERIES rows at
+    a time (each sorted by series), for a comparison whose rows are held elsewhere (a
+    run's ``gold/gate`` rows)."""
+    with tempfile.TemporaryDirectory(prefix="mmf-gate-") as tmp:
+        path = Path(tmp) / GATE_SERIES_FILE
+        with pq.ParquetWriter(path, C.GATE_SERIES) as writer:
+            for rows in batches:
+                rows = rows.reindex(columns=C.GATE_SERIES.names).sort_values(C.SERIES_ID, ignore_index=True)
+                writer.write_table(pa.Table.from_pandas(rows, schema=C.GATE_SERIES, preserve_index=False))
+        mlflow.log_artifact(str(path))
+
+
 def _log_decision(decision: Decision) -> None:
     if mlflow.active_run() is None:
         return
@@ -404,7 +454,9 @@ __all__ = [
     "champion_history",
     "champion_run",
     "champion_to_compare",
+    "decide",
     "gate",
+    "log_gate_series",
     "promote",
     "recorded_decision",
     "rollback",

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from forecasting import contract as C
 from forecasting.config import Config
 from forecasting.errors import RegistryError
+from registry.aggregates import ExactSum
 from registry.connection import set_uris
 from registry.metrics import USABLE, chosen_backtest, finite_metric_values, per_series_table
 from registry.plots import plot_errors, plot_forecasts, sample_series
@@ -35,32 +36,6 @@ RESULTS_FILE = "results.parquet"  # the engine's TRAIN_RESULT rows, for resuming
 TABLE_MAX_ROWS = 20_000  # per_series.json (mlflow.log_table) only below this size
 # ids -> rows of those series (history: silver rows ``series_id, ts, y``; results: TRAIN_RESULT)
 Lookup = Callable[[Sequence[str]], pd.DataFrame]
-
-
-class ExactSum:
-    """A float sum that is exact until its final rounding (Shewchuk's partials, as
-    :func:`math.fsum`), so it does not depend on how the values were batched or ordered."""
-
-    def __init__(self) -> None:
-        self.partials: list[float] = []
-
-    def add(self, values: Iterable[float]) -> None:
-        partials = self.partials
-        for x in values:
-            i = 0
-            for y in partials:
-                if abs(x) < abs(y):
-                    x, y = y, x
-                hi = x + y
-                lo = y - (hi - x)
-                if lo:
-                    partials[i] = lo
-                    i += 1
-                x = hi
-            partials[i:] = [x]
-
-    def value(self) -> float:
-        return math.fsum(self.partials)
 
 
 @dataclass
@@ -125,6 +100,7 @@ def log_results(
     history: pd.DataFrame | Lookup | None = None,
     n_quarantined: int | None = None,
     lookup: Lookup | None = None,
+    metrics: dict[str, float] | None = None,
 ) -> dict[str, float]:
     """Log a training job's results to the active run in a few calls.
 
@@ -138,7 +114,9 @@ def log_results(
     ``plots/forecast_vs_actuals.png`` (``config.mlflow.sample_plots`` series; needs
     ``history``: silver rows ``series_id, ts, y``, or a function of the sampled ids
     returning them; and, for batches, ``lookup``: the sampled series' TRAIN_RESULT rows)
-    and ``plots/error_distribution.png``.
+    and ``plots/error_distribution.png``. ``metrics``: the aggregate metrics, when the
+    job summed them up already (:func:`registry.aggregates.run_metrics`; on Spark, by a
+    Spark aggregation): logged instead of those of the batches.
 
     Returns:
         The aggregate metrics logged.
@@ -155,7 +133,7 @@ def log_results(
     with tempfile.TemporaryDirectory(prefix="mmf-run-") as tmp:
         folder = Path(tmp)
         totals, n_rows = _write_batches(results, folder)
-        metrics = totals.metrics(n_quarantined)
+        metrics = totals.metrics(n_quarantined) if metrics is None else dict(metrics)
         mlflow.log_metrics(metrics)
         mlflow.log_artifact(str(folder / "per_series.parquet"))
         mlflow.log_artifact(str(folder / RESULTS_FILE))

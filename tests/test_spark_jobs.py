@@ -540,3 +540,79 @@ def test_forecast_on_spark_matches_local_and_resumes(tmp_path, spark, checkpoint
     resumed_fc, resumed_portfolio = _delivered(lake)
     pd.testing.assert_frame_equal(resumed_fc, local_fc, check_exact=False, rtol=1e-9)
     pd.testing.assert_frame_equal(resumed_portfolio, local_portfolio, check_exact=False, rtol=1e-9)
+
+
+def _two_trains(root, readings: pd.DataFrame, engine: str):
+    """Two nights on their own lakehouse and MLflow store, each trained with ``engine``
+    (refined locally): the first on the days before the last one, the second once the
+    last day arrived (gated against the first, its champion, on that day)."""
+    cut = readings[C.TS].max() - pd.Timedelta("1D")
+    root.mkdir()
+    cfg, lake = _setup(root, readings[readings[C.TS] <= cut], batch_rows=1000)
+    first = train(lake, cfg.replace(engine=engine))
+    readings[readings[C.TS] > cut].to_parquet(root / "part1.parquet")
+    ingest(lake, root / "part1.parquet")
+    refine(lake, cfg)
+    return cfg.replace(engine=engine), lake, first, train(lake, cfg.replace(engine=engine))
+
+
+def _metrics(cfg, run_id: str) -> dict[str, float]:
+    return mlflow.MlflowClient(cfg.mlflow_tracking_uri()).get_run(run_id).data.metrics
+
+
+def test_train_stages_after_the_engine_run_on_spark(tmp_path, spark, monkeypatch):
+    """``train --engine spark`` after its batches: the run's metrics are a Spark
+    aggregation over gold/models, gold/selection is derived per batch by the executors,
+    the gate's comparison is computed and committed to gold/gate per batch by them and
+    summed up by Spark; nothing per series comes back to the driver. Metrics, decisions
+    and tables equal a local train's."""
+    readings = _readings(n_series=8)
+    short = readings[readings[C.SERIES_ID] == readings[C.SERIES_ID].iloc[0]].head(20)
+    readings = pd.concat([readings, short.assign(**{C.SERIES_ID: "short-1"})], ignore_index=True)
+    cfg, lake, _, rep = _two_trains(tmp_path / "local", readings, "local")
+
+    collected: list = []
+    collect = spark_engine.to_pandas
+    monkeypatch.setattr(
+        spark_engine, "to_pandas", lambda df, schema: collected.append(schema) or collect(df, schema)
+    )
+    cfg_s, lake_s, first_s, rep_s = _two_trains(tmp_path / "spark", readings, "spark")
+    assert collected == [], "per-series rows came back to the driver"
+    assert len(set(lake_s.read("gold/models")["batch"])) >= 3
+
+    assert rep.metrics["n_quarantined"] == 1.0 and rep.metrics["n_ok"] == 8.0
+    assert rep_s.metrics == pytest.approx(rep.metrics, rel=1e-9)
+    logged, logged_s = _metrics(cfg, rep.run_id), _metrics(cfg_s, rep_s.run_id)
+    assert set(logged_s) == set(logged) and {"gate.n_common_series", "metric_value_median"} <= set(logged)
+    assert logged_s == pytest.approx(logged, rel=1e-9)
+
+    d, d_s = rep.decision, rep_s.decision
+    assert d.n_common_series == d_s.n_common_series == 8 and d.n_points == d_s.n_points > 0
+    assert (d_s.promoted, d_s.champion_version, d_s.challenger_version) == (d.promoted, "1", "2")
+    assert d_s.challenger_metric == pytest.approx(d.challenger_metric, rel=1e-9)
+    assert d_s.champion_metric == pytest.approx(d.champion_metric, rel=1e-9)
+
+    keys = {"gold/selection": ["silver_version", C.SERIES_ID], "gold/gate": [C.SERIES_ID]}
+    for name, by in keys.items():
+        pd.testing.assert_frame_equal(_gold(lake_s, name, by), _gold(lake, name, by), obj=name)
+    gate = lake_s.read("gold/gate")
+    assert gate["promoted"].eq(d_s.promoted).all() and len(gate) == 8
+    pd.testing.assert_frame_equal(
+        d_s.series, gate[list(C.GATE_SERIES.names)].sort_values(C.SERIES_ID, ignore_index=True)
+    )
+    assert lake_s.txn_version("gold/gate", "mmf-gate") == 2
+    assert lake_s.txn_version("gold/selection", "mmf-train") == lake_s.version("silver/readings")
+
+    # every commit of the second run's rows was made by delta-spark, batch by batch
+    for name, run_key in (("gold/selection", "mmf.train_run"), ("gold/gate", "mmf.gate_run")):
+        commits = [c for c in lake_s.history(name) if rep_s.run_id in (c.get(run_key), c.get("mmf.run_id"))]
+        assert commits and all("userMetadata" in c for c in commits), name
+        local = [c for c in lake.history(name) if rep.run_id in (c.get(run_key), c.get("mmf.run_id"))]
+        assert len(commits) == len(local), name
+    final = [c for c in lake_s.history("gold/selection") if c.get("mmf.run_id") == rep_s.run_id]
+    assert len(final) == 1 and int(final[0]["mmf.batch"]) == int(final[0]["mmf.batches"]) - 1
+    path = mlflow.artifacts.download_artifacts(
+        run_id=rep_s.run_id, artifact_path="gate_series.parquet", tracking_uri=cfg_s.mlflow_tracking_uri()
+    )
+    got = pd.read_parquet(path).sort_values(C.SERIES_ID, ignore_index=True)
+    pd.testing.assert_frame_equal(got, d_s.series, check_dtype=False)

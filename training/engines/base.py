@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import pandas as pd
 import pyarrow as pa
 
 from forecasting.config import Config
+from registry.aggregates import Stat, Totals
 
 GroupFn = Callable[[pd.DataFrame, Any], pd.DataFrame]
 ErrorFn = Callable[[str, str], pd.DataFrame]  # (group key, reason) -> result rows
@@ -68,10 +69,12 @@ class Sink:
     on every row (``None``: null), in one Delta commit carrying ``metadata`` (read back
     by :meth:`~training.tables.Lakehouse.history` alike from either engine's commits). A
     batch without rows commits nothing, unless ``create`` is set and the table does not
-    exist yet: then its (empty) commit creates it; or ``always`` is set (an empty commit
-    carrying its metadata). With ``predicate`` the commit replaces the table's rows where
-    it holds (replace-where; an absent table is created); with ``app_id`` it records that
-    Delta application transaction at ``app_version``."""
+    exist yet (then its empty commit creates it) or ``always`` is set.
+
+    ``predicate`` makes the commit a replace-where (the rows where it holds are replaced
+    by the batch's); ``app_id``/``app_version`` record a Delta application transaction
+    in the commit (as :meth:`~training.tables.Lakehouse.write` records it: never a
+    reason to skip the write)."""
 
     lake: Any  # training.tables.Lakehouse
     table: str
@@ -87,29 +90,20 @@ class Sink:
         """Whether a batch of ``rows`` rows is committed."""
         return rows > 0 or self.always or (self.create and not self.lake.exists(self.table))
 
-    def options(self) -> dict[str, Any]:
-        """The write's replace-where and application transaction, as
-        :meth:`~training.tables.spark.SparkTables.write` takes them (none when unset)."""
-        out: dict[str, Any] = {}
-        if self.predicate:
-            out.update(mode="overwrite", replace_where=self.predicate)
-        if self.app_id:
-            out.update(app_id=self.app_id, app_version=self.app_version)
-        return out
-
     def commit(self, rows: pd.DataFrame) -> Summary:
         """``rows`` committed here, through the lakehouse (deltalake)."""
         summary = Summary.of(rows)
         if not self.commits(summary.rows):
             return summary
-        options = self.options()
-        if "replace_where" in options and summary.rows:
-            options["predicate"] = options.pop("replace_where")
-        else:
-            options.pop("replace_where", None)
-            options.pop("mode", None)
-        data = rows.assign(**self.columns)
-        version = self.lake.write(self.table, data, metadata=dict(self.metadata), **options)
+        version = self.lake.write(
+            self.table,
+            rows.assign(**self.columns),
+            mode="overwrite" if self.predicate else "append",
+            predicate=self.predicate,
+            app_id=self.app_id,
+            app_version=self.app_version,
+            metadata=dict(self.metadata),
+        )
         return replace(summary, version=int(version))
 
 
@@ -213,6 +207,28 @@ class Engine:
         rows to rows of ``schema`` (missing nullable columns are null)."""
         return sink.commit(fn(source()))
 
+    def derive_all(
+        self, parts: Sequence[tuple[TableBatch, RowsFn]], schema: pa.Schema, sink: Sink
+    ) -> Summary:
+        """:meth:`derive` from several sources at once: ``fn(source)`` of each
+        ``(source, fn)``, all committed by ``sink`` in one commit."""
+        rows = [conform_rows(fn(source()), schema) for source, fn in parts]
+        return sink.commit(concat(rows, schema))
+
+    def aggregate(
+        self, sources: Sequence[TableBatch], facts: RowsFn, medians: Sequence[str] = ()
+    ) -> dict[str, Stat]:
+        """The facts of ``sources``' rows summed up per key (:mod:`registry.aggregates`):
+        ``facts`` (pure, row by row) maps rows to rows ``key, value``; the result is a
+        :class:`~registry.aggregates.Stat` per key (the median of the values only for
+        ``medians``). Here batch by batch, each source read and summed up on its own
+        (exact sums); engines that hold the data elsewhere sum up there, and only the
+        sums come back."""
+        totals = Totals(medians)
+        for source in sources:
+            totals.add(facts(source()))
+        return totals.stats()
+
     def stream(
         self, batches: Iterable[Batch], job: GroupJob, total: int
     ) -> Iterator[tuple[Any, pd.DataFrame]]:
@@ -236,6 +252,12 @@ def conform(df: pd.DataFrame, schema: pa.Schema) -> pd.DataFrame:
     if missing:
         raise ValueError(f"group function returned no column(s) {missing}; expected {schema.names}")
     return df[schema.names]
+
+
+def conform_rows(rows: pd.DataFrame, schema: pa.Schema) -> pd.DataFrame:
+    """``rows`` with ``schema``'s columns in order, a missing one null (as a derived
+    batch is written)."""
+    return rows.reindex(columns=schema.names)
 
 
 def concat(parts: list[pd.DataFrame], schema: pa.Schema) -> pd.DataFrame:

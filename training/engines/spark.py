@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from typing import Any, Callable, Iterable, Iterator
+from functools import reduce
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import pandas as pd
 import pyarrow as pa
@@ -39,6 +40,7 @@ from pyspark.sql import types as T
 from forecasting import contract as C
 from forecasting.config import Config
 from forecasting.errors import MMFError
+from registry.aggregates import FACTS, KEY, VALUE, Stat
 from training import checkpoints
 from training.engines.base import (
     STATUS,
@@ -180,11 +182,56 @@ class SparkEngine(Engine):
         try:
             summary = count_rows(rows)
             if sink.commits(summary.rows):
-                version = tables.write(sink.table, rows, metadata=sink.metadata, **sink.options())
-                summary = replace(summary, version=version)
+                summary = replace(summary, version=commit_rows(tables, rows, sink))
         finally:
             rows.unpersist()
         return summary
+
+    def derive_all(
+        self, parts: Sequence[tuple[TableBatch, RowsFn]], schema: pa.Schema, sink: Sink
+    ) -> Summary:
+        """:meth:`derive` from several sources: each ``fn`` over its source's rows on the
+        executors, their union written by them in one commit."""
+        spark_schema = arrow_to_spark_schema(schema)
+        frames = [self.read_batch(src).mapInArrow(rows_udf(fn, schema), spark_schema) for src, fn in parts]
+        return self.write(reduce(SparkDataFrame.unionByName, frames), sink)
+
+    def aggregate(
+        self, sources: Sequence[TableBatch], facts: RowsFn, medians: Sequence[str] = ()
+    ) -> dict[str, Stat]:
+        """The facts of ``sources``' rows made on the executors (``mapInArrow``) and summed
+        up per key by a Spark aggregation (``percentile`` for the medians: exact, as
+        numpy's); only one row per key comes to the driver."""
+        if not sources:
+            return {}
+        facts_df = read_sources(self, sources).mapInArrow(
+            rows_udf(facts, FACTS), arrow_to_spark_schema(FACTS)
+        )
+        value = F.col(VALUE)
+        median = (
+            F.percentile(F.when(F.col(KEY).isin(list(medians)), value), F.lit(0.5))
+            if medians
+            else F.lit(None).cast("double")
+        )
+        rows = (
+            facts_df.groupBy(KEY)
+            .agg(
+                F.count(F.lit(1)).alias("count"),
+                F.count(value).alias("n"),
+                F.sum(value).alias("total"),
+                median.alias("median"),
+            )
+            .collect()
+        )
+        return {
+            str(r[KEY]): Stat(
+                int(r["count"]),
+                int(r["n"]),
+                float(r["total"] or 0.0),
+                None if r["median"] is None else float(r["median"]),
+            )
+            for r in rows
+        }
 
     def read_batch(self, batch: TableBatch) -> SparkDataFrame:
         """``batch``'s rows as a lazy Spark DataFrame over the Delta table."""
@@ -234,6 +281,46 @@ class SparkEngine(Engine):
             .applyInPandas(udf, schema=arrow_to_spark_schema(job.schema))
         )
         return out, total
+
+
+def read_sources(engine: SparkEngine, sources: Sequence[TableBatch]) -> SparkDataFrame:
+    """The rows of several batches of a table as one lazy Spark DataFrame: one read of
+    their whole bucket range when they differ only by contiguous ranges (a plan's
+    batches), else the union of their reads."""
+    first = sources[0]
+    if all(replace(s, buckets=first.buckets) == first for s in sources):
+        ranges = sorted(s.buckets for s in sources)
+        if all(a[1] == b[0] for a, b in zip(ranges, ranges[1:])):
+            return engine.read_batch(replace(first, buckets=(ranges[0][0], ranges[-1][1])))
+    return reduce(SparkDataFrame.unionByName, [engine.read_batch(s) for s in sources])
+
+
+def commit_rows(tables: SparkTables, rows: SparkDataFrame, sink: Sink) -> int:
+    """``rows`` committed by delta-spark as ``sink`` says (append, or replace-where on
+    its predicate; its metadata; its application transaction). delta-spark skips a write
+    whose transaction version its table already holds (or a later one), where
+    :meth:`~training.tables.Lakehouse.write` records it and writes: such rows are written
+    without the transaction, and a later version held is set back by an empty commit
+    with it (through the lakehouse), as the local engine leaves it. Returns the version
+    of the commit."""
+    held = tables.txn_version(sink.table, sink.app_id) if sink.app_id else None
+    wanted = int(sink.app_version or 0)
+    skipped = held is not None and held >= wanted
+    version = tables.write(
+        sink.table,
+        rows,
+        mode="overwrite" if sink.predicate else "append",
+        replace_where=sink.predicate,
+        app_id=None if skipped else sink.app_id,
+        app_version=sink.app_version,
+        metadata=sink.metadata,
+    )
+    if skipped and held != wanted:
+        empty = sink.lake.schema(sink.table).empty_table()
+        version = sink.lake.write(
+            sink.table, empty, app_id=sink.app_id, app_version=wanted, metadata=dict(sink.metadata)
+        )
+    return int(version)
 
 
 def count_rows(rows: SparkDataFrame) -> Summary:

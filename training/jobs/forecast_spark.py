@@ -369,8 +369,6 @@ def commit(engine: SparkEngine, lake, state: fc.Delivery, report, i, buckets, ro
         checkpoint("before_forecast_commit")
     counts = counts_of(series) if len(series) else {}
     metadata, txn = fc.commit_metadata(state, report, i, buckets, counts, missing, final)
-    if txn:
-        txn = _transaction(lake, GOLD_FORECASTS, txn["app_id"], txn["app_version"])
     done = series[series["reason"].isna()] if len(series) else series
     sink = Sink(
         lake,
@@ -383,9 +381,7 @@ def commit(engine: SparkEngine, lake, state: fc.Delivery, report, i, buckets, ro
     )
     if rows is None:
         rows = engine.spark.createDataFrame([], arrow_to_spark_schema(lake.schema(GOLD_FORECASTS)))
-    state.table_version = engine.write(rows, sink).version
-    if final:
-        _lower_transaction(lake, GOLD_FORECASTS, fc.APP_FORECAST, state.key)
+    state.table_version = engine.write(rows, sink).version  # a transaction held already: see commit_rows
     state.add(counts, {})
     state.final = state.final or final
 

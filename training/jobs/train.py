@@ -9,22 +9,28 @@ its own (:meth:`Lakehouse.read_buckets`). The engine maps
 TRAIN_RESULT rows to ``gold/models`` (with the run id, silver version and batch index:
 a sink, :class:`training.engines.base.Sink`) and derives its backtest rows in
 ``gold/backtest`` from them (:meth:`Engine.derive`), each in a commit of its own (on
-Spark both are written by the executors: no result comes to the driver). Then, reading the
-run's ``gold/models`` rows back a batch at a time (never the whole run at once): the
-MLflow run's metrics and artifacts (:func:`registry.results.log_results`), one
-many-models pyfunc registered as ``challenger`` (promoted to ``champion`` by the gate),
-the gate, and the run's rows in ``gold/gate`` and ``gold/selection`` (a commit per
-batch; the application transaction ``mmf-train`` and the ``mmf.run_id`` commit metadata
-only on the last one: that commit is what says the run is in Gold).
+Spark both are written by the executors: no result comes to the driver). Then the
+stages after the engine (:mod:`training.jobs.train_gold`), each through the engine: the
+MLflow run's metrics, summed up by the engine over the run's ``gold/models`` rows
+(:meth:`Engine.aggregate`; a Spark aggregation on Spark), logged with the run's
+artifacts (:func:`registry.results.log_results`, which reads the rows back a batch at a
+time), one many-models pyfunc registered as ``challenger`` (promoted to ``champion`` by
+the gate), the gate, and the run's rows in ``gold/gate`` and ``gold/selection`` (derived
+from ``gold/models`` by the engine, a commit per batch; the application transaction
+``mmf-train`` and the ``mmf.run_id`` commit metadata only on the last one: that commit is
+what says the run is in Gold).
 
 The gate compares the challenger with the champion on the same window
 (:mod:`forecasting.comparison`, :mod:`registry.promotion`): the engine maps
 :func:`forecasting.comparison.compare_series` over the series the champion forecast and
 whose actuals have since arrived, batch by batch (the champion's results and Gold
 forecasts of the batch's series only; one refit of the challenger's chosen model per
-series, and of the champion's only where its Gold forecasts are missing); the
-comparison per series (small: one row per series) goes to the run
-(``gate_series.parquet``) and to ``gold/gate``.
+series, and of the champion's only where its Gold forecasts are missing), and commits
+each batch's comparison rows to ``gold/gate`` itself (``promoted`` null until the gate
+decided); the gate decides on their sums (:class:`registry.aggregates.GateSummary`),
+the run gets them as ``gate_series.parquet`` (copied from ``gold/gate`` a batch at a
+time) and, once decided, the run's ``gold/gate`` rows get ``promoted`` in one
+replace-where commit with the application transaction ``mmf-gate``.
 
 Global models need data across series: they are trained on a bounded sample, the first
 batches of the plan up to ``batch_rows`` rows in all (every series when silver holds no
@@ -55,21 +61,17 @@ version, the same aliases.
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import logging
 import tempfile
 import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
-import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
-from forecasting import comparison
 from forecasting import contract as C
 from forecasting.config import Config
 from forecasting.errors import DataContractError, TableError
@@ -78,30 +80,44 @@ from forecasting.pipeline import failed_result, process_series
 from registry import promotion, pyfunc, recovery, runs
 from registry.connection import configure, set_uris
 from registry.global_models import log_global_models
-from registry.metrics import USABLE, chosen_backtest
-from registry.results import load_results, log_results
+from registry.results import load_results
 from training import global_models
 from training.checkpoints import checkpoint
 from training.engines import get_engine
 from training.engines.base import Engine, Sink, TableBatch
 from training.jobs.refine import refine_in_progress
+from training.jobs.train_gold import (  # noqa: F401 - the after-engine stages, importable from here too
+    champion_results,
+    compare_with_champion,
+    gate_run,
+    record_run,
+    with_series,
+    write_gold_selection,
+    write_gold_training,
+)
+from training.jobs.train_plan import (  # noqa: F401 - what the stages share, importable from here too
+    APP_GATE,
+    APP_ID,
+    RESULT_COLUMNS,
+    SELECTION_COLUMNS,
+    Plan,
+    backtest_rows,
+    batch_rows,
+    done_batches,
+    now,
+    run_batches,
+    run_results,
+    run_rows,
+)
 from training.tables import (
     GOLD_BACKTEST,
-    GOLD_FORECASTS,
-    GOLD_GATE,
     GOLD_MODELS,
     GOLD_SELECTION,
-    SILVER_QUARANTINE,
     SILVER_READINGS,
-    SILVER_SERIES,
     Lakehouse,
 )
 
 log = logging.getLogger(__name__)
-APP_ID = "mmf-train"
-APP_GATE = "mmf-gate"
-RESULT_COLUMNS = list(C.TRAIN_RESULT.names)
-SELECTION_COLUMNS = [C.SERIES_ID, "status", "reason", "model", "metric", "metric_value"]
 OUTSIDE_SAMPLE = (
     "outside the global models' training sample (the first batches of silver, up to batch_rows rows): "
     "raise batch_rows to train them on more series"
@@ -131,56 +147,6 @@ class TrainReport:
         """The run's TRAIN_RESULT rows, read from ``gold/models`` when asked: the whole
         run in one frame, for small runs (tests, benchmarks); jobs read it by batch."""
         return run_results(self.lake, self.run_id) if self.lake is not None else None
-
-
-@dataclass
-class Plan:
-    """A job's batches: silver/readings at a pinned version, in bucket ranges (of the
-    series ``series_ids`` only, when given)."""
-
-    lake: Lakehouse
-    version: int
-    ranges: list[tuple[int, int]]
-    series_ids: list[str] | None = None
-
-    @property
-    def n(self) -> int:
-        return len(self.ranges)
-
-    def _filters(self) -> list | None:
-        return [(C.SERIES_ID, "in", list(self.series_ids))] if self.series_ids else None
-
-    def batch(self, i: int) -> TableBatch:
-        """Batch ``i``'s silver rows, as the engine reads them (the Spark engine on its
-        executors, the local engine through deltalake)."""
-        filters = tuple(self._filters() or ())
-        return TableBatch(self.lake, SILVER_READINGS, self.ranges[i], self.version, filters=filters)
-
-    def load(self, i: int) -> pd.DataFrame:
-        """Batch ``i``'s silver rows, read here."""
-        return self.batch(i)()
-
-    def quarantine(self, i: int) -> pd.DataFrame:
-        """Batch ``i``'s rows of silver/quarantine."""
-        return self.lake.read_buckets(SILVER_QUARANTINE, self.ranges[i], filters=self._filters())
-
-    def n_quarantined(self) -> int:
-        if not self.series_ids:
-            return self.lake.n_rows(SILVER_QUARANTINE)
-        return len(self.lake.read(SILVER_QUARANTINE, columns=[C.SERIES_ID], filters=self._filters()))
-
-    def n_series(self) -> int:
-        """The series to train, as the Delta log counts them (for progress reports)."""
-        return len(self.series_ids) if self.series_ids else self.lake.n_rows(SILVER_SERIES)
-
-    def history(self, ids: Sequence[str]) -> pd.DataFrame:
-        """The silver rows of a few series (the run's plots)."""
-        return self.lake.read(SILVER_READINGS, version=self.version, filters=[(C.SERIES_ID, "in", list(ids))])
-
-    def batch_of(self, ids) -> np.ndarray:
-        """The index of the batch each series id falls in."""
-        los = np.array([lo for lo, _ in self.ranges])
-        return np.searchsorted(los, C.bucket_of(ids), side="right") - 1
 
 
 def read_silver(
@@ -287,20 +253,14 @@ def _train(
         train_batches(lake, cfg, plan, engine, run_id, glob, tell, resumed=resume is not None)
         lap("engine_s")
         tell("MLflow run, registry and gold tables", 0, 0)
-        metrics = log_results(
-            run_batches(lake, run_id, plan),
-            cfg,
-            history=plan.history,
-            n_quarantined=plan.n_quarantined(),
-            lookup=partial(run_rows, lake, run_id),
-        )
+        metrics = record_run(lake, cfg, engine, plan, run_id)
         checkpoint("before_register")
         mv = _register(lake, cfg, plan, run_id, metrics, glob)
         checkpoint("after_register")
-        decision = _gate(lake, cfg, engine, plan, run_id, str(mv.version)) if mv is not None else None
+        decision = gate_run(lake, cfg, engine, plan, run_id, str(mv.version)) if mv is not None else None
         checkpoint("after_gate")
         lap("mlflow_s")
-        write_gold_training(lake, cfg, run_id, plan, decision)
+        write_gold_training(lake, cfg, run_id, plan, decision, engine)
         checkpoint("after_gold_selection")
         lap("gold_write_s")
     return _report(lake, run_id, plan, cfg, mv, decision, metrics, timings)
@@ -393,7 +353,7 @@ def models_sink(lake: Lakehouse, run_id: str, plan: Plan, i: int) -> Sink:
         "run_id": run_id,
         "silver_version": plan.version,
         "batch": i,
-        "created_at": _now(),
+        "created_at": now(),
         C.BUCKET: None,
     }
     meta = {"mmf.run_id": run_id, "mmf.batch": i, "mmf.batches": plan.n}
@@ -420,44 +380,6 @@ def write_backtest(lake: Lakehouse, run_id: str, plan: Plan, i: int, results: pd
         lake.write(
             GOLD_BACKTEST, bt, metadata={"mmf.train_run": run_id, "mmf.batch": i, "mmf.batches": plan.n}
         )
-
-
-def done_batches(lake: Lakehouse, name: str, run_id: str, plan: Plan) -> set[int]:
-    """The batches of the run a table holds rows of: gold/models by its ``batch`` column,
-    the other tables by the buckets of the run's series in them."""
-    where = [("run_id", "=", run_id)]
-    if name == GOLD_MODELS:
-        return {int(b) for b in lake.read(GOLD_MODELS, columns=["batch"], filters=where)["batch"].unique()}
-    ids = lake.read(name, columns=[C.SERIES_ID], filters=where)[C.SERIES_ID].unique()
-    return {int(b) for b in np.unique(plan.batch_of(ids))}
-
-
-def batch_rows(lake: Lakehouse, run_id: str, buckets: tuple[int, int]) -> pd.DataFrame:
-    """A run's TRAIN_RESULT rows of one bucket range, from gold/models, by series id."""
-    rows = lake.read_buckets(GOLD_MODELS, buckets, columns=RESULT_COLUMNS, filters=[("run_id", "=", run_id)])
-    return rows.sort_values(C.SERIES_ID, ignore_index=True)
-
-
-def run_batches(lake: Lakehouse, run_id: str, plan: Plan) -> Iterator[pd.DataFrame]:
-    """A run's TRAIN_RESULT rows, batch by batch, read back from gold/models."""
-    for buckets in plan.ranges:
-        yield batch_rows(lake, run_id, buckets)
-
-
-def run_rows(lake: Lakehouse, run_id: str, ids: Sequence[str]) -> pd.DataFrame:
-    """A run's TRAIN_RESULT rows of a few series."""
-    where = [("run_id", "=", run_id), (C.SERIES_ID, "in", list(ids))]
-    return lake.read(GOLD_MODELS, columns=RESULT_COLUMNS, filters=where)
-
-
-def run_results(lake: Lakehouse, run_id: str) -> pd.DataFrame:
-    """All of a run's TRAIN_RESULT rows in one frame (small runs only)."""
-    rows = lake.read(GOLD_MODELS, columns=RESULT_COLUMNS, filters=[("run_id", "=", run_id)])
-    return rows.sort_values(C.SERIES_ID, ignore_index=True)
-
-
-def _now() -> pd.Timestamp:
-    return pd.Timestamp(dt.datetime.now(dt.timezone.utc)).as_unit("us")
 
 
 # -- global models ---------------------------------------------------------------------
@@ -527,7 +449,7 @@ def _report(lake, run_id, plan: Plan, cfg: Config, mv, decision, metrics, timing
         status_counts={k: v for k, v in counts.items() if v},
         metrics=metrics,
         chosen=chosen,
-        decision=decision,
+        decision=with_series(lake, plan, run_id, decision),
         timings=timings,
         lake=lake,
     )
@@ -574,11 +496,11 @@ def _resume(lake: Lakehouse, cfg: Config, plan: Plan, run, mv, engine: Engine) -
         if "mmf.n_series" not in tags or not any(k.startswith(pyfunc.HASH_TAG) for k in tags):
             # killed between registering and tagging the version
             pyfunc.tag_version(cfg, model_version, run_id, run_batches(lake, run_id, plan), plan.version)
-        decision = promotion.recorded_decision(cfg, model_version) or _gate(
+        decision = promotion.recorded_decision(cfg, model_version) or gate_run(
             lake, cfg, engine, plan, run_id, model_version
         )
         checkpoint("after_gate")
-        write_gold_training(lake, cfg, run_id, plan, decision)
+        write_gold_training(lake, cfg, run_id, plan, decision, engine)
         checkpoint("after_gold_selection")
     metrics = {k: float(v) for k, v in run.data.metrics.items()}
     return _report(lake, run_id, plan, cfg, mv, decision, metrics, {})
@@ -591,7 +513,7 @@ def _adopt_results(lake: Lakehouse, cfg: Config, plan: Plan, run_id: str) -> Non
     buckets = C.bucket_of(results[C.SERIES_ID])
     for i, (lo, hi) in enumerate(plan.ranges):
         part = results[(buckets >= lo) & (buckets < hi)]
-        rows = part.assign(run_id=run_id, silver_version=plan.version, batch=i, created_at=_now())
+        rows = part.assign(run_id=run_id, silver_version=plan.version, batch=i, created_at=now())
         lake.write(
             GOLD_MODELS, rows.assign(**{C.BUCKET: None}), metadata={"mmf.run_id": run_id, "mmf.batch": i}
         )
@@ -638,95 +560,6 @@ def _run_exists(config: Config, run_id: str) -> bool:
     return run.info.lifecycle_stage != "deleted"
 
 
-# -- the gate --------------------------------------------------------------------------
-def _gate(lake: Lakehouse, cfg: Config, engine: Engine, plan: Plan, run_id: str, version: str):
-    """The gate on ``version``, with its comparison with the champion."""
-    found = promotion.champion_run(cfg, version)
-    compared = compare_with_champion(lake, cfg, engine, plan, run_id, found)
-    rows = challenger_rows(lake, cfg, plan, run_id) if found is None else _no_rows()
-    return promotion.gate(cfg, version, rows, compared)
-
-
-def _no_rows() -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series(dtype=object) for c in SELECTION_COLUMNS})
-
-
-def challenger_rows(lake: Lakehouse, cfg: Config, plan: Plan, run_id: str) -> pd.DataFrame:
-    """What the gate needs of the challenger when there is no champion to compare with:
-    per usable series its ``backtest.metric`` (``metric_value`` where that is the
-    metric it was chosen on, else its chosen model's backtest mean); one small row per
-    series."""
-    metric = cfg.backtest.metric
-    parts = []
-    for batch in run_batches(lake, run_id, plan):
-        usable = batch[batch["status"].isin(USABLE)]
-        values = pd.to_numeric(usable["metric_value"], errors="coerce").to_numpy(dtype=float)
-        other = (usable["metric"] != metric).to_numpy()
-        if other.any():
-            bt = chosen_backtest(usable[other])
-            got = bt[metric].reindex(usable.loc[other, C.SERIES_ID]) if metric in bt else np.nan
-            values[other] = np.asarray(got, dtype=float)
-        parts.append(usable[[C.SERIES_ID, "status", "model"]].assign(metric=metric, metric_value=values))
-    return pd.concat(parts, ignore_index=True) if parts else _no_rows()
-
-
-def compare_with_champion(
-    lake: Lakehouse, cfg: Config, engine: Engine, plan: Plan, run_id: str, found
-) -> comparison.Comparison | None:
-    """The challenger (run ``run_id``) and the champion (``found``: its version and
-    run, :func:`registry.promotion.champion_run`) scored per series on the champion's
-    window (:mod:`forecasting.comparison`), batch by batch: each batch's plan from the
-    two runs' results and the champion's Gold forecasts of the batch's series, the
-    refits mapped over its series by the engine. ``None`` when there is no other
-    champion."""
-    if found is None:
-        return None
-    champion, champion_run = found
-    champion_of = champion_results(lake, cfg, champion_run)
-    planned: dict[int, pd.DataFrame] = {}
-
-    def load(i: int) -> pd.DataFrame:
-        chal = batch_rows(lake, run_id, plan.ranges[i])
-        ids = chal.loc[chal["status"].isin(USABLE), C.SERIES_ID].tolist()
-        where = [("model_version", "=", champion), (C.SERIES_ID, "in", ids)]
-        forecasts = lake.read(GOLD_FORECASTS, filters=where)
-        planned[i] = comparison.plan(chal, champion_of(plan.ranges[i]), forecasts, cfg)
-        return comparison.attach(plan.load(i), planned[i])
-
-    on_error = partial(comparison.failed_comparison, config=cfg)
-    batches = ((i, partial(load, i)) for i in range(plan.n))
-    stream = engine.map_batches(
-        batches, C.SERIES_ID, comparison.compare_series, C.GATE_SERIES, cfg, on_error=on_error
-    )
-    parts = [comparison.combine(planned.pop(i), compared) for i, compared in stream]
-    parts = [p for p in parts if len(p)]
-    series = (
-        pd.concat(parts, ignore_index=True).sort_values(C.SERIES_ID, ignore_index=True)
-        if parts
-        else comparison.gate_frame([])
-    )
-    return comparison.Comparison(champion, series)
-
-
-def champion_results(
-    lake: Lakehouse, cfg: Config, run_id: str | None
-) -> Callable[[tuple[int, int]], pd.DataFrame | None]:
-    """The champion's TRAIN_RESULT rows of a bucket range: from its run's gold/models
-    rows; for a champion trained before gold/models, from its run's ``results.parquet``
-    (read once); ``None`` when they cannot be read."""
-    if run_id and len(lake.read(GOLD_MODELS, columns=["batch"], filters=[("run_id", "=", run_id)])):
-        return partial(batch_rows, lake, run_id)
-    try:
-        whole = load_results(cfg, run_id) if run_id else None
-    except (MlflowException, OSError) as exc:
-        log.warning("cannot read the results of the champion's run %s: %s", run_id, exc)
-        whole = None
-    if whole is None:
-        return lambda buckets: None
-    ids = C.bucket_of(whole[C.SERIES_ID])
-    return lambda buckets: whole[(ids >= buckets[0]) & (ids < buckets[1])]
-
-
 def close_killed_run(lake: Lakehouse, config: Config) -> str | None:
     """When training is current: end the run of the job that wrote gold/selection last if
     it was killed before ending it (all its work is recorded), and mark any other
@@ -740,84 +573,3 @@ def close_killed_run(lake: Lakehouse, config: Config) -> str | None:
     )
     recovery.mark_orphans_failed(config)
     return run_id if closed else None
-
-
-# -- Gold ------------------------------------------------------------------------------
-def backtest_rows(results: pd.DataFrame, run_id: str) -> pd.DataFrame:
-    rows = []
-    for sid, payload in zip(results[C.SERIES_ID], results["backtest_json"]):
-        for r in json.loads(payload or "[]"):
-            rows.append({**r, C.SERIES_ID: sid, "run_id": run_id})
-    frame = pd.DataFrame(rows)
-    if len(frame):
-        frame["cutoff"] = pd.to_datetime(frame["cutoff"]).astype("datetime64[us]")
-    return frame
-
-
-def write_gold_gate(lake: Lakehouse, run_id: str, decision, now: pd.Timestamp) -> None:
-    """The gate's comparison per series in gold/gate (replace-where on run_id, with an
-    application transaction), when the decision has one."""
-    series = getattr(decision, "series", None)
-    if series is None or (series.empty and not lake.exists(GOLD_GATE)):
-        return
-    rows = series.assign(
-        run_id=run_id,
-        challenger_version=decision.challenger_version,
-        champion_version=decision.champion_version,
-        metric=decision.metric,
-        promoted=bool(decision.promoted),
-        created_at=now,
-    )
-    lake.write(
-        GOLD_GATE,
-        rows,
-        mode="overwrite",
-        predicate=f"run_id = '{run_id}'",
-        app_id=APP_GATE,
-        app_version=int(decision.challenger_version),
-        metadata={"mmf.run_id": run_id},
-    )
-
-
-def write_gold_training(lake: Lakehouse, cfg: Config, run_id: str, plan: Plan, decision=None) -> None:
-    """This run's rows in gold/gate (replace-where on run_id) and gold/selection (the
-    batches it does not hold yet); gold/backtest was written with the batches. A retry
-    never duplicates."""
-    now = _now()
-    write_gold_gate(lake, run_id, decision, now)
-    checkpoint("after_gold_backtest")
-    write_gold_selection(lake, run_id, plan, now)
-
-
-def write_gold_selection(lake: Lakehouse, run_id: str, plan: Plan, now: pd.Timestamp) -> None:
-    """The run's gold/selection rows, a commit per batch (its series' results and its
-    quarantined series), skipping the batches the table holds; the last commit carries
-    the application transaction ``mmf-train`` and ``mmf.run_id``."""
-    done = done_batches(lake, GOLD_SELECTION, run_id, plan)
-    last = plan.n - 1
-    for i in range(plan.n):
-        if i in done:
-            continue
-        sel = selection_rows(lake, run_id, plan, i, now)
-        meta = {"mmf.batch": i, "mmf.batches": plan.n}
-        if i == last:
-            meta["mmf.run_id"] = run_id
-            lake.write(GOLD_SELECTION, sel, app_id=APP_ID, app_version=plan.version, metadata=meta)
-        elif len(sel):
-            lake.write(GOLD_SELECTION, sel, metadata={"mmf.train_run": run_id, **meta})
-
-
-def selection_rows(lake: Lakehouse, run_id: str, plan: Plan, i: int, now: pd.Timestamp) -> pd.DataFrame:
-    """Batch ``i``'s gold/selection rows: its series' results and its quarantined series."""
-    sel = batch_rows(lake, run_id, plan.ranges[i])[SELECTION_COLUMNS]
-    q = plan.quarantine(i)
-    if len(q):
-        q = pd.DataFrame(
-            {
-                C.SERIES_ID: q[C.SERIES_ID],
-                "status": C.QUARANTINED,
-                "reason": q["reason"] + ": " + q["detail"].fillna(""),
-            }
-        )
-        sel = pd.concat([sel, q], ignore_index=True) if len(sel) else q.reindex(columns=SELECTION_COLUMNS)
-    return sel.assign(run_id=run_id, silver_version=plan.version, created_at=now)

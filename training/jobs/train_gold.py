@@ -1,0 +1,301 @@
+"""The stages of ``mmf train`` after the engine trained the batches: the run's metrics,
+the gate and the run's rows in ``gold/gate`` and ``gold/selection``, each through the
+engine, so that on Spark the per-series rows stay on the executors and the driver gets
+only counts and sums.
+
+* The run's metrics (:func:`record_run`) are summed up by the engine over the run's
+  ``gold/models`` rows (:meth:`Engine.aggregate` of :func:`registry.aggregates.run_facts`:
+  a Spark aggregation on Spark, exact sums batch by batch locally) and logged with the
+  run's artifacts (:func:`registry.results.log_results`, which reads the rows back a
+  batch at a time for ``results.parquet``, ``per_series.parquet`` and the plots).
+* The gate (:func:`gate_run`): without a champion the challenger's mean metric, summed
+  up the same way; with one, the engine maps :func:`forecasting.comparison.compare_series`
+  over each batch's series and commits each batch's comparison rows to ``gold/gate``
+  itself (a :class:`Sink`: ``promoted`` still null, commit metadata ``mmf.gate_run``
+  and the batch; a restarted gate skips the batches the table holds), then sums them up
+  (:class:`registry.aggregates.GateSummary`) for :func:`registry.promotion.decide`. The
+  run's ``gate_series.parquet`` is copied from those ``gold/gate`` rows a batch at a
+  time. Once decided, the run's ``gold/gate`` rows get ``promoted`` in one replace-where
+  commit made by the engine (:func:`finish_gold_gate`: application transaction
+  ``mmf-gate``, ``mmf.run_id``).
+* ``gold/selection`` (:func:`write_gold_selection`): per batch the engine derives the
+  rows from the run's ``gold/models`` rows and the batch's ``silver/quarantine`` rows
+  (:meth:`Engine.derive_all`) and commits them; the last commit carries the application
+  transaction ``mmf-train`` and ``mmf.run_id``.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from typing import Callable
+
+import pandas as pd
+from mlflow.exceptions import MlflowException
+
+from forecasting import comparison
+from forecasting import contract as C
+from forecasting.config import Config
+from registry import promotion
+from registry.aggregates import (
+    METRIC_VALUE,
+    challenger_facts,
+    gate_facts,
+    gate_summary,
+    run_facts,
+    run_metrics,
+)
+from registry.results import load_results, log_results
+from training.checkpoints import checkpoint
+from training.engines import get_engine
+from training.engines.base import Engine, Sink, TableBatch
+from training.jobs.train_plan import (
+    APP_GATE,
+    APP_ID,
+    SELECTION_COLUMNS,
+    Plan,
+    batch_rows,
+    done_batches,
+    now,
+    run_batches,
+    run_rows,
+)
+from training.tables import (
+    GOLD_FORECASTS,
+    GOLD_GATE,
+    GOLD_MODELS,
+    GOLD_SELECTION,
+    SILVER_QUARANTINE,
+    Lakehouse,
+)
+
+log = logging.getLogger(__name__)
+SERIES_IN_REPORT = 20_000  # a decision's per-series rows read back for the report up to this many series
+METRIC_COLUMNS = (C.SERIES_ID, "status", "model", "metric", "metric_value", "backtest_json")
+QUARANTINE_COLUMNS = (C.SERIES_ID, "reason", "detail")
+
+
+def run_sources(lake: Lakehouse, run_id: str, plan: Plan, table: str, columns) -> list[TableBatch]:
+    """The run's rows of ``table`` (only ``columns``), one source per batch of the plan."""
+    where = (("run_id", "=", run_id),)
+    return [TableBatch(lake, table, r, None, tuple(columns), where) for r in plan.ranges]
+
+
+# -- the run's metrics -----------------------------------------------------------------
+def record_run(lake: Lakehouse, cfg: Config, engine: Engine, plan: Plan, run_id: str) -> dict[str, float]:
+    """The run's metrics, summed up by the engine over its gold/models rows, logged to
+    the active run with its artifacts; returns them."""
+    n_quarantined = plan.n_quarantined()
+    stats = engine.aggregate(
+        run_sources(lake, run_id, plan, GOLD_MODELS, METRIC_COLUMNS), run_facts, medians=[METRIC_VALUE]
+    )
+    return log_results(
+        run_batches(lake, run_id, plan),
+        cfg,
+        history=plan.history,
+        n_quarantined=n_quarantined,
+        lookup=partial(run_rows, lake, run_id),
+        metrics=run_metrics(stats, n_quarantined),
+    )
+
+
+# -- the gate --------------------------------------------------------------------------
+def gate_run(lake: Lakehouse, cfg: Config, engine: Engine, plan: Plan, run_id: str, version: str):
+    """The gate on ``version``: with a champion, on the comparison of each batch's
+    series the engine committed to gold/gate, summed up by the engine."""
+    metric = cfg.backtest.metric
+    found = promotion.champion_run(cfg, version)
+    if found is None:
+        sources = run_sources(lake, run_id, plan, GOLD_MODELS, METRIC_COLUMNS)
+        stats = engine.aggregate(sources, partial(challenger_facts, metric=metric))
+        first = stats["challenger_metric"].mean if "challenger_metric" in stats else None
+        return promotion.decide(cfg, version, first)
+    compare_with_champion(lake, cfg, engine, plan, run_id, version, found)
+    stats = {}
+    if lake.exists(GOLD_GATE):
+        sources = run_sources(lake, run_id, plan, GOLD_GATE, C.GATE_SERIES.names)
+        stats = engine.aggregate(sources, partial(gate_facts, metric=metric))
+        promotion.log_gate_series(src() for src in sources)
+    return promotion.decide(cfg, version, None, found[0], gate_summary(stats))
+
+
+def compare_with_champion(
+    lake: Lakehouse, cfg: Config, engine: Engine, plan: Plan, run_id: str, version: str, found
+) -> None:
+    """The challenger (run ``run_id``, model ``version``) and the champion (``found``:
+    its version and run, :func:`registry.promotion.champion_run`) scored per series on
+    the champion's window (:mod:`forecasting.comparison`), batch by batch: each batch's
+    plan from the two runs' results and the champion's Gold forecasts of the batch's
+    series, the refits mapped over its series by the engine, which commits the batch's
+    rows to gold/gate (:func:`gate_sink`). The batches gold/gate holds are skipped."""
+    champion, champion_run = found
+    champion_of = champion_results(lake, cfg, champion_run)
+    done = done_batches(lake, GOLD_GATE, run_id, plan) if lake.exists(GOLD_GATE) else set()
+
+    def load(i: int) -> pd.DataFrame:
+        chal = batch_rows(lake, run_id, plan.ranges[i])
+        ids = chal.loc[chal["status"].isin(comparison.USABLE), C.SERIES_ID].tolist()
+        where = [("model_version", "=", champion), (C.SERIES_ID, "in", ids)]
+        forecasts = lake.read(GOLD_FORECASTS, filters=where)
+        planned = comparison.plan(chal, champion_of(plan.ranges[i]), forecasts, cfg)
+        return comparison.attach_all(plan.load(i), planned)
+
+    on_error = partial(comparison.failed_comparison, config=cfg)
+    batches = ((i, partial(load, i)) for i in range(plan.n) if i not in done)
+    sink = partial(gate_sink, lake, run_id, plan, (str(version), champion, cfg.backtest.metric, now()))
+    stream = engine.map_batches(
+        batches, C.SERIES_ID, comparison.compare_series, C.GATE_SERIES, cfg, on_error=on_error, sink=sink
+    )
+    for _ in stream:
+        pass
+
+
+def gate_sink(lake: Lakehouse, run_id: str, plan: Plan, context: tuple, i: int) -> Sink:
+    """Where batch ``i``'s comparison rows go: gold/gate, with the run, the versions
+    compared, the metric and ``context``'s time (``promoted`` null until the gate
+    decided), in a commit of their own."""
+    challenger, champion, metric, created = context
+    columns = {
+        "run_id": run_id,
+        "challenger_version": challenger,
+        "champion_version": champion,
+        "metric": metric,
+        "promoted": None,
+        "created_at": created,
+    }
+    return Sink(lake, GOLD_GATE, columns, {"mmf.gate_run": run_id, "mmf.batch": i, "mmf.batches": plan.n})
+
+
+def champion_results(
+    lake: Lakehouse, cfg: Config, run_id: str | None
+) -> Callable[[tuple[int, int]], pd.DataFrame | None]:
+    """The champion's TRAIN_RESULT rows of a bucket range: from its run's gold/models
+    rows; for a champion trained before gold/models, from its run's ``results.parquet``
+    (read once); ``None`` when they cannot be read."""
+    if run_id and len(lake.read(GOLD_MODELS, columns=["batch"], filters=[("run_id", "=", run_id)])):
+        return partial(batch_rows, lake, run_id)
+    try:
+        whole = load_results(cfg, run_id) if run_id else None
+    except (MlflowException, OSError) as exc:
+        log.warning("cannot read the results of the champion's run %s: %s", run_id, exc)
+        whole = None
+    if whole is None:
+        return lambda buckets: None
+    ids = C.bucket_of(whole[C.SERIES_ID])
+    return lambda buckets: whole[(ids >= buckets[0]) & (ids < buckets[1])]
+
+
+def kept(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows as they are (a derive that only sets its sink's constant columns)."""
+    return rows
+
+
+def finish_gold_gate(engine: Engine, lake: Lakehouse, run_id: str, decision) -> None:
+    """The decision's ``promoted`` on the run's gold/gate rows: one replace-where commit
+    on ``run_id`` made by the engine, with the application transaction ``mmf-gate``
+    (the challenger version) and ``mmf.run_id``; nothing when there was no champion to
+    compare with."""
+    if decision is None or decision.champion_version in (None, decision.challenger_version):
+        return
+    if not lake.exists(GOLD_GATE):
+        return
+    source = TableBatch(lake, GOLD_GATE, (0, C.N_BUCKETS), None, None, (("run_id", "=", run_id),))
+    sink = Sink(
+        lake,
+        GOLD_GATE,
+        {"promoted": bool(decision.promoted)},
+        {"mmf.run_id": run_id},
+        predicate=f"run_id = '{run_id}'",
+        app_id=APP_GATE,
+        app_version=int(decision.challenger_version),
+        always=True,
+    )
+    engine.derive(source, kept, lake.schema(GOLD_GATE), sink)
+
+
+def with_series(lake: Lakehouse, plan: Plan, run_id: str, decision):
+    """``decision`` with its per-series rows read back from gold/gate (sorted by
+    series), for small runs (up to :data:`SERIES_IN_REPORT` series; tests, benchmarks)."""
+    if decision is None or decision.series is not None or not lake.exists(GOLD_GATE):
+        return decision
+    if decision.champion_version in (None, decision.challenger_version) or plan.n_series() > SERIES_IN_REPORT:
+        return decision
+    rows = lake.read(GOLD_GATE, columns=C.GATE_SERIES.names, filters=[("run_id", "=", run_id)])
+    decision.series = rows.sort_values(C.SERIES_ID, ignore_index=True)
+    return decision
+
+
+# -- Gold ------------------------------------------------------------------------------
+def write_gold_training(
+    lake: Lakehouse, cfg: Config, run_id: str, plan: Plan, decision=None, engine: Engine | None = None
+) -> None:
+    """The gate's ``promoted`` on this run's gold/gate rows and its gold/selection rows
+    (the batches the table does not hold yet); gold/backtest was written with the
+    batches. A retry never duplicates."""
+    engine = get_engine(cfg) if engine is None else engine
+    finish_gold_gate(engine, lake, run_id, decision)
+    checkpoint("after_gold_backtest")
+    write_gold_selection(engine, lake, run_id, plan, now())
+
+
+def write_gold_selection(
+    engine: Engine, lake: Lakehouse, run_id: str, plan: Plan, created: pd.Timestamp
+) -> None:
+    """The run's gold/selection rows, a commit per batch derived by the engine (its
+    series' results and its quarantined series), skipping the batches the table holds;
+    the last commit carries the application transaction ``mmf-train`` and ``mmf.run_id``."""
+    done = done_batches(lake, GOLD_SELECTION, run_id, plan) if lake.exists(GOLD_SELECTION) else set()
+    schema = lake.schema(GOLD_SELECTION)
+    for i in range(plan.n):
+        if i not in done:
+            engine.derive_all(
+                selection_sources(lake, run_id, plan, i),
+                schema,
+                selection_sink(lake, run_id, plan, i, created),
+            )
+
+
+def selection_sources(lake: Lakehouse, run_id: str, plan: Plan, i: int) -> list:
+    """Where batch ``i``'s gold/selection rows come from: the run's gold/models rows of
+    the batch and the batch's silver/quarantine rows, each with how to make them."""
+    where = (("run_id", "=", run_id),)
+    parts = [(TableBatch(lake, GOLD_MODELS, plan.ranges[i], None, tuple(SELECTION_COLUMNS), where), selected)]
+    if lake.exists(SILVER_QUARANTINE):
+        parts.append((plan.quarantine_batch(i, QUARANTINE_COLUMNS), quarantined))
+    return parts
+
+
+def selection_sink(lake: Lakehouse, run_id: str, plan: Plan, i: int, created: pd.Timestamp) -> Sink:
+    """Batch ``i``'s gold/selection commit: the run, the silver version and ``created``
+    on each row; the last batch's commit is made even without rows and carries the
+    application transaction and ``mmf.run_id`` (what says the run is in Gold)."""
+    columns = {"run_id": run_id, "silver_version": plan.version, "created_at": created}
+    meta = {"mmf.batch": i, "mmf.batches": plan.n}
+    if i < plan.n - 1:
+        return Sink(lake, GOLD_SELECTION, columns, {"mmf.train_run": run_id, **meta})
+    return Sink(
+        lake,
+        GOLD_SELECTION,
+        columns,
+        {**meta, "mmf.run_id": run_id},
+        app_id=APP_ID,
+        app_version=plan.version,
+        always=True,
+    )
+
+
+def selected(rows: pd.DataFrame) -> pd.DataFrame:
+    """gold/selection rows of TRAIN_RESULT rows."""
+    return rows[SELECTION_COLUMNS]
+
+
+def quarantined(rows: pd.DataFrame) -> pd.DataFrame:
+    """gold/selection rows of silver/quarantine rows: status ``quarantined``, the reason
+    with its detail."""
+    return pd.DataFrame(
+        {
+            C.SERIES_ID: rows[C.SERIES_ID],
+            "status": C.QUARANTINED,
+            "reason": rows["reason"] + ": " + rows["detail"].fillna(""),
+        }
+    )
