@@ -92,16 +92,3 @@ def gate_compared(series: pd.DataFrame) -> pd.DataFrame:
     champ = pd.to_numeric(series["champion_metric"], errors="coerce")
     keep = (series["n_points"].fillna(0) > 0) & np.isfinite(chal) & np.isfinite(champ)
     return series[keep.to_numpy()]
-
-
-def gate_left_out(series: pd.DataFrame, limit: int = 3) -> str:
-    """Why the rows of a gate comparison that were not scored were left out: the most
-    common reasons with their counts (``""`` when none was)."""
-    scored = set(gate_compared(series)[C.SERIES_ID])
-    rest = series[~series[C.SERIES_ID].isin(scored)]
-    reasons = rest["reason"].fillna("").replace("", "a metric that is not finite")
-    counts = reasons.value_counts()
-    parts = [f"{n} series: {why}" for why, n in counts.head(limit).items()]
-    if len(counts) > limit:
-        parts.append(f"{int(counts.iloc[limit:].sum())} series: other reasons")
-    return "; ".join(parts)
