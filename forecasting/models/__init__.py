@@ -27,12 +27,13 @@ from forecasting.models.global_models import GLOBAL_MODELS
 from forecasting.models.mstl import MSTL
 from forecasting.models.prophet_model import ProphetModel
 from forecasting.models.seasonal_naive import SeasonalNaive, WeeklyNaive
+from forecasting.models.seasonal_window import SeasonalWindow
 from forecasting.models.theta import Theta
 
 # MODELS holds the per-series models, every one of which fits on one series; the global
 # models, trained across series, have their own map (GLOBAL_MODELS).
 MODELS: dict[str, type[Forecaster]] = {
-    cls.name: cls for cls in (SeasonalNaive, WeeklyNaive, ETS, ARIMA, Theta, MSTL, ProphetModel)
+    cls.name: cls for cls in (SeasonalNaive, WeeklyNaive, SeasonalWindow, ETS, ARIMA, Theta, MSTL, ProphetModel)
 }
 
 
