@@ -10,7 +10,7 @@ frequency, the demand class); fit candidates (:func:`_candidate`: ``config.model
 ``intermittent.models`` for a series whose demand class is in ``intermittent.classes``
 (:meth:`Config.candidates`); tune a model when ``tune.enabled``, then backtest it under ``config.model_timeout_s``; a global model is scored from the
 driver's forecasts); add the ensemble candidate when enabled (:func:`_with_ensemble`);
-choose (:mod:`forecasting.choice`); forecast (:func:`_forecast`: refit the chosen
+choose (:mod:`forecasting.choice`, shrunk toward ``backtest.prefer``); forecast (:func:`_forecast`: refit the chosen
 model on the full history, add its interval calibration and bounds (:func:`_adjusted`),
 serialize it and check that it forecasts).
 
@@ -248,7 +248,10 @@ def _with_ensemble(run: SeriesRun, candidates: list[Candidate]) -> list[Candidat
 # -- choose and forecast ---------------------------------------------------------------
 def _choose(run: SeriesRun, candidates: Sequence[Candidate]) -> Decision:
     """The best candidate that refits and forecasts (:func:`forecasting.choice.decide`)."""
-    return decide(candidates, partial(_forecast, run), order=run.names)
+    bt = run.config.backtest
+    return decide(
+        candidates, partial(_forecast, run), order=run.names, prefer=bt.prefer, prefer_margin=bt.prefer_margin
+    )
 
 
 def _forecast(run: SeriesRun, cand: Candidate) -> str:

@@ -89,3 +89,42 @@ def test_nights_smoke(tmp_path, mlflow_uri):
     assert r["totals"]["nights_complete"] == 2 and r["totals"]["series_nights_with_horizon"] == 8
     text = (tmp_path / "results" / "nights.md").read_text()
     assert "2 of 2 nights complete; 8 of 8 series-nights with the next horizon" in text
+
+
+def test_real_data_holds_the_scored_days_out(tmp_path, mlflow_uri):
+    """The held-out benchmark on tiny generated meters: each night trains, backtests and
+    chooses only on readings before the day it is scored on (gold/backtest's windows and
+    the forced candidates' inputs included), and is scored only on that day."""
+    import pandas as pd
+    import yaml
+
+    from benchmarks.real_data import main
+
+    conf = tmp_path / "conf.yaml"
+    conf.write_text(
+        yaml.safe_dump(
+            {
+                "models": ["seasonal_naive", "weekly_naive", "seasonal_window"],
+                "workers": 1,
+                "cleaning": {"min_length": 168},
+                "mlflow": {"sample_plots": 0},
+            }
+        )
+    )
+    argv = ["--generated", "3", "--days", "17", "--nights", "2", "--conf", str(conf)]
+    r = main([*argv, "--candidates", "seasonal_window"], results=tmp_path / "results")
+    assert r["horizon"] == 24 and len(r["per_night"]) == 2
+    for night in r["per_night"]:
+        s = {k: pd.Timestamp(v) for k, v in night["split"].items()}
+        start, end = s["day_start"], s["day_start"] + pd.Timedelta("1D")
+        assert s["train_silver_end"] < start  # the night trained before the day
+        assert s["backtest_last_target"] <= s["train_silver_end"]  # every window chose on it
+        assert s["candidates_silver_end"] < start
+        assert start <= s["scored_first"] <= s["scored_last"] < end  # scored on the day only
+        assert night["n_scored"] == 3 and set(night["by"]) >= {"mmf", "naive_daily", "naive_weekly"}
+    assert r["per_night"][0]["day_scored"] < r["per_night"][1]["day_scored"]
+    by = r["by"]
+    assert by["only:seasonal_window"]["n_scored"] == by["naive_weekly"]["n_scored"] == 6
+    assert 0 <= by["mmf"]["coverage_80"] <= 1 and by["mmf"]["pinball_95"] > 0
+    text = (tmp_path / "results" / "real_data.md").read_text()
+    assert "seasonal_window forced alone" in text and "--skip-days" not in text

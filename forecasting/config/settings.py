@@ -45,12 +45,22 @@ FREQ_ALLOWED = (
 
 
 class Backtest(Section):
-    windows: int = setting(1, "rolling-origin windows", ge=1)
+    windows: int = setting(2, "rolling-origin windows", ge=1)
     step: int | None = setting(None, "steps between window cutoffs; null = horizon", ge=1)
     metric: MetricName = setting(
         "mase",
         "mae | rmse | smape | mase | bias (absolute) | rmsse | scaled_mae | pinball\n"
         "(rmsse, scaled_mae: scaled errors that suit intermittent demand)",
+    )
+    prefer: str | None = setting(
+        "seasonal_window",
+        "a model of `models` kept unless another candidate's score beats its own by more\n"
+        "than prefer_margin (shrinks a noisy per-series choice toward it); null = the best wins",
+        allowed="null or a model name",
+        pattern=r"\S",
+    )
+    prefer_margin: Number = setting(
+        0.3, "the preferred model stays while its score is at most (1 + this) x the best one", ge=0
     )
 
 
@@ -296,7 +306,7 @@ class Config(Section):
     seed: int = setting(0)
     country: str = setting("GB", "public holidays for the generator and Prophet")
     models: list[str] = setting(
-        ["seasonal_naive", "weekly_naive", "ets", "theta", "mstl"],
+        ["seasonal_naive", "weekly_naive", "seasonal_window", "ets", "theta", "mstl"],
         heading=MODELS_HEADING,
         allowed="a non-empty list of model names",
         min_length=1,

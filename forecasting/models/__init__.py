@@ -28,13 +28,24 @@ from forecasting.models.intermittent import INTERMITTENT_MODELS
 from forecasting.models.mstl import MSTL
 from forecasting.models.prophet_model import ProphetModel
 from forecasting.models.seasonal_naive import SeasonalNaive, WeeklyNaive
+from forecasting.models.seasonal_window import SeasonalWindow
 from forecasting.models.theta import Theta
 
 # MODELS holds the per-series models, every one of which fits on one series; the global
 # models, trained across series, have their own map (GLOBAL_MODELS).
 MODELS: dict[str, type[Forecaster]] = {
     cls.name: cls
-    for cls in (SeasonalNaive, WeeklyNaive, ETS, ARIMA, Theta, MSTL, ProphetModel, *INTERMITTENT_MODELS)
+    for cls in (
+        SeasonalNaive,
+        WeeklyNaive,
+        SeasonalWindow,
+        ETS,
+        ARIMA,
+        Theta,
+        MSTL,
+        ProphetModel,
+        *INTERMITTENT_MODELS,
+    )
 }
 #: the models for intermittent demand (croston, croston_sba, tsb, adida, imapa)
 INTERMITTENT = tuple(cls.name for cls in INTERMITTENT_MODELS)
