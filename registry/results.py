@@ -218,7 +218,12 @@ def _plot_sample(totals: RunTotals, config: Config, history, lookup: Lookup, pat
 def local_artifact_dir() -> Path | None:
     """The active run's artifact folder when the artifact store is a local (or mounted)
     path that jobs may write into directly; ``None`` for any other store."""
-    uri = mlflow.get_artifact_uri()
+    return artifact_path(mlflow.get_artifact_uri())
+
+
+def artifact_path(uri: str) -> Path | None:
+    """The local path of an artifact URI (``file:`` or a plain path); ``None`` for any
+    other scheme (``s3://``, ``mlflow-artifacts:``, ``dbfs:``...)."""
     parsed = urlparse(uri)
     if parsed.scheme == "file":
         return Path(url2pathname(parsed.path))
