@@ -36,12 +36,44 @@ def plot_errors(results: pd.DataFrame, config: Config, path: Path) -> None:
     values = finite_metric_values(results[results["status"].isin(USABLE)]).to_numpy(dtype=float)
     fig = _figure(7, 4)
     ax = fig.add_subplot()
-    metric = config.backtest.metric
     if len(values):
-        ax.hist(values, bins=min(50, max(5, len(values) // 5)), color="#4C72B0")
-        ax.axvline(
-            float(np.median(values)), color="k", linestyle="--", label=f"median {np.median(values):.3g}"
-        )
+        ax.hist(values, bins=n_bins(len(values)), color="#4C72B0")
+    _error_axes(ax, len(values), float(np.median(values)) if len(values) else None, config)
+    fig.savefig(path, dpi=100)
+
+
+def n_bins(n_values: int) -> int:
+    """The error histogram's number of bins for ``n_values`` values."""
+    return min(50, max(5, n_values // 5))
+
+
+def bin_edges(low: float, high: float, n_values: int) -> np.ndarray:
+    """The error histogram's bin edges for ``n_values`` values from ``low`` to ``high``,
+    as :func:`numpy.histogram` (matplotlib's ``hist``) makes them."""
+    if low == high:
+        low, high = low - 0.5, high + 0.5
+    return np.linspace(low, high, n_bins(n_values) + 1)
+
+
+def plot_error_histogram(
+    counts: np.ndarray, edges: np.ndarray, median: float | None, config: Config, path: Path
+) -> None:
+    """:func:`plot_errors` drawn from the histogram's counts per bin (summed up where the
+    values are, e.g. by a Spark aggregation) and the values' median."""
+    fig = _figure(7, 4)
+    ax = fig.add_subplot()
+    n = int(np.sum(counts))
+    if n:
+        ax.hist(edges[:-1], bins=edges, weights=counts, color="#4C72B0")
+    _error_axes(ax, n, median, config)
+    fig.savefig(path, dpi=100)
+
+
+def _error_axes(ax, n: int, median: float | None, config: Config) -> None:
+    """The error histogram's median line, labels and title (its text without values)."""
+    metric = config.backtest.metric
+    if n and median is not None:
+        ax.axvline(median, color="k", linestyle="--", label=f"median {median:.3g}")
         ax.legend()
     else:
         ax.text(
@@ -49,18 +81,24 @@ def plot_errors(results: pd.DataFrame, config: Config, path: Path) -> None:
         )
     ax.set_xlabel(f"backtest {metric} of the chosen model")
     ax.set_ylabel("series")
-    ax.set_title(f"{metric} over {len(values)} series")
-    fig.savefig(path, dpi=100)
+    ax.set_title(f"{metric} over {n} series")
 
 
 def sample_series(results: pd.DataFrame, config: Config) -> list[str]:
     """``config.mlflow.sample_plots`` usable series, drawn with ``config.seed``."""
     ids = sorted(results.loc[results["status"].isin(USABLE), C.SERIES_ID].astype(str))
-    n = min(config.mlflow.sample_plots, len(ids))
-    if n == 0:
+    return [ids[i] for i in sample_ranks(len(ids), config)]
+
+
+def sample_ranks(n_usable: int, config: Config) -> list[int]:
+    """The ranks (in series id order) of the usable series :func:`sample_series` draws
+    out of ``n_usable``: where the ids are not at hand (on Spark), they are looked up
+    by rank."""
+    n = min(config.mlflow.sample_plots, n_usable)
+    if n <= 0:
         return []
-    picked = np.random.default_rng(config.seed).choice(len(ids), size=n, replace=False)
-    return [ids[i] for i in sorted(picked)]
+    picked = np.random.default_rng(config.seed).choice(n_usable, size=n, replace=False)
+    return [int(i) for i in sorted(picked)]
 
 
 def _model_freq(data: dict[str, Any]) -> str | None:

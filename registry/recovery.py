@@ -27,7 +27,7 @@ from mlflow.entities import RunStatus
 
 from forecasting.config import Config
 from registry.connection import configure, set_uris
-from registry.results import RESULTS_FILE
+from registry.results import RESULTS_FILE, RESULTS_REF
 from registry.runs import BATCHES_TAG, CONFIG_HASH_TAG, JOB_TAG, SILVER_VERSION_TAG, config_hash
 
 log = logging.getLogger(__name__)
@@ -130,14 +130,15 @@ def find_resumable(
 
 def _registered(client: MlflowClient, config: Config, run):
     """The first ``READY`` version registered from ``run``, when it has one and its
-    results were logged (``results.parquet``)."""
+    results were logged (``results.parquet``, or ``results.ref.json`` where a Spark job
+    left them in the lakehouse)."""
     name = config.mlflow.registered_model
     try:
         versions = client.search_model_versions(f"name = '{name}' and run_id = '{run.info.run_id}'")
     except Exception:  # noqa: BLE001 - no registered model yet
         return None
     ready = sorted((mv for mv in versions if mv.status == "READY"), key=lambda mv: int(mv.version))
-    if ready and any(a.path == RESULTS_FILE for a in client.list_artifacts(run.info.run_id)):
+    if ready and any(a.path in (RESULTS_FILE, RESULTS_REF) for a in client.list_artifacts(run.info.run_id)):
         return ready[0]
     return None
 

@@ -16,7 +16,9 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import mlflow
 import numpy as np
@@ -30,9 +32,13 @@ from forecasting.errors import RegistryError
 from registry.aggregates import ExactSum
 from registry.connection import set_uris
 from registry.metrics import USABLE, chosen_backtest, finite_metric_values, per_series_table
-from registry.plots import plot_errors, plot_forecasts, sample_series
+from registry.plots import plot_error_histogram, plot_errors, plot_forecasts, sample_series
 
 RESULTS_FILE = "results.parquet"  # the engine's TRAIN_RESULT rows, for resuming a killed job
+PER_SERIES_FILE = "per_series.parquet"
+# where a run's results are when they could not be written among its artifacts (Spark,
+# artifact store not a path the executors write to): gold/models@version for the run
+RESULTS_REF = "results.ref.json"
 TABLE_MAX_ROWS = 20_000  # per_series.json (mlflow.log_table) only below this size
 # ids -> rows of those series (history: silver rows ``series_id, ts, y``; results: TRAIN_RESULT)
 Lookup = Callable[[Sequence[str]], pd.DataFrame]
@@ -135,7 +141,7 @@ def log_results(
         totals, n_rows = _write_batches(results, folder)
         metrics = totals.metrics(n_quarantined) if metrics is None else dict(metrics)
         mlflow.log_metrics(metrics)
-        mlflow.log_artifact(str(folder / "per_series.parquet"))
+        mlflow.log_artifact(str(folder / PER_SERIES_FILE))
         mlflow.log_artifact(str(folder / RESULTS_FILE))
         plots = folder / "plots"
         plots.mkdir()
@@ -209,9 +215,47 @@ def _plot_sample(totals: RunTotals, config: Config, history, lookup: Lookup, pat
     plot_forecasts(rows, config, hist, path)
 
 
+def local_artifact_dir() -> Path | None:
+    """The active run's artifact folder when the artifact store is a local (or mounted)
+    path that jobs may write into directly; ``None`` for any other store."""
+    return artifact_path(mlflow.get_artifact_uri())
+
+
+def artifact_path(uri: str) -> Path | None:
+    """The local path of an artifact URI (``file:`` or a plain path); ``None`` for any
+    other scheme (``s3://``, ``mlflow-artifacts:``, ``dbfs:``...)."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return Path(url2pathname(parsed.path))
+    return Path(uri) if not parsed.scheme else None
+
+
+def log_results_ref(ref: Mapping[str, Any]) -> None:
+    """``results.ref.json`` in the active run: where its results are (see :data:`RESULTS_REF`)."""
+    mlflow.log_dict(dict(ref), RESULTS_REF)
+
+
+def log_summary_plots(
+    config: Config,
+    histogram: tuple[np.ndarray, np.ndarray] | None,
+    median: float | None,
+    sample: tuple[pd.DataFrame, pd.DataFrame] | None,
+) -> None:
+    """The run's plots from what was summed up elsewhere (on Spark): the error
+    histogram's ``(counts, edges)`` and the values' median, and the sampled series'
+    TRAIN_RESULT rows with their silver rows (``sample``)."""
+    with tempfile.TemporaryDirectory(prefix="mmf-plots-") as tmp:
+        plots = Path(tmp)
+        counts, edges = histogram if histogram is not None else (np.zeros(0), np.zeros(1))
+        plot_error_histogram(counts, edges, median, config, plots / "error_distribution.png")
+        if sample is not None and len(sample[0]):
+            plot_forecasts(sample[0], config, sample[1], plots / "forecast_vs_actuals.png")
+        mlflow.log_artifacts(str(plots), artifact_path="plots")
+
+
 def load_results(config: Config, run_id: str) -> pd.DataFrame:
     """The TRAIN_RESULT rows a run logged (``results.parquet``)."""
     set_uris(config)
     with tempfile.TemporaryDirectory(prefix="mmf-results-") as tmp:
         path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=RESULTS_FILE, dst_path=tmp)
-        return pq.read_table(path).to_pandas()
+        return pq.read_table(path).to_pandas()  # a file, or a folder of parts (written by Spark)

@@ -21,7 +21,7 @@ from forecasting.models import get_model
 from forecasting.pipeline import load_fitted
 from registry import aliases, promotion, pyfunc, recovery, runs
 from registry.connection import configure
-from registry.results import log_results
+from registry.results import artifact_path, log_results
 
 N_OBS = 240  # ten days, hourly
 IDS = ["m-01", "m-02", "m-03", "m-04", "m-05"]
@@ -475,3 +475,11 @@ def test_pyfunc_applies_the_calibration_and_bounds_in_model_json(config):
     np.testing.assert_allclose(out["yhat"].to_numpy(), np.maximum(raw["mean"], 0.0))
     assert (out[["yhat", "yhat_lower_80", "yhat_lower_95"]] >= 0).all().all()
     assert set(out["model"]) == {"seasonal_naive"}
+
+
+def test_artifact_path_is_local_only_for_file_uris_and_paths(tmp_path):
+    """Where a Spark job may write a run's results straight into its artifacts."""
+    assert artifact_path(tmp_path.as_uri()) == tmp_path
+    assert artifact_path(str(tmp_path)) == tmp_path
+    for uri in ("s3://bucket/mlflow/1/abc/artifacts", "mlflow-artifacts:/1/abc/artifacts", "dbfs:/x"):
+        assert artifact_path(uri) is None

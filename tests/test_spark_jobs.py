@@ -20,6 +20,7 @@ from forecasting import contract as C  # noqa: E402
 from forecasting.config import load_config  # noqa: E402
 from forecasting.errors import MMFError  # noqa: E402
 from forecasting.generator import generate  # noqa: E402
+from registry import recovery  # noqa: E402
 from tests.reliability.faults import Faults, InjectedError  # noqa: E402
 from training.cli import cli  # noqa: E402
 from training.engines import spark as spark_engine  # noqa: E402
@@ -542,18 +543,66 @@ def test_forecast_on_spark_matches_local_and_resumes(tmp_path, spark, checkpoint
     pd.testing.assert_frame_equal(resumed_portfolio, local_portfolio, check_exact=False, rtol=1e-9)
 
 
-def _two_trains(root, readings: pd.DataFrame, engine: str):
-    """Two nights on their own lakehouse and MLflow store, each trained with ``engine``
-    (refined locally): the first on the days before the last one, the second once the
-    last day arrived (gated against the first, its champion, on that day)."""
+def _first_night(root, readings: pd.DataFrame, engine: str):
+    """A lakehouse and MLflow store of their own, trained with ``engine`` (refined
+    locally) on the days before the last one, then given the last day (refined)."""
     cut = readings[C.TS].max() - pd.Timedelta("1D")
     root.mkdir()
-    cfg, lake = _setup(root, readings[readings[C.TS] <= cut], batch_rows=1000)
+    cfg, lake = _setup(root, readings[readings[C.TS] <= cut], batch_rows=1000, freq="h")
     first = train(lake, cfg.replace(engine=engine))
     readings[readings[C.TS] > cut].to_parquet(root / "part1.parquet")
     ingest(lake, root / "part1.parquet")
     refine(lake, cfg)
-    return cfg.replace(engine=engine), lake, first, train(lake, cfg.replace(engine=engine))
+    return cfg.replace(engine=engine), lake, first
+
+
+def _two_trains(root, readings: pd.DataFrame, engine: str):
+    """Two nights (:func:`_first_night`), each trained with ``engine``: the second once
+    the last day arrived (gated against the first, its champion, on that day)."""
+    cfg, lake, first = _first_night(root, readings, engine)
+    return cfg, lake, first, train(lake, cfg)
+
+
+def _artifact(cfg, run_id: str, path: str) -> pd.DataFrame:
+    """A run's Parquet artifact (a file, or a folder of parts) sorted by series, without
+    the candidates' wall-clock ``fit_s``."""
+    local = mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path=path, tracking_uri=cfg.mlflow_tracking_uri()
+    )
+    frame = _without_fit_times(pd.read_parquet(local))
+    return frame.sort_values(C.SERIES_ID, ignore_index=True)
+
+
+def _without_fit_times(frame: pd.DataFrame) -> pd.DataFrame:
+    if "candidates_json" in frame:
+        frame["candidates_json"] = [
+            json.dumps({m: {k: v for k, v in c.items() if k != "fit_s"} for m, c in json.loads(s).items()})
+            for s in frame["candidates_json"]
+        ]
+    return frame
+
+
+def _driver_reads(monkeypatch) -> list[tuple[str, tuple | None]]:
+    """The reads of silver/readings and gold/models made through deltalake (on the
+    driver) from now on: ``(table, columns)``."""
+    reads: list[tuple[str, tuple | None]] = []
+    read, read_buckets = Lakehouse.read, Lakehouse.read_buckets
+
+    def seen(name, columns):
+        if name in ("silver/readings", "gold/models"):
+            reads.append((name, tuple(columns) if columns else None))
+
+    def reading(self, name, version=None, columns=None, filters=None):
+        seen(name, columns)
+        return read(self, name, version, columns, filters)
+
+    def reading_buckets(self, name, buckets, version=None, columns=None, filters=None):
+        seen(name, columns)
+        return read_buckets(self, name, buckets, version, columns, filters)
+
+    monkeypatch.setattr(Lakehouse, "read", reading)
+    monkeypatch.setattr(Lakehouse, "read_buckets", reading_buckets)
+    return reads
 
 
 def _metrics(cfg, run_id: str) -> dict[str, float]:
@@ -576,8 +625,13 @@ def test_train_stages_after_the_engine_run_on_spark(tmp_path, spark, monkeypatch
     monkeypatch.setattr(
         spark_engine, "to_pandas", lambda df, schema: collected.append(schema) or collect(df, schema)
     )
+    reads = _driver_reads(monkeypatch)
     cfg_s, lake_s, first_s, rep_s = _two_trains(tmp_path / "spark", readings, "spark")
     assert collected == [], "per-series rows came back to the driver"
+    # neither the gate's silver rows nor the run's results were read on the driver:
+    # only the run's batch numbers (its done-set) and the champion's (has it rows?)
+    assert {cols for name, cols in reads if name == "gold/models"} <= {("batch",)}, reads
+    assert not [r for r in reads if r[0] == "silver/readings"], reads
     assert len(set(lake_s.read("gold/models")["batch"])) >= 3
 
     assert rep.metrics["n_quarantined"] == 1.0 and rep.metrics["n_ok"] == 8.0
@@ -616,3 +670,45 @@ def test_train_stages_after_the_engine_run_on_spark(tmp_path, spark, monkeypatch
     )
     got = pd.read_parquet(path).sort_values(C.SERIES_ID, ignore_index=True)
     pd.testing.assert_frame_equal(got, d_s.series, check_dtype=False)
+
+    # the run's artifacts: written by the executors, with the local engine's contents
+    for name in ("results.parquet", "per_series.parquet"):
+        pd.testing.assert_frame_equal(
+            _artifact(cfg_s, rep_s.run_id, name),
+            _artifact(cfg, rep.run_id, name),
+            check_dtype=False,
+            obj=name,
+        )
+    client = mlflow.MlflowClient(cfg_s.mlflow_tracking_uri())
+    plots = {a.path for a in client.list_artifacts(rep_s.run_id, "plots")}
+    assert plots == {"plots/error_distribution.png", "plots/forecast_vs_actuals.png"}
+    parts = {a.path for a in client.list_artifacts(rep_s.run_id, "results.parquet")}
+    assert parts and all(p.endswith(".parquet") for p in parts), parts
+
+
+def test_spark_train_killed_after_registering_resumes(tmp_path, spark, checkpoint_hook):
+    """A Spark train killed once its version is registered (its results.parquet, a
+    folder written by the executors, logged): the restart recognises the run, gates it
+    on Spark and writes its Gold rows, as an uninterrupted local train's."""
+    readings = _readings(n_series=5)
+    cfg, lake, _, rep = _two_trains(tmp_path / "local", readings, "local")
+    cfg_s, lake_s, _ = _first_night(tmp_path / "spark", readings, "spark")
+    checkpoint_hook(Faults(raise_at="after_register"))
+    with pytest.raises(InjectedError):
+        train(lake_s, cfg_s)
+    checkpoint_hook(None)
+    client = mlflow.MlflowClient(cfg_s.mlflow_tracking_uri())
+    exp = client.get_experiment_by_name(cfg_s.mlflow.experiment).experiment_id
+    killed = client.search_runs([exp], order_by=["attributes.start_time DESC"])[0]
+    assert not lake_s.exists("gold/gate") or not len(lake_s.read("gold/gate"))
+    client.set_tag(killed.info.run_id, "mmf.failure", recovery.ORPHAN_REASON)  # what a kill leaves
+
+    rep_s = train(lake_s, cfg_s)
+    assert rep_s.run_id == killed.info.run_id and rep_s.model_version == "2"
+    assert client.get_run(rep_s.run_id).data.tags.get("mmf.recovered")
+    assert len(client.search_runs([exp])) == 2
+    assert rep_s.decision.promoted == rep.decision.promoted
+    assert rep_s.decision.challenger_metric == pytest.approx(rep.decision.challenger_metric, rel=1e-9)
+    keys = {"gold/selection": ["silver_version", C.SERIES_ID], "gold/gate": [C.SERIES_ID]}
+    for name, by in keys.items():
+        pd.testing.assert_frame_equal(_gold(lake_s, name, by), _gold(lake, name, by), obj=name)

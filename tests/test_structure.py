@@ -41,6 +41,7 @@ OPTIONAL = (
     "training.tables.spark",
     "training.tables.spark_session",
     "training.jobs.forecast_spark",
+    "training.jobs.train_spark",
     "training.serving",
     "training.deep",
 )

@@ -7,7 +7,8 @@ only counts and sums.
   ``gold/models`` rows (:meth:`Engine.aggregate` of :func:`registry.aggregates.run_facts`:
   a Spark aggregation on Spark, exact sums batch by batch locally) and logged with the
   run's artifacts (:func:`registry.results.log_results`, which reads the rows back a
-  batch at a time for ``results.parquet``, ``per_series.parquet`` and the plots).
+  batch at a time for ``results.parquet``, ``per_series.parquet`` and the plots; on
+  Spark :func:`training.jobs.train_spark.log_run`: the executors write them).
 * The gate (:func:`gate_run`): without a champion the challenger's mean metric, summed
   up the same way; with one, the engine maps :func:`forecasting.comparison.compare_series`
   over each batch's series and commits each batch's comparison rows to ``gold/gate``
@@ -15,7 +16,10 @@ only counts and sums.
   and the batch; a restarted gate skips the batches the table holds), then sums them up
   (:class:`registry.aggregates.GateSummary`) for :func:`registry.promotion.decide`. The
   run's ``gate_series.parquet`` is copied from those ``gold/gate`` rows a batch at a
-  time. Once decided, the run's ``gold/gate`` rows get ``promoted`` in one replace-where
+  time. On Spark the executors read the batch's silver rows and both runs' rows
+  themselves, plan and compare per series, and write ``gate_series.parquet``
+  (:mod:`training.jobs.train_spark`): nothing per series passes through the driver.
+  Once decided, the run's ``gold/gate`` rows get ``promoted`` in one replace-where
   commit made by the engine (:func:`finish_gold_gate`: application transaction
   ``mmf-gate``, ``mmf.run_id``).
 * ``gold/selection`` (:func:`write_gold_selection`): per batch the engine derives the
@@ -89,6 +93,10 @@ def record_run(lake: Lakehouse, cfg: Config, engine: Engine, plan: Plan, run_id:
     stats = engine.aggregate(
         run_sources(lake, run_id, plan, GOLD_MODELS, METRIC_COLUMNS), run_facts, medians=[METRIC_VALUE]
     )
+    if engine.name == "spark":  # the run's rows stay on the executors
+        from training.jobs import train_spark  # the optional pyspark
+
+        return train_spark.log_run(engine, lake, cfg, plan, run_id, run_metrics(stats, n_quarantined))
     return log_results(
         run_batches(lake, run_id, plan),
         cfg,
@@ -115,7 +123,7 @@ def gate_run(lake: Lakehouse, cfg: Config, engine: Engine, plan: Plan, run_id: s
     if lake.exists(GOLD_GATE):
         sources = run_sources(lake, run_id, plan, GOLD_GATE, C.GATE_SERIES.names)
         stats = engine.aggregate(sources, partial(gate_facts, metric=metric))
-        promotion.log_gate_series(src() for src in sources)
+        log_gate_series(engine, lake, run_id, sources)
     return promotion.decide(cfg, version, None, found[0], gate_summary(stats))
 
 
@@ -129,8 +137,16 @@ def compare_with_champion(
     series, the refits mapped over its series by the engine, which commits the batch's
     rows to gold/gate (:func:`gate_sink`). The batches gold/gate holds are skipped."""
     champion, champion_run = found
-    champion_of = champion_results(lake, cfg, champion_run)
     done = done_batches(lake, GOLD_GATE, run_id, plan) if lake.exists(GOLD_GATE) else set()
+    sink = partial(gate_sink, lake, run_id, plan, (str(version), champion, cfg.backtest.metric, now()))
+    if engine.name == "spark":  # the executors read the batches and the champion's rows
+        from training.jobs import train_spark  # the optional pyspark
+
+        todo = [i for i in range(plan.n) if i not in done]
+        versions = (run_id, champion, champion_run)
+        train_spark.compare(engine, lake, cfg, plan, versions, todo, sink, partial(legacy_results, cfg))
+        return
+    champion_of = champion_results(lake, cfg, champion_run)
 
     def load(i: int) -> pd.DataFrame:
         chal = batch_rows(lake, run_id, plan.ranges[i])
@@ -142,7 +158,6 @@ def compare_with_champion(
 
     on_error = partial(comparison.failed_comparison, config=cfg)
     batches = ((i, partial(load, i)) for i in range(plan.n) if i not in done)
-    sink = partial(gate_sink, lake, run_id, plan, (str(version), champion, cfg.backtest.metric, now()))
     stream = engine.map_batches(
         batches, C.SERIES_ID, comparison.compare_series, C.GATE_SERIES, cfg, on_error=on_error, sink=sink
     )
@@ -174,15 +189,32 @@ def champion_results(
     (read once); ``None`` when they cannot be read."""
     if run_id and len(lake.read(GOLD_MODELS, columns=["batch"], filters=[("run_id", "=", run_id)])):
         return partial(batch_rows, lake, run_id)
-    try:
-        whole = load_results(cfg, run_id) if run_id else None
-    except (MlflowException, OSError) as exc:
-        log.warning("cannot read the results of the champion's run %s: %s", run_id, exc)
-        whole = None
+    whole = legacy_results(cfg, run_id) if run_id else None
     if whole is None:
         return lambda buckets: None
     ids = C.bucket_of(whole[C.SERIES_ID])
     return lambda buckets: whole[(ids >= buckets[0]) & (ids < buckets[1])]
+
+
+def legacy_results(cfg: Config, run_id: str) -> pd.DataFrame | None:
+    """The TRAIN_RESULT rows of a run trained before gold/models, from its
+    ``results.parquet`` (read whole); ``None`` when they cannot be read."""
+    try:
+        return load_results(cfg, run_id)
+    except (MlflowException, OSError) as exc:
+        log.warning("cannot read the results of the champion's run %s: %s", run_id, exc)
+        return None
+
+
+def log_gate_series(engine: Engine, lake: Lakehouse, run_id: str, sources: list[TableBatch]) -> None:
+    """The run's ``gate_series.parquet`` from its gold/gate rows: copied a batch at a
+    time here, written by the executors on Spark."""
+    if engine.name == "spark":
+        from training.jobs import train_spark  # the optional pyspark
+
+        train_spark.log_gate_series(engine, lake, run_id, sources)
+        return
+    promotion.log_gate_series(src() for src in sources)
 
 
 def kept(rows: pd.DataFrame) -> pd.DataFrame:
