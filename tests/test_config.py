@@ -270,7 +270,7 @@ def test_spark_and_api_key_environment_overrides(monkeypatch):
 
 def test_one_registry_of_engines():
     """The config's allowed engines, the CLI's --engine choices and get_engine agree."""
-    choices = {p.name: p for p in cli.get_command(None, "refine").params}["engine"].type.choices
+    choices = {p.name: p for p in cli.commands["refine"].params}["engine"].type.choices
     assert list(choices) == list(ENGINES)
     assert engine_class("local") is LocalEngine
     engine = get_engine(load_config(workers=3))

@@ -29,6 +29,7 @@ import os
 import sys
 import threading
 import traceback
+from collections.abc import Iterator, Mapping
 
 import click
 from deltalake.exceptions import CommitFailedError, DeltaError, DeltaProtocolError, TableNotFoundError
@@ -133,18 +134,32 @@ COMMANDS: dict[str, tuple[str, str | None]] = {
 }
 
 
-class LazyGroup(click.Group):
-    """A group whose commands are :data:`COMMANDS`, each imported when it is first used;
-    its help lists them from the table's short help without importing any."""
+class _Commands(Mapping):
+    """:data:`COMMANDS` as a click group's ``commands``: a command's module is imported
+    when the command is first looked up (listing the names imports none)."""
 
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(COMMANDS)
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name not in COMMANDS:
-            return None
-        module, _, attr = COMMANDS[cmd_name][0].partition(":")
+    def __getitem__(self, name: str) -> click.Command:
+        module, _, attr = COMMANDS[name][0].partition(":")
         return getattr(importlib.import_module(module), attr)
+
+    def __contains__(self, name: object) -> bool:
+        return name in COMMANDS
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(COMMANDS)
+
+    def __len__(self) -> int:
+        return len(COMMANDS)
+
+
+class LazyGroup(click.Group):
+    """The group of :data:`COMMANDS`, each imported when it is first used (Click's
+    lookups, suggestions for a mistyped name and ``group.commands[name]`` all go through
+    :class:`_Commands`); its help lists them from the table without importing any."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.commands = _Commands()
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, short) for name, (_, short) in sorted(COMMANDS.items()) if short is not None]
