@@ -18,6 +18,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 import yaml
 from deltalake import DeltaTable
@@ -231,6 +232,18 @@ def test_explain_names_what_failed_where_and_the_fix(tmp_path, lake):
         line, code = explain(exc, config)
     assert code == EXIT_ERROR and line.startswith(
         f"MLflow failed on {config.mlflow_tracking_uri()}: database is locked"
+    )
+
+    # recognised by their classes' names (explain imports neither library): subclasses too
+    class StoreGone(MlflowException):
+        pass
+
+    line, code = explain(StoreGone("unable to open database file"), config)
+    assert code == EXIT_ERROR and line.startswith("MLflow failed on ") and "reachable" in line
+    line, code = explain(pa.ArrowInvalid("column ts: bad timestamp"), config)
+    assert (code, line) == (
+        EXIT_ERROR,
+        f"reading or writing table data failed in lakehouse {config.lakehouse}: column ts: bad timestamp",
     )
 
     assert explain(TableError("table gold/x does not exist"), config) == (

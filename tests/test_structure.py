@@ -4,15 +4,24 @@
 * no import circle between modules (module-level imports);
 * imports inside functions only for optional heavy dependencies (``OPTIONAL``), never to
   dodge a circle;
-* no function longer than ``MAX_FUNCTION_LINES`` lines.
+* no function longer than ``MAX_FUNCTION_LINES`` lines;
+* ``importlib.import_module`` of a package module only by name from a table: the CLI's
+  lazy group (``training.cli.COMMANDS``, each a command module of the CLI's own layer)
+  and the engine registry (``forecasting.config.ENGINES``); the commands that need no
+  MLflow do not import it.
 """
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
+import click
 import pytest
+
+from training.cli import COMMANDS, LazyGroup, cli
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("forecasting", "registry", "training")
@@ -30,6 +39,7 @@ LAYERS = {
     "training.deep": 4,
     "training.serving": 5,  # REST API and page
     "training.cli": 6,
+    "training.commands": 6,  # the CLI's commands, loaded by its lazy group
     "training": 4,
 }
 
@@ -169,3 +179,76 @@ def test_no_function_over_the_limit(module):
         and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
     ]
     assert not long, f"{module}: functions over {MAX_FUNCTION_LINES} lines: {', '.join(long)}"
+
+
+# -- imports by name -----------------------------------------------------------------------
+# Where a package module may call importlib.import_module of a package module, and the
+# table it takes the names from: the CLI's lazy group (checked below) and the engine
+# registry (tests/test_config.py).
+IMPORTS_BY_NAME = {"training.cli", "training.engines"}
+
+
+def _imports_by_name(module: str) -> bool:
+    tree = ast.parse(MODULES[module].read_text())
+    return any(
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "import_module"
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id == "importlib"
+        and not (isinstance(node.args[0], ast.Constant) and node.args[0].value.split(".")[0] not in PACKAGES)
+        for node in ast.walk(tree)
+    )
+
+
+def test_package_modules_are_imported_by_name_only_from_a_table():
+    found = {m for m in MODULES if _imports_by_name(m)}
+    assert found == IMPORTS_BY_NAME, f"importlib.import_module in {sorted(found - IMPORTS_BY_NAME)}"
+
+
+SHARED = ("training.commands.common", "training.commands.progress")  # what the commands share
+
+
+def test_the_lazy_group_loads_command_modules_of_the_cli_layer():
+    assert isinstance(cli, LazyGroup)
+    width = 120 - 6 - max(len(name) for name, (_, short) in COMMANDS.items() if short is not None)
+    for name, (target, short) in COMMANDS.items():
+        module = target.partition(":")[0]
+        assert module in MODULES and module.startswith("training.commands."), target
+        assert layer(module) == layer("training.cli")
+        command = cli.get_command(click.Context(cli), name)
+        assert isinstance(command, click.Command) and command.name == name, target
+        # the table's short help is what the command's own would be: `mmf --help` shows it
+        assert command.hidden == (short is None), name
+        assert short is None or command.get_short_help_str(width) == short, name
+    modules = {t.partition(":")[0] for t, _ in COMMANDS.values()}
+    assert modules == {m for m in MODULES if m.startswith("training.commands.") and m not in SHARED}
+
+
+LIGHT = (
+    "candidates",
+    "doctor",
+    "generate",
+    "ingest",
+    "query",
+    "refine",
+    "repair",
+    "restore",
+    "serve",
+    "vacuum",
+)
+
+
+def test_commands_that_need_no_mlflow_do_not_import_it():
+    """``mmf --help`` and the commands that never touch MLflow do not pay for its import."""
+    code = (
+        "import importlib, sys\n"
+        "from training.cli import COMMANDS\n"
+        f"for name in {LIGHT!r}:\n"
+        "    importlib.import_module(COMMANDS[name][0].partition(':')[0])\n"
+        "print(sorted(m for m in ('mlflow', 'sqlalchemy', 'pyspark', 'duckdb') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
