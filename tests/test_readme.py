@@ -192,6 +192,7 @@ EXPECTED: list[tuple[str, list[str]]] = [
         r"mmf nightly\b",
         [r"ingest +skipped: 1 file\(s\) already ingested", r"train +skipped: already trained"],
     ),
+    (r"mmf monitor\b", [r"live accuracy on silver version \d+|no monitoring run yet"]),
     (r"mmf query gold/forecasts --series-id MTR-00001", [rf"\({HORIZON} rows; version 0\)", r"MTR-00001"]),
     (r"mmf query silver/readings --version 0 --limit 5", [r"\(5 of [\d,]+ rows; version 0\)"]),
     (r"mmf sql \"SELECT model, count\(\*\) FROM gold\.current_selection", [r"model +count_star\(\)"]),

@@ -97,7 +97,7 @@ def test_the_artifact_holds_the_reference_and_no_model(use, tmp_path):
         assert not f.is_file() or SECRET.encode() not in f.read_bytes()
     mv = mlflow.MlflowClient().get_model_version(cfg.mlflow.registered_model, "1")
     hashed = sorted(k[len(pyfunc.HASH_TAG) :] for k in mv.tags if k.startswith(pyfunc.HASH_TAG))
-    assert hashed == ["MLmodel", "mmf_many_models.py"]  # the rows are pinned by version, not hashed
+    assert hashed == ["MLmodel", "code", "mmf_many_models.py"]  # the rows are pinned by version, not hashed
     assert SECRET not in json.dumps(mv.tags) and mv.tags["mmf.n_series"] == "11"
     assert mv.tags["mmf.run_id"] == rep.run_id
 

@@ -112,7 +112,8 @@ def test_nightly_on_a_standalone_cluster_matches_local(spark_cluster, tmp_path, 
     for worker in tasks:  # the Delta jars (spark.jars.packages) reached every executor
         assert list((spark_cluster.folder / worker / app).glob("*/io.delta_delta-spark_*.jar")), worker
     results = Path(spark_cluster.folder / "results")
-    assert results.is_dir() and not list(results.iterdir())  # staged results are cleaned up
+    # rows staged for the driver (if any path still stages them) are cleaned up
+    assert not results.is_dir() or not list(results.iterdir())
 
     # Gold as deltalake reads it, and as Spark reads it on the cluster (executors read Delta)
     on_cluster = _gold(Lakehouse(str(lake)).read)

@@ -24,14 +24,19 @@ closure).
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import shutil
+import tempfile
+import threading
 from dataclasses import replace
 from functools import reduce
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import pandas as pd
 import pyarrow as pa
-from pyspark import StorageLevel, TaskContext
+from pyspark import SparkFiles, StorageLevel, TaskContext
 from pyspark.sql import Column, SparkSession
 from pyspark.sql import DataFrame as SparkDataFrame
 from pyspark.sql import functions as F
@@ -427,3 +432,28 @@ def _task_checkpoint(hook: checkpoints.Hook, key: str) -> None:
 
 
 __all__ = ["SparkEngine", "partitions_for"]
+
+
+# -- folders shipped to the executors ----------------------------------------------------
+_SHIPPED: dict[tuple[int, str], str] = {}
+_SHIP_LOCK = threading.Lock()
+
+
+def ship_folder(spark: SparkSession, path: str) -> str:
+    """A local folder (a model's artifacts) sent to every executor once per session: as a
+    zip archive (``SparkContext.addArchive``), since ``addFile`` takes a directory only in
+    local mode. Returns the name :func:`shipped_folder` finds it by on an executor."""
+    key = (id(spark.sparkContext), str(Path(path).resolve()))
+    with _SHIP_LOCK:
+        if key not in _SHIPPED:
+            digest = hashlib.sha1(key[1].encode()).hexdigest()[:10]
+            base = Path(tempfile.mkdtemp(prefix="mmf-ship-")) / f"{Path(path).name}-{digest}"
+            archive = shutil.make_archive(str(base), "zip", root_dir=path)
+            spark.sparkContext.addArchive(archive)
+            _SHIPPED[key] = Path(archive).name
+        return _SHIPPED[key]
+
+
+def shipped_folder(name: str) -> str:
+    """On an executor: the unpacked folder :func:`ship_folder` sent as ``name``."""
+    return SparkFiles.get(name)

@@ -69,7 +69,7 @@ from registry.metrics import USABLE
 from registry.pyfunc import REFERENCE, ModelsRef, _freq_of, bundle_config, load_path, verify_artifact
 from training.checkpoints import checkpoint
 from training.engines.base import Sink, TableBatch
-from training.engines.spark import SparkEngine
+from training.engines.spark import SparkEngine, ship_folder, shipped_folder
 from training.jobs import forecast as fc
 from training.tables import (
     GOLD_FORECASTS,
@@ -85,7 +85,6 @@ from training.tables.spark_session import arrow_to_spark_schema, to_spark
 log = logging.getLogger(__name__)
 
 _DOWNLOADS: dict[tuple[str, str, str], str] = {}  # (tracking uri, model, version) -> local folder
-_SHIPPED: set[tuple[int, str]] = set()
 _WORKER_MODELS: dict[str, Any] = {}  # in a Python worker: shipped name -> ManyModels
 _LOCK = threading.Lock()
 MISSING_AFTER_WRITE = "no forecast of its latest end in gold/forecasts after the write"
@@ -125,22 +124,17 @@ def _download(config: Config, version: str) -> str:
 def ship(spark, config: Config, source: fc.Source) -> Shipped:
     """``source``'s model folder sent to every executor (once per session)."""
     path = _download(config, source.version)
-    with _LOCK:
-        if (id(spark.sparkContext), path) not in _SHIPPED:
-            spark.sparkContext.addFile(path, recursive=True)
-            _SHIPPED.add((id(spark.sparkContext), path))
+    name = ship_folder(spark, path)
     settings = bundle_config(path)
     ref = ModelsRef.from_model_config(settings) if settings.get("bundle") == REFERENCE else None
-    return Shipped(source.version, source.run_id, Path(path).name, ref)
+    return Shipped(source.version, source.run_id, name, ref)
 
 
 def worker_model(name: str, storage_options: dict[str, str] | None):
     """The ManyModels of the folder shipped as ``name``, loaded once per Python worker."""
     model = _WORKER_MODELS.get(name)
     if model is None:
-        from pyspark import SparkFiles
-
-        model = load_path(SparkFiles.get(name), storage_options).unwrap_python_model()
+        model = load_path(shipped_folder(name), storage_options).unwrap_python_model()
         _WORKER_MODELS[name] = model
     return model
 

@@ -60,7 +60,6 @@ log = logging.getLogger(__name__)
 OUTPUTS = (GOLD_SCORES, GOLD_FORECASTS)
 FORECAST_KEYS = (C.SERIES_ID, C.TS, "cutoff", "model_version")
 _DOWNLOADS: dict[tuple[str, str, str], "Champion"] = {}
-_SHIPPED: set[tuple[int, str]] = set()
 _WORKER_MODELS: dict[str, Any] = {}
 _LOCK = threading.Lock()
 
@@ -336,9 +335,9 @@ def _worker_model(name: str, storage_options: dict[str, str] | None = None):
     reference bundle reads gold/models with ``storage_options``)."""
     model = _WORKER_MODELS.get(name)
     if model is None:
-        from pyspark import SparkFiles
+        from training.engines.spark import shipped_folder
 
-        model = load_path(SparkFiles.get(name), storage_options)
+        model = load_path(shipped_folder(name), storage_options)
         _WORKER_MODELS[name] = model
     return model
 
@@ -355,12 +354,9 @@ def _group_predictor(name: str, columns: list[str], storage_options: dict[str, s
 
 def _ship(spark, champ: Champion) -> str:
     """Send the model folder to every executor once per session; its SparkFiles name."""
-    key = (id(spark.sparkContext), champ.path)
-    with _LOCK:
-        if key not in _SHIPPED:
-            spark.sparkContext.addFile(champ.path, recursive=True)
-            _SHIPPED.add(key)
-    return Path(champ.path).name
+    from training.engines.spark import ship_folder
+
+    return ship_folder(spark, champ.path)
 
 
 def output_schema(levels: list[int]) -> pa.Schema:
