@@ -53,7 +53,7 @@ def config(lake_root, mlflow_uri):
         horizon=24,
         models=["seasonal_naive"],
         workers=2,
-        **{"cleaning.min_length": 48},
+        **{"cleaning.min_length": 48, "backtest.windows": 1},
     )
 
 

@@ -50,7 +50,12 @@ def _setup(root, readings: pd.DataFrame, **changes):
         horizon=H,
         models=["seasonal_naive"],
         workers=1,
-        **{"cleaning.min_length": 96, "mlflow.tracking_uri": f"sqlite:///{root / 'mlflow.db'}", **changes},
+        **{
+            "cleaning.min_length": 96,
+            "backtest.windows": 1,
+            "mlflow.tracking_uri": f"sqlite:///{root / 'mlflow.db'}",
+            **changes,
+        },
     )
     lake = Lakehouse.from_config(cfg)
     src = root / "part0.parquet"
@@ -237,6 +242,8 @@ def _batch_commits(lake: Lakehouse, name: str, run_key: str) -> dict[int, dict]:
     return by_batch
 
 
+# slow: CI's time; tests/test_spark_cluster.py runs this Spark path end to end against local
+@pytest.mark.slow
 def test_train_on_spark_writes_gold_from_the_executors(tmp_path, spark, monkeypatch):
     """``train --engine spark``: each batch's gold/models rows are written by delta-spark
     from the executors, its gold/backtest rows derived from them there too, each in a
@@ -402,6 +409,8 @@ def test_refine_on_spark_keeps_rows_off_the_driver(refined):
     assert all(str(c.get("engineInfo", "")).startswith("Apache-Spark") for c in readings)
 
 
+# slow: CI's time; tests/test_spark_cluster.py runs this Spark path end to end against local
+@pytest.mark.slow
 def test_refine_stopped_on_spark_resumes_from_its_commits(refined, tmp_path, spark, checkpoint_hook):
     """A Spark refine stopped half-way (after batch 2's silver/quarantine commit) is
     finished by the local engine from the commits Spark made: their metadata is the
@@ -477,9 +486,8 @@ def _forecast_commits(lake: Lakehouse) -> dict[int, dict]:
     return by_batch
 
 
-# the embedded bundle's Spark forecast differs only in where the executors look a series'
-# model up (their copy of models.parquet); slow, so CI runs the reference case (Spark's default)
-@pytest.mark.parametrize("bundle", ["reference", pytest.param("embedded", marks=pytest.mark.slow)])
+@pytest.mark.slow  # CI time: the cluster test forecasts on Spark and compares with local
+@pytest.mark.parametrize("bundle", ["reference", "embedded"])
 def test_forecast_on_spark_matches_local_and_resumes(tmp_path, spark, checkpoint_hook, monkeypatch, bundle):
     """``forecast --engine spark``: the executors read the silver rows and (reference
     bundle) the gold/models rows, refit and forecast each series, and delta-spark commits
@@ -611,6 +619,8 @@ def _metrics(cfg, run_id: str) -> dict[str, float]:
     return mlflow.MlflowClient(cfg.mlflow_tracking_uri()).get_run(run_id).data.metrics
 
 
+# slow: CI's time; tests/test_spark_cluster.py runs this Spark path end to end against local
+@pytest.mark.slow
 def test_train_stages_after_the_engine_run_on_spark(tmp_path, spark, monkeypatch):
     """``train --engine spark`` after its batches: the run's metrics are a Spark
     aggregation over gold/models, gold/selection is derived per batch by the executors,
@@ -688,6 +698,8 @@ def test_train_stages_after_the_engine_run_on_spark(tmp_path, spark, monkeypatch
     assert parts and all(p.endswith(".parquet") for p in parts), parts
 
 
+# slow: CI's time; tests/test_spark_cluster.py runs this Spark path end to end against local
+@pytest.mark.slow
 def test_spark_train_killed_after_registering_resumes(tmp_path, spark, checkpoint_hook):
     """A Spark train killed once its version is registered (its results.parquet, a
     folder written by the executors, logged): the restart recognises the run, gates it
