@@ -44,6 +44,7 @@ def lake(tmp_path_factory):
                 "models": ["seasonal_naive"],
                 "workers": 1,
                 "cleaning": {"min_length": 48},
+                "backtest": {"windows": 1},
             }
         )
     )

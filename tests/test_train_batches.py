@@ -38,6 +38,7 @@ SETTINGS = {
     "models": ["seasonal_naive", "theta"],
     "workers": 2,
     "cleaning": {"min_length": 96},
+    "backtest": {"windows": 1},
     "mlflow": {"sample_plots": 2},
 }
 
