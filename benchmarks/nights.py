@@ -48,19 +48,6 @@ def run(
     return r
 
 
-def _night_line(n: dict) -> str:
-    gate = (
-        "first"
-        if n.get("champion_before") is None and n["promoted"]
-        else ("promoted" if n["promoted"] else "kept")
-    )
-    return (
-        f"night {n['night']}: {gate}{' (forced)' if n['forced_reject'] else ''}; "
-        f"{n['n_with_horizon']}/{n['n_clean']} with the next horizon; "
-        f"MASE {n.get('mase', float('nan')):.4f} vs naive {n.get('naive_mase', float('nan')):.4f}; {n['wall_s']} s"
-    )
-
-
 def markdown(r: dict, command: str) -> str:
     lv = r["levels"]
     t = r["totals"]

@@ -345,7 +345,7 @@ def run(
                 "by": {who: summary(common, cfg.levels, who) for who in common["who"].unique()},
             }
         )
-        print(_night_line(per_night[-1]), flush=True)
+        print(night_line(per_night[-1]), flush=True)
     return _result(
         data, n_series, base, nights, skip_days, reject, cands, season, step, per_night, all_scores, t_all
     )
@@ -389,7 +389,8 @@ def _result(
     }
 
 
-def _night_line(n: dict) -> str:
+def night_line(n: dict, candidates: bool = True) -> str:
+    """One night's progress line (``candidates``: with the time the forced candidates took)."""
     gate = (
         "first"
         if n.get("champion_before") is None and n["promoted"]
@@ -399,7 +400,7 @@ def _night_line(n: dict) -> str:
         f"night {n['night']}: {gate}{' (forced)' if n['forced_reject'] else ''}; "
         f"{n['n_with_horizon']}/{n['n_clean']} with the next horizon; "
         f"MASE {n.get('mase', float('nan')):.4f} vs naive {n.get('naive_mase', float('nan')):.4f}; {n['wall_s']} s"
-        f" (+{n['candidates_s']} s candidates)"
+        + (f" (+{n['candidates_s']} s candidates)" if candidates else "")
     )
 
 
