@@ -96,6 +96,21 @@ SILVER_READINGS = pa.schema(
     ]
 )
 
+# silver/covariates: one row per covariate value, keyed by the covariate's ``name``, its
+# ``key`` (a series id, site or region, "" for a global one), the target time ``ts`` and
+# the time the value was issued (``issued_at``; an observation's is its own ``ts``); see
+# forecasting.covariates. bronze/covariates adds the lineage columns.
+COVARIATES = pa.schema(
+    [
+        ("name", pa.string()),
+        ("key", pa.string()),
+        (TS, TS_TYPE),
+        ("issued_at", TS_TYPE),
+        ("value", pa.float64()),
+    ]
+)
+BRONZE_COVARIATES = pa.schema([*COVARIATES, *LINEAGE])
+
 SILVER_SERIES = pa.schema(
     [
         (SERIES_ID, pa.string()),
@@ -202,8 +217,13 @@ def forecast_schema(levels: Sequence[int]) -> pa.Schema:
     """gold/forecasts, with one lower/upper column pair per interval level. The last two
     columns came later (older tables take them on their next write, null in older rows):
     ``silver_version``, the silver/readings version the forecast's data came from, and
-    ``fit`` (:data:`FITS`), whether the model forecast as trained or refitted on it."""
-    return pa.schema(_forecast_fields(levels) + [("silver_version", pa.int64()), ("fit", pa.string())])
+    ``fit`` (:data:`FITS`), whether the model forecast as trained or refitted on it, and
+    ``covariate_fallback``, JSON ``{covariate: fallback}`` of the declared future-known
+    covariates no issue covered for some step of the forecast ("" none; null before)."""
+    return pa.schema(
+        _forecast_fields(levels)
+        + [("silver_version", pa.int64()), ("fit", pa.string()), ("covariate_fallback", pa.string())]
+    )
 
 
 def scores_schema(levels: Sequence[int]) -> pa.Schema:

@@ -265,6 +265,27 @@ search), prophet and tuning are opt-in, and so are the global models trained acr
 series: global_gbm (LightGBM) and global_nn (PyTorch, the deep extra)."""
 
 
+class Covariate(Section):
+    """One declared covariate (:mod:`forecasting.covariates`)."""
+
+    name: str = setting(
+        ..., "its name in silver/covariates (the models' column cov_<name>)", pattern=r"^[A-Za-z0-9_]+$"
+    )
+    kind: Literal["future_known", "past_only"] = setting(
+        "future_known",
+        "future_known (calendar, a weather forecast) | past_only (enters lagged by the horizon)",
+    )
+    key: Literal["series", "site", "region", "none"] = setting(
+        "region", "series | site | region (an attribute of silver/series) | none (one global value)"
+    )
+    source: str = setting("silver/covariates", "the table its values come from")
+    fallback: Literal["persistence", "climatology", "zero"] = setting(
+        "persistence",
+        "for a future step no issue covers: persistence (one week earlier) | climatology\n"
+        "(mean at the same hour of the week) | zero; recorded per series in gold/forecasts",
+    )
+
+
 class Config(Section):
     """The validated settings of one run (immutable: :meth:`replace` makes a changed,
     validated copy)."""
@@ -304,7 +325,19 @@ class Config(Section):
         ge=1000,
     )
     seed: int = setting(0)
-    country: str = setting("GB", "public holidays for the generator and Prophet")
+    country: str = setting("GB", "public holidays for the generator, Prophet and `holidays`")
+    holiday_region: str | None = setting(
+        None, "a subdivision of country for holidays (e.g. ENG); null = national holidays only"
+    )
+    holidays: bool = setting(
+        False, "a public-holiday regressor (cov_holiday) for every model that takes regressors"
+    )
+    covariates: list[Covariate] = setting(
+        [],
+        "declared covariates: a list of {name, kind, key, source, fallback} (README: Covariates);\n"
+        "when any is declared (or holidays is on) they replace readings' temperature as regressors",
+        allowed="a list of mappings with keys name, kind, key, source, fallback",
+    )
     models: list[str] = setting(
         ["seasonal_naive", "weekly_naive", "seasonal_window", "ets", "theta", "mstl"],
         heading=MODELS_HEADING,
@@ -349,6 +382,15 @@ class Config(Section):
     @classmethod
     def _sorted_levels(cls, levels: list[int]) -> list[int]:
         return sorted(set(levels))
+
+    @field_validator("covariates")
+    @classmethod
+    def _distinct_covariates(cls, covs: list[Covariate]) -> list[Covariate]:
+        names = [c.name for c in covs]
+        for name in names:
+            if names.count(name) > 1:
+                raise refuse("distinct covariate names", name)
+        return covs
 
     @field_validator("freq")
     @classmethod

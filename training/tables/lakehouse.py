@@ -46,6 +46,8 @@ GOLD_GATE = "gold/gate"
 GOLD_MODELS = "gold/models"
 GOLD_ACCURACY = "gold/accuracy"
 GOLD_DRIFT = "gold/drift"
+BRONZE_COVARIATES = "bronze/covariates"
+SILVER_COVARIATES = "silver/covariates"
 TABLE_NAMES = (
     BRONZE_READINGS,
     SILVER_READINGS,
@@ -60,6 +62,8 @@ TABLE_NAMES = (
     GOLD_MODELS,
     GOLD_ACCURACY,
     GOLD_DRIFT,
+    BRONZE_COVARIATES,
+    SILVER_COVARIATES,
 )
 
 # Tables whose contract gained columns since a lakehouse may have been created: written
@@ -121,6 +125,8 @@ def table_schema(name: str, levels: Sequence[int] = (80, 95)) -> pa.Schema:
         GOLD_MODELS: C.GOLD_MODELS,
         GOLD_ACCURACY: C.accuracy_schema(levels),
         GOLD_DRIFT: C.drift_schema(levels),
+        BRONZE_COVARIATES: C.BRONZE_COVARIATES,
+        SILVER_COVARIATES: C.COVARIATES,
     }[canonical(name)]
 
 

@@ -1,0 +1,184 @@
+"""Covariates: the leakage rule, fallbacks, holidays, the refusals of bad files, and a
+series' regressors in a backtest (forecasting.covariates)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from forecasting import covariates as cov
+from forecasting.backtest import backtest
+from forecasting.config import Config
+from forecasting.errors import DataContractError
+from forecasting.models.seasonal_naive import SeasonalNaive
+from forecasting.series import prepare
+
+H = pd.Timedelta("1h")
+
+
+def issues(rows):
+    return pd.DataFrame(rows, columns=["ts", "issued_at", "value"]).astype(
+        {"ts": "datetime64[us]", "issued_at": "datetime64[us]", "value": float}
+    )
+
+
+def test_known_at_takes_the_latest_issue_up_to_the_cutoff_only():
+    t0 = pd.Timestamp("2024-01-01 00:00")
+    rows = issues(
+        [
+            (t0 + 5 * H, t0, 1.0),  # forecast issued at t0
+            (t0 + 5 * H, t0 + 2 * H, 2.0),  # a newer forecast
+            (t0 + 5 * H, t0 + 5 * H, 99.0),  # the observation, issued at its own time
+        ]
+    )
+    assert cov.known_at(rows, t0 + H).loc[t0 + 5 * H] == 1.0
+    assert cov.known_at(rows, t0 + 3 * H).loc[t0 + 5 * H] == 2.0
+    assert cov.known_at(rows, t0 + 5 * H).loc[t0 + 5 * H] == 99.0
+    assert cov.known_at(rows, t0 - H).empty
+
+
+def test_fallbacks_fill_only_from_the_history_up_to_the_cutoff():
+    ts = pd.date_range("2024-01-01", periods=24 * 14, freq="h").to_numpy().astype("datetime64[us]")
+    hist = np.arange(len(ts), dtype=float)
+    cutoff = ts[-1]
+    targets = (cutoff + np.arange(1, 4) * np.timedelta64(1, "h")).astype("datetime64[us]")
+    values, used = cov.future_values(ts, hist, issues([]), cutoff, targets, "persistence")
+    assert used and values.tolist() == [len(ts) - 168 + k for k in range(3)]
+    zero, _ = cov.future_values(ts, hist, issues([]), cutoff, targets, "zero")
+    assert zero.tolist() == [0, 0, 0]
+    clim, _ = cov.future_values(ts, hist, issues([]), cutoff, targets, "climatology")
+    # the same hour of the week, in the two weeks of history
+    assert clim[0] == pytest.approx((hist[0] + hist[168]) / 2)
+    covered, used = cov.future_values(
+        ts, hist, issues([(targets[0], cutoff, -5.0)]), cutoff, targets[:1], "zero"
+    )
+    assert covered.tolist() == [-5.0] and not used
+
+
+def test_holiday_flags_of_country_and_region():
+    ts = pd.to_datetime(["2024-12-25 10:00", "2024-12-24 10:00", "2024-03-18 09:00"]).to_numpy()
+    assert cov.holiday_flags(ts, "GB").tolist() == [1.0, 0.0, 0.0]
+    # St Patrick's Day (observed on Monday 18 March 2024) is a holiday of Northern Ireland only
+    assert cov.holiday_flags(ts, "GB", "NIR").tolist() == [1.0, 0.0, 1.0]
+
+
+def _config(**kw):
+    base = {
+        "horizon": 6,
+        "backtest.windows": 2,
+        "covariates": [{"name": "temp", "key": "region", "fallback": "zero"}],
+    }
+    return Config().replace(**{**base, **kw})
+
+
+def test_check_rows_refuses_unknown_names_keys_overlaps_and_holes():
+    config = _config()
+    t0 = pd.Timestamp("2024-01-01")
+    good = pd.DataFrame(
+        {"name": "temp", "key": "north", "ts": [t0 + k * H for k in (1, 2, 3)], "issued_at": t0, "value": 1.0}
+    )
+    keys = {"series": {"a"}, "site": set(), "region": {"north"}}
+    cov.check_rows(good, cov.specs(config), keys, None, "f.csv")
+    with pytest.raises(DataContractError, match="'wind' is not declared"):
+        cov.check_rows(good.assign(name="wind"), cov.specs(config), keys, None, "f.csv")
+    with pytest.raises(DataContractError, match="unknown region key 'south'"):
+        cov.check_rows(good.assign(key="south"), cov.specs(config), keys, None, "f.csv")
+    with pytest.raises(DataContractError, match="overlapping issues"):
+        cov.check_rows(pd.concat([good, good.iloc[:1]]), cov.specs(config), keys, None, "f.csv")
+    with pytest.raises(DataContractError, match="overlaps 3 stored"):
+        cov.check_rows(good, cov.specs(config), keys, good, "f.csv")
+    holed = good.iloc[[0, 2]]
+    more = pd.concat([holed, holed.assign(ts=t0 + 4 * H).iloc[:1]])
+    with pytest.raises(DataContractError, match="missing horizon step 2024-01-01 02:00"):
+        cov.check_rows(more, cov.specs(config), keys, None, "f.csv")
+    with pytest.raises(DataContractError, match="non-numeric value 'warm'"):
+        cov.typed(good.assign(value=["1", "warm", "2"]), "f.csv")
+    with pytest.raises(DataContractError, match="column issued_at has value 'yesterday'"):
+        cov.typed(good.assign(issued_at="yesterday"), "f.csv")
+
+
+def _series(n=24 * 10):
+    ts = pd.date_range("2024-01-01", periods=n, freq="h")
+    y = 10 + np.sin(np.arange(n) * 2 * np.pi / 24)
+    return pd.DataFrame({"series_id": "a", "ts": ts, "y": y, "region": "north"})
+
+
+def test_backtest_uses_only_covariate_values_issued_by_each_cutoff():
+    """The leakage rule end to end: observations after a window's cutoff are poison (1e6);
+    forecasts issued at the cutoff are 7.0. The model must see 7.0 (or its fallback,
+    zero) in each window's forecast steps, never 1e6."""
+    config = _config()
+    rows = _series()
+    ts = rows["ts"]
+    n, h = len(rows), config.horizon
+    cuts = [n - h - h, n - h]
+    obs = issues([(t, t, 1.0) for t in ts])
+    poison = ts[cuts[0] :]  # every value observed after the first cutoff
+    obs.loc[obs["ts"].isin(poison), "value"] = 1e6
+    fc = issues([(ts[c + k], ts[c - 1], 7.0) for c in cuts for k in range(h - 1)])  # the last step: none
+    covs = pd.concat([obs, fc]).assign(name="temp", key="north")
+    series = rows[["series_id", "region"]].drop_duplicates()
+    attached = cov.attach(rows.drop(columns="region"), series, covs, config)
+    data = prepare(attached, config)
+    assert data.X is not None and data.covariates is not None
+
+    seen: list[np.ndarray] = []
+
+    class Recording(SeasonalNaive):
+        def predict(self, h, X=None, level=(80, 95)):
+            seen.append(np.array(X))
+            return super().predict(h, X=None, level=level)
+
+    out = backtest(
+        lambda: Recording(season_length=24),
+        data.y,
+        data.X,
+        data.ts,
+        horizon=h,
+        windows=2,
+        step=h,
+        levels=[80],
+        m=24,
+        future_X=data.covariates.future_X,
+    )
+    assert [r["cutoff"] for r in out] == cuts
+    for x in seen:
+        assert x[:, 0].tolist() == [7.0] * (h - 1) + [0.0]  # the issue, then the zero fallback
+    # without the rule the window would have seen the poisoned observations
+    assert np.all(data.X[cuts[1] :, 0] == 1e6)
+
+
+def test_future_records_the_fallback_used_per_series():
+    config = _config(covariates=[{"name": "temp", "key": "region", "fallback": "persistence"}], holidays=True)
+    ends = pd.Series(
+        pd.to_datetime(["2024-12-24 23:00", "2024-12-24 23:00"]).astype("datetime64[us]"), index=["a", "b"]
+    )
+    targets = pd.DataFrame(
+        {
+            "series_id": np.repeat(["a", "b"], 2),
+            "horizon": 2,
+            "ts": np.tile(pd.to_datetime(["2024-12-25 00:00", "2024-12-25 01:00"]), 2),
+        }
+    )
+    series = pd.DataFrame({"series_id": ["a", "b"], "site": None, "region": ["north", "south"]})
+    end = ends.iloc[0]
+    rows = issues([(end + k * H, end, 3.0) for k in (1, 2)] + [(end - 167 * H, end - 167 * H, 5.0)])
+    covs = pd.concat([rows.assign(key="north"), rows.iloc[2:].assign(key="south")]).assign(name="temp")
+    out = cov.future(ends, targets, series, covs, config)
+    assert out["cov_holiday"].tolist() == [1.0] * 4
+    a, b = out[out.series_id == "a"], out[out.series_id == "b"]
+    assert a["cov_temp"].tolist() == [3.0, 3.0] and a[cov.FALLBACK_COLUMN].iloc[0] == ""
+    assert json.loads(b[cov.FALLBACK_COLUMN].iloc[0]) == {"temp": "persistence"}
+    assert b["cov_temp"].tolist() == [5.0, 5.0]  # one week earlier, else the last known value
+
+
+def test_past_only_covariates_enter_lagged_by_the_horizon():
+    config = _config(covariates=[{"name": "load_prev", "kind": "past_only", "key": "series"}])
+    rows = _series(60)
+    obs = issues([(t, t, float(i)) for i, t in enumerate(rows["ts"])]).assign(name="load_prev", key="a")
+    attached = cov.attach(rows.drop(columns="region"), rows[["series_id"]].drop_duplicates(), obs, config)
+    data = prepare(attached, config)
+    assert data.X[:, 0].tolist() == [0.0] * 6 + list(range(54))
