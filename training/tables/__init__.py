@@ -13,18 +13,18 @@ Nothing here imports the engines, the jobs, MLflow or serving.
 """
 
 from training.tables.lakehouse import (
+    BRONZE_COVARIATES,
     BRONZE_READINGS,
     GOLD_ACCURACY,
     GOLD_BACKTEST,
     GOLD_DRIFT,
-    BRONZE_COVARIATES,
-    SILVER_COVARIATES,
     GOLD_FORECASTS,
     GOLD_GATE,
     GOLD_MODELS,
     GOLD_PORTFOLIO,
     GOLD_SCORES,
     GOLD_SELECTION,
+    SILVER_COVARIATES,
     SILVER_QUARANTINE,
     SILVER_READINGS,
     SILVER_SERIES,
