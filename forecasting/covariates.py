@@ -509,3 +509,25 @@ def _times(raw: pd.Series, col: str, source: str) -> pd.Series:
     if len(bad):
         raise DataContractError(f"{source}: column {col} has value {bad.iloc[0]!r}; expected a timestamp")
     return parsed.dt.tz_localize(None).astype("datetime64[us]")
+
+
+def keys_of(series: pd.DataFrame) -> dict[str, set[str]]:
+    """The keys covariates may use: series ids, sites and regions of silver/series."""
+    out = {"series": set(series[SERIES_ID].astype(str))} if SERIES_ID in series else {"series": set()}
+    for attr in ("site", "region"):
+        out[attr] = set(series[attr].dropna().astype(str)) if attr in series else set()
+    return out
+
+
+def needed_keys(series: pd.DataFrame, config: Any) -> dict[str, list[str]]:
+    """Per declared covariate, the keys a batch of series (``series_id, site, region``) reads."""
+    return {s.name: sorted(set(series_keys(series, s.key))) for s in specs(config).values()}
+
+
+def read_filters(series: pd.DataFrame, config: Any) -> list[tuple[str, str, Any]] | None:
+    """Parquet filters for the silver/covariates rows of a batch's keys (``None``: no covariates)."""
+    needed = needed_keys(series, config)
+    if not needed:
+        return None
+    keys = sorted({k for ks in needed.values() for k in ks})
+    return [(NAME, "in", sorted(needed)), (KEY, "in", keys)]

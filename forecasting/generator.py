@@ -627,3 +627,57 @@ def _assemble(
         },
         copy=False,
     )
+
+
+# -- weather forecasts (covariates) -------------------------------------------------------
+def weather_table(
+    readings: pd.DataFrame,
+    horizon: int = 48,
+    issue_every: int = 24,
+    error_sd: float = 0.35,
+    seed: int = 0,
+    name: str = "temperature",
+) -> pd.DataFrame:
+    """A covariate table (:data:`forecasting.contract.COVARIATES`) for the regions of
+    generated ``readings``: each region's observed temperature (the mean over its meters,
+    ``issued_at = ts``) and a forecast issued every ``issue_every`` steps at ``T`` for
+    ``T+1..T+horizon`` whose error is a random walk, so it grows with the lead time (its
+    standard deviation ``error_sd * sqrt(lead)`` °C)."""
+    rng = np.random.default_rng(seed)
+    frame = readings[[C.TS, "region", "temperature"]].dropna()
+    obs = frame.groupby(["region", C.TS], sort=True)["temperature"].mean().reset_index()
+    obs[C.TS] = (
+        pd.DatetimeIndex(obs[C.TS]).tz_localize(None) if getattr(obs[C.TS].dtype, "tz", None) else obs[C.TS]
+    )
+    parts = [
+        pd.DataFrame(
+            {
+                "name": name,
+                "key": obs["region"],
+                C.TS: obs[C.TS],
+                "issued_at": obs[C.TS],
+                "value": obs["temperature"],
+            }
+        )
+    ]
+    for region, rows in obs.groupby("region", sort=True):
+        ts = rows[C.TS].to_numpy(dtype="datetime64[us]")
+        temp = rows["temperature"].to_numpy(dtype=float)
+        for start in range(0, len(ts) - 1, issue_every):
+            lead = np.arange(1, min(horizon, len(ts) - 1 - start) + 1)
+            error = np.cumsum(rng.normal(0.0, error_sd, len(lead)))
+            parts.append(
+                pd.DataFrame(
+                    {
+                        "name": name,
+                        "key": region,
+                        C.TS: ts[start + lead],
+                        "issued_at": ts[start],
+                        "value": temp[start + lead] + error,
+                    }
+                )
+            )
+    out = pd.concat(parts, ignore_index=True)
+    out[C.TS] = out[C.TS].astype("datetime64[us]")
+    out["issued_at"] = out["issued_at"].astype("datetime64[us]")
+    return out.sort_values(["name", "key", C.TS, "issued_at"], kind="mergesort", ignore_index=True)

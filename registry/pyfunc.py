@@ -100,6 +100,7 @@ from packaging.requirements import Requirement
 
 from forecasting import contract as C
 from forecasting.config import Config
+from forecasting.covariates import exog_columns
 from forecasting.errors import RegistryError
 from forecasting.frequency import future_timestamps
 from forecasting.models import load_fitted
@@ -668,7 +669,7 @@ class ManyModels(mlflow.pyfunc.PythonModel):
             )
         model = self.fitted(sid, entry)
         X = None
-        if getattr(model, "supports_exog", False) and "temperature" in rows.columns:
+        if getattr(model, "supports_exog", False) and exog_columns(rows.columns):
             X = _future_exog(sid, rows, h, ks)
         try:
             fc = model.predict(h, X=X, level=self.levels)
@@ -751,25 +752,30 @@ def _steps(sid: str, end: pd.Timestamp, off: pd.DateOffset, wanted: pd.DatetimeI
 
 
 def _future_exog(sid: str, rows: pd.DataFrame, h: int, ks: np.ndarray | None) -> np.ndarray | None:
-    """Temperature for steps 1..h (h x 1), or None when the rows carry none."""
-    temp = pd.to_numeric(rows["temperature"], errors="coerce")
-    if not temp.notna().any():
-        return None
-    if ks is None:
-        values = temp.to_numpy(dtype=float)
-    else:
-        values = np.full(h, np.nan)
-        with_ts = rows[C.TS].notna().to_numpy()
-        values[ks - 1] = temp.to_numpy(dtype=float)[with_ts]
-    values = values[:h]
-    if len(values) < h or not np.all(np.isfinite(values)):
-        n_missing = h - int(np.isfinite(values).sum())
-        raise MlflowException(
-            f"series {sid}: temperature missing for {n_missing} of the {h} future step(s): its model uses "
-            "the regressor, so give one finite value for every step up to the last one wanted",
-            error_code=INVALID_PARAMETER_VALUE,
-        )
-    return values.reshape(-1, 1)
+    """The regressors for steps 1..h (h x k: temperature, or the declared covariates'
+    ``cov_*`` columns, :func:`forecasting.covariates.exog_columns`), or None when the
+    rows carry none."""
+    cols = exog_columns(rows.columns)
+    parts = []
+    for col in cols:
+        values = pd.to_numeric(rows[col], errors="coerce")
+        if not values.notna().any():
+            return None
+        if ks is not None:
+            full = np.full(h, np.nan)
+            with_ts = rows[C.TS].notna().to_numpy()
+            full[ks - 1] = values.to_numpy(dtype=float)[with_ts]
+            values = full
+        values = np.asarray(values, dtype=float)[:h]
+        if len(values) < h or not np.all(np.isfinite(values)):
+            n_missing = h - int(np.isfinite(values).sum())
+            raise MlflowException(
+                f"series {sid}: {col} missing for {n_missing} of the {h} future step(s): its model uses "
+                "the regressor, so give one finite value for every step up to the last one wanted",
+                error_code=INVALID_PARAMETER_VALUE,
+            )
+        parts.append(values)
+    return np.column_stack(parts)
 
 
 # -- logging ---------------------------------------------------------------------------

@@ -182,3 +182,87 @@ def test_past_only_covariates_enter_lagged_by_the_horizon():
     attached = cov.attach(rows.drop(columns="region"), rows[["series_id"]].drop_duplicates(), obs, config)
     data = prepare(attached, config)
     assert data.X[:, 0].tolist() == [0.0] * 6 + list(range(54))
+
+
+# -- through the jobs: ingest, refine, nightly --------------------------------------------
+def test_nightly_with_declared_weather_and_holidays(tmp_path, config):
+    """A generated weather table ingested as covariates reaches ARIMA as X at training and
+    at forecast time; a region whose forecasts stop early gets the fallback, recorded
+    per series in gold/forecasts; bad files are refused and nothing is lost."""
+    from forecasting.generator import generate, weather_table, write
+    from training.jobs.covariates import ingest_covariates
+    from training.jobs.nightly import nightly
+    from training.jobs.refine import refine
+    from training.tables import Lakehouse
+
+    data = generate(n_series=6, days=14, freq="h", seed=3, clean=True)
+    src = tmp_path / "raw"
+    src.mkdir()
+    write(data, src / "meters.parquet")
+    cfg = config.replace(
+        **{
+            "models": ["arima"],
+            "model_params": {"arima": {"seasonal": False, "max_history": 200}},
+            "nightly.source": str(src),
+            "holidays": True,
+            "covariates": [{"name": "temperature", "key": "region", "fallback": "persistence"}],
+            "backtest.prefer": None,
+        }
+    )
+    lake = Lakehouse.from_config(cfg)
+    from training.jobs.ingest import ingest
+
+    ingest(lake, src, strict=False)
+    refine(lake, cfg)
+    weather = weather_table(data.readings, horizon=24, seed=1)
+    regions = sorted(weather["key"].unique())
+    end = data.readings["ts"].max()
+    # the last region's forecasts of the final issue are dropped: its horizon falls back
+    late = (
+        (weather["key"] == regions[-1])
+        & (weather["issued_at"] >= end - pd.Timedelta("1D"))
+        & (weather["issued_at"] < weather["ts"])
+    )
+    future = pd.concat(
+        [
+            pd.DataFrame(
+                {
+                    "name": "temperature",
+                    "key": r,
+                    "ts": end + pd.to_timedelta(np.arange(1, 25), "h"),
+                    "issued_at": end,
+                    "value": 5.0,
+                }
+            )
+            for r in regions[:-1]
+        ]
+    )
+    good = pd.concat([weather[~late], future], ignore_index=True)
+    path = tmp_path / "weather.parquet"
+    good.to_parquet(path, index=False)
+
+    bad = tmp_path / "bad.parquet"
+    good.assign(key="atlantis").to_parquet(bad, index=False)
+    with pytest.raises(DataContractError, match="unknown region key 'atlantis'"):
+        ingest_covariates(lake, cfg, bad)
+    assert not lake.exists("bronze/covariates")
+    n, _ = ingest_covariates(lake, cfg, path)
+    assert n == len(good)
+    assert ingest_covariates(lake, cfg, path)[0] == 0  # the same file again: skipped
+    good.iloc[:5].to_parquet(bad, index=False)
+    with pytest.raises(DataContractError, match="overlaps 5 stored"):
+        ingest_covariates(lake, cfg, bad)
+    assert len(lake.read("bronze/covariates")) == n  # nothing lost, nothing added
+
+    nightly(lake, cfg)
+    assert len(lake.read("silver/covariates")) == n
+    models = lake.read("gold/models")
+    assert (models["status"] == "ok").all(), models["reason"].tolist()
+    fitted = json.loads(models["model_json"].iloc[0])
+    assert np.asarray(fitted["state"]["X"]).shape[1] == 2  # cov_holiday, cov_temperature
+    fc = lake.read("gold/forecasts")
+    by_region = data.readings.drop_duplicates("series_id").set_index("series_id")["region"]
+    fell = fc.drop_duplicates("series_id").set_index("series_id")["covariate_fallback"]
+    for sid, text in fell.items():
+        expected = {"temperature": "persistence"} if by_region[sid] == regions[-1] else {}
+        assert (json.loads(text) if text else {}) == expected

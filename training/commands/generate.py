@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from forecasting.generator import generate as gen
-from forecasting.generator import write
+from forecasting.generator import weather_table, write
 
 
 @click.command()
@@ -24,10 +26,24 @@ from forecasting.generator import write
 )
 @click.option("--clean", is_flag=True, help="No faulty series or readings.")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Parquet file to write.")
-def generate(n_series, days, freq, seed, clean, out):
+@click.option(
+    "--weather/--no-weather",
+    default=True,
+    show_default=True,
+    help="Also write <out>_weather.parquet: the regions' observed temperature and 48-step forecasts "
+    "issued daily (for `mmf ingest --covariates`).",
+)
+def generate(n_series, days, freq, seed, clean, out, weather):
     """Generate synthetic smart-meter data (with documented faults unless --clean)."""
     data = gen(n_series=n_series, days=days, freq=freq, seed=seed, clean=clean)
     write(data, out)
     click.echo(
         f"wrote {len(data.readings):,} readings of {n_series} series to {out} ({len(data.faults)} faulty series)"
     )
+    if weather:
+        path = Path(out).with_name(Path(out).stem + "_weather.parquet")
+        table = weather_table(data.readings, seed=seed)
+        table.to_parquet(path, index=False)
+        click.echo(
+            f"wrote {len(table):,} weather rows (observed and forecast temperature by region) to {path}"
+        )

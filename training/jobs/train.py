@@ -74,6 +74,7 @@ from mlflow.exceptions import MlflowException
 
 from forecasting import contract as C
 from forecasting.config import Config
+from forecasting.covariates import enabled as covariates_enabled
 from forecasting.errors import DataContractError, TableError
 from forecasting.frequency import alias, modal_step
 from forecasting.pipeline import failed_result, process_series
@@ -85,6 +86,7 @@ from training import global_models
 from training.checkpoints import checkpoint
 from training.engines import get_engine
 from training.engines.base import Engine, Sink, TableBatch
+from training.jobs.covariates import with_covariates
 from training.jobs.refine import refine_in_progress
 from training.jobs.train_gold import (  # noqa: F401 - the after-engine stages, importable from here too
     champion_results,
@@ -320,12 +322,14 @@ def train_batches(lake, cfg, plan: Plan, engine: Engine, run_id: str, glob, tell
             checkpoint("mid_train", batches_done=committed)
         tell(step, n_done, n_total)
 
-    def load(i: int) -> pd.DataFrame:  # the global models' results joined to the rows, here
-        return glob.attach(plan.load(i))
+    def load(i: int) -> pd.DataFrame:  # covariates and the global models' results joined to the rows, here
+        rows = with_covariates(lake, cfg, plan.load(i))
+        return rows if glob is None else glob.attach(rows)
 
     tell(step, 0, total)
     on_error = partial(failed_result, config=cfg)
-    batches = ((i, plan.batch(i) if glob is None else partial(load, i)) for i in todo)
+    direct = glob is None and not covariates_enabled(cfg)
+    batches = ((i, plan.batch(i) if direct else partial(load, i)) for i in todo)
     stream = engine.map_batches(
         batches,
         C.SERIES_ID,
@@ -411,6 +415,7 @@ def _global_models(cfg: Config, plan: Plan, engine: Engine, run_id: str, progres
             if folder is not None and (folder / global_models.ENTRIES_FILE).exists():
                 return global_models.GlobalReport.load(folder)
     sample, complete = global_sample(plan, cfg.batch_rows)
+    sample = with_covariates(plan.lake, cfg, sample)
     glob = global_models.train_global_models(sample, cfg, engine=engine.name, progress=progress)
     del sample
     if glob is None:
