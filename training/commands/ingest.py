@@ -24,8 +24,9 @@ from training.jobs.ingest import ingest
 @conf_option
 @wait_option
 def ingest_cmd(source, cov_file, conf, lock_timeout):
-    """Append raw files to bronze/readings exactly as received (idempotent per file), or
-    a covariate file to bronze/covariates (--covariates)."""
+    """Append raw files to bronze/readings exactly as received (idempotent per file).
+
+    With --covariates, a file of covariate values to bronze/covariates instead."""
     config = load(conf)
     if bool(source) == bool(cov_file):
         raise click.UsageError("give exactly one of --source (readings) or --covariates (covariate values)")
