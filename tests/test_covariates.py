@@ -266,3 +266,40 @@ def test_nightly_with_declared_weather_and_holidays(tmp_path, config):
     for sid, text in fell.items():
         expected = {"temperature": "persistence"} if by_region[sid] == regions[-1] else {}
         assert (json.loads(text) if text else {}) == expected
+
+
+def test_global_gbm_takes_every_declared_covariate_and_forecasts_with_them():
+    """global_gbm trains on cov_holiday and cov_temperature (two features), is scored and
+    chosen like any candidate, and its fitted model forecasts from a (h, 2) X."""
+    pytest.importorskip("lightgbm")
+    from forecasting.generator import generate, weather_table
+    from forecasting.models.global_models import gbm as gbm_mod
+    from forecasting.pipeline import GLOBAL_COLUMN, load_fitted, process_series
+    from training.global_models import train_global_models
+
+    data = generate(n_series=4, days=21, freq="h", seed=1, clean=True).readings
+    config = Config().replace(
+        horizon=24,
+        freq="h",
+        models=["seasonal_naive", "global_gbm"],
+        holidays=True,
+        covariates=[{"name": "temperature", "key": "region"}],
+        model_params={"global_gbm": {"num_boost_round": 15, "min_data_in_leaf": 5, "windows_per_series": 8}},
+        **{"backtest.windows": 2},
+    )
+    series = data.drop_duplicates("series_id")[["series_id", "site", "region"]]
+    attached = cov.attach(data[["series_id", "ts", "y"]], series, weather_table(data, horizon=24), config)
+    report = train_global_models(attached, config)
+    run = report.runs["global_gbm"]
+    assert run.n_ok == 4
+    weights = report.weights()[-1]  # the fit on the full histories
+    assert weights.meta["n_exog"] == 2 and gbm_mod.feature_names(weights.meta)[-2:] == ["exog_0", "exog_1"]
+    rows = [process_series(g, config).iloc[0] for _, g in report.attach(attached).groupby("series_id")]
+    cands = json.loads(rows[0]["candidates_json"])
+    assert cands["global_gbm"]["status"] == "ok", cands
+    glob = json.loads(report.attach(attached)[GLOBAL_COLUMN].dropna().iloc[0])["global_gbm"]
+    model = load_fitted(glob["model_json"])
+    fc = model.predict(24, X=np.zeros((24, 2)), level=[80])
+    assert np.all(np.isfinite(fc["mean"]))
+    with pytest.raises(Exception, match=r"shape \(24, 2\)"):
+        model.predict(24, X=np.zeros((24, 1)), level=[80])
