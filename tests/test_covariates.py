@@ -303,3 +303,20 @@ def test_global_gbm_takes_every_declared_covariate_and_forecasts_with_them():
     assert np.all(np.isfinite(fc["mean"]))
     with pytest.raises(Exception, match=r"shape \(24, 2\)"):
         model.predict(24, X=np.zeros((24, 1)), level=[80])
+
+
+def test_prophet_takes_every_regressor_column():
+    pytest.importorskip("prophet")
+    from forecasting.models import load_fitted
+    from forecasting.models.prophet_model import ProphetModel
+
+    n = 24 * 14
+    ts = pd.date_range("2024-01-01", periods=n, freq="h")
+    X = np.column_stack([np.arange(n) % 24 == 12, np.sin(np.arange(n) / 10)]).astype(float)
+    y = 5 + 3 * X[:, 0] + 2 * X[:, 1] + np.random.default_rng(0).normal(0, 0.1, n)
+    model = ProphetModel(country=None, uncertainty_samples=50, freq="h").fit(y, X, ts.to_numpy())
+    back = load_fitted(json.dumps(model.to_dict()))
+    fc = back.predict(24, X=X[:24], level=[80])
+    np.testing.assert_allclose(fc["mean"], 5 + 3 * X[:24, 0] + 2 * X[:24, 1], atol=0.5)
+    with pytest.raises(Exception, match="2 regressors"):
+        back.predict(24, X=X[:24, :1], level=[80])
