@@ -185,13 +185,13 @@ def test_past_only_covariates_enter_lagged_by_the_horizon():
 
 
 # -- through the jobs: ingest, refine, nightly --------------------------------------------
-def test_nightly_with_declared_weather_and_holidays(tmp_path, config):
-    """A generated weather table ingested as covariates reaches ARIMA as X at training and
-    at forecast time; a region whose forecasts stop early gets the fallback, recorded
-    per series in gold/forecasts; bad files are refused and nothing is lost."""
+def _weather_lake(tmp_path, config):
+    """6 hourly meters x 14 days ingested and refined, ARIMA with holidays and the
+    regions' temperature declared; the generated weather table, less the last region's
+    final forecasts (so its horizon falls back), and a forecast issued at the data's end
+    for the other regions, written to weather.parquet (not ingested)."""
     from forecasting.generator import generate, weather_table, write
-    from training.jobs.covariates import ingest_covariates
-    from training.jobs.nightly import nightly
+    from training.jobs.ingest import ingest
     from training.jobs.refine import refine
     from training.tables import Lakehouse
 
@@ -210,37 +210,47 @@ def test_nightly_with_declared_weather_and_holidays(tmp_path, config):
         }
     )
     lake = Lakehouse.from_config(cfg)
-    from training.jobs.ingest import ingest
-
     ingest(lake, src, strict=False)
     refine(lake, cfg)
     weather = weather_table(data.readings, horizon=24, seed=1)
     regions = sorted(weather["key"].unique())
     end = data.readings["ts"].max()
-    # the last region's forecasts of the final issue are dropped: its horizon falls back
     late = (
         (weather["key"] == regions[-1])
         & (weather["issued_at"] >= end - pd.Timedelta("1D"))
         & (weather["issued_at"] < weather["ts"])
     )
+    ahead = end + pd.to_timedelta(np.arange(1, 25), "h")
     future = pd.concat(
         [
-            pd.DataFrame(
-                {
-                    "name": "temperature",
-                    "key": r,
-                    "ts": end + pd.to_timedelta(np.arange(1, 25), "h"),
-                    "issued_at": end,
-                    "value": 5.0,
-                }
-            )
+            pd.DataFrame({"name": "temperature", "key": r, "ts": ahead, "issued_at": end, "value": 5.0})
             for r in regions[:-1]
         ]
     )
     good = pd.concat([weather[~late], future], ignore_index=True)
     path = tmp_path / "weather.parquet"
     good.to_parquet(path, index=False)
+    return cfg, lake, data, regions, good, path
 
+
+def _fallbacks_as_expected(lake, data, regions):
+    fc = lake.read("gold/forecasts")
+    by_region = data.readings.drop_duplicates("series_id").set_index("series_id")["region"]
+    fell = fc.drop_duplicates("series_id").set_index("series_id")["covariate_fallback"]
+    assert len(fell) == 6
+    for sid, text in fell.items():
+        expected = {"temperature": "persistence"} if by_region[sid] == regions[-1] else {}
+        assert (json.loads(text) if text else {}) == expected
+
+
+def test_nightly_with_declared_weather_and_holidays(tmp_path, config):
+    """A generated weather table ingested as covariates reaches ARIMA as X at training and
+    at forecast time; a region whose forecasts stop early gets the fallback, recorded
+    per series in gold/forecasts; bad files are refused and nothing is lost."""
+    from training.jobs.covariates import ingest_covariates
+    from training.jobs.nightly import nightly
+
+    cfg, lake, data, regions, good, path = _weather_lake(tmp_path, config)
     bad = tmp_path / "bad.parquet"
     good.assign(key="atlantis").to_parquet(bad, index=False)
     with pytest.raises(DataContractError, match="unknown region key 'atlantis'"):
@@ -260,12 +270,7 @@ def test_nightly_with_declared_weather_and_holidays(tmp_path, config):
     assert (models["status"] == "ok").all(), models["reason"].tolist()
     fitted = json.loads(models["model_json"].iloc[0])
     assert np.asarray(fitted["state"]["X"]).shape[1] == 2  # cov_holiday, cov_temperature
-    fc = lake.read("gold/forecasts")
-    by_region = data.readings.drop_duplicates("series_id").set_index("series_id")["region"]
-    fell = fc.drop_duplicates("series_id").set_index("series_id")["covariate_fallback"]
-    for sid, text in fell.items():
-        expected = {"temperature": "persistence"} if by_region[sid] == regions[-1] else {}
-        assert (json.loads(text) if text else {}) == expected
+    _fallbacks_as_expected(lake, data, regions)
 
 
 def test_global_gbm_takes_every_declared_covariate_and_forecasts_with_them():
@@ -320,3 +325,31 @@ def test_prophet_takes_every_regressor_column():
     np.testing.assert_allclose(fc["mean"], 5 + 3 * X[:24, 0] + 2 * X[:24, 1], atol=0.5)
     with pytest.raises(Exception, match="2 regressors"):
         back.predict(24, X=X[:24, :1], level=[80])
+
+
+def test_forecast_on_spark_joins_covariates_like_local(tmp_path, config, spark):
+    """``forecast --engine spark``: the executors get each series' silver/covariates rows
+    (read by delta-spark, joined by key) and give the local path's forecasts and
+    fallbacks."""
+    from training.jobs import forecast as forecast_job
+    from training.jobs.covariates import ingest_covariates
+    from training.jobs.nightly import nightly
+
+    cfg, lake, data, regions, _, path = _weather_lake(tmp_path, config)
+    ingest_covariates(lake, cfg, path)
+    nightly(lake, cfg)
+    cols = [
+        "series_id",
+        "ts",
+        "yhat",
+        "yhat_lower_80",
+        "model_version",
+        "cutoff",
+        "fit",
+        "covariate_fallback",
+    ]
+    local = lake.read("gold/forecasts")[cols].sort_values(["series_id", "ts"], ignore_index=True)
+    forecast_job.forecast(lake, cfg.replace(engine="spark"), force=True)
+    _fallbacks_as_expected(lake, data, regions)
+    on_spark = lake.read("gold/forecasts")[cols].sort_values(["series_id", "ts"], ignore_index=True)
+    pd.testing.assert_frame_equal(on_spark, local, check_exact=False, rtol=1e-9)
