@@ -85,7 +85,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import mlflow
 import numpy as np
@@ -100,7 +100,8 @@ from packaging.requirements import Requirement
 
 from forecasting import contract as C
 from forecasting.config import Config
-from forecasting.covariates import exog_columns
+from forecasting.covariates import HOLIDAY, exog_columns
+from forecasting.covariates import column as cov_column
 from forecasting.errors import RegistryError
 from forecasting.frequency import future_timestamps
 from forecasting.models import load_fitted
@@ -925,8 +926,15 @@ def write_models(
     return stats
 
 
-def signature(levels: list[int]):
-    """Input/output schema and the ``unknown`` param of the many-models pyfunc."""
+def regressor_columns(config: Config) -> list[str]:
+    """The ``cov_*`` input columns of a config's declared covariates (and holidays)."""
+    cols = [cov_column(c.name) for c in config.covariates]
+    return sorted(cols + ([HOLIDAY] if config.holidays else []))
+
+
+def signature(levels: list[int], covariates: Sequence[str] = ()):
+    """Input/output schema and the ``unknown`` param of the many-models pyfunc
+    (``covariates``: the optional regressor columns of declared covariates, ``cov_*``)."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
     from mlflow.types.schema import AnyType
@@ -939,6 +947,7 @@ def signature(levels: list[int]):
             # check refuses a zone); the model reads both
             ColSpec(AnyType(), C.TS, required=False),
             ColSpec("double", "temperature", required=False),
+            *[ColSpec("double", col, required=False) for col in covariates],
         ]
     )
     outs = [ColSpec("string", C.SERIES_ID), ColSpec("datetime", C.TS), ColSpec("double", "yhat")]
@@ -1070,7 +1079,7 @@ def _log_model(
         python_model=str(CODE_FILE),
         artifacts=artifacts or None,
         model_config=model_config,
-        signature=signature(levels),
+        signature=signature(levels, regressor_columns(config)),
         input_example=example,
         pip_requirements=scoring_requirements(),
         code_paths=code,
