@@ -193,11 +193,12 @@ def markdown(rows: list[dict], args) -> str:
         "Commands: " + "; ".join(f"{d}: `{c}`" for d, c in runs_of(args, args.argv).items()),
         "",
         f"Mean over series of the backtest MASE ({args.windows} held-out window(s) at the end of each series; "
-        "lower is better); a window sees covariate values issued by its cutoff only. Generated: "
-        f"{args.series} hourly meters x {args.days} days, horizon {args.horizon}, the weather table of `mmf generate` "
-        "(forecasts issued daily for 48 h, error growing with lead). EDRP: the first "
-        f"{args.series} households, last {args.edrp_days} days, half-hourly, horizon 48; covariates are GB/Scotland public "
-        "holidays and a climatological *temperature proxy* (no real weather at hand; see the script's docstring).",
+        "lower is better); a window sees covariate values issued by its cutoff only. Generated: hourly clean "
+        f"meters x {args.days} days, horizon {args.horizon}, with the weather table of `mmf generate` (forecasts "
+        "issued daily for 48 h, error growing with lead), `temperature` declared by region, plus holidays. "
+        f"EDRP: the first households (by number), last {args.edrp_days} days, half-hourly, horizon 48; "
+        "`holidays`: GB/Scotland public holidays only; `covariates`: those and a climatological *temperature "
+        "proxy* (no real weather at hand; see the script's docstring). Series: the `series` column.",
         "",
         "| data | model | condition | mean MASE | vs none | series |",
         "|---|---|---|---:|---:|---:|",

@@ -327,13 +327,15 @@ def test_prophet_takes_every_regressor_column():
         back.predict(24, X=X[:24, :1], level=[80])
 
 
-def test_forecast_on_spark_joins_covariates_like_local(tmp_path, config, spark):
-    """``forecast --engine spark``: the executors get each series' silver/covariates rows
-    (read by delta-spark, joined by key) and give the local path's forecasts and
-    fallbacks."""
+def test_spark_trains_and_forecasts_with_covariates_like_local(tmp_path, config, spark):
+    """``--engine spark``: training ships each batch with its covariates (joined on the
+    driver by key, a batch at a time) and fits the local path's models; the forecast's
+    executors get each series' silver/covariates rows (read by delta-spark, joined by
+    key) and give the local path's forecasts and fallbacks."""
     from training.jobs import forecast as forecast_job
     from training.jobs.covariates import ingest_covariates
     from training.jobs.nightly import nightly
+    from training.jobs.train import train
 
     cfg, lake, data, regions, _, path = _weather_lake(tmp_path, config)
     ingest_covariates(lake, cfg, path)
@@ -353,3 +355,8 @@ def test_forecast_on_spark_joins_covariates_like_local(tmp_path, config, spark):
     _fallbacks_as_expected(lake, data, regions)
     on_spark = lake.read("gold/forecasts")[cols].sort_values(["series_id", "ts"], ignore_index=True)
     pd.testing.assert_frame_equal(on_spark, local, check_exact=False, rtol=1e-9)
+    rep = train(lake, cfg.replace(engine="spark"))
+    models = lake.read("gold/models").sort_values(["run_id", "series_id"])
+    first, second = (g.set_index("series_id") for _, g in models.groupby("run_id", sort=False))
+    assert rep.run_id in set(models["run_id"]) and len(first) == len(second) == 6
+    assert (second["model_json"] == first["model_json"].reindex(second.index)).all()
