@@ -327,6 +327,7 @@ def test_prophet_takes_every_regressor_column():
         back.predict(24, X=X[:24, :1], level=[80])
 
 
+@pytest.mark.slow  # ~3.5 min here: a local nightly, then Spark's forecast and training
 def test_spark_trains_and_forecasts_with_covariates_like_local(tmp_path, config, spark):
     """``--engine spark``: training ships each batch with its covariates (joined on the
     driver by key, a batch at a time) and fits the local path's models; the forecast's
