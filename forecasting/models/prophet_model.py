@@ -1,4 +1,4 @@
-"""Prophet with country holidays and the temperature regressor.
+"""Prophet with country holidays and the temperature regressor (or every declared covariate).
 
 The fitted model is Prophet's own JSON (``prophet.serialize.model_to_json``), kept as a
 string in the state. ``predict`` always works from a model rebuilt from that string, so

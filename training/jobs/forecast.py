@@ -46,7 +46,10 @@ module, and delta-spark commits each batch (same predicate, metadata and transac
 the missing check and gold/portfolio are Spark aggregations.
 
 Future temperature, for models that use it, is the same hour one week earlier (a
-persistence forecast; a weather feed can replace it by passing its own frame).
+persistence forecast). With declared covariates (``covariates:``, ``holidays``) the
+models' regressors are those instead, joined per batch from silver/covariates as known at
+each series' cutoff (:mod:`training.jobs.covariates`); a step no issue covers takes the
+covariate's fallback, recorded per series in ``covariate_fallback``.
 """
 
 from __future__ import annotations
