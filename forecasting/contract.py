@@ -29,7 +29,7 @@ STATUSES = (OK, FALLBACK, FAILED, QUARANTINED)
 QUARANTINE_REASONS = {
     "all_missing": "every reading is missing or not finite",
     "too_short": "fewer valid readings than the minimum history",
-    "constant": "every reading has the same value (all zero included: no demand recorded)",
+    "constant": "every reading has the same value (all zero too, where cleaning.all_zero quarantines it)",
     "negative_values": "negative readings above the allowed share",
     "non_finite": "infinite readings above the allowed share",
     "too_many_gaps": "more missing steps than the allowed share after regularisation",

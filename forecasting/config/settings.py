@@ -149,6 +149,13 @@ class Cleaning(Section):
     max_negative_share: Number = setting(
         0.0, "quarantine when more readings than this are negative", ge=0, le=1
     )
+    all_zero: Literal["auto", "keep", "quarantine"] = setting(
+        "auto",
+        "a series whose every reading is 0: keep (forecast as no demand: it is classed\n"
+        "intermittent, so the intermittent models are its candidates) | quarantine (as\n"
+        "constant) | auto (keep at daily and coarser frequencies, an item that did not\n"
+        "sell; quarantine below a day, a dead meter)",
+    )
     duplicates: Literal["last", "mean"] = setting(
         "last", "conflicting duplicate timestamps: last (latest ingested) | mean"
     )
