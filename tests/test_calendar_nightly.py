@@ -1,0 +1,160 @@
+"""Calendar frequencies end to end: weekly (W-SUN), monthly (MS) and quarterly (QS) series
+through ``nightly`` on the local engine (daily: tests/test_intermittent.py), and on the
+Spark engine against local; with the bad input of a retail lakehouse: missing weeks
+(filled, or quarantined with the reason), an all-zero item (kept, scored without a 0/0),
+and a series of another frequency (quarantined, not mixed in)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from forecasting import contract as C
+from forecasting.frequency import seasonalities_for
+
+# freq -> (periods of history, horizon, cleaning.min_length)
+CASES = {
+    "D": (200, 14, 60),
+    "W-SUN": (160, 8, 60),
+    "MS": (96, 6, 36),
+    "QS": (60, 4, 20),
+}
+STARTS = {"D": "2023-01-01", "W-SUN": "2021-01-03", "MS": "2016-01-01", "QS": "2010-01-01"}
+
+
+def calendar_sales(freq: str, seed: int = 4) -> pd.DataFrame:
+    """Seasonal sales at ``freq``: two regular series, one with two missing steps, one
+    with 30% of its steps missing, an item that never sold, and one series at another
+    frequency (daily steps; weekly in a daily lakehouse)."""
+    n = CASES[freq][0]
+    season = seasonalities_for(freq)[0]
+    rng = np.random.default_rng(seed)
+    ts = pd.date_range(STARTS[freq], periods=n, freq=freq)
+    shape = 1 + 0.4 * np.sin(2 * np.pi * np.arange(n) / season)
+    frames = []
+
+    def add(sid: str, stamps, y, store: str = "STORE-1") -> None:
+        frames.append(
+            pd.DataFrame({C.SERIES_ID: sid, C.TS: stamps, C.Y: y, "site": store, "region": "north"})
+        )
+
+    add("REG-1", ts, rng.poisson(40 * shape).astype(float))
+    add("REG-2", ts, rng.poisson(15 * shape).astype(float), "STORE-2")
+    gaps = np.ones(n, bool)
+    gaps[[20, 41, 42]] = False  # one and two missing steps: filled, flagged
+    add("GAPS-1", ts[gaps], rng.poisson(25 * shape)[gaps].astype(float))
+    holes = np.ones(n, bool)
+    holes[10 : 10 + int(0.3 * n)] = False  # 30% missing > cleaning.max_missing_share
+    add("HOLES-1", ts[holes], rng.poisson(25 * shape)[holes].astype(float))
+    add("ZERO-1", ts, np.zeros(n), "STORE-2")
+    other = pd.date_range(STARTS[freq], periods=n, freq="W-SUN" if freq == "D" else "D")
+    add("OTHER-1", other, rng.poisson(5, n).astype(float))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _config(config, tmp_path, freq: str):
+    n, horizon, min_length = CASES[freq]
+    src = tmp_path / "raw"
+    src.mkdir()
+    calendar_sales(freq).to_parquet(src / "sales.parquet", index=False)
+    return config.replace(
+        lakehouse=str(tmp_path / "lake"),
+        freq=freq,
+        horizon=horizon,
+        models=["seasonal_naive", "theta"],
+        **{
+            "nightly.source": str(src),
+            "cleaning.min_length": min_length,
+            "backtest.metric": "mase",
+            "backtest.windows": 1,
+        },
+    )
+
+
+def check_calendar_gold(lake, cfg) -> None:
+    freq, horizon = cfg.freq, cfg.horizon
+    offset = pd.tseries.frequencies.to_offset(freq)
+    series = lake.read("silver/series").set_index(C.SERIES_ID)
+    assert sorted(series.index) == ["GAPS-1", "REG-1", "REG-2", "ZERO-1"]
+    assert (series["freq"] == freq).all()
+    assert series.loc["GAPS-1", "n_filled"] == 3 and series.loc["REG-1", "n_filled"] == 0
+    assert series.loc["ZERO-1", "demand_class"] == "intermittent"
+    silver = lake.read("silver/readings")
+    gaps = silver[silver[C.SERIES_ID] == "GAPS-1"].sort_values(C.TS)
+    assert gaps["is_filled"].to_numpy().nonzero()[0].tolist() == [20, 41, 42]
+    assert all(offset.is_on_offset(t) for t in gaps[C.TS])
+
+    q = lake.read("silver/quarantine").set_index(C.SERIES_ID)
+    assert q["reason"].to_dict() == {"HOLES-1": "too_many_gaps", "OTHER-1": "irregular"}
+    assert "cleaning.max_missing_share=0.2" in q.loc["HOLES-1", "detail"]
+    assert f"the collection's frequency {freq}" in q.loc["OTHER-1", "detail"]
+
+    sel = lake.read("gold/selection").set_index(C.SERIES_ID)
+    assert (sel.loc[series.index, "status"] == "ok").all()
+    assert np.isfinite(sel.loc[series.index, "metric_value"]).all()
+    assert sel.loc["ZERO-1", "metric_value"] == 0.0 and sel.loc["ZERO-1", "model"] in cfg.intermittent.models
+    models = lake.read("gold/models").set_index(C.SERIES_ID)
+    for sid in ("REG-1", "REG-2", "GAPS-1"):  # fitted with the frequency's seasons
+        chosen = json.loads(models.loc[sid, "model_json"])
+        assert chosen["freq"] == freq and tuple(chosen["seasonalities"]) == seasonalities_for(freq)
+        assert json.loads(models.loc[sid, "candidates_json"])["seasonal_naive"]["status"] == "ok"
+
+    fc = lake.read("gold/forecasts")
+    assert sorted(fc[C.SERIES_ID].unique()) == sorted(series.index)
+    assert (fc.groupby(C.SERIES_ID).size() == horizon).all()
+    for sid, g in fc.groupby(C.SERIES_ID):
+        g = g.sort_values(C.TS)
+        cutoff = pd.Timestamp(g["cutoff"].iloc[0])
+        assert cutoff == series.loc[sid, "end"]
+        expected = pd.date_range(cutoff, periods=horizon + 1, freq=freq)[1:]
+        assert list(g[C.TS]) == list(expected), sid
+    zero = fc[fc[C.SERIES_ID] == "ZERO-1"].filter(like="yhat")
+    assert (zero.to_numpy() == 0).all()
+
+
+@pytest.mark.parametrize("freq", ["W-SUN", "MS", pytest.param("QS", marks=pytest.mark.slow)])
+def test_nightly_on_calendar_frequencies(tmp_path, config, freq):
+    from training.jobs.nightly import nightly
+    from training.tables import Lakehouse
+
+    cfg = _config(config, tmp_path, freq)
+    lake = Lakehouse.from_config(cfg)
+    rep = nightly(lake, cfg)
+    assert not rep.failed, rep.steps
+    check_calendar_gold(lake, cfg)
+
+
+@pytest.mark.spark
+@pytest.mark.parametrize("freq", ["MS", pytest.param("W-SUN", marks=pytest.mark.slow)])
+def test_nightly_on_spark_matches_local_on_a_calendar_grid(tmp_path, config, spark, freq):
+    """The Spark engine's refine (cleaning on the executors), train and forecast put the
+    series on the same calendar grid, with the same fills, quarantines and forecasts."""
+    from tests.test_pipeline_engines import assert_same_gold
+    from training.jobs.nightly import nightly
+    from training.tables import GOLD_BACKTEST, GOLD_FORECASTS, GOLD_PORTFOLIO, GOLD_SELECTION, Lakehouse
+
+    cfg = _config(config, tmp_path, freq).replace(workers=1)
+    gold = {
+        "forecasts": (GOLD_FORECASTS, [C.SERIES_ID, C.TS]),
+        "backtest": (GOLD_BACKTEST, [C.SERIES_ID, "model", "window"]),
+        "selection": (GOLD_SELECTION, [C.SERIES_ID]),
+        "portfolio": (GOLD_PORTFOLIO, ["level", "key", "day"]),
+    }
+    lakes = {}
+    for engine in ("local", "spark"):
+        run_cfg = cfg.replace(
+            engine=engine,
+            lakehouse=str(tmp_path / f"lake-{engine}"),
+            **{"mlflow.tracking_uri": f"sqlite:///{tmp_path / engine}.db"},
+        )
+        lake = Lakehouse.from_config(run_cfg)
+        rep = nightly(lake, run_cfg)
+        assert not rep.failed, (engine, rep.steps)
+        check_calendar_gold(lake, run_cfg)
+        lakes[engine] = {
+            k: lake.read(n).sort_values(keys, ignore_index=True) for k, (n, keys) in gold.items()
+        }
+    assert_same_gold(lakes["local"], lakes["spark"])
