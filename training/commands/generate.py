@@ -49,7 +49,10 @@ from forecasting.generator_retail import generate_retail, write_retail
 )
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Parquet file to write.")
 def generate(n_series, days, freq, seed, clean, retail, items, stores, horizon, out):
-    """Generate synthetic smart-meter data (with documented faults unless --clean), or retail demand."""
+    """Generate synthetic smart-meter data (with documented faults unless --clean).
+
+    With --retail: daily item x store sales (forecasting/generator_retail.py).
+    """
     if retail:
         if freq not in (None, "D"):
             raise click.UsageError(f"--retail writes daily sales: --freq {freq} is not D")
