@@ -54,6 +54,9 @@ long_gap        one interior outage of 35-50% of the readings (rows         too_
                 removed)
 ==============  ==========================================================  ===============
 
+A dead meter (all 0.0) at ``freq="D"`` is expected ``ok``: ``cleaning.all_zero: auto``
+keeps an all-zero series at a daily frequency (an item that did not sell, in retail data).
+
 Series that are not faulty are identical to the ``clean=True`` output for the same
 seed: faults use their own random stream.
 """
@@ -190,7 +193,7 @@ def generate(
         {
             C.SERIES_ID: pd.Series([meters.ids[i] for i, _ in fault_rows], dtype=object),
             "fault": pd.Series([kind for _, kind in fault_rows], dtype=object),
-            "expected": pd.Series([FAULTS[kind] for _, kind in fault_rows], dtype=object),
+            "expected": pd.Series([_expected(kind, y[i], daily) for i, kind in fault_rows], dtype=object),
         }
     )
     faults = faults.sort_values(C.SERIES_ID, kind="stable").reset_index(drop=True)
@@ -503,6 +506,14 @@ def _signal(
 
 
 # -- faults ----------------------------------------------------------------------------
+
+
+def _expected(kind: str, row: np.ndarray, daily: bool) -> str:
+    """The cleaning outcome of a fault with the default settings: :data:`FAULTS`, except a
+    dead meter (all 0.0) in daily data, which ``cleaning.all_zero: auto`` keeps."""
+    if kind == "constant" and daily and not row.any():
+        return C.OK
+    return FAULTS[kind]
 
 
 def _faults(

@@ -115,6 +115,39 @@ def check_calendar_gold(lake, cfg) -> None:
     assert (zero.to_numpy() == 0).all()
 
 
+def test_missing_weeks_are_filled_by_max_gap_fill_or_quarantined_with_the_reason():
+    """Weekly sales missing weeks: runs up to cleaning.max_gap_fill weeks interpolated,
+    longer runs copied from the same weeks a year (52 weeks) earlier, every filled week
+    flagged; more missing than cleaning.max_missing_share quarantines with the count."""
+    from forecasting.cleaning import clean_series
+    from forecasting.config import Config
+
+    weeks = pd.date_range("2021-01-03", periods=156, freq="W-SUN")
+    y = 100 + 30 * np.sin(2 * np.pi * np.arange(156) / 52) + np.arange(156) % 3
+    keep = np.ones(156, bool)
+    keep[[30, 31]] = False  # 2 weeks <= max_gap_fill (3): interpolated
+    keep[120:128] = False  # 8 weeks > 3: the same weeks of the year before
+    pdf = pd.DataFrame({C.SERIES_ID: "W", C.TS: weeks[keep].astype("datetime64[us]"), C.Y: y[keep]})
+    cfg = Config(freq="W-SUN", cleaning={"min_length": 52, "max_gap_fill": 3})
+    out = clean_series(pdf, cfg)
+    assert out["_reason"].isna().all() and list(out[C.TS]) == list(weeks)
+    filled = out["is_filled"].to_numpy()
+    assert filled.nonzero()[0].tolist() == [30, 31, *range(120, 128)]
+    np.testing.assert_allclose(out[C.Y].to_numpy()[[30, 31]], np.interp([30, 31], [29, 32], y[[29, 32]]))
+    np.testing.assert_allclose(out[C.Y].to_numpy()[120:128], y[68:76])
+    # max_gap_fill 0: every run is long; weeks 30-31 have no year before them: interpolated
+    pdf2 = pdf[pdf[C.TS] != weeks[90]]  # one more missing week, a year after week 38
+    zero = clean_series(pdf2, cfg.replace(**{"cleaning.max_gap_fill": 0}))
+    assert zero["is_filled"].sum() == 11
+    np.testing.assert_allclose(zero[C.Y].to_numpy()[90], y[38])
+    np.testing.assert_allclose(zero[C.Y].to_numpy()[[30, 31]], out[C.Y].to_numpy()[[30, 31]])
+    holes = clean_series(pdf, cfg.replace(**{"cleaning.max_missing_share": 0.05}))
+    assert holes["_reason"].tolist() == ["too_many_gaps"]
+    assert (
+        holes["_detail"].iloc[0].startswith("10 of 156 steps missing (6% > cleaning.max_missing_share=0.05)")
+    )
+
+
 @pytest.mark.parametrize("freq", ["W-SUN", "MS", pytest.param("QS", marks=pytest.mark.slow)])
 def test_nightly_on_calendar_frequencies(tmp_path, config, freq):
     from training.jobs.nightly import nightly

@@ -83,3 +83,25 @@ def test_mmf_generate_retail(tmp_path):
     assert len(pd.read_parquet(tmp_path / "sales_promo.parquet")) == 10 * 28
     bad = CliRunner().invoke(cli, ["generate", "--retail", "--freq", "h", "--out", str(out)])
     assert bad.exit_code == 2 and "--freq h is not D" in bad.output
+
+
+def test_daily_meters_expected_outcomes_follow_all_zero():
+    """generate()'s expected outcomes at freq D: a dead meter (all 0) is kept there
+    (cleaning.all_zero: auto), a stuck one is constant; cleaning agrees with every one."""
+    from forecasting.cleaning import clean_series
+    from forecasting.config import Config
+    from forecasting.generator import generate
+
+    data = generate(n_series=80, days=60, freq="D", seed=1, fault_share=0.5)
+    cfg = Config(freq="D", cleaning={"min_length": 30})
+    by_id = dict(tuple(data.readings.groupby(C.SERIES_ID)))
+    seen = set()
+    for row in data.faults.itertuples(index=False):
+        out = clean_series(by_id[row.series_id], cfg)
+        reason = out["_reason"].iloc[0] if out["_reason"].notna().any() else "ok"
+        if row.fault == "constant":
+            dead = (by_id[row.series_id][C.Y] == 0).all()
+            assert row.expected == ("ok" if dead else "constant")
+            seen.add(bool(dead))
+        assert reason == row.expected, row
+    assert seen == {True, False}
