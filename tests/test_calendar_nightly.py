@@ -161,7 +161,41 @@ def test_nightly_on_calendar_frequencies(tmp_path, config, freq):
 
 
 @pytest.mark.spark
-@pytest.mark.parametrize("freq", ["MS", pytest.param("W-SUN", marks=pytest.mark.slow)])
+def test_refine_on_spark_matches_local_on_a_calendar_grid(tmp_path, config, spark):
+    """Spark's refine (each series cleaned by the executors) puts monthly series on the
+    same calendar grid, with the same fills, classes and quarantines, as the local one."""
+    from training.jobs.ingest import ingest
+    from training.jobs.refine import refine
+    from training.tables import Lakehouse
+
+    cfg = _config(config, tmp_path, "MS")
+    silver = {}
+    for engine in ("local", "spark"):
+        lake = Lakehouse(str(tmp_path / f"lake-{engine}"))
+        ingest(lake, tmp_path / "raw")
+        refine(lake, cfg.replace(engine=engine, lakehouse=lake.root))
+        silver[engine] = {
+            name: lake.read(name)
+            .drop(columns=["bronze_version"], errors="ignore")
+            .sort_values(keys, ignore_index=True)
+            for name, keys in (
+                ("silver/readings", [C.SERIES_ID, C.TS]),
+                ("silver/series", [C.SERIES_ID]),
+                ("silver/quarantine", [C.SERIES_ID]),
+            )
+        }
+    for name, frame in silver["local"].items():
+        pd.testing.assert_frame_equal(silver["spark"][name], frame, check_dtype=False, obj=name)
+    series = silver["spark"]["silver/series"].set_index(C.SERIES_ID)
+    assert (series["freq"] == "MS").all() and series.loc["GAPS-1", "n_filled"] == 3
+    assert series.loc["ZERO-1", "demand_class"] == "intermittent"
+    reasons = silver["spark"]["silver/quarantine"].set_index(C.SERIES_ID)["reason"].to_dict()
+    assert reasons == {"HOLES-1": "too_many_gaps", "OTHER-1": "irregular"}
+
+
+@pytest.mark.spark
+@pytest.mark.slow  # CI time: the refine on Spark above is the calendar part; train and forecast are per series
+@pytest.mark.parametrize("freq", ["MS", "W-SUN"])
 def test_nightly_on_spark_matches_local_on_a_calendar_grid(tmp_path, config, spark, freq):
     """The Spark engine's refine (cleaning on the executors), train and forecast put the
     series on the same calendar grid, with the same fills, quarantines and forecasts."""
