@@ -96,7 +96,7 @@ def run(items: int, stores: int, days: int, horizon: int, seed: int, conf, alone
     gen = generate_retail(n_items=items, n_stores=stores, days=days, seed=seed, horizon=horizon)
     history, held = split(gen.readings, horizon)
     path, _ = write_retail(
-        type(gen)(readings=history, promo_plan=gen.promo_plan, items=gen.items),
+        type(gen)(readings=history, promo=gen.promo, items=gen.items),
         work / "raw" / "sales.parquet",
     )
     cfg = load_config(

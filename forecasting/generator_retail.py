@@ -2,8 +2,9 @@
 
 ``generate_retail(n_items, n_stores, days, ...)`` returns long-format readings (the
 columns of :data:`forecasting.contract.BRONZE_READINGS` without lineage, plus
-``promo``), the promotion plan of the ``horizon`` days after the last reading (the
-known future flag), and the truth per series (its demand pattern).
+``promo``), the promotions as covariate rows (the days of the readings and the
+``horizon`` days after them: a known future flag), and the truth per series (its
+demand pattern).
 
 The data
 --------
@@ -33,11 +34,14 @@ The data
   Stores differ in size (lognormal, median 1).
 * ``promo``: 1.0 on the days an item is on promotion in a store's region (spells of 3-10
   days, about one every 5-10 weeks per item and region), else 0.0. A promotion multiplies
-  the rate (and the chance of a sale) by 1.5-3 for that item. The plan of the next
-  ``horizon`` days is known in advance (:attr:`RetailGenerated.promo_plan`).
+  the rate (and the chance of a sale) by 1.5-3 for that item. Promotions are planned
+  ``horizon`` days ahead: :attr:`RetailGenerated.promo` holds them in the shape of a
+  covariates table (``name`` = ``promo``, ``key`` = the series id, ``ts``, ``issued_at`` =
+  ``ts`` - ``horizon`` days, ``value``), for the days of the readings and the ``horizon``
+  days after them, so a forecast cut at any day knows the promotions of its horizon.
 
-``write_retail(gen, path)`` stores the readings as Parquet and, beside them, the promotion
-plan (``<stem>_promo.parquet``: ``series_id``, ``ts``, ``promo``).
+``write_retail(gen, path)`` stores the readings as Parquet (without ``promo``) and, beside
+them, the promotions (``<stem>_promo.parquet``, the covariate rows).
 """
 
 from __future__ import annotations
@@ -58,6 +62,17 @@ SMOOTH, ERRATIC, INTERMITTENT, LUMPY, ZERO = "smooth", "erratic", "intermittent"
 # Share of items per demand pattern (the rest of the rounding goes to smooth).
 PATTERN_SHARES = {SMOOTH: 0.35, ERRATIC: 0.15, INTERMITTENT: 0.25, LUMPY: 0.2, ZERO: 0.05}
 READINGS_COLUMNS = (C.SERIES_ID, C.TS, C.Y, "temperature", *C.ATTRIBUTES, PROMO)
+# The promotions as covariate rows (the shape of a covariates table: name, key, target
+# time, issue time, value).
+COVARIATE_SCHEMA = pa.schema(
+    [
+        ("name", pa.string()),
+        ("key", pa.string()),
+        (C.TS, C.TS_TYPE),
+        ("issued_at", C.TS_TYPE),
+        ("value", pa.float64()),
+    ]
+)
 
 
 @dataclass
@@ -67,14 +82,15 @@ class RetailGenerated:
     Attributes:
         readings: one row per series and day, sorted by ``series_id`` then ``ts``:
             ``series_id``, ``ts``, ``y``, ``temperature`` (null), ``site`` (the store),
-            ``region``, ``promo`` (1.0 on promotion days).
-        promo_plan: ``series_id``, ``ts``, ``promo`` for the ``horizon`` days after the
-            last reading (the promotions already planned).
+            ``region``, ``promo`` (1.0 on promotion days; not written to the file).
+        promo: the promotions as covariate rows (:data:`COVARIATE_SCHEMA`), per series
+            and day of the readings and of the ``horizon`` days after them, each issued
+            ``horizon`` days before its day.
         items: one row per series: ``series_id``, ``item``, ``store``, ``pattern``.
     """
 
     readings: pd.DataFrame
-    promo_plan: pd.DataFrame
+    promo: pd.DataFrame
     items: pd.DataFrame
 
 
@@ -95,7 +111,7 @@ def generate_retail(
         days: days of sales per series.
         seed: same seed, same output.
         start: the first day.
-        horizon: days of promotion plan after the last day.
+        horizon: days promotions are planned ahead (and given after the last day).
         country: ISO code for public holidays (the ``holidays`` package).
 
     Raises:
@@ -142,9 +158,11 @@ def generate_retail(
     )
     plan = pd.DataFrame(
         {
-            C.SERIES_ID: np.repeat(ids[order], horizon),
-            C.TS: np.tile(grid[days:], n),
-            PROMO: promo[order, days:].ravel().astype(float),
+            "name": PROMO,
+            "key": np.repeat(ids[order], total),
+            C.TS: np.tile(grid, n),
+            "issued_at": np.tile(grid - np.timedelta64(horizon, "D"), n),
+            "value": promo[order].ravel().astype(float),
         }
     )
     items = pd.DataFrame(
@@ -155,12 +173,12 @@ def generate_retail(
             "pattern": patterns[item[order]],
         }
     )
-    return RetailGenerated(readings=readings, promo_plan=plan, items=items)
+    return RetailGenerated(readings=readings, promo=plan, items=items)
 
 
 def write_retail(gen: RetailGenerated, path: str | Path) -> tuple[Path, Path]:
-    """The readings as one Parquet file at ``path`` and the promotion plan beside it
-    (``<stem>_promo.parquet``); returns both paths."""
+    """The readings (without ``promo``) as one Parquet file at ``path`` and the
+    promotions' covariate rows beside it (``<stem>_promo.parquet``); returns both paths."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     schema = pa.schema(
@@ -171,16 +189,14 @@ def write_retail(gen: RetailGenerated, path: str | Path) -> tuple[Path, Path]:
             ("temperature", pa.float64()),
             ("site", pa.string()),
             ("region", pa.string()),
-            (PROMO, pa.float64()),
         ]
     )
-    table = pa.Table.from_pandas(gen.readings, schema=schema, preserve_index=False)
+    table = pa.Table.from_pandas(gen.readings[schema.names], schema=schema, preserve_index=False)
     pq.write_table(table.replace_schema_metadata(None), path)
-    plan_path = path.with_name(f"{path.stem}_promo.parquet")
-    plan_schema = pa.schema([(C.SERIES_ID, pa.string()), (C.TS, C.TS_TYPE), (PROMO, pa.float64())])
-    plan = pa.Table.from_pandas(gen.promo_plan, schema=plan_schema, preserve_index=False)
-    pq.write_table(plan.replace_schema_metadata(None), plan_path)
-    return path, plan_path
+    promo_path = path.with_name(f"{path.stem}_promo.parquet")
+    promo = pa.Table.from_pandas(gen.promo, schema=COVARIATE_SCHEMA, preserve_index=False)
+    pq.write_table(promo.replace_schema_metadata(None), promo_path)
+    return path, promo_path
 
 
 # -- items, calendar, promotions, sales ------------------------------------------------

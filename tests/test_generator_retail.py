@@ -45,7 +45,7 @@ def test_every_demand_pattern_and_classes_that_mostly_match(retail):
     assert (others["pattern"] == others["cls"]).mean() > 0.85
 
 
-def test_promotions_lift_sales_and_are_planned_ahead(retail):
+def test_promotions_lift_sales_and_are_covariate_rows_planned_ahead(retail):
     r = retail.readings
     assert set(r[PROMO]) == {0.0, 1.0} and 0.05 < r[PROMO].mean() < 0.25
     # an item's promotions are the same in every store of a region
@@ -54,12 +54,19 @@ def test_promotions_lift_sales_and_are_planned_ahead(retail):
     smooth = r[r[C.SERIES_ID].isin(retail.items.loc[retail.items["pattern"] == "smooth", C.SERIES_ID])]
     lift = smooth.groupby(PROMO)[C.Y].mean()
     assert lift[1.0] > 1.4 * lift[0.0]
-    plan = retail.promo_plan
-    assert list(plan.columns) == [C.SERIES_ID, C.TS, PROMO] and len(plan) == 160 * 14
-    assert plan[C.TS].min() == r[C.TS].max() + pd.Timedelta("1D")
+    # covariate rows: the days of the readings (the same flags) and the 14 after them,
+    # each issued 14 days before its day, so a cutoff at the last reading knows them all
+    cov = retail.promo
+    assert list(cov.columns) == ["name", "key", C.TS, "issued_at", "value"] and len(cov) == 160 * 214
+    assert (cov["name"] == PROMO).all() and ((cov[C.TS] - cov["issued_at"]) == pd.Timedelta("14D")).all()
+    past = cov.rename(columns={"key": C.SERIES_ID}).merge(r[[C.SERIES_ID, C.TS, PROMO]])
+    assert len(past) == len(r) and (past["value"] == past[PROMO]).all()
+    future = cov[cov[C.TS] > r[C.TS].max()]
+    assert future[C.TS].nunique() == 14 and future[C.TS].min() == r[C.TS].max() + pd.Timedelta("1D")
+    assert future["issued_at"].max() == r[C.TS].max() and future["value"].sum() > 0
     again = generate_retail(n_items=40, n_stores=4, days=200, seed=3, horizon=14)
     pd.testing.assert_frame_equal(again.readings, r)
-    pd.testing.assert_frame_equal(again.promo_plan, plan)
+    pd.testing.assert_frame_equal(again.promo, cov)
 
 
 def test_bad_arguments():
@@ -77,10 +84,11 @@ def test_mmf_generate_retail(tmp_path):
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 0, res.output
     assert "wrote 300 daily sales of 10 item x store series" in res.output
-    assert "sales_promo.parquet" in res.output
+    assert "promotions, to 28 days past the data: " in res.output and "sales_promo.parquet" in res.output
     frame = pd.read_parquet(out)
-    assert frame[C.SERIES_ID].nunique() == 10 and PROMO in frame
-    assert len(pd.read_parquet(tmp_path / "sales_promo.parquet")) == 10 * 28
+    assert frame[C.SERIES_ID].nunique() == 10 and list(frame.columns) == list(C.BRONZE_READINGS.names[:6])
+    promo = pd.read_parquet(tmp_path / "sales_promo.parquet")
+    assert len(promo) == 10 * (30 + 28) and list(promo.columns) == ["name", "key", C.TS, "issued_at", "value"]
     bad = CliRunner().invoke(cli, ["generate", "--retail", "--freq", "h", "--out", str(out)])
     assert bad.exit_code == 2 and "--freq h is not D" in bad.output
 

@@ -33,8 +33,8 @@ from forecasting.generator_retail import generate_retail, write_retail
     "--retail",
     is_flag=True,
     help="Daily item x store unit sales instead of meters: smooth, erratic, intermittent, lumpy and "
-    "all-zero items, a promo flag (and the plan of the next --horizon days beside --out), stores "
-    "as site, regions.",
+    "all-zero items, stores as site, regions; promotions (planned --horizon days ahead, up to "
+    "--horizon days past the data) as covariate rows beside --out.",
 )
 @click.option("--items", type=click.IntRange(min=1), default=200, show_default=True, help="Items (--retail).")
 @click.option(
@@ -45,7 +45,7 @@ from forecasting.generator_retail import generate_retail, write_retail
     type=click.IntRange(min=0),
     default=28,
     show_default=True,
-    help="Days of promotion plan after the data (--retail).",
+    help="Days promotions are planned ahead and given past the data (--retail).",
 )
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Parquet file to write.")
 def generate(n_series, days, freq, seed, clean, retail, items, stores, horizon, out):
@@ -57,14 +57,14 @@ def generate(n_series, days, freq, seed, clean, retail, items, stores, horizon, 
         if freq not in (None, "D"):
             raise click.UsageError(f"--retail writes daily sales: --freq {freq} is not D")
         data = generate_retail(n_items=items, n_stores=stores, days=days or 730, seed=seed, horizon=horizon)
-        path, plan = write_retail(data, out)
+        path, promo = write_retail(data, out)
         counts = data.items["pattern"].value_counts()
         mix = ", ".join(
             f"{counts.get(k, 0)} {k}" for k in ("smooth", "erratic", "intermittent", "lumpy", "zero")
         )
         click.echo(
             f"wrote {len(data.readings):,} daily sales of {len(data.items)} item x store series to {path} "
-            f"({mix}); promotion plan of the next {horizon} days: {plan}"
+            f"({mix}); promotions, to {horizon} days past the data: {promo}"
         )
         return
     data = gen(n_series=n_series, days=days or 90, freq=freq or "h", seed=seed, clean=clean)
