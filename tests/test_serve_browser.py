@@ -93,6 +93,16 @@ def served(lake, tmp_path_factory):
     log.close()
 
 
+def _wait(driver, seconds: float = 30):
+    """A WebDriverWait that retries a condition whose element was re-rendered under it
+    (the page redraws lists and charts as data arrives: a StaleElementReference there is
+    "not yet", not a failure)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, seconds, ignored_exceptions=(StaleElementReferenceException,))
+
+
 def _browser(tmp_path):
     missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).exists()]
     if missing:
@@ -174,13 +184,12 @@ def _no_console_errors(driver) -> None:
 def test_forecast_page_shows_a_series(served, lake, selection, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
-    from selenium.webdriver.support.ui import WebDriverWait
 
     target, other = lake.usable[2], lake.usable[6]
     horizon = lake.config.horizon
     driver = _browser(tmp_path)
     try:
-        wait = WebDriverWait(driver, 30)
+        wait = _wait(driver)
         driver.get(served + "/")
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#series-list button"))
         # search by prefix, then pick the series from the filtered list
@@ -258,12 +267,11 @@ def test_forecast_page_shows_a_series(served, lake, selection, tmp_path):
 
 def test_forecast_page_names_an_unknown_series(served, tmp_path):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     driver = _browser(tmp_path)
     try:
         driver.get(served + "/#series=MTR-99999")
-        WebDriverWait(driver, 30).until(lambda d: d.find_element(By.ID, "message").is_displayed())
+        _wait(driver).until(lambda d: d.find_element(By.ID, "message").is_displayed())
         assert "MTR-99999" in driver.find_element(By.ID, "message").text
         assert driver.find_element(By.ID, "series-title").text == "MTR-99999"
         assert driver.find_elements(By.CSS_SELECTOR, "#chart svg .fc-point") == []
@@ -273,7 +281,7 @@ def test_forecast_page_names_an_unknown_series(served, tmp_path):
 
 def test_explorer_orders_sorts_filters_and_exports_the_series_table(served, lake, selection, tmp_path):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select, WebDriverWait
+    from selenium.webdriver.support.ui import Select
 
     every = list(selection.index)
     natural = sorted(every, key=natural_key)
@@ -286,7 +294,7 @@ def test_explorer_orders_sorts_filters_and_exports_the_series_table(served, lake
     model = models.value_counts().index[-1]
     driver = _browser(tmp_path)
     try:
-        wait = WebDriverWait(driver, 30)
+        wait = _wait(driver)
         driver.get(served + "/")
         wait.until(lambda d: _table_ids(d) == natural)  # X1, X2, … X10, not X1, X10, X11 … X2
 
@@ -330,7 +338,7 @@ def test_explorer_orders_sorts_filters_and_exports_the_series_table(served, lake
 
 def test_history_length_redraws_and_the_series_exports_as_shown(served, lake, tmp_path):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select, WebDriverWait
+    from selenium.webdriver.support.ui import Select
 
     target = "X2"
     silver = lake.lake.read("silver/readings", filters=[("series_id", "=", target)]).sort_values("ts")
@@ -341,7 +349,7 @@ def test_history_length_redraws_and_the_series_exports_as_shown(served, lake, tm
         return int(d.find_element(By.CSS_SELECTOR, "#chart svg").get_attribute("data-history-points") or -1)
 
     try:
-        wait = WebDriverWait(driver, 30)
+        wait = _wait(driver)
         driver.get(served + f"/#series={target}")
         wait.until(lambda d: history_points(d) == HISTORY_POINTS)  # 7 days by default
         history = Select(driver.find_element(By.ID, "history-length"))
@@ -383,14 +391,14 @@ def test_history_length_redraws_and_the_series_exports_as_shown(served, lake, tm
 
 def test_portfolio_chart_by_total_region_and_site(served, lake, tmp_path):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select, WebDriverWait
+    from selenium.webdriver.support.ui import Select
 
     port = lake.lake.read("gold/portfolio")
     days = port.loc[port["level"] == "total", "day"].nunique()
     assert days >= 3  # a line, not a point
     driver = _browser(tmp_path)
     try:
-        wait = WebDriverWait(driver, 30)
+        wait = _wait(driver)
         driver.get(served + "/")
         chart = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#portfolio-chart svg[data-level]"))
         assert chart.get_attribute("data-level") == "total" and chart.get_attribute("data-lines") == "1"
@@ -429,12 +437,11 @@ def test_portfolio_chart_by_total_region_and_site(served, lake, tmp_path):
 
 def test_docs_is_swagger_ui_served_without_a_cdn(served, tmp_path):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     driver = _browser(tmp_path)
     try:
         driver.get(served + "/docs")
-        WebDriverWait(driver, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".opblock")) >= 8)
+        _wait(driver).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".opblock")) >= 8)
         paths = {e.text for e in driver.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")}
         assert {"/series", "/portfolio", "/predict"} <= paths
         scripts = [s.get_attribute("src") for s in driver.find_elements(By.TAG_NAME, "script")]
