@@ -149,7 +149,9 @@ def _process(pdf: pd.DataFrame, config: Config, row: dict[str, Any]) -> None:
     candidates = [_candidate(run, name) for name in run.names]
     candidates = _with_ensemble(run, candidates)
     decision = _choose(run, candidates)
-    row.update(outcome_fields(run.data, candidates, decision, run.tuned_report))
+    row.update(
+        outcome_fields(run.data, candidates, decision, run.tuned_report, config.backtest.store_forecasts)
+    )
 
 
 # -- clean -----------------------------------------------------------------------------
