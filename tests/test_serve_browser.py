@@ -428,7 +428,7 @@ def test_candidate_overlays_from_the_stored_backtest_forecasts(served, lake, sel
         chosen_row = driver.find_element(By.CSS_SELECTOR, "#overlay-errors tr.chosen")
         assert chosen_row.get_attribute("data-model") == chosen
         driver.execute_script("document.getElementById('overlay').scrollIntoView()")
-        _shot(driver.find_element(By.ID, "detail"), "page_overlay.png", tmp_path)
+        _shot(driver.find_element(By.ID, "overlay"), "page_overlay.png", tmp_path)
 
         # hide the other model, then show it again; then the older window
         other = ({"seasonal_naive", "weekly_naive"} - {chosen}).pop()

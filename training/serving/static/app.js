@@ -487,6 +487,7 @@ function drawOverlay() {
     }
     drawLine(root, actual, x, y, "actual");
     legend(root, [{ cls: "actual", label: "actual" }], bandLevels);
+    for (const rect of root.querySelectorAll(".legend rect.band")) rect.style.fill = chosen.color; // its bands
   }
   renderOverlayErrors(w, lines, levels[levels.length - 1]);
 }
