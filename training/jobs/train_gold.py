@@ -1,7 +1,7 @@
 """The stages of ``mmf train`` after the engine trained the batches: the run's metrics,
-the gate and the run's rows in ``gold/gate`` and ``gold/selection``, each through the
-engine, so that on Spark the per-series rows stay on the executors and the driver gets
-only counts and sums.
+the gate and the run's rows in ``gold/gate``, ``gold/backtest_forecasts`` and
+``gold/selection``, each through the engine, so that on Spark the per-series rows stay
+on the executors and the driver gets only counts and sums.
 
 * The run's metrics (:func:`record_run`) are summed up by the engine over the run's
   ``gold/models`` rows (:meth:`Engine.aggregate` of :func:`registry.aggregates.run_facts`:
@@ -22,6 +22,10 @@ only counts and sums.
   Once decided, the run's ``gold/gate`` rows get ``promoted`` in one replace-where
   commit made by the engine (:func:`finish_gold_gate`: application transaction
   ``mmf-gate``, ``mmf.run_id``).
+* ``gold/backtest_forecasts`` (:func:`write_gold_backtest_forecasts`): per batch the
+  engine derives the rows from the ``forecasts_json`` of the run's ``gold/models`` rows
+  (on Spark the executors read and write them) and commits them (``mmf.train_run``, the
+  batch); the batches the table holds rows of are skipped, so a restart never duplicates.
 * ``gold/selection`` (:func:`write_gold_selection`): per batch the engine derives the
   rows from the run's ``gold/models`` rows and the batch's ``silver/quarantine`` rows
   (:meth:`Engine.derive_all`) and commits them; the last commit carries the application
@@ -283,6 +287,8 @@ def write_gold_backtest_forecasts(
     the table holds rows of; nothing with ``none``."""
     if cfg.backtest.store_forecasts == "none" or not lake.exists(GOLD_MODELS):
         return
+    if C.FORECASTS_JSON not in {f.name for f in lake.table(GOLD_MODELS).schema().to_arrow()}:
+        return  # the run's rows were all written before gold/models had the column
     done = (
         done_batches(lake, GOLD_BACKTEST_FORECASTS, run_id, plan)
         if lake.exists(GOLD_BACKTEST_FORECASTS)
