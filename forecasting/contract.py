@@ -143,8 +143,16 @@ TRAIN_RESULT = pa.schema(
         ("candidates_json", pa.string()),  # {model: {"status", "reason", "score", "fit_s"}}
         ("model_json", pa.string()),  # Forecaster.to_dict() of the chosen model
         ("tuned_json", pa.string()),  # tuned hyper-parameters, "{}" when not tuned
+        # the backtest forecasts kept (backtest.store_forecasts): a list of windows
+        # {window, cutoff, ts: [...], y: [...], models: {model: {mean, lo-<lv>, hi-<lv>}}}
+        ("forecasts_json", pa.string()),
     ]
 )
+FORECASTS_JSON = "forecasts_json"
+# TRAIN_RESULT without the backtest forecasts: what the later stages read a run's rows
+# as (its bundle, metrics, gate, results.parquet); only gold/backtest_forecasts is
+# derived from forecasts_json.
+TRAIN_RESULT_CORE = pa.schema([f for f in TRAIN_RESULT if f.name != FORECASTS_JSON])
 
 # gold/models: every training run's TRAIN_RESULT rows, committed batch by batch as the
 # engine finishes them (``batch`` numbers the run's bucket ranges), so a restarted run
@@ -155,9 +163,11 @@ GOLD_MODELS = pa.schema(
         ("run_id", pa.string()),
         ("silver_version", pa.int64()),
         ("batch", pa.int64()),
-        *TRAIN_RESULT,
+        *TRAIN_RESULT_CORE,
         (BUCKET, pa.int32()),
         ("created_at", pa.timestamp("us", tz="UTC")),
+        # came later (an older table takes it on its next write, null in older rows)
+        TRAIN_RESULT.field(FORECASTS_JSON),
     ]
 )
 
@@ -226,6 +236,28 @@ def backtest_schema(levels: Sequence[int]) -> pa.Schema:
     for lv in levels:
         fields += [(f"coverage_{lv}", pa.float64()), (f"pinball_{lv}", pa.float64())]
     return pa.schema(fields)
+
+
+def backtest_forecasts_schema(levels: Sequence[int]) -> pa.Schema:
+    """gold/backtest_forecasts: one row per series, model, window and forecast step of a
+    training run's backtest (``backtest.store_forecasts``): ``cutoff`` the window's last
+    training time, ``lead`` the steps ahead of it (1..horizon), ``y`` the actual,
+    ``yhat`` and the interval bounds the model forecast (statsforecast's
+    ``cross_validation`` frame, one model per row)."""
+    fields = [
+        ("run_id", pa.string()),
+        (SERIES_ID, pa.string()),
+        ("model", pa.string()),
+        ("window", pa.int64()),
+        ("cutoff", TS_TYPE),
+        ("lead", pa.int64()),
+        (TS, TS_TYPE),
+        (Y, pa.float64()),
+        ("yhat", pa.float64()),
+    ]
+    for lv in levels:
+        fields += [(f"yhat_lower_{lv}", pa.float64()), (f"yhat_upper_{lv}", pa.float64())]
+    return pa.schema(fields + [(BUCKET, pa.int32())])
 
 
 GOLD_SELECTION = pa.schema(

@@ -31,6 +31,11 @@ Conventions of the result row:
   (``bounds: nonnegative``) beside those keys when they apply
   (:mod:`forecasting.models.calibrated`); read it back with :func:`load_fitted`, which
   applies them. Empty for a failed series.
+* ``forecasts_json``: the backtest forecasts kept (``backtest.store_forecasts``: the
+  chosen model's windows, every candidate's, or ``[]``): a list of windows ``{window,
+  cutoff, ts: [...], y: [...], models: {model: {mean, lo-<lv>, hi-<lv>}}}`` (the times
+  and actuals of the window's steps, each model's forecast of them), what
+  ``gold/backtest_forecasts`` is derived from (:func:`forecasting.results.backtest_forecast_rows`).
 * ``tuned_json``: with ``tune.enabled``, per tuned model ``{params, best, loss,
   default_loss, evals, tune_s}`` (:meth:`forecasting.tuning.TuneResult.summary`), or
   ``{skipped: reason}``; ``params`` are the values used (``{}``: the configured ones
@@ -149,7 +154,9 @@ def _process(pdf: pd.DataFrame, config: Config, row: dict[str, Any]) -> None:
     candidates = [_candidate(run, name) for name in run.names]
     candidates = _with_ensemble(run, candidates)
     decision = _choose(run, candidates)
-    row.update(outcome_fields(run.data, candidates, decision, run.tuned_report))
+    row.update(
+        outcome_fields(run.data, candidates, decision, run.tuned_report, config.backtest.store_forecasts)
+    )
 
 
 # -- clean -----------------------------------------------------------------------------

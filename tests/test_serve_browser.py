@@ -1,8 +1,8 @@
 """The forecast page in a real headless browser (Debian's chromium + chromedriver, driven by
 Selenium) against ``mmf serve`` started as a real process on a loopback port, over a
 lakehouse built by the jobs with ids ``X1 … X12`` and two candidate models (the explorer:
-natural order, sort by error, filters, history length, portfolio chart, CSV export) and
-``/docs``.
+natural order, sort by error, filters, history length, the candidates' backtest forecasts
+overlaid on the actuals, portfolio chart, CSV export) and ``/docs``.
 
 A missing browser fails this test rather than skipping it: CI installs chromium and
 chromium-driver (see ``.ci/run``). The screenshots linked from the README are written by
@@ -384,6 +384,80 @@ def test_history_length_redraws_and_the_series_exports_as_shown(served, lake, tm
                 [float(r[f"yhat_upper_{lv}"]) for r in forecast], gold[f"yhat_upper_{lv}"]
             )
         assert {r["series_id"] for r in rows} == {target}
+        _no_console_errors(driver)
+    finally:
+        driver.quit()
+
+
+def test_candidate_overlays_from_the_stored_backtest_forecasts(served, lake, selection, tmp_path):
+    """A series' candidates' backtest forecasts (gold/backtest_forecasts, every candidate
+    kept) over the actuals of each window: a line per model, the chosen one's bands, a
+    model hidden and shown again, another window, its errors, and the CSV."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    target = "X2"
+    chosen = selection.at[target, "model"]
+    gold = lake.lake.read("gold/backtest_forecasts", filters=[("series_id", "=", target)])
+    windows = sorted(gold["window"].unique())
+    assert len(windows) == lake.config.backtest.windows >= 2 and set(gold["model"]) == {
+        "seasonal_naive",
+        "weekly_naive",
+    }
+    driver = _browser(tmp_path)
+
+    def overlay(d):
+        found = d.find_elements(By.CSS_SELECTOR, "#overlay-chart svg[data-models]")
+        return found[0] if found else None
+
+    try:
+        wait = WebDriverWait(driver, 30)
+        driver.get(served + f"/#series={target}")
+        chart = wait.until(overlay)
+        assert chart.get_attribute("data-window") == str(windows[-1])  # the latest window first
+        assert set(chart.get_attribute("data-models").split(",")) == {"seasonal_naive", "weekly_naive"}
+        lines = driver.find_elements(By.CSS_SELECTOR, "#overlay-chart path.cand")
+        assert sorted(p.get_attribute("data-model") for p in lines) == ["seasonal_naive", "weekly_naive"]
+        (bold,) = driver.find_elements(By.CSS_SELECTOR, "#overlay-chart path.cand.chosen")
+        assert bold.get_attribute("data-model") == chosen
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#overlay-chart polygon.band")) == len(
+            lake.config.levels
+        )
+        assert driver.find_elements(By.CSS_SELECTOR, "#overlay-chart path.actual")
+        # the window's errors, as the page computes them from the rows it drew
+        last = gold[gold["window"] == windows[-1]]
+        for model, rows in last.groupby("model"):
+            cell = driver.find_element(
+                By.CSS_SELECTOR, f'#overlay-errors tr[data-model="{model}"] td:nth-child(2)'
+            )
+            assert float(cell.text.replace(",", "")) == pytest.approx(
+                (rows["yhat"] - rows["y"]).abs().mean(), rel=1e-2
+            )
+        chosen_row = driver.find_element(By.CSS_SELECTOR, "#overlay-errors tr.chosen")
+        assert chosen_row.get_attribute("data-model") == chosen
+        driver.execute_script("document.getElementById('overlay').scrollIntoView()")
+        _shot(driver.find_element(By.ID, "overlay"), "page_overlay.png", tmp_path)
+
+        # hide the other model, then show it again; then the older window
+        other = ({"seasonal_naive", "weekly_naive"} - {chosen}).pop()
+        driver.find_element(By.CSS_SELECTOR, f'#overlay-models input[data-model="{other}"]').click()
+        wait.until(lambda d: overlay(d).get_attribute("data-models") == chosen)
+        driver.find_element(By.CSS_SELECTOR, f'#overlay-models input[data-model="{other}"]').click()
+        wait.until(lambda d: len(overlay(d).get_attribute("data-models").split(",")) == 2)
+        Select(driver.find_element(By.ID, "overlay-window")).select_by_value(str(windows[0]))
+        wait.until(lambda d: overlay(d).get_attribute("data-window") == str(windows[0]))
+
+        driver.find_element(By.ID, "export-overlay").click()
+        rows = _download(tmp_path, f"{target}-backtest-forecasts.csv")
+        assert len(rows) == len(gold) == len(windows) * 2 * lake.config.horizon
+        got = pd.DataFrame(rows).astype({"window": int, "y": float, "yhat": float})
+        got = got.sort_values(["model", "window", "ts"], ignore_index=True)
+        want = gold.sort_values(["model", "window", "ts"], ignore_index=True)
+        assert list(got["model"]) == list(want["model"]) and set(got["run_id"]) == set(want["run_id"])
+        np.testing.assert_allclose(got["y"], want["y"])
+        np.testing.assert_allclose(got["yhat"], want["yhat"])
+        for lv in lake.config.levels:
+            np.testing.assert_allclose(got[f"yhat_upper_{lv}"].astype(float), want[f"yhat_upper_{lv}"])
         _no_console_errors(driver)
     finally:
         driver.quit()

@@ -62,6 +62,12 @@ class Backtest(Section):
     prefer_margin: Number = setting(
         0.3, "the preferred model stays while its score is at most (1 + this) x the best one", ge=0
     )
+    store_forecasts: Literal["all", "chosen", "none"] = setting(
+        "chosen",
+        "backtest forecasts kept in gold/backtest_forecasts (point, bounds, actual per step):\n"
+        "chosen = the chosen model's windows | all = every candidate's (horizon x windows x\n"
+        "candidates rows per series) | none",
+    )
 
 
 class Ensemble(Section):

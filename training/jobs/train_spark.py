@@ -137,7 +137,7 @@ def champion_rows(
 
     def part(buckets: tuple[int, int]) -> SparkDataFrame:
         rows = whole[(ids >= buckets[0]) & (ids < buckets[1])]
-        return to_spark(engine.spark, rows.reindex(columns=RESULT_COLUMNS), C.TRAIN_RESULT)
+        return to_spark(engine.spark, rows.reindex(columns=RESULT_COLUMNS), C.TRAIN_RESULT_CORE)
 
     return part, True
 

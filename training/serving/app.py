@@ -12,6 +12,7 @@ Endpoints (the committed spec is ``training/serving/openapi.json``)::
     GET  /series/{id}/forecast            latest Gold forecast (?version=N or ?as_of=ISO: time travel)
     GET  /series/{id}/history?points=     recent silver readings
     GET  /series/{id}/backtest            gold/backtest rows of the champion's run
+    GET  /series/{id}/backtest_forecasts  gold/backtest_forecasts rows of one series (the overlay)
     GET  /portfolio                       gold/portfolio totals of the served forecasts
     POST /predict                         forecasts from the champion many-models pyfunc in memory
     GET  /                                the forecast page (training/serving/static)

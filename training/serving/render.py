@@ -278,6 +278,52 @@ def backtest_body(
     return body.model_dump_json().encode()
 
 
+def backtest_forecasts_body(
+    series_id: str, run_id: str, chosen: str | None, version: int, table: pa.Table
+) -> bytes:
+    """A series' gold/backtest_forecasts rows of one run -> the overlay body: per window
+    (oldest first) its times and actuals and each model's forecast and bounds (the
+    chosen model first, then by name)."""
+    levels = levels_of(table.column_names)
+    frame = table.to_pandas().sort_values(["window", "model", "lead"], kind="stable")
+    windows = []
+    for window, rows in frame.groupby("window", sort=True):
+        first = rows[rows["model"] == rows["model"].iloc[0]]
+        models = sorted(rows["model"].unique(), key=lambda m: (m != chosen, m))
+        windows.append(
+            {
+                "window": int(window),
+                "cutoff": utc_iso(first["cutoff"].to_numpy()[:1])[0],
+                "ts": utc_iso(first[C.TS].to_numpy()),
+                "y": [none_if_nan(v) for v in first[C.Y].astype(float)],
+                "models": [_overlay_model(rows[rows["model"] == m], m, levels) for m in models],
+            }
+        )
+    body = S.BacktestForecasts.model_validate(
+        {
+            "series_id": series_id,
+            "run_id": run_id,
+            "chosen_model": chosen,
+            "table_version": version,
+            "levels": levels,
+            "windows": windows,
+        }
+    )
+    return body.model_dump_json().encode()
+
+
+def _overlay_model(rows: pd.DataFrame, model: str, levels: list[int]) -> dict[str, Any]:
+    def values(col: str) -> list[float | None]:
+        return [none_if_nan(v) for v in rows[col].astype(float)]
+
+    return {
+        "model": model,
+        "yhat": values("yhat"),
+        "lower": {str(lv): values(f"yhat_lower_{lv}") for lv in levels},
+        "upper": {str(lv): values(f"yhat_upper_{lv}") for lv in levels},
+    }
+
+
 def portfolio_body(frame: pd.DataFrame, version: int, model_version: str) -> bytes:
     """gold/portfolio rows of one model version -> the portfolio body (total, regions, sites),
     with each row's interval bounds when the table carries ``yhat_lower_<level>`` /

@@ -186,6 +186,32 @@ class Backtest(_Out):
     rows: list[BacktestRow] = Field(description="every candidate and window (gold/backtest)")
 
 
+class BacktestForecastModel(_Out):
+    model: str
+    yhat: list[Metric] = Field(description="the point forecast of each step of the window")
+    lower: dict[str, list[Metric]] = Field(description='lower bounds per interval level (`"80"`, `"95"`)')
+    upper: dict[str, list[Metric]] = Field(description="upper bounds per interval level")
+
+
+class BacktestForecastWindow(_Out):
+    window: int = Field(description="0 = the oldest backtest window")
+    cutoff: UtcTime | None = Field(description="the window's last training time")
+    ts: list[UtcTime] = Field(description="the times of the window's forecast steps")
+    y: list[Metric] = Field(description="the actuals of those steps")
+    models: list[BacktestForecastModel] = Field(description="each stored candidate's forecast")
+
+
+class BacktestForecasts(_Out):
+    series_id: str
+    run_id: str
+    chosen_model: str | None = None
+    table_version: int = Field(description="gold/backtest_forecasts Delta version read")
+    levels: list[int]
+    windows: list[BacktestForecastWindow] = Field(
+        description="the backtest windows of the champion's run (gold/backtest_forecasts), oldest first"
+    )
+
+
 class PortfolioRow(_Out):
     level: str = Field(description="total, region or site")
     key: str

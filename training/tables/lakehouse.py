@@ -39,6 +39,7 @@ SILVER_SERIES = "silver/series"
 SILVER_QUARANTINE = "silver/quarantine"
 GOLD_FORECASTS = "gold/forecasts"
 GOLD_BACKTEST = "gold/backtest"
+GOLD_BACKTEST_FORECASTS = "gold/backtest_forecasts"
 GOLD_SELECTION = "gold/selection"
 GOLD_PORTFOLIO = "gold/portfolio"
 GOLD_SCORES = "gold/scores"
@@ -60,12 +61,13 @@ TABLE_NAMES = (
     GOLD_MODELS,
     GOLD_ACCURACY,
     GOLD_DRIFT,
+    GOLD_BACKTEST_FORECASTS,
 )
 
 # Tables whose contract gained columns since a lakehouse may have been created: written
 # with schema merge, so an older table takes the new (nullable) columns on its next
 # write; columns the contract holds keep their types (the data is cast to it first).
-EVOLVING = (GOLD_FORECASTS, SILVER_READINGS, SILVER_SERIES, SILVER_QUARANTINE)
+EVOLVING = (GOLD_FORECASTS, SILVER_READINGS, SILVER_SERIES, SILVER_QUARANTINE, GOLD_MODELS)
 
 # Rows per Parquet row group: small for bronze, whose files (one per ingest) hold every
 # bucket, so that reading a range of buckets reads little more than that range.
@@ -121,6 +123,7 @@ def table_schema(name: str, levels: Sequence[int] = (80, 95)) -> pa.Schema:
         GOLD_MODELS: C.GOLD_MODELS,
         GOLD_ACCURACY: C.accuracy_schema(levels),
         GOLD_DRIFT: C.drift_schema(levels),
+        GOLD_BACKTEST_FORECASTS: C.backtest_forecasts_schema(levels),
     }[canonical(name)]
 
 

@@ -44,6 +44,7 @@ from pyspark.sql import functions as F
 from forecasting import contract as C
 from forecasting.errors import TableError
 from training.tables.lakehouse import (
+    EVOLVING,
     TABLE_NAMES,
     Lakehouse,
     bucketed,
@@ -308,6 +309,8 @@ class SparkTables:
             writer = writer.option("txnAppId", app_id).option("txnVersion", int(app_version or 0))
         if metadata:
             writer = writer.option("userMetadata", user_metadata(metadata))
+        if canonical(name) in EVOLVING:  # an older table takes the contract's new columns
+            writer = writer.option("mergeSchema", "true")
         writer.save(self.uri(name))
         return int(self.lake.version(name))
 

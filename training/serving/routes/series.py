@@ -1,5 +1,5 @@
 """Series of the champion's run: the page of ids, each series' forecast (latest or by
-time travel), history and backtest, and the portfolio totals."""
+time travel), history, backtest and backtest forecasts, and the portfolio totals."""
 
 from __future__ import annotations
 
@@ -97,6 +97,15 @@ def history(state: State, series_id: SeriesId, points: Points = 168):
 )
 def backtest(state: State, series_id: SeriesId):
     return json_response(state.backtest_body(series_id))
+
+
+@router.get(
+    "/series/{series_id:path}/backtest_forecasts",
+    response_model=S.BacktestForecasts,
+    summary="Backtest forecasts of a series' candidates against the actuals of each window (champion's run)",
+)
+def backtest_forecasts(state: State, series_id: SeriesId):
+    return json_response(state.backtest_forecasts_body(series_id))
 
 
 @router.get(
