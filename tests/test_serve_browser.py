@@ -394,7 +394,7 @@ def test_candidate_overlays_from_the_stored_backtest_forecasts(served, lake, sel
     kept) over the actuals of each window: a line per model, the chosen one's bands, a
     model hidden and shown again, another window, its errors, and the CSV."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select, WebDriverWait
+    from selenium.webdriver.support.ui import Select
 
     target = "X2"
     chosen = selection.at[target, "model"]
@@ -411,7 +411,7 @@ def test_candidate_overlays_from_the_stored_backtest_forecasts(served, lake, sel
         return found[0] if found else None
 
     try:
-        wait = WebDriverWait(driver, 30)
+        wait = _wait(driver)
         driver.get(served + f"/#series={target}")
         chart = wait.until(overlay)
         assert chart.get_attribute("data-window") == str(windows[-1])  # the latest window first
