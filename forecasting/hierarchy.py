@@ -13,28 +13,16 @@ reconciled like the others, but not stored. A node value found under more than o
 parent (a site in two regions) is named ``parent/value`` instead, so the tree stays a
 tree.
 
-Reconciliation (:func:`projection`): the nodes of the aggregate levels (total, ...,
-the last attribute level) are forecast by their own models (base forecasts ``yhat``),
-then made coherent as ``S P yhat``, where ``S`` sums the bottom nodes (the nodes of the
-last attribute level, hidden ones included) into every node, and ``P`` is
-
-* ``bottom_up``: the bottom nodes' own forecasts, summed upwards;
-* ``mint_shrink``: ``P = (S' W^-1 S)^-1 S' W^-1`` with ``W`` the covariance of the
-  nodes' backtest errors shrunk toward its diagonal (Schäfer-Strimmer, as in
-  Wickramasuriya et al. 2019 and hierarchicalforecast's ``MinTrace(mint_shrink)``).
+Reconciliation (:mod:`forecasting.reconciliation`): the nodes of the aggregate levels
+(total, ..., the last attribute level) are forecast by their own models, then made
+coherent as ``S P yhat``, where ``S`` (:func:`tree`) sums the bottom nodes (those of the
+last attribute level, hidden ones included) into every node: bottom-up, or MinT (shrink)
+with the covariance of the nodes' backtest errors.
 
 MinT over the series themselves (100,000+ columns in ``S``) is not feasible; the series
-get their node's reconciled forecast in proportion to their own forecasts
+get their bottom node's reconciled forecast in proportion to their own forecasts
 (:func:`distribute`: top-down with forecast proportions below the bottom node), so every
 level, series included, sums exactly.
-
-Intervals (:func:`interval_offsets`): the reconciled errors of the backtest windows are
-``S P e`` (``e`` the vector of the nodes' base errors at one step of one window; the
-actuals are coherent, so ``y - S P yhat = S P (y - yhat)``): each node's interval is its
-reconciled point plus the empirical quantiles of its own reconciled errors. A total's
-errors are thus summed from its members' joint errors, step by step, so the correlation
-across series is in them (not the square root of summed variances, which assumes
-independence).
 """
 
 from __future__ import annotations
@@ -162,92 +150,7 @@ def tree(members: pd.DataFrame, levels: Sequence[str]) -> Tree:
     return Tree(levels, nodes, S)
 
 
-# -- reconciliation ---------------------------------------------------------------------
-def shrunk_covariance(errors: np.ndarray, floor: float = 1e-9) -> tuple[np.ndarray, float]:
-    """The nodes' error covariance (``errors``: observations x nodes; NaN rows dropped),
-    shrunk toward its diagonal by the Schäfer-Strimmer intensity; and that intensity.
-    Uncentred, as MinT's in-sample error covariance: a biased node is penalised."""
-    x = np.asarray(errors, dtype=float)
-    x = x[np.all(np.isfinite(x), axis=1)]
-    n, k = x.shape
-    if n < 2:
-        raise ValueError(f"{n} backtest error vector(s): MinT needs at least 2")
-    cov = x.T @ x / n
-    sd = np.sqrt(np.maximum(np.diag(cov), floor))
-    xs = x / sd
-    corr = xs.T @ xs / n
-    w = xs[:, :, None] * xs[:, None, :]  # n x k x k
-    var = w.var(axis=0, ddof=1) * n / (n - 1) ** 2 if n > 1 else np.zeros((k, k))
-    off = ~np.eye(k, dtype=bool)
-    denom = float(np.sum(corr[off] ** 2))
-    lam = 1.0 if denom <= 0 else float(np.clip(np.sum(var[off]) / denom, 0.0, 1.0))
-    shrunk = lam * np.diag(np.diag(cov)) + (1 - lam) * cov
-    shrunk[np.diag_indices(k)] = np.maximum(np.diag(shrunk), floor)
-    return shrunk, lam
-
-
-def projection(S: np.ndarray, method: str, errors: np.ndarray | None = None) -> tuple[np.ndarray, float]:
-    """``P`` (bottom nodes x nodes) of ``method`` and the shrinkage intensity (NaN for
-    bottom_up): coherent forecasts are ``S @ P @ yhat``."""
-    n, m = S.shape
-    if method == "bottom_up":
-        P = np.zeros((m, n))
-        P[:, n - m :] = np.eye(m)
-        return P, float("nan")
-    if method != "mint_shrink":
-        raise ValueError(f"reconciliation method {method!r}: expected one of {', '.join(METHODS)}")
-    if errors is None:
-        raise ValueError("mint_shrink needs the nodes' backtest errors")
-    W, lam = shrunk_covariance(errors)
-    WinvS = np.linalg.solve(W, S)  # W^-1 S
-    P = np.linalg.solve(S.T @ WinvS, WinvS.T)
-    return P, lam
-
-
-def interval_offsets(
-    rec_errors: np.ndarray, levels: Sequence[int]
-) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """Per level, the lower and upper offsets (per node) of the interval around the
-    reconciled point: the empirical quantiles of each node's reconciled errors
-    (``rec_errors``: observations x nodes, actual - forecast)."""
-    x = np.asarray(rec_errors, dtype=float)
-    x = x[np.all(np.isfinite(x), axis=1)]
-    out = {}
-    for lv in levels:
-        a = (1 - lv / 100) / 2
-        lo, hi = np.quantile(x, [a, 1 - a], axis=0)
-        out[int(lv)] = (np.minimum(lo, 0.0), np.maximum(hi, 0.0))
-    return out
-
-
-def reconcile(
-    S: np.ndarray,
-    yhat: np.ndarray,
-    method: str,
-    errors: np.ndarray | None,
-    levels: Sequence[int],
-    nonnegative: bool = False,
-) -> dict[str, object]:
-    """Coherent forecasts of every node (``yhat``: nodes x horizon base forecasts) with
-    intervals from the reconciled backtest ``errors`` (observations x nodes): ``mean``
-    (nodes x h), ``lo``/``hi`` per level (nodes x h), ``P`` and ``shrinkage``. With
-    ``nonnegative`` the bounds and points stay >= 0 (clipped at the bottom, then summed,
-    so coherence holds)."""
-    P, lam = projection(S, method, errors)
-    bottom = P @ yhat
-    if nonnegative:
-        bottom = np.maximum(bottom, 0.0)
-    mean = S @ bottom
-    out: dict[str, object] = {"mean": mean, "P": P, "shrinkage": lam}
-    if errors is not None and len(errors):
-        rec = np.asarray(errors, dtype=float) @ (S @ P).T
-        for lv, (lo, hi) in interval_offsets(rec, levels).items():
-            low = mean + lo[:, None]
-            out[f"lo-{lv}"] = np.maximum(low, 0.0) if nonnegative else low
-            out[f"hi-{lv}"] = mean + hi[:, None]
-    return out
-
-
+# -- the series below the bottom nodes ------------------------------------------------
 def distribute(
     node_point: pd.Series, base: pd.DataFrame, bounds: Sequence[str], node_col: str = "node"
 ) -> pd.DataFrame:
@@ -271,40 +174,3 @@ def distribute(
     out["yhat_base"] = base["yhat"]
     out["yhat"] = point
     return out
-
-
-# -- evaluation of a reconciliation on the backtest ------------------------------------
-def evaluate(
-    S: np.ndarray,
-    node_levels: np.ndarray,
-    base: np.ndarray,
-    actual: np.ndarray,
-    scales: np.ndarray,
-    method: str,
-    levels: Sequence[int],
-    visible: np.ndarray | None = None,
-) -> dict[str, float]:
-    """MASE per level before and after reconciling, and the coverage of the reconciled
-    intervals, on the last backtest window with ``P`` and the intervals estimated on the
-    earlier ones (no leakage). ``base``/``actual``: windows x nodes x h; ``scales``: the
-    nodes' MASE denominators; ``node_levels``: the level of each node; ``visible``: the
-    nodes scored (hidden ones are reconciled, not scored). Empty with fewer than 2 windows."""
-    w = base.shape[0]
-    if w < 2:
-        return {}
-    errors = (actual[:-1] - base[:-1]).transpose(0, 2, 1).reshape(-1, base.shape[1])
-    rec = reconcile(S, base[-1], method, errors, levels)
-    metrics: dict[str, float] = {}
-    shown = np.ones(len(node_levels), bool) if visible is None else np.asarray(visible, bool)
-    for level in dict.fromkeys(node_levels):
-        rows = (node_levels == level) & shown
-        scale = np.where(scales[rows] > 0, scales[rows], np.nan)[:, None]
-        before = np.abs(actual[-1][rows] - base[-1][rows]) / scale
-        after = np.abs(actual[-1][rows] - rec["mean"][rows]) / scale
-        metrics[f"mase_{level}_base"] = float(np.nanmean(before))
-        metrics[f"mase_{level}_{method}"] = float(np.nanmean(after))
-        for lv in levels:
-            y = actual[-1][rows]
-            inside = (y >= rec[f"lo-{lv}"][rows]) & (y <= rec[f"hi-{lv}"][rows])
-            metrics[f"coverage_{lv}_{level}"] = float(np.mean(inside))
-    return metrics

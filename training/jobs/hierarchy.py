@@ -46,6 +46,7 @@ from mlflow.tracking import MlflowClient
 
 from forecasting import contract as C
 from forecasting import hierarchy as H
+from forecasting import reconciliation as R
 from forecasting.config import Config
 from forecasting.errors import TableError
 from forecasting.hierarchy_nodes import forecast_node, node_config
@@ -73,7 +74,7 @@ AGGREGATES = -1  # the batch index of the aggregate levels' commit
 class HierarchyReport:
     model_version: str
     delivery: int
-    method: str
+    method: str  # the method used (bottom_up when MinT refused the errors)
     skipped: bool = False
     n_nodes: int = 0  # nodes of the aggregate levels forecast (hidden ones included)
     n_series: int = 0  # series rows' series written at the series level
@@ -81,7 +82,7 @@ class HierarchyReport:
     changed: dict[str, str] = field(default_factory=dict)  # series whose attribute changed -> what
     failed: dict[str, str] = field(default_factory=dict)  # node -> why its own model failed
     metrics: dict[str, float] = field(default_factory=dict)
-    shrinkage: float = float("nan")
+    note: str = ""  # why the method used is not the configured one
     table_version: int | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -273,14 +274,17 @@ def reconcile_nodes(
     backtest scores of both methods and the shrinkage."""
     levels, method = list(config.levels), config.hierarchy.method
     base, btf, bta, scales, models, ts = _matrices(tree, results, levels, report)
-    errors = (bta - btf).transpose(0, 2, 1).reshape(-1, base.shape[0])
+    flat = lambda a: a.transpose(1, 0, 2).reshape(a.shape[1], -1)  # noqa: E731 - nodes x obs
     nonneg = config.bounds == "nonnegative"
-    rec = H.reconcile(tree.S, base, method, errors, levels, nonnegative=nonneg)
+    rec = R.reconcile(tree.S, base, method, flat(bta), flat(btf), levels, nonnegative=nonneg)
+    if rec["method"] != method:
+        report.note = f"{method} refused the backtest errors (all but zero): reconciled bottom-up"
+    report.method = str(rec["method"])
     node_levels = tree.nodes["level"].to_numpy()
     visible = ~tree.nodes["hidden"].to_numpy()
     for m in dict.fromkeys([method, "bottom_up"]):
-        report.metrics.update(H.evaluate(tree.S, node_levels, btf, bta, scales, m, levels, visible))
-    report.n_nodes, report.shrinkage = len(tree.nodes), float(rec["shrinkage"])
+        report.metrics.update(R.evaluate(tree.S, node_levels, btf, bta, scales, m, levels, visible))
+    report.n_nodes = len(tree.nodes)
     return Reconciled(ts, cutoff, base, rec, models)
 
 
@@ -306,12 +310,12 @@ def _node_rows(tree: H.Tree, recon: Reconciled, delivery: Delivery, config: Conf
         frame[f"yhat_lower_{lv}"] = recon.rec[f"lo-{lv}"].ravel()
         frame[f"yhat_upper_{lv}"] = recon.rec[f"hi-{lv}"].ravel()
     frame = frame[~np.repeat(nodes["hidden"].to_numpy(), h)].assign(cutoff=recon.cutoff)
-    return _stamp(frame, delivery, config, now)
+    return _stamp(frame, delivery, str(recon.rec["method"]), now)
 
 
-def _stamp(frame: pd.DataFrame, delivery: Delivery, config: Config, now) -> pd.DataFrame:
+def _stamp(frame: pd.DataFrame, delivery: Delivery, method: str, now) -> pd.DataFrame:
     return frame.assign(
-        method=config.hierarchy.method,
+        method=method,
         model_version=delivery.model_version,
         run_id=delivery.run_id,
         delivery=int(delivery.key),
@@ -347,7 +351,7 @@ def write_levels(
         if i in done["batches"]:
             continue
         rows = series_rows(lake, config, buckets, tree, point, delivery, report)
-        rows = _stamp(rows, delivery, config, now)
+        rows = _stamp(rows, delivery, str(recon.rec["method"]), now)
         report.n_series += int(rows["node"].nunique()) if len(rows) else 0
         report.table_version = lake.write(
             GOLD_HIERARCHY,
@@ -456,7 +460,7 @@ def write_portfolio(lake: Lakehouse, config: Config, delivery: Delivery, nodes: 
         model_version=delivery.model_version,
         cutoff=nodes["cutoff"].max(),
         created_at=now,
-        method=config.hierarchy.method,
+        method=str(nodes["method"].iloc[0]),
     )
     return lake.write(
         GOLD_PORTFOLIO,
@@ -478,7 +482,5 @@ def log_metrics(config: Config, run_id: str, report: HierarchyReport) -> None:
         for name, value in report.metrics.items():
             if np.isfinite(value):
                 client.log_metric(run_id, f"hierarchy_{name}", float(value))
-        if np.isfinite(report.shrinkage):
-            client.log_metric(run_id, "hierarchy_shrinkage", report.shrinkage)
     except MlflowException as exc:
         log.warning("hierarchy metrics not recorded on run %s: %s", run_id, str(exc).splitlines()[0])
