@@ -45,7 +45,7 @@ def _actuals(gen, cut: pd.Timestamp, lake: Lakehouse, levels) -> tuple[pd.DataFr
 
     attrs = lake.read(SILVER_SERIES, columns=[C.SERIES_ID, *C.ATTRIBUTES])
     paths = H.paths(attrs, levels)
-    readings = gen.readings.merge(paths, on=C.SERIES_ID)
+    readings = gen.readings[[C.SERIES_ID, C.TS, C.Y]].merge(paths, on=C.SERIES_ID)
     frames = []
     for level in levels:
         sums = readings.groupby([level, C.TS], as_index=False)[C.Y].sum().rename(columns={level: "node"})

@@ -32,7 +32,7 @@ from forecasting.config import Config
 from forecasting.errors import MMFError, TableError
 from registry.aliases import champion_info
 from registry.connection import sqlite_path, store_state
-from training.tables import GOLD_FORECASTS, GOLD_PORTFOLIO, GOLD_SELECTION, Lakehouse
+from training.tables import GOLD_FORECASTS, GOLD_HIERARCHY, GOLD_PORTFOLIO, GOLD_SELECTION, Lakehouse
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +111,13 @@ def check_read_only(statement: str, engine: str = "local") -> None:
 
 # -- the current views -------------------------------------------------------------------
 Champion = tuple[str, str]  # (model version, run id) behind the registry's champion alias
-CURRENT = ("gold/current_forecasts", "gold/current_selection", "gold/current_portfolio")
-_NEEDS = dict(zip(CURRENT, (GOLD_FORECASTS, GOLD_SELECTION, GOLD_PORTFOLIO)))
+CURRENT = (
+    "gold/current_forecasts",
+    "gold/current_selection",
+    "gold/current_portfolio",
+    "gold/current_hierarchy",
+)
+_NEEDS = dict(zip(CURRENT, (GOLD_FORECASTS, GOLD_SELECTION, GOLD_PORTFOLIO, GOLD_HIERARCHY)))
 
 
 def champion_of(config: Config) -> Champion | None:
@@ -144,7 +149,9 @@ def current_views(champion: Champion | None) -> dict[str, str]:
     * ``current_selection``: the champion's training run's rows, one per series (the
       run written last when the table has no row of the champion's run);
     * ``current_portfolio``: the totals of the newest cutoff's delivery, the champion's
-      when its delivery shares that cutoff (the same rows ``current_forecasts`` sums).
+      when its delivery shares that cutoff (the same rows ``current_forecasts`` sums);
+    * ``current_hierarchy``: the coherent levels of the newest delivery (by silver
+      version), the champion's when its delivery is among the newest.
 
     Without a champion (``None``) the version or run written last stands in for it."""
     version, run_id = champion or (None, None)
@@ -173,7 +180,14 @@ def current_views(champion: Champion | None) -> dict[str, str]:
         " max(created_at) AS written FROM gold.portfolio GROUP BY model_version) AS versions"
         " ORDER BY cutoff DESC, champion DESC, written DESC, model_version DESC LIMIT 1)"
     )
-    return dict(zip(CURRENT, (forecasts, selection, portfolio)))
+    hierarchy = (
+        "SELECT h.* FROM gold.hierarchy AS h WHERE h.delivery = (SELECT delivery FROM ("
+        " SELECT delivery, max(silver_version) AS silver,"
+        f" max(CASE WHEN model_version = {v} THEN 1 ELSE 0 END) AS champion,"
+        " max(created_at) AS written FROM gold.hierarchy GROUP BY delivery) AS deliveries"
+        " ORDER BY silver DESC, champion DESC, written DESC, delivery DESC LIMIT 1)"
+    )
+    return dict(zip(CURRENT, (forecasts, selection, portfolio, hierarchy)))
 
 
 def _mentions_current(statement: str) -> bool:
@@ -199,8 +213,8 @@ def run_sql(
     champion: Champion | None = None,
 ) -> pd.DataFrame:
     """Run ``statement``; tables are named ``bronze.readings``, ``gold.forecasts``, ...,
-    and the views ``gold.current_forecasts``, ``gold.current_selection`` and
-    ``gold.current_portfolio`` (:func:`current_views`) are defined for ``champion``, or
+    and the views ``gold.current_forecasts``, ``gold.current_selection``,
+    ``gold.current_portfolio`` and ``gold.current_hierarchy`` (:func:`current_views`) are defined for ``champion``, or
     for the champion ``config``'s registry names when the statement uses them.
     ``SHOW TABLES`` lists the tables and views by those names. Raises :class:`SQLError`
     (one line) for a refused or failed statement."""
