@@ -151,16 +151,30 @@ def tree(members: pd.DataFrame, levels: Sequence[str]) -> Tree:
 
 
 # -- the series below the bottom nodes ------------------------------------------------
+def node_totals(base: pd.DataFrame, node_col: str = "node") -> pd.DataFrame:
+    """The sum and count of the series' forecasts (``base``: node, ts, yhat) by (node,
+    ts): added up over batches, they are what :func:`distribute` scales by."""
+    return base.groupby([node_col, "ts"])["yhat"].agg(["sum", "count"]).astype(float)
+
+
 def distribute(
-    node_point: pd.Series, base: pd.DataFrame, bounds: Sequence[str], node_col: str = "node"
+    node_point: pd.Series,
+    base: pd.DataFrame,
+    bounds: Sequence[str],
+    totals: pd.DataFrame | None = None,
+    node_col: str = "node",
 ) -> pd.DataFrame:
     """Series' coherent forecasts below their bottom node: ``base`` (series_id, node, ts,
     yhat and the ``bounds`` columns: the series' own forecasts) scaled so the series of a
     node sum to its reconciled point (``node_point``, indexed by (node, ts)); the bounds
     move with the point, scaled alike. A node whose series forecast a sum <= 0 splits its
-    point equally (the bounds shifted by the change of the point)."""
-    sums = base.groupby([node_col, "ts"])["yhat"].transform("sum")
-    counts = base.groupby([node_col, "ts"])["yhat"].transform("size")
+    point equally (the bounds shifted by the change of the point). ``totals``: the
+    :func:`node_totals` of all the nodes' series when ``base`` holds only some of them
+    (one batch); by default those of ``base``."""
+    totals = node_totals(base, node_col) if totals is None else totals
+    keys = pd.MultiIndex.from_frame(base[[node_col, "ts"]])
+    sums = pd.Series(totals["sum"].reindex(keys).to_numpy(), index=base.index)
+    counts = pd.Series(totals["count"].reindex(keys).to_numpy(), index=base.index)
     target = pd.Series(
         node_point.reindex(pd.MultiIndex.from_frame(base[[node_col, "ts"]])).to_numpy(), index=base.index
     )

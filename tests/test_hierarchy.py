@@ -144,22 +144,45 @@ def test_distribute_scales_series_to_their_node_exactly():
 
 
 # -- the nightly's hierarchy step --------------------------------------------------------
-@pytest.fixture
-def hier_lake(tmp_path, config):
+@pytest.fixture(scope="module")
+def night(tmp_path_factory):
     """12 hourly meters of the generator (sites and regions), one without a site and one
-    whose site changed half-way through its history (its latest site is kept)."""
-    gen = generate(n_series=12, days=10, freq="h", seed=5, clean=True)
-    r = gen.readings.copy()
-    r.loc[r[C.SERIES_ID] == "MTR-00001", "site"] = None
-    moved = r[C.SERIES_ID] == "MTR-00002"
-    first_half = moved & (r[C.TS] < r[C.TS].min() + pd.Timedelta("5D"))
-    r.loc[first_half, "site"] = "SITE-OLD"
-    src = tmp_path / "src.parquet"
-    write(dataclasses.replace(gen, readings=r), src)
-    cfg = config.replace(**{"backtest.windows": 2, "hierarchy.enabled": True, "workers": 1})
-    lake = Lakehouse.from_config(cfg)
-    ingest(lake, src)
-    return lake, cfg, r
+    whose site changed half-way through its history (its latest site is kept), through
+    one nightly (hierarchy enabled); its own lakehouse and MLflow store."""
+    import mlflow
+
+    from forecasting.config import load_config
+
+    tmp = tmp_path_factory.mktemp("hier")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        gen = generate(n_series=12, days=10, freq="h", seed=5, clean=True)
+        r = gen.readings.copy()
+        r.loc[r[C.SERIES_ID] == "MTR-00001", "site"] = None
+        moved = (r[C.SERIES_ID] == "MTR-00002") & (r[C.TS] < r[C.TS].min() + pd.Timedelta("5D"))
+        r.loc[moved, "site"] = "SITE-OLD"
+        write(dataclasses.replace(gen, readings=r), tmp / "src.parquet")
+        cfg = load_config(
+            lakehouse=str(tmp / "lake"),
+            horizon=24,
+            models=["seasonal_naive"],
+            workers=1,
+            **{
+                "cleaning.min_length": 48,
+                "backtest.windows": 2,
+                "mlflow.tracking_uri": uri,
+                "hierarchy.enabled": True,
+            },
+        )
+        lake = Lakehouse.from_config(cfg)
+        ingest(lake, tmp / "src.parquet")
+        rep = nightly(lake, cfg)
+        yield lake, cfg, rep
+        while mlflow.active_run():
+            mlflow.end_run()
 
 
 def _coherence(h: pd.DataFrame, lake: Lakehouse) -> None:
@@ -180,12 +203,21 @@ def _coherence(h: pd.DataFrame, lake: Lakehouse) -> None:
     np.testing.assert_allclose(total, regions.add(no_region, fill_value=0).reindex(total.index), rtol=1e-9)
 
 
-def test_nightly_writes_coherent_levels_and_reports_bad_attributes(hier_lake):
-    lake, cfg, _ = hier_lake
-    rep = nightly(lake, cfg)
+def _sorted(h: pd.DataFrame) -> pd.DataFrame:
+    keys = ["level", "node", C.TS]
+    return h.drop(columns="created_at").sort_values(keys).reset_index(drop=True)
+
+
+def _delivery(rep) -> hierarchy_job.Delivery:
+    fc = rep.forecast
+    return hierarchy_job.Delivery(fc.model_version, fc.run_id, fc.delivery, fc.silver_version, fc.horizon)
+
+
+def test_nightly_writes_coherent_levels_and_reports_bad_attributes(night):
+    lake, cfg, rep = night
     assert rep.steps["hierarchy"].startswith("done: "), rep.steps
     hr = rep.hierarchy
-    assert hr.left_out == {"site": 1}
+    assert hr.left_out == {"site": 1} and "1 series of the site level" in rep.steps["hierarchy"]
     assert list(hr.changed) == ["MTR-00002"] and "SITE-OLD" in hr.changed["MTR-00002"]
     h = lake.read(GOLD_HIERARCHY)
     assert set(h["level"]) == {"total", "region", "site", "series"}
@@ -193,9 +225,8 @@ def test_nightly_writes_coherent_levels_and_reports_bad_attributes(hier_lake):
     assert not h.duplicated(["level", "node", C.TS]).any()
     _coherence(h, lake)
     for lv in cfg.levels:
-        assert (h[f"yhat_lower_{lv}"] <= h["yhat"] + 1e-9).all() and (
-            h[f"yhat_upper_{lv}"] >= h["yhat"] - 1e-9
-        ).all()
+        assert (h[f"yhat_lower_{lv}"] <= h["yhat"] + 1e-9).all()
+        assert (h[f"yhat_upper_{lv}"] >= h["yhat"] - 1e-9).all()
     reasons = h[h["level"] == "series"].drop_duplicates("node").set_index("node")["reason"]
     assert reasons["MTR-00001"].startswith("no site: left out of the site level")
     assert "site changed over time" in reasons["MTR-00002"] and "is used" in reasons["MTR-00002"]
@@ -205,42 +236,43 @@ def test_nightly_writes_coherent_levels_and_reports_bad_attributes(hier_lake):
     port = lake.read(GOLD_PORTFOLIO)
     assert set(port["level"]) == {"total", "region", "site"} and "unknown" not in set(port["key"])
     assert port[[f"yhat_{s}_{lv}" for lv in cfg.levels for s in ("lower", "upper")]].notna().all().all()
-    assert (port["yhat_lower_95"] <= port["yhat_lower_80"]).all() and (
-        port["yhat"] <= port["yhat_upper_80"]
-    ).all()
+    assert (port["yhat_lower_95"] <= port["yhat_lower_80"]).all()
+    assert (port["yhat"] <= port["yhat_upper_80"]).all()
     day_total = h[h["level"] == "total"].assign(day=lambda f: f[C.TS].dt.date).groupby("day")["yhat"].sum()
-    np.testing.assert_allclose(
-        port[port["level"] == "total"].set_index("day")["yhat"].sort_index(), day_total
-    )
+    total = port[port["level"] == "total"].set_index("day")["yhat"].sort_index()
+    np.testing.assert_allclose(total, day_total)
 
     metrics = MlflowClient().get_run(rep.forecast.run_id).data.metrics
-    assert {
+    wanted = {
         "hierarchy_mase_total_base",
         "hierarchy_mase_total_mint_shrink",
         "hierarchy_coverage_95_total_mint_shrink",
-    } <= set(metrics)
+    }
+    assert wanted <= set(metrics)
 
-    # a rerun on the same delivery skips the step; the table is unchanged
+
+def test_a_rerun_skips_and_batches_give_the_same_table(night):
+    lake, cfg, rep = night
+    h = lake.read(GOLD_HIERARCHY)
     version = lake.version(GOLD_HIERARCHY)
     again = nightly(lake, cfg)
     assert again.steps["hierarchy"].startswith("skipped"), again.steps
     assert lake.version(GOLD_HIERARCHY) == version
-
-    # small batches (several bucket ranges) give the same table; forced again, it replaces
+    # small batches (several bucket ranges, one commit each) give the same table; a forced
+    # rerun replaces the version's rows, never duplicates them
     small = cfg.replace(batch_rows=1000)
-    d = hierarchy_job.Delivery(
-        rep.forecast.model_version,
-        rep.forecast.run_id,
-        rep.forecast.delivery,
-        rep.forecast.silver_version,
-        24,
-    )
-    hierarchy_job.hierarchy(lake, small, d, force=True)
-    h2 = lake.read(GOLD_HIERARCHY)
-    keys = ["level", "node", C.TS]
+    report = hierarchy_job.HierarchyReport("1", 0, "")
+    assert len(hierarchy_job.structure(lake, small, report, rep.forecast.silver_version)[1]) > 1
+    hierarchy_job.hierarchy(lake, small, _delivery(rep), force=True)
     pd.testing.assert_frame_equal(
-        h.drop(columns="created_at").sort_values(keys).reset_index(drop=True),
-        h2.drop(columns="created_at").sort_values(keys).reset_index(drop=True),
-        check_exact=False,
-        rtol=1e-9,
+        _sorted(h), _sorted(lake.read(GOLD_HIERARCHY)), check_exact=False, rtol=1e-9
+    )
+
+
+def test_spark_engine_gives_the_same_hierarchy(night, spark):
+    lake, cfg, rep = night
+    h = lake.read(GOLD_HIERARCHY)
+    hierarchy_job.hierarchy(lake, cfg.replace(engine="spark"), _delivery(rep), force=True)
+    pd.testing.assert_frame_equal(
+        _sorted(h), _sorted(lake.read(GOLD_HIERARCHY)), check_exact=False, rtol=1e-9
     )

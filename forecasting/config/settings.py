@@ -207,7 +207,7 @@ class Hierarchy(Section):
     nightly's hierarchy step, gold/hierarchy)."""
 
     enabled: bool = setting(
-        True,
+        False,
         "forecast every node of the levels (aggregate series with their own models),\n"
         "reconcile them, and write gold/hierarchy and gold/portfolio with intervals",
     )

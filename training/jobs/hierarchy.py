@@ -62,7 +62,6 @@ from training.tables import (
     SILVER_READINGS,
     SILVER_SERIES,
     Lakehouse,
-    bucket_ranges,
 )
 
 log = logging.getLogger(__name__)
@@ -119,7 +118,7 @@ def hierarchy(lake: Lakehouse, config: Config, delivery: Delivery, force: bool =
         return report
     t0 = time.perf_counter()
     cfg = config.replace(horizon=delivery.horizon)
-    members, series_ranges = structure(lake, cfg, report)
+    members, series_ranges = structure(lake, cfg, report, delivery.silver_version)
     tree = H.tree(members, hc.levels)
     frame = aggregate_silver(lake, cfg, tree, delivery.silver_version, series_ranges)
     t1 = time.perf_counter()
@@ -137,12 +136,13 @@ def hierarchy(lake: Lakehouse, config: Config, delivery: Delivery, force: bool =
 
 
 # -- 1. structure ----------------------------------------------------------------------
-def structure(lake: Lakehouse, config: Config, report: HierarchyReport):
+def structure(lake: Lakehouse, config: Config, report: HierarchyReport, silver_version: int):
     """The bottom nodes (their node at each level, hidden flags, series counts), read a
-    bucket range of silver/series at a time, and those ranges; ``report`` gets the
-    series left out of each level and those whose attributes changed."""
+    bucket range of silver/series at a time, and those ranges (the batches of
+    silver/readings at ``silver_version``: every later read goes by them); ``report`` gets
+    the series left out of each level and those whose attributes changed."""
     levels = list(config.hierarchy.levels)
-    ranges = bucket_ranges(lake.n_rows(SILVER_SERIES) * max(1, config.horizon), config.batch_rows)
+    ranges = lake.batches(SILVER_READINGS, silver_version, config.batch_rows)
     parts = []
     for buckets in ranges:
         attrs = lake.read_buckets(
@@ -347,10 +347,13 @@ def write_levels(
             **_txn(delivery, final=n == 0),
         )
     point = nodes_point(tree, recon)
+    at = _delivered_at(lake, delivery)
+    ts = point.index.get_level_values(C.TS).unique()
+    totals = series_totals(lake, config, ranges, tree, ts, delivery, at) if series_batches else None
     for i, buckets in series_batches:
         if i in done["batches"]:
             continue
-        rows = series_rows(lake, config, buckets, tree, point, delivery, report)
+        rows = series_rows(lake, config, buckets, tree, point, delivery, report, at, totals)
         rows = _stamp(rows, delivery, str(recon.rec["method"]), now)
         report.n_series += int(rows["node"].nunique()) if len(rows) else 0
         report.table_version = lake.write(
@@ -395,30 +398,40 @@ def nodes_point(tree: H.Tree, recon: Reconciled) -> pd.Series:
     return pd.Series(values.ravel(), index=idx)
 
 
-def series_rows(
-    lake, config: Config, buckets, tree: H.Tree, point: pd.Series, delivery: Delivery, report
-) -> pd.DataFrame:
-    """The series level of one bucket range: the delivery's gold/forecasts rows of its
-    series, scaled to their bottom node's reconciled point."""
-    levels = list(config.levels)
-    bounds = [f"yhat_{s}_{lv}" for lv in levels for s in ("lower", "upper")]
+def batch_forecasts(lake, config: Config, buckets, tree: H.Tree, ts, delivery: Delivery, at, columns):
+    """The delivery's gold/forecasts rows (``columns``) of one bucket range's series at
+    the hierarchy's timestamps ``ts``, with their bottom ``node``; and the series' paths."""
     attrs = lake.read_buckets(SILVER_SERIES, buckets, columns=[C.SERIES_ID, *C.ATTRIBUTES])
     p = H.paths(attrs, list(tree.levels)).set_index(C.SERIES_ID)
-    fc = _forecasts_in(
-        lake,
-        buckets,
-        [C.SERIES_ID, C.TS, "yhat", *bounds, "cutoff", "model_version"],
-        [
-            ("silver_version", "=", delivery.silver_version),
-            ("created_at", "=", _delivered_at(lake, delivery)),
-        ],
-    )
-    fc = fc[fc[C.TS].isin(set(point.index.get_level_values(C.TS)))]
+    filters = [("silver_version", "=", delivery.silver_version), ("created_at", "=", at)]
+    fc = _forecasts_in(lake, buckets, [C.SERIES_ID, C.TS, *columns], filters)
+    fc = fc[fc[C.TS].isin(set(ts))]
+    return fc.assign(node=fc[C.SERIES_ID].map(p[tree.levels[-1]])), p
+
+
+def series_totals(lake, config: Config, ranges, tree: H.Tree, ts, delivery: Delivery, at) -> pd.DataFrame:
+    """The sum and count of the series' forecasts by (bottom node, ts), a batch at a time."""
+    totals: pd.DataFrame | None = None
+    for buckets in ranges:
+        fc, _ = batch_forecasts(lake, config, buckets, tree, ts, delivery, at, ["yhat"])
+        part = H.node_totals(fc.dropna(subset=["node"]))
+        totals = part if totals is None else totals.add(part, fill_value=0.0)
+    return totals if totals is not None else pd.DataFrame(columns=["sum", "count"])
+
+
+def series_rows(
+    lake, config: Config, buckets, tree: H.Tree, point: pd.Series, delivery: Delivery, report, at, totals
+) -> pd.DataFrame:
+    """The series level of one bucket range: the delivery's gold/forecasts rows of its
+    series, scaled to their bottom node's reconciled point (``totals``: of all batches)."""
+    levels = list(config.levels)
+    bounds = [f"yhat_{s}_{lv}" for lv in levels for s in ("lower", "upper")]
+    ts = point.index.get_level_values(C.TS).unique()
+    columns = ["yhat", *bounds, "cutoff", "model_version"]
+    fc, p = batch_forecasts(lake, config, buckets, tree, ts, delivery, at, columns)
     if fc.empty:
         return pd.DataFrame(columns=C.hierarchy_schema(levels).names)
-    bottom = tree.levels[-1]
-    fc = fc.assign(node=fc[C.SERIES_ID].map(p[bottom]))
-    out = H.distribute(point, fc, bounds)
+    out = H.distribute(point, fc, bounds, totals)
     reasons = p["reason"].copy()
     for sid, why in report.changed.items():
         if sid in reasons.index:
