@@ -10,6 +10,7 @@ import dataclasses
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from hierarchicalforecast.methods import MinTrace
 from mlflow.tracking import MlflowClient
@@ -276,3 +277,38 @@ def test_spark_engine_gives_the_same_hierarchy(night, spark):
     pd.testing.assert_frame_equal(
         _sorted(h), _sorted(lake.read(GOLD_HIERARCHY)), check_exact=False, rtol=1e-9
     )
+
+
+def test_an_older_portfolio_table_takes_the_interval_columns(tmp_path, spark):
+    """gold/portfolio written before its interval columns existed: both layers' next
+    writes add them (null in the older rows)."""
+    from deltalake import write_deltalake
+
+    from forecasting.config import load_config
+    from training.tables.spark import SparkTables
+
+    lake = Lakehouse.from_config(load_config(lakehouse=str(tmp_path / "lake")))
+    old = pd.DataFrame(
+        {
+            "level": ["total"],
+            "key": ["all"],
+            "day": [pd.Timestamp("2024-01-01").date()],
+            "yhat": [1.0],
+            "n_series": [1],
+            "model_version": ["1"],
+            "cutoff": [pd.Timestamp("2024-01-01")],
+            "created_at": [pd.Timestamp("2024-01-01", tz="UTC")],
+        }
+    )
+    write_deltalake(
+        lake.uri(GOLD_PORTFOLIO), pa.Table.from_pandas(old, schema=C.GOLD_PORTFOLIO, preserve_index=False)
+    )
+    new = old.assign(model_version="2", yhat_lower_80=0.5, yhat_upper_80=1.5, method="mint_shrink")
+    SparkTables(lake).write(GOLD_PORTFOLIO, new, mode="overwrite", replace_where="model_version = '2'")
+    lake.write(
+        GOLD_PORTFOLIO, new.assign(model_version="3"), mode="overwrite", predicate="model_version = '3'"
+    )
+    got = lake.read(GOLD_PORTFOLIO).set_index("model_version").sort_index()
+    assert list(got.index) == ["1", "2", "3"]
+    assert got["yhat_lower_80"].isna().tolist() == [True, False, False]
+    assert got.loc["3", "method"] == "mint_shrink" and got.loc["2", "yhat_upper_80"] == 1.5
