@@ -312,3 +312,45 @@ def test_an_older_portfolio_table_takes_the_interval_columns(tmp_path, spark):
     assert list(got.index) == ["1", "2", "3"]
     assert got["yhat_lower_80"].isna().tolist() == [True, False, False]
     assert got.loc["3", "method"] == "mint_shrink" and got.loc["2", "yhat_upper_80"] == 1.5
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: nothing after the checkpoint runs."""
+
+
+class KillAtBatch:
+    """A checkpoint hook that stops the process at the ``n``-th ``mid_hierarchy``."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.seen = n, 0
+
+    def __call__(self, name: str, **info) -> None:
+        if name == "mid_hierarchy":
+            self.seen += 1
+            if self.seen == self.n:
+                raise Killed(info)
+
+
+def test_a_killed_step_resumes_from_its_batch_commits(night, checkpoint_hook):
+    import shutil
+
+    lake, cfg, rep = night
+    small = cfg.replace(batch_rows=1000)
+    hierarchy_job.hierarchy(lake, small, _delivery(rep), force=True)
+    want = lake.read(GOLD_HIERARCHY)
+    shutil.rmtree(lake.uri(GOLD_HIERARCHY))  # as if the step had never run on this delivery
+    checkpoint_hook(KillAtBatch(2))
+    with pytest.raises(Killed):
+        hierarchy_job.hierarchy(lake, small, _delivery(rep))
+    checkpoint_hook(None)
+    before = len(lake.history(GOLD_HIERARCHY))  # the aggregate commit and two batches
+    assert before == 3 and lake.txn_version(GOLD_HIERARCHY, hierarchy_job.APP_HIERARCHY) is None
+    hierarchy_job.hierarchy(lake, small, _delivery(rep))
+    commits = lake.history(GOLD_HIERARCHY)
+    batches = int(commits[0]["mmf.batches"])
+    assert len(commits) == 1 + batches  # the done batches were not written again
+    assert lake.txn_version(GOLD_HIERARCHY, hierarchy_job.APP_HIERARCHY) == rep.forecast.delivery
+    got = lake.read(GOLD_HIERARCHY)
+    assert not got.duplicated(["level", "node", C.TS]).any()
+    pd.testing.assert_frame_equal(_sorted(want), _sorted(got), check_exact=False, rtol=1e-9)
+    assert got["created_at"].nunique() == 1  # the restart keeps the step's creation time

@@ -331,7 +331,7 @@ def write_levels(
     gold/portfolio; see the module for the commits."""
     now = pd.Timestamp(dt.datetime.now(dt.timezone.utc)).as_unit("us")
     done = _done_batches(lake, delivery)
-    if done:
+    if done["created_at"]:  # a restart: the step keeps its creation time
         now = pd.Timestamp(done["created_at"]).as_unit("us")
     nodes = _node_rows(tree, recon, delivery, config, now)
     series_batches = list(enumerate(ranges)) if config.hierarchy.series else []

@@ -206,12 +206,20 @@ def _forecast_step(lake: Lakehouse, config: Config, report: NightlyReport, horiz
 def _hierarchy_step(lake: Lakehouse, config: Config, report: NightlyReport) -> None:
     """Every level forecast and reconciled (gold/hierarchy), and gold/portfolio as its
     coherent daily totals with intervals (:mod:`training.jobs.hierarchy`); skipped when
-    this delivery's hierarchy is recorded."""
+    this delivery's hierarchy is recorded. A failure fails the nightly (exit non-zero) and
+    keeps the delivery; the next nightly builds the levels again."""
     fc = report.forecast
     delivery = hierarchy_job.Delivery(
         fc.model_version, fc.run_id, int(fc.delivery or 0), int(fc.silver_version or 0), fc.horizon
     )
-    rep = report.hierarchy = hierarchy_job.hierarchy(lake, config, delivery)
+    try:
+        rep = report.hierarchy = hierarchy_job.hierarchy(lake, config, delivery)
+    except Exception as exc:  # noqa: BLE001 - the delivery stands; the levels are reported missing
+        log.exception("the hierarchy step failed")
+        why = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+        report.steps["hierarchy"] = f"failed: {why}"
+        _fail(report, f"hierarchy failed: {why}")
+        return
     if rep.skipped:
         report.steps["hierarchy"] = f"skipped: hierarchy of delivery {delivery.key} is current"
     else:
