@@ -29,6 +29,7 @@ import pandas as pd
 
 from benchmarks.common import save
 from forecasting import contract as C
+from forecasting import hierarchy as H
 from forecasting.config import load_config
 from forecasting.generator import generate, write
 from forecasting.metrics import mase_scale
@@ -41,8 +42,6 @@ from training.tables import GOLD_HIERARCHY, SILVER_READINGS, SILVER_SERIES, Lake
 def _actuals(gen, cut: pd.Timestamp, lake: Lakehouse, levels) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The held-out actuals of every node (level, node, ts, y) and each node's in-sample
     MASE scale, through the same tree the step builds (hidden nodes included)."""
-    from forecasting import hierarchy as H
-
     attrs = lake.read(SILVER_SERIES, columns=[C.SERIES_ID, *C.ATTRIBUTES])
     paths = H.paths(attrs, levels)
     readings = gen.readings[[C.SERIES_ID, C.TS, C.Y]].merge(paths, on=C.SERIES_ID)

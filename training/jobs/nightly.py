@@ -213,7 +213,8 @@ def _hierarchy_step(lake: Lakehouse, config: Config, report: NightlyReport) -> N
         fc.model_version, fc.run_id, int(fc.delivery or 0), int(fc.silver_version or 0), fc.horizon
     )
     try:
-        rep = report.hierarchy = hierarchy_job.hierarchy(lake, config, delivery)
+        # a delivery made again (incomplete, or from another run) is reconciled again too
+        rep = report.hierarchy = hierarchy_job.hierarchy(lake, config, delivery, force=not fc.skipped)
     except Exception as exc:  # noqa: BLE001 - the delivery stands; the levels are reported missing
         log.exception("the hierarchy step failed")
         why = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
