@@ -95,6 +95,8 @@ class HierarchyReport:
             out += f"; {len(self.changed)} series changed attributes over time (the latest is used)"
         if self.failed:
             out += f"; {len(self.failed)} nodes fell back to the sum of their children"
+        if self.note:
+            out += f"; {self.note}"
         return out
 
 
