@@ -287,6 +287,72 @@ GOLD_PORTFOLIO = pa.schema(
     ]
 )
 
+
+def portfolio_schema(levels: Sequence[int]) -> pa.Schema:
+    """gold/portfolio: :data:`GOLD_PORTFOLIO` and, added later (older tables take them on
+    their next write, null in older rows and without ``hierarchy.enabled``), the daily
+    interval bounds of the coherent totals (``yhat_lower_<lv>``, ``yhat_upper_<lv>``)
+    and the reconciliation ``method``."""
+    fields = [*GOLD_PORTFOLIO]
+    for lv in levels:
+        fields += [pa.field(f"yhat_lower_{lv}", pa.float64()), pa.field(f"yhat_upper_{lv}", pa.float64())]
+    return pa.schema(fields + [pa.field("method", pa.string())])
+
+
+def hierarchy_schema(levels: Sequence[int]) -> pa.Schema:
+    """gold/hierarchy: coherent forecasts of every level (``total``, the attribute
+    levels, ``series``), one row per node and step: ``yhat`` (reconciled) and its
+    interval bounds, ``yhat_base`` (the node's own model before reconciling; for a
+    series, its gold/forecasts row), ``n_series`` under the node, ``model`` (the node's
+    chosen model; the series' own model version forecast it), ``reason`` (a series: the
+    levels it is left out of, or the attribute that changed over time), and the
+    delivery: ``model_version``, ``run_id``, ``delivery`` (the forecast's application
+    transaction), ``cutoff``, ``silver_version``, ``created_at``."""
+    fields = [
+        ("level", pa.string()),
+        ("node", pa.string()),
+        ("parent", pa.string()),
+        (TS, TS_TYPE),
+        ("yhat", pa.float64()),
+    ]
+    for lv in levels:
+        fields += [(f"yhat_lower_{lv}", pa.float64()), (f"yhat_upper_{lv}", pa.float64())]
+    fields += [
+        ("yhat_base", pa.float64()),
+        ("n_series", pa.int64()),
+        ("model", pa.string()),
+        ("method", pa.string()),
+        ("reason", pa.string()),
+        ("model_version", pa.string()),
+        ("run_id", pa.string()),
+        ("delivery", pa.int64()),
+        ("cutoff", TS_TYPE),
+        ("silver_version", pa.int64()),
+        ("created_at", pa.timestamp("us", tz="UTC")),
+    ]
+    return pa.schema(fields)
+
+
+def node_result_schema(levels: Sequence[int]) -> pa.Schema:
+    """What the per-node function of a hierarchy returns (forecasting.hierarchy_nodes):
+    ``kind`` = forecast (the next horizon, ``window`` -1) | backtest (the chosen model's
+    forecast of each backtest window, with the actual ``y``) | failed (one row, ``reason``);
+    ``scale`` is the node's MASE denominator."""
+    fields = [
+        (SERIES_ID, pa.string()),
+        ("kind", pa.string()),
+        ("window", pa.int64()),
+        ("step", pa.int64()),
+        (TS, TS_TYPE),
+        (Y, pa.float64()),
+        ("yhat", pa.float64()),
+    ]
+    for lv in levels:
+        fields += [(f"lo_{lv}", pa.float64()), (f"hi_{lv}", pa.float64())]
+    fields += [("model", pa.string()), ("reason", pa.string()), ("scale", pa.float64())]
+    return pa.schema(fields)
+
+
 # The promotion gate's like-for-like comparison (forecasting.comparison): one row per
 # series the challenger holds a model for. The window runs from the champion's cutoff
 # (its training end) for ``horizon`` steps, clipped to the actuals in silver;

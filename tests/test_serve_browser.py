@@ -523,3 +523,121 @@ def test_docs_is_swagger_ui_served_without_a_cdn(served, tmp_path):
         _no_console_errors(driver)
     finally:
         driver.quit()
+
+
+@pytest.fixture(scope="module")
+def served_hierarchy(lake, tmp_path_factory):
+    """A copy of the explorer's lakehouse and MLflow store with the hierarchy step run on
+    its delivery (the shared one keeps its plain gold/portfolio), served by ``mmf serve``."""
+    from forecasting.config import load_config
+    from training.jobs import hierarchy as hierarchy_job
+    from training.jobs.forecast import delivery_key
+    from training.tables import Lakehouse
+
+    tmp = tmp_path_factory.mktemp("hier-page")
+    shutil.copytree(lake.root, tmp / "root")
+    cfg = lake.config
+    uri = cfg.mlflow.tracking_uri.replace(str(lake.root), str(tmp / "root"))
+    hcfg = load_config(
+        **{**cfg.to_dict(), "lakehouse": cfg.lakehouse.replace(str(lake.root), str(tmp / "root"))},
+        **{"mlflow.tracking_uri": uri},
+    )
+    hlake = Lakehouse.from_config(hcfg)
+    fc = hlake.read("gold/forecasts", columns=["model_version", "run_id", "silver_version"]).iloc[0]
+    silver = int(fc["silver_version"])
+    d = hierarchy_job.Delivery("1", fc["run_id"], delivery_key(silver, 1, hcfg.horizon), silver, hcfg.horizon)
+    rep = hierarchy_job.hierarchy(hlake, hcfg, d)
+    assert rep.n_nodes > 3, rep
+    conf = tmp / "serve.yaml"
+    conf.write_text(
+        yaml.safe_dump(
+            {
+                "lakehouse": hcfg.lakehouse,
+                "levels": list(hcfg.levels),
+                "serve": {"max_forecast_age_h": 0},
+                "mlflow": {"tracking_uri": uri, "registered_model": hcfg.mlflow.registered_model},
+            }
+        )
+    )
+    port = free_port()
+    log = open(tmp / "server.log", "wb")
+    cmd = [
+        sys.executable,
+        "-m",
+        "training.cli",
+        "serve",
+        "--conf",
+        str(conf),
+        "--port",
+        str(port),
+        "--no-access-log",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=tmp, env=clean_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(url + "/ready", timeout=90, proc=proc)
+    except AssertionError:
+        stop(proc)
+        log.close()
+        raise AssertionError((tmp / "server.log").read_text()[-3000:]) from None
+    yield url, hlake
+    stop(proc)
+    log.close()
+
+
+def test_hierarchy_chart_shows_any_level_and_node(served_hierarchy, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    url, hlake = served_hierarchy
+    h = hlake.read("gold/hierarchy")
+    steps = h.loc[h["level"] == "total", "ts"].nunique()
+    driver = _browser(tmp_path)
+    try:
+        wait = WebDriverWait(driver, 30)
+        driver.get(url + "/")
+        chart = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#hierarchy-chart svg[data-level]"))
+        assert (chart.get_attribute("data-level"), chart.get_attribute("data-node")) == ("total", "all")
+        assert chart.get_attribute("data-points") == str(steps)
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#hierarchy-chart polygon.hier-band")) == 2  # 80, 95
+        assert driver.find_elements(By.CSS_SELECTOR, '#hierarchy-chart path[data-key="coherent"]')
+        assert driver.find_elements(By.CSS_SELECTOR, '#hierarchy-chart path[data-key="base"]')
+        level = Select(driver.find_element(By.ID, "hierarchy-level"))
+        assert [o.get_attribute("value") for o in level.options] == ["total", "region", "site", "series"]
+
+        level.select_by_value("site")
+        sites = sorted(h.loc[h["level"] == "site", "node"].unique(), key=natural_key)
+        wait.until(
+            lambda d: (
+                d.find_element(By.CSS_SELECTOR, "#hierarchy-chart svg").get_attribute("data-level") == "site"
+            )
+        )
+        node = Select(driver.find_element(By.ID, "hierarchy-node"))
+        assert [o.get_attribute("value") for o in node.options] == sites
+        node.select_by_value(sites[-1])
+        wait.until(
+            lambda d: (
+                d.find_element(By.CSS_SELECTOR, "#hierarchy-chart svg").get_attribute("data-node")
+                == sites[-1]
+            )
+        )
+        assert sites[-1] in driver.find_element(By.ID, "hierarchy-summary").text
+        _shot(driver.find_element(By.ID, "hierarchy"), "page_hierarchy.png", tmp_path)
+
+        _no_console_errors(driver)
+        selected = wait.until(lambda d: d.execute_script("return state.selected"))
+        level = Select(driver.find_element(By.ID, "hierarchy-level"))
+        level.select_by_value("series")
+        if selected in set(h.loc[h["level"] == "series", "node"]):
+            wait.until(
+                lambda d: (
+                    d.find_element(By.CSS_SELECTOR, "#hierarchy-chart svg").get_attribute("data-node")
+                    == selected
+                )
+            )
+        else:  # a quarantined series has no forecast: the page says so
+            wait.until(lambda d: "no hierarchy" in d.find_element(By.ID, "hierarchy-summary").text)
+    finally:
+        driver.quit()

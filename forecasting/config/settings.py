@@ -18,6 +18,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 from forecasting.config.validation import Section, refuse, set_dotted, setting, validated
 from forecasting.demand import DEMAND_CLASSES, INTERMITTENT, LUMPY
 from forecasting.errors import ConfigError
+from forecasting.hierarchy import LEVEL_NAMES, METHODS
 from forecasting.metrics import POINT_METRICS
 from forecasting.models import MODELS, all_models, unavailable_reason
 from forecasting.tuning import load_search_spaces
@@ -214,6 +215,37 @@ class Monitoring(Section):
     factor: Number = setting(1.5, "a series drifted when its live MASE > factor x its backtest MASE", gt=0)
 
 
+class Hierarchy(Section):
+    """Forecasts of every level, made coherent (:mod:`forecasting.hierarchy`, the
+    nightly's hierarchy step, gold/hierarchy)."""
+
+    enabled: bool = setting(
+        False,
+        "forecast every node of the levels (aggregate series with their own models),\n"
+        "reconcile them, and write gold/hierarchy and gold/portfolio with intervals",
+    )
+    levels: list[Literal[LEVEL_NAMES]] = setting(  # type: ignore[valid-type]
+        ["total", "region", "site"],
+        "the levels, top first (the series are below the last): total, then the\n"
+        "static attributes region and site in their nesting order",
+        allowed="a list starting with total, then region and/or site, each once",
+        min_length=1,
+    )
+    method: Literal[METHODS] = setting(  # type: ignore[valid-type]
+        "mint_shrink",
+        "mint_shrink (MinT with the shrunk covariance of the nodes' backtest errors) |\n"
+        "bottom_up (the last level's nodes summed up)",
+    )
+    series: bool = setting(True, "write the series level too (each series' forecast scaled to its node's)")
+
+    @field_validator("levels")
+    @classmethod
+    def _total_first(cls, levels: list[str]) -> list[str]:
+        if levels[0] != "total" or len(set(levels)) != len(levels) or "total" in levels[1:]:
+            raise refuse("a list starting with total, then region and/or site, each once", levels)
+        return levels
+
+
 class Tune(Section):
     enabled: bool = setting(False)
     max_evals: int = setting(10, "evaluations per series and model (and per global model)", ge=1)
@@ -353,6 +385,9 @@ class Config(Section):
     )
     nightly: Nightly = setting(Nightly())
     monitoring: Monitoring = setting(Monitoring(), "forecast monitoring against actuals (`mmf monitor`)")
+    hierarchy: Hierarchy = setting(
+        Hierarchy(), "coherent forecasts of total, region, site and series (gold/hierarchy)"
+    )
     tune: Tune = setting(Tune(), "Hyperopt (TPE) search of hyper-parameters (`mmf train --tune`)")
     deep: Deep = setting(Deep(), "training of global_nn (the deep extra: pip install -e .[deep])")
     spark: SparkSettings = setting(SparkSettings())

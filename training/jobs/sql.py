@@ -32,7 +32,14 @@ from forecasting.config import Config
 from forecasting.errors import MMFError, TableError
 from registry.aliases import champion_info
 from registry.connection import sqlite_path, store_state
-from training.tables import GOLD_BACKTEST_FORECASTS, GOLD_FORECASTS, GOLD_PORTFOLIO, GOLD_SELECTION, Lakehouse
+from training.tables import (
+    GOLD_BACKTEST_FORECASTS,
+    GOLD_FORECASTS,
+    GOLD_HIERARCHY,
+    GOLD_PORTFOLIO,
+    GOLD_SELECTION,
+    Lakehouse,
+)
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +123,7 @@ CURRENT = (
     "gold/current_selection",
     "gold/current_portfolio",
     "gold/current_backtest_forecasts",
+    "gold/current_hierarchy",
 )
 _NEEDS = dict(
     zip(
@@ -125,6 +133,7 @@ _NEEDS = dict(
             (GOLD_SELECTION,),
             (GOLD_PORTFOLIO,),
             (GOLD_BACKTEST_FORECASTS, GOLD_SELECTION),
+            (GOLD_HIERARCHY,),
         ),
     )
 )
@@ -159,10 +168,12 @@ def current_views(champion: Champion | None) -> dict[str, str]:
     * ``current_selection``: the champion's training run's rows, one per series (the
       run written last when the table has no row of the champion's run);
     * ``current_portfolio``: the totals of the newest cutoff's delivery, the champion's
-      when its delivery shares that cutoff (the same rows ``current_forecasts`` sums).
+      when its delivery shares that cutoff (the same rows ``current_forecasts`` sums);
     * ``current_backtest_forecasts``: the backtest forecasts of the run
       ``current_selection`` shows (gold.backtest_forecasts; its run's windows against
-      their actuals).
+      their actuals);
+    * ``current_hierarchy``: the coherent levels of the newest delivery (by silver
+      version), the champion's when its delivery is among the newest.
 
     Without a champion (``None``) the version or run written last stands in for it."""
     version, run_id = champion or (None, None)
@@ -193,7 +204,14 @@ def current_views(champion: Champion | None) -> dict[str, str]:
         " max(created_at) AS written FROM gold.portfolio GROUP BY model_version) AS versions"
         " ORDER BY cutoff DESC, champion DESC, written DESC, model_version DESC LIMIT 1)"
     )
-    return dict(zip(CURRENT, (forecasts, selection, portfolio, backtest_forecasts)))
+    hierarchy = (
+        "SELECT h.* FROM gold.hierarchy AS h WHERE h.delivery = (SELECT delivery FROM ("
+        " SELECT delivery, max(silver_version) AS silver,"
+        f" max(CASE WHEN model_version = {v} THEN 1 ELSE 0 END) AS champion,"
+        " max(created_at) AS written FROM gold.hierarchy GROUP BY delivery) AS deliveries"
+        " ORDER BY silver DESC, champion DESC, written DESC, delivery DESC LIMIT 1)"
+    )
+    return dict(zip(CURRENT, (forecasts, selection, portfolio, backtest_forecasts, hierarchy)))
 
 
 def _mentions_current(statement: str) -> bool:
@@ -220,7 +238,8 @@ def run_sql(
 ) -> pd.DataFrame:
     """Run ``statement``; tables are named ``bronze.readings``, ``gold.forecasts``, ...,
     and the views ``gold.current_forecasts``, ``gold.current_selection``,
-    ``gold.current_portfolio`` and ``gold.current_backtest_forecasts`` (:func:`current_views`) are defined for ``champion``, or
+    ``gold.current_portfolio``, ``gold.current_backtest_forecasts`` and ``gold.current_hierarchy``
+    (:func:`current_views`) are defined for ``champion``, or
     for the champion ``config``'s registry names when the statement uses them.
     ``SHOW TABLES`` lists the tables and views by those names. Raises :class:`SQLError`
     (one line) for a refused or failed statement."""

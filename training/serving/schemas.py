@@ -233,6 +233,33 @@ class Portfolio(_Out):
         description="interval levels of the rows (empty: no intervals in gold/portfolio)",
     )
     rows: list[PortfolioRow]
+    method: str | None = Field(
+        None,
+        description="the reconciliation method when the totals are gold/hierarchy's coherent ones "
+        "(then /hierarchy serves every level); null: plain sums of the series' forecasts",
+    )
+
+
+class HierarchyRow(_Out):
+    node: str
+    ts: str = Field(description="ISO 8601 time (UTC)")
+    yhat: Metric = Field(description="coherent forecast (reconciled)")
+    yhat_base: Metric = Field(description="the node's own forecast before reconciling")
+    n_series: int | None
+    lower: dict[str, Metric] = Field(default_factory=dict, description="lower bound per interval level")
+    upper: dict[str, Metric] = Field(default_factory=dict, description="upper bound per interval level")
+
+
+class Hierarchy(_Out):
+    model_version: str
+    delivery: int = Field(description="the forecast delivery the levels were reconciled for")
+    method: str = Field(description="mint_shrink or bottom_up")
+    table_version: int = Field(description="gold/hierarchy Delta version read")
+    levels: list[int] = Field(default_factory=list, description="interval levels of the rows")
+    level: str = Field(description="total, region, site or series")
+    hierarchy_levels: list[str] = Field(description="the levels the table holds, top first")
+    nodes: list[str] = Field(description="the nodes of the level (series: only the one asked for)")
+    rows: list[HierarchyRow]
 
 
 # -- scoring ---------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from training.serving.snapshot import (
     BACKTEST,
     BACKTEST_FORECASTS,
     FORECASTS,
+    HIERARCHY,
     PORTFOLIO,
     READINGS,
     SELECTION,
@@ -218,10 +219,41 @@ class ServingState:
             ("portfolio", version, model_version), lambda: self._portfolio(version, model_version)
         )
 
+    def hierarchy_body(self, level: str, node: str | None) -> bytes:
+        """gold/hierarchy rows of the served model version's delivery: one level, one
+        node of it or all of them (a series only by its id)."""
+        snap = self.snapshot
+        version = snap.versions.get(HIERARCHY)
+        model_version = snap.forecasts.model_version if snap.forecasts else None
+        if version is None or model_version is None:
+            raise ServeError(
+                503, f"{HIERARCHY} is not available yet: run `mmf nightly` with hierarchy.enabled"
+            )
+        if level == "series" and not node:
+            raise ServeError(422, "level=series needs node=<series id>")
+        return self._lazy.get(
+            ("hierarchy", version, model_version, level, node),
+            lambda: self._hierarchy(version, model_version, level, node),
+        )
+
+    def _hierarchy(self, version: int, model_version: str, level: str, node: str | None) -> bytes:
+        where = [("model_version", "=", model_version)]
+        heads = self.lake.arrow(HIERARCHY, version, columns=["level", "node"], filters=where).to_pandas()
+        if heads.empty:
+            raise ServeError(404, f"{HIERARCHY} holds no rows of model version {model_version}")
+        names = sorted(set(heads.loc[heads["level"] == level, "node"]))
+        if node is not None and node not in names:
+            raise ServeError(404, f"{level} {node!r} is not in {HIERARCHY} (model version {model_version})")
+        filters = where + [("level", "=", level)] + ([("node", "=", node)] if node is not None else [])
+        frame = self.lake.arrow(HIERARCHY, version, filters=filters).to_pandas()
+        order = [lv for lv in ("total", "region", "site", "series") if lv in set(heads["level"])]
+        shown = names if level != "series" else [node]
+        return render.hierarchy_body(frame, version, model_version, level, order, shown)
+
     def _portfolio(self, version: int, model_version: str) -> bytes:
         filters = [("model_version", "=", model_version)]
         table = self.lake.arrow(PORTFOLIO, version, filters=filters)  # with interval columns when present
         wanted = _PORTFOLIO_COLUMNS + [
-            c for c in table.column_names if c.startswith(("yhat_lower_", "yhat_upper_"))
+            c for c in table.column_names if c.startswith(("yhat_lower_", "yhat_upper_")) or c == "method"
         ]
         return render.portfolio_body(table.select(wanted).to_pandas(), version, model_version)

@@ -117,6 +117,26 @@ def portfolio(state: State):
     return json_response(state.portfolio_body())
 
 
+@router.get(
+    "/hierarchy",
+    response_model=S.Hierarchy,
+    summary="Coherent forecasts of any level (total, region, site, series) with intervals",
+)
+def hierarchy(
+    state: State,
+    level: Annotated[
+        Literal["total", "region", "site", "series"], Query(description="the level of gold/hierarchy")
+    ] = "total",
+    node: Annotated[
+        str | None,
+        Query(
+            max_length=300, description="one node of the level (required for series: its id); all when absent"
+        ),
+    ] = None,
+):
+    return json_response(state.hierarchy_body(level, node))
+
+
 def parse_time(text: str) -> dt.datetime:
     """An ISO 8601 time -> UTC (a time without offset is UTC)."""
     try:

@@ -23,6 +23,7 @@ const state = {
   shown: null, // { id, history, forecast }: what the chart draws (the CSV exports it)
   overlay: null, // { id, body, hidden }: the stored backtest forecasts drawn, models hidden
   portfolio: null,
+  hierarchy: null, // the /hierarchy body the hierarchy chart draws
 };
 
 const $ = (id) => document.getElementById(id);
@@ -139,9 +140,13 @@ async function loadPortfolio() {
     }
     select.value = [...select.options].some((o) => o.value === wanted) ? wanted : "total";
     drawPortfolio();
+    // coherent totals: gold/hierarchy serves every level (else the section stays hidden)
+    $("hierarchy").hidden = !p.method;
+    if (p.method) loadHierarchy($("hierarchy-level").value || "total");
   } catch (e) {
     state.portfolio = null;
     $("portfolio-summary").textContent = `no portfolio: ${e.message}`;
+    $("hierarchy").hidden = true;
   }
 }
 
@@ -192,6 +197,62 @@ function drawPortfolio() {
   const items = lines.slice(0, 8).map((l) => ({ cls: l.cls, label: l.name, color: l.color }));
   if (lines.length > 8) items.push({ label: `… ${lines.length - 8} more` });
   legend(root, items, levels);
+}
+
+// -- hierarchy: coherent forecasts of any level and node --------------------------------
+async function loadHierarchy(level, node) {
+  const params = new URLSearchParams({ level: level || "total" });
+  if (node) params.set("node", node);
+  try {
+    const h = await api(`/hierarchy?${params}`);
+    state.hierarchy = h;
+    const levels = $("hierarchy-level");
+    levels.replaceChildren(...h.hierarchy_levels.map((lv) => el("option", { value: lv }, lv)));
+    levels.value = h.level;
+    const nodes = $("hierarchy-node");
+    const names = h.level === "series" ? h.nodes : [...h.nodes].sort(naturalCompare);
+    nodes.replaceChildren(...names.map((n) => el("option", { value: n }, n)));
+    nodes.value = node && names.includes(node) ? node : names[0] || "";
+    drawHierarchy();
+  } catch (e) {
+    state.hierarchy = null;
+    $("hierarchy-summary").textContent = `no hierarchy: ${e.message}`;
+    $("hierarchy-chart").replaceChildren();
+  }
+}
+
+function onHierarchyLevel() {
+  const level = $("hierarchy-level").value;
+  // the series level shows the series picked in the list (or the first node's first series)
+  loadHierarchy(level, level === "series" ? state.selected : null);
+}
+
+function drawHierarchy() {
+  const h = state.hierarchy;
+  if (!h) return;
+  const node = $("hierarchy-node").value;
+  const rows = h.rows.filter((r) => r.node === node);
+  const points = rows.map((r) => ({ t: Date.parse(r.ts), y: r.yhat, lo: r.lower || {}, up: r.upper || {} }));
+  const base = rows.map((r) => ({ t: Date.parse(r.ts), y: r.yhat_base }));
+  const levels = [...(h.levels || [])].sort((a, b) => b - a);
+  const root = chartFrame($("hierarchy-chart"), points, levels, { H: 260 });
+  root.setAttribute("data-level", h.level);
+  root.setAttribute("data-node", node);
+  root.setAttribute("data-points", String(points.length));
+  const series = rows.length ? rows[0].n_series : 0;
+  $("hierarchy-summary").textContent =
+    `${h.level} ${node}: ${series ?? "?"} series · ${h.method} · model v${h.model_version}` +
+    (levels.length ? ` · ${levels.join("% and ")}% intervals` : "");
+  if (!root.frame) return;
+  const { x, y } = root.frame;
+  levels.forEach((lv, i) => {
+    drawBand(root, points, lv, x, y, { class: "band hier-band", "fill-opacity": bandOpacity(i), "data-level": String(lv) });
+  });
+  const own = drawLine(root, base, x, y, "part");
+  if (own) own.setAttribute("data-key", "base");
+  const line = drawLine(root, points, x, y, "total");
+  if (line) line.setAttribute("data-key", "coherent");
+  legend(root, [{ cls: "total", label: "coherent" }, { cls: "part", label: "own model" }], levels);
 }
 
 // -- series list -----------------------------------------------------------------------
@@ -735,6 +796,11 @@ document.addEventListener("DOMContentLoaded", () => {
   for (const id of ["sort", "filter-status", "filter-model"]) $(id).addEventListener("change", () => loadSeries(true));
   $("history-length").addEventListener("change", redraw);
   $("portfolio-level").addEventListener("change", drawPortfolio);
+  $("hierarchy-level").addEventListener("change", onHierarchyLevel);
+  $("hierarchy-node").addEventListener("change", () => {
+    const h = state.hierarchy;
+    if (h && h.level !== "series") drawHierarchy();
+  });
   $("export-series").addEventListener("click", exportSeries);
   $("export-portfolio").addEventListener("click", exportPortfolio);
   $("overlay-window").addEventListener("change", drawOverlay);
