@@ -30,7 +30,11 @@ it per series). It returns silver readings rows (``REFINE_OUT``), or a single ro
    recorded: nothing to model, and a dead feed should be seen rather than forecast as
    zero; its first non-zero reading brings it back). A series with zeros and some
    demand is not constant, however few its demands. ``too_short``: fewer readings than
-   ``cleaning.min_length``.
+   ``cleaning.min_length`` and, with ``cold_start.enabled``, fewer than
+   ``cold_start.min_length`` (default one day of steps, :func:`cold_start_min`): a
+   series between the two goes to silver and is forecast from a profile of similar
+   meters (status ``cold_start``, :mod:`forecasting.cold_start`) until it has
+   ``cleaning.min_length`` readings.
 6. The demand class of the observed readings (:func:`forecasting.demand.demand_class`:
    smooth, erratic, intermittent or lumpy) goes in ``_demand_class`` on every row
    (refine writes it to ``silver/series.demand_class``).
@@ -53,7 +57,16 @@ import pyarrow as pa
 
 from forecasting import contract as C
 from forecasting.demand import INTERMITTENT, LUMPY, demand_class
-from forecasting.frequency import alias, grid, grid_steps, modal_step, on_grid, seasonalities_for
+from forecasting.frequency import (
+    alias,
+    grid,
+    grid_steps,
+    is_calendar,
+    modal_step,
+    on_grid,
+    seasonalities_for,
+    step_of,
+)
 
 FUTURE_TOLERANCE = pd.Timedelta("1D")  # readings later than now + this: future_timestamps
 
@@ -127,7 +140,7 @@ def _clean(sid: str, pdf: pd.DataFrame, config: Any) -> pd.DataFrame:
     y = reg["y"].to_numpy(dtype=float)
     missing = ~np.isfinite(y)
     _check_gaps(missing, cfg.max_missing_share)
-    _check_values(y[~missing], cfg)
+    _check_values(y[~missing], config)
     filled = _fill(y, missing, cfg.max_gap_fill, seasons[0])
     kind = demand_class(y[~missing])
     if kind not in (INTERMITTENT, LUMPY):
@@ -214,8 +227,9 @@ def _check_gaps(missing: np.ndarray, max_share: float) -> None:
         )
 
 
-def _check_values(valid: np.ndarray, cfg: Any) -> None:
+def _check_values(valid: np.ndarray, config: Any) -> None:
     """Rule 5, on the readings present: ``negative_values``, ``constant``, ``too_short``."""
+    cfg = config.cleaning
     neg_share = float((valid < 0).mean())
     if neg_share > cfg.max_negative_share:
         raise _Quarantined(
@@ -229,7 +243,25 @@ def _check_values(valid: np.ndarray, cfg: Any) -> None:
         )
         raise _Quarantined("constant", f"all {len(valid)} readings equal {valid[0]:g}{why}")
     if len(valid) < cfg.min_length:
-        raise _Quarantined("too_short", f"{len(valid)} valid readings < cleaning.min_length={cfg.min_length}")
+        cold = config.cold_start
+        floor = cold_start_min(config)
+        if cold.enabled and len(valid) >= floor:
+            return  # a cold-start series (forecasting.cold_start)
+        why = f"; and < cold_start.min_length={floor}" if cold.enabled else " (cold_start.enabled is false)"
+        raise _Quarantined(
+            "too_short", f"{len(valid)} valid readings < cleaning.min_length={cfg.min_length}{why}"
+        )
+
+
+def cold_start_min(config: Any) -> int:
+    """The valid readings a series needs for a cold-start forecast: ``cold_start.min_length``,
+    or one day of steps of ``config.freq`` (at least 1; 1 for a calendar frequency)."""
+    if config.cold_start.min_length is not None:
+        return int(config.cold_start.min_length)
+    freq = config.freq or "h"
+    if is_calendar(freq):
+        return 1
+    return max(1, int(pd.Timedelta("1D") // step_of(freq)))
 
 
 def _outliers(
