@@ -9,6 +9,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from forecasting import cold_start as cs
 from forecasting import contract as C
@@ -222,3 +223,66 @@ def test_new_meters_get_cold_start_forecasts_then_graduate(tmp_path, config):
     gate = gate[gate["run_id"] == again.train.run_id].set_index(C.SERIES_ID)
     assert (gate.loc[list(new), "reason"] == COLD_CHAMPION).all()
     assert (gate.drop(index=list(new))["reason"] != COLD_CHAMPION).all()
+
+
+@pytest.mark.spark
+def test_cold_start_profiles_and_batches_on_spark_equal_local(tmp_path, config, spark):
+    """The Spark engine's profiles (counted by the executors over several batches) and
+    batches (the profiles joined by them) are the local engine's."""
+    from training.engines import get_engine
+    from training.jobs import cold_start as cold_job
+    from training.jobs.ingest import ingest
+    from training.jobs.refine import refine
+    from training.jobs.train import Plan
+
+    feed = Feed(tmp_path / "raw", n_series=8, days=10)
+    feed.release("history", (0, 8), sorted(feed.gen.readings[C.SERIES_ID].unique())[:-3])
+    new = _new_meters(feed, 8)
+    cfg = _night_config(config, tmp_path / "raw", batch_rows=1000, freq="h")
+    lake = Lakehouse.from_config(cfg)
+    ingest(lake, str(tmp_path / "raw"))
+    refine(lake, cfg)
+    version = lake.version("silver/readings")
+    plan = Plan(lake, version, lake.batches("silver/readings", version, cfg.batch_rows))
+    assert plan.n > 1
+    local = cold_job.prepare(lake, cfg, plan, get_engine(cfg))
+    spark_cfg = cfg.replace(engine="spark")
+    engine = get_engine(spark_cfg)
+    remote = cold_job.prepare(lake, spark_cfg, plan, engine)
+    assert remote.profiles == local.profiles and ("fleet", "") in local.profiles
+    for i in range(plan.n):
+        want = local.batch(get_engine(cfg), plan, i, plan.batch(i))()
+        got = remote.batch(engine, plan, i, plan.batch(i))().toPandas()
+        cols = [C.SERIES_ID, C.TS, cs.COLD_COLUMN]
+        want, got = (f[cols].fillna("").sort_values(cols[:2], ignore_index=True) for f in (want, got))
+        pd.testing.assert_frame_equal(want, got, check_dtype=False)
+    found = [sid for i in range(plan.n) for sid in local.payloads(local.attrs(plan.ranges[i])())[C.SERIES_ID]]
+    assert sorted(found) == sorted(new)
+
+
+@pytest.mark.slow
+@pytest.mark.spark
+def test_cold_start_on_spark_matches_local(tmp_path, config, spark):
+    """One nightly on each engine (Spark in several batches): the same cold-start series,
+    profiles and forecasts."""
+    feed = Feed(tmp_path / "raw", n_series=8, days=12)
+    old = sorted(feed.gen.readings[C.SERIES_ID].unique())[:-3]
+    feed.release("history", (0, 8), old)
+    new = _new_meters(feed, 8)
+    out = {}
+    for engine, extra in (("local", {}), ("spark", {"batch_rows": 1000})):
+        cfg = _night_config(
+            config, tmp_path / "raw", engine=engine, lakehouse=str(tmp_path / engine), **extra
+        )
+        lake = Lakehouse.from_config(cfg)
+        rep = nightly(lake, cfg)
+        assert not rep.failed, rep.failure
+        sel = _selection(lake, rep.train.run_id)
+        fc = lake.read("gold/forecasts")
+        out[engine] = (
+            sel.loc[sorted(new), ["status", "model", "reason"]],
+            fc[fc[C.SERIES_ID].isin(list(new))].sort_values([C.SERIES_ID, C.TS])[["yhat", "yhat_upper_95"]],
+        )
+    pd.testing.assert_frame_equal(out["local"][0], out["spark"][0])
+    assert set(out["spark"][0]["status"]) == {C.COLD_START}
+    np.testing.assert_allclose(out["local"][1].to_numpy(), out["spark"][1].to_numpy(), rtol=1e-9)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from functools import partial
 from typing import TYPE_CHECKING
 
+import pandas as pd
 from pyspark.sql import DataFrame as SparkDataFrame
 from pyspark.sql import functions as F
 
@@ -41,7 +42,10 @@ def count(
         [TableBatch(lake, SILVER_SERIES, r, None, (C.SERIES_ID, "site", "region")) for r in plan.ranges],
     )
     joined = readings.join(attrs.dropDuplicates([C.SERIES_ID]), on=C.SERIES_ID, how="left")
-    fn = partial(cold_start.reference_counts, config=config)
+
+    def fn(pdf: pd.DataFrame) -> pd.DataFrame:  # a function (Spark reads its type hints)
+        return cold_start.reference_counts(pdf, config)
+
     cells = (
         joined.repartition(engine.partitions(max(1, plan.n_series())), C.SERIES_ID)
         .groupBy(C.SERIES_ID)
