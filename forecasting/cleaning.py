@@ -31,7 +31,7 @@ it per series). It returns silver readings rows (``REFINE_OUT``), or a single ro
    zero; its first non-zero reading brings it back). A series with zeros and some
    demand is not constant, however few its demands. ``too_short``: fewer readings than
    ``cleaning.min_length`` and, with ``cold_start.enabled``, fewer than
-   ``cold_start.min_length`` (default one day of steps, :func:`cold_start_min`): a
+   ``cold_start.min_length`` (default one day of steps, at least 2: :func:`cold_start_min`): a
    series between the two goes to silver and is forecast from a profile of similar
    meters (status ``cold_start``, :mod:`forecasting.cold_start`) until it has
    ``cleaning.min_length`` readings.
@@ -243,11 +243,12 @@ def _check_values(valid: np.ndarray, config: Any) -> None:
         )
         raise _Quarantined("constant", f"all {len(valid)} readings equal {valid[0]:g}{why}")
     if len(valid) < cfg.min_length:
-        cold = config.cold_start
-        floor = cold_start_min(config)
-        if cold.enabled and len(valid) >= floor:
+        cold = getattr(config, "cold_start", None)  # None: settings without it, no cold start
+        enabled = cold is not None and cold.enabled
+        floor = cold_start_min(config) if enabled else 0
+        if enabled and len(valid) >= floor:
             return  # a cold-start series (forecasting.cold_start)
-        why = f"; and < cold_start.min_length={floor}" if cold.enabled else " (cold_start.enabled is false)"
+        why = f"; and < cold_start.min_length={floor}" if enabled else " (cold_start.enabled is false)"
         raise _Quarantined(
             "too_short", f"{len(valid)} valid readings < cleaning.min_length={cfg.min_length}{why}"
         )
@@ -255,13 +256,13 @@ def _check_values(valid: np.ndarray, config: Any) -> None:
 
 def cold_start_min(config: Any) -> int:
     """The valid readings a series needs for a cold-start forecast: ``cold_start.min_length``,
-    or one day of steps of ``config.freq`` (at least 1; 1 for a calendar frequency)."""
+    or one day of steps of ``config.freq``, at least 2 (2 for a calendar frequency)."""
     if config.cold_start.min_length is not None:
         return int(config.cold_start.min_length)
     freq = config.freq or "h"
     if is_calendar(freq):
-        return 1
-    return max(1, int(pd.Timedelta("1D") // step_of(freq)))
+        return 2
+    return max(2, int(pd.Timedelta("1D") // step_of(freq)))
 
 
 def _outliers(

@@ -1,7 +1,7 @@
 """Cold start: forecasts for meters too short for per-series models (pure pandas/numpy).
 
 A series with fewer observed readings than ``cleaning.min_length`` but at least
-``cold_start.min_length`` (default one day of steps) is not quarantined
+``cold_start.min_length`` (default one day of steps, at least 2) is not quarantined
 (:mod:`forecasting.cleaning`); training forecasts it with the *profile* of similar
 meters scaled to its own level (:class:`forecasting.models.cold_profile.ColdProfile`),
 status ``cold_start`` and model ``cold_profile:<source>``. Once it has

@@ -166,7 +166,7 @@ class ColdStart(Section):
         "once it has cleaning.min_length readings",
     )
     min_length: int | None = setting(
-        None, "valid readings a cold-start series needs; null = one day of steps", ge=1
+        None, "valid readings a cold-start series needs; null = one day of steps (at least 2)", ge=1
     )
     history_days: int = setting(
         28, "days of each established meter's latest history its normalised shape is taken from", ge=1
