@@ -54,7 +54,7 @@ from forecasting.results import json_default
 from forecasting.series import SeriesData
 
 COLD_COLUMN = "_cold_profile"  # a cold-start series' profile (JSON), on its first row
-SITE, REGION, FLEET, OWN = "site", "region", "fleet", "own"
+SITE, REGION, FLEET, OWN, NEAREST = "site", "region", "fleet", "own", "nearest"
 SOURCES = (SITE, REGION, FLEET)
 MAX_NORM = 8.0  # normalised values above this many times the meter's mean share the last bin
 BIN_WIDTH = 0.05
@@ -216,27 +216,66 @@ def profile_of(grid: np.ndarray, name: tuple[str, str], n_meters: int, day: int,
 
 
 # -- each cold-start series' profile ----------------------------------------------------
-def choose(site: Any, region: Any, profiles: Mapping[tuple[str, str], dict], min_meters: int) -> dict | None:
-    """The profile of the site when it has ``min_meters`` meters, else the region's
-    (same rule), else the fleet's; ``None`` without any."""
-    for source, key in ((SITE, site), (REGION, region)):
-        if key is None or (isinstance(key, float) and math.isnan(key)):
-            continue
-        found = profiles.get((source, str(key)))
-        if found is not None and found["n_meters"] >= min_meters:
-            return found
+def _known(key: Any) -> bool:
+    return key is not None and not (isinstance(key, float) and math.isnan(key))
+
+
+def choose(
+    site: Any,
+    region: Any,
+    profiles: Mapping[tuple[str, str], dict],
+    min_meters: int,
+    readings: tuple[np.ndarray, np.ndarray, str] | None = None,
+) -> dict | None:
+    """The profile of the site when it has ``min_meters`` meters; else, given the meter's
+    ``readings`` (``y, ts, freq``: ``cold_start.match: nearest``), the profile nearest to
+    them (:func:`nearest`) among every site's, region's (with ``min_meters``) and the
+    fleet's; else the region's (same rule), else the fleet's; ``None`` without any."""
+    own = profiles.get((SITE, str(site))) if _known(site) else None
+    if own is not None and own["n_meters"] >= min_meters:
+        return own
+    if readings is not None:
+        pool = {k: p for k, p in profiles.items() if p["n_meters"] >= min_meters or k[0] == FLEET}
+        if pool:
+            return nearest(*readings, pool)
+    found = profiles.get((REGION, str(region))) if _known(region) else None
+    if found is not None and found["n_meters"] >= min_meters:
+        return found
     return profiles.get((FLEET, ""))
 
 
-def payload_rows(attrs: pd.DataFrame, profiles: Mapping[tuple[str, str], dict], config: Any) -> pd.DataFrame:
+def nearest(y: np.ndarray, ts: np.ndarray, freq: str, pool: Mapping[tuple[str, str], dict]) -> dict:
+    """The profile of ``pool`` whose shape, scaled to the readings' level as
+    :class:`ColdProfile` scales it, has the least mean absolute error on them (ties: the
+    first by source and key); recorded as source ``nearest``, key ``<source>:<key>``."""
+    best, score = None, math.inf
+    for name in sorted(pool):
+        prof = pool[name]
+        shape = np.asarray(prof["shape"], dtype=float)[phases(ts, freq, int(prof["period"]))]
+        weight = float(shape.sum())
+        level = float(y.sum()) / weight if weight > 0 else float(y.mean())
+        err = float(np.mean(np.abs(y - level * shape)))
+        if err < score:
+            best, score = name, err
+    return {**pool[best], "source": NEAREST, "key": f"{best[0]}:{best[1]}" if best[1] else best[0]}
+
+
+def payload_rows(
+    attrs: pd.DataFrame,
+    profiles: Mapping[tuple[str, str], dict],
+    config: Any,
+    rows: pd.DataFrame | None = None,
+) -> pd.DataFrame:
     """:data:`PAYLOADS` rows of the cold-start series among ``attrs`` (silver/series rows:
-    ``series_id, site, region, n_obs, n_filled, start``): the profile each one takes, as
+    ``series_id, site, region, n_obs, n_filled, start``): the profile each one takes
+    (:func:`choose`; ``rows``: their silver rows, for ``cold_start.match: nearest``), as
     JSON (``{"source": "own"}`` when there is none), on the row of its first reading."""
     n = attrs["n_obs"].fillna(0).astype("int64") - attrs["n_filled"].fillna(0).astype("int64")
     short = attrs[[is_cold(int(k), config) for k in n]]
+    by_series = _readings_of(rows, short, config)
     texts = []
-    for site, region in zip(short["site"], short["region"]):
-        found = choose(site, region, profiles, config.cold_start.min_meters)
+    for sid, site, region in zip(short[SERIES_ID], short["site"], short["region"]):
+        found = choose(site, region, profiles, config.cold_start.min_meters, by_series.get(str(sid)))
         texts.append(json.dumps(found if found is not None else {"source": OWN}))
     return pd.DataFrame(
         {
@@ -245,6 +284,21 @@ def payload_rows(attrs: pd.DataFrame, profiles: Mapping[tuple[str, str], dict], 
             COLD_COLUMN: pd.Series(texts, dtype=object).to_numpy(),
         }
     )
+
+
+def _readings_of(rows: pd.DataFrame | None, short: pd.DataFrame, config: Any) -> dict[str, tuple]:
+    """Per short series, its observed readings ``(y, ts, freq)`` for :func:`nearest`
+    (none unless ``cold_start.match`` is ``nearest`` and ``rows`` are given)."""
+    if rows is None or config.cold_start.match != "nearest" or short.empty:
+        return {}
+    mine = rows[rows[SERIES_ID].isin(short[SERIES_ID])]
+    if "is_filled" in mine.columns:
+        mine = mine[~mine["is_filled"].fillna(False).astype(bool)]
+    out = {}
+    for sid, part in mine.sort_values(TS).groupby(SERIES_ID):
+        ts = pd.to_datetime(part[TS]).to_numpy().astype("datetime64[us]")
+        out[str(sid)] = (part[Y].to_numpy(dtype=float), ts, str(config.freq))
+    return out
 
 
 def attach(rows: pd.DataFrame, payloads: pd.DataFrame) -> pd.DataFrame:
@@ -300,6 +354,8 @@ def cold_fields(data: SeriesData, pdf: pd.DataFrame, config: Any) -> dict[str, A
     check_forecast(load_fitted(text).predict(config.horizon, level=levels), config.horizon, levels, who=NAME)
     source, key = payload["source"], payload["key"]
     whose = f"the profile of {source} {key}" if key else f"the {source} profile"
+    if source == NEAREST:
+        whose = f"the profile of {key.replace(':', ' ')}, the nearest in shape to its readings"
     return {
         "status": COLD_START,
         "reason": (

@@ -87,6 +87,18 @@ def test_a_meter_takes_its_site_else_its_region_else_the_fleet_profile():
     assert cs.choose(None, None, profiles, 2)["source"] == "fleet"  # no site, no region
     assert cs.choose(float("nan"), "nowhere", profiles, 2)["source"] == "fleet"
     assert cs.choose(a_site, a_region, profiles, 99)["source"] == "fleet"  # too few meters anywhere
+    # nearest: a meter of no known site takes the profile whose shape fits its readings
+    business = rows[rows[C.SERIES_ID] == "MTR-00001"].tail(48)
+    y, ts = business[C.Y].to_numpy(), business[C.TS].to_numpy()
+    found = cs.choose("SITE-NEW", None, profiles, 2, (y, ts, "h"))
+    assert found["source"] == "nearest" and found["key"].startswith(("site:", "region:", "fleet"))
+    err = {}
+    for name, prof in profiles.items():
+        if prof["n_meters"] < 2 and name[0] != "fleet":
+            continue
+        shape = np.asarray(prof["shape"])[phases(ts, "h", 168)]
+        err[name] = np.abs(y - y.sum() / shape.sum() * shape).mean()
+    assert found["shape"] == profiles[min(err, key=err.get)]["shape"]
     prof = profiles[("fleet", "")]
     assert np.all(np.asarray(prof["lo"]["80"]) <= np.asarray(prof["shape"]))
     assert np.all(np.asarray(prof["hi"]["95"]) >= np.asarray(prof["hi"]["80"]))
@@ -158,6 +170,7 @@ def _night_config(config, source, **extra):
         "nightly.source": str(source),
         "cleaning.min_length": 168,
         "cold_start.min_meters": 1,
+        "cold_start.match": "hierarchy",  # site, else region, else fleet (nearest: tested below)
         "workers": 1,
         "mlflow.sample_plots": 0,
         "models": ["seasonal_naive", "weekly_naive"],

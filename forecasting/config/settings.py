@@ -171,6 +171,12 @@ class ColdStart(Section):
     history_days: int = setting(
         28, "days of each established meter's latest history its normalised shape is taken from", ge=1
     )
+    match: Literal["nearest", "hierarchy"] = setting(
+        "nearest",
+        "the profile of a meter whose site has too few meters: nearest (of the sites', its\n"
+        "region's and the fleet's profiles, the one nearest in shape to its own readings) |\n"
+        "hierarchy (its region's, else the fleet's)",
+    )
     min_meters: int = setting(
         3, "meters a site (then region) profile needs; fewer: the next level (region, fleet)", ge=1
     )

@@ -46,8 +46,8 @@ class ColdStart:
         """The silver/series rows of a bucket range that :func:`payload_rows` needs."""
         return TableBatch(self.lake, SILVER_SERIES, buckets, None, tuple(cold_start.ATTR_COLUMNS))
 
-    def payloads(self, attrs: pd.DataFrame) -> pd.DataFrame:
-        return cold_start.payload_rows(attrs, self.profiles, self.config)
+    def payloads(self, attrs: pd.DataFrame, rows: pd.DataFrame | None = None) -> pd.DataFrame:
+        return cold_start.payload_rows(attrs, self.profiles, self.config, rows)
 
     def batch(self, engine: Engine, plan: Plan, i: int, source: Any) -> Callable[[], Any]:
         """Batch ``i``'s rows (``source``: a :class:`TableBatch` or a loader) with the
@@ -60,7 +60,8 @@ class ColdStart:
         return partial(self._attached, plan.ranges[i], source)
 
     def _attached(self, buckets: tuple[int, int], source: Callable[[], pd.DataFrame]) -> pd.DataFrame:
-        return cold_start.attach(source(), self.payloads(self.attrs(buckets)()))
+        rows = source()
+        return cold_start.attach(rows, self.payloads(self.attrs(buckets)(), rows))
 
 
 def any_cold(lake: Lakehouse, config: Config, plan: Plan) -> bool:

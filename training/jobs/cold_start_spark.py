@@ -4,7 +4,6 @@ phases x bins) come to the driver."""
 
 from __future__ import annotations
 
-from functools import partial
 from typing import TYPE_CHECKING
 
 import pandas as pd
@@ -15,10 +14,12 @@ from forecasting import cold_start
 from forecasting import contract as C
 from forecasting.config import Config
 from training.engines.base import TableBatch
-from training.engines.spark import SparkEngine, read_sources, rows_udf
+from training.engines.spark import SparkEngine, read_sources
 from training.jobs.train_plan import Plan
 from training.tables import SILVER_READINGS, SILVER_SERIES, Lakehouse
 from training.tables.spark_session import arrow_to_spark_schema
+
+READ = (C.SERIES_ID, C.TS, C.Y, "is_filled")
 
 if TYPE_CHECKING:
     from training.jobs.cold_start import ColdStart
@@ -61,7 +62,15 @@ def attached(
     """A batch's silver rows (read by the executors) with the cold-start series' profiles
     joined to the row of their first reading (a lazy Spark DataFrame)."""
     readings = engine.read_batch(source)
-    schema = arrow_to_spark_schema(cold_start.PAYLOADS)
-    fn = partial(cold_start.payload_rows, profiles=cold.profiles, config=cold.config)
-    payloads = engine.read_batch(cold.attrs(buckets)).mapInArrow(rows_udf(fn, cold_start.PAYLOADS), schema)
+    config, profiles = cold.config, cold.profiles
+    observed = F.col("n_obs") - F.coalesce(F.col("n_filled"), F.lit(0))
+    short = engine.read_batch(cold.attrs(buckets)).where(observed < F.lit(config.cleaning.min_length))
+    attr_names = list(cold_start.ATTR_COLUMNS)
+
+    def fn(pdf: pd.DataFrame) -> pd.DataFrame:  # one short series: its readings and attributes
+        attrs = pdf[attr_names].drop_duplicates(C.SERIES_ID)
+        return cold_start.payload_rows(attrs, profiles, config, pdf)
+
+    rows = readings.select(*READ).join(short, on=C.SERIES_ID, how="inner")
+    payloads = rows.groupBy(C.SERIES_ID).applyInPandas(fn, schema=arrow_to_spark_schema(cold_start.PAYLOADS))
     return readings.join(payloads, on=[C.SERIES_ID, C.TS], how="left")
