@@ -251,7 +251,9 @@ def test_cold_start_profiles_and_batches_on_spark_equal_local(tmp_path, config, 
     feed = Feed(tmp_path / "raw", n_series=8, days=10)
     feed.release("history", (0, 8), sorted(feed.gen.readings[C.SERIES_ID].unique())[:-3])
     new = _new_meters(feed, 8)
-    cfg = _night_config(config, tmp_path / "raw", batch_rows=1000, freq="h")
+    cfg = _night_config(
+        config, tmp_path / "raw", batch_rows=1000, freq="h", **{"cold_start.match": "nearest"}
+    )
     lake = Lakehouse.from_config(cfg)
     ingest(lake, str(tmp_path / "raw"))
     refine(lake, cfg)
