@@ -146,6 +146,25 @@ def test_without_any_established_meter_a_short_series_uses_its_own_level():
     assert np.allclose(fc["mean"], rows[C.Y].mean()) and np.all(fc["hi-95"] > fc["lo-95"])
 
 
+def test_the_forecast_job_s_refit_keeps_the_profile_and_moves_the_level():
+    """A kept champion's cold-start model refitted on newer readings (forecasting.refit):
+    the same profile, the level of the new readings, the phase after the new end."""
+    from forecasting.refit import refit_series, refit_specs, with_specs
+
+    cfg = _cfg()
+    day = pd.date_range(START, periods=30, freq="h")
+    row = process_series(_bronze("NEW", day, 1 + np.sin(np.arange(30))), cfg).iloc[0]
+    later = _bronze("NEW", pd.date_range(START, periods=40, freq="h"), 3 + np.sin(np.arange(40)))
+    specs = refit_specs(pd.DataFrame({C.SERIES_ID: ["NEW"], "model_json": [row["model_json"]]}))
+    out = refit_series(with_specs(later, specs), cfg).iloc[0]
+    assert out["status"] == C.OK, out["reason"]
+    before, after = json.loads(row["model_json"]), json.loads(out["model_json"])
+    assert after["params"] == before["params"] and after["model"] == "cold_profile"
+    assert after["state"]["level"] == pytest.approx(later[C.Y].mean())
+    fc = load_fitted(out["model_json"]).predict(H, level=[80, 95])
+    assert np.allclose(fc["mean"], later[C.Y].mean())
+
+
 # -- through the nightly ---------------------------------------------------------------
 class Feed:
     """Generated hourly meters released into a nightly source folder, file by file."""
