@@ -328,6 +328,12 @@ def own_payload(y: np.ndarray, levels) -> dict[str, Any]:
     }
 
 
+def carried(pdf: pd.DataFrame) -> bool:
+    """Whether a series' rows carry a cold-start payload (:func:`payload_rows`): training
+    decided it is forecast by cold start."""
+    return COLD_COLUMN in pdf.columns and bool(pdf[COLD_COLUMN].notna().any())
+
+
 def payload_of(pdf: pd.DataFrame) -> dict[str, Any] | None:
     """The profile carried by a series' rows (``None``: none, or ``own``)."""
     if COLD_COLUMN not in pdf.columns:

@@ -50,10 +50,10 @@ forecast that model_json gives; they are scored and chosen here like any candida
 (:mod:`forecasting.global_candidates`). Without that column a configured global
 model is a failed candidate.
 
-Cold start: a series with fewer observed readings than ``cleaning.min_length`` (let
-through by cleaning when ``cold_start.enabled``) skips the candidates: its row gets
-status ``cold_start`` and the profile of similar meters its rows carry
-(:mod:`forecasting.cold_start`), fitted to its level.
+Cold start: a series whose rows carry a cold-start profile (training attaches one to
+each series with fewer observed readings than ``cleaning.min_length``, let through by
+cleaning when ``cold_start.enabled``) skips the candidates: its row gets status
+``cold_start`` and that profile (:mod:`forecasting.cold_start`), fitted to its level.
 
 Determinism: the global numpy and ``random`` generators are seeded with
 ``config.seed`` before every fit (:func:`forecasting.timeout.run_seeded`), and BLAS
@@ -152,7 +152,7 @@ def process_series(pdf: pd.DataFrame, config: Config) -> pd.DataFrame:
 def _process(pdf: pd.DataFrame, config: Config, row: dict[str, Any]) -> None:
     """The steps, top to bottom; ``row`` gets each step's columns as it ends."""
     run = _clean(pdf, config, row)
-    if cold_start.is_cold(cold_start.observed(pdf), config):  # too short: a profile of similar meters
+    if cold_start.carried(pdf):  # training found it too short: the profile of similar meters
         row.update(cold_start.cold_fields(run.data, pdf, config))
         return
     candidates = [_candidate(run, name) for name in run.names]

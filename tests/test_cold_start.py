@@ -140,7 +140,12 @@ def test_without_any_established_meter_a_short_series_uses_its_own_level():
     cfg = _cfg()
     day = pd.date_range(START, periods=30, freq="h")
     rows = _bronze("NEW", day, 1 + np.sin(np.arange(30)))
-    row = process_series(rows, cfg).iloc[0]
+    assert process_series(rows, cfg).iloc[0]["status"] in (C.OK, C.FALLBACK)  # no payload: per-series
+    attrs = pd.DataFrame(
+        {C.SERIES_ID: ["NEW"], "site": ["S"], "region": [None], "n_obs": [30], "n_filled": [0]}
+    )
+    payloads = cs.payload_rows(attrs.assign(start=day[0]), {}, cfg)  # no established meter anywhere
+    row = process_series(cs.attach(rows, payloads), cfg).iloc[0]
     assert row["status"] == C.COLD_START and row["model"] == "cold_profile:own", row["reason"]
     fc = load_fitted(row["model_json"]).predict(H, level=[80, 95])
     assert np.allclose(fc["mean"], rows[C.Y].mean()) and np.all(fc["hi-95"] > fc["lo-95"])
@@ -153,7 +158,11 @@ def test_the_forecast_job_s_refit_keeps_the_profile_and_moves_the_level():
 
     cfg = _cfg()
     day = pd.date_range(START, periods=30, freq="h")
-    row = process_series(_bronze("NEW", day, 1 + np.sin(np.arange(30))), cfg).iloc[0]
+    attrs = pd.DataFrame(
+        {C.SERIES_ID: ["NEW"], "site": [None], "region": [None], "n_obs": [30], "n_filled": [0]}
+    )
+    payloads = cs.payload_rows(attrs.assign(start=day[0]), {}, cfg)
+    row = process_series(cs.attach(_bronze("NEW", day, 1 + np.sin(np.arange(30))), payloads), cfg).iloc[0]
     later = _bronze("NEW", pd.date_range(START, periods=40, freq="h"), 3 + np.sin(np.arange(40)))
     specs = refit_specs(pd.DataFrame({C.SERIES_ID: ["NEW"], "model_json": [row["model_json"]]}))
     out = refit_series(with_specs(later, specs), cfg).iloc[0]
