@@ -436,7 +436,7 @@ def _global_models(cfg: Config, plan: Plan, engine: Engine, run_id: str, progres
 
 def _register(lake: Lakehouse, cfg: Config, plan: Plan, run_id: str, metrics: dict[str, float], glob):
     """The run's many-models version (``None`` when no series has a usable model)."""
-    if not metrics.get("n_ok", 0) + metrics.get("n_fallback", 0):
+    if not sum(metrics.get(f"n_{s}", 0) for s in (C.OK, C.FALLBACK, C.COLD_START)):
         return None
     store = glob.store_path if glob is not None else None  # global weights, stored once in the pyfunc
     if pyfunc.bundle_kind(cfg) == pyfunc.REFERENCE:  # the version refers to the run's gold/models rows
