@@ -31,8 +31,12 @@ it per series). It returns silver readings rows (``REFINE_OUT``), or a single ro
    non-zero reading brings it back); ``keep`` keeps it (an item that did not sell: it
    is classed intermittent and forecast as no demand); ``auto``, the default, keeps it
    at daily and coarser frequencies (retail) and quarantines it below a day (meters).
-   A series with zeros and some demand is not constant, however few its demands. ``too_short``: fewer readings than
-   ``cleaning.min_length``.
+   A series with zeros and some demand is not constant, however few its demands.
+   ``too_short``: fewer readings than ``cleaning.min_length`` and, with
+   ``cold_start.enabled``, fewer than ``cold_start.min_length`` (default one day of
+   steps, at least 2: :func:`cold_start_min`): a series between the two goes to silver
+   and is forecast from a profile of similar meters (status ``cold_start``,
+   :mod:`forecasting.cold_start`) until it has ``cleaning.min_length`` readings.
 6. The demand class of the observed readings (:func:`forecasting.demand.demand_class`:
    smooth, erratic, intermittent or lumpy) goes in ``_demand_class`` on every row
    (refine writes it to ``silver/series.demand_class``).
@@ -138,7 +142,7 @@ def _clean(sid: str, pdf: pd.DataFrame, config: Any) -> pd.DataFrame:
     y = reg["y"].to_numpy(dtype=float)
     missing = ~np.isfinite(y)
     _check_gaps(missing, cfg.max_missing_share)
-    _check_values(y[~missing], cfg, keeps_zero(config))
+    _check_values(y[~missing], config, keeps_zero(config))
     filled = _fill(y, missing, cfg.max_gap_fill, seasons[0])
     kind = demand_class(y[~missing])
     if kind not in (INTERMITTENT, LUMPY):
@@ -236,9 +240,10 @@ def keeps_zero(config: Any) -> bool:
     )
 
 
-def _check_values(valid: np.ndarray, cfg: Any, keep_zero: bool = False) -> None:
+def _check_values(valid: np.ndarray, config: Any, keep_zero: bool = False) -> None:
     """Rule 5, on the readings present: ``negative_values``, ``constant`` (not an
-    all-zero series when ``keep_zero``), ``too_short``."""
+    all-zero series when ``keep_zero``), ``too_short`` (not a cold-start series)."""
+    cfg = config.cleaning
     neg_share = float((valid < 0).mean())
     if neg_share > cfg.max_negative_share:
         raise _Quarantined(
@@ -256,7 +261,26 @@ def _check_values(valid: np.ndarray, cfg: Any, keep_zero: bool = False) -> None:
         )
         raise _Quarantined("constant", f"all {len(valid)} readings equal {valid[0]:g}{why}")
     if len(valid) < cfg.min_length:
-        raise _Quarantined("too_short", f"{len(valid)} valid readings < cleaning.min_length={cfg.min_length}")
+        cold = getattr(config, "cold_start", None)  # None: settings without it, no cold start
+        enabled = cold is not None and cold.enabled
+        floor = cold_start_min(config) if enabled else 0
+        if enabled and len(valid) >= floor:
+            return  # a cold-start series (forecasting.cold_start)
+        why = f"; and < cold_start.min_length={floor}" if enabled else " (cold_start.enabled is false)"
+        raise _Quarantined(
+            "too_short", f"{len(valid)} valid readings < cleaning.min_length={cfg.min_length}{why}"
+        )
+
+
+def cold_start_min(config: Any) -> int:
+    """The valid readings a series needs for a cold-start forecast: ``cold_start.min_length``,
+    or one day of steps of ``config.freq``, at least 2 (2 for a calendar frequency)."""
+    if config.cold_start.min_length is not None:
+        return int(config.cold_start.min_length)
+    freq = config.freq or "h"
+    if is_calendar(freq):
+        return 2
+    return max(2, int(pd.Timedelta("1D") // step_of(freq)))
 
 
 def _outliers(

@@ -23,7 +23,9 @@ REQUIRED = (SERIES_ID, TS, Y)
 
 # Series statuses carried by every result row.
 OK, FALLBACK, FAILED, QUARANTINED = "ok", "fallback", "failed", "quarantined"
-STATUSES = (OK, FALLBACK, FAILED, QUARANTINED)
+# too short for per-series models, forecast from a profile of similar meters (forecasting.cold_start)
+COLD_START = "cold_start"
+STATUSES = (OK, FALLBACK, FAILED, QUARANTINED, COLD_START)
 
 # Fixed vocabulary of quarantine reasons (silver/quarantine.reason).
 QUARANTINE_REASONS = {

@@ -48,7 +48,7 @@ duplicates      1-3% of timestamps repeated with a conflicting ``y``        ok
 outliers        3-6 spikes of 10-50x the series' median                     ok
 negative        one run of 5% of the readings with the sign flipped         negative_values
 constant        every reading 0.0 (dead meter) or a fixed value (stuck)     constant
-too_short       only the last 3 days of readings are kept                   too_short
+too_short       only the last half day of readings is kept (at least one)   too_short
 all_nan         every ``y`` is NaN (rows and temperature kept)              all_missing
 long_gap        one interior outage of 35-50% of the readings (rows         too_many_gaps
                 removed)
@@ -106,7 +106,6 @@ _METERS_PER_SITE = 4
 _BUSINESS_SHARE = 0.3
 _HEATING_BASE_C = 15.5
 _COOLING_BASE_C = 20.0
-_SHORT_DAYS = 3
 # Cells (series x internal steps) computed at once: bounds each temporary to ~16 MB
 # whatever the number of series.
 _CHUNK_CELLS = 2_000_000
@@ -560,7 +559,7 @@ def _inject(
             s = int(rng.integers(1, n - length))
             keep[s : s + length] = False
         elif kind == "too_short":
-            keep[: max(0, n - _SHORT_DAYS * steps_per_day)] = False
+            keep[: max(0, n - max(1, steps_per_day // 2))] = False
         steps = np.flatnonzero(keep)
         return steps, row[steps]
     if kind == "duplicates":

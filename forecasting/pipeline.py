@@ -55,6 +55,11 @@ forecast that model_json gives; they are scored and chosen here like any candida
 (:mod:`forecasting.global_candidates`). Without that column a configured global
 model is a failed candidate.
 
+Cold start: a series whose rows carry a cold-start profile (training attaches one to
+each series with fewer observed readings than ``cleaning.min_length``, let through by
+cleaning when ``cold_start.enabled``) skips the candidates: its row gets status
+``cold_start`` and that profile (:mod:`forecasting.cold_start`), fitted to its level.
+
 Determinism: the global numpy and ``random`` generators are seeded with
 ``config.seed`` before every fit (:func:`forecasting.timeout.run_seeded`), and BLAS
 runs on one thread, so the same rows (in any order) give the same result.
@@ -71,6 +76,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+from forecasting import cold_start
 from forecasting.backtest import check_forecast
 from forecasting.calibration import conformal_factors, shrunk
 from forecasting.choice import (
@@ -151,6 +157,9 @@ def process_series(pdf: pd.DataFrame, config: Config) -> pd.DataFrame:
 def _process(pdf: pd.DataFrame, config: Config, row: dict[str, Any]) -> None:
     """The steps, top to bottom; ``row`` gets each step's columns as it ends."""
     run = _clean(pdf, config, row)
+    if cold_start.carried(pdf):  # training found it too short: the profile of similar meters
+        row.update(cold_start.cold_fields(run.data, pdf, config))
+        return
     candidates = [_candidate(run, name) for name in run.names]
     candidates = _with_ensemble(run, candidates)
     decision = _choose(run, candidates)

@@ -82,6 +82,7 @@ class RunTotals:
             "n_ok": float(self.status.get(C.OK, 0)),
             "n_fallback": float(self.status.get(C.FALLBACK, 0)),
             "n_failed": float(self.status.get(C.FAILED, 0)),
+            "n_cold_start": float(self.status.get(C.COLD_START, 0)),
         }
         if n_quarantined is not None:
             out["n_quarantined"] = float(n_quarantined)

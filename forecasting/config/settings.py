@@ -169,6 +169,33 @@ class Cleaning(Section):
     max_points_per_series: int = setting(500_000, "larger series are quarantined as too_large", ge=1)
 
 
+class ColdStart(Section):
+    """Forecasts for new meters too short for per-series models (forecasting/cold_start.py)"""
+
+    enabled: bool = setting(
+        True,
+        "a series with fewer valid readings than cleaning.min_length but at least\n"
+        "cold_start.min_length is forecast from a profile of similar meters (status\n"
+        "cold_start) instead of quarantined too_short; it graduates to per-series models\n"
+        "once it has cleaning.min_length readings",
+    )
+    min_length: int | None = setting(
+        None, "valid readings a cold-start series needs; null = one day of steps (at least 2)", ge=1
+    )
+    history_days: int = setting(
+        28, "days of each established meter's latest history its normalised shape is taken from", ge=1
+    )
+    match: Literal["nearest", "hierarchy"] = setting(
+        "nearest",
+        "the profile of a meter whose site has too few meters: nearest (of the sites', its\n"
+        "region's and the fleet's profiles, the one nearest in shape to its own readings) |\n"
+        "hierarchy (its region's, else the fleet's)",
+    )
+    min_meters: int = setting(
+        3, "meters a site (then region) profile needs; fewer: the next level (region, fleet)", ge=1
+    )
+
+
 class MLflow(Section):
     tracking_uri: str | None = setting(None, "null = sqlite:///<lakehouse>/mlflow.db (local roots only)")
     experiment: str = setting("mmf")
@@ -374,6 +401,9 @@ class Config(Section):
     intervals: Intervals = setting(Intervals())
     ingest: Ingest = setting(Ingest())
     cleaning: Cleaning = setting(Cleaning())
+    cold_start: ColdStart = setting(
+        ColdStart(), "new meters: profile of the same site, else region, else the fleet, at their own level"
+    )
     intermittent: Intermittent = setting(
         Intermittent(),
         "candidates by demand class: smooth | erratic | intermittent | lumpy, from the\n"

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, StrictInt
 SERIES_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 PREFIX_PATTERN = r"^[A-Za-z0-9._:-]{0,128}$"
 MODEL_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
-STATUSES = ("ok", "fallback", "failed", "quarantined")
+STATUSES = ("ok", "fallback", "failed", "quarantined", "cold_start")
 MAX_BODY_BYTES = 1_048_576  # 1 MiB
 MAX_SERIES = 1000  # series per /predict request
 MAX_PAGE = 1000  # series per /series page
