@@ -241,7 +241,9 @@ def plan(
         filters=[(C.SERIES_ID, "in", left)],
     )
     by_run = sources.runs()
-    usable = sel[sel["status"].isin([C.OK, C.FALLBACK])].assign(version=lambda f: f["run_id"].map(by_run))
+    usable = sel[sel["status"].isin([C.OK, C.FALLBACK, C.COLD_START])].assign(
+        version=lambda f: f["run_id"].map(by_run)
+    )
     usable = usable[usable["version"].notna() & (usable["version"] != champion.version)]
     newest = usable.groupby(C.SERIES_ID)["version"].agg(lambda v: max(v, key=int))
     for version in sorted(set(newest), key=int, reverse=True):
@@ -257,7 +259,7 @@ def _why_unheld(sel: pd.DataFrame, sid: str, by_run: dict[str, str]) -> str:
     if rows.empty:
         return "no training run has seen it yet (new in silver): run `mmf train`"
     last = rows.iloc[-1]
-    if last["status"] in (C.OK, C.FALLBACK):
+    if last["status"] in (C.OK, C.FALLBACK, C.COLD_START):
         return f"its training run {last['run_id']} has no registered version in the MLflow store"
     return f"{last['status']} in training run {last['run_id']}: {last['reason']}"
 

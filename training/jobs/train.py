@@ -32,6 +32,11 @@ the run gets them as ``gate_series.parquet`` (copied from ``gold/gate`` a batch 
 time) and, once decided, the run's ``gold/gate`` rows get ``promoted`` in one
 replace-where commit with the application transaction ``mmf-gate``.
 
+Cold start (:mod:`training.jobs.cold_start`): when silver holds series too short for
+per-series models, the profiles of the established meters are counted batch by batch
+before the per-series step, and each batch's short series get theirs on their rows
+(status ``cold_start``, :mod:`forecasting.cold_start`).
+
 Global models need data across series: they are trained on a bounded sample, the first
 batches of the plan up to ``batch_rows`` rows in all (every series when silver holds no
 more), before the per-series step; the series outside that sample get the global models
@@ -86,6 +91,7 @@ from training import global_models
 from training.checkpoints import checkpoint
 from training.engines import get_engine
 from training.engines.base import Engine, Sink, TableBatch
+from training.jobs import cold_start
 from training.jobs.covariates import with_covariates
 from training.jobs.refine import refine_in_progress
 from training.jobs.train_gold import (  # noqa: F401 - the after-engine stages, importable from here too
@@ -252,7 +258,8 @@ def _train(
         glob = _global_models(cfg, plan, engine, run_id, progress, resumed=resume is not None)
         if glob is not None:
             lap("global_s")
-        train_batches(lake, cfg, plan, engine, run_id, glob, tell, resumed=resume is not None)
+        cold = cold_start.prepare(lake, cfg, plan, engine, tell)  # None: no series too short
+        train_batches(lake, cfg, plan, engine, run_id, glob, tell, resumed=resume is not None, cold=cold)
         lap("engine_s")
         tell("MLflow run, registry and gold tables", 0, 0)
         metrics = record_run(lake, cfg, engine, plan, run_id)
@@ -304,7 +311,9 @@ def series_step(config: Config) -> str:
 
 
 # -- the batches -----------------------------------------------------------------------
-def train_batches(lake, cfg, plan: Plan, engine: Engine, run_id: str, glob, tell, resumed: bool) -> None:
+def train_batches(
+    lake, cfg, plan: Plan, engine: Engine, run_id: str, glob, tell, resumed: bool, cold=None
+) -> None:
     """Map ``process_series`` over the plan's batches not in gold/models yet; the engine
     commits each batch's rows to gold/models as it completes (:func:`models_sink`), then
     derives its gold/backtest rows from them (:func:`derive_backtest`): on Spark neither
@@ -330,6 +339,8 @@ def train_batches(lake, cfg, plan: Plan, engine: Engine, run_id: str, glob, tell
     on_error = partial(failed_result, config=cfg)
     direct = glob is None and not covariates_enabled(cfg)
     batches = ((i, plan.batch(i) if direct else partial(load, i)) for i in todo)
+    if cold is not None:  # the cold-start series' profiles joined to their rows
+        batches = ((i, cold.batch(engine, plan, i, source)) for i, source in batches)
     stream = engine.map_batches(
         batches,
         C.SERIES_ID,
@@ -430,7 +441,7 @@ def _global_models(cfg: Config, plan: Plan, engine: Engine, run_id: str, progres
 
 def _register(lake: Lakehouse, cfg: Config, plan: Plan, run_id: str, metrics: dict[str, float], glob):
     """The run's many-models version (``None`` when no series has a usable model)."""
-    if not metrics.get("n_ok", 0) + metrics.get("n_fallback", 0):
+    if not sum(metrics.get(f"n_{s}", 0) for s in (C.OK, C.FALLBACK, C.COLD_START)):
         return None
     store = glob.store_path if glob is not None else None  # global weights, stored once in the pyfunc
     if pyfunc.bundle_kind(cfg) == pyfunc.REFERENCE:  # the version refers to the run's gold/models rows
@@ -442,7 +453,7 @@ def _register(lake: Lakehouse, cfg: Config, plan: Plan, run_id: str, metrics: di
 
 
 def _report(lake, run_id, plan: Plan, cfg: Config, mv, decision, metrics, timings) -> TrainReport:
-    counts = {s: int(metrics.get(f"n_{s}", 0)) for s in (C.OK, C.FALLBACK, C.FAILED)}
+    counts = {s: int(metrics.get(f"n_{s}", 0)) for s in (C.OK, C.FALLBACK, C.FAILED, C.COLD_START)}
     counts[C.QUARANTINED] = int(metrics.get("n_quarantined", 0))
     chosen = {k[len("chosen.") :]: int(v) for k, v in metrics.items() if k.startswith("chosen.")}
     return TrainReport(
