@@ -52,7 +52,7 @@ from forecasting.generator_retail import generate_retail, write_retail
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Parquet file to write.")
 @click.option(
     "--weather/--no-weather",
-    default=True,
+    default=False,
     show_default=True,
     help="Also write <out>_weather.parquet: the regions' observed temperature and 48-step forecasts "
     "issued daily (for `mmf ingest --covariates`).",
