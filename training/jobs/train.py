@@ -76,7 +76,6 @@ from forecasting import contract as C
 from forecasting.config import Config
 from forecasting.errors import DataContractError, TableError
 from forecasting.frequency import alias, modal_step
-from forecasting.pipeline import failed_result, process_series
 from registry import promotion, pyfunc, recovery, runs
 from registry.connection import configure, set_uris
 from registry.global_models import log_global_models
@@ -85,6 +84,7 @@ from training import global_models
 from training.checkpoints import checkpoint
 from training.engines import get_engine
 from training.engines.base import Engine, Sink, TableBatch
+from training.jobs import retrain
 from training.jobs.refine import refine_in_progress
 from training.jobs.train_gold import (  # noqa: F401 - the after-engine stages, importable from here too
     champion_results,
@@ -254,6 +254,7 @@ def _train(
         lap("engine_s")
         tell("MLflow run, registry and gold tables", 0, 0)
         metrics = record_run(lake, cfg, engine, plan, run_id)
+        metrics.update(retrain.log_counts(lake, engine, plan, run_id))
         checkpoint("before_register")
         mv = _register(lake, cfg, plan, run_id, metrics, glob)
         checkpoint("after_register")
@@ -311,7 +312,8 @@ def train_batches(lake, cfg, plan: Plan, engine: Engine, run_id: str, glob, tell
     if resumed:  # a batch killed between its two commits: its backtest rows from gold/models
         for i in sorted(done - done_batches(lake, GOLD_BACKTEST, run_id, plan)):
             derive_backtest(engine, lake, run_id, plan, i)
-    todo = [i for i in range(plan.n) if i not in done]
+    ctx = retrain.context(lake, cfg, plan, run_id)  # retrain.policy: the previous models carried
+    todo = retrain.order(lake, ctx, plan, [i for i in range(plan.n) if i not in done])
     step, total = series_step(cfg), plan.n_series()
     committed = len(done)
 
@@ -320,19 +322,15 @@ def train_batches(lake, cfg, plan: Plan, engine: Engine, run_id: str, glob, tell
             checkpoint("mid_train", batches_done=committed)
         tell(step, n_done, n_total)
 
-    def load(i: int) -> pd.DataFrame:  # the global models' results joined to the rows, here
-        return glob.attach(plan.load(i))
-
     tell(step, 0, total)
-    on_error = partial(failed_result, config=cfg)
-    batches = ((i, plan.batch(i) if glob is None else partial(load, i)) for i in todo)
+    batches = ((i, batch_source(lake, cfg, plan, engine, glob, ctx, i)) for i in todo)
     stream = engine.map_batches(
         batches,
         C.SERIES_ID,
-        process_series,
-        C.TRAIN_RESULT,
+        retrain.group_fn(),
+        C.RETRAIN_RESULT,
         cfg,
-        on_error=on_error,
+        on_error=retrain.on_error(cfg),
         progress=on_progress,
         total=total,
         sink=partial(models_sink, lake, run_id, plan),
@@ -343,6 +341,25 @@ def train_batches(lake, cfg, plan: Plan, engine: Engine, run_id: str, glob, tell
         committed += 1
         if committed < plan.n:
             checkpoint("mid_train", batches_done=committed)
+
+
+def batch_source(lake: Lakehouse, cfg: Config, plan: Plan, engine: Engine, glob, ctx, i: int):
+    """How the engine gets batch ``i``: its silver rows (read by the engine itself when
+    nothing is joined to them), with the global models' results and, for a partial
+    retrain, each series' previous row (:mod:`training.jobs.retrain`; on Spark joined
+    by the executors)."""
+    if glob is None and not ctx.partial:
+        return plan.batch(i)
+    if glob is None and engine.name == "spark":
+        from training.jobs import train_spark  # the optional pyspark
+
+        return partial(train_spark.retrain_frame, engine, lake, plan, i, ctx)
+    return partial(_batch_frame, lake, plan, glob, ctx, i)
+
+
+def _batch_frame(lake: Lakehouse, plan: Plan, glob, ctx, i: int) -> pd.DataFrame:
+    rows = plan.load(i)
+    return retrain.batch_frame(lake, ctx, plan, i, glob.attach(rows) if glob is not None else rows)
 
 
 def models_sink(lake: Lakehouse, run_id: str, plan: Plan, i: int) -> Sink:
