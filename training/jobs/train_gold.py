@@ -153,7 +153,8 @@ def compare_with_champion(
         chal = batch_rows(lake, run_id, plan.ranges[i])
         ids = chal.loc[chal["status"].isin(comparison.USABLE), C.SERIES_ID].tolist()
         where = [("model_version", "=", champion), (C.SERIES_ID, "in", ids)]
-        forecasts = lake.read(GOLD_FORECASTS, filters=where)
+        # a batch without a usable series (or none at all) reads nothing: an empty "in" list fails in Arrow
+        forecasts = lake.read(GOLD_FORECASTS, filters=where) if ids else _no_forecasts(lake)
         planned = comparison.plan(chal, champion_of(plan.ranges[i]), forecasts, cfg)
         return comparison.attach_all(plan.load(i), planned)
 
@@ -164,6 +165,10 @@ def compare_with_champion(
     )
     for _ in stream:
         pass
+
+
+def _no_forecasts(lake: Lakehouse) -> pd.DataFrame:
+    return lake.schema(GOLD_FORECASTS).empty_table().to_pandas()
 
 
 def gate_sink(lake: Lakehouse, run_id: str, plan: Plan, context: tuple, i: int) -> Sink:
