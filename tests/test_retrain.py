@@ -230,3 +230,72 @@ def test_a_partial_retrain_nightly_killed_mid_train_restarts_to_the_same_gold(
     uri = f"sqlite:///{lake_root / 'mlflow.db'}"
     versions = MlflowClient(tracking_uri=uri).search_model_versions("name = 'mmf-many-models'")
     assert len(versions) == 2
+
+
+# -- Spark -------------------------------------------------------------------------------
+def _two_partial_trains(root, readings: pd.DataFrame, engine: str, revised: str):
+    """Train on all days but the last, then (the last day and a revised reading of
+    ``revised`` arrived) train again, both with ``engine`` and ``retrain.policy: changed``."""
+    from training.jobs.ingest import ingest
+    from training.jobs.refine import refine
+    from training.jobs.train import train
+
+    cut = readings[C.TS].max() - pd.Timedelta("1D")
+    root.mkdir()
+    cfg = load_config(
+        lakehouse=str(root / "lake"),
+        horizon=12,
+        models=["seasonal_naive", "ets"],
+        workers=1,
+        batch_rows=1000,
+        freq="h",
+        engine=engine,
+        **{
+            "cleaning.min_length": 96,
+            "backtest.windows": 1,
+            "retrain.policy": "changed",
+            "mlflow.tracking_uri": f"sqlite:///{root / 'mlflow.db'}",
+        },
+    )
+    lake = Lakehouse.from_config(cfg)
+    readings[readings[C.TS] <= cut].to_parquet(root / "part0.parquet")
+    ingest(lake, root / "part0.parquet")
+    refine(lake, cfg.replace(engine="local"))
+    first = train(lake, cfg)
+    fix = readings[(readings[C.SERIES_ID] == revised)].head(1).assign(**{C.Y: lambda f: f[C.Y] + 1.0})
+    pd.concat([readings[readings[C.TS] > cut], fix]).to_parquet(root / "part1.parquet")
+    ingest(lake, root / "part1.parquet")
+    refine(lake, cfg.replace(engine="local"))
+    return lake, first, train(lake, cfg)
+
+
+@pytest.mark.spark
+def test_a_partial_retrain_on_spark_equals_local_with_the_models_read_by_the_executors(
+    tmp_path, spark, monkeypatch
+):
+    from tests.test_spark_jobs import _driver_reads, _readings
+
+    readings = _readings(n_series=6)
+    revised = sorted(readings[C.SERIES_ID].unique())[1]
+    lake, _, local = _two_partial_trains(tmp_path / "local", readings, "local", revised)
+    reads = _driver_reads(monkeypatch)
+    spark_lake, _, on_spark = _two_partial_trains(tmp_path / "spark", readings, "spark", revised)
+    # the previous models (model_json) never pass through the driver
+    assert not [r for r in reads if r[0] == "gold/models" and (r[1] is None or "model_json" in r[1])], reads
+    got, want = (
+        _rows(x, rep.run_id).drop(columns=["candidates_json", "from_run"])
+        for x, rep in ((spark_lake, on_spark), (lake, local))
+    )
+    pd.testing.assert_frame_equal(got, want, check_dtype=False)
+    assert set(want["refit"]) == {C.CARRIED, C.CHANGED}
+    assert want.loc[want[C.SERIES_ID] == revised, "refit"].item() == C.CHANGED
+    for key in ("n_refit", "n_carried", "n_drifted"):
+        assert on_spark.metrics[key] == local.metrics[key] and key in local.metrics
+    sel = spark_lake.read("gold/selection")
+    assert set(sel.loc[sel["run_id"] == on_spark.run_id, "from_version"]) == {"1", "2"}
+
+
+def _rows(lake: Lakehouse, run_id: str) -> pd.DataFrame:
+    rows = lake.read("gold/models")
+    rows = rows[rows["run_id"] == run_id].drop(columns=["run_id", "created_at", "batch"])
+    return rows.sort_values(C.SERIES_ID, ignore_index=True)
