@@ -17,6 +17,7 @@ import signal
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 import yaml
 from mlflow import MlflowClient
@@ -299,3 +300,21 @@ def _rows(lake: Lakehouse, run_id: str) -> pd.DataFrame:
     rows = lake.read("gold/models")
     rows = rows[rows["run_id"] == run_id].drop(columns=["run_id", "created_at", "batch"])
     return rows.sort_values(C.SERIES_ID, ignore_index=True)
+
+
+def test_batches_holding_drifted_series_are_trained_first(tmp_path):
+    from training.jobs import retrain as job
+    from training.jobs.train_plan import Plan
+
+    lake = Lakehouse(str(tmp_path / "lake"))
+    ids = [f"MTR-{i:05d}" for i in range(60)]
+    quarter = C.N_BUCKETS // 4
+    ranges = [(k * quarter, (k + 1) * quarter) for k in range(4)]
+    batch = C.bucket_of(ids) // quarter
+    flagged = [i for i, b in zip(ids, batch) if b == 2] + [i for i, b in zip(ids, batch) if b == 3][:1]
+    rows = [{C.SERIES_ID: i, "silver_version": 3, "drifted": i in flagged, C.BUCKET: None} for i in ids]
+    lake.write("gold/drift", pa.Table.from_pylist(rows, schema=lake.schema("gold/drift")))
+    plan = Plan(lake, 0, ranges)
+    assert job.order(lake, job.Retrain("base", 3), plan, [0, 1, 2, 3]) == [2, 3, 0, 1]
+    assert job.order(lake, job.Retrain("base", 2), plan, [0, 1, 3]) == [0, 1, 3]  # another night's drift
+    assert job.order(lake, job.Retrain(None, None), plan, [1, 0]) == [1, 0]

@@ -107,15 +107,12 @@ def previous(lake: Lakehouse, ctx: Retrain, buckets: tuple[int, int]) -> pd.Data
     return rows.assign(drifted=rows[C.SERIES_ID].isin(drifted_ids(lake, ctx, buckets)))
 
 
-def drifted_ids(lake: Lakehouse, ctx: Retrain, buckets: tuple[int, int] | None = None) -> set[str]:
-    """The series the monitoring run ``ctx.drift_version`` flagged (of a bucket range)."""
+def drifted_ids(lake: Lakehouse, ctx: Retrain, buckets: tuple[int, int]) -> set[str]:
+    """The series of a bucket range the monitoring run ``ctx.drift_version`` flagged."""
     if ctx.drift_version is None:
         return set()
     where = [("silver_version", "=", int(ctx.drift_version)), ("drifted", "=", True)]
-    if buckets is None:
-        rows = lake.read(GOLD_DRIFT, columns=[C.SERIES_ID], filters=where)
-    else:
-        rows = lake.read_buckets(GOLD_DRIFT, buckets, columns=[C.SERIES_ID], filters=where)
+    rows = lake.read_buckets(GOLD_DRIFT, buckets, columns=[C.SERIES_ID], filters=where)
     return set(rows[C.SERIES_ID].astype(str))
 
 
@@ -139,10 +136,14 @@ def on_error(cfg: Config):
 def order(lake: Lakehouse, ctx: Retrain, plan: Plan, todo: list[int]) -> list[int]:
     """``todo`` with the batches holding drifted series first (most first), the others
     in plan order."""
-    ids = sorted(drifted_ids(lake, ctx)) if ctx.partial else []
-    if not ids:
+    if not ctx.partial or ctx.drift_version is None:
         return list(todo)
-    counts = np.bincount(plan.batch_of(ids), minlength=plan.n)
+    where = [("silver_version", "=", int(ctx.drift_version)), ("drifted", "=", True)]
+    buckets = lake.read(GOLD_DRIFT, columns=[C.BUCKET], filters=where)[C.BUCKET].to_numpy()
+    if not len(buckets):
+        return list(todo)
+    los = np.array([lo for lo, _ in plan.ranges])
+    counts = np.bincount(np.searchsorted(los, buckets, side="right") - 1, minlength=plan.n)
     return sorted(todo, key=lambda i: (-int(counts[i]), i))
 
 
