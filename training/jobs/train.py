@@ -32,6 +32,14 @@ the run gets them as ``gate_series.parquet`` (copied from ``gold/gate`` a batch 
 time) and, once decided, the run's ``gold/gate`` rows get ``promoted`` in one
 replace-where commit with the application transaction ``mmf-gate``.
 
+With ``retrain.policy`` ``changed`` or ``drifted+stale`` (:mod:`training.jobs.retrain`,
+:mod:`forecasting.retrain`) the engine maps :func:`forecasting.retrain.retrain_series`
+over batches that also carry each series' previous ``gold/models`` row (of the last
+complete run): a series is fitted again when it is new, failed, drifted, stale or its
+history was revised; every other series keeps its previous row, its model's state moved
+on to the new readings. Either way the run's ``gold/models`` rows hold every series, so
+everything after the engine is unchanged; batches holding drifted series go first.
+
 Global models need data across series: they are trained on a bounded sample, the first
 batches of the plan up to ``batch_rows`` rows in all (every series when silver holds no
 more), before the per-series step; the series outside that sample get the global models
