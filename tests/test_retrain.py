@@ -234,9 +234,10 @@ def test_a_partial_retrain_nightly_killed_mid_train_restarts_to_the_same_gold(
 
 
 # -- Spark -------------------------------------------------------------------------------
-def _two_partial_trains(root, readings: pd.DataFrame, engine: str, revised: str):
+def _two_partial_trains(root, readings: pd.DataFrame, engine: str, revised: str, drifted: str):
     """Train on all days but the last, then (the last day and a revised reading of
-    ``revised`` arrived) train again, both with ``engine`` and ``retrain.policy: changed``."""
+    ``revised`` arrived, ``drifted`` flagged in gold/drift) train again, both with
+    ``engine`` and ``retrain.policy: changed``."""
     from training.jobs.ingest import ingest
     from training.jobs.refine import refine
     from training.jobs.train import train
@@ -267,7 +268,19 @@ def _two_partial_trains(root, readings: pd.DataFrame, engine: str, revised: str)
     pd.concat([readings[readings[C.TS] > cut], fix]).to_parquet(root / "part1.parquet")
     ingest(lake, root / "part1.parquet")
     refine(lake, cfg.replace(engine="local"))
+    _flag_drifted(lake, drifted)
     return lake, first, train(lake, cfg)
+
+
+def _flag_drifted(lake: Lakehouse, sid: str) -> None:
+    """gold/drift as a monitoring run on the current silver version leaves it: ``sid``
+    drifted."""
+    from training.jobs.monitor import APP_MONITOR
+
+    version = lake.version("silver/readings")
+    row = {C.SERIES_ID: sid, "silver_version": version, "drifted": True, C.BUCKET: None}
+    table = pa.Table.from_pylist([row], schema=lake.schema("gold/drift"))
+    lake.write("gold/drift", table, app_id=APP_MONITOR, app_version=version)
 
 
 @pytest.mark.spark
@@ -277,10 +290,10 @@ def test_a_partial_retrain_on_spark_equals_local_with_the_models_read_by_the_exe
     from tests.test_spark_jobs import _driver_reads, _readings
 
     readings = _readings(n_series=6)
-    revised = sorted(readings[C.SERIES_ID].unique())[1]
-    lake, _, local = _two_partial_trains(tmp_path / "local", readings, "local", revised)
+    revised, drifted = sorted(readings[C.SERIES_ID].unique())[1:3]
+    lake, _, local = _two_partial_trains(tmp_path / "local", readings, "local", revised, drifted)
     reads = _driver_reads(monkeypatch)
-    spark_lake, _, on_spark = _two_partial_trains(tmp_path / "spark", readings, "spark", revised)
+    spark_lake, _, on_spark = _two_partial_trains(tmp_path / "spark", readings, "spark", revised, drifted)
     # the previous models (model_json) never pass through the driver
     assert not [r for r in reads if r[0] == "gold/models" and (r[1] is None or "model_json" in r[1])], reads
     got, want = (
@@ -288,8 +301,9 @@ def test_a_partial_retrain_on_spark_equals_local_with_the_models_read_by_the_exe
         for x, rep in ((spark_lake, on_spark), (lake, local))
     )
     pd.testing.assert_frame_equal(got, want, check_dtype=False)
-    assert set(want["refit"]) == {C.CARRIED, C.CHANGED}
+    assert set(want["refit"]) == {C.CARRIED, C.CHANGED, C.DRIFTED}
     assert want.loc[want[C.SERIES_ID] == revised, "refit"].item() == C.CHANGED
+    assert want.loc[want[C.SERIES_ID] == drifted, "refit"].item() == C.DRIFTED
     for key in ("n_refit", "n_carried", "n_drifted"):
         assert on_spark.metrics[key] == local.metrics[key] and key in local.metrics
     sel = spark_lake.read("gold/selection")
