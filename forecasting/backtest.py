@@ -85,6 +85,7 @@ def backtest(
     levels: Sequence[int],
     m: int,
     min_train: int | None = None,
+    future_X: Callable[[np.ndarray, int, int], np.ndarray] | None = None,
 ) -> list[dict[str, Any]]:
     """Fit a fresh model per window and score its forecast.
 
@@ -97,6 +98,9 @@ def backtest(
         horizon, windows, step, min_train: see :func:`window_cutoffs`.
         levels: interval levels scored.
         m: season length for the MASE scale.
+        future_X: ``future_X(X, cutoff, horizon)``, the regressors of a window's forecast
+            steps as known at its cutoff (declared covariates: never a value issued
+            after it); default ``X[cutoff:cutoff + horizon]``.
 
     Returns:
         One dict per window, oldest first: ``window`` (0-based), ``cutoff`` (train-end
@@ -117,7 +121,11 @@ def backtest(
             None if X is None else X[:cut],
             None if ts is None else ts[:cut],
         )
-        raw = model.predict(horizon, X=None if X is None else X[cut : cut + horizon], level=list(levels))
+        if X is None:
+            ahead = None
+        else:
+            ahead = X[cut : cut + horizon] if future_X is None else future_X(X, cut, horizon)
+        raw = model.predict(horizon, X=ahead, level=list(levels))
         forecast = check_forecast(
             raw, horizon, levels, who=getattr(model, "name", "") or type(model).__name__
         )

@@ -25,12 +25,18 @@ it per series). It returns silver readings rows (``REFINE_OUT``), or a single ro
    steps are flagged ``is_filled``. ``too_many_gaps``: more than
    ``cleaning.max_missing_share`` of the grid was missing.
 5. ``negative_values``: more negative readings than ``cleaning.max_negative_share``.
-   ``constant``: a single distinct value over two or more readings; an all-zero series
-   is constant too, with the detail saying so (no demand or consumption was ever
-   recorded: nothing to model, and a dead feed should be seen rather than forecast as
-   zero; its first non-zero reading brings it back). A series with zeros and some
-   demand is not constant, however few its demands. ``too_short``: fewer readings than
-   ``cleaning.min_length``.
+   ``constant``: a single distinct value over two or more readings. An all-zero series
+   follows ``cleaning.all_zero``: ``quarantine`` makes it constant too, with the detail
+   saying so (a dead feed should be seen rather than forecast as zero; its first
+   non-zero reading brings it back); ``keep`` keeps it (an item that did not sell: it
+   is classed intermittent and forecast as no demand); ``auto``, the default, keeps it
+   at daily and coarser frequencies (retail) and quarantines it below a day (meters).
+   A series with zeros and some demand is not constant, however few its demands.
+   ``too_short``: fewer readings than ``cleaning.min_length`` and, with
+   ``cold_start.enabled``, fewer than ``cold_start.min_length`` (default one day of
+   steps, at least 2: :func:`cold_start_min`): a series between the two goes to silver
+   and is forecast from a profile of similar meters (status ``cold_start``,
+   :mod:`forecasting.cold_start`) until it has ``cleaning.min_length`` readings.
 6. The demand class of the observed readings (:func:`forecasting.demand.demand_class`:
    smooth, erratic, intermittent or lumpy) goes in ``_demand_class`` on every row
    (refine writes it to ``silver/series.demand_class``).
@@ -53,7 +59,16 @@ import pyarrow as pa
 
 from forecasting import contract as C
 from forecasting.demand import INTERMITTENT, LUMPY, demand_class
-from forecasting.frequency import alias, grid, grid_steps, modal_step, on_grid, seasonalities_for
+from forecasting.frequency import (
+    alias,
+    grid,
+    grid_steps,
+    is_calendar,
+    modal_step,
+    on_grid,
+    seasonalities_for,
+    step_of,
+)
 
 FUTURE_TOLERANCE = pd.Timedelta("1D")  # readings later than now + this: future_timestamps
 
@@ -127,7 +142,7 @@ def _clean(sid: str, pdf: pd.DataFrame, config: Any) -> pd.DataFrame:
     y = reg["y"].to_numpy(dtype=float)
     missing = ~np.isfinite(y)
     _check_gaps(missing, cfg.max_missing_share)
-    _check_values(y[~missing], cfg)
+    _check_values(y[~missing], config, keeps_zero(config))
     filled = _fill(y, missing, cfg.max_gap_fill, seasons[0])
     kind = demand_class(y[~missing])
     if kind not in (INTERMITTENT, LUMPY):
@@ -214,8 +229,21 @@ def _check_gaps(missing: np.ndarray, max_share: float) -> None:
         )
 
 
-def _check_values(valid: np.ndarray, cfg: Any) -> None:
-    """Rule 5, on the readings present: ``negative_values``, ``constant``, ``too_short``."""
+def keeps_zero(config: Any) -> bool:
+    """Whether an all-zero series is kept (``cleaning.all_zero``; ``auto``: at daily and
+    coarser frequencies)."""
+    how = config.cleaning.all_zero
+    if how != "auto":
+        return how == "keep"
+    return config.freq is not None and (
+        is_calendar(config.freq) or step_of(config.freq) >= pd.Timedelta("1D")
+    )
+
+
+def _check_values(valid: np.ndarray, config: Any, keep_zero: bool = False) -> None:
+    """Rule 5, on the readings present: ``negative_values``, ``constant`` (not an
+    all-zero series when ``keep_zero``), ``too_short`` (not a cold-start series)."""
+    cfg = config.cleaning
     neg_share = float((valid < 0).mean())
     if neg_share > cfg.max_negative_share:
         raise _Quarantined(
@@ -223,13 +251,36 @@ def _check_values(valid: np.ndarray, cfg: Any) -> None:
             f"{int((valid < 0).sum())} negative readings ({neg_share:.1%} > cleaning.max_negative_share={cfg.max_negative_share}); min {valid.min():g}",
         )
     # a single reading is too short rather than constant
-    if len(valid) >= 2 and np.nanmax(valid) == np.nanmin(valid):
+    flat = len(valid) >= 2 and np.nanmax(valid) == np.nanmin(valid)
+    if flat and not (keep_zero and valid[0] == 0):
         why = (
-            ": no demand or consumption recorded (an all-zero item or a dead meter)" if valid[0] == 0 else ""
+            ": no demand or consumption recorded (an all-zero item or a dead meter; "
+            "cleaning.all_zero: keep forecasts it as no demand)"
+            if valid[0] == 0
+            else ""
         )
         raise _Quarantined("constant", f"all {len(valid)} readings equal {valid[0]:g}{why}")
     if len(valid) < cfg.min_length:
-        raise _Quarantined("too_short", f"{len(valid)} valid readings < cleaning.min_length={cfg.min_length}")
+        cold = getattr(config, "cold_start", None)  # None: settings without it, no cold start
+        enabled = cold is not None and cold.enabled
+        floor = cold_start_min(config) if enabled else 0
+        if enabled and len(valid) >= floor:
+            return  # a cold-start series (forecasting.cold_start)
+        why = f"; and < cold_start.min_length={floor}" if enabled else " (cold_start.enabled is false)"
+        raise _Quarantined(
+            "too_short", f"{len(valid)} valid readings < cleaning.min_length={cfg.min_length}{why}"
+        )
+
+
+def cold_start_min(config: Any) -> int:
+    """The valid readings a series needs for a cold-start forecast: ``cold_start.min_length``,
+    or one day of steps of ``config.freq``, at least 2 (2 for a calendar frequency)."""
+    if config.cold_start.min_length is not None:
+        return int(config.cold_start.min_length)
+    freq = config.freq or "h"
+    if is_calendar(freq):
+        return 2
+    return max(2, int(pd.Timedelta("1D") // step_of(freq)))
 
 
 def _outliers(

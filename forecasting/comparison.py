@@ -50,19 +50,21 @@ import pyarrow as pa
 
 from forecasting.choice import ENSEMBLE, short_reason
 from forecasting.config import Config
-from forecasting.contract import FALLBACK, GATE_SERIES, OK, SERIES_ID, TS
+from forecasting.contract import COLD_START, FALLBACK, GATE_SERIES, OK, SERIES_ID, TS
 from forecasting.frequency import future_timestamps
 from forecasting.metrics import evaluate, score
 from forecasting.models import EnsembleForecaster, Forecaster, get_model
 from forecasting.models.base import one_thread
 from forecasting.models.calibrated import with_adjustment
+from forecasting.models.cold_profile import NAME as COLD_MODEL
 from forecasting.models.global_models import is_global
 from forecasting.series import SeriesData, prepare, series_id_of
 from forecasting.timeout import Alarm, run_seeded
 
 PLAN_COLUMN = "_gate_plan"  # the series' comparison payload (JSON), on its first row
 SKIP = "skip"  # in a payload: the series is left out, for this reason (attach_all)
-USABLE = (OK, FALLBACK)
+USABLE = (OK, FALLBACK)  # per-series models: cold_start series are not compared (either side)
+COLD_CHAMPION = "the champion forecast it by cold start (a profile of similar meters): not like for like"
 NO_CHAMPION_MODEL = "the champion has no model for this series"
 NO_ACTUALS = "no actuals after the champion's cutoff yet"
 NOTHING_TO_SCORE = "no step with actuals and both forecasts"
@@ -103,6 +105,7 @@ def plan(
     """
     chal = challenger[challenger["status"].isin(USABLE)].set_index(SERIES_ID)
     champ = champion[champion["status"].isin(USABLE)].set_index(SERIES_ID) if champion is not None else None
+    cold = _cold_in_champion(champion, forecasts)
     cutoffs = champion_cutoffs(chal["end"], champ["end"] if champ is not None else None, forecasts)
     own = _own_forecasts(forecasts, cutoffs)
     rows = []
@@ -114,7 +117,9 @@ def plan(
             PLAN_COLUMN: None,
             "reason": "",
         }
-        if cutoff is None or pd.isna(cutoff):
+        if sid in cold:
+            entry["reason"] = COLD_CHAMPION
+        elif cutoff is None or pd.isna(cutoff):
             entry["reason"] = NO_CHAMPION_MODEL
         elif pd.isna(row["end"]) or pd.Timestamp(row["end"]) <= pd.Timestamp(cutoff):
             entry["reason"] = NO_ACTUALS
@@ -129,6 +134,18 @@ def plan(
             entry[PLAN_COLUMN] = json.dumps(payload, allow_nan=True)
         rows.append(entry)
     return pd.DataFrame(rows, columns=[SERIES_ID, "window_start", PLAN_COLUMN, "reason"])
+
+
+def _cold_in_champion(champion: pd.DataFrame | None, forecasts: pd.DataFrame) -> set[str]:
+    """The series the champion forecast by cold start: its rows say so (status
+    ``cold_start``), or its Gold forecasts do (a ``cold_profile`` model)."""
+    cold: set[str] = set()
+    if champion is not None and len(champion):
+        cold |= set(champion.loc[champion["status"] == COLD_START, SERIES_ID].astype(str))
+    if "model" in forecasts.columns and len(forecasts):
+        is_cold = forecasts["model"].astype(str).str.startswith(COLD_MODEL)
+        cold |= set(forecasts.loc[is_cold.to_numpy(), SERIES_ID].astype(str))
+    return cold
 
 
 def _first_step(cutoff: Any, config: Config) -> pd.Timestamp | None:

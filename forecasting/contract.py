@@ -23,13 +23,15 @@ REQUIRED = (SERIES_ID, TS, Y)
 
 # Series statuses carried by every result row.
 OK, FALLBACK, FAILED, QUARANTINED = "ok", "fallback", "failed", "quarantined"
-STATUSES = (OK, FALLBACK, FAILED, QUARANTINED)
+# too short for per-series models, forecast from a profile of similar meters (forecasting.cold_start)
+COLD_START = "cold_start"
+STATUSES = (OK, FALLBACK, FAILED, QUARANTINED, COLD_START)
 
 # Fixed vocabulary of quarantine reasons (silver/quarantine.reason).
 QUARANTINE_REASONS = {
     "all_missing": "every reading is missing or not finite",
     "too_short": "fewer valid readings than the minimum history",
-    "constant": "every reading has the same value (all zero included: no demand recorded)",
+    "constant": "every reading has the same value (all zero too, where cleaning.all_zero quarantines it)",
     "negative_values": "negative readings above the allowed share",
     "non_finite": "infinite readings above the allowed share",
     "too_many_gaps": "more missing steps than the allowed share after regularisation",
@@ -96,6 +98,21 @@ SILVER_READINGS = pa.schema(
     ]
 )
 
+# silver/covariates: one row per covariate value, keyed by the covariate's ``name``, its
+# ``key`` (a series id, site or region, "" for a global one), the target time ``ts`` and
+# the time the value was issued (``issued_at``; an observation's is its own ``ts``); see
+# forecasting.covariates. bronze/covariates adds the lineage columns.
+COVARIATES = pa.schema(
+    [
+        ("name", pa.string()),
+        ("key", pa.string()),
+        (TS, TS_TYPE),
+        ("issued_at", TS_TYPE),
+        ("value", pa.float64()),
+    ]
+)
+BRONZE_COVARIATES = pa.schema([*COVARIATES, *LINEAGE])
+
 SILVER_SERIES = pa.schema(
     [
         (SERIES_ID, pa.string()),
@@ -143,8 +160,16 @@ TRAIN_RESULT = pa.schema(
         ("candidates_json", pa.string()),  # {model: {"status", "reason", "score", "fit_s"}}
         ("model_json", pa.string()),  # Forecaster.to_dict() of the chosen model
         ("tuned_json", pa.string()),  # tuned hyper-parameters, "{}" when not tuned
+        # the backtest forecasts kept (backtest.store_forecasts): a list of windows
+        # {window, cutoff, ts: [...], y: [...], models: {model: {mean, lo-<lv>, hi-<lv>}}}
+        ("forecasts_json", pa.string()),
     ]
 )
+FORECASTS_JSON = "forecasts_json"
+# TRAIN_RESULT without the backtest forecasts: what the later stages read a run's rows
+# as (its bundle, metrics, gate, results.parquet); only gold/backtest_forecasts is
+# derived from forecasts_json.
+TRAIN_RESULT_CORE = pa.schema([f for f in TRAIN_RESULT if f.name != FORECASTS_JSON])
 
 # What training records per series beside TRAIN_RESULT (forecasting.retrain): why the
 # series was fitted in this run or carried over from an earlier one (RETRAIN_REASONS),
@@ -182,9 +207,11 @@ GOLD_MODELS = pa.schema(
         ("run_id", pa.string()),
         ("silver_version", pa.int64()),
         ("batch", pa.int64()),
-        *TRAIN_RESULT,
+        *TRAIN_RESULT_CORE,
         (BUCKET, pa.int32()),
         ("created_at", pa.timestamp("us", tz="UTC")),
+        # came later (an older table takes it on its next write, null in older rows)
+        TRAIN_RESULT.field(FORECASTS_JSON),
         # came later (an older table takes them on its next write, null in older rows):
         # the partial retrain's columns (RETRAIN_COLUMNS, forecasting.retrain)
         *[f for f in RETRAIN_COLUMNS],
@@ -232,8 +259,13 @@ def forecast_schema(levels: Sequence[int]) -> pa.Schema:
     """gold/forecasts, with one lower/upper column pair per interval level. The last two
     columns came later (older tables take them on their next write, null in older rows):
     ``silver_version``, the silver/readings version the forecast's data came from, and
-    ``fit`` (:data:`FITS`), whether the model forecast as trained or refitted on it."""
-    return pa.schema(_forecast_fields(levels) + [("silver_version", pa.int64()), ("fit", pa.string())])
+    ``fit`` (:data:`FITS`), whether the model forecast as trained or refitted on it, and
+    ``covariate_fallback``, JSON ``{covariate: fallback}`` of the declared future-known
+    covariates no issue covered for some step of the forecast ("" none; null before)."""
+    return pa.schema(
+        _forecast_fields(levels)
+        + [("silver_version", pa.int64()), ("fit", pa.string()), ("covariate_fallback", pa.string())]
+    )
 
 
 def scores_schema(levels: Sequence[int]) -> pa.Schema:
@@ -256,6 +288,28 @@ def backtest_schema(levels: Sequence[int]) -> pa.Schema:
     for lv in levels:
         fields += [(f"coverage_{lv}", pa.float64()), (f"pinball_{lv}", pa.float64())]
     return pa.schema(fields)
+
+
+def backtest_forecasts_schema(levels: Sequence[int]) -> pa.Schema:
+    """gold/backtest_forecasts: one row per series, model, window and forecast step of a
+    training run's backtest (``backtest.store_forecasts``): ``cutoff`` the window's last
+    training time, ``lead`` the steps ahead of it (1..horizon), ``y`` the actual,
+    ``yhat`` and the interval bounds the model forecast (statsforecast's
+    ``cross_validation`` frame, one model per row)."""
+    fields = [
+        ("run_id", pa.string()),
+        (SERIES_ID, pa.string()),
+        ("model", pa.string()),
+        ("window", pa.int64()),
+        ("cutoff", TS_TYPE),
+        ("lead", pa.int64()),
+        (TS, TS_TYPE),
+        (Y, pa.float64()),
+        ("yhat", pa.float64()),
+    ]
+    for lv in levels:
+        fields += [(f"yhat_lower_{lv}", pa.float64()), (f"yhat_upper_{lv}", pa.float64())]
+    return pa.schema(fields + [(BUCKET, pa.int32())])
 
 
 GOLD_SELECTION = pa.schema(
@@ -288,6 +342,72 @@ GOLD_PORTFOLIO = pa.schema(
         ("created_at", pa.timestamp("us", tz="UTC")),
     ]
 )
+
+
+def portfolio_schema(levels: Sequence[int]) -> pa.Schema:
+    """gold/portfolio: :data:`GOLD_PORTFOLIO` and, added later (older tables take them on
+    their next write, null in older rows and without ``hierarchy.enabled``), the daily
+    interval bounds of the coherent totals (``yhat_lower_<lv>``, ``yhat_upper_<lv>``)
+    and the reconciliation ``method``."""
+    fields = [*GOLD_PORTFOLIO]
+    for lv in levels:
+        fields += [pa.field(f"yhat_lower_{lv}", pa.float64()), pa.field(f"yhat_upper_{lv}", pa.float64())]
+    return pa.schema(fields + [pa.field("method", pa.string())])
+
+
+def hierarchy_schema(levels: Sequence[int]) -> pa.Schema:
+    """gold/hierarchy: coherent forecasts of every level (``total``, the attribute
+    levels, ``series``), one row per node and step: ``yhat`` (reconciled) and its
+    interval bounds, ``yhat_base`` (the node's own model before reconciling; for a
+    series, its gold/forecasts row), ``n_series`` under the node, ``model`` (the node's
+    chosen model; the series' own model version forecast it), ``reason`` (a series: the
+    levels it is left out of, or the attribute that changed over time), and the
+    delivery: ``model_version``, ``run_id``, ``delivery`` (the forecast's application
+    transaction), ``cutoff``, ``silver_version``, ``created_at``."""
+    fields = [
+        ("level", pa.string()),
+        ("node", pa.string()),
+        ("parent", pa.string()),
+        (TS, TS_TYPE),
+        ("yhat", pa.float64()),
+    ]
+    for lv in levels:
+        fields += [(f"yhat_lower_{lv}", pa.float64()), (f"yhat_upper_{lv}", pa.float64())]
+    fields += [
+        ("yhat_base", pa.float64()),
+        ("n_series", pa.int64()),
+        ("model", pa.string()),
+        ("method", pa.string()),
+        ("reason", pa.string()),
+        ("model_version", pa.string()),
+        ("run_id", pa.string()),
+        ("delivery", pa.int64()),
+        ("cutoff", TS_TYPE),
+        ("silver_version", pa.int64()),
+        ("created_at", pa.timestamp("us", tz="UTC")),
+    ]
+    return pa.schema(fields)
+
+
+def node_result_schema(levels: Sequence[int]) -> pa.Schema:
+    """What the per-node function of a hierarchy returns (forecasting.hierarchy_nodes):
+    ``kind`` = forecast (the next horizon, ``window`` -1) | backtest (the chosen model's
+    forecast of each backtest window, with the actual ``y``) | failed (one row, ``reason``);
+    ``scale`` is the node's MASE denominator."""
+    fields = [
+        (SERIES_ID, pa.string()),
+        ("kind", pa.string()),
+        ("window", pa.int64()),
+        ("step", pa.int64()),
+        (TS, TS_TYPE),
+        (Y, pa.float64()),
+        ("yhat", pa.float64()),
+    ]
+    for lv in levels:
+        fields += [(f"lo_{lv}", pa.float64()), (f"hi_{lv}", pa.float64())]
+    fields += [("model", pa.string()), ("reason", pa.string()), ("scale", pa.float64())]
+    return pa.schema(fields)
+
 
 # The promotion gate's like-for-like comparison (forecasting.comparison): one row per
 # series the challenger holds a model for. The window runs from the champion's cutoff

@@ -19,8 +19,11 @@ class           ADI          CV²
 ``lumpy``       >= 1.32      >= 0.49
 ==============  ===========  ===========
 
-A series without a single non-zero finite reading has no class (``None``): cleaning
-quarantines it (``constant``) before it would be classified.
+A series that never had a demand (finite readings, all 0: an item that did not sell)
+is ``intermittent``: its ADI is infinite and its demand sizes do not vary (CV² 0, as
+with a single demand), so the intermittent models, which forecast a demand rate (here
+0), are its candidates. Cleaning keeps or quarantines such a series by
+``cleaning.all_zero``. A series without a finite reading has no class (``None``).
 
 Cleaning records the class of each series in ``silver/series.demand_class``, computed
 on the readings that were observed (not the steps it filled); training computes the same
@@ -39,12 +42,15 @@ CV2_CUTOFF = 0.49
 
 
 def demand_stats(y) -> tuple[float, float]:
-    """``(ADI, CV²)`` of the finite readings of ``y``; ``(nan, nan)`` without a non-zero one."""
+    """``(ADI, CV²)`` of the finite readings of ``y``: ``(inf, 0.0)`` when they are all 0,
+    ``(nan, nan)`` without a finite one."""
     x = np.asarray(y, dtype=float).ravel()
     x = x[np.isfinite(x)]
     sizes = x[x != 0]
-    if sizes.size == 0:
+    if x.size == 0:
         return float("nan"), float("nan")
+    if sizes.size == 0:
+        return float("inf"), 0.0
     adi = x.size / sizes.size
     mean = float(np.mean(sizes))
     cv2 = float(np.var(sizes) / mean**2) if mean != 0 else float("inf")
@@ -52,7 +58,8 @@ def demand_stats(y) -> tuple[float, float]:
 
 
 def demand_class(y) -> str | None:
-    """The class of ``y`` (one of :data:`DEMAND_CLASSES`), ``None`` without any demand."""
+    """The class of ``y`` (one of :data:`DEMAND_CLASSES`; all zeros: intermittent),
+    ``None`` without a finite reading."""
     adi, cv2 = demand_stats(y)
     if np.isnan(adi):
         return None

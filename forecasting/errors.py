@@ -10,6 +10,8 @@ Every message names the bad value, what was expected, and how to fix it.
     ├── ModelError           a model failed to fit or predict on one series
     ├── TableError           a lakehouse table is missing or cannot be written
     └── RegistryError        MLflow registry state does not allow the operation
+
+    JobStopped (a BaseException)  the job was stopped from outside (SIGTERM)
 """
 
 from __future__ import annotations
@@ -53,3 +55,9 @@ class TableError(MMFError):
 
 class RegistryError(MMFError):
     """The MLflow model registry is not in a state that allows the operation."""
+
+
+class JobStopped(BaseException):
+    """The job was stopped from outside (SIGTERM) before it finished. A
+    ``BaseException``, like ``KeyboardInterrupt``, so that no ``except Exception`` (a
+    series' or a candidate's failure recorded as data) takes it and goes on."""

@@ -48,11 +48,14 @@ duplicates      1-3% of timestamps repeated with a conflicting ``y``        ok
 outliers        3-6 spikes of 10-50x the series' median                     ok
 negative        one run of 5% of the readings with the sign flipped         negative_values
 constant        every reading 0.0 (dead meter) or a fixed value (stuck)     constant
-too_short       only the last 3 days of readings are kept                   too_short
+too_short       only the last half day of readings is kept (at least one)   too_short
 all_nan         every ``y`` is NaN (rows and temperature kept)              all_missing
 long_gap        one interior outage of 35-50% of the readings (rows         too_many_gaps
                 removed)
 ==============  ==========================================================  ===============
+
+A dead meter (all 0.0) at ``freq="D"`` is expected ``ok``: ``cleaning.all_zero: auto``
+keeps an all-zero series at a daily frequency (an item that did not sell, in retail data).
 
 Series that are not faulty are identical to the ``clean=True`` output for the same
 seed: faults use their own random stream.
@@ -103,7 +106,6 @@ _METERS_PER_SITE = 4
 _BUSINESS_SHARE = 0.3
 _HEATING_BASE_C = 15.5
 _COOLING_BASE_C = 20.0
-_SHORT_DAYS = 3
 # Cells (series x internal steps) computed at once: bounds each temporary to ~16 MB
 # whatever the number of series.
 _CHUNK_CELLS = 2_000_000
@@ -190,7 +192,7 @@ def generate(
         {
             C.SERIES_ID: pd.Series([meters.ids[i] for i, _ in fault_rows], dtype=object),
             "fault": pd.Series([kind for _, kind in fault_rows], dtype=object),
-            "expected": pd.Series([FAULTS[kind] for _, kind in fault_rows], dtype=object),
+            "expected": pd.Series([_expected(kind, y[i], daily) for i, kind in fault_rows], dtype=object),
         }
     )
     faults = faults.sort_values(C.SERIES_ID, kind="stable").reset_index(drop=True)
@@ -505,6 +507,14 @@ def _signal(
 # -- faults ----------------------------------------------------------------------------
 
 
+def _expected(kind: str, row: np.ndarray, daily: bool) -> str:
+    """The cleaning outcome of a fault with the default settings: :data:`FAULTS`, except a
+    dead meter (all 0.0) in daily data, which ``cleaning.all_zero: auto`` keeps."""
+    if kind == "constant" and daily and not row.any():
+        return C.OK
+    return FAULTS[kind]
+
+
 def _faults(
     y: np.ndarray, n_faulty: int, rng: np.random.Generator, steps_per_day: int, step: pd.Timedelta
 ) -> tuple[list[tuple[int, str]], dict[int, tuple[np.ndarray, np.ndarray]]]:
@@ -549,7 +559,7 @@ def _inject(
             s = int(rng.integers(1, n - length))
             keep[s : s + length] = False
         elif kind == "too_short":
-            keep[: max(0, n - _SHORT_DAYS * steps_per_day)] = False
+            keep[: max(0, n - max(1, steps_per_day // 2))] = False
         steps = np.flatnonzero(keep)
         return steps, row[steps]
     if kind == "duplicates":
@@ -627,3 +637,57 @@ def _assemble(
         },
         copy=False,
     )
+
+
+# -- weather forecasts (covariates) -------------------------------------------------------
+def weather_table(
+    readings: pd.DataFrame,
+    horizon: int = 48,
+    issue_every: int = 24,
+    error_sd: float = 0.35,
+    seed: int = 0,
+    name: str = "temperature",
+) -> pd.DataFrame:
+    """A covariate table (:data:`forecasting.contract.COVARIATES`) for the regions of
+    generated ``readings``: each region's observed temperature (the mean over its meters,
+    ``issued_at = ts``) and a forecast issued every ``issue_every`` steps at ``T`` for
+    ``T+1..T+horizon`` whose error is a random walk, so it grows with the lead time (its
+    standard deviation ``error_sd * sqrt(lead)`` °C)."""
+    rng = np.random.default_rng(seed)
+    frame = readings[[C.TS, "region", "temperature"]].dropna()
+    obs = frame.groupby(["region", C.TS], sort=True)["temperature"].mean().reset_index()
+    obs[C.TS] = (
+        pd.DatetimeIndex(obs[C.TS]).tz_localize(None) if getattr(obs[C.TS].dtype, "tz", None) else obs[C.TS]
+    )
+    parts = [
+        pd.DataFrame(
+            {
+                "name": name,
+                "key": obs["region"],
+                C.TS: obs[C.TS],
+                "issued_at": obs[C.TS],
+                "value": obs["temperature"],
+            }
+        )
+    ]
+    for region, rows in obs.groupby("region", sort=True):
+        ts = rows[C.TS].to_numpy(dtype="datetime64[us]")
+        temp = rows["temperature"].to_numpy(dtype=float)
+        for start in range(0, len(ts) - 1, issue_every):
+            lead = np.arange(1, min(horizon, len(ts) - 1 - start) + 1)
+            error = np.cumsum(rng.normal(0.0, error_sd, len(lead)))
+            parts.append(
+                pd.DataFrame(
+                    {
+                        "name": name,
+                        "key": region,
+                        C.TS: ts[start + lead],
+                        "issued_at": ts[start],
+                        "value": temp[start + lead] + error,
+                    }
+                )
+            )
+    out = pd.concat(parts, ignore_index=True)
+    out[C.TS] = out[C.TS].astype("datetime64[us]")
+    out["issued_at"] = out["issued_at"].astype("datetime64[us]")
+    return out.sort_values(["name", "key", C.TS, "issued_at"], kind="mergesort", ignore_index=True)

@@ -31,6 +31,11 @@ Conventions of the result row:
   (``bounds: nonnegative``) beside those keys when they apply
   (:mod:`forecasting.models.calibrated`); read it back with :func:`load_fitted`, which
   applies them. Empty for a failed series.
+* ``forecasts_json``: the backtest forecasts kept (``backtest.store_forecasts``: the
+  chosen model's windows, every candidate's, or ``[]``): a list of windows ``{window,
+  cutoff, ts: [...], y: [...], models: {model: {mean, lo-<lv>, hi-<lv>}}}`` (the times
+  and actuals of the window's steps, each model's forecast of them), what
+  ``gold/backtest_forecasts`` is derived from (:func:`forecasting.results.backtest_forecast_rows`).
 * ``tuned_json``: with ``tune.enabled``, per tuned model ``{params, best, loss,
   default_loss, evals, tune_s}`` (:meth:`forecasting.tuning.TuneResult.summary`), or
   ``{skipped: reason}``; ``params`` are the values used (``{}``: the configured ones
@@ -50,6 +55,11 @@ forecast that model_json gives; they are scored and chosen here like any candida
 (:mod:`forecasting.global_candidates`). Without that column a configured global
 model is a failed candidate.
 
+Cold start: a series whose rows carry a cold-start profile (training attaches one to
+each series with fewer observed readings than ``cleaning.min_length``, let through by
+cleaning when ``cold_start.enabled``) skips the candidates: its row gets status
+``cold_start`` and that profile (:mod:`forecasting.cold_start`), fitted to its level.
+
 Determinism: the global numpy and ``random`` generators are seeded with
 ``config.seed`` before every fit (:func:`forecasting.timeout.run_seeded`), and BLAS
 runs on one thread, so the same rows (in any order) give the same result.
@@ -66,6 +76,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+from forecasting import cold_start
 from forecasting.backtest import check_forecast
 from forecasting.calibration import conformal_factors, shrunk
 from forecasting.choice import (
@@ -146,10 +157,15 @@ def process_series(pdf: pd.DataFrame, config: Config) -> pd.DataFrame:
 def _process(pdf: pd.DataFrame, config: Config, row: dict[str, Any]) -> None:
     """The steps, top to bottom; ``row`` gets each step's columns as it ends."""
     run = _clean(pdf, config, row)
+    if cold_start.carried(pdf):  # training found it too short: the profile of similar meters
+        row.update(cold_start.cold_fields(run.data, pdf, config))
+        return
     candidates = [_candidate(run, name) for name in run.names]
     candidates = _with_ensemble(run, candidates)
     decision = _choose(run, candidates)
-    row.update(outcome_fields(run.data, candidates, decision, run.tuned_report))
+    row.update(
+        outcome_fields(run.data, candidates, decision, run.tuned_report, config.backtest.store_forecasts)
+    )
 
 
 # -- clean -----------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from forecasting.choice import Candidate, Decision
 from forecasting.config import Config
-from forecasting.contract import FAILED, SERIES_ID, TRAIN_RESULT
+from forecasting.contract import FAILED, FORECASTS_JSON, SERIES_ID, TRAIN_RESULT
 from forecasting.series import SeriesData
 
 
@@ -58,6 +58,7 @@ def failed_row(series_id: str, config: Config, reason: str) -> dict[str, Any]:
         "candidates_json": "{}",
         "model_json": "",
         "tuned_json": "{}",
+        "forecasts_json": "[]",
     }
 
 
@@ -83,13 +84,86 @@ def backtest_rows(candidates: Sequence[Candidate], data: SeriesData) -> list[dic
     return rows
 
 
+def forecast_windows(candidates: Sequence[Candidate], data: SeriesData, models: Sequence[str]) -> list:
+    """The ``forecasts_json`` entries: per backtest window of the candidates named in
+    ``models`` (those that finished their backtest), its cutoff, the times and actuals of
+    its forecast steps and each model's forecast (``mean``, ``lo-<lv>``, ``hi-<lv>``)."""
+    windows: dict[int, dict[str, Any]] = {}
+    for cand in candidates:
+        if not cand.ok or cand.name not in models:
+            continue
+        for w in cand.windows:
+            forecast = w.get("forecast")
+            if forecast is None:
+                continue
+            cut, h = int(w["cutoff"]), len(forecast["mean"])
+            entry = windows.setdefault(
+                int(w["window"]),
+                {
+                    "window": int(w["window"]),
+                    "cutoff": data.cutoff_iso(cut),
+                    "ts": [pd.Timestamp(t).isoformat() for t in data.ts[cut : cut + h]],
+                    "y": [_finite_or_none(float(v)) for v in data.y[cut : cut + h]],
+                    "models": {},
+                },
+            )
+            entry["models"][cand.name] = {
+                k: [_finite_or_none(float(v)) for v in a] for k, a in forecast.items()
+            }
+    return [windows[k] for k in sorted(windows)]
+
+
+def stored_forecasts(
+    candidates: Sequence[Candidate], data: SeriesData, decision: Decision, store: str
+) -> str:
+    """The ``forecasts_json`` of ``backtest.store_forecasts``: every candidate's windows
+    (``all``), the chosen model's (``chosen``) or none."""
+    if store == "all":
+        return json.dumps(forecast_windows(candidates, data, [c.name for c in candidates]), allow_nan=False)
+    if store == "chosen" and decision.model:
+        return json.dumps(forecast_windows(candidates, data, [decision.model]), allow_nan=False)
+    return "[]"
+
+
+def backtest_forecast_rows(results: pd.DataFrame, run_id: str, levels: Sequence[int]) -> pd.DataFrame:
+    """gold/backtest_forecasts rows of TRAIN_RESULT rows (``series_id``,
+    ``forecasts_json``): one per series, model, window and step (``lead`` 1..h)."""
+    cols: dict[str, list] = {k: [] for k in ("series_id", "model", "window", "cutoff", "lead", "ts", "y")}
+    bounds = {
+        f"yhat_{side}_{lv}": f"{key}-{lv}"
+        for lv in levels
+        for side, key in (("lower", "lo"), ("upper", "hi"))
+    }
+    values: dict[str, list] = {"yhat": [], **{c: [] for c in bounds}}
+    for sid, payload in zip(results[SERIES_ID], results[FORECASTS_JSON]):
+        for w in json.loads(payload or "[]"):
+            h = len(w["ts"])
+            for model, forecast in w["models"].items():
+                cols["series_id"] += [sid] * h
+                cols["model"] += [model] * h
+                cols["window"] += [w["window"]] * h
+                cols["cutoff"] += [w["cutoff"]] * h
+                cols["lead"] += list(range(1, h + 1))
+                cols["ts"] += w["ts"]
+                cols["y"] += w["y"]
+                values["yhat"] += forecast["mean"]
+                for col, key in bounds.items():
+                    values[col] += forecast.get(key, [None] * h)
+    frame = pd.DataFrame({**cols, **values})
+    for c in ("cutoff", "ts"):
+        frame[c] = pd.to_datetime(frame[c]).astype("datetime64[us]")
+    return frame.assign(run_id=run_id).astype({"window": "int64", "lead": "int64"})
+
+
 def outcome_fields(
     data: SeriesData,
     candidates: Sequence[Candidate],
     decision: Decision,
     tuned_report: dict[str, Any],
+    store: str = "none",
 ) -> dict[str, Any]:
-    """The row's columns once the series is decided: status, model, metric and JSON."""
+    """The row's columns once the series is decided: status, model, metric and JSON
+    (the backtest forecasts as ``store``: ``backtest.store_forecasts``)."""
     return dict(
         status=decision.status,
         reason=decision.reason,
@@ -99,4 +173,5 @@ def outcome_fields(
         candidates_json=json.dumps({c.name: c.summary() for c in candidates}, allow_nan=False),
         model_json=decision.fitted or "",
         tuned_json=json.dumps(tuned_report, default=json_default, allow_nan=False),
+        forecasts_json=stored_forecasts(candidates, data, decision, store),
     )

@@ -2,7 +2,8 @@
 (:func:`prepare`), and one model backtested on it (:func:`backtest_model`).
 
 Steps of :func:`prepare`: sort by ``ts``; take ``y``, the timestamps and (when complete)
-``temperature`` as the regressor of models that support one; derive the season lengths
+the regressors of models that support them (``temperature``, or the declared
+covariates: :func:`forecasting.covariates.series_regressors`); derive the season lengths
 from the frequency; classify the demand of the observed readings (those not
 ``is_filled``, :func:`forecasting.demand.demand_class`), which picks the candidates.
 """
@@ -19,6 +20,7 @@ import pandas as pd
 from forecasting.backtest import backtest
 from forecasting.config import Config
 from forecasting.contract import SERIES_ID, TS, Y
+from forecasting.covariates import CovariateView, series_regressors
 from forecasting.demand import demand_class, observed
 from forecasting.errors import DataContractError
 from forecasting.frequency import freq_of, seasonalities_for
@@ -39,6 +41,7 @@ class SeriesData:
     freq: str
     seasonalities: tuple[int, ...]
     demand_class: str | None = None  # forecasting.demand; None: no demand at all
+    covariates: CovariateView | None = None  # declared covariates: what a backtest knows of their future
 
     @property
     def season_length(self) -> int:
@@ -89,11 +92,7 @@ def prepare(pdf: pd.DataFrame, config: Config) -> SeriesData:
         raise DataContractError(
             f"{int(bad.sum())} of {len(y)} y values are missing or not finite: expected a cleaned (silver) series"
         )
-    X = None
-    if EXOG_COLUMN in df.columns:
-        temp = pd.to_numeric(df[EXOG_COLUMN], errors="coerce").to_numpy(dtype=float)
-        if np.all(np.isfinite(temp)):
-            X = temp.reshape(-1, 1)
+    X, view = series_regressors(df, config, ts)
     freq = config.freq or freq_of(ts)
     filled = df["is_filled"].fillna(False).to_numpy(dtype=bool) if "is_filled" in df.columns else None
     return SeriesData(
@@ -104,6 +103,7 @@ def prepare(pdf: pd.DataFrame, config: Config) -> SeriesData:
         freq=freq,
         seasonalities=seasonalities_for(freq),
         demand_class=demand_class(observed(y, filled)),
+        covariates=view,
     )
 
 
@@ -135,5 +135,6 @@ def backtest_model(
         step=config.backtest_step,
         levels=list(config.levels),
         m=data.season_length,
+        future_X=None if X is None or data.covariates is None else data.covariates.future_X,
     )
     return run_seeded(run, config.seed, config.model_timeout_s)

@@ -138,7 +138,9 @@ def run_metrics(stats: Mapping[str, Stat], n_quarantined: int | None = None) -> 
     def count(key: str) -> float:
         return float(stats[key].count) if key in stats else 0.0
 
-    out: dict[str, float] = {k: count(k) for k in ("n_series", "n_ok", "n_fallback", "n_failed")}
+    out: dict[str, float] = {
+        k: count(k) for k in ("n_series", "n_ok", "n_fallback", "n_failed", "n_cold_start")
+    }
     if n_quarantined is not None:
         out["n_quarantined"] = float(n_quarantined)
     value = stats.get(METRIC_VALUE)

@@ -12,7 +12,8 @@ import pandas as pd
 
 from forecasting import contract as C
 
-USABLE = (C.OK, C.FALLBACK)  # the statuses whose series get a model
+USABLE = (C.OK, C.FALLBACK, C.COLD_START)  # the statuses whose series get a model
+# (cold_start: a profile of similar meters, no backtest: its metric_value is null)
 _NOT_METRICS = {"model", "window", "cutoff"}
 
 
@@ -66,6 +67,7 @@ def aggregate_metrics(results: pd.DataFrame, n_quarantined: int | None = None) -
         "n_ok": float((status == C.OK).sum()),
         "n_fallback": float((status == C.FALLBACK).sum()),
         "n_failed": float((status == C.FAILED).sum()),
+        "n_cold_start": float((status == C.COLD_START).sum()),
     }
     if n_quarantined is not None:
         out["n_quarantined"] = float(n_quarantined)

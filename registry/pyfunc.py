@@ -85,7 +85,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import mlflow
 import numpy as np
@@ -100,6 +100,8 @@ from packaging.requirements import Requirement
 
 from forecasting import contract as C
 from forecasting.config import Config
+from forecasting.covariates import HOLIDAY, exog_columns
+from forecasting.covariates import column as cov_column
 from forecasting.errors import RegistryError
 from forecasting.frequency import future_timestamps
 from forecasting.models import load_fitted
@@ -668,7 +670,7 @@ class ManyModels(mlflow.pyfunc.PythonModel):
             )
         model = self.fitted(sid, entry)
         X = None
-        if getattr(model, "supports_exog", False) and "temperature" in rows.columns:
+        if getattr(model, "supports_exog", False) and exog_columns(rows.columns):
             X = _future_exog(sid, rows, h, ks)
         try:
             fc = model.predict(h, X=X, level=self.levels)
@@ -751,25 +753,30 @@ def _steps(sid: str, end: pd.Timestamp, off: pd.DateOffset, wanted: pd.DatetimeI
 
 
 def _future_exog(sid: str, rows: pd.DataFrame, h: int, ks: np.ndarray | None) -> np.ndarray | None:
-    """Temperature for steps 1..h (h x 1), or None when the rows carry none."""
-    temp = pd.to_numeric(rows["temperature"], errors="coerce")
-    if not temp.notna().any():
-        return None
-    if ks is None:
-        values = temp.to_numpy(dtype=float)
-    else:
-        values = np.full(h, np.nan)
-        with_ts = rows[C.TS].notna().to_numpy()
-        values[ks - 1] = temp.to_numpy(dtype=float)[with_ts]
-    values = values[:h]
-    if len(values) < h or not np.all(np.isfinite(values)):
-        n_missing = h - int(np.isfinite(values).sum())
-        raise MlflowException(
-            f"series {sid}: temperature missing for {n_missing} of the {h} future step(s): its model uses "
-            "the regressor, so give one finite value for every step up to the last one wanted",
-            error_code=INVALID_PARAMETER_VALUE,
-        )
-    return values.reshape(-1, 1)
+    """The regressors for steps 1..h (h x k: temperature, or the declared covariates'
+    ``cov_*`` columns, :func:`forecasting.covariates.exog_columns`), or None when the
+    rows carry none."""
+    cols = exog_columns(rows.columns)
+    parts = []
+    for col in cols:
+        values = pd.to_numeric(rows[col], errors="coerce")
+        if not values.notna().any():
+            return None
+        if ks is not None:
+            full = np.full(h, np.nan)
+            with_ts = rows[C.TS].notna().to_numpy()
+            full[ks - 1] = values.to_numpy(dtype=float)[with_ts]
+            values = full
+        values = np.asarray(values, dtype=float)[:h]
+        if len(values) < h or not np.all(np.isfinite(values)):
+            n_missing = h - int(np.isfinite(values).sum())
+            raise MlflowException(
+                f"series {sid}: {col} missing for {n_missing} of the {h} future step(s): its model uses "
+                "the regressor, so give one finite value for every step up to the last one wanted",
+                error_code=INVALID_PARAMETER_VALUE,
+            )
+        parts.append(values)
+    return np.column_stack(parts)
 
 
 # -- logging ---------------------------------------------------------------------------
@@ -919,8 +926,15 @@ def write_models(
     return stats
 
 
-def signature(levels: list[int]):
-    """Input/output schema and the ``unknown`` param of the many-models pyfunc."""
+def regressor_columns(config: Config) -> list[str]:
+    """The ``cov_*`` input columns of a config's declared covariates (and holidays)."""
+    cols = [cov_column(c.name) for c in config.covariates]
+    return sorted(cols + ([HOLIDAY] if config.holidays else []))
+
+
+def signature(levels: list[int], covariates: Sequence[str] = ()):
+    """Input/output schema and the ``unknown`` param of the many-models pyfunc
+    (``covariates``: the optional regressor columns of declared covariates, ``cov_*``)."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
     from mlflow.types.schema import AnyType
@@ -933,6 +947,7 @@ def signature(levels: list[int]):
             # check refuses a zone); the model reads both
             ColSpec(AnyType(), C.TS, required=False),
             ColSpec("double", "temperature", required=False),
+            *[ColSpec("double", col, required=False) for col in covariates],
         ]
     )
     outs = [ColSpec("string", C.SERIES_ID), ColSpec("datetime", C.TS), ColSpec("double", "yhat")]
@@ -1064,7 +1079,7 @@ def _log_model(
         python_model=str(CODE_FILE),
         artifacts=artifacts or None,
         model_config=model_config,
-        signature=signature(levels),
+        signature=signature(levels, regressor_columns(config)),
         input_example=example,
         pip_requirements=scoring_requirements(),
         code_paths=code,

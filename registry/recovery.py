@@ -28,11 +28,19 @@ from mlflow.entities import RunStatus
 from forecasting.config import Config
 from registry.connection import configure, set_uris
 from registry.results import RESULTS_FILE, RESULTS_REF
-from registry.runs import BATCHES_TAG, CONFIG_HASH_TAG, JOB_TAG, SILVER_VERSION_TAG, config_hash
+from registry.runs import (
+    BATCHES_TAG,
+    CONFIG_HASH_TAG,
+    FAILURE_TAG,
+    JOB_TAG,
+    SILVER_VERSION_TAG,
+    STOPPED,
+    config_hash,
+    tag_failure,
+)
 
 log = logging.getLogger(__name__)
 
-FAILURE_TAG = "mmf.failure"
 RECOVERED_TAG = "mmf.recovered"
 RESUME_DIR = "resume"  # run artifacts a re-opened run reads back
 ORPHAN_REASON = "orphaned: the job was killed before it finished"
@@ -99,8 +107,9 @@ def find_resumable(
     """The newest training run a killed job left that the next job must finish:
     ``(run, model_version)``, ``model_version`` ``None`` when it did not register one
     yet; or ``None``. It must have been found orphaned (``FAILED`` with
-    ``mmf.failure``: run :func:`mark_orphans_failed` first; a run that failed on an
-    exception is not resumed, its job is run again) and carry this silver version and
+    ``mmf.failure``: run :func:`mark_orphans_failed` first) or stopped from outside
+    (:func:`resumable`; a run that failed on an error is not resumed, its job is run
+    again) and carry this silver version and
     config hash. Then either it owns a ``READY`` version of
     ``mlflow.registered_model`` (it trained every batch and logged its results), or it
     recorded the same batch plan (tag ``mmf.batches`` equal to ``n_batches``): its
@@ -118,7 +127,7 @@ def find_resumable(
         [exp.experiment_id], filter_string=query, order_by=["attributes.start_time DESC"], max_results=20
     )
     for run in runs:
-        if run.data.tags.get(FAILURE_TAG) != ORPHAN_REASON:
+        if not resumable(run.data.tags.get(FAILURE_TAG)):
             continue
         version = _registered(client, config, run)
         if version is not None:
@@ -126,6 +135,13 @@ def find_resumable(
         if n_batches is not None and run.data.tags.get(BATCHES_TAG) == str(int(n_batches)):
             return run, None
     return None
+
+
+def resumable(failure: str | None) -> bool:
+    """Whether a run that ended with this ``mmf.failure`` is finished by the next job:
+    its job was killed (found orphaned) or stopped from outside (SIGTERM, a closed
+    output, Ctrl-C); not a job that failed on an error (it is run again)."""
+    return failure == ORPHAN_REASON or (failure or "").startswith(STOPPED)
 
 
 def _registered(client: MlflowClient, config: Config, run):
@@ -166,7 +182,11 @@ def resume_run(config: Config, run_id: str, note: str):
     client = configure(config)
     with mlflow.start_run(run_id=run_id) as run:
         _mark_recovered(client, run_id, note)
-        yield run
+        try:
+            yield run
+        except BaseException as exc:
+            tag_failure(exc)  # why it ended FAILED (again)
+            raise
 
 
 def close_recovered(config: Config, run_id: str, note: str) -> bool:

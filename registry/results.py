@@ -82,6 +82,7 @@ class RunTotals:
             "n_ok": float(self.status.get(C.OK, 0)),
             "n_fallback": float(self.status.get(C.FALLBACK, 0)),
             "n_failed": float(self.status.get(C.FAILED, 0)),
+            "n_cold_start": float(self.status.get(C.COLD_START, 0)),
         }
         if n_quarantined is not None:
             out["n_quarantined"] = float(n_quarantined)
@@ -164,12 +165,12 @@ def _write_batches(batches: Iterable[pd.DataFrame], folder: Path) -> tuple[RunTo
     batches (a batch without a metric gets it null), so its batches are kept as parts
     on disk and copied into the one file at the end."""
     totals = RunTotals()
-    names = list(C.TRAIN_RESULT.names)
-    with pq.ParquetWriter(folder / RESULTS_FILE, C.TRAIN_RESULT, compression="zstd") as writer:
+    names = list(C.TRAIN_RESULT_CORE.names)  # the backtest forecasts are in gold/backtest_forecasts
+    with pq.ParquetWriter(folder / RESULTS_FILE, C.TRAIN_RESULT_CORE, compression="zstd") as writer:
         parts: list[Path] = []
         for i, batch in enumerate(batches):
             cols = batch.reindex(columns=names)  # a column the rows lack is written null
-            writer.write_table(pa.Table.from_pandas(cols, schema=C.TRAIN_RESULT, preserve_index=False))
+            writer.write_table(pa.Table.from_pandas(cols, schema=C.TRAIN_RESULT_CORE, preserve_index=False))
             bt = chosen_backtest(batch)
             totals.add(batch, bt)
             part = folder / f"per_series-{i}.parquet"

@@ -12,7 +12,11 @@ Tags of a training run:
 ``mmf.config_hash``     :func:`config_hash` of the settings that shape the results
 ``mmf.batches``         the number of bucket ranges (batches) the job's plan has; a
                         restarted job re-opens the run only on the same plan
-``mmf.failure``         set on runs found orphaned by a killed job (:mod:`registry.recovery`)
+``mmf.failure``         why the run ended ``FAILED``: set on runs found orphaned by a killed
+                        job (:mod:`registry.recovery`), and by the run itself when an
+                        exception ends it (:class:`JobRun`): ``stopped: ...`` when the job
+                        was stopped from outside (SIGTERM, a closed output pipe, Ctrl-C;
+                        resumed by the next job like a killed one), ``failed: ...`` otherwise
 ``mmf.recovered``       set when a restarted job finished a killed job's run
                         (:mod:`registry.recovery`)
 
@@ -27,6 +31,7 @@ is the Delta table's path and version, context ``training``).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -46,11 +51,13 @@ from mlflow.types import ColSpec, Schema
 from forecasting import __version__
 from forecasting import contract as C
 from forecasting.config import Config
-from forecasting.errors import RegistryError
+from forecasting.errors import JobStopped, RegistryError
 from registry.connection import configure, set_uris
 from training.tables import SILVER_READINGS, Lakehouse
 
 JOB_TAG = "mmf.job"
+FAILURE_TAG = "mmf.failure"
+STOPPED = "stopped: "  # mmf.failure of a job stopped from outside: resumed like a killed one
 DESCRIPTION_TAG = "mlflow.note.content"  # what the MLflow UI shows as a run's description
 CONFIG_HASH_TAG = "mmf.config_hash"
 SILVER_VERSION_TAG = "mmf.silver_version"
@@ -150,16 +157,50 @@ def start_training_run(
     if batches is not None:
         tags[BATCHES_TAG] = str(int(batches))
     tags[DESCRIPTION_TAG] = run_description(config, silver_version, engine, series_ids)
-    run = mlflow.start_run(run_name=run_name or training_run_name(silver_version), tags=tags)
+    run = JobRun(mlflow.start_run(run_name=run_name or training_run_name(silver_version), tags=tags))
     try:
         data = redacted_config(config)
         mlflow.log_params(flatten(data))
         mlflow.log_text(yaml.safe_dump(data, sort_keys=False), "conf.yaml")
         mlflow.log_input(silver_dataset(config, silver_version), context="training")
-    except Exception:
+    except BaseException as exc:
+        tag_failure(exc)
         mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
         raise
     return run
+
+
+class JobRun(mlflow.ActiveRun):
+    """The job's active run as a context manager that says why it failed: an exception
+    leaving it tags the run ``mmf.failure`` (:func:`failure_reason`) before MLflow ends it
+    ``FAILED``."""
+
+    def __exit__(self, exc_type, exc_val, exc_tb):
+        if exc_val is not None:
+            tag_failure(exc_val)
+        return super().__exit__(exc_type, exc_val, exc_tb)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """``mmf.failure`` of a run an exception ended: ``stopped: ...`` for a job stopped
+    from outside (SIGTERM, its output closed, Ctrl-C), else ``failed: <error>``."""
+    if isinstance(exc, JobStopped):
+        return f"{STOPPED}{exc}"
+    if isinstance(exc, BrokenPipeError):
+        return f"{STOPPED}broken pipe: the job's output was closed (e.g. by `| head`) before it finished"
+    if isinstance(exc, KeyboardInterrupt):
+        return f"{STOPPED}interrupted (Ctrl-C) before it finished"
+    lines = str(exc).strip().splitlines()
+    return f"failed: {type(exc).__name__}" + (f": {lines[0][:400]}" if lines else "")
+
+
+def tag_failure(exc: BaseException) -> None:
+    """The active run's ``mmf.failure`` for ``exc`` (nothing when no run is active; a
+    store that refuses the tag does not hide ``exc``)."""
+    if mlflow.active_run() is None:
+        return
+    with contextlib.suppress(Exception):
+        mlflow.set_tag(FAILURE_TAG, failure_reason(exc))
 
 
 def training_run_name(silver_version: int, now: dt.datetime | None = None) -> str:

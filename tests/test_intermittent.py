@@ -33,7 +33,9 @@ def test_demand_stats_and_the_four_classes_at_the_cutoffs():
     y = np.r_[np.ones(100), np.zeros(32)]
     assert demand_stats(y)[0] == pytest.approx(1.32) and demand_class(y) == "intermittent"
     assert demand_class(np.r_[np.ones(100), np.zeros(31)]) == "smooth"
-    assert demand_class([0, 0, np.nan]) is None
+    # never sold: ADI infinite, sizes that do not vary -> intermittent; no finite reading: no class
+    assert demand_stats([0, 0, np.nan]) == (np.inf, 0.0) and demand_class([0, 0, np.nan]) == "intermittent"
+    assert demand_class([np.nan, np.inf]) is None
 
 
 # -- the models -------------------------------------------------------------------------
@@ -128,15 +130,31 @@ def _clean(ts, y, freq, **cleaning):
     return clean_series(pdf, cfg)
 
 
-def test_zero_heavy_series_are_kept_and_classed_and_all_zero_is_quarantined():
+def test_zero_heavy_series_are_kept_and_classed_and_all_zero_follows_the_setting():
     rng = np.random.default_rng(1)
     y = np.where(rng.random(120) < 0.2, np.ceil(np.exp(rng.normal(1, 1.2, 120))), 0)
     out = _clean(pd.date_range("2024-01-01", periods=120, freq="D"), y, "D", clip_outliers=True)
     assert out["_reason"].isna().all() and set(out["_demand_class"]) == {"lumpy"}
     np.testing.assert_array_equal(out[C.Y], y)  # no demand clipped as an outlier
-    zero = _clean(pd.date_range("2024-01-01", periods=60, freq="D"), np.zeros(60), "D")
-    assert zero["_reason"].tolist() == ["constant"]
-    assert "equal 0: no demand or consumption recorded" in zero["_detail"].iloc[0]
+    days = pd.date_range("2024-01-01", periods=60, freq="D")
+    zeros = np.zeros(60)
+    zeros[[10, 11]] = np.nan  # missing days of an item that never sold: filled with 0
+    # auto (the default) keeps an all-zero item at a daily (or coarser) frequency ...
+    kept = _clean(days, zeros, "D")
+    assert kept["_reason"].isna().all() and set(kept["_demand_class"]) == {"intermittent"}
+    assert (kept[C.Y] == 0).all() and kept["is_filled"].sum() == 2
+    weeks = pd.date_range("2024-01-07", periods=30, freq="W-SUN")
+    assert _clean(weeks, np.zeros(30), "W-SUN")["_reason"].isna().all()
+    # ... and quarantines a dead meter below a day; either way when configured
+    hours = pd.date_range("2024-01-01", periods=60, freq="h")
+    for ts, freq, how in ((hours, "h", "auto"), (days, "D", "quarantine")):
+        zero = _clean(ts, np.zeros(60), freq, all_zero=how)
+        assert zero["_reason"].tolist() == ["constant"]
+        assert "equal 0: no demand or consumption recorded" in zero["_detail"].iloc[0]
+        assert "cleaning.all_zero: keep" in zero["_detail"].iloc[0]
+    assert _clean(hours, np.zeros(60), "h", all_zero="keep")["_reason"].isna().all()
+    flat = _clean(days, np.full(60, 2.0), "D", all_zero="keep")  # a stuck value is still constant
+    assert flat["_reason"].tolist() == ["constant"]
 
 
 @pytest.mark.parametrize(
@@ -260,16 +278,17 @@ def test_nightly_on_daily_intermittent_demand(tmp_path, config):
         "INTER-1": "intermittent",
         "INTER-2": "intermittent",
         "LUMPY-1": "lumpy",
+        "ZERO-1": "intermittent",  # never sold: kept (cleaning.all_zero auto, daily data)
     }
     assert (series["freq"] == "D").all() and series.loc["SMOOTH-2", "n_filled"] == 3
-    q = lake.read("silver/quarantine").set_index(C.SERIES_ID)
-    assert q.loc["ZERO-1", "reason"] == "constant" and "no demand" in q.loc["ZERO-1", "detail"]
+    assert not lake.exists("silver/quarantine") or lake.read("silver/quarantine").empty
 
     sel = lake.read("gold/selection").set_index(C.SERIES_ID)
-    assert set(sel.loc[["INTER-1", "INTER-2", "LUMPY-1"], "model"]) <= set(cfg.intermittent.models)
+    assert set(sel.loc[["INTER-1", "INTER-2", "LUMPY-1", "ZERO-1"], "model"]) <= set(cfg.intermittent.models)
     assert set(sel.loc[["SMOOTH-1", "SMOOTH-2"], "model"]) <= {"seasonal_naive", "theta"}
-    assert (sel.loc[series.index, "status"] == "ok").all() and sel.loc["ZERO-1", "status"] == "quarantined"
+    assert (sel.loc[series.index, "status"] == "ok").all()
     assert np.isfinite(sel.loc[series.index, "metric_value"]).all()
+    assert sel.loc["ZERO-1", "metric_value"] == 0.0  # a perfect forecast of no demand, no 0/0
 
     bt = lake.read("gold/backtest")
     assert set(bt.loc[bt[C.SERIES_ID] == "LUMPY-1", "model"]) == set(cfg.intermittent.models)
@@ -284,3 +303,5 @@ def test_nightly_on_daily_intermittent_demand(tmp_path, config):
     assert ((first[C.TS] - first["cutoff"]) == pd.Timedelta("1D")).all()
     inter = fc[fc[C.SERIES_ID] == "INTER-1"]
     assert inter["yhat"].nunique() == 1 and 0 < inter["yhat"].iloc[0] < 3  # a flat demand rate
+    zero = fc[fc[C.SERIES_ID] == "ZERO-1"].filter(like="yhat")
+    assert (zero.to_numpy() == 0).all()  # no demand, intervals included

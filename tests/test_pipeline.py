@@ -141,6 +141,39 @@ def test_output_schema_matches_train_result():
     )
 
 
+def test_the_backtest_forecasts_kept_follow_store_forecasts():
+    """``forecasts_json`` holds the windows of the chosen model (default), of every
+    candidate (``all``) or none; its gold/backtest_forecasts rows are the window's steps:
+    the actuals of the series there and the forecasts scored in gold/backtest."""
+    from forecasting.results import backtest_forecast_rows
+
+    pdf = make_series()
+    models = ["seasonal_naive", "weekly_naive"]
+    kept = {}
+    for store in ("chosen", "all", "none"):
+        out = process_series(pdf, cfg(models=models, backtest={"store_forecasts": store}))
+        kept[store] = backtest_forecast_rows(out, "r1", [80, 95])
+    chosen = out.loc[0, "model"]
+    assert len(kept["none"]) == 0 and set(kept["chosen"]["model"]) == {chosen}
+    assert set(kept["all"]["model"]) == set(models) and len(kept["all"]) == 2 * 2 * H
+    rows = kept["all"].sort_values(["model", "window", "lead"], ignore_index=True)
+    assert list(rows["lead"][:H]) == list(range(1, H + 1)) and set(rows["run_id"]) == {"r1"}
+    actual = pdf.set_index("ts")["y"]
+    np.testing.assert_allclose(rows["y"], actual.loc[rows["ts"]].to_numpy())
+    assert (
+        rows["cutoff"] == rows.groupby(["model", "window"])["ts"].transform("min") - pd.Timedelta("1h")
+    ).all()
+    # the last window ends at the series' end; its point forecast is what gold/backtest scored
+    last = rows[(rows["model"] == "seasonal_naive") & (rows["window"] == 1)]
+    assert last["ts"].max() == pdf["ts"].max()
+    assert (rows["yhat_lower_95"] <= rows["yhat_lower_80"]).all() and (
+        rows["yhat_lower_80"] <= rows["yhat"]
+    ).all()
+    mae = json.loads(out.loc[0, "backtest_json"])
+    want = next(w["mae"] for w in mae if w["model"] == "seasonal_naive" and w["window"] == 1)
+    assert (last["yhat"] - last["y"]).abs().mean() == pytest.approx(want)
+
+
 def test_failed_row_has_the_schema_too():
     out = process_series(make_series().iloc[0:0], cfg())
     assert out.dtypes.to_dict() == result_frame_empty().dtypes.to_dict()

@@ -113,6 +113,13 @@ def assert_same_gold(a: dict[str, pd.DataFrame], b: dict[str, pd.DataFrame]) -> 
     values = [c for c in fa.columns if c == "yhat" or c.startswith(("yhat_lower", "yhat_upper"))]
     np.testing.assert_allclose(fa[values].to_numpy(float), fb[values].to_numpy(float), rtol=0, atol=TOL)
 
+    if "backtest_forecasts" in a and "backtest_forecasts" in b:
+        keys = [C.SERIES_ID, "model", "window", "cutoff", "lead", C.TS]
+        fa_, fb_ = a["backtest_forecasts"], b["backtest_forecasts"]
+        assert len(fa_) == len(fb_) > 0 and fa_[keys].equals(fb_[keys])
+        values = [c for c in fa_.columns if c in (C.Y, "yhat") or c.startswith(("yhat_lower", "yhat_upper"))]
+        np.testing.assert_allclose(fa_[values].to_numpy(float), fb_[values].to_numpy(float), rtol=0, atol=TOL)
+
     pa_, pb = a["portfolio"], b["portfolio"]
     assert pa_[["level", "key", "day", "n_series"]].equals(pb[["level", "key", "day", "n_series"]])
     np.testing.assert_allclose(

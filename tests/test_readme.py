@@ -204,6 +204,10 @@ EXPECTED: list[tuple[str, list[str]]] = [
     (r"mmf sql \"SELECT \* FROM gold\.current_forecasts", [r"MTR-00001"]),
     (r"mmf sql \"SELECT status, model, count\(\*\) AS n FROM gold\.current_selection", [r"\bok\b"]),
     (r"mmf sql \"SELECT day, yhat FROM gold\.current_portfolio", [r"day +yhat"]),
+    (
+        r"mmf sql \"SELECT model, cutoff, ts, y, yhat FROM gold\.current_backtest_forecasts",
+        [r"model +cutoff +ts +y +yhat", r"\n *\w+ +\d{4}-\d\d-\d\d"],
+    ),
 ]
 
 

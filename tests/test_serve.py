@@ -279,6 +279,28 @@ def test_history_backtest_and_portfolio(client, lake):
     np.testing.assert_allclose(total, lake.lake.read("gold/forecasts")["yhat"].sum())
 
 
+def test_backtest_forecasts_of_a_series(client, lake):
+    """The overlay's rows: the series' gold/backtest_forecasts rows of the champion's run
+    (backtest.store_forecasts: chosen, the default), per window against the actuals."""
+    sid = lake.usable[1]
+    body = S.BacktestForecasts.model_validate(client.get(f"/series/{sid}/backtest_forecasts").json())
+    gold = lake.lake.read("gold/backtest_forecasts", filters=[("series_id", "=", sid)])
+    silver = lake.lake.read("silver/readings", filters=[("series_id", "=", sid)]).set_index("ts")["y"]
+    assert body.chosen_model == "seasonal_naive" and body.levels == sorted(lake.config.levels)
+    assert body.run_id == gold["run_id"].iloc[0] and len(body.windows) == lake.config.backtest.windows
+    for w in body.windows:
+        rows = gold[gold["window"] == w.window].sort_values("lead")
+        assert [m.model for m in w.models] == ["seasonal_naive"] and len(w.ts) == HORIZON == len(rows)
+        assert w.ts == list(rows["ts"].dt.strftime("%Y-%m-%dT%H:%M:%SZ"))
+        np.testing.assert_allclose(w.y, silver.loc[rows["ts"]].to_numpy())  # the actuals of the window
+        np.testing.assert_allclose(w.models[0].yhat, rows["yhat"])
+        for lv in lake.config.levels:
+            np.testing.assert_allclose(w.models[0].lower[str(lv)], rows[f"yhat_lower_{lv}"])
+        assert w.cutoff == (rows["ts"].iloc[0] - pd.Timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    r = client.get(f"/series/{lake.quarantined[0]}/backtest_forecasts")
+    assert r.status_code == 404 and "no backtest forecasts" in r.json()["detail"]
+
+
 # -- predict ---------------------------------------------------------------------------
 def test_predict_matches_the_gold_forecast(client, lake):
     a, b = lake.usable[0], lake.usable[3]
@@ -302,7 +324,7 @@ def test_predict_matches_the_gold_forecast(client, lake):
 
 
 # -- errors ----------------------------------------------------------------------------
-@pytest.mark.parametrize("path", ["forecast", "history", "backtest"])
+@pytest.mark.parametrize("path", ["forecast", "history", "backtest", "backtest_forecasts"])
 def test_unknown_series_is_404_and_bad_ids_are_400(client, path):
     r = client.get(f"/series/MTR-99999/{path}")
     assert r.status_code == 404 and "MTR-99999" in r.json()["detail"]

@@ -1,8 +1,8 @@
 """The forecast page in a real headless browser (Debian's chromium + chromedriver, driven by
 Selenium) against ``mmf serve`` started as a real process on a loopback port, over a
 lakehouse built by the jobs with ids ``X1 … X12`` and two candidate models (the explorer:
-natural order, sort by error, filters, history length, portfolio chart, CSV export) and
-``/docs``.
+natural order, sort by error, filters, history length, the candidates' backtest forecasts
+overlaid on the actuals, portfolio chart, CSV export) and ``/docs``.
 
 A missing browser fails this test rather than skipping it: CI installs chromium and
 chromium-driver (see ``.ci/run``). The screenshots linked from the README are written by
@@ -93,6 +93,16 @@ def served(lake, tmp_path_factory):
     log.close()
 
 
+def _wait(driver, seconds: float = 30):
+    """A WebDriverWait that retries a condition whose element was re-rendered under it
+    (the page redraws lists and charts as data arrives: a StaleElementReference there is
+    "not yet", not a failure)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, seconds, ignored_exceptions=(StaleElementReferenceException,))
+
+
 def _browser(tmp_path):
     missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).exists()]
     if missing:
@@ -174,13 +184,12 @@ def _no_console_errors(driver) -> None:
 def test_forecast_page_shows_a_series(served, lake, selection, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
-    from selenium.webdriver.support.ui import WebDriverWait
 
     target, other = lake.usable[2], lake.usable[6]
     horizon = lake.config.horizon
     driver = _browser(tmp_path)
     try:
-        wait = WebDriverWait(driver, 30)
+        wait = _wait(driver)
         driver.get(served + "/")
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#series-list button"))
         # search by prefix, then pick the series from the filtered list
@@ -258,12 +267,11 @@ def test_forecast_page_shows_a_series(served, lake, selection, tmp_path):
 
 def test_forecast_page_names_an_unknown_series(served, tmp_path):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     driver = _browser(tmp_path)
     try:
         driver.get(served + "/#series=MTR-99999")
-        WebDriverWait(driver, 30).until(lambda d: d.find_element(By.ID, "message").is_displayed())
+        _wait(driver).until(lambda d: d.find_element(By.ID, "message").is_displayed())
         assert "MTR-99999" in driver.find_element(By.ID, "message").text
         assert driver.find_element(By.ID, "series-title").text == "MTR-99999"
         assert driver.find_elements(By.CSS_SELECTOR, "#chart svg .fc-point") == []
@@ -273,7 +281,7 @@ def test_forecast_page_names_an_unknown_series(served, tmp_path):
 
 def test_explorer_orders_sorts_filters_and_exports_the_series_table(served, lake, selection, tmp_path):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select, WebDriverWait
+    from selenium.webdriver.support.ui import Select
 
     every = list(selection.index)
     natural = sorted(every, key=natural_key)
@@ -286,7 +294,7 @@ def test_explorer_orders_sorts_filters_and_exports_the_series_table(served, lake
     model = models.value_counts().index[-1]
     driver = _browser(tmp_path)
     try:
-        wait = WebDriverWait(driver, 30)
+        wait = _wait(driver)
         driver.get(served + "/")
         wait.until(lambda d: _table_ids(d) == natural)  # X1, X2, … X10, not X1, X10, X11 … X2
 
@@ -330,7 +338,7 @@ def test_explorer_orders_sorts_filters_and_exports_the_series_table(served, lake
 
 def test_history_length_redraws_and_the_series_exports_as_shown(served, lake, tmp_path):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select, WebDriverWait
+    from selenium.webdriver.support.ui import Select
 
     target = "X2"
     silver = lake.lake.read("silver/readings", filters=[("series_id", "=", target)]).sort_values("ts")
@@ -341,7 +349,7 @@ def test_history_length_redraws_and_the_series_exports_as_shown(served, lake, tm
         return int(d.find_element(By.CSS_SELECTOR, "#chart svg").get_attribute("data-history-points") or -1)
 
     try:
-        wait = WebDriverWait(driver, 30)
+        wait = _wait(driver)
         driver.get(served + f"/#series={target}")
         wait.until(lambda d: history_points(d) == HISTORY_POINTS)  # 7 days by default
         history = Select(driver.find_element(By.ID, "history-length"))
@@ -381,16 +389,90 @@ def test_history_length_redraws_and_the_series_exports_as_shown(served, lake, tm
         driver.quit()
 
 
+def test_candidate_overlays_from_the_stored_backtest_forecasts(served, lake, selection, tmp_path):
+    """A series' candidates' backtest forecasts (gold/backtest_forecasts, every candidate
+    kept) over the actuals of each window: a line per model, the chosen one's bands, a
+    model hidden and shown again, another window, its errors, and the CSV."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    target = "X2"
+    chosen = selection.at[target, "model"]
+    gold = lake.lake.read("gold/backtest_forecasts", filters=[("series_id", "=", target)])
+    windows = sorted(gold["window"].unique())
+    assert len(windows) == lake.config.backtest.windows >= 2 and set(gold["model"]) == {
+        "seasonal_naive",
+        "weekly_naive",
+    }
+    driver = _browser(tmp_path)
+
+    def overlay(d):
+        found = d.find_elements(By.CSS_SELECTOR, "#overlay-chart svg[data-models]")
+        return found[0] if found else None
+
+    try:
+        wait = _wait(driver)
+        driver.get(served + f"/#series={target}")
+        chart = wait.until(overlay)
+        assert chart.get_attribute("data-window") == str(windows[-1])  # the latest window first
+        assert set(chart.get_attribute("data-models").split(",")) == {"seasonal_naive", "weekly_naive"}
+        lines = driver.find_elements(By.CSS_SELECTOR, "#overlay-chart path.cand")
+        assert sorted(p.get_attribute("data-model") for p in lines) == ["seasonal_naive", "weekly_naive"]
+        (bold,) = driver.find_elements(By.CSS_SELECTOR, "#overlay-chart path.cand.chosen")
+        assert bold.get_attribute("data-model") == chosen
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#overlay-chart polygon.band")) == len(
+            lake.config.levels
+        )
+        assert driver.find_elements(By.CSS_SELECTOR, "#overlay-chart path.actual")
+        # the window's errors, as the page computes them from the rows it drew
+        last = gold[gold["window"] == windows[-1]]
+        for model, rows in last.groupby("model"):
+            cell = driver.find_element(
+                By.CSS_SELECTOR, f'#overlay-errors tr[data-model="{model}"] td:nth-child(2)'
+            )
+            assert float(cell.text.replace(",", "")) == pytest.approx(
+                (rows["yhat"] - rows["y"]).abs().mean(), rel=1e-2
+            )
+        chosen_row = driver.find_element(By.CSS_SELECTOR, "#overlay-errors tr.chosen")
+        assert chosen_row.get_attribute("data-model") == chosen
+        driver.execute_script("document.getElementById('overlay').scrollIntoView()")
+        _shot(driver.find_element(By.ID, "overlay"), "page_overlay.png", tmp_path)
+
+        # hide the other model, then show it again; then the older window
+        other = ({"seasonal_naive", "weekly_naive"} - {chosen}).pop()
+        driver.find_element(By.CSS_SELECTOR, f'#overlay-models input[data-model="{other}"]').click()
+        wait.until(lambda d: overlay(d).get_attribute("data-models") == chosen)
+        driver.find_element(By.CSS_SELECTOR, f'#overlay-models input[data-model="{other}"]').click()
+        wait.until(lambda d: len(overlay(d).get_attribute("data-models").split(",")) == 2)
+        Select(driver.find_element(By.ID, "overlay-window")).select_by_value(str(windows[0]))
+        wait.until(lambda d: overlay(d).get_attribute("data-window") == str(windows[0]))
+
+        driver.find_element(By.ID, "export-overlay").click()
+        rows = _download(tmp_path, f"{target}-backtest-forecasts.csv")
+        assert len(rows) == len(gold) == len(windows) * 2 * lake.config.horizon
+        got = pd.DataFrame(rows).astype({"window": int, "y": float, "yhat": float})
+        got = got.sort_values(["model", "window", "ts"], ignore_index=True)
+        want = gold.sort_values(["model", "window", "ts"], ignore_index=True)
+        assert list(got["model"]) == list(want["model"]) and set(got["run_id"]) == set(want["run_id"])
+        np.testing.assert_allclose(got["y"], want["y"])
+        np.testing.assert_allclose(got["yhat"], want["yhat"])
+        for lv in lake.config.levels:
+            np.testing.assert_allclose(got[f"yhat_upper_{lv}"].astype(float), want[f"yhat_upper_{lv}"])
+        _no_console_errors(driver)
+    finally:
+        driver.quit()
+
+
 def test_portfolio_chart_by_total_region_and_site(served, lake, tmp_path):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select, WebDriverWait
+    from selenium.webdriver.support.ui import Select
 
     port = lake.lake.read("gold/portfolio")
     days = port.loc[port["level"] == "total", "day"].nunique()
     assert days >= 3  # a line, not a point
     driver = _browser(tmp_path)
     try:
-        wait = WebDriverWait(driver, 30)
+        wait = _wait(driver)
         driver.get(served + "/")
         chart = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#portfolio-chart svg[data-level]"))
         assert chart.get_attribute("data-level") == "total" and chart.get_attribute("data-lines") == "1"
@@ -429,16 +511,133 @@ def test_portfolio_chart_by_total_region_and_site(served, lake, tmp_path):
 
 def test_docs_is_swagger_ui_served_without_a_cdn(served, tmp_path):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     driver = _browser(tmp_path)
     try:
         driver.get(served + "/docs")
-        WebDriverWait(driver, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".opblock")) >= 8)
+        _wait(driver).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".opblock")) >= 8)
         paths = {e.text for e in driver.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")}
         assert {"/series", "/portfolio", "/predict"} <= paths
         scripts = [s.get_attribute("src") for s in driver.find_elements(By.TAG_NAME, "script")]
         assert scripts and all(src.startswith(served) for src in scripts)
         _no_console_errors(driver)
+    finally:
+        driver.quit()
+
+
+@pytest.fixture(scope="module")
+def served_hierarchy(lake, tmp_path_factory):
+    """A copy of the explorer's lakehouse and MLflow store with the hierarchy step run on
+    its delivery (the shared one keeps its plain gold/portfolio), served by ``mmf serve``."""
+    from forecasting.config import load_config
+    from training.jobs import hierarchy as hierarchy_job
+    from training.jobs.forecast import delivery_key
+    from training.tables import Lakehouse
+
+    tmp = tmp_path_factory.mktemp("hier-page")
+    shutil.copytree(lake.root, tmp / "root")
+    cfg = lake.config
+    uri = cfg.mlflow.tracking_uri.replace(str(lake.root), str(tmp / "root"))
+    hcfg = load_config(
+        **{**cfg.to_dict(), "lakehouse": cfg.lakehouse.replace(str(lake.root), str(tmp / "root"))},
+        **{"mlflow.tracking_uri": uri},
+    )
+    hlake = Lakehouse.from_config(hcfg)
+    fc = hlake.read("gold/forecasts", columns=["model_version", "run_id", "silver_version"]).iloc[0]
+    silver = int(fc["silver_version"])
+    d = hierarchy_job.Delivery("1", fc["run_id"], delivery_key(silver, 1, hcfg.horizon), silver, hcfg.horizon)
+    rep = hierarchy_job.hierarchy(hlake, hcfg, d)
+    assert rep.n_nodes > 3, rep
+    conf = tmp / "serve.yaml"
+    conf.write_text(
+        yaml.safe_dump(
+            {
+                "lakehouse": hcfg.lakehouse,
+                "levels": list(hcfg.levels),
+                "serve": {"max_forecast_age_h": 0},
+                "mlflow": {"tracking_uri": uri, "registered_model": hcfg.mlflow.registered_model},
+            }
+        )
+    )
+    port = free_port()
+    log = open(tmp / "server.log", "wb")
+    cmd = [
+        sys.executable,
+        "-m",
+        "training.cli",
+        "serve",
+        "--conf",
+        str(conf),
+        "--port",
+        str(port),
+        "--no-access-log",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=tmp, env=clean_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(url + "/ready", timeout=90, proc=proc)
+    except AssertionError:
+        stop(proc)
+        log.close()
+        raise AssertionError((tmp / "server.log").read_text()[-3000:]) from None
+    yield url, hlake
+    stop(proc)
+    log.close()
+
+
+def test_hierarchy_chart_shows_any_level_and_node(served_hierarchy, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    url, hlake = served_hierarchy
+    h = hlake.read("gold/hierarchy")
+    steps = h.loc[h["level"] == "total", "ts"].nunique()
+    driver = _browser(tmp_path)
+    try:
+        wait = WebDriverWait(driver, 30)
+        driver.get(url + "/")
+        chart = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#hierarchy-chart svg[data-level]"))
+        assert (chart.get_attribute("data-level"), chart.get_attribute("data-node")) == ("total", "all")
+        assert chart.get_attribute("data-points") == str(steps)
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#hierarchy-chart polygon.hier-band")) == 2  # 80, 95
+        assert driver.find_elements(By.CSS_SELECTOR, '#hierarchy-chart path[data-key="coherent"]')
+        assert driver.find_elements(By.CSS_SELECTOR, '#hierarchy-chart path[data-key="base"]')
+        level = Select(driver.find_element(By.ID, "hierarchy-level"))
+        assert [o.get_attribute("value") for o in level.options] == ["total", "region", "site", "series"]
+
+        level.select_by_value("site")
+        sites = sorted(h.loc[h["level"] == "site", "node"].unique(), key=natural_key)
+        wait.until(
+            lambda d: (
+                d.find_element(By.CSS_SELECTOR, "#hierarchy-chart svg").get_attribute("data-level") == "site"
+            )
+        )
+        node = Select(driver.find_element(By.ID, "hierarchy-node"))
+        assert [o.get_attribute("value") for o in node.options] == sites
+        node.select_by_value(sites[-1])
+        wait.until(
+            lambda d: (
+                d.find_element(By.CSS_SELECTOR, "#hierarchy-chart svg").get_attribute("data-node")
+                == sites[-1]
+            )
+        )
+        assert sites[-1] in driver.find_element(By.ID, "hierarchy-summary").text
+        _shot(driver.find_element(By.ID, "hierarchy"), "page_hierarchy.png", tmp_path)
+
+        _no_console_errors(driver)
+        selected = wait.until(lambda d: d.execute_script("return state.selected"))
+        level = Select(driver.find_element(By.ID, "hierarchy-level"))
+        level.select_by_value("series")
+        if selected in set(h.loc[h["level"] == "series", "node"]):
+            wait.until(
+                lambda d: (
+                    d.find_element(By.CSS_SELECTOR, "#hierarchy-chart svg").get_attribute("data-node")
+                    == selected
+                )
+            )
+        else:  # a quarantined series has no forecast: the page says so
+            wait.until(lambda d: "no hierarchy" in d.find_element(By.ID, "hierarchy-summary").text)
     finally:
         driver.quit()

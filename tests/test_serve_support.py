@@ -72,8 +72,8 @@ def explorer_ids(sid: str) -> str:
 
 def built_for_explorer(tmp_path_factory) -> Built:
     """The same pipeline on the same meters with ids ``X1 … X12``, two candidate models
-    and a three-day horizon, so that the chosen models, errors and id orders differ and the
-    portfolio spans days (the page's explorer)."""
+    (both kept in gold/backtest_forecasts) and a three-day horizon, so that the chosen
+    models, errors and id orders differ and the portfolio spans days (the page's explorer)."""
     with _LOCK:
         if "explorer" not in _BUILT:
             _BUILT["explorer"] = _build(
@@ -81,6 +81,7 @@ def built_for_explorer(tmp_path_factory) -> Built:
                 rename=explorer_ids,
                 models=["seasonal_naive", "weekly_naive"],
                 horizon=EXPLORER_HORIZON,
+                **{"backtest.store_forecasts": "all"},  # the candidates' overlay
             )
         return _BUILT["explorer"]
 

@@ -32,6 +32,7 @@ from tests.test_pipeline_engines import assert_same_gold  # noqa: E402
 from training.jobs.nightly import nightly  # noqa: E402
 from training.tables import (  # noqa: E402
     GOLD_BACKTEST,
+    GOLD_BACKTEST_FORECASTS,
     GOLD_FORECASTS,
     GOLD_PORTFOLIO,
     GOLD_SELECTION,
@@ -59,6 +60,7 @@ GOLD = {
     "backtest": (GOLD_BACKTEST, [C.SERIES_ID, "model", "window"]),
     "selection": (GOLD_SELECTION, [C.SERIES_ID]),
     "portfolio": (GOLD_PORTFOLIO, ["level", "key", "day"]),
+    "backtest_forecasts": (GOLD_BACKTEST_FORECASTS, [C.SERIES_ID, "model", "window", "lead"]),
 }
 # Reads every Gold table with Spark (training.tables.spark.SparkTables) on the master in
 # SPARK_MASTER and pickles the pandas frames (exact dtypes) for the test to compare.

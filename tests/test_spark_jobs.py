@@ -265,12 +265,20 @@ def test_train_on_spark_writes_gold_from_the_executors(tmp_path, spark, monkeypa
     assert collected == [], "results came back to the driver"
     assert rep_s.status_counts == rep.status_counts == {C.OK: 8}
 
-    keys = {"gold/models": [C.SERIES_ID], "gold/backtest": [C.SERIES_ID, "model", "window"]}
+    keys = {
+        "gold/models": [C.SERIES_ID],
+        "gold/backtest": [C.SERIES_ID, "model", "window"],
+        "gold/backtest_forecasts": [C.SERIES_ID, "model", "window", "lead"],
+    }
     for name, by in keys.items():
         pd.testing.assert_frame_equal(_gold(lake_s, name, by), _gold(lake, name, by), obj=name)
     batches = set(lake_s.read("gold/models")["batch"])
     assert len(batches) >= 3
-    for name, run_key in (("gold/models", "mmf.run_id"), ("gold/backtest", "mmf.train_run")):
+    for name, run_key in (
+        ("gold/models", "mmf.run_id"),
+        ("gold/backtest", "mmf.train_run"),
+        ("gold/backtest_forecasts", "mmf.train_run"),
+    ):
         local, remote = _batch_commits(lake, name, run_key), _batch_commits(lake_s, name, run_key)
         assert set(local) == set(remote) == batches, name
         assert {c["mmf.batches"] for c in remote.values()} == {c["mmf.batches"] for c in local.values()}

@@ -9,6 +9,7 @@ import datetime as dt
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 pytest.importorskip("pyspark")
@@ -157,6 +158,49 @@ def test_merge_upserts_once_and_records_the_batch(tables):
         "gold/forecasts", _forecasts("1", series=("d",)), keys, app_id="stream", app_version=1
     )  # a replay
     assert lake.version("gold/forecasts") == before and len(lake.read("gold/forecasts")) == 9
+
+
+def test_spark_writes_evolve_an_old_schema(tables):
+    """A silver/series written before demand_class existed, and a gold/forecasts before
+    silver_version and fit: Spark's append, replace-where and MERGE add the new columns
+    (null in the old rows), as the deltalake layer does."""
+    from deltalake import write_deltalake
+
+    lake = tables.lake
+    old = pa.schema([f for f in C.SILVER_SERIES if f.name != "demand_class"])
+    row = {
+        C.SERIES_ID: ["OLD"],
+        "site": ["s"],
+        "region": ["r"],
+        "freq": ["D"],
+        "start": [dt.datetime(2024, 1, 1)],
+        "end": [dt.datetime(2024, 3, 1)],
+        "n_obs": [60],
+        "n_filled": [0],
+        "n_outliers": [0],
+        "n_duplicates": [0],
+        "bronze_version": [0],
+        C.BUCKET: [7],
+    }
+    write_deltalake(lake.uri("silver/series"), pa.table(row, schema=old))
+    new = pd.DataFrame({**row, C.SERIES_ID: ["NEW"], C.BUCKET: [8], "demand_class": ["lumpy"]})
+    tables.write("silver/series", new)
+    got = lake.read("silver/series").set_index(C.SERIES_ID)
+    assert got["demand_class"].to_dict() == {"OLD": None, "NEW": "lumpy"}
+    tables.write("silver/series", new.assign(n_obs=61), mode="overwrite", replace_where="series_id = 'NEW'")
+    got = lake.read("silver/series").set_index(C.SERIES_ID)
+    assert got.loc["NEW", "n_obs"] == 61 and len(got) == 2
+
+    fields = [f for f in lake.schema("gold/forecasts") if f.name not in ("silver_version", "fit")]
+    write_deltalake(
+        lake.uri("gold/forecasts"), pa.Table.from_pandas(_forecasts("1"), schema=pa.schema(fields))
+    )
+    keys = [C.SERIES_ID, C.TS, "cutoff", "model_version"]
+    tables.merge("gold/forecasts", _forecasts("1", series=("b",), shift=5).assign(fit="refit"), keys)
+    got = lake.read("gold/forecasts").set_index([C.SERIES_ID, C.TS]).sort_index()
+    assert got.loc["a", "fit"].isna().all() and (got.loc["b", "fit"] == "refit").all()
+    assert got.loc["b", "yhat"].tolist() == [5.0, 6.0, 7.0]
+    assert tables.spark.conf.get("spark.databricks.delta.schema.autoMerge.enabled", None) in (None, "false")
 
 
 def test_sql_with_spark_sees_every_table(tables):

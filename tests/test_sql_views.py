@@ -1,5 +1,5 @@
 """``mmf sql``'s current views (issue 17, item 3): ``gold.current_forecasts``,
-``gold.current_selection`` and ``gold.current_portfolio`` hold the champion's current rows
+``gold.current_selection``, ``gold.current_portfolio`` and ``gold.current_backtest_forecasts`` hold the champion's current rows
 whatever older runs and versions the tables keep, and follow the registry's champion
 alias; ``SHOW TABLES`` and ``information_schema`` show no helper names; a bad statement
 is one error line with exit code 2. A real lakehouse, DuckDB and MLflow store."""
@@ -83,7 +83,7 @@ def lake(tmp_path_factory):
 def _frames(lake: Lakehouse, champion) -> dict[str, pd.DataFrame]:
     return {
         name: run_sql(lake, f"SELECT * FROM gold.current_{name}", champion=champion)
-        for name in ("forecasts", "selection", "portfolio")
+        for name in ("forecasts", "selection", "portfolio", "backtest_forecasts")
     }
 
 
@@ -109,6 +109,12 @@ def test_current_views_hold_one_version_and_run_while_the_tables_hold_every_one(
         total = p[p["level"] == "total"].set_index("day")["yhat"].sort_index()
         by_day = f.assign(day=f["ts"].dt.date).groupby("day")["yhat"].sum().sort_index()
         assert total.to_numpy() == pytest.approx(by_day.to_numpy())
+        # backtest forecasts: the chosen model's window of each series in the champion's run
+        b = cur["backtest_forecasts"]
+        assert set(b["run_id"]) == set(s["run_id"]) and len(b) == N_SERIES * H
+        assert not b.duplicated(["series_id", "model", "window", "lead"]).any()
+        chosen = b.merge(s[["series_id", "model"]], on=["series_id", "model"])
+        assert len(chosen) == len(b) and b["y"].notna().all() and b["yhat"].notna().all()
     assert set(lake["first"]["selection"]["run_id"]) != set(lake["second"]["selection"]["run_id"])
 
 
@@ -151,7 +157,7 @@ def test_listings_show_the_lakehouse_names_only(lake):
     assert {"gold.forecasts", "silver.readings", "gold.current_forecasts", "gold.current_selection"} <= set(
         shown
     )
-    assert "gold.current_portfolio" in shown and len(shown) == len(lk.existing()) + 3
+    assert "gold.current_portfolio" in shown and len(shown) == len(lk.existing()) + 4
     listed = run_sql(lk, "SELECT table_schema || '.' || table_name AS name FROM information_schema.tables")
     assert sorted(listed["name"]) == sorted(shown)
     every = run_sql(lk, "SHOW ALL TABLES")

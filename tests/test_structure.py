@@ -52,6 +52,7 @@ OPTIONAL = (
     "training.tables.spark_session",
     "training.jobs.forecast_spark",
     "training.jobs.train_spark",
+    "training.jobs.cold_start_spark",
     "training.serving",
     "training.deep",
 )

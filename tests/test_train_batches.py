@@ -26,12 +26,13 @@ from training.jobs.train import train
 from training.tables import SILVER_READINGS, Lakehouse
 
 REPO = Path(__file__).resolve().parents[1]
-GOLD = ("gold/models", "gold/backtest", "gold/selection")
+GOLD = ("gold/models", "gold/backtest", "gold/selection", "gold/backtest_forecasts")
 VOLATILE = ["run_id", "created_at", "batch", "candidates_json"]  # ids, wall-clock times, fit_s
 KEYS = {
     "gold/models": ["run_id", "series_id"],
     "gold/backtest": ["run_id", "series_id", "model", "window"],
     "gold/selection": ["run_id", "series_id"],
+    "gold/backtest_forecasts": ["run_id", "series_id", "model", "window", "lead"],
 }
 SETTINGS = {
     "horizon": 24,

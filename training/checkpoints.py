@@ -32,6 +32,7 @@ POINTS = (
     "before_forecast_commit",  # forecast: champion's forecasts computed, gold/forecasts not written
     "mid_forecast",  # forecast: a batch of gold/forecasts committed, not the last (info: batch)
     "after_forecast_commit",  # nightly: gold/forecasts committed, gold/portfolio not
+    "mid_hierarchy",  # hierarchy: a batch of gold/hierarchy's series level committed, not the last (info: batch)
     "stream_before_commit",  # stream: a batch's forecasts computed, not merged (info: batch_id)
     "stream_after_commit",  # stream: a batch's forecasts merged, the batch not marked done (info: batch_id)
 )

@@ -10,7 +10,10 @@ function (tests/test_structure.py allows exactly the table's modules).
 Errors end as one line on stderr (what failed, on what, how to fix it) and a non-zero
 exit code, never as a traceback (``mmf -v`` prints it too); see :func:`explain`, which
 recognises MLflow's and Arrow's errors by their classes' names, so neither library is
-imported for it. Every command that writes holds the lakehouse lock
+imported for it. A job stopped by SIGTERM exits 143 with one line; one whose output was
+closed (a broken pipe, ``mmf train 2>&1 | head -1``) exits 1 quietly (Click's handling of
+``EPIPE``); either way its MLflow run ends ``FAILED`` with ``mmf.failure`` saying why
+(:class:`registry.runs.JobRun`). Every command that writes holds the lakehouse lock
 (:func:`training.tables.lakehouse_lock`) and takes ``--wait SECONDS``. The process ends
 with :func:`os._exit` once Python's own shutdown steps have run, so the native thread
 pools of Arrow and deltalake are not torn down by C++ static destructors (which, racing
@@ -34,7 +37,7 @@ from collections.abc import Iterator, Mapping
 import click
 from deltalake.exceptions import CommitFailedError, DeltaError, DeltaProtocolError, TableNotFoundError
 
-from forecasting.errors import MMFError
+from forecasting.errors import JobStopped, MMFError
 from training.commands import State
 from training.commands.progress import Progress as _Progress  # noqa: F401 (where tests find it)
 
@@ -43,6 +46,7 @@ log = logging.getLogger("mmf")
 EXIT_FAILED = 1  # the command ran and reports a failure (refused files, failed series), or a bug
 EXIT_ERROR = 2  # the command could not run: config, input, lock, file system, Delta or MLflow
 EXIT_ABORTED = 130
+EXIT_STOPPED = 143  # SIGTERM (128 + 15, as a shell reports a process it ended)
 
 # name -> ("module:attribute" of the click command, its short help in `mmf --help`; None: hidden)
 COMMANDS: dict[str, tuple[str, str | None]] = {
@@ -234,6 +238,10 @@ def _run() -> int:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return EXIT_ABORTED
+    except JobStopped as exc:  # SIGTERM (training.commands.common.stoppable)
+        with contextlib.suppress(OSError):
+            click.echo(f"stopped: {exc}", err=True)
+        return EXIT_STOPPED
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code

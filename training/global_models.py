@@ -189,7 +189,7 @@ class GlobalReport:
 def build_panel(readings: pd.DataFrame, config: Config) -> tuple[Panel, dict[str, str]]:
     """Every series prepared as ``process_series`` prepares it; series that fail that
     are left out (their own step will fail them with the reason), listed with it."""
-    ids, ys, tss, temps = [], [], [], []
+    ids, ys, tss, temps, views = [], [], [], [], []
     skipped: dict[str, str] = {}
     freq = config.freq
     for sid, rows in readings.groupby(C.SERIES_ID, sort=True):
@@ -202,9 +202,12 @@ def build_panel(readings: pd.DataFrame, config: Config) -> tuple[Panel, dict[str
         ids.append(data.series_id)
         ys.append(data.y)
         tss.append(data.ts)
-        temps.append(None if data.X is None else data.X[:, 0])
+        # one regressor as (n,) (temperature), declared covariates as (n, k)
+        one = data.X is None or (data.X.shape[1] == 1 and data.covariates is None)
+        temps.append(None if data.X is None else (data.X[:, 0] if one else data.X))
+        views.append(data.covariates)
     freq = freq or "h"
-    return Panel(ids, ys, tss, temps, freq, seasonalities_for(freq)), skipped
+    return Panel(ids, ys, tss, temps, freq, seasonalities_for(freq), views), skipped
 
 
 # -- fitting --------------------------------------------------------------------------
@@ -235,7 +238,9 @@ def make_fitter(
             from training import deep
 
             settings = nn_mod.settings(params, spec)
-            meta = nn_mod.architecture(params, spec, use_temperature=panel.has_temperature)
+            meta = nn_mod.architecture(
+                params, spec, use_temperature=panel.has_temperature, n_exog=panel.n_exog
+            )
             if meta["use_temperature"]:
                 meta["t_loc"], meta["t_scale"] = temperature_scaling(panel)
             samples = nn_mod.build_samples(panel, meta, int(settings["windows_per_series"]), seed)
@@ -267,14 +272,20 @@ def make_fitter(
 
 
 def _temps(panel: Panel, i: int, start: int, h: int) -> np.ndarray | None:
+    """Series ``i``'s regressors of the ``h`` steps after ``start`` (a backtest cutoff: its
+    declared covariates as known at the cutoff, never later issues)."""
     t = panel.temperature[i]
     if t is None:
         return None
-    block = t[start : start + h]
+    view = panel.views[i] if panel.views else None
+    t2 = t.reshape(len(t), -1)
+    if view is not None and 0 < start and start + h <= len(t2):
+        return view.future_X(t2, start, h)
+    block = t2[start : start + h]
     if len(block) < h:  # past the data (the final fit's check): repeat the last observed ones
-        tail = t[-h:] if len(t) >= h else np.resize(t, h)
+        tail = t2[-h:] if len(t2) >= h else np.resize(t2, (h, t2.shape[1]))
         block = np.concatenate([block, tail[len(block) - h :]]) if len(block) else tail
-    return block.reshape(-1, 1)
+    return block
 
 
 def _forecast(

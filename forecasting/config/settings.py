@@ -18,6 +18,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 from forecasting.config.validation import Section, refuse, set_dotted, setting, validated
 from forecasting.demand import DEMAND_CLASSES, INTERMITTENT, LUMPY
 from forecasting.errors import ConfigError
+from forecasting.hierarchy import LEVEL_NAMES, METHODS
 from forecasting.metrics import POINT_METRICS
 from forecasting.models import MODELS, all_models, unavailable_reason
 from forecasting.tuning import load_search_spaces
@@ -61,6 +62,12 @@ class Backtest(Section):
     )
     prefer_margin: Number = setting(
         0.3, "the preferred model stays while its score is at most (1 + this) x the best one", ge=0
+    )
+    store_forecasts: Literal["all", "chosen", "none"] = setting(
+        "chosen",
+        "backtest forecasts kept in gold/backtest_forecasts (point, bounds, actual per step):\n"
+        "chosen = the chosen model's windows | all = every candidate's (horizon x windows x\n"
+        "candidates rows per series) | none",
     )
 
 
@@ -149,10 +156,44 @@ class Cleaning(Section):
     max_negative_share: Number = setting(
         0.0, "quarantine when more readings than this are negative", ge=0, le=1
     )
+    all_zero: Literal["auto", "keep", "quarantine"] = setting(
+        "auto",
+        "a series whose every reading is 0: keep (forecast as no demand: it is classed\n"
+        "intermittent, so the intermittent models are its candidates) | quarantine (as\n"
+        "constant) | auto (keep at daily and coarser frequencies, an item that did not\n"
+        "sell; quarantine below a day, a dead meter)",
+    )
     duplicates: Literal["last", "mean"] = setting(
         "last", "conflicting duplicate timestamps: last (latest ingested) | mean"
     )
     max_points_per_series: int = setting(500_000, "larger series are quarantined as too_large", ge=1)
+
+
+class ColdStart(Section):
+    """Forecasts for new meters too short for per-series models (forecasting/cold_start.py)"""
+
+    enabled: bool = setting(
+        True,
+        "a series with fewer valid readings than cleaning.min_length but at least\n"
+        "cold_start.min_length is forecast from a profile of similar meters (status\n"
+        "cold_start) instead of quarantined too_short; it graduates to per-series models\n"
+        "once it has cleaning.min_length readings",
+    )
+    min_length: int | None = setting(
+        None, "valid readings a cold-start series needs; null = one day of steps (at least 2)", ge=1
+    )
+    history_days: int = setting(
+        28, "days of each established meter's latest history its normalised shape is taken from", ge=1
+    )
+    match: Literal["nearest", "hierarchy"] = setting(
+        "nearest",
+        "the profile of a meter whose site has too few meters: nearest (of the sites', its\n"
+        "region's and the fleet's profiles, the one nearest in shape to its own readings) |\n"
+        "hierarchy (its region's, else the fleet's)",
+    )
+    min_meters: int = setting(
+        3, "meters a site (then region) profile needs; fewer: the next level (region, fleet)", ge=1
+    )
 
 
 class MLflow(Section):
@@ -199,6 +240,37 @@ class Monitoring(Section):
     )
     days: int = setting(7, "live error is measured over the last this many days of actuals", ge=1)
     factor: Number = setting(1.5, "a series drifted when its live MASE > factor x its backtest MASE", gt=0)
+
+
+class Hierarchy(Section):
+    """Forecasts of every level, made coherent (:mod:`forecasting.hierarchy`, the
+    nightly's hierarchy step, gold/hierarchy)."""
+
+    enabled: bool = setting(
+        False,
+        "forecast every node of the levels (aggregate series with their own models),\n"
+        "reconcile them, and write gold/hierarchy and gold/portfolio with intervals",
+    )
+    levels: list[Literal[LEVEL_NAMES]] = setting(  # type: ignore[valid-type]
+        ["total", "region", "site"],
+        "the levels, top first (the series are below the last): total, then the\n"
+        "static attributes region and site in their nesting order",
+        allowed="a list starting with total, then region and/or site, each once",
+        min_length=1,
+    )
+    method: Literal[METHODS] = setting(  # type: ignore[valid-type]
+        "mint_shrink",
+        "mint_shrink (MinT with the shrunk covariance of the nodes' backtest errors) |\n"
+        "bottom_up (the last level's nodes summed up)",
+    )
+    series: bool = setting(True, "write the series level too (each series' forecast scaled to its node's)")
+
+    @field_validator("levels")
+    @classmethod
+    def _total_first(cls, levels: list[str]) -> list[str]:
+        if levels[0] != "total" or len(set(levels)) != len(levels) or "total" in levels[1:]:
+            raise refuse("a list starting with total, then region and/or site, each once", levels)
+        return levels
 
 
 class Retrain(Section):
@@ -283,6 +355,27 @@ search), prophet and tuning are opt-in, and so are the global models trained acr
 series: global_gbm (LightGBM) and global_nn (PyTorch, the deep extra)."""
 
 
+class Covariate(Section):
+    """One declared covariate (:mod:`forecasting.covariates`)."""
+
+    name: str = setting(
+        ..., "its name in silver/covariates (the models' column cov_<name>)", pattern=r"^[A-Za-z0-9_]+$"
+    )
+    kind: Literal["future_known", "past_only"] = setting(
+        "future_known",
+        "future_known (calendar, a weather forecast) | past_only (enters lagged by the horizon)",
+    )
+    key: Literal["series", "site", "region", "none"] = setting(
+        "region", "series | site | region (an attribute of silver/series) | none (one global value)"
+    )
+    source: str = setting("silver/covariates", "the table its values come from")
+    fallback: Literal["persistence", "climatology", "zero"] = setting(
+        "persistence",
+        "for a future step no issue covers: persistence (one week earlier) | climatology\n"
+        "(mean at the same hour of the week) | zero; recorded per series in gold/forecasts",
+    )
+
+
 class Config(Section):
     """The validated settings of one run (immutable: :meth:`replace` makes a changed,
     validated copy)."""
@@ -322,7 +415,19 @@ class Config(Section):
         ge=1000,
     )
     seed: int = setting(0)
-    country: str = setting("GB", "public holidays for the generator and Prophet")
+    country: str = setting("GB", "public holidays for the generator, Prophet and `holidays`")
+    holiday_region: str | None = setting(
+        None, "a subdivision of country for holidays (e.g. ENG); null = national holidays only"
+    )
+    holidays: bool = setting(
+        False, "a public-holiday regressor (cov_holiday) for every model that takes regressors"
+    )
+    covariates: list[Covariate] = setting(
+        [],
+        "declared covariates: a list of {name, kind, key, source, fallback} (README: Covariates);\n"
+        "when any is declared (or holidays is on) they replace readings' temperature as regressors",
+        allowed="a list of mappings with keys name, kind, key, source, fallback",
+    )
     models: list[str] = setting(
         ["seasonal_naive", "weekly_naive", "seasonal_window", "ets", "theta", "mstl"],
         heading=MODELS_HEADING,
@@ -347,6 +452,9 @@ class Config(Section):
     intervals: Intervals = setting(Intervals())
     ingest: Ingest = setting(Ingest())
     cleaning: Cleaning = setting(Cleaning())
+    cold_start: ColdStart = setting(
+        ColdStart(), "new meters: profile of the same site, else region, else the fleet, at their own level"
+    )
     intermittent: Intermittent = setting(
         Intermittent(),
         "candidates by demand class: smooth | erratic | intermittent | lumpy, from the\n"
@@ -358,6 +466,9 @@ class Config(Section):
     )
     nightly: Nightly = setting(Nightly())
     monitoring: Monitoring = setting(Monitoring(), "forecast monitoring against actuals (`mmf monitor`)")
+    hierarchy: Hierarchy = setting(
+        Hierarchy(), "coherent forecasts of total, region, site and series (gold/hierarchy)"
+    )
     retrain: Retrain = setting(
         Retrain(), "which series a training run fits again (the others keep their model)"
     )
@@ -370,6 +481,15 @@ class Config(Section):
     @classmethod
     def _sorted_levels(cls, levels: list[int]) -> list[int]:
         return sorted(set(levels))
+
+    @field_validator("covariates")
+    @classmethod
+    def _distinct_covariates(cls, covs: list[Covariate]) -> list[Covariate]:
+        names = [c.name for c in covs]
+        for name in names:
+            if names.count(name) > 1:
+                raise refuse("distinct covariate names", name)
+        return covs
 
     @field_validator("freq")
     @classmethod

@@ -21,6 +21,7 @@ from forecasting.errors import ModelError, UnknownModelError
 from forecasting.models.arima import ARIMA
 from forecasting.models.base import FORMAT_VERSION, Forecaster, check_format
 from forecasting.models.calibrated import AdjustedForecaster, with_adjustment
+from forecasting.models.cold_profile import ColdProfile
 from forecasting.models.ensemble import EnsembleForecaster
 from forecasting.models.ets import ETS
 from forecasting.models.global_models import GLOBAL_MODELS
@@ -49,6 +50,9 @@ MODELS: dict[str, type[Forecaster]] = {
 }
 #: the models for intermittent demand (croston, croston_sba, tsb, adida, imapa)
 INTERMITTENT = tuple(cls.name for cls in INTERMITTENT_MODELS)
+# Models no config lists: built by the platform for a series, loaded back by name (the
+# cold-start profile of forecasting.cold_start).
+PLATFORM_MODELS: dict[str, type[Forecaster]] = {ColdProfile.name: ColdProfile}
 
 
 def all_models() -> dict[str, type[Forecaster]]:
@@ -59,7 +63,7 @@ def all_models() -> dict[str, type[Forecaster]]:
 def model_class(name: str) -> type[Forecaster]:
     known = all_models()
     try:
-        return known[name]
+        return known[name] if name in known else PLATFORM_MODELS[name]
     except KeyError:
         raise UnknownModelError(name, list(known)) from None
 

@@ -1,4 +1,4 @@
-"""Prophet with country holidays and the temperature regressor.
+"""Prophet with country holidays and the temperature regressor (or every declared covariate).
 
 The fitted model is Prophet's own JSON (``prophet.serialize.model_to_json``), kept as a
 string in the state. ``predict`` always works from a model rebuilt from that string, so
@@ -104,8 +104,9 @@ class ProphetModel(Forecaster):
                 except (AttributeError, ValueError, NotImplementedError) as exc:
                     raise ModelError(f"prophet: unknown holiday country {self.country!r}") from exc
             if temperature is not None:
-                model.add_regressor("temperature")
-                df["temperature"] = temperature
+                for j, name in enumerate(_regressor_names(temperature)):
+                    model.add_regressor(name)
+                    df[name] = temperature if temperature.ndim == 1 else temperature[:, j]
             try:
                 model.fit(df)
             except (RuntimeError, ValueError) as exc:
@@ -122,11 +123,14 @@ class ProphetModel(Forecaster):
         h = check_h(h)
         last = pd.Timestamp(self.last_ts_)
         future = pd.DataFrame({"ds": pd.date_range(last, periods=h + 1, freq=self.freq)[1:]})
+        model = self._prophet()
         if self.has_temperature_:
             if X is None:
                 raise ModelError(f"prophet was fitted with temperature: predict needs X of shape ({h}, k)")
-            future["temperature"] = _temperature(X, h, "predict")
-        model = self._prophet()
+            names = list(model.extra_regressors)
+            values = _temperature(X, h, "predict", len(names))
+            for j, name in enumerate(names):
+                future[name] = values if values.ndim == 1 else values[:, j]
         with _quiet():
             n = model.uncertainty_samples
             model.uncertainty_samples = 0  # point forecast only; draws are taken below
@@ -182,11 +186,24 @@ def _drop_chatter(record: logging.LogRecord) -> bool:
     return record.levelno >= logging.ERROR
 
 
-def _temperature(X: Any, n: int, where: str) -> np.ndarray | None:
+def _temperature(X: Any, n: int, where: str, k: int | None = None) -> np.ndarray | None:
+    """Column 0 of ``X`` (temperature), or all ``k`` columns (declared covariates: at
+    fit, ``X`` with more than one column; at predict, the ``k`` regressors fitted)."""
     if X is None:
         return None
     X = as_columns(X)
     if X.ndim != 2 or X.shape[0] != n or X.shape[1] == 0:
         raise ModelError(f"prophet.{where}: X must have shape ({n}, k>=1); got {X.shape}")
-    check_finite(X[:, 0], f"prophet.{where}: temperature")
-    return X[:, 0]
+    k = X.shape[1] if k is None else k
+    if k == 1:
+        check_finite(X[:, 0], f"prophet.{where}: temperature")
+        return X[:, 0]
+    if X.shape[1] < k:
+        raise ModelError(f"prophet was fitted with {k} regressors: predict needs X of shape ({n}, {k})")
+    check_finite(X[:, :k], f"prophet.{where}: X")
+    return X[:, :k]
+
+
+def _regressor_names(values: np.ndarray) -> list[str]:
+    """Prophet's regressor names: ``temperature`` for one column, ``x0..`` for covariates."""
+    return ["temperature"] if values.ndim == 1 else [f"x{j}" for j in range(values.shape[1])]

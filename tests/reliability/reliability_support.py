@@ -33,6 +33,7 @@ SORT = {
     "gold/models": ["series_id", "silver_version"],
     "gold/accuracy": ["series_id", "model_version", "cutoff", "lead"],
     "gold/drift": ["series_id", "silver_version"],
+    "gold/backtest_forecasts": ["series_id", "model", "window", "lead"],
 }
 KEYS = {  # no two rows may share these
     "silver/readings": ["series_id", "ts"],
@@ -42,6 +43,7 @@ KEYS = {  # no two rows may share these
     "gold/portfolio": ["level", "key", "day", "model_version"],
     "gold/gate": ["run_id", "series_id"],
     "gold/models": ["run_id", "series_id"],
+    "gold/backtest_forecasts": ["run_id", "series_id", "model", "window", "lead"],
 }
 
 

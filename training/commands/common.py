@@ -1,14 +1,17 @@
 """What the commands share: the common options, loading the config, the lakehouse and
-its lock, printing a frame."""
+its lock, stopping a job on SIGTERM, printing a frame."""
 
 from __future__ import annotations
 
 import contextlib
+import signal
+import threading
 
 import click
 import pandas as pd
 
 from forecasting.config import ENGINES, load_config
+from forecasting.errors import JobStopped
 from training.commands import State
 from training.tables import Lakehouse, lakehouse_lock
 
@@ -61,6 +64,28 @@ def writing(config, wait: float):
     """Hold the lakehouse lock while a writing command runs (waiting ``wait`` seconds)."""
     with lakehouse_lock(lake_of(config), wait):
         yield
+
+
+@contextlib.contextmanager
+def stoppable():
+    """While a job runs, SIGTERM raises :class:`~forecasting.errors.JobStopped` in it
+    (the main thread) instead of ending the process at once: the job's MLflow run ends
+    ``FAILED`` tagged ``mmf.failure`` (``stopped: ...``; the next job resumes it), its
+    lock and worker processes are released, and the command exits 143 with one line. A
+    second SIGTERM ends the process at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _stop(signum, frame) -> None:
+    signal.signal(signum, signal.SIG_DFL)
+    raise JobStopped(f"{signal.Signals(signum).name}: the job was told to stop before it finished")
 
 
 def print_frame(df, fmt):

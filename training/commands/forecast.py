@@ -6,7 +6,15 @@ import sys
 
 import click
 
-from training.commands.common import conf_option, horizon_option, lake_of, load, wait_option, writing
+from training.commands.common import (
+    conf_option,
+    horizon_option,
+    lake_of,
+    load,
+    stoppable,
+    wait_option,
+    writing,
+)
 from training.commands.progress import progress as _progress
 from training.jobs.forecast import aggregate, forecast, missing_message
 
@@ -20,7 +28,7 @@ def forecast_cmd(conf, horizon, force, lock_timeout):
     """Forecast every series with the champion into gold/forecasts."""
     config = load(conf, horizon=horizon)
     lake = lake_of(config)
-    with writing(config, lock_timeout), _progress() as progress:
+    with writing(config, lock_timeout), stoppable(), _progress() as progress:
         rep = forecast(lake, config, horizon=horizon, force=force, progress=progress)
         if rep.skipped:
             click.echo(

@@ -6,7 +6,15 @@ import sys
 
 import click
 
-from training.commands.common import conf_option, engine_option, horizon_option, lake_of, load, wait_option
+from training.commands.common import (
+    conf_option,
+    engine_option,
+    horizon_option,
+    lake_of,
+    load,
+    stoppable,
+    wait_option,
+)
 from training.commands.progress import progress as _progress
 from training.commands.train import print_train
 from training.jobs.nightly import nightly
@@ -26,7 +34,7 @@ from training.jobs.nightly import nightly
 def nightly_cmd(conf, engine, horizon, lock_timeout, source):
     """Run ingest -> refine -> train -> forecast -> aggregate, skipping what is current."""
     config = load(conf, engine=engine, horizon=horizon, **{"nightly.source": source})
-    with _progress() as progress:
+    with stoppable(), _progress() as progress:
         rep = nightly(
             lake_of(config), config, horizon=horizon, lock_timeout_s=lock_timeout, progress=progress
         )

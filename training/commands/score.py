@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import click
 
-from training.commands.common import conf_option, engine_option, lake_of, load, wait_option, writing
+from training.commands.common import (
+    conf_option,
+    engine_option,
+    lake_of,
+    load,
+    stoppable,
+    wait_option,
+    writing,
+)
 from training.commands.progress import progress as _progress
 from training.jobs.score import score as run_score
 
@@ -29,7 +37,7 @@ from training.jobs.score import score as run_score
 def score(source, output, engine, conf, lock_timeout):
     """Score an input with the champion many-models pyfunc and write the forecasts to Gold."""
     config = load(conf, engine=engine)
-    with writing(config, lock_timeout), _progress() as progress:
+    with writing(config, lock_timeout), stoppable(), _progress() as progress:
         rep = run_score(lake_of(config), config, source, output=output, progress=progress)
     click.echo(
         f"{output} version {rep.table_version}: {rep.n_rows:,} rows for {rep.n_series} series from {rep.source} (model version {rep.model_version})"

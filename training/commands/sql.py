@@ -22,8 +22,8 @@ from training.jobs.sql import run_sql
 def sql(statement, fmt, engine, conf):
     """Run the read-only SQL STATEMENT over the lakehouse tables (gold.forecasts, silver.readings, ...).
 
-    The views gold.current_forecasts, gold.current_selection and gold.current_portfolio
-    hold the champion's current rows (no older runs or versions); SHOW TABLES lists them all.
+    The views gold.current_forecasts, gold.current_selection, gold.current_portfolio and
+    gold.current_backtest_forecasts hold the champion's current rows (no older runs or versions); SHOW TABLES lists them all.
     A refused or failed statement is one error line and exit code 2."""
     config = load(conf, engine=engine)
     print_frame(run_sql(lake_of(config), statement, engine=config.engine, config=config), fmt)

@@ -10,6 +10,7 @@ from training.commands.common import (
     horizon_option,
     lake_of,
     load,
+    stoppable,
     wait_option,
     writing,
 )
@@ -37,7 +38,7 @@ def train_cmd(conf, engine, models, series_ids, horizon, silver_version, tune, l
         models=models.split(",") if models else None,
         **{"tune.enabled": tune},
     )
-    with writing(config, lock_timeout), _progress() as progress:
+    with writing(config, lock_timeout), stoppable(), _progress() as progress:
         rep = train(
             lake_of(config),
             config,

@@ -46,7 +46,10 @@ module, and delta-spark commits each batch (same predicate, metadata and transac
 the missing check and gold/portfolio are Spark aggregations.
 
 Future temperature, for models that use it, is the same hour one week earlier (a
-persistence forecast; a weather feed can replace it by passing its own frame).
+persistence forecast). With declared covariates (``covariates:``, ``holidays``) the
+models' regressors are those instead, joined per batch from silver/covariates as known at
+each series' cutoff (:mod:`training.jobs.covariates`); a step no issue covers takes the
+covariate's fallback, recorded per series in ``covariate_fallback``.
 """
 
 from __future__ import annotations
@@ -72,6 +75,7 @@ from registry.aliases import champion_info
 from registry.connection import configure
 from training.checkpoints import checkpoint
 from training.engines import get_engine
+from training.jobs.covariates import fallback_by_series, future_covariates, with_covariates
 from training.tables import (
     GOLD_FORECASTS,
     GOLD_PORTFOLIO,
@@ -237,7 +241,9 @@ def plan(
         filters=[(C.SERIES_ID, "in", left)],
     )
     by_run = sources.runs()
-    usable = sel[sel["status"].isin([C.OK, C.FALLBACK])].assign(version=lambda f: f["run_id"].map(by_run))
+    usable = sel[sel["status"].isin([C.OK, C.FALLBACK, C.COLD_START])].assign(
+        version=lambda f: f["run_id"].map(by_run)
+    )
     usable = usable[usable["version"].notna() & (usable["version"] != champion.version)]
     newest = usable.groupby(C.SERIES_ID)["version"].agg(lambda v: max(v, key=int))
     for version in sorted(set(newest), key=int, reverse=True):
@@ -253,13 +259,16 @@ def _why_unheld(sel: pd.DataFrame, sid: str, by_run: dict[str, str]) -> str:
     if rows.empty:
         return "no training run has seen it yet (new in silver): run `mmf train`"
     last = rows.iloc[-1]
-    if last["status"] in (C.OK, C.FALLBACK):
+    if last["status"] in (C.OK, C.FALLBACK, C.COLD_START):
         return f"its training run {last['run_id']} has no registered version in the MLflow store"
     return f"{last['status']} in training run {last['run_id']}: {last['reason']}"
 
 
-def refit_input(lake: Lakehouse, batch: BatchPlan, silver_version: int) -> pd.DataFrame:
-    """The silver rows of the batch's series to refit, each series' spec on its first row."""
+def refit_input(
+    lake: Lakehouse, batch: BatchPlan, silver_version: int, config: Config | None = None
+) -> pd.DataFrame:
+    """The silver rows of the batch's series to refit (with their covariates, when
+    ``config`` declares some), each series' spec on its first row."""
     specs: dict[str, str] = {}
     for part in batch.parts:
         specs.update(refit_specs(part.models[part.models[C.SERIES_ID].isin(part.refit)]))
@@ -268,7 +277,10 @@ def refit_input(lake: Lakehouse, batch: BatchPlan, silver_version: int) -> pd.Da
     readings = lake.read_buckets(
         SILVER_READINGS, batch.buckets, version=silver_version, filters=[(C.SERIES_ID, "in", sorted(specs))]
     )
-    return with_specs(readings.drop(columns=[C.BUCKET], errors="ignore"), specs)
+    readings = readings.drop(columns=[C.BUCKET], errors="ignore")
+    if config is not None:
+        readings = with_covariates(lake, config, readings)
+    return with_specs(readings, specs)
 
 
 def refit_models(part: Part, out: pd.DataFrame, silver_version: int):
@@ -294,10 +306,18 @@ WEEK = pd.Timedelta("7D")  # future temperature: the same hour one week earlier
 
 
 def future_frame(
-    lake: Lakehouse, silver_version: int, ends: pd.Series, freq: str, horizon: int, buckets=(0, C.N_BUCKETS)
+    lake: Lakehouse,
+    silver_version: int,
+    ends: pd.Series,
+    freq: str,
+    horizon: int,
+    buckets=(0, C.N_BUCKETS),
+    config: Config | None = None,
 ) -> pd.DataFrame:
     """Rows (series_id, horizon, ts, temperature) for every series and future step (of
-    the series of ``ends``, all in the bucket range ``buckets``)."""
+    the series of ``ends``, all in the bucket range ``buckets``); with covariates declared
+    in ``config``, their columns as known at each cutoff instead of temperature, and
+    ``covariate_fallback`` (:func:`training.jobs.covariates.future_covariates`)."""
     hist = lake.read_buckets(
         SILVER_READINGS,
         buckets,
@@ -305,7 +325,8 @@ def future_frame(
         columns=[C.SERIES_ID, C.TS, "temperature"],
         filters=[(C.TS, ">", (ends.min() - WEEK).to_pydatetime())],
     )
-    return future_rows(ends, freq, horizon, hist, bool(hist["temperature"].notna().any()))
+    frame = future_rows(ends, freq, horizon, hist, bool(hist["temperature"].notna().any()))
+    return frame if config is None else future_covariates(lake, config, frame, ends)
 
 
 def future_rows(
@@ -432,6 +453,7 @@ class Delivery:
     missing: dict[str, str] = field(default_factory=dict)
     table_version: int | None = None
     final: bool = False
+    config: Config | None = None  # the delivery's settings (declared covariates)
 
     def add(self, counts: dict[str, Any], missing: dict[str, str]) -> None:
         self.rows += int(counts.get("rows", 0))
@@ -517,7 +539,7 @@ def _run_batches(lake, config, sources, todo, state: Delivery, report, timings, 
             series = series_to_forecast(lake, buckets)
             parts, missing = plan(lake, sources, series, silver_version, buckets)
             plans[i] = BatchPlan(i, buckets, series, parts, missing)
-            return refit_input(lake, plans[i], silver_version)
+            return refit_input(lake, plans[i], silver_version, config)
 
         return load
 
@@ -527,6 +549,7 @@ def _run_batches(lake, config, sources, todo, state: Delivery, report, timings, 
     if freq is None and first is not None and len(first):
         freq = str(first["freq"].iloc[0])
     cfg = config.replace(horizon=h, freq=freq)
+    state.config = cfg
     engine = get_engine(cfg)
     batches = [(i, loader(i, b)) for i, b in todo]
     stream = engine.map_batches(
@@ -643,7 +666,9 @@ def _forecasts(
         return _empty(lake)
     everything = pd.concat([m for _, m in chosen], ignore_index=True)
     ends = everything.set_index(C.SERIES_ID)["end"].astype("datetime64[us]")
-    inputs = future_frame(lake, silver_version, ends, str(everything["freq"].iloc[0]), h, batch.buckets)
+    freq = str(everything["freq"].iloc[0])
+    inputs = future_frame(lake, silver_version, ends, freq, h, batch.buckets, state.config)
+    fallback = fallback_by_series(inputs)
     parts, start = [], sum(state.versions.values())
     for part, models in chosen:
 
@@ -662,6 +687,7 @@ def _forecasts(
         pred["created_at"] = state.created_at
         pred["silver_version"] = silver_version
         pred["fit"] = np.where(pred[C.SERIES_ID].isin(set(part.refit)), C.REFIT, C.TRAINED)
+        pred["covariate_fallback"] = pred[C.SERIES_ID].map(fallback) if len(fallback) else None
         parts.append(pred)
     return pd.concat(parts, ignore_index=True) if parts else _empty(lake)
 

@@ -42,6 +42,7 @@ transaction, which already holds its key.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import tempfile
 import threading
@@ -59,6 +60,7 @@ from pyspark.sql import DataFrame as SparkDataFrame
 from pyspark.sql import functions as F
 
 from forecasting import contract as C
+from forecasting import covariates as cov
 from forecasting.config import Config
 from forecasting.errors import RegistryError
 from forecasting.frequency import future_timestamps
@@ -71,10 +73,12 @@ from training.checkpoints import checkpoint
 from training.engines.base import Sink, TableBatch
 from training.engines.spark import SparkEngine, ship_folder, shipped_folder
 from training.jobs import forecast as fc
+from training.jobs.covariates import HISTORY_DAYS, batch_series
 from training.tables import (
     GOLD_FORECASTS,
     GOLD_MODELS,
     GOLD_PORTFOLIO,
+    SILVER_COVARIATES,
     SILVER_READINGS,
     SILVER_SERIES,
     Lakehouse,
@@ -207,6 +211,9 @@ def forecast_series(readings: pd.DataFrame, plan: pd.DataFrame, job: SeriesJob) 
         return job.failed(sid, f"v{version} holds no model of it")
     readings = readings.drop(columns=[C.BUCKET], errors="ignore")
     readings = readings.astype({C.TS: "datetime64[us]"}).sort_values(C.TS, kind="stable")
+    covs = series_covariates(sid, row, job.config)
+    if covs is not None and not readings.empty:
+        readings = cov.attach(readings, covs[1], covs[0], job.config)
     if fit == C.REFIT:
         models, why = _refit(models, readings, job, version)
         if models is None:
@@ -214,11 +221,41 @@ def forecast_series(readings: pd.DataFrame, plan: pd.DataFrame, job: SeriesJob) 
     ends = models.set_index(C.SERIES_ID)["end"]
     hist = readings.loc[readings[C.TS] > ends.min() - fc.WEEK, [C.SERIES_ID, C.TS, "temperature"]]
     inputs = fc.future_rows(ends, str(models["freq"].iloc[0]), job.config.horizon, hist, job.temperature)
+    if covs is not None:
+        inputs = cov.future(
+            ends, inputs.drop(columns=["temperature"], errors="ignore"), covs[1], covs[0], job.config
+        )
     pred, failed = fc.predict_source(fc.Source(version, run_id, None, model), models, inputs)
     if failed:
         return job.failed(sid, failed[sid])
     pred = pred.assign(model_version=version, run_id=run_id, cutoff=ends.iloc[0], fit=fit, reason=None)
+    if cov.FALLBACK_COLUMN in inputs:
+        pred[cov.FALLBACK_COLUMN] = str(inputs[cov.FALLBACK_COLUMN].iloc[0])
     return pred.reindex(columns=job.schema.names)
+
+
+COVARIATES_JSON = "covariates_json"  # a plan row's covariate rows (Spark's to_json of their list)
+
+
+def series_covariates(sid: str, row: pd.Series, config: Config) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """One series' covariate rows (``name, key, ts, issued_at, value``, from its plan row)
+    and its attributes as :func:`forecasting.covariates.attach` reads them; ``None`` when
+    no covariate or holiday is declared."""
+    if not cov.enabled(config):
+        return None
+    text = row.get(COVARIATES_JSON)
+    items = json.loads(text) if isinstance(text, str) and text else []
+    cols = list(C.COVARIATES.names)
+    rows = pd.DataFrame(items, columns=cols)
+    for col in (C.TS, cov.ISSUED_AT):
+        rows[col] = pd.to_datetime(rows[col]).astype("datetime64[us]")
+    rows[cov.VALUE] = rows[cov.VALUE].astype(float)
+    series = {C.SERIES_ID: [sid], "site": [None], "region": [None]}
+    for spec in cov.specs(config).values():
+        keys = rows.loc[rows[cov.NAME] == spec.name, cov.KEY]
+        if spec.key in ("site", "region") and len(keys):
+            series[spec.key] = [str(keys.iloc[0])]
+    return rows, pd.DataFrame(series)
 
 
 def series_udf(job: SeriesJob) -> Callable[[pd.DataFrame, pd.DataFrame], pd.DataFrame]:
@@ -291,6 +328,9 @@ class SparkDelivery:
         models = self.models(batch.buckets, versions)
         if models is not None:
             plan = plan.join(models, on=[C.SERIES_ID, "version"], how="left")
+        covariates = self.covariates(planned, batch)
+        if covariates is not None:
+            plan = plan.join(covariates, on=C.SERIES_ID, how="left")
         readings = self.engine.read_batch(
             TableBatch(self.lake, SILVER_READINGS, batch.buckets, version=self.silver_version)
         ).join(F.broadcast(plan.select(C.SERIES_ID)), on=C.SERIES_ID, how="left_semi")
@@ -314,6 +354,35 @@ class SparkDelivery:
             .cogroup(plan.repartition(n, C.SERIES_ID).groupBy(C.SERIES_ID))
             .applyInPandas(series_udf(job), schema=arrow_to_spark_schema(job.schema))
         )
+
+    def covariates(self, planned: pd.DataFrame, batch: fc.BatchPlan) -> SparkDataFrame | None:
+        """Per series of the plan, its silver/covariates rows as JSON (read by delta-spark,
+        joined by (name, key) to the batch's series: memory bounded by the batch and its
+        keys); a refit series gets all of them, the others those after their cutoff less
+        ``HISTORY_DAYS`` (the fallbacks' history). ``None`` without covariates."""
+        if not self.config.covariates or not self.lake.exists(SILVER_COVARIATES):
+            return None
+        series = batch_series(self.lake, planned[C.SERIES_ID])
+        refit = set(planned.loc[planned["fit"] == C.REFIT, C.SERIES_ID])
+        ends = batch.series["end"]
+        rows = []
+        for spec in cov.specs(self.config).values():
+            for sid, key in cov.series_keys(series, spec.key).items():
+                since = (
+                    pd.Timestamp("1970-01-01")
+                    if sid in refit
+                    else ends.get(sid) - pd.Timedelta(days=HISTORY_DAYS)
+                )
+                rows.append((sid, spec.name, key, since))
+        mapping = pd.DataFrame(rows, columns=[C.SERIES_ID, cov.NAME, cov.KEY, "since"])
+        mapping["since"] = mapping["since"].astype("datetime64[us]")
+        tables = SparkTables(self.lake, self.engine.spark, self.config)
+        values = tables.read(SILVER_COVARIATES, None).join(
+            F.broadcast(to_spark(self.engine.spark, mapping)), on=[cov.NAME, cov.KEY]
+        )
+        values = values.where(F.col(C.TS) > F.col("since"))
+        items = F.struct(*[F.col(c) for c in C.COVARIATES.names])
+        return values.groupBy(C.SERIES_ID).agg(F.to_json(F.collect_list(items)).alias(COVARIATES_JSON))
 
 
 def per_series(out: SparkDataFrame) -> pd.DataFrame:

@@ -39,6 +39,7 @@ from typing import Any, Callable
 from forecasting.config import Config
 from training.checkpoints import checkpoint
 from training.jobs import forecast as forecast_job
+from training.jobs import hierarchy as hierarchy_job
 from training.jobs import monitor as monitor_job
 from training.jobs import train as train_job
 from training.jobs.ingest import ingest
@@ -60,6 +61,7 @@ class NightlyReport:
     ingest: Any = None
     refine: Any = None
     monitor: Any = None  # training.jobs.monitor.MonitorReport (monitoring.enabled)
+    hierarchy: Any = None  # training.jobs.hierarchy.HierarchyReport (hierarchy.enabled)
     train: Any = None
     forecast: Any = None
     failed: bool = False
@@ -189,6 +191,8 @@ def _forecast_step(lake: Lakehouse, config: Config, report: NightlyReport, horiz
     version = fc.model_version
     if fc.n_rows == 0:
         report.steps["aggregate"] = "skipped: nothing was forecast"
+    elif config.hierarchy.enabled:
+        _hierarchy_step(lake, config, report)
     elif lake.txn_version(GOLD_PORTFOLIO, forecast_job.APP_PORTFOLIO) == fc.delivery and fc.skipped:
         report.steps["aggregate"] = f"skipped: portfolio of version {version} is current"
     else:
@@ -197,6 +201,30 @@ def _forecast_step(lake: Lakehouse, config: Config, report: NightlyReport, horiz
     if fc.missing:
         report.missing = dict(fc.missing)
         _fail(report, "missing output: " + forecast_job.missing_message(fc.missing, fc.horizon, fc.n_clean))
+
+
+def _hierarchy_step(lake: Lakehouse, config: Config, report: NightlyReport) -> None:
+    """Every level forecast and reconciled (gold/hierarchy), and gold/portfolio as its
+    coherent daily totals with intervals (:mod:`training.jobs.hierarchy`); skipped when
+    this delivery's hierarchy is recorded. A failure fails the nightly (exit non-zero) and
+    keeps the delivery; the next nightly builds the levels again."""
+    fc = report.forecast
+    delivery = hierarchy_job.Delivery(
+        fc.model_version, fc.run_id, int(fc.delivery or 0), int(fc.silver_version or 0), fc.horizon
+    )
+    try:
+        # a delivery made again (incomplete, or from another run) is reconciled again too
+        rep = report.hierarchy = hierarchy_job.hierarchy(lake, config, delivery, force=not fc.skipped)
+    except Exception as exc:  # noqa: BLE001 - the delivery stands; the levels are reported missing
+        log.exception("the hierarchy step failed")
+        why = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+        report.steps["hierarchy"] = f"failed: {why}"
+        _fail(report, f"hierarchy failed: {why}")
+        return
+    if rep.skipped:
+        report.steps["hierarchy"] = f"skipped: hierarchy of delivery {delivery.key} is current"
+    else:
+        report.steps["hierarchy"] = f"done: {rep.describe()}"
 
 
 def _fail(report: NightlyReport, why: str) -> None:

@@ -56,6 +56,7 @@ from forecasting.frequency import alias, infer_freq, modal_step, step_of
 from training.checkpoints import checkpoint
 from training.engines import get_engine
 from training.engines.base import GroupJob
+from training.jobs.covariates import refine_covariates
 from training.tables import BRONZE_READINGS, SILVER_QUARANTINE, SILVER_READINGS, SILVER_SERIES, Lakehouse
 
 log = logging.getLogger(__name__)
@@ -250,6 +251,7 @@ def refine(
         progress("refine", 0, 0)
     if not lake.exists(BRONZE_READINGS):
         raise TableError("bronze/readings does not exist: run `mmf ingest --source PATH` first")
+    refine_covariates(lake)  # silver/covariates, when bronze/covariates changed
     version = lake.version(BRONZE_READINGS) if bronze_version is None else bronze_version
     current = {t: lake.txn_version(t, APP_ID) == version for t in SILVER}
     if all(current.values()):

@@ -9,8 +9,8 @@ only the registered tables: external access (files, other databases, extensions)
 turned off and the configuration locked before the statement runs. Spark additionally
 refuses file paths as tables (``csv.`/path```) and ``reflect``/``java_method``.
 
-Besides the tables, the views ``gold.current_forecasts``, ``gold.current_selection`` and
-``gold.current_portfolio`` hold the champion's current rows (:func:`current_views`; the
+Besides the tables, the views ``gold.current_forecasts``, ``gold.current_selection``,
+``gold.current_portfolio`` and ``gold.current_backtest_forecasts`` hold the champion's current rows (:func:`current_views`; the
 champion from the MLflow registry alias). Each table is a DuckDB view of its Arrow dataset
 with no helper name in the catalog, so ``SHOW ALL TABLES`` and ``information_schema``
 list the lakehouse's names only; ``SHOW TABLES`` lists them (``gold.forecasts``, ...) in
@@ -32,7 +32,14 @@ from forecasting.config import Config
 from forecasting.errors import MMFError, TableError
 from registry.aliases import champion_info
 from registry.connection import sqlite_path, store_state
-from training.tables import GOLD_FORECASTS, GOLD_PORTFOLIO, GOLD_SELECTION, Lakehouse
+from training.tables import (
+    GOLD_BACKTEST_FORECASTS,
+    GOLD_FORECASTS,
+    GOLD_HIERARCHY,
+    GOLD_PORTFOLIO,
+    GOLD_SELECTION,
+    Lakehouse,
+)
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +118,25 @@ def check_read_only(statement: str, engine: str = "local") -> None:
 
 # -- the current views -------------------------------------------------------------------
 Champion = tuple[str, str]  # (model version, run id) behind the registry's champion alias
-CURRENT = ("gold/current_forecasts", "gold/current_selection", "gold/current_portfolio")
-_NEEDS = dict(zip(CURRENT, (GOLD_FORECASTS, GOLD_SELECTION, GOLD_PORTFOLIO)))
+CURRENT = (
+    "gold/current_forecasts",
+    "gold/current_selection",
+    "gold/current_portfolio",
+    "gold/current_backtest_forecasts",
+    "gold/current_hierarchy",
+)
+_NEEDS = dict(
+    zip(
+        CURRENT,
+        (
+            (GOLD_FORECASTS,),
+            (GOLD_SELECTION,),
+            (GOLD_PORTFOLIO,),
+            (GOLD_BACKTEST_FORECASTS, GOLD_SELECTION),
+            (GOLD_HIERARCHY,),
+        ),
+    )
+)
 
 
 def champion_of(config: Config) -> Champion | None:
@@ -144,7 +168,12 @@ def current_views(champion: Champion | None) -> dict[str, str]:
     * ``current_selection``: the champion's training run's rows, one per series (the
       run written last when the table has no row of the champion's run);
     * ``current_portfolio``: the totals of the newest cutoff's delivery, the champion's
-      when its delivery shares that cutoff (the same rows ``current_forecasts`` sums).
+      when its delivery shares that cutoff (the same rows ``current_forecasts`` sums);
+    * ``current_backtest_forecasts``: the backtest forecasts of the run
+      ``current_selection`` shows (gold.backtest_forecasts; its run's windows against
+      their actuals);
+    * ``current_hierarchy``: the coherent levels of the newest delivery (by silver
+      version), the champion's when its delivery is among the newest.
 
     Without a champion (``None``) the version or run written last stands in for it."""
     version, run_id = champion or (None, None)
@@ -160,12 +189,14 @@ def current_views(champion: Champion | None) -> dict[str, str]:
         " WHERE pick = 1) AS k"
         " ON f.series_id = k.series_id AND f.cutoff = k.cutoff AND f.model_version = k.model_version"
     )
-    selection = (
-        "SELECT s.* FROM gold.selection AS s WHERE s.run_id = (SELECT run_id FROM ("
+    current_run = (
+        "SELECT run_id FROM ("
         f" SELECT run_id, max(CASE WHEN run_id = {r} THEN 1 ELSE 0 END) AS champion,"
         " max(created_at) AS written FROM gold.selection GROUP BY run_id) AS runs"
-        " ORDER BY champion DESC, written DESC, run_id DESC LIMIT 1)"
+        " ORDER BY champion DESC, written DESC, run_id DESC LIMIT 1"
     )
+    selection = f"SELECT s.* FROM gold.selection AS s WHERE s.run_id = ({current_run})"
+    backtest_forecasts = f"SELECT b.* FROM gold.backtest_forecasts AS b WHERE b.run_id = ({current_run})"
     portfolio = (
         "SELECT p.* FROM gold.portfolio AS p WHERE p.model_version = (SELECT model_version FROM ("
         " SELECT model_version, max(cutoff) AS cutoff,"
@@ -173,7 +204,14 @@ def current_views(champion: Champion | None) -> dict[str, str]:
         " max(created_at) AS written FROM gold.portfolio GROUP BY model_version) AS versions"
         " ORDER BY cutoff DESC, champion DESC, written DESC, model_version DESC LIMIT 1)"
     )
-    return dict(zip(CURRENT, (forecasts, selection, portfolio)))
+    hierarchy = (
+        "SELECT h.* FROM gold.hierarchy AS h WHERE h.delivery = (SELECT delivery FROM ("
+        " SELECT delivery, max(silver_version) AS silver,"
+        f" max(CASE WHEN model_version = {v} THEN 1 ELSE 0 END) AS champion,"
+        " max(created_at) AS written FROM gold.hierarchy GROUP BY delivery) AS deliveries"
+        " ORDER BY silver DESC, champion DESC, written DESC, delivery DESC LIMIT 1)"
+    )
+    return dict(zip(CURRENT, (forecasts, selection, portfolio, backtest_forecasts, hierarchy)))
 
 
 def _mentions_current(statement: str) -> bool:
@@ -199,8 +237,9 @@ def run_sql(
     champion: Champion | None = None,
 ) -> pd.DataFrame:
     """Run ``statement``; tables are named ``bronze.readings``, ``gold.forecasts``, ...,
-    and the views ``gold.current_forecasts``, ``gold.current_selection`` and
-    ``gold.current_portfolio`` (:func:`current_views`) are defined for ``champion``, or
+    and the views ``gold.current_forecasts``, ``gold.current_selection``,
+    ``gold.current_portfolio``, ``gold.current_backtest_forecasts`` and ``gold.current_hierarchy``
+    (:func:`current_views`) are defined for ``champion``, or
     for the champion ``config``'s registry names when the statement uses them.
     ``SHOW TABLES`` lists the tables and views by those names. Raises :class:`SQLError`
     (one line) for a refused or failed statement."""
@@ -245,7 +284,7 @@ def _register(con: duckdb.DuckDBPyConnection, lake: Lakehouse, views: Mapping[st
         names.append(name)
     con.execute("USE memory.main")
     for name, query in views.items():
-        if _NEEDS[name] in names:
+        if all(t in names for t in _NEEDS[name]):
             con.execute(f"CREATE VIEW {name.replace('/', '.')} AS {query}")
             names.append(name)
     return names

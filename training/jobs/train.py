@@ -40,6 +40,11 @@ history was revised; every other series keeps its previous row, its model's stat
 on to the new readings. Either way the run's ``gold/models`` rows hold every series, so
 everything after the engine is unchanged; batches holding drifted series go first.
 
+Cold start (:mod:`training.jobs.cold_start`): when silver holds series too short for
+per-series models, the profiles of the established meters are counted batch by batch
+before the per-series step, and each batch's short series get theirs on their rows
+(status ``cold_start``, :mod:`forecasting.cold_start`).
+
 Global models need data across series: they are trained on a bounded sample, the first
 batches of the plan up to ``batch_rows`` rows in all (every series when silver holds no
 more), before the per-series step; the series outside that sample get the global models
@@ -82,6 +87,7 @@ from mlflow.exceptions import MlflowException
 
 from forecasting import contract as C
 from forecasting.config import Config
+from forecasting.covariates import enabled as covariates_enabled
 from forecasting.errors import DataContractError, TableError
 from forecasting.frequency import alias, modal_step
 from registry import promotion, pyfunc, recovery, runs
@@ -92,7 +98,8 @@ from training import global_models
 from training.checkpoints import checkpoint
 from training.engines import get_engine
 from training.engines.base import Engine, Sink, TableBatch
-from training.jobs import retrain
+from training.jobs import cold_start, retrain
+from training.jobs.covariates import with_covariates
 from training.jobs.refine import refine_in_progress
 from training.jobs.train_gold import (  # noqa: F401 - the after-engine stages, importable from here too
     champion_results,
@@ -258,7 +265,8 @@ def _train(
         glob = _global_models(cfg, plan, engine, run_id, progress, resumed=resume is not None)
         if glob is not None:
             lap("global_s")
-        train_batches(lake, cfg, plan, engine, run_id, glob, tell, resumed=resume is not None)
+        cold = cold_start.prepare(lake, cfg, plan, engine, tell)  # None: no series too short
+        train_batches(lake, cfg, plan, engine, run_id, glob, tell, resumed=resume is not None, cold=cold)
         lap("engine_s")
         tell("MLflow run, registry and gold tables", 0, 0)
         metrics = record_run(lake, cfg, engine, plan, run_id)
@@ -311,7 +319,9 @@ def series_step(config: Config) -> str:
 
 
 # -- the batches -----------------------------------------------------------------------
-def train_batches(lake, cfg, plan: Plan, engine: Engine, run_id: str, glob, tell, resumed: bool) -> None:
+def train_batches(
+    lake, cfg, plan: Plan, engine: Engine, run_id: str, glob, tell, resumed: bool, cold=None
+) -> None:
     """Map ``process_series`` over the plan's batches not in gold/models yet; the engine
     commits each batch's rows to gold/models as it completes (:func:`models_sink`), then
     derives its gold/backtest rows from them (:func:`derive_backtest`): on Spark neither
@@ -331,7 +341,9 @@ def train_batches(lake, cfg, plan: Plan, engine: Engine, run_id: str, glob, tell
         tell(step, n_done, n_total)
 
     tell(step, 0, total)
-    batches = ((i, batch_source(lake, cfg, plan, engine, glob, ctx, i)) for i in todo)
+    batches = ((i, batch_source(lake, cfg, plan, engine, (glob, ctx, cold), i)) for i in todo)
+    if cold is not None:  # the cold-start series' profiles joined to their rows
+        batches = ((i, cold.batch(engine, plan, i, source)) for i, source in batches)
     stream = engine.map_batches(
         batches,
         C.SERIES_ID,
@@ -351,23 +363,28 @@ def train_batches(lake, cfg, plan: Plan, engine: Engine, run_id: str, glob, tell
             checkpoint("mid_train", batches_done=committed)
 
 
-def batch_source(lake: Lakehouse, cfg: Config, plan: Plan, engine: Engine, glob, ctx, i: int):
+def batch_source(lake: Lakehouse, cfg: Config, plan: Plan, engine: Engine, joined: tuple, i: int):
     """How the engine gets batch ``i``: its silver rows (read by the engine itself when
-    nothing is joined to them), with the global models' results and, for a partial
-    retrain, each series' previous row (:mod:`training.jobs.retrain`; on Spark joined
-    by the executors)."""
-    if glob is None and not ctx.partial:
+    nothing is joined to them), with the covariates, the global models' results and, for
+    a partial retrain, each series' previous row (:mod:`training.jobs.retrain`; on Spark
+    joined by the executors unless something else is joined on the driver).
+    ``joined``: the global models, the retrain context and the cold start."""
+    glob, ctx, cold = joined
+    plain = glob is None and not covariates_enabled(cfg)
+    if plain and not ctx.partial:
         return plan.batch(i)
-    if glob is None and engine.name == "spark":
+    if plain and engine.name == "spark" and cold is None:
         from training.jobs import train_spark  # the optional pyspark
 
         return partial(train_spark.retrain_frame, engine, lake, plan, i, ctx)
-    return partial(_batch_frame, lake, plan, glob, ctx, i)
+    return partial(_batch_frame, lake, cfg, plan, glob, ctx, i)
 
 
-def _batch_frame(lake: Lakehouse, plan: Plan, glob, ctx, i: int) -> pd.DataFrame:
-    rows = plan.load(i)
-    return retrain.batch_frame(lake, ctx, plan, i, glob.attach(rows) if glob is not None else rows)
+def _batch_frame(lake: Lakehouse, cfg: Config, plan: Plan, glob, ctx, i: int) -> pd.DataFrame:
+    """Batch ``i``'s rows with what is joined to them here (see :func:`batch_source`)."""
+    rows = with_covariates(lake, cfg, plan.load(i))
+    rows = rows if glob is None else glob.attach(rows)
+    return retrain.batch_frame(lake, ctx, plan, i, rows)
 
 
 def models_sink(lake: Lakehouse, run_id: str, plan: Plan, i: int) -> Sink:
@@ -436,6 +453,7 @@ def _global_models(cfg: Config, plan: Plan, engine: Engine, run_id: str, progres
             if folder is not None and (folder / global_models.ENTRIES_FILE).exists():
                 return global_models.GlobalReport.load(folder)
     sample, complete = global_sample(plan, cfg.batch_rows)
+    sample = with_covariates(plan.lake, cfg, sample)
     glob = global_models.train_global_models(sample, cfg, engine=engine.name, progress=progress)
     del sample
     if glob is None:
@@ -450,7 +468,7 @@ def _global_models(cfg: Config, plan: Plan, engine: Engine, run_id: str, progres
 
 def _register(lake: Lakehouse, cfg: Config, plan: Plan, run_id: str, metrics: dict[str, float], glob):
     """The run's many-models version (``None`` when no series has a usable model)."""
-    if not metrics.get("n_ok", 0) + metrics.get("n_fallback", 0):
+    if not sum(metrics.get(f"n_{s}", 0) for s in (C.OK, C.FALLBACK, C.COLD_START)):
         return None
     store = glob.store_path if glob is not None else None  # global weights, stored once in the pyfunc
     if pyfunc.bundle_kind(cfg) == pyfunc.REFERENCE:  # the version refers to the run's gold/models rows
@@ -462,7 +480,7 @@ def _register(lake: Lakehouse, cfg: Config, plan: Plan, run_id: str, metrics: di
 
 
 def _report(lake, run_id, plan: Plan, cfg: Config, mv, decision, metrics, timings) -> TrainReport:
-    counts = {s: int(metrics.get(f"n_{s}", 0)) for s in (C.OK, C.FALLBACK, C.FAILED)}
+    counts = {s: int(metrics.get(f"n_{s}", 0)) for s in (C.OK, C.FALLBACK, C.FAILED, C.COLD_START)}
     counts[C.QUARANTINED] = int(metrics.get("n_quarantined", 0))
     chosen = {k[len("chosen.") :]: int(v) for k, v in metrics.items() if k.startswith("chosen.")}
     return TrainReport(

@@ -1,7 +1,7 @@
 """The stages of ``mmf train`` after the engine trained the batches: the run's metrics,
-the gate and the run's rows in ``gold/gate`` and ``gold/selection``, each through the
-engine, so that on Spark the per-series rows stay on the executors and the driver gets
-only counts and sums.
+the gate and the run's rows in ``gold/gate``, ``gold/backtest_forecasts`` and
+``gold/selection``, each through the engine, so that on Spark the per-series rows stay
+on the executors and the driver gets only counts and sums.
 
 * The run's metrics (:func:`record_run`) are summed up by the engine over the run's
   ``gold/models`` rows (:meth:`Engine.aggregate` of :func:`registry.aggregates.run_facts`:
@@ -22,6 +22,10 @@ only counts and sums.
   Once decided, the run's ``gold/gate`` rows get ``promoted`` in one replace-where
   commit made by the engine (:func:`finish_gold_gate`: application transaction
   ``mmf-gate``, ``mmf.run_id``).
+* ``gold/backtest_forecasts`` (:func:`write_gold_backtest_forecasts`): per batch the
+  engine derives the rows from the ``forecasts_json`` of the run's ``gold/models`` rows
+  (on Spark the executors read and write them) and commits them (``mmf.train_run``, the
+  batch); the batches the table holds rows of are skipped, so a restart never duplicates.
 * ``gold/selection`` (:func:`write_gold_selection`): per batch the engine derives the
   rows from the run's ``gold/models`` rows and the batch's ``silver/quarantine`` rows
   (:meth:`Engine.derive_all`) and commits them; the last commit carries the application
@@ -40,6 +44,7 @@ from mlflow.exceptions import MlflowException
 from forecasting import comparison
 from forecasting import contract as C
 from forecasting.config import Config
+from forecasting.results import backtest_forecast_rows
 from registry import promotion, pyfunc
 from registry.aggregates import (
     METRIC_VALUE,
@@ -65,6 +70,7 @@ from training.jobs.train_plan import (
     run_rows,
 )
 from training.tables import (
+    GOLD_BACKTEST_FORECASTS,
     GOLD_FORECASTS,
     GOLD_GATE,
     GOLD_MODELS,
@@ -267,13 +273,42 @@ def with_series(lake: Lakehouse, plan: Plan, run_id: str, decision):
 def write_gold_training(
     lake: Lakehouse, cfg: Config, run_id: str, plan: Plan, decision=None, engine: Engine | None = None
 ) -> None:
-    """The gate's ``promoted`` on this run's gold/gate rows and its gold/selection rows
-    (the batches the table does not hold yet); gold/backtest was written with the
-    batches. A retry never duplicates."""
+    """The run's gold/backtest_forecasts rows, the gate's ``promoted`` on its gold/gate
+    rows and its gold/selection rows (each: the batches the table does not hold yet);
+    gold/backtest was written with the batches. A retry never duplicates."""
     engine = get_engine(cfg) if engine is None else engine
+    write_gold_backtest_forecasts(engine, lake, cfg, run_id, plan)
     finish_gold_gate(engine, lake, run_id, decision)
     checkpoint("after_gold_backtest")
     write_gold_selection(engine, lake, run_id, plan, now(), pyfunc.versions_by_run(cfg))
+
+
+def write_gold_backtest_forecasts(
+    engine: Engine, lake: Lakehouse, cfg: Config, run_id: str, plan: Plan
+) -> None:
+    """The run's backtest forecasts (``backtest.store_forecasts``) in
+    gold/backtest_forecasts: per batch, derived by the engine from the ``forecasts_json``
+    of the run's gold/models rows of the batch (on Spark by the executors) and committed
+    on their own (commit metadata ``mmf.train_run`` and the batch), skipping the batches
+    the table holds rows of; nothing with ``none``."""
+    if cfg.backtest.store_forecasts == "none" or not lake.exists(GOLD_MODELS):
+        return
+    if C.FORECASTS_JSON not in {f.name for f in lake.table(GOLD_MODELS).schema().to_arrow()}:
+        return  # the run's rows were all written before gold/models had the column
+    done = (
+        done_batches(lake, GOLD_BACKTEST_FORECASTS, run_id, plan)
+        if lake.exists(GOLD_BACKTEST_FORECASTS)
+        else set()
+    )
+    where = (("run_id", "=", run_id),)
+    rows = partial(backtest_forecast_rows, run_id=run_id, levels=tuple(cfg.levels))
+    schema = lake.schema(GOLD_BACKTEST_FORECASTS)
+    for i in range(plan.n):
+        if i in done:
+            continue
+        source = TableBatch(lake, GOLD_MODELS, plan.ranges[i], None, (C.SERIES_ID, C.FORECASTS_JSON), where)
+        meta = {"mmf.train_run": run_id, "mmf.batch": i, "mmf.batches": plan.n}
+        engine.derive(source, rows, schema, Sink(lake, GOLD_BACKTEST_FORECASTS, metadata=meta))
 
 
 def write_gold_selection(

@@ -18,7 +18,7 @@ from training.tables import GOLD_MODELS, SILVER_QUARANTINE, SILVER_READINGS, SIL
 
 APP_ID = "mmf-train"
 APP_GATE = "mmf-gate"
-RESULT_COLUMNS = list(C.TRAIN_RESULT.names)
+RESULT_COLUMNS = list(C.TRAIN_RESULT_CORE.names)  # the backtest forecasts are read only for their table
 SELECTION_COLUMNS = [C.SERIES_ID, "status", "reason", "model", "metric", "metric_value"]
 
 

@@ -166,7 +166,7 @@ def champion_rows(
 
     def part(buckets: tuple[int, int]) -> SparkDataFrame:
         rows = whole[(ids >= buckets[0]) & (ids < buckets[1])]
-        return to_spark(engine.spark, rows.reindex(columns=RESULT_COLUMNS), C.TRAIN_RESULT)
+        return to_spark(engine.spark, rows.reindex(columns=RESULT_COLUMNS), C.TRAIN_RESULT_CORE)
 
     return part, True
 
@@ -266,7 +266,7 @@ def log_run(
         ref = {"lakehouse": lake.root, "table": GOLD_MODELS, "version": lake.version(GOLD_MODELS)}
         where = {"results": f"{target}/{RESULTS_FILE}", "per_series": f"{target}/{PER_SERIES_FILE}"}
         log_results_ref({**ref, "run_id": run_id, **where})
-    n_usable = int(metrics.get("n_ok", 0) + metrics.get("n_fallback", 0))
+    n_usable = int(sum(metrics.get(f"n_{s}", 0) for s in USABLE))  # the statuses sampled (registry.metrics)
     log_summary_plots(
         config,
         error_histogram(rows),

@@ -12,7 +12,9 @@ Endpoints (the committed spec is ``training/serving/openapi.json``)::
     GET  /series/{id}/forecast            latest Gold forecast (?version=N or ?as_of=ISO: time travel)
     GET  /series/{id}/history?points=     recent silver readings
     GET  /series/{id}/backtest            gold/backtest rows of the champion's run
+    GET  /series/{id}/backtest_forecasts  gold/backtest_forecasts rows of one series (the overlay)
     GET  /portfolio                       gold/portfolio totals of the served forecasts
+    GET  /hierarchy?level=&node=          gold/hierarchy: coherent forecasts of any level (total, region, site, series)
     POST /predict                         forecasts from the champion many-models pyfunc in memory
     GET  /                                the forecast page (training/serving/static)
     GET  /docs                            Swagger UI, served from the swagger-ui-bundle package (no CDN)

@@ -278,11 +278,93 @@ def backtest_body(
     return body.model_dump_json().encode()
 
 
+def backtest_forecasts_body(
+    series_id: str, run_id: str, chosen: str | None, version: int, table: pa.Table
+) -> bytes:
+    """A series' gold/backtest_forecasts rows of one run -> the overlay body: per window
+    (oldest first) its times and actuals and each model's forecast and bounds (the
+    chosen model first, then by name)."""
+    levels = levels_of(table.column_names)
+    frame = table.to_pandas().sort_values(["window", "model", "lead"], kind="stable")
+    windows = []
+    for window, rows in frame.groupby("window", sort=True):
+        first = rows[rows["model"] == rows["model"].iloc[0]]
+        models = sorted(rows["model"].unique(), key=lambda m: (m != chosen, m))
+        windows.append(
+            {
+                "window": int(window),
+                "cutoff": utc_iso(first["cutoff"].to_numpy()[:1])[0],
+                "ts": utc_iso(first[C.TS].to_numpy()),
+                "y": [none_if_nan(v) for v in first[C.Y].astype(float)],
+                "models": [_overlay_model(rows[rows["model"] == m], m, levels) for m in models],
+            }
+        )
+    body = S.BacktestForecasts.model_validate(
+        {
+            "series_id": series_id,
+            "run_id": run_id,
+            "chosen_model": chosen,
+            "table_version": version,
+            "levels": levels,
+            "windows": windows,
+        }
+    )
+    return body.model_dump_json().encode()
+
+
+def hierarchy_body(
+    frame: pd.DataFrame, version: int, model_version: str, level: str, order: list[str], nodes: list
+) -> bytes:
+    """gold/hierarchy rows of one level (and node) -> the hierarchy body, rows by node and time."""
+    levels = levels_of(list(frame.columns))
+    frame = frame.sort_values(["node", C.TS], key=lambda s: s if s.name == C.TS else s.astype(str))
+    rows = [
+        {
+            "node": str(r["node"]),
+            "ts": pd.Timestamp(r[C.TS]).tz_localize("UTC").isoformat(),
+            "yhat": none_if_nan(float(r["yhat"])),
+            "yhat_base": none_if_nan(float(r["yhat_base"])),
+            "n_series": None if pd.isna(r["n_series"]) else int(r["n_series"]),
+            "lower": {str(lv): none_if_nan(float(r[f"yhat_lower_{lv}"])) for lv in levels},
+            "upper": {str(lv): none_if_nan(float(r[f"yhat_upper_{lv}"])) for lv in levels},
+        }
+        for r in frame.to_dict("records")
+    ]
+    first = frame.iloc[0] if len(frame) else None
+    body = S.Hierarchy(
+        model_version=model_version,
+        delivery=int(first["delivery"]) if first is not None else 0,
+        method=str(first["method"]) if first is not None else "",
+        table_version=version,
+        levels=levels,
+        level=level,
+        hierarchy_levels=order,
+        nodes=[str(n) for n in nodes],
+        rows=rows,
+    )
+    return body.model_dump_json().encode()
+
+
+def _overlay_model(rows: pd.DataFrame, model: str, levels: list[int]) -> dict[str, Any]:
+    def values(col: str) -> list[float | None]:
+        return [none_if_nan(v) for v in rows[col].astype(float)]
+
+    return {
+        "model": model,
+        "yhat": values("yhat"),
+        "lower": {str(lv): values(f"yhat_lower_{lv}") for lv in levels},
+        "upper": {str(lv): values(f"yhat_upper_{lv}") for lv in levels},
+    }
+
+
 def portfolio_body(frame: pd.DataFrame, version: int, model_version: str) -> bytes:
     """gold/portfolio rows of one model version -> the portfolio body (total, regions, sites),
     with each row's interval bounds when the table carries ``yhat_lower_<level>`` /
-    ``yhat_upper_<level>`` columns."""
-    levels = levels_of(list(frame.columns))
+    ``yhat_upper_<level>`` columns holding values (a table written before the hierarchy
+    step, or without it, holds them as nulls: no intervals); ``method`` is the
+    reconciliation's when the totals are the coherent ones of gold/hierarchy."""
+    levels = [lv for lv in levels_of(list(frame.columns)) if frame[f"yhat_upper_{lv}"].notna().any()]
+    methods = frame["method"].dropna() if "method" in frame.columns else pd.Series([], dtype=object)
     frame = frame.assign(_o=frame["level"].map(_PORTFOLIO_ORDER).fillna(3)).sort_values(["_o", "key", "day"])
     bounds = {
         side: {str(lv): [none_if_nan(v) for v in frame[f"yhat_{side}_{lv}"].astype(float)] for lv in levels}
@@ -301,6 +383,12 @@ def portfolio_body(frame: pd.DataFrame, version: int, model_version: str) -> byt
         for k, r in enumerate(frame.itertuples())
     ]
     body = S.Portfolio.model_validate(
-        {"model_version": model_version, "table_version": version, "levels": levels, "rows": rows}
+        {
+            "model_version": model_version,
+            "table_version": version,
+            "levels": levels,
+            "rows": rows,
+            "method": str(methods.iloc[0]) if len(methods) else None,
+        }
     )
     return body.model_dump_json().encode()

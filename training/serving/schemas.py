@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, StrictInt
 SERIES_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 PREFIX_PATTERN = r"^[A-Za-z0-9._:-]{0,128}$"
 MODEL_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
-STATUSES = ("ok", "fallback", "failed", "quarantined")
+STATUSES = ("ok", "fallback", "failed", "quarantined", "cold_start")
 MAX_BODY_BYTES = 1_048_576  # 1 MiB
 MAX_SERIES = 1000  # series per /predict request
 MAX_PAGE = 1000  # series per /series page
@@ -186,6 +186,32 @@ class Backtest(_Out):
     rows: list[BacktestRow] = Field(description="every candidate and window (gold/backtest)")
 
 
+class BacktestForecastModel(_Out):
+    model: str
+    yhat: list[Metric] = Field(description="the point forecast of each step of the window")
+    lower: dict[str, list[Metric]] = Field(description='lower bounds per interval level (`"80"`, `"95"`)')
+    upper: dict[str, list[Metric]] = Field(description="upper bounds per interval level")
+
+
+class BacktestForecastWindow(_Out):
+    window: int = Field(description="0 = the oldest backtest window")
+    cutoff: UtcTime | None = Field(description="the window's last training time")
+    ts: list[UtcTime] = Field(description="the times of the window's forecast steps")
+    y: list[Metric] = Field(description="the actuals of those steps")
+    models: list[BacktestForecastModel] = Field(description="each stored candidate's forecast")
+
+
+class BacktestForecasts(_Out):
+    series_id: str
+    run_id: str
+    chosen_model: str | None = None
+    table_version: int = Field(description="gold/backtest_forecasts Delta version read")
+    levels: list[int]
+    windows: list[BacktestForecastWindow] = Field(
+        description="the backtest windows of the champion's run (gold/backtest_forecasts), oldest first"
+    )
+
+
 class PortfolioRow(_Out):
     level: str = Field(description="total, region or site")
     key: str
@@ -207,6 +233,33 @@ class Portfolio(_Out):
         description="interval levels of the rows (empty: no intervals in gold/portfolio)",
     )
     rows: list[PortfolioRow]
+    method: str | None = Field(
+        None,
+        description="the reconciliation method when the totals are gold/hierarchy's coherent ones "
+        "(then /hierarchy serves every level); null: plain sums of the series' forecasts",
+    )
+
+
+class HierarchyRow(_Out):
+    node: str
+    ts: str = Field(description="ISO 8601 time (UTC)")
+    yhat: Metric = Field(description="coherent forecast (reconciled)")
+    yhat_base: Metric = Field(description="the node's own forecast before reconciling")
+    n_series: int | None
+    lower: dict[str, Metric] = Field(default_factory=dict, description="lower bound per interval level")
+    upper: dict[str, Metric] = Field(default_factory=dict, description="upper bound per interval level")
+
+
+class Hierarchy(_Out):
+    model_version: str
+    delivery: int = Field(description="the forecast delivery the levels were reconciled for")
+    method: str = Field(description="mint_shrink or bottom_up")
+    table_version: int = Field(description="gold/hierarchy Delta version read")
+    levels: list[int] = Field(default_factory=list, description="interval levels of the rows")
+    level: str = Field(description="total, region, site or series")
+    hierarchy_levels: list[str] = Field(description="the levels the table holds, top first")
+    nodes: list[str] = Field(description="the nodes of the level (series: only the one asked for)")
+    rows: list[HierarchyRow]
 
 
 # -- scoring ---------------------------------------------------------------------------

@@ -10,7 +10,8 @@
 
 Less frequent reads are cached by what identifies their content, so a new table version
 or a new champion can never serve stale rows: a series' history by (silver version,
-series), the backtest index by (gold/backtest version, run), the portfolio by
+series), the backtest index by (gold/backtest version, run), a series' backtest
+forecasts by (gold/backtest_forecasts version, run, series), the portfolio by
 (gold/portfolio version, model version), time-travel reads by (gold/forecasts version,
 series).
 
@@ -34,11 +35,21 @@ from training.serving.champion import Champion
 from training.serving.errors import ServeError
 from training.serving.listing import UnknownCursor
 from training.serving.refresher import DEFAULT_REFRESH_S, Refresher
-from training.serving.snapshot import BACKTEST, FORECASTS, PORTFOLIO, READINGS, SELECTION, Snapshot
+from training.serving.snapshot import (
+    BACKTEST,
+    BACKTEST_FORECASTS,
+    FORECASTS,
+    HIERARCHY,
+    PORTFOLIO,
+    READINGS,
+    SELECTION,
+    Snapshot,
+)
 from training.serving.timetravel import TimeTravel
 from training.tables import Lakehouse
 
 HISTORY_SERIES = 256  # series whose recent readings are kept (arrays, <= 90 KiB each)
+OVERLAY_SERIES = 64  # series whose backtest-forecast bodies are kept
 _PORTFOLIO_COLUMNS = ["level", "key", "day", "yhat", "n_series"]
 _HISTORY_COLUMNS = [C.TS, C.Y, "is_filled", "is_outlier"]
 
@@ -60,6 +71,7 @@ class ServingState:
         self.time_travel = TimeTravel(self.lake)
         self._lazy = LRU(8)  # backtest index, portfolio body: by table version
         self._histories = LRU(HISTORY_SERIES)
+        self._overlays = LRU(OVERLAY_SERIES)
 
     @property
     def snapshot(self) -> Snapshot:
@@ -163,6 +175,40 @@ class ServingState:
     def _backtest(self, version: int, run_id: str) -> render.BacktestIndex:
         return render.BacktestIndex(self.lake.arrow(BACKTEST, version, filters=[("run_id", "=", run_id)]))
 
+    # -- the backtest forecasts of one series (the page's candidate overlay) -------------
+    def backtest_forecasts_body(self, series_id: str) -> bytes:
+        """The champion's run's gold/backtest_forecasts rows of one series, read on
+        demand (its bucket, series and run as filters: only the files that can hold them
+        are read) and cached by (table version, run, series)."""
+        snap, champion = self.require_champion()
+        run_id = str(champion.info.get("run_id"))
+        row = snap.selection.rows.get(series_id) if snap.selection else None
+        if snap.selection is not None and row is None:
+            raise ServeError(404, f"series {series_id!r} is not in the champion's run {run_id}")
+        version = snap.versions.get(BACKTEST_FORECASTS)
+        if version is None:
+            raise ServeError(
+                404,
+                f"{BACKTEST_FORECASTS} does not exist yet: train with backtest.store_forecasts chosen or all",
+            )
+        chosen = row["model"] if row else None
+        return self._overlays.get(
+            (version, run_id, series_id),
+            lambda: self._backtest_forecasts(series_id, run_id, chosen, version),
+        )
+
+    def _backtest_forecasts(self, series_id: str, run_id: str, chosen: str | None, version: int) -> bytes:
+        bucket = int(C.bucket_of([series_id])[0])
+        filters = [(C.BUCKET, "=", bucket), (C.SERIES_ID, "=", series_id), ("run_id", "=", run_id)]
+        table = self.lake.arrow(BACKTEST_FORECASTS, version, filters=filters)
+        if table.num_rows == 0:
+            raise ServeError(
+                404,
+                f"series {series_id!r} has no backtest forecasts in {BACKTEST_FORECASTS} for run {run_id} "
+                "(backtest.store_forecasts none when it trained, or no candidate finished its backtest)",
+            )
+        return render.backtest_forecasts_body(series_id, run_id, chosen, version, table)
+
     def portfolio_body(self) -> bytes:
         snap = self.snapshot
         version = snap.versions.get(PORTFOLIO)
@@ -173,10 +219,41 @@ class ServingState:
             ("portfolio", version, model_version), lambda: self._portfolio(version, model_version)
         )
 
+    def hierarchy_body(self, level: str, node: str | None) -> bytes:
+        """gold/hierarchy rows of the served model version's delivery: one level, one
+        node of it or all of them (a series only by its id)."""
+        snap = self.snapshot
+        version = snap.versions.get(HIERARCHY)
+        model_version = snap.forecasts.model_version if snap.forecasts else None
+        if version is None or model_version is None:
+            raise ServeError(
+                503, f"{HIERARCHY} is not available yet: run `mmf nightly` with hierarchy.enabled"
+            )
+        if level == "series" and not node:
+            raise ServeError(422, "level=series needs node=<series id>")
+        return self._lazy.get(
+            ("hierarchy", version, model_version, level, node),
+            lambda: self._hierarchy(version, model_version, level, node),
+        )
+
+    def _hierarchy(self, version: int, model_version: str, level: str, node: str | None) -> bytes:
+        where = [("model_version", "=", model_version)]
+        heads = self.lake.arrow(HIERARCHY, version, columns=["level", "node"], filters=where).to_pandas()
+        if heads.empty:
+            raise ServeError(404, f"{HIERARCHY} holds no rows of model version {model_version}")
+        names = sorted(set(heads.loc[heads["level"] == level, "node"]))
+        if node is not None and node not in names:
+            raise ServeError(404, f"{level} {node!r} is not in {HIERARCHY} (model version {model_version})")
+        filters = where + [("level", "=", level)] + ([("node", "=", node)] if node is not None else [])
+        frame = self.lake.arrow(HIERARCHY, version, filters=filters).to_pandas()
+        order = [lv for lv in ("total", "region", "site", "series") if lv in set(heads["level"])]
+        shown = names if level != "series" else [node]
+        return render.hierarchy_body(frame, version, model_version, level, order, shown)
+
     def _portfolio(self, version: int, model_version: str) -> bytes:
         filters = [("model_version", "=", model_version)]
         table = self.lake.arrow(PORTFOLIO, version, filters=filters)  # with interval columns when present
         wanted = _PORTFOLIO_COLUMNS + [
-            c for c in table.column_names if c.startswith(("yhat_lower_", "yhat_upper_"))
+            c for c in table.column_names if c.startswith(("yhat_lower_", "yhat_upper_")) or c == "method"
         ]
         return render.portfolio_body(table.select(wanted).to_pandas(), version, model_version)

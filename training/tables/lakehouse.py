@@ -39,6 +39,7 @@ SILVER_SERIES = "silver/series"
 SILVER_QUARANTINE = "silver/quarantine"
 GOLD_FORECASTS = "gold/forecasts"
 GOLD_BACKTEST = "gold/backtest"
+GOLD_BACKTEST_FORECASTS = "gold/backtest_forecasts"
 GOLD_SELECTION = "gold/selection"
 GOLD_PORTFOLIO = "gold/portfolio"
 GOLD_SCORES = "gold/scores"
@@ -46,6 +47,9 @@ GOLD_GATE = "gold/gate"
 GOLD_MODELS = "gold/models"
 GOLD_ACCURACY = "gold/accuracy"
 GOLD_DRIFT = "gold/drift"
+GOLD_HIERARCHY = "gold/hierarchy"
+BRONZE_COVARIATES = "bronze/covariates"
+SILVER_COVARIATES = "silver/covariates"
 TABLE_NAMES = (
     BRONZE_READINGS,
     SILVER_READINGS,
@@ -60,12 +64,24 @@ TABLE_NAMES = (
     GOLD_MODELS,
     GOLD_ACCURACY,
     GOLD_DRIFT,
+    GOLD_BACKTEST_FORECASTS,
+    GOLD_HIERARCHY,
+    BRONZE_COVARIATES,
+    SILVER_COVARIATES,
 )
 
 # Tables whose contract gained columns since a lakehouse may have been created: written
 # with schema merge, so an older table takes the new (nullable) columns on its next
 # write; columns the contract holds keep their types (the data is cast to it first).
-EVOLVING = (GOLD_FORECASTS, SILVER_READINGS, SILVER_SERIES, SILVER_QUARANTINE, GOLD_MODELS, GOLD_SELECTION)
+EVOLVING = (
+    GOLD_FORECASTS,
+    SILVER_READINGS,
+    SILVER_SERIES,
+    SILVER_QUARANTINE,
+    GOLD_MODELS,
+    GOLD_PORTFOLIO,
+    GOLD_SELECTION,
+)
 
 # Rows per Parquet row group: small for bronze, whose files (one per ingest) hold every
 # bucket, so that reading a range of buckets reads little more than that range.
@@ -115,12 +131,16 @@ def table_schema(name: str, levels: Sequence[int] = (80, 95)) -> pa.Schema:
         GOLD_FORECASTS: C.forecast_schema(levels),
         GOLD_BACKTEST: C.backtest_schema(levels),
         GOLD_SELECTION: C.GOLD_SELECTION,
-        GOLD_PORTFOLIO: C.GOLD_PORTFOLIO,
+        GOLD_PORTFOLIO: C.portfolio_schema(levels),
         GOLD_SCORES: C.scores_schema(levels),
         GOLD_GATE: C.GOLD_GATE,
         GOLD_MODELS: C.GOLD_MODELS,
         GOLD_ACCURACY: C.accuracy_schema(levels),
         GOLD_DRIFT: C.drift_schema(levels),
+        GOLD_BACKTEST_FORECASTS: C.backtest_forecasts_schema(levels),
+        GOLD_HIERARCHY: C.hierarchy_schema(levels),
+        BRONZE_COVARIATES: C.BRONZE_COVARIATES,
+        SILVER_COVARIATES: C.COVARIATES,
     }[canonical(name)]
 
 

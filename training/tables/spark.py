@@ -44,6 +44,7 @@ from pyspark.sql import functions as F
 from forecasting import contract as C
 from forecasting.errors import TableError
 from training.tables.lakehouse import (
+    EVOLVING,
     TABLE_NAMES,
     Lakehouse,
     bucketed,
@@ -59,6 +60,7 @@ log = logging.getLogger(__name__)
 _TXN_APP_ID = "spark.databricks.delta.write.txnAppId"
 _TXN_VERSION = "spark.databricks.delta.write.txnVersion"
 _TXN_RESET = "spark.databricks.delta.write.txnVersion.autoReset.enabled"
+_AUTO_MERGE = "spark.databricks.delta.schema.autoMerge.enabled"  # MERGE may add columns
 _DML_LOCK = threading.Lock()  # the DML transaction settings are session-wide
 
 
@@ -292,18 +294,26 @@ class SparkTables:
         ``txnAppId``/``txnVersion``). ``metadata`` goes into the commit as its
         ``userMetadata`` (a JSON object of strings), which
         :meth:`~training.tables.Lakehouse.history` reads as the keys deltalake's custom
-        metadata would be. A replace-where on an absent table creates it. Returns the
-        table's version after the write."""
+        metadata would be. A replace-where on an absent table creates it. The table's
+        schema evolves as the deltalake layer's does (``mergeSchema``): a table written
+        before its contract gained a column (``silver/series.demand_class``) takes it on
+        this write, null in its older rows; the contract's columns are cast to their
+        types first, so no type changes. Returns the table's version after the write."""
         df = self.frame(name, data)
         if replace_where is not None and not self.exists(name):
             mode, replace_where = "append", None
-        writer = df.write.format("delta").mode(mode)
+        writer = df.write.format("delta").mode(mode).option("mergeSchema", "true")
         if replace_where is not None:
             writer = writer.option("replaceWhere", replace_where)
+        if canonical(name) in EVOLVING and self.exists(name):
+            # an older table takes the contract's new columns (as the deltalake layer does)
+            writer = writer.option("mergeSchema", "true")
         if app_id:
             writer = writer.option("txnAppId", app_id).option("txnVersion", int(app_version or 0))
         if metadata:
             writer = writer.option("userMetadata", user_metadata(metadata))
+        if canonical(name) in EVOLVING:  # an older table takes the contract's new columns
+            writer = writer.option("mergeSchema", "true")
         writer.save(self.uri(name))
         return int(self.lake.version(name))
 
@@ -319,7 +329,8 @@ class SparkTables:
         inserted), so writing the same rows twice leaves one copy. With
         ``app_id``/``app_version`` the MERGE commit records that application transaction
         (and is skipped when that version was already committed). An absent table is
-        created. Returns the table's version after the write."""
+        created; an existing one takes the contract's new columns (Delta's schema
+        auto-merge, for this MERGE only). Returns the table's version after the write."""
         from delta.tables import DeltaTable
 
         df = self.frame(name, data).dropDuplicates(list(keys))
@@ -327,7 +338,7 @@ class SparkTables:
             return self.write(name, df, app_id=app_id, app_version=app_version)
         target = DeltaTable.forPath(self.spark, self.uri(name))
         on = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
-        with self._dml_transaction(app_id, app_version):
+        with self._dml_transaction(app_id, app_version, evolve=True):
             (
                 target.alias("t")
                 .merge(df.alias("s"), on)
@@ -338,19 +349,29 @@ class SparkTables:
         return int(self.lake.version(name))
 
     @contextmanager
-    def _dml_transaction(self, app_id: str | None, app_version: int | None) -> Iterator[None]:
-        if not app_id:
+    def _dml_transaction(
+        self, app_id: str | None, app_version: int | None, evolve: bool = False
+    ) -> Iterator[None]:
+        """The session settings of one DML commit (they are session-wide, hence the
+        lock): its application transaction, and with ``evolve`` schema auto-merge."""
+        if not app_id and not evolve:
             yield
             return
         with _DML_LOCK:
             conf = self.spark.conf
-            conf.set(_TXN_APP_ID, app_id)
-            conf.set(_TXN_VERSION, str(int(app_version or 0)))
-            conf.set(_TXN_RESET, "true")
+            keys = []
+            if app_id:
+                conf.set(_TXN_APP_ID, app_id)
+                conf.set(_TXN_VERSION, str(int(app_version or 0)))
+                conf.set(_TXN_RESET, "true")
+                keys += [_TXN_APP_ID, _TXN_VERSION]
+            if evolve:
+                conf.set(_AUTO_MERGE, "true")
+                keys.append(_AUTO_MERGE)
             try:
                 yield
             finally:
-                for key in (_TXN_APP_ID, _TXN_VERSION):
+                for key in keys:
                     conf.unset(key)
 
 

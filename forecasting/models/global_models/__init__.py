@@ -26,6 +26,7 @@ from forecasting.models.global_models.common import (
     read,
     register,
     save,
+    scaled_exog,
     temperature_scaling,
 )
 from forecasting.models.global_models.gbm import GlobalGBM
@@ -52,5 +53,6 @@ __all__ = [
     "read",
     "register",
     "save",
+    "scaled_exog",
     "temperature_scaling",
 ]

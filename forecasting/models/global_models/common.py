@@ -183,9 +183,10 @@ class Panel:
     ids: list[str]
     y: list[np.ndarray]
     ts: list[np.ndarray]  # datetime64[us]
-    temperature: list[np.ndarray | None]
+    temperature: list[np.ndarray | None]  # (n,) one regressor, or (n, k) declared covariates
     freq: str
     seasonalities: tuple[int, ...]
+    views: list[Any] | None = None  # per series, what a backtest knows of its covariates' future
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -204,6 +205,7 @@ class Panel:
             temperature=[None if x is None else x[:e] for x, e in zip(self.temperature, ends)],
             freq=self.freq,
             seasonalities=self.seasonalities,
+            views=self.views,
         )
 
     def subset(self, index: Sequence[int]) -> "Panel":
@@ -214,7 +216,14 @@ class Panel:
             temperature=[self.temperature[i] for i in index],
             freq=self.freq,
             seasonalities=self.seasonalities,
+            views=None if self.views is None else [self.views[i] for i in index],
         )
+
+    @property
+    def n_exog(self) -> int:
+        """Regressor columns of each series (1: temperature; k: declared covariates)."""
+        first = next((t for t in self.temperature if t is not None), None)
+        return 1 if first is None or np.ndim(first) == 1 else int(first.shape[1])
 
 
 @dataclass(frozen=True)
@@ -307,15 +316,24 @@ def quantile_forecast(
     return out
 
 
-def temperature_scaling(panel: Panel) -> tuple[float, float]:
-    """``(loc, scale)`` of every temperature of the panel (one scaling for all series)."""
+def temperature_scaling(panel: Panel) -> tuple[Any, Any]:
+    """``(loc, scale)`` of every temperature of the panel (one scaling for all series);
+    per column (lists) for ``k`` declared covariates."""
     values = (
         np.concatenate([t for t in panel.temperature if t is not None])
         if panel.has_temperature
         else np.zeros(1)
     )
+    if values.ndim == 2:
+        loc, scale = values.mean(axis=0), values.std(axis=0)
+        return loc.tolist(), np.where(scale > 1e-8, scale, 1.0).tolist()
     loc, scale = float(np.mean(values)), float(np.std(values))
     return loc, (scale if scale > 1e-8 else 1.0)
+
+
+def scaled_exog(temps: Any, meta: dict[str, Any]) -> np.ndarray:
+    """Regressors scaled by the weights' ``t_loc``/``t_scale`` (per column for covariates)."""
+    return (np.asarray(temps, dtype=float) - np.asarray(meta["t_loc"])) / np.asarray(meta["t_scale"])
 
 
 # -- the per-series view --------------------------------------------------------------
@@ -403,12 +421,14 @@ def unpack_states(states: States, n_last: int) -> tuple[np.ndarray, np.ndarray, 
     return loc, scale, last_y, last_ts
 
 
-def future_temperatures(X: Regressors, h: int, block: int, who: str) -> np.ndarray:
-    """Temperature (column 0 of each series' ``X``) for steps 1..h, padded with the last
-    value to whole blocks of ``block`` steps: ``(n, ceil(h / block) * block)``."""
-    out = np.zeros((len(X), math.ceil(h / block) * block))
+def future_temperatures(X: Regressors, h: int, block: int, who: str, k: int = 1) -> np.ndarray:
+    """Temperature (column 0 of each series' ``X``; with ``k`` declared covariates its
+    ``k`` columns) for steps 1..h, padded with the last value to whole blocks of ``block``
+    steps: ``(n, ceil(h / block) * block)``, or ``(n, ..., k)``."""
+    width = math.ceil(h / block) * block
+    out = np.zeros((len(X), width) if k == 1 else (len(X), width, k))
     for i, xi in enumerate(X):
-        t = _future_exog(xi, h, who)
+        t = _future_exog(xi, h, who, k)
         out[i, :h] = t
         out[i, h:] = t[-1]  # past h the block is cut off anyway
     return out
@@ -421,12 +441,15 @@ def block_starts(last_ts: np.ndarray, freq: str, h: int, block: int) -> Iterator
         yield done, np.array([future_ts(t, freq, np.array([done + 1]))[0] for t in last_ts])
 
 
-def _future_exog(X: np.ndarray | None, h: int, who: str) -> np.ndarray:
-    """Temperature for steps 1..h as a 1-d array (column 0 of ``X``)."""
+def _future_exog(X: np.ndarray | None, h: int, who: str, k: int = 1) -> np.ndarray:
+    """Temperature for steps 1..h as a 1-d array (column 0 of ``X``), or ``(h, k)``."""
     if X is None:
-        raise ModelError(f"{who} was trained with temperature: predict needs X of shape ({h}, 1)")
+        raise ModelError(f"{who} was trained with regressors: predict needs X of shape ({h}, {k})")
     X = as_columns(X)
-    if X.ndim != 2 or X.shape[0] < h or X.shape[1] < 1:
-        raise ModelError(f"{who}: X must have shape ({h}, k>=1); got {X.shape}")
-    check_finite(X[:h, 0], f"{who}: temperature")
-    return X[:h, 0]
+    if X.ndim != 2 or X.shape[0] < h or X.shape[1] < k:
+        raise ModelError(f"{who}: X must have shape ({h}, {'k>=1' if k == 1 else k}); got {X.shape}")
+    if k == 1:
+        check_finite(X[:h, 0], f"{who}: temperature")
+        return X[:h, 0]
+    check_finite(X[:h, :k], f"{who}: X")
+    return X[:h, :k]

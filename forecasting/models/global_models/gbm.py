@@ -46,6 +46,7 @@ from forecasting.models.global_models.common import (
     calendar,
     future_temperatures,
     future_ts,
+    scaled_exog,
     series_scale,
     temperature_scaling,
     text_to_array,
@@ -78,7 +79,8 @@ def feature_names(meta: dict[str, Any]) -> list[str]:
         names += [f"same_phase_{s}", f"mean_{s}"]
     names += ["std_main", "hour_sin", "hour_cos", "dow_sin", "dow_cos"]
     if meta["use_temperature"]:
-        names.append("temperature")
+        k = int(meta.get("n_exog", 1))
+        names += ["temperature"] if k == 1 else [f"exog_{j}" for j in range(k)]
     return names
 
 
@@ -107,7 +109,8 @@ def features(
     cal = calendar(target_ts.ravel()).reshape(n, H, 4)
     cols += [cal[:, :, i] for i in range(4)]
     if meta["use_temperature"]:
-        cols.append((np.asarray(temps, dtype=float) - meta["t_loc"]) / meta["t_scale"])
+        scaled = scaled_exog(temps, meta)  # (n, H), or (n, H, k) for declared covariates
+        cols += [scaled] if scaled.ndim == 2 else [scaled[:, :, j] for j in range(scaled.shape[2])]
     return np.stack([np.asarray(c, dtype=float) for c in cols], axis=2).reshape(n * H, -1)
 
 
@@ -150,6 +153,7 @@ def fit(panel: Panel, spec: Spec, params: dict[str, Any], seed: int) -> GlobalWe
         "freq": spec.freq,
         "levels": list(spec.levels),
         "use_temperature": bool(use_t),
+        "n_exog": panel.n_exog if use_t else 0,
         "t_loc": t_loc,
         "t_scale": t_scale,
         "scale_tail": None,
@@ -225,7 +229,8 @@ def forecast_many(weights: GlobalWeights, states: States, X: Regressors, h: int,
     n = len(states)
     loc, scale, last_y, last = unpack_states(states, L)
     hist = (last_y - loc[:, None]) / scale[:, None]
-    temps = future_temperatures(X, h, H, "global_gbm") if meta["use_temperature"] else None
+    k = int(meta.get("n_exog", 1))
+    temps = future_temperatures(X, h, H, "global_gbm", k) if meta["use_temperature"] else None
     means = []
     for done, first in block_starts(last, meta["freq"], h, H):
         block_t = temps[:, done : done + H] if temps is not None else None

@@ -40,6 +40,7 @@ from forecasting.models.global_models.common import (
     calendar,
     future_temperatures,
     quantile_forecast,
+    scaled_exog,
     series_scale,
     unpack_states,
 )
@@ -69,7 +70,9 @@ def settings(params: dict[str, Any], spec: Spec) -> dict[str, Any]:
     return out
 
 
-def architecture(params: dict[str, Any], spec: Spec, use_temperature: bool) -> dict[str, Any]:
+def architecture(
+    params: dict[str, Any], spec: Spec, use_temperature: bool, n_exog: int = 1
+) -> dict[str, Any]:
     """The weights' ``meta``: everything inference needs besides the arrays."""
     s = settings(params, spec)
     L, H = int(s["input_size"]), int(spec.horizon)
@@ -78,11 +81,12 @@ def architecture(params: dict[str, Any], spec: Spec, use_temperature: bool) -> d
         "horizon": H,
         "quantiles": list(spec.quantiles),
         "season": int(min(spec.seasonalities[0] if spec.seasonalities else 1, L)),
-        "context": N_CALENDAR + (H if use_temperature else 0),
+        "context": N_CALENDAR + (H * n_exog if use_temperature else 0),
         "hidden": int(s["hidden"]),
         "blocks": int(s["blocks"]),
         "layers": int(s["layers"]),
         "use_temperature": bool(use_temperature),
+        "n_exog": int(n_exog) if use_temperature else 0,
         "t_loc": 0.0,
         "t_scale": 1.0,
         "scale_tail": s["scale_tail"],
@@ -104,7 +108,8 @@ def make_inputs(
     x = (np.asarray(y_last, dtype=float) - loc[:, None]) / scale[:, None]
     ctx = [calendar(first_ts)]
     if meta["use_temperature"]:
-        ctx.append((np.asarray(temps, dtype=float) - meta["t_loc"]) / meta["t_scale"])
+        scaled = scaled_exog(temps, meta)  # (n, H), or (n, H, k) for declared covariates
+        ctx.append(scaled.reshape(len(scaled), -1))
     return x.astype(np.float32), np.concatenate(ctx, axis=1).astype(np.float32)
 
 
@@ -168,7 +173,8 @@ def forecast_many(weights: GlobalWeights, states: States, X: Regressors, h: int,
     meta, arrays = weights.meta, weights.arrays
     L, H = meta["input_size"], meta["horizon"]
     loc, scale, hist, last = unpack_states(states, L)
-    temps = future_temperatures(X, h, H, "global_nn") if meta["use_temperature"] else None
+    k = int(meta.get("n_exog", 1))
+    temps = future_temperatures(X, h, H, "global_nn", k) if meta["use_temperature"] else None
     quantiles = []
     for done, first in block_starts(last, meta["freq"], h, H):
         block_t = temps[:, done : done + H] if temps is not None else None

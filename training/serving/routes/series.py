@@ -1,5 +1,5 @@
 """Series of the champion's run: the page of ids, each series' forecast (latest or by
-time travel), history and backtest, and the portfolio totals."""
+time travel), history, backtest and backtest forecasts, and the portfolio totals."""
 
 from __future__ import annotations
 
@@ -100,12 +100,41 @@ def backtest(state: State, series_id: SeriesId):
 
 
 @router.get(
+    "/series/{series_id:path}/backtest_forecasts",
+    response_model=S.BacktestForecasts,
+    summary="Backtest forecasts of a series' candidates against the actuals of each window (champion's run)",
+)
+def backtest_forecasts(state: State, series_id: SeriesId):
+    return json_response(state.backtest_forecasts_body(series_id))
+
+
+@router.get(
     "/portfolio",
     response_model=S.Portfolio,
     summary="Daily forecast totals overall, by region and by site",
 )
 def portfolio(state: State):
     return json_response(state.portfolio_body())
+
+
+@router.get(
+    "/hierarchy",
+    response_model=S.Hierarchy,
+    summary="Coherent forecasts of any level (total, region, site, series) with intervals",
+)
+def hierarchy(
+    state: State,
+    level: Annotated[
+        Literal["total", "region", "site", "series"], Query(description="the level of gold/hierarchy")
+    ] = "total",
+    node: Annotated[
+        str | None,
+        Query(
+            max_length=300, description="one node of the level (required for series: its id); all when absent"
+        ),
+    ] = None,
+):
+    return json_response(state.hierarchy_body(level, node))
 
 
 def parse_time(text: str) -> dt.datetime:

@@ -1,6 +1,7 @@
 // The forecast page: the champion run's series in natural id order, sorted by error and
 // filtered by status and model; a series' history (7 days to all), forecast with intervals,
-// chosen model and backtest metrics; the portfolio chart; CSV export of each. Plain DOM +
+// chosen model and backtest metrics; its candidates' stored backtest forecasts overlaid on
+// the actuals of each window; the portfolio chart; CSV export of each. Plain DOM +
 // inline SVG, no third-party code (the page must work on a closed network).
 "use strict";
 
@@ -20,7 +21,9 @@ const state = {
   searchSeq: 0,
   selectSeq: 0,
   shown: null, // { id, history, forecast }: what the chart draws (the CSV exports it)
+  overlay: null, // { id, body, hidden }: the stored backtest forecasts drawn, models hidden
   portfolio: null,
+  hierarchy: null, // the /hierarchy body the hierarchy chart draws
 };
 
 const $ = (id) => document.getElementById(id);
@@ -137,9 +140,13 @@ async function loadPortfolio() {
     }
     select.value = [...select.options].some((o) => o.value === wanted) ? wanted : "total";
     drawPortfolio();
+    // coherent totals: gold/hierarchy serves every level (else the section stays hidden)
+    $("hierarchy").hidden = !p.method;
+    if (p.method) loadHierarchy($("hierarchy-level").value || "total");
   } catch (e) {
     state.portfolio = null;
     $("portfolio-summary").textContent = `no portfolio: ${e.message}`;
+    $("hierarchy").hidden = true;
   }
 }
 
@@ -190,6 +197,62 @@ function drawPortfolio() {
   const items = lines.slice(0, 8).map((l) => ({ cls: l.cls, label: l.name, color: l.color }));
   if (lines.length > 8) items.push({ label: `… ${lines.length - 8} more` });
   legend(root, items, levels);
+}
+
+// -- hierarchy: coherent forecasts of any level and node --------------------------------
+async function loadHierarchy(level, node) {
+  const params = new URLSearchParams({ level: level || "total" });
+  if (node) params.set("node", node);
+  try {
+    const h = await api(`/hierarchy?${params}`);
+    state.hierarchy = h;
+    const levels = $("hierarchy-level");
+    levels.replaceChildren(...h.hierarchy_levels.map((lv) => el("option", { value: lv }, lv)));
+    levels.value = h.level;
+    const nodes = $("hierarchy-node");
+    const names = h.level === "series" ? h.nodes : [...h.nodes].sort(naturalCompare);
+    nodes.replaceChildren(...names.map((n) => el("option", { value: n }, n)));
+    nodes.value = node && names.includes(node) ? node : names[0] || "";
+    drawHierarchy();
+  } catch (e) {
+    state.hierarchy = null;
+    $("hierarchy-summary").textContent = `no hierarchy: ${e.message}`;
+    $("hierarchy-chart").replaceChildren();
+  }
+}
+
+function onHierarchyLevel() {
+  const level = $("hierarchy-level").value;
+  // the series level shows the series picked in the list (or the first node's first series)
+  loadHierarchy(level, level === "series" ? state.selected : null);
+}
+
+function drawHierarchy() {
+  const h = state.hierarchy;
+  if (!h) return;
+  const node = $("hierarchy-node").value;
+  const rows = h.rows.filter((r) => r.node === node);
+  const points = rows.map((r) => ({ t: Date.parse(r.ts), y: r.yhat, lo: r.lower || {}, up: r.upper || {} }));
+  const base = rows.map((r) => ({ t: Date.parse(r.ts), y: r.yhat_base }));
+  const levels = [...(h.levels || [])].sort((a, b) => b - a);
+  const root = chartFrame($("hierarchy-chart"), points, levels, { H: 260 });
+  root.setAttribute("data-level", h.level);
+  root.setAttribute("data-node", node);
+  root.setAttribute("data-points", String(points.length));
+  const series = rows.length ? rows[0].n_series : 0;
+  $("hierarchy-summary").textContent =
+    `${h.level} ${node}: ${series ?? "?"} series · ${h.method} · model v${h.model_version}` +
+    (levels.length ? ` · ${levels.join("% and ")}% intervals` : "");
+  if (!root.frame) return;
+  const { x, y } = root.frame;
+  levels.forEach((lv, i) => {
+    drawBand(root, points, lv, x, y, { class: "band hier-band", "fill-opacity": bandOpacity(i), "data-level": String(lv) });
+  });
+  const own = drawLine(root, base, x, y, "part");
+  if (own) own.setAttribute("data-key", "base");
+  const line = drawLine(root, points, x, y, "total");
+  if (line) line.setAttribute("data-key", "coherent");
+  legend(root, [{ cls: "total", label: "coherent" }, { cls: "part", label: "own model" }], levels);
 }
 
 // -- series list -----------------------------------------------------------------------
@@ -300,6 +363,7 @@ async function selectSeries(id) {
   $("export-series").disabled = false;
   redraw();
   renderBacktest(backtest);
+  loadOverlay(id, seq);
 }
 
 function liveAccuracy(a) {
@@ -396,6 +460,144 @@ function renderBacktest(bt) {
     tr.append(el("td", {}, model), el("td", {}, e.n), el("td", {}, e.count ? fmt(e.sum / e.count) : "–"));
     cands.append(tr);
   }
+}
+
+// -- candidate overlays: the stored backtest forecasts (gold/backtest_forecasts) --------
+async function loadOverlay(id, seq) {
+  state.overlay = null;
+  $("overlay").hidden = true;
+  let body = null;
+  let why = "";
+  try {
+    body = await api(`/series/${encodeURIComponent(id)}/backtest_forecasts`);
+  } catch (e) {
+    why = e.message;
+  }
+  if (seq !== state.selectSeq) return; // another series was picked meanwhile
+  const found = Boolean(body && body.windows.length);
+  $("overlay-note").hidden = found;
+  $("overlay-note").textContent = found ? "" : `No stored backtest forecasts: ${why || "none for this series"}`;
+  if (!found) return;
+  const models = [];
+  for (const w of body.windows) for (const m of w.models) if (!models.includes(m.model)) models.push(m.model);
+  state.overlay = { id, body, models, hidden: new Set() };
+  const n = body.windows.length;
+  $("overlay-window").replaceChildren(...body.windows.map((w, i) =>
+    el("option", { value: String(w.window) }, `${i + 1} of ${n} · cutoff ${w.cutoff ? utcLabel(Date.parse(w.cutoff)) : "?"}`)));
+  $("overlay-window").value = String(body.windows[n - 1].window); // the latest window
+  const boxes = models.map((model, i) => {
+    const box = el("input", { type: "checkbox", value: model, "data-model": model });
+    box.checked = true;
+    const swatch = el("span", { class: "swatch" });
+    swatch.style.background = overlayColor(i);
+    const label = el("label", { title: model === body.chosen_model ? "the chosen model" : "a candidate" });
+    label.append(box, swatch, model === body.chosen_model ? `${model} (chosen)` : model);
+    return label;
+  });
+  $("overlay-models").replaceChildren(...boxes);
+  $("overlay").hidden = false;
+  drawOverlay();
+}
+
+function overlayColor(i) {
+  return PALETTE[i % PALETTE.length];
+}
+
+function overlayWindow() {
+  const windows = state.overlay.body.windows;
+  return windows.find((w) => String(w.window) === $("overlay-window").value) || windows[windows.length - 1];
+}
+
+function drawOverlay() {
+  const o = state.overlay;
+  if (!o) return;
+  const w = overlayWindow();
+  const t = w.ts.map((ts) => Date.parse(ts));
+  const actual = t.map((tt, i) => ({ t: tt, y: w.y[i] }));
+  const levels = [...o.body.levels].sort((a, b) => b - a);
+  const shown = w.models.filter((m) => !o.hidden.has(m.model));
+  const lines = shown.map((m) => ({
+    model: m.model,
+    color: overlayColor(o.models.indexOf(m.model)),
+    chosen: m.model === o.body.chosen_model,
+    pts: t.map((tt, i) => ({
+      t: tt,
+      y: m.yhat[i],
+      lo: Object.fromEntries(levels.map((lv) => [lv, (m.lower[lv] || [])[i] ?? null])),
+      up: Object.fromEntries(levels.map((lv) => [lv, (m.upper[lv] || [])[i] ?? null])),
+    })),
+  }));
+  const chosen = lines.find((l) => l.chosen);
+  const bandLevels = chosen ? levels : [];
+  const points = [...actual, ...lines.flatMap((l) => l.pts.map((p) => ({ t: p.t, y: p.y })))];
+  const root = chartFrame($("overlay-chart"), chosen ? [...points, ...chosen.pts] : points, bandLevels, { H: 300 });
+  root.setAttribute("data-window", String(w.window));
+  root.setAttribute("data-models", lines.map((l) => l.model).join(","));
+  if (root.frame) {
+    const { x, y } = root.frame;
+    bandLevels.forEach((lv, i) => {
+      const band = drawBand(root, chosen.pts, lv, x, y, { class: `band band-${lv}`, "fill-opacity": bandOpacity(i), "data-level": String(lv) });
+      if (band) band.style.fill = chosen.color;
+    });
+    for (const l of lines) {
+      const path = drawLine(root, l.pts, x, y, l.chosen ? "cand chosen" : "cand");
+      if (!path) continue;
+      path.style.stroke = l.color;
+      path.setAttribute("data-model", l.model);
+      path.append(svg("title", {}, l.chosen ? `${l.model} (chosen)` : l.model));
+    }
+    drawLine(root, actual, x, y, "actual");
+    legend(root, [{ cls: "actual", label: "actual" }], bandLevels);
+    for (const rect of root.querySelectorAll(".legend rect.band")) rect.style.fill = chosen.color; // its bands
+  }
+  renderOverlayErrors(w, lines, levels[levels.length - 1]);
+}
+
+function renderOverlayErrors(w, lines, level) {
+  // each shown model's errors on this window's actuals (the page's own arithmetic)
+  $("overlay-coverage").textContent = level ? `${level}% covered` : "covered";
+  const rows = lines.map((l) => {
+    const errs = [];
+    let inside = 0;
+    let scored = 0;
+    l.pts.forEach((p, i) => {
+      if (p.y === null || w.y[i] === null) return;
+      errs.push(p.y - w.y[i]);
+      const lo = level ? p.lo[level] : null;
+      const up = level ? p.up[level] : null;
+      if (lo !== null && up !== null) {
+        scored += 1;
+        if (w.y[i] >= lo && w.y[i] <= up) inside += 1;
+      }
+    });
+    const mae = errs.length ? errs.reduce((a, e) => a + Math.abs(e), 0) / errs.length : null;
+    const bias = errs.length ? errs.reduce((a, e) => a + e, 0) / errs.length : null;
+    return { l, mae, bias, covered: scored ? inside / scored : null };
+  });
+  rows.sort((a, b) => (a.mae ?? Infinity) - (b.mae ?? Infinity));
+  $("overlay-errors").tBodies[0].replaceChildren(...rows.map(({ l, mae, bias, covered }) => {
+    const tr = el("tr", { class: l.chosen ? "chosen" : "", "data-model": l.model });
+    const name = el("td", {});
+    const swatch = el("span", { class: "swatch" });
+    swatch.style.background = l.color;
+    name.append(swatch, ` ${l.model}`);
+    tr.append(name, el("td", {}, fmt(mae)), el("td", {}, fmt(bias)), el("td", {}, covered === null ? "–" : `${Math.round(100 * covered)}%`));
+    return tr;
+  }));
+}
+
+function exportOverlay() {
+  const o = state.overlay;
+  const levels = [...o.body.levels].sort((a, b) => a - b);
+  const cols = ["series_id", "run_id", "model", "window", "cutoff", "ts", "y", "yhat", ...levels.flatMap((lv) => [`yhat_lower_${lv}`, `yhat_upper_${lv}`])];
+  const rows = [];
+  for (const w of o.body.windows) {
+    for (const m of w.models) {
+      w.ts.forEach((ts, i) => rows.push([o.id, o.body.run_id, m.model, w.window, w.cutoff, ts, w.y[i], m.yhat[i],
+        ...levels.flatMap((lv) => [(m.lower[lv] || [])[i], (m.upper[lv] || [])[i]])]));
+    }
+  }
+  download(`${o.id}-backtest-forecasts.csv`, toCsv(cols, rows));
 }
 
 // -- the chart -------------------------------------------------------------------------
@@ -594,8 +796,22 @@ document.addEventListener("DOMContentLoaded", () => {
   for (const id of ["sort", "filter-status", "filter-model"]) $(id).addEventListener("change", () => loadSeries(true));
   $("history-length").addEventListener("change", redraw);
   $("portfolio-level").addEventListener("change", drawPortfolio);
+  $("hierarchy-level").addEventListener("change", onHierarchyLevel);
+  $("hierarchy-node").addEventListener("change", () => {
+    const h = state.hierarchy;
+    if (h && h.level !== "series") drawHierarchy();
+  });
   $("export-series").addEventListener("click", exportSeries);
   $("export-portfolio").addEventListener("click", exportPortfolio);
+  $("overlay-window").addEventListener("change", drawOverlay);
+  $("export-overlay").addEventListener("click", exportOverlay);
+  $("overlay-models").addEventListener("change", (event) => {
+    const model = event.target.dataset.model;
+    if (!state.overlay || !model) return;
+    if (event.target.checked) state.overlay.hidden.delete(model);
+    else state.overlay.hidden.add(model);
+    drawOverlay();
+  });
   $("export-table").addEventListener("click", () => exportTable().catch((e) => { $("series-count").textContent = e.message; }));
   $("auth").addEventListener("submit", (event) => {
     event.preventDefault();
