@@ -171,6 +171,33 @@ FORECASTS_JSON = "forecasts_json"
 # derived from forecasts_json.
 TRAIN_RESULT_CORE = pa.schema([f for f in TRAIN_RESULT if f.name != FORECASTS_JSON])
 
+# What training records per series beside TRAIN_RESULT (forecasting.retrain): why the
+# series was fitted in this run or carried over from an earlier one (RETRAIN_REASONS),
+# the run whose training estimated its model's parameters (``from_run``: this run when
+# refit), the end of the data that estimation saw (``fitted_end``: a model's age is its
+# series' end minus this), and a content hash of the series' silver rows up to ``end``
+# (``history_hash``: a later run finds a revision of that history by hashing the same
+# rows again).
+RETRAIN_COLUMNS = pa.schema(
+    [
+        ("refit", pa.string()),
+        ("from_run", pa.string()),
+        ("fitted_end", TS_TYPE),
+        ("history_hash", pa.string()),
+    ]
+)
+FULL, NEW, PREVIOUS_FAILED, DRIFTED, CHANGED, STALE, CARRIED = (
+    "full",
+    "new",
+    "failed",
+    "drifted",
+    "changed",
+    "stale",
+    "carried",
+)
+RETRAIN_REASONS = (FULL, NEW, PREVIOUS_FAILED, DRIFTED, CHANGED, STALE, CARRIED)
+RETRAIN_RESULT = pa.schema([*TRAIN_RESULT, *RETRAIN_COLUMNS])
+
 # gold/models: every training run's TRAIN_RESULT rows, committed batch by batch as the
 # engine finishes them (``batch`` numbers the run's bucket ranges), so a restarted run
 # resumes from its last committed batch, and the run's model bundle, metrics and other
@@ -185,6 +212,9 @@ GOLD_MODELS = pa.schema(
         ("created_at", pa.timestamp("us", tz="UTC")),
         # came later (an older table takes it on its next write, null in older rows)
         TRAIN_RESULT.field(FORECASTS_JSON),
+        # came later (an older table takes them on its next write, null in older rows):
+        # the partial retrain's columns (RETRAIN_COLUMNS, forecasting.retrain)
+        *[f for f in RETRAIN_COLUMNS],
     ]
 )
 
@@ -293,6 +323,10 @@ GOLD_SELECTION = pa.schema(
         ("metric_value", pa.float64()),
         ("silver_version", pa.int64()),
         ("created_at", pa.timestamp("us", tz="UTC")),
+        # came later (null in older rows): why the series' model was fitted in this run
+        # or carried over (RETRAIN_REASONS) and the registered version it comes from
+        ("refit", pa.string()),
+        ("from_version", pa.string()),
     ]
 )
 

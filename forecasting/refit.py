@@ -180,6 +180,15 @@ def _refit_one(member: dict[str, Any], data: SeriesData, spec: dict[str, Any], c
     return run_seeded(fit, config.seed, config.model_timeout_s)
 
 
+def refit_member(
+    member: dict[str, Any], data: SeriesData, spec: dict[str, Any], config: Config
+) -> Forecaster:
+    """One model of a ``model_json`` (``member``: its dict) fitted again on ``data``
+    with its stored season lengths, frequency and parameters (what a refit does to each
+    model; :mod:`forecasting.retrain` uses it for the models whose state it cannot move on)."""
+    return _refit_one(member, data, spec, config)
+
+
 def _fit(model: Forecaster, data: SeriesData) -> Forecaster:
     return model.fit(data.y, data.exog(model.name), data.ts)
 

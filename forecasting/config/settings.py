@@ -273,6 +273,24 @@ class Hierarchy(Section):
         return levels
 
 
+class Retrain(Section):
+    """Which series a training run fits again (:mod:`forecasting.retrain`)."""
+
+    policy: Literal["full", "changed", "drifted+stale"] = setting(
+        "full",
+        "full: every series fitted and chosen again | changed: only series whose silver\n"
+        "history was revised, that drifted, whose model is older than max_model_age_days,\n"
+        "new or failed ones; the others keep their model, its state brought up to the new\n"
+        "readings | drifted+stale: as changed without the revision check",
+    )
+    max_model_age_days: Number | None = setting(
+        30,
+        "with a partial policy, a model whose parameters were estimated on data ending more\n"
+        "than this many days before its series' silver end is fitted again; null = never",
+        gt=0,
+    )
+
+
 class Tune(Section):
     enabled: bool = setting(False)
     max_evals: int = setting(10, "evaluations per series and model (and per global model)", ge=1)
@@ -450,6 +468,9 @@ class Config(Section):
     monitoring: Monitoring = setting(Monitoring(), "forecast monitoring against actuals (`mmf monitor`)")
     hierarchy: Hierarchy = setting(
         Hierarchy(), "coherent forecasts of total, region, site and series (gold/hierarchy)"
+    )
+    retrain: Retrain = setting(
+        Retrain(), "which series a training run fits again (the others keep their model)"
     )
     tune: Tune = setting(Tune(), "Hyperopt (TPE) search of hyper-parameters (`mmf train --tune`)")
     deep: Deep = setting(Deep(), "training of global_nn (the deep extra: pip install -e .[deep])")

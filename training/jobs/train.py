@@ -32,6 +32,14 @@ the run gets them as ``gate_series.parquet`` (copied from ``gold/gate`` a batch 
 time) and, once decided, the run's ``gold/gate`` rows get ``promoted`` in one
 replace-where commit with the application transaction ``mmf-gate``.
 
+With ``retrain.policy`` ``changed`` or ``drifted+stale`` (:mod:`training.jobs.retrain`,
+:mod:`forecasting.retrain`) the engine maps :func:`forecasting.retrain.retrain_series`
+over batches that also carry each series' previous ``gold/models`` row (of the last
+complete run): a series is fitted again when it is new, failed, drifted, stale or its
+history was revised; every other series keeps its previous row, its model's state moved
+on to the new readings. Either way the run's ``gold/models`` rows hold every series, so
+everything after the engine is unchanged; batches holding drifted series go first.
+
 Cold start (:mod:`training.jobs.cold_start`): when silver holds series too short for
 per-series models, the profiles of the established meters are counted batch by batch
 before the per-series step, and each batch's short series get theirs on their rows
@@ -82,7 +90,6 @@ from forecasting.config import Config
 from forecasting.covariates import enabled as covariates_enabled
 from forecasting.errors import DataContractError, TableError
 from forecasting.frequency import alias, modal_step
-from forecasting.pipeline import failed_result, process_series
 from registry import promotion, pyfunc, recovery, runs
 from registry.connection import configure, set_uris
 from registry.global_models import log_global_models
@@ -91,7 +98,7 @@ from training import global_models
 from training.checkpoints import checkpoint
 from training.engines import get_engine
 from training.engines.base import Engine, Sink, TableBatch
-from training.jobs import cold_start
+from training.jobs import cold_start, retrain
 from training.jobs.covariates import with_covariates
 from training.jobs.refine import refine_in_progress
 from training.jobs.train_gold import (  # noqa: F401 - the after-engine stages, importable from here too
@@ -263,6 +270,7 @@ def _train(
         lap("engine_s")
         tell("MLflow run, registry and gold tables", 0, 0)
         metrics = record_run(lake, cfg, engine, plan, run_id)
+        metrics.update(retrain.log_counts(lake, engine, plan, run_id))
         checkpoint("before_register")
         mv = _register(lake, cfg, plan, run_id, metrics, glob)
         checkpoint("after_register")
@@ -322,7 +330,8 @@ def train_batches(
     if resumed:  # a batch killed between its two commits: its backtest rows from gold/models
         for i in sorted(done - done_batches(lake, GOLD_BACKTEST, run_id, plan)):
             derive_backtest(engine, lake, run_id, plan, i)
-    todo = [i for i in range(plan.n) if i not in done]
+    ctx = retrain.context(lake, cfg, plan, run_id)  # retrain.policy: the previous models carried
+    todo = retrain.order(lake, ctx, plan, [i for i in range(plan.n) if i not in done])
     step, total = series_step(cfg), plan.n_series()
     committed = len(done)
 
@@ -331,23 +340,17 @@ def train_batches(
             checkpoint("mid_train", batches_done=committed)
         tell(step, n_done, n_total)
 
-    def load(i: int) -> pd.DataFrame:  # covariates and the global models' results joined to the rows, here
-        rows = with_covariates(lake, cfg, plan.load(i))
-        return rows if glob is None else glob.attach(rows)
-
     tell(step, 0, total)
-    on_error = partial(failed_result, config=cfg)
-    direct = glob is None and not covariates_enabled(cfg)
-    batches = ((i, plan.batch(i) if direct else partial(load, i)) for i in todo)
+    batches = ((i, batch_source(lake, cfg, plan, engine, (glob, ctx, cold), i)) for i in todo)
     if cold is not None:  # the cold-start series' profiles joined to their rows
         batches = ((i, cold.batch(engine, plan, i, source)) for i, source in batches)
     stream = engine.map_batches(
         batches,
         C.SERIES_ID,
-        process_series,
-        C.TRAIN_RESULT,
+        retrain.group_fn(),
+        C.RETRAIN_RESULT,
         cfg,
-        on_error=on_error,
+        on_error=retrain.on_error(cfg),
         progress=on_progress,
         total=total,
         sink=partial(models_sink, lake, run_id, plan),
@@ -358,6 +361,30 @@ def train_batches(
         committed += 1
         if committed < plan.n:
             checkpoint("mid_train", batches_done=committed)
+
+
+def batch_source(lake: Lakehouse, cfg: Config, plan: Plan, engine: Engine, joined: tuple, i: int):
+    """How the engine gets batch ``i``: its silver rows (read by the engine itself when
+    nothing is joined to them), with the covariates, the global models' results and, for
+    a partial retrain, each series' previous row (:mod:`training.jobs.retrain`; on Spark
+    joined by the executors unless something else is joined on the driver).
+    ``joined``: the global models, the retrain context and the cold start."""
+    glob, ctx, cold = joined
+    plain = glob is None and not covariates_enabled(cfg)
+    if plain and not ctx.partial:
+        return plan.batch(i)
+    if plain and engine.name == "spark" and cold is None:
+        from training.jobs import train_spark  # the optional pyspark
+
+        return partial(train_spark.retrain_frame, engine, lake, plan, i, ctx)
+    return partial(_batch_frame, lake, cfg, plan, glob, ctx, i)
+
+
+def _batch_frame(lake: Lakehouse, cfg: Config, plan: Plan, glob, ctx, i: int) -> pd.DataFrame:
+    """Batch ``i``'s rows with what is joined to them here (see :func:`batch_source`)."""
+    rows = with_covariates(lake, cfg, plan.load(i))
+    rows = rows if glob is None else glob.attach(rows)
+    return retrain.batch_frame(lake, ctx, plan, i, rows)
 
 
 def models_sink(lake: Lakehouse, run_id: str, plan: Plan, i: int) -> Sink:

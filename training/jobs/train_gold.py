@@ -45,7 +45,7 @@ from forecasting import comparison
 from forecasting import contract as C
 from forecasting.config import Config
 from forecasting.results import backtest_forecast_rows
-from registry import promotion
+from registry import promotion, pyfunc
 from registry.aggregates import (
     METRIC_VALUE,
     challenger_facts,
@@ -83,6 +83,7 @@ log = logging.getLogger(__name__)
 SERIES_IN_REPORT = 20_000  # a decision's per-series rows read back for the report up to this many series
 METRIC_COLUMNS = (C.SERIES_ID, "status", "model", "metric", "metric_value", "backtest_json")
 QUARANTINE_COLUMNS = (C.SERIES_ID, "reason", "detail")
+RETRAIN_SELECTION = ("refit", "from_run")  # gold/models columns behind refit and from_version
 
 
 def run_sources(lake: Lakehouse, run_id: str, plan: Plan, table: str, columns) -> list[TableBatch]:
@@ -158,7 +159,8 @@ def compare_with_champion(
         chal = batch_rows(lake, run_id, plan.ranges[i])
         ids = chal.loc[chal["status"].isin(comparison.USABLE), C.SERIES_ID].tolist()
         where = [("model_version", "=", champion), (C.SERIES_ID, "in", ids)]
-        forecasts = lake.read(GOLD_FORECASTS, filters=where)
+        # a batch without a usable series (or none at all) reads nothing: an empty "in" list fails in Arrow
+        forecasts = lake.read(GOLD_FORECASTS, filters=where) if ids else _no_forecasts(lake)
         planned = comparison.plan(chal, champion_of(plan.ranges[i]), forecasts, cfg)
         return comparison.attach_all(plan.load(i), planned)
 
@@ -169,6 +171,10 @@ def compare_with_champion(
     )
     for _ in stream:
         pass
+
+
+def _no_forecasts(lake: Lakehouse) -> pd.DataFrame:
+    return lake.schema(GOLD_FORECASTS).empty_table().to_pandas()
 
 
 def gate_sink(lake: Lakehouse, run_id: str, plan: Plan, context: tuple, i: int) -> Sink:
@@ -274,7 +280,7 @@ def write_gold_training(
     write_gold_backtest_forecasts(engine, lake, cfg, run_id, plan)
     finish_gold_gate(engine, lake, run_id, decision)
     checkpoint("after_gold_backtest")
-    write_gold_selection(engine, lake, run_id, plan, now())
+    write_gold_selection(engine, lake, run_id, plan, now(), pyfunc.versions_by_run(cfg))
 
 
 def write_gold_backtest_forecasts(
@@ -306,27 +312,37 @@ def write_gold_backtest_forecasts(
 
 
 def write_gold_selection(
-    engine: Engine, lake: Lakehouse, run_id: str, plan: Plan, created: pd.Timestamp
+    engine: Engine,
+    lake: Lakehouse,
+    run_id: str,
+    plan: Plan,
+    created: pd.Timestamp,
+    versions: dict[str, str] | None = None,
 ) -> None:
     """The run's gold/selection rows, a commit per batch derived by the engine (its
     series' results and its quarantined series), skipping the batches the table holds;
-    the last commit carries the application transaction ``mmf-train`` and ``mmf.run_id``."""
+    the last commit carries the application transaction ``mmf-train`` and ``mmf.run_id``.
+    ``versions`` (run id -> its registered version) gives ``from_version``."""
     done = done_batches(lake, GOLD_SELECTION, run_id, plan) if lake.exists(GOLD_SELECTION) else set()
     schema = lake.schema(GOLD_SELECTION)
     for i in range(plan.n):
         if i not in done:
             engine.derive_all(
-                selection_sources(lake, run_id, plan, i),
+                selection_sources(lake, run_id, plan, i, versions or {}),
                 schema,
                 selection_sink(lake, run_id, plan, i, created),
             )
 
 
-def selection_sources(lake: Lakehouse, run_id: str, plan: Plan, i: int) -> list:
+def selection_sources(lake: Lakehouse, run_id: str, plan: Plan, i: int, versions: dict[str, str]) -> list:
     """Where batch ``i``'s gold/selection rows come from: the run's gold/models rows of
-    the batch and the batch's silver/quarantine rows, each with how to make them."""
+    the batch (with the retrain columns when the table has them) and the batch's
+    silver/quarantine rows, each with how to make them."""
     where = (("run_id", "=", run_id),)
-    parts = [(TableBatch(lake, GOLD_MODELS, plan.ranges[i], None, tuple(SELECTION_COLUMNS), where), selected)]
+    names = {f.name for f in lake.table(GOLD_MODELS).schema().to_arrow()}
+    extra = tuple(c for c in RETRAIN_SELECTION if c in names)
+    source = TableBatch(lake, GOLD_MODELS, plan.ranges[i], None, (*SELECTION_COLUMNS, *extra), where)
+    parts = [(source, partial(selected, versions=versions, run_id=run_id))]
     if lake.exists(SILVER_QUARANTINE):
         parts.append((plan.quarantine_batch(i, QUARANTINE_COLUMNS), quarantined))
     return parts
@@ -351,9 +367,17 @@ def selection_sink(lake: Lakehouse, run_id: str, plan: Plan, i: int, created: pd
     )
 
 
-def selected(rows: pd.DataFrame) -> pd.DataFrame:
-    """gold/selection rows of TRAIN_RESULT rows."""
-    return rows[SELECTION_COLUMNS]
+def selected(rows: pd.DataFrame, versions: dict[str, str] | None = None, run_id: str = "") -> pd.DataFrame:
+    """gold/selection rows of TRAIN_RESULT rows of run ``run_id``; with the retrain
+    columns, ``refit`` and ``from_version``: the registered version (``versions``: by
+    run id) of ``from_run``, of ``run_id`` itself where it is null (fitted in it)."""
+    out = rows[SELECTION_COLUMNS]
+    if "refit" not in rows.columns:
+        return out
+    runs = rows["from_run"] if "from_run" in rows.columns else pd.Series(None, index=rows.index)
+    found = [(versions or {}).get(r if isinstance(r, str) and r else run_id) for r in runs]
+    origin = pd.Series(found, index=rows.index, dtype=object)
+    return out.assign(refit=rows["refit"], from_version=origin)
 
 
 def quarantined(rows: pd.DataFrame) -> pd.DataFrame:

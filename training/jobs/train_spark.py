@@ -47,6 +47,7 @@ from pyspark.sql import functions as F
 from forecasting import comparison
 from forecasting import contract as C
 from forecasting.config import Config
+from forecasting.retrain import carry_rows
 from registry.metrics import USABLE, chosen_backtest, per_series_table
 from registry.plots import bin_edges, sample_ranks
 from registry.promotion import GATE_SERIES_FILE
@@ -60,8 +61,9 @@ from registry.results import (
 from training import checkpoints
 from training.engines.base import SinkFn, TableBatch
 from training.engines.spark import SparkEngine, group_udf, read_sources, rows_udf
+from training.jobs import retrain
 from training.jobs.train_plan import RESULT_COLUMNS, Plan
-from training.tables import GOLD_FORECASTS, GOLD_GATE, GOLD_MODELS, SILVER_READINGS, Lakehouse
+from training.tables import GOLD_DRIFT, GOLD_FORECASTS, GOLD_GATE, GOLD_MODELS, SILVER_READINGS, Lakehouse
 from training.tables.spark import spark_uri
 from training.tables.spark_session import arrow_to_spark_schema, to_spark
 
@@ -78,6 +80,33 @@ PLAN_SCHEMA = pa.schema(
 )
 BIN = pa.schema([("bin", pa.int64()), ("n", pa.int64())])
 ChampionRows = Callable[[tuple[int, int]], SparkDataFrame | None]
+
+
+# -- the partial retrain ----------------------------------------------------------------
+CARRY_SCHEMA = pa.schema([(C.SERIES_ID, pa.string()), (retrain.CARRY_COLUMN, pa.string())])
+
+
+def retrain_frame(
+    engine: SparkEngine, lake: Lakehouse, plan: Plan, i: int, ctx: retrain.Retrain
+) -> SparkDataFrame:
+    """Batch ``i``'s silver rows with each series' previous row appended
+    (:func:`forecasting.retrain.carry_rows`), lazily: the executors read the base run's
+    gold/models rows of the batch and the monitoring run's drifted series in it, join
+    them and make the carry rows; only series in the batch's silver rows get one."""
+    buckets = plan.ranges[i]
+    silver = engine.read_batch(plan.batch(i)).withColumn(retrain.CARRY_COLUMN, F.lit(None).cast("string"))
+    where = (("run_id", "=", ctx.base_run),)
+    columns = tuple(retrain.previous_columns(lake))
+    prev = engine.read_batch(TableBatch(lake, GOLD_MODELS, buckets, None, columns, where))
+    if ctx.drift_version is not None:
+        flagged = (("silver_version", "=", int(ctx.drift_version)), ("drifted", "=", True))
+        drift = engine.read_batch(TableBatch(lake, GOLD_DRIFT, buckets, None, (C.SERIES_ID,), flagged))
+        prev = prev.join(drift.distinct().withColumn("drifted", F.lit(True)), C.SERIES_ID, "left")
+    else:
+        prev = prev.withColumn("drifted", F.lit(False))
+    carry = prev.mapInArrow(rows_udf(carry_rows, CARRY_SCHEMA), arrow_to_spark_schema(CARRY_SCHEMA))
+    carry = carry.join(silver.select(C.SERIES_ID).distinct(), C.SERIES_ID, "left_semi")
+    return silver.unionByName(carry, allowMissingColumns=True)
 
 
 # -- the gate ---------------------------------------------------------------------------

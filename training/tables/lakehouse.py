@@ -73,7 +73,15 @@ TABLE_NAMES = (
 # Tables whose contract gained columns since a lakehouse may have been created: written
 # with schema merge, so an older table takes the new (nullable) columns on its next
 # write; columns the contract holds keep their types (the data is cast to it first).
-EVOLVING = (GOLD_FORECASTS, SILVER_READINGS, SILVER_SERIES, SILVER_QUARANTINE, GOLD_MODELS, GOLD_PORTFOLIO)
+EVOLVING = (
+    GOLD_FORECASTS,
+    SILVER_READINGS,
+    SILVER_SERIES,
+    SILVER_QUARANTINE,
+    GOLD_MODELS,
+    GOLD_PORTFOLIO,
+    GOLD_SELECTION,
+)
 
 # Rows per Parquet row group: small for bronze, whose files (one per ingest) hold every
 # bucket, so that reading a range of buckets reads little more than that range.

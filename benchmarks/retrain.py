@@ -1,0 +1,190 @@
+"""Retrain only what changed (issue 16, item 3): the nightly's time and held-out accuracy
+with ``retrain.policy: full`` against ``changed``.
+
+    python -m benchmarks.retrain [--series 10000] [--days 60] [--nights 7] [--conf FILE] [--work DIR]
+
+Generated hourly meters (:func:`forecasting.generator.generate`, clean). Per policy, on a
+lakehouse of its own: the history up to ``nights + 1`` days before the end is ingested and
+a first nightly trains every series (both policies alike; timed, not compared); then each
+night one new day of readings lands in the source folder and the real nightly runs
+(:func:`training.jobs.nightly.nightly`: ingest -> refine -> monitor -> train -> forecast),
+timed as a whole and its training step on its own. The night's Gold forecasts (the next
+24 hours of every series, from the current silver version) are then scored on the day
+that follows, which no model has seen: MASE scaled by the series' in-sample daily
+seasonal naive MAE up to the cutoff. Target (issue 16): ``changed`` takes at most 25% of
+``full``'s nightly time, with held-out MASE at most 1% worse over the nights.
+Results: benchmarks/results/retrain.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from benchmarks.common import save
+from forecasting import contract as C
+from forecasting.config import load_config
+from forecasting.generator import generate, write
+from training.jobs.nightly import nightly
+from training.tables import Lakehouse
+
+POLICIES = ("full", "changed")
+H = 24  # one day of hours
+
+
+def scale_of(history: pd.DataFrame) -> pd.Series:
+    """Per series, the in-sample daily seasonal naive MAE of its history."""
+
+    def one(y: pd.Series) -> float:
+        v = y.to_numpy(float)
+        d = np.abs(v[H:] - v[:-H])
+        return float(d.mean()) if len(d) and d.mean() > 0 else float("nan")
+
+    return history.sort_values(C.TS).groupby(C.SERIES_ID)[C.Y].apply(one)
+
+
+def score(lake: Lakehouse, truth: pd.DataFrame, cutoff: pd.Timestamp) -> dict:
+    """The mean MASE of the newest delivery's forecasts on the day after ``cutoff``."""
+    fc = lake.read("gold/forecasts", columns=[C.SERIES_ID, C.TS, "yhat", "silver_version"])
+    fc = fc[fc["silver_version"] == lake.version("silver/readings")]
+    day = truth[(truth[C.TS] > cutoff) & (truth[C.TS] <= cutoff + pd.Timedelta(hours=H))]
+    both = fc.merge(day[[C.SERIES_ID, C.TS, C.Y]], on=[C.SERIES_ID, C.TS])
+    mae = (both["yhat"] - both[C.Y]).abs().groupby(both[C.SERIES_ID]).mean()
+    mase = (mae / scale_of(truth[truth[C.TS] <= cutoff]).reindex(mae.index)).dropna()
+    return {"mase": float(mase.mean()), "series": int(len(mase)), "points": int(len(both))}
+
+
+def run_policy(policy: str, gen, first_end: pd.Timestamp, nights: int, conf: dict, work: Path) -> dict:
+    """The first nightly and ``nights`` more, one new day each, with ``policy``."""
+    root, raw = work / policy, work / policy / "raw"
+    raw.mkdir(parents=True)
+    r = gen.readings
+
+    def release(name: str, rows: pd.DataFrame) -> None:
+        write(dataclasses.replace(gen, readings=rows.reset_index(drop=True)), raw / f"{name}.parquet")
+
+    settings = {
+        **conf,
+        "lakehouse": str(root / "lake"),
+        "nightly": {"source": str(raw)},
+        "retrain": {**conf.get("retrain", {}), "policy": policy},
+        "mlflow": {**conf.get("mlflow", {}), "tracking_uri": f"sqlite:///{root / 'mlflow.db'}"},
+    }
+    cfg = load_config(**_flat(settings))
+    lake = Lakehouse.from_config(cfg)
+    release("history", r[r[C.TS] <= first_end])
+    clock = time.perf_counter()
+    first = nightly(lake, cfg)
+    out = {"first_s": time.perf_counter() - clock, "nights": []}
+    assert not first.failed, first.failure
+    for k in range(1, nights + 1):
+        end = first_end + pd.Timedelta(days=k)
+        release(f"day-{k}", r[(r[C.TS] > end - pd.Timedelta(days=1)) & (r[C.TS] <= end)])
+        clock = time.perf_counter()
+        rep = nightly(lake, cfg)
+        wall = time.perf_counter() - clock
+        metrics = rep.train.metrics if rep.train is not None else {}
+        night = {
+            "night": k,
+            "wall_s": wall,
+            "train_s": sum((rep.train.timings if rep.train is not None else {}).values()),
+            "failed": rep.failure,
+            "n_refit": metrics.get("n_refit"),
+            "n_carried": metrics.get("n_carried"),
+            "n_drifted": metrics.get("n_drifted"),
+            **score(lake, r, end),
+        }
+        out["nights"].append(night)
+        print(
+            f"{policy} night {k}: {wall:.1f} s, MASE {night['mase']:.4f}, refit {night['n_refit']}",
+            flush=True,
+        )
+    return out
+
+
+def _flat(data: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in data.items():
+        if isinstance(v, dict) and k not in ("model_params", "storage_options"):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def run(n_series: int, days: int, nights: int, conf: dict, work: Path) -> dict:
+    gen = generate(n_series=n_series, days=days, freq="h", seed=7, clean=True)
+    end = gen.readings[C.TS].max()
+    first_end = end - pd.Timedelta(days=nights + 1)
+    out = {"series": n_series, "days": days, "nights": nights, "conf": conf, "policies": {}}
+    for policy in POLICIES:
+        out["policies"][policy] = run_policy(policy, gen, first_end, nights, conf, work)
+    full, changed = (pd.DataFrame(out["policies"][p]["nights"]) for p in POLICIES)
+    out["summary"] = {
+        "full_wall_s": float(full["wall_s"].sum()),
+        "changed_wall_s": float(changed["wall_s"].sum()),
+        "time_share": float(changed["wall_s"].sum() / full["wall_s"].sum()),
+        "train_share": float(changed["train_s"].sum() / full["train_s"].sum()),
+        "full_mase": float(full["mase"].mean()),
+        "changed_mase": float(changed["mase"].mean()),
+        "mase_change": float(changed["mase"].mean() / full["mase"].mean() - 1),
+    }
+    return out
+
+
+def markdown(r: dict, command: str) -> str:
+    s = r["summary"]
+    lines = [
+        "# retrain: nightly time and held-out MASE, `retrain.policy` full vs changed",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"- {r['series']} generated hourly meters x {r['days']} days; {r['nights']} nights of one new day each "
+        "after a first nightly (full for both); each night's forecasts scored on the next day (held out).",
+        f"- nightly time over the nights: full {s['full_wall_s']:.1f} s, changed {s['changed_wall_s']:.1f} s "
+        f"(**{s['time_share']:.0%}** of full; training step alone {s['train_share']:.0%}); target <= 25%.",
+        f"- held-out MASE: full {s['full_mase']:.4f}, changed {s['changed_mase']:.4f} "
+        f"(**{s['mase_change']:+.2%}**); target at most +1%.",
+        "",
+        "| policy | night | wall s | train s | refit | carried | drifted | MASE | series |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for policy, res in r["policies"].items():
+        for n in res["nights"]:
+            lines.append(
+                f"| {policy} | {n['night']} | {n['wall_s']:.1f} | {n['train_s']:.1f} | {n['n_refit']} | "
+                f"{n['n_carried']} | {n['n_drifted']} | {n['mase']:.4f} | {n['series']} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--series", type=int, default=10_000)
+    ap.add_argument("--days", type=int, default=60)
+    ap.add_argument("--nights", type=int, default=7)
+    ap.add_argument("--conf", help="YAML settings applied to both policies (the defaults otherwise)")
+    ap.add_argument("--work", help="folder for the lakehouses (a temporary one by default)")
+    args = ap.parse_args(argv)
+    conf = yaml.safe_load(Path(args.conf).read_text()) if args.conf else {}
+    conf.setdefault("horizon", H)
+    conf.setdefault("mlflow", {}).setdefault("sample_plots", 0)
+    with tempfile.TemporaryDirectory(prefix="mmf-retrain-") as tmp:
+        work = Path(args.work) if args.work else Path(tmp)
+        r = run(args.series, args.days, args.nights, conf, work)
+    command = "python -m benchmarks.retrain " + " ".join(
+        argv if argv is not None else __import__("sys").argv[1:]
+    )
+    save("retrain", r, markdown(r, command.strip()), argv=argv)
+    print(markdown(r, command.strip()))
+
+
+if __name__ == "__main__":
+    main()
