@@ -61,6 +61,7 @@ def config(lake_root, mlflow_uri):
 SPARK_TEST_MASTER = "local[2,2]"  # 2 cores; a failed task is retried once (retry tests)
 SPARK_TEST_CONF = {
     "spark.ui.enabled": "false",
+    "spark.sql.execution.pyspark.udf.simplifiedTraceback.enabled": "false",
     "spark.driver.memory": "1g",
     "spark.default.parallelism": "2",
     "spark.sql.shuffle.partitions": "2",

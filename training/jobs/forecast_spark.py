@@ -231,7 +231,17 @@ def forecast_series(readings: pd.DataFrame, plan: pd.DataFrame, job: SeriesJob) 
     pred = pred.assign(model_version=version, run_id=run_id, cutoff=ends.iloc[0], fit=fit, reason=None)
     if cov.FALLBACK_COLUMN in inputs:
         pred[cov.FALLBACK_COLUMN] = str(inputs[cov.FALLBACK_COLUMN].iloc[0])
-    return pred.reindex(columns=job.schema.names)
+    return _strings_as_objects(pred.reindex(columns=job.schema.names), job.schema)
+
+
+def _strings_as_objects(frame: pd.DataFrame, schema: pa.Schema) -> pd.DataFrame:
+    """A string column the forecast left out (all NaN, float64 after ``reindex``, e.g.
+    ``covariate_fallback`` without covariates) as objects holding None: Arrow refuses to
+    build a string column of a float one in the task's output."""
+    for field in schema:
+        if pa.types.is_string(field.type) and frame[field.name].dtype != object:
+            frame[field.name] = frame[field.name].astype(object).where(frame[field.name].notna(), None)
+    return frame
 
 
 COVARIATES_JSON = "covariates_json"  # a plan row's covariate rows (Spark's to_json of their list)
