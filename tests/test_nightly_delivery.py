@@ -225,7 +225,7 @@ def test_training_over_max_failed_share_is_trained_again(tmp_path, config, check
     lake = Lakehouse.from_config(config)
     cfg = _config(config, tmp_path / "raw", workers=2, **GOOD)
     doomed = feed.ids[:2]
-    checkpoint_hook(Faults(kill_at=f"worker:process_series:{','.join(doomed)}"))
+    checkpoint_hook(Faults(kill_at=f"worker:retrain_series:{','.join(doomed)}"))
     rep = nightly(lake, cfg)
     assert rep.failed and "50% of series failed > nightly.max_failed_share=0.2" in rep.failure
     assert sorted(rep.missing) == doomed and "missing output: 2 of 4 series" in rep.failure

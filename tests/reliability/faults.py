@@ -11,7 +11,7 @@ checkpoint. Nothing of it is in the product: a test installs it with
     ``mid_train:batches_done=1``: once one batch of the training is committed).
 ``MMF_TEST_KILL_AT=worker:<function>:<key>[,<key>...]``
     SIGKILL the local-engine worker that is about to run ``<function>`` (e.g.
-    ``process_series``) on one of these group keys, every time, so the engine's one-by-one
+    ``retrain_series``, what train maps) on one of these group keys, every time, so the engine's one-by-one
     retry dies too.
 ``MMF_TEST_PAUSE_AT=<checkpoint>:<path>``
     On reaching ``<checkpoint>``, create ``<path>.reached`` and wait until ``<path>``

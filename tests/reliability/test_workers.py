@@ -1,5 +1,5 @@
 """A local-engine worker killed with SIGKILL while it trains one series (the test's checkpoint hook,
-``MMF_TEST_KILL_AT=worker:process_series:<id>``, kills it every time, so the retry dies
+``MMF_TEST_KILL_AT=worker:retrain_series:<id>``, kills it every time, so the retry dies
 too): only that series fails, with the reason; every other series is trained and
 forecast exactly as in the uninterrupted run. Above ``nightly.max_failed_share`` the
 run is marked failed (exit 1 of `mmf nightly`) but what succeeded is still written.
@@ -18,7 +18,7 @@ def test_a_killed_worker_fails_only_its_series_and_the_threshold_fails_the_run(r
     conf = write_conf(
         tmp_path / "conf.yaml", lake, reference.raw, workers=2, **{"nightly.max_failed_share": 0.05}
     )
-    run = mmf("nightly", "--conf", str(conf), env={"MMF_TEST_KILL_AT": f"worker:process_series:{DOOMED}"})
+    run = mmf("nightly", "--conf", str(conf), env={"MMF_TEST_KILL_AT": f"worker:retrain_series:{DOOMED}"})
 
     # marked failed, through the CLI: 1 of 10 series > 5%
     assert run.returncode == 1, run.stderr[-3000:]
