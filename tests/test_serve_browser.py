@@ -235,11 +235,16 @@ def test_forecast_page_shows_a_series(served, lake, selection, tmp_path):
         )
         assert driver.find_elements(By.CSS_SELECTOR, "#chart svg path.history")
         assert driver.find_elements(By.CSS_SELECTOR, "#chart svg path.forecast")
-        metric_names = [
-            r.get_attribute("data-metric") for r in driver.find_elements(By.CSS_SELECTOR, "#metrics tr")
-        ]
+        # the metrics table is drawn again when the live accuracy arrives: read it in a wait
+        metric_names = wait.until(
+            lambda d: [
+                r.get_attribute("data-metric") for r in d.find_elements(By.CSS_SELECTOR, "#metrics tr")
+            ]
+        )
         assert {"mae", "rmse", "mase", "coverage_80"} <= set(metric_names)
-        mase = driver.find_element(By.CSS_SELECTOR, '#metrics tr[data-metric="mase"] td:last-child').text
+        mase = wait.until(
+            lambda d: d.find_element(By.CSS_SELECTOR, '#metrics tr[data-metric="mase"] td:last-child').text
+        )
         assert mase not in ("", "–")
         candidates = driver.find_element(By.ID, "candidates").text
         assert "seasonal_naive" in candidates and "weekly_naive" in candidates
