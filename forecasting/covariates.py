@@ -320,6 +320,27 @@ def attach(
         return out
     span = issue_rows or backtest_span(config)
     payload: dict[str, dict[str, pd.DataFrame]] = {}
+    for spec, col, sid, idx, issues in _each_series(out, series, covs, config):
+        if issues is None:
+            continue
+        ts = out[TS].to_numpy()[idx]
+        out.loc[out.index[idx], col] = as_of_own_time(issues, ts)
+        if spec.kind == "future_known":
+            start = ts[max(0, len(ts) - span)]
+            ahead = issues[(issues[ISSUED_AT] < issues[TS]) & (issues[TS] > start)]
+            payload.setdefault(str(sid), {})[col] = ahead[[TS, ISSUED_AT, VALUE]]
+    first = ~out[SERIES_ID].duplicated()
+    out[ISSUES_COLUMN] = None
+    out.loc[first, ISSUES_COLUMN] = [
+        issues_payload(payload.get(str(s), {})) for s in out.loc[first, SERIES_ID]
+    ]
+    return out
+
+
+def _each_series(out: pd.DataFrame, series: pd.DataFrame, covs: pd.DataFrame, config: Any):
+    """Per declared covariate (its ``cov_<name>`` column added to ``out`` as NaN) and per
+    series of ``out``: ``(spec, column, series id, its row positions, the issues of its
+    key)``, the issues ``None`` where its key has none."""
     for spec in specs(config).values():
         col = column(spec.name)
         out[col] = np.nan
@@ -327,21 +348,7 @@ def attach(
         mine = covs[covs[NAME] == spec.name]
         by_key = dict(tuple(mine.groupby(KEY, sort=False))) if len(mine) else {}
         for sid, idx in out.groupby(SERIES_ID, sort=False).indices.items():
-            issues = by_key.get(keys.get(str(sid), ""), None)
-            if issues is None:
-                continue
-            ts = out[TS].to_numpy()[idx]
-            out.loc[out.index[idx], col] = as_of_own_time(issues, ts)
-            if spec.kind == "future_known":
-                start = ts[max(0, len(ts) - span)]
-                ahead = issues[(issues[ISSUED_AT] < issues[TS]) & (issues[TS] > start)]
-                payload.setdefault(str(sid), {})[col] = ahead[[TS, ISSUED_AT, VALUE]]
-    first = ~out[SERIES_ID].duplicated()
-    out[ISSUES_COLUMN] = None
-    out.loc[first, ISSUES_COLUMN] = [
-        issues_payload(payload.get(str(s), {})) for s in out.loc[first, SERIES_ID]
-    ]
-    return out
+            yield spec, col, sid, idx, by_key.get(keys.get(str(sid), ""))
 
 
 def backtest_span(config: Any) -> int:
@@ -365,19 +372,11 @@ def future(
     if config.holidays:
         out[HOLIDAY] = holiday_flags(out[TS].to_numpy(), config.country, config.holiday_region)
     used: dict[str, dict[str, str]] = {}
-    for spec in specs(config).values():
-        col = column(spec.name)
-        out[col] = np.nan
-        keys = series_keys(series, spec.key)
-        mine = covs[covs[NAME] == spec.name]
-        by_key = dict(tuple(mine.groupby(KEY, sort=False))) if len(mine) else {}
-        for sid, idx in out.groupby(SERIES_ID, sort=False).indices.items():
-            values, fell = _future_of(
-                by_key.get(keys.get(str(sid), "")), ends[sid], out[TS].to_numpy()[idx], spec, config
-            )
-            out.loc[out.index[idx], col] = values
-            if fell:
-                used.setdefault(str(sid), {})[spec.name] = spec.fallback
+    for spec, col, sid, idx, issues in _each_series(out, series, covs, config):
+        values, fell = _future_of(issues, ends[sid], out[TS].to_numpy()[idx], spec, config)
+        out.loc[out.index[idx], col] = values
+        if fell:
+            used.setdefault(str(sid), {})[spec.name] = spec.fallback
     out[FALLBACK_COLUMN] = [
         json.dumps(used[s], sort_keys=True) if s in used else "" for s in out[SERIES_ID].astype(str)
     ]
