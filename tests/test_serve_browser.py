@@ -594,54 +594,49 @@ def served_hierarchy(lake, tmp_path_factory):
 
 def test_hierarchy_chart_shows_any_level_and_node(served_hierarchy, tmp_path):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select, WebDriverWait
+    from selenium.webdriver.support.ui import Select
 
     url, hlake = served_hierarchy
     h = hlake.read("gold/hierarchy")
     steps = h.loc[h["level"] == "total", "ts"].nunique()
+
+    def chart(d):
+        """The chart's level, node and point count, read in one script (the page redraws
+        the chart as data arrives, so element handles go stale between reads)."""
+        return d.execute_script(
+            "const s = document.querySelector('#hierarchy-chart svg[data-level]');"
+            "return s ? [s.dataset.level, s.dataset.node, s.dataset.points] : null;"
+        )
+
+    def options(d, select_id):
+        return d.execute_script(
+            f"return Array.from(document.querySelectorAll('#{select_id} option')).map(o => o.value);"
+        )
+
     driver = _browser(tmp_path)
     try:
-        wait = WebDriverWait(driver, 30)
+        wait = _wait(driver)
         driver.get(url + "/")
-        chart = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#hierarchy-chart svg[data-level]"))
-        assert (chart.get_attribute("data-level"), chart.get_attribute("data-node")) == ("total", "all")
-        assert chart.get_attribute("data-points") == str(steps)
+        assert wait.until(chart) == ["total", "all", str(steps)]
         assert len(driver.find_elements(By.CSS_SELECTOR, "#hierarchy-chart polygon.hier-band")) == 2  # 80, 95
         assert driver.find_elements(By.CSS_SELECTOR, '#hierarchy-chart path[data-key="coherent"]')
         assert driver.find_elements(By.CSS_SELECTOR, '#hierarchy-chart path[data-key="base"]')
-        level = Select(driver.find_element(By.ID, "hierarchy-level"))
-        assert [o.get_attribute("value") for o in level.options] == ["total", "region", "site", "series"]
+        assert options(driver, "hierarchy-level") == ["total", "region", "site", "series"]
 
-        level.select_by_value("site")
+        Select(driver.find_element(By.ID, "hierarchy-level")).select_by_value("site")
         sites = sorted(h.loc[h["level"] == "site", "node"].unique(), key=natural_key)
-        wait.until(
-            lambda d: (
-                d.find_element(By.CSS_SELECTOR, "#hierarchy-chart svg").get_attribute("data-level") == "site"
-            )
-        )
-        node = Select(driver.find_element(By.ID, "hierarchy-node"))
-        assert [o.get_attribute("value") for o in node.options] == sites
-        node.select_by_value(sites[-1])
-        wait.until(
-            lambda d: (
-                d.find_element(By.CSS_SELECTOR, "#hierarchy-chart svg").get_attribute("data-node")
-                == sites[-1]
-            )
-        )
-        assert sites[-1] in driver.find_element(By.ID, "hierarchy-summary").text
+        wait.until(lambda d: (chart(d) or [None])[0] == "site")
+        wait.until(lambda d: options(d, "hierarchy-node") == sites)
+        Select(driver.find_element(By.ID, "hierarchy-node")).select_by_value(sites[-1])
+        wait.until(lambda d: (chart(d) or [None, None])[1] == sites[-1])
+        wait.until(lambda d: sites[-1] in d.find_element(By.ID, "hierarchy-summary").text)
         _shot(driver.find_element(By.ID, "hierarchy"), "page_hierarchy.png", tmp_path)
 
         _no_console_errors(driver)
         selected = wait.until(lambda d: d.execute_script("return state.selected"))
-        level = Select(driver.find_element(By.ID, "hierarchy-level"))
-        level.select_by_value("series")
+        Select(driver.find_element(By.ID, "hierarchy-level")).select_by_value("series")
         if selected in set(h.loc[h["level"] == "series", "node"]):
-            wait.until(
-                lambda d: (
-                    d.find_element(By.CSS_SELECTOR, "#hierarchy-chart svg").get_attribute("data-node")
-                    == selected
-                )
-            )
+            wait.until(lambda d: (chart(d) or [None, None])[1] == selected)
         else:  # a quarantined series has no forecast: the page says so
             wait.until(lambda d: "no hierarchy" in d.find_element(By.ID, "hierarchy-summary").text)
     finally:
