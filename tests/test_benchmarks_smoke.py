@@ -159,3 +159,26 @@ def test_retail_holds_the_last_days_out(tmp_path, mlflow_uri):
     assert set(r["by"]["mmf"]) >= {"all", "smooth", "intermittent"}
     text = (tmp_path / "results" / "retail.md").read_text()
     assert "croston alone" in text and "Mean RMSSE per demand class" in text
+
+
+def test_hierarchy_benchmark_regroups_meters_under_the_sites_and_regions_asked():
+    import pandas as pd
+
+    from benchmarks.hierarchy import regroup
+    from forecasting.generator import generate
+
+    gen = generate(n_series=40, days=2, freq="h", seed=3, clean=True)
+    out = regroup(gen.readings, sites=8, regions=3)
+    assert len(out) == len(gen.readings)
+    pd.testing.assert_frame_equal(
+        out.drop(columns=["site", "region"]).reset_index(drop=True),
+        gen.readings.drop(columns=["site", "region"]).reset_index(drop=True),
+    )
+    per = out.drop_duplicates("series_id")
+    assert per["site"].nunique() == 8 and per["region"].nunique() == 3
+    assert per.groupby("site").size().tolist() == [5] * 8  # dealt round-robin: 40 / 8
+    assert (out.groupby("series_id")[["site", "region"]].nunique() == 1).all().all()  # one per meter
+    assert (per.groupby("site")["region"].nunique() == 1).all()  # a site lies in one region
+    assert regroup(gen.readings, None, None) is gen.readings
+    with pytest.raises(ValueError, match="--sites 41: expected 1 to the number of meters"):
+        regroup(gen.readings, sites=41, regions=None)
