@@ -99,7 +99,11 @@ def write_conf(path: Path, lake: Path, source: Path | None, **extra) -> Path:
 
 def clean_env(**extra: str) -> dict[str, str]:
     env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("MMF_", "MLFLOW_TRACKING_URI", "PYTEST_"))
+        k: v
+        for k, v in os.environ.items()
+        # mlflow.set_tracking_uri / set_registry_uri export MLFLOW_TRACKING_URI and
+        # MLFLOW_REGISTRY_URI: an in-process test's store must not reach a subprocess
+        if not k.startswith(("MMF_", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "PYTEST_"))
     }
     env.update(PYTHONUNBUFFERED="1", MLFLOW_ENABLE_ASYNC_LOGGING="false", GIT_PYTHON_REFRESH="quiet")
     env.update(extra)
