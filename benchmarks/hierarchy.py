@@ -81,14 +81,13 @@ def regroup(readings: pd.DataFrame, sites: int | None, regions: int | None, seed
     of regrouped sites are then their first meter's)."""
     if sites is None and regions is None:
         return readings
-    ids = pd.Index(readings[C.SERIES_ID].unique())
     per = readings.drop_duplicates(C.SERIES_ID).set_index(C.SERIES_ID)[["site", "region"]]
     if sites is not None:
-        if not 1 <= sites <= len(ids):
-            raise ValueError(f"--sites {sites}: expected 1 to the number of meters ({len(ids)})")
-        order = np.random.default_rng(seed).permutation(len(ids))
-        site_of = np.empty(len(ids), dtype=np.int64)
-        site_of[order] = np.arange(len(ids)) % sites
+        if not 1 <= sites <= len(per):
+            raise ValueError(f"--sites {sites}: expected 1 to the number of meters ({len(per)})")
+        order = np.random.default_rng(seed).permutation(len(per))
+        site_of = np.empty(len(per), dtype=np.int64)
+        site_of[order] = np.arange(len(per)) % sites
         width = max(3, len(str(sites)))
         per["site"] = [f"SITE-{i + 1:0{width}d}" for i in site_of]
         if regions is None:  # a regrouped site keeps its first meter's region

@@ -176,6 +176,25 @@ def _table_ids(driver, attr: str = "id") -> list[str]:
     )
 
 
+def _svg_data(driver, box: str, *keys: str) -> list[str] | None:
+    """The ``data-*`` fields ``keys`` of the chart in ``#box``, read in one script (the page
+    redraws its charts as data arrives: an element handle can go stale between two
+    reads); ``None`` while there is no chart."""
+    return driver.execute_script(
+        "const s = document.querySelector(`#${arguments[0]} svg[data-level]`);"
+        "return s ? arguments[1].map((k) => s.dataset[k]) : null;",
+        box,
+        list(keys),
+    )
+
+
+def _select_values(driver, select_id: str) -> list[str]:
+    """The option values of the ``<select>`` ``#select_id``, read at once."""
+    return driver.execute_script(
+        "return [...document.querySelectorAll(`#${arguments[0]} option`)].map((o) => o.value);", select_id
+    )
+
+
 def _no_console_errors(driver) -> None:
     errors = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
     assert not errors, errors
@@ -479,16 +498,14 @@ def test_portfolio_chart_by_total_region_and_site(served, lake, tmp_path):
     try:
         wait = _wait(driver)
         driver.get(served + "/")
-        chart = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#portfolio-chart svg[data-level]"))
-        assert chart.get_attribute("data-level") == "total" and chart.get_attribute("data-lines") == "1"
+        assert wait.until(lambda d: _svg_data(d, "portfolio-chart", "level", "lines")) == ["total", "1"]
         assert driver.find_elements(By.CSS_SELECTOR, '#portfolio-chart path.total[data-key="total"]')
         assert len(driver.find_elements(By.CSS_SELECTOR, "#portfolio-chart circle.pf-point")) == days
         # gold/portfolio carries no interval columns yet: no bands are drawn
         assert driver.find_elements(By.CSS_SELECTOR, "#portfolio-chart polygon") == []
 
-        level = Select(driver.find_element(By.ID, "portfolio-level"))
-        assert [o.get_attribute("value") for o in level.options] == ["total", "region", "site"]
-        level.select_by_value("region")
+        assert _select_values(driver, "portfolio-level") == ["total", "region", "site"]
+        Select(driver.find_element(By.ID, "portfolio-level")).select_by_value("region")
         regions = sorted(port.loc[port["level"] == "region", "key"].unique())
         wait.until(
             lambda d: (
@@ -601,17 +618,7 @@ def test_hierarchy_chart_shows_any_level_and_node(served_hierarchy, tmp_path):
     steps = h.loc[h["level"] == "total", "ts"].nunique()
 
     def chart(d):
-        """The chart's level, node and point count, read in one script (the page redraws
-        the chart as data arrives, so element handles go stale between reads)."""
-        return d.execute_script(
-            "const s = document.querySelector('#hierarchy-chart svg[data-level]');"
-            "return s ? [s.dataset.level, s.dataset.node, s.dataset.points] : null;"
-        )
-
-    def options(d, select_id):
-        return d.execute_script(
-            f"return Array.from(document.querySelectorAll('#{select_id} option')).map(o => o.value);"
-        )
+        return _svg_data(d, "hierarchy-chart", "level", "node", "points")
 
     driver = _browser(tmp_path)
     try:
@@ -621,12 +628,12 @@ def test_hierarchy_chart_shows_any_level_and_node(served_hierarchy, tmp_path):
         assert len(driver.find_elements(By.CSS_SELECTOR, "#hierarchy-chart polygon.hier-band")) == 2  # 80, 95
         assert driver.find_elements(By.CSS_SELECTOR, '#hierarchy-chart path[data-key="coherent"]')
         assert driver.find_elements(By.CSS_SELECTOR, '#hierarchy-chart path[data-key="base"]')
-        assert options(driver, "hierarchy-level") == ["total", "region", "site", "series"]
+        assert _select_values(driver, "hierarchy-level") == ["total", "region", "site", "series"]
 
         Select(driver.find_element(By.ID, "hierarchy-level")).select_by_value("site")
         sites = sorted(h.loc[h["level"] == "site", "node"].unique(), key=natural_key)
         wait.until(lambda d: (chart(d) or [None])[0] == "site")
-        wait.until(lambda d: options(d, "hierarchy-node") == sites)
+        wait.until(lambda d: _select_values(d, "hierarchy-node") == sites)
         Select(driver.find_element(By.ID, "hierarchy-node")).select_by_value(sites[-1])
         wait.until(lambda d: (chart(d) or [None, None])[1] == sites[-1])
         wait.until(lambda d: sites[-1] in d.find_element(By.ID, "hierarchy-summary").text)
