@@ -801,6 +801,8 @@ def projection(
         # slope would take the noise of small cells for a trend)
         largest = max(cs, key=lambda c: c["n_series"])
         core_s = largest["wall_s"] * largest["cores"] / largest["n_series"]
+        # the same with ingest and refine (a nightly does both before it trains)
+        core_s_total = largest.get("total_wall_s", largest["wall_s"]) * largest["cores"] / largest["n_series"]
         fits = {
             f: at(f)
             for f in (
@@ -822,6 +824,7 @@ def projection(
             "measured_sizes": sorted(set(n)),
             "rows_per_series": round(rows_per_series, 1),
             "core_s_per_series": round(core_s, 5),
+            "core_s_per_series_with_ingest": round(core_s_total, 5),
             "fits": {f: {"a": round(v[0], 3), "b_per_series": v[1]} for f, v in fits.items()},
             "at": {},
         }
@@ -829,6 +832,7 @@ def projection(
             batches = math.ceil(N * rows_per_series / batch_rows)
             row = {f: max(0.0, a0 + b * N) for f, (a0, b) in fits.items()}
             row["wall_s"] = core_s * N / (nodes * node_cores)
+            row["total_wall_s"] = core_s_total * N / (nodes * node_cores)
             row["batches"] = batches
             row["delta_files"] = {
                 t: round(max(0.0, f[0] + f[1] * batches)) for t, (f, _) in file_fits.items()
@@ -933,12 +937,13 @@ def projection_md(pr: dict) -> list[str]:
         "",
         f"Computed by `projection()` from the cells above: each figure fitted as a + b x series over the measured "
         f"sizes (one size: proportional), Delta files and commits as a + b x batches (batch_rows {pr['batch_rows']:,}); "
-        f"wall time = core-seconds per series of the largest cell (fixed costs included) x meters / "
+        f"wall time = core-seconds per series of the largest cell (fixed costs included; train + forecast, and with ingest + refine) x meters / "
         f"({pr['nodes']} nodes x {pr['node_cores']} cores). Files: live files of the table.",
         "",
         "| engine | meters | driver memory GB | tree memory GB | silver GB | bundle GB | MLflow artifacts GB "
-        "| batches | Delta files (all tables) | Delta commits (all tables) | wall h |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| batches | Delta files (all tables) | Delta commits (all tables) | wall h (train + forecast) "
+        "| wall h (with ingest + refine) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for engine, per in pr["engines"].items():
         for N, row in per["at"].items():
@@ -946,13 +951,15 @@ def projection_md(pr: dict) -> list[str]:
                 f"| {engine} | {int(N):,} | {row['driver_peak_rss_mb'] / 1024:.1f} | {row['tree_peak_rss_mb'] / 1024:.1f} "
                 f"| {row['silver_bytes'] / 2**30:.1f} | {row['bundle_bytes'] / 2**30:.2f} "
                 f"| {row['mlflow_artifact_bytes'] / 2**30:.2f} | {row['batches']:,} | {sum(row['delta_files'].values()):,} "
-                f"| {sum(row['delta_commits'].values()):,} | {row['wall_s'] / 3600:.2f} |"
+                f"| {sum(row['delta_commits'].values()):,} | {row['wall_s'] / 3600:.2f} "
+                f"| {row.get('total_wall_s', row['wall_s']) / 3600:.2f} |"
             )
     for engine, per in pr["engines"].items():
         lines.append("")
         lines.append(
             f"{engine}: measured at {', '.join(f'{s:,}' for s in per['measured_sizes'])} series; "
-            f"{per['rows_per_series']:,} silver rows and {per['core_s_per_series']:.4f} core-s per series; "
+            f"{per['rows_per_series']:,} silver rows and {per['core_s_per_series']:.4f} core-s per series "
+            f"({per.get('core_s_per_series_with_ingest', per['core_s_per_series']):.4f} with ingest and refine); "
             "driver memory per 1,000 series "
             f"{per['fits']['driver_peak_rss_mb']['b_per_series'] * 1000:.1f} MB above {per['fits']['driver_peak_rss_mb']['a']:.0f} MB."
         )
