@@ -12,6 +12,7 @@ import zlib
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 
 SERIES_ID = "series_id"
@@ -55,12 +56,28 @@ N_BUCKETS = 1 << 16
 
 def bucket_of(series_ids) -> np.ndarray:
     """The bucket (int32 in ``[0, N_BUCKETS)``) of each series id: CRC-32 of its UTF-8
-    bytes modulo :data:`N_BUCKETS`, the same in every engine and every process."""
-    ids = np.asarray(series_ids, dtype=object)
-    if ids.size == 0:
-        return np.empty(0, dtype=np.int32)
-    uniq, inverse = np.unique(ids.astype(str), return_inverse=True)
-    codes = np.fromiter((zlib.crc32(u.encode("utf-8")) % N_BUCKETS for u in uniq), np.int64, len(uniq))
+    bytes (of ``str(id)``) modulo :data:`N_BUCKETS`, the same in every engine and every
+    process. Takes a sequence, an array, a pandas Series or an Arrow (chunked) array of
+    strings; the hash is computed once per distinct id (a hash table, not a sort: a
+    batch holds millions of rows of a few thousand ids)."""
+    if isinstance(series_ids, pa.ChunkedArray):
+        series_ids = series_ids.combine_chunks() if series_ids.num_chunks else pa.array([], pa.string())
+    if isinstance(series_ids, pa.Array) and series_ids.null_count == 0:
+        if len(series_ids) == 0:
+            return np.empty(0, dtype=np.int32)
+        encoded = series_ids.dictionary_encode()
+        inverse = encoded.indices.to_numpy(zero_copy_only=False)
+        uniq = encoded.dictionary.to_pylist()
+    else:
+        ids = np.asarray(series_ids, dtype=object)
+        if ids.size == 0:
+            return np.empty(0, dtype=np.int32)
+        ids = ids.ravel()
+        if pd.isna(ids).any():  # None / NaN hash as their text ("None", "nan"), each its own
+            uniq, inverse = np.unique(ids.astype(str), return_inverse=True)
+        else:
+            inverse, uniq = pd.factorize(ids)
+    codes = np.fromiter((zlib.crc32(str(u).encode("utf-8")) % N_BUCKETS for u in uniq), np.int64, len(uniq))
     return codes[inverse].astype(np.int32)
 
 

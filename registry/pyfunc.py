@@ -199,7 +199,7 @@ def _with_buckets(table: pa.Table) -> pa.Table:
     """``table`` with its ``bucket`` column (computed from the ids when it has none)."""
     if C.BUCKET in table.column_names:
         return table
-    return table.append_column(C.BUCKET, pa.array(C.bucket_of(table.column(C.SERIES_ID).to_pylist())))
+    return table.append_column(C.BUCKET, pa.array(C.bucket_of(table.column(C.SERIES_ID))))
 
 
 def _in_range(table: pa.Table, lo: int, hi: int) -> pa.Table:
@@ -401,7 +401,7 @@ def _fill_buckets(table: pa.Table) -> pa.Table:
     col = table.column(C.BUCKET)
     if not col.null_count:
         return table
-    computed = pa.array(C.bucket_of(table.column(C.SERIES_ID).to_pylist()), pa.int32())
+    computed = pa.array(C.bucket_of(table.column(C.SERIES_ID)), pa.int32())
     return table.set_column(table.schema.get_field_index(C.BUCKET), C.BUCKET, pc.coalesce(col, computed))
 
 

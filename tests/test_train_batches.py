@@ -12,7 +12,9 @@ import signal
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 import yaml
 from mlflow import MlflowClient
@@ -231,3 +233,22 @@ def test_a_killed_train_with_a_global_model_resumes_with_the_models_it_trained(s
     outside = [c for c in candidates if "training sample" in (c.get("reason") or "")]
     assert outside and len(outside) < len(candidates)  # some series in the sample, some not
     assert any(c["status"] == "ok" for c in candidates)
+
+
+def test_the_bucket_is_crc32_of_the_id_whatever_form_the_ids_come_in():
+    import zlib
+
+    from forecasting import contract as C
+
+    ids = [f"MTR-{i:05d}" for i in range(500)] + ["é-ü-😀", "", "None", "12"]
+    rows = np.repeat(np.array(ids, dtype=object), 3)
+    np.random.default_rng(0).shuffle(rows)
+    want = np.array([zlib.crc32(s.encode("utf-8")) % C.N_BUCKETS for s in rows], dtype=np.int32)
+    chunked = pa.chunked_array([pa.array(list(rows[:7])), pa.array(list(rows[7:]))])
+    for form in (list(rows), rows, pd.Series(rows), pa.array(list(rows)), chunked):
+        got = C.bucket_of(form)
+        assert got.dtype == np.int32 and got.tolist() == want.tolist(), type(form)
+    assert C.bucket_of([None, 12, "12"]).tolist() == [
+        zlib.crc32(s.encode()) % C.N_BUCKETS for s in ("None", "12", "12")
+    ]
+    assert C.bucket_of([]).size == 0 and C.bucket_of(pa.chunked_array([], pa.string())).size == 0

@@ -103,7 +103,7 @@ def with_buckets(data: pa.Table, sort: bool = False) -> pa.Table:
         return data
     col = data.column(C.BUCKET)
     if col.null_count:
-        computed = pa.array(C.bucket_of(data.column(C.SERIES_ID).to_numpy(zero_copy_only=False)), pa.int32())
+        computed = pa.array(C.bucket_of(data.column(C.SERIES_ID)), pa.int32())
         col = pc.coalesce(col, computed) if col.null_count < len(col) else computed
         data = data.set_column(data.schema.get_field_index(C.BUCKET), C.BUCKET, col)
     if not sort:
@@ -416,7 +416,7 @@ class Lakehouse:
 
     @staticmethod
     def _bucket_legacy(table: pa.Table, lo: int, hi: int) -> pa.Table:
-        buckets = C.bucket_of(table.column(C.SERIES_ID).to_numpy(zero_copy_only=False))
+        buckets = C.bucket_of(table.column(C.SERIES_ID))
         keep = (buckets >= lo) & (buckets < hi)
         return table.filter(pa.array(keep))
 
