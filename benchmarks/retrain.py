@@ -8,7 +8,9 @@ lakehouse of its own: the history up to ``nights + 1`` days before the end is in
 a first nightly trains every series (both policies alike; timed, not compared); then each
 night one new day of readings lands in the source folder and the real nightly runs
 (:func:`training.jobs.nightly.nightly`: ingest -> refine -> monitor -> train -> forecast),
-timed as a whole and its training step on its own. The night's Gold forecasts (the next
+timed as a whole and its training step on its own; the two policies' nights alternate
+(full's night k, then changed's night k), each policy's progress written to
+``WORK/progress.json`` after every pair. The night's Gold forecasts (the next
 24 hours of every series, from the current silver version) are then scored on the day
 that follows, which no model has seen: MASE scaled by the series' in-sample daily
 seasonal naive MAE up to the cutoff. Target (issue 16): ``changed`` takes at most 25% of
@@ -20,8 +22,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -61,8 +65,12 @@ def score(lake: Lakehouse, truth: pd.DataFrame, cutoff: pd.Timestamp) -> dict:
     return {"mase": float(mase.mean()), "series": int(len(mase)), "points": int(len(both))}
 
 
-def run_policy(policy: str, gen, first_end: pd.Timestamp, nights: int, conf: dict, work: Path) -> dict:
-    """The first nightly and ``nights`` more, one new day each, with ``policy``."""
+def run_policy(
+    policy: str, gen, first_end: pd.Timestamp, nights: int, conf: dict, work: Path
+) -> Iterator[dict]:
+    """The first nightly and ``nights`` more, one new day each, with ``policy``: yields
+    ``{"first_s": ...}`` after the first, then each night's figures, so that the caller
+    can alternate the policies night by night (one machine's drift weighs on both)."""
     root, raw = work / policy, work / policy / "raw"
     raw.mkdir(parents=True)
     r = gen.readings
@@ -82,8 +90,8 @@ def run_policy(policy: str, gen, first_end: pd.Timestamp, nights: int, conf: dic
     release("history", r[r[C.TS] <= first_end])
     clock = time.perf_counter()
     first = nightly(lake, cfg)
-    out = {"first_s": time.perf_counter() - clock, "nights": []}
     assert not first.failed, first.failure
+    yield {"first_s": time.perf_counter() - clock}
     for k in range(1, nights + 1):
         end = first_end + pd.Timedelta(days=k)
         release(f"day-{k}", r[(r[C.TS] > end - pd.Timedelta(days=1)) & (r[C.TS] <= end)])
@@ -101,12 +109,11 @@ def run_policy(policy: str, gen, first_end: pd.Timestamp, nights: int, conf: dic
             "n_drifted": metrics.get("n_drifted"),
             **score(lake, r, end),
         }
-        out["nights"].append(night)
         print(
             f"{policy} night {k}: {wall:.1f} s, MASE {night['mase']:.4f}, refit {night['n_refit']}",
             flush=True,
         )
-    return out
+        yield night
 
 
 def _flat(data: dict, prefix: str = "") -> dict:
@@ -123,9 +130,21 @@ def run(n_series: int, days: int, nights: int, conf: dict, work: Path) -> dict:
     gen = generate(n_series=n_series, days=days, freq="h", seed=7, clean=True)
     end = gen.readings[C.TS].max()
     first_end = end - pd.Timedelta(days=nights + 1)
-    out = {"series": n_series, "days": days, "nights": nights, "conf": conf, "policies": {}}
-    for policy in POLICIES:
-        out["policies"][policy] = run_policy(policy, gen, first_end, nights, conf, work)
+    out = {
+        "series": n_series,
+        "days": days,
+        "nights": nights,
+        "conf": conf,
+        "order": "alternated",
+        "policies": {},
+    }
+    runs = {p: run_policy(p, gen, first_end, nights, conf, work) for p in POLICIES}
+    for policy, steps in runs.items():
+        out["policies"][policy] = {**next(steps), "nights": []}
+    for _ in range(nights):  # full's night k, then changed's night k
+        for policy, steps in runs.items():
+            out["policies"][policy]["nights"].append(next(steps))
+        (work / "progress.json").write_text(json.dumps(out, default=str))
     full, changed = (pd.DataFrame(out["policies"][p]["nights"]) for p in POLICIES)
     out["summary"] = {
         "full_wall_s": float(full["wall_s"].sum()),
@@ -147,7 +166,8 @@ def markdown(r: dict, command: str) -> str:
         f"Command: `{command}`",
         "",
         f"- {r['series']} generated hourly meters x {r['days']} days; {r['nights']} nights of one new day each "
-        "after a first nightly (full for both); each night's forecasts scored on the next day (held out).",
+        "after a first nightly (full for both); the policies' nights alternated (full's night k, then changed's); "
+        "each night's forecasts scored on the next day (held out).",
         f"- nightly time over the nights: full {s['full_wall_s']:.1f} s, changed {s['changed_wall_s']:.1f} s "
         f"(**{s['time_share']:.0%}** of full; training step alone {s['train_share']:.0%}); target <= 25%.",
         f"- held-out MASE: full {s['full_mase']:.4f}, changed {s['changed_mase']:.4f} "
