@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -153,11 +154,12 @@ def run(
     }
 
 
-def markdown(r: dict) -> str:
+def markdown(r: dict, command: str | None = None) -> str:
     order = ["total", "region", "site", "series"]
     lines = [
         f"# Hierarchy: {r['meters']} generated meters x {r['days']} days, horizon {r['horizon']} h",
         "",
+        *([f"Command: `{command}`", ""] if command else []),
         f"{r['nodes']} aggregate nodes (total, regions, sites) forecast by their own models and reconciled.",
         "Held-out = the last horizon of the generated data, never seen by the nightly.",
         "",
@@ -226,8 +228,9 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="mmf-hier-"))
     result = run(args.meters, args.days, args.horizon, work, args.sites, args.regions)
     kwargs = {"folder": args.out} if args.out else {}
-    save("hierarchy", result, markdown(result), **kwargs)
-    print(markdown(result))
+    command = " ".join(["python -m benchmarks.hierarchy", *sys.argv[1:]])
+    save("hierarchy", result, markdown(result, command), **kwargs)
+    print(markdown(result, command))
 
 
 if __name__ == "__main__":
