@@ -90,6 +90,37 @@ def spark_submit_args() -> str:
 
 
 @pytest.fixture(scope="session")
+def spark_nightly(spark_submit_args):
+    """``run(conf, folder, timeout=..., **env)``: ``mmf nightly --engine spark --conf conf``
+    in its own process (its own JVM, ``local[2]`` with the session's settings), its
+    lakehouse ``folder/lake`` and MLflow store ``folder/mlflow.db``; ``env`` adds variables."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    mmf = str(Path(sys.executable).with_name("mmf"))
+
+    def run(conf: Path, folder: Path, timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
+        full_env = {
+            **os.environ,
+            "MMF_LAKEHOUSE": str(folder / "lake"),
+            "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}",
+            "SPARK_MASTER": "local[2]",
+            "PYSPARK_SUBMIT_ARGS": spark_submit_args,
+            **env,
+        }
+        return subprocess.run(
+            [mmf, "nightly", "--engine", "spark", "--conf", str(conf)],
+            env=full_env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    return run
+
+
+@pytest.fixture(scope="session")
 def spark():
     """The process's SparkSession, started once for every Spark test (skipped when the
     spark extra is not installed; a missing JVM is an error, not a skip)."""

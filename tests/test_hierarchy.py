@@ -281,14 +281,11 @@ def test_spark_engine_gives_the_same_hierarchy(night, spark):
 
 @pytest.mark.spark
 @pytest.mark.slow  # a JVM of its own (about a minute); the step on Spark is compared above
-def test_mmf_nightly_on_spark_with_the_hierarchy_writes_the_local_tables(night, tmp_path, spark_submit_args):
+def test_mmf_nightly_on_spark_with_the_hierarchy_writes_the_local_tables(night, tmp_path, spark_nightly):
     """``mmf nightly --engine spark`` end to end in its own process, the hierarchy enabled:
     ingest, refine, train, forecast and the hierarchy step on Spark write the
     gold/hierarchy and gold/portfolio the local nightly wrote on the same readings,
     coherent at every level."""
-    import os
-    import subprocess
-    import sys
     from pathlib import Path
 
     import yaml
@@ -306,21 +303,7 @@ def test_mmf_nightly_on_spark_with_the_hierarchy_writes_the_local_tables(night, 
         "nightly": {"source": str(source)},
     }
     conf.write_text(yaml.safe_dump(settings))
-    env = {
-        **os.environ,
-        "MMF_LAKEHOUSE": str(tmp_path / "lake"),
-        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
-        "SPARK_MASTER": "local[2]",
-        "PYSPARK_SUBMIT_ARGS": spark_submit_args,
-    }
-    mmf = str(Path(sys.executable).with_name("mmf"))
-    proc = subprocess.run(
-        [mmf, "nightly", "--engine", "spark", "--conf", str(conf)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = spark_nightly(conf, tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "hierarchy  done" in proc.stdout and "train      done" in proc.stdout, proc.stdout
     on_spark = Lakehouse(str(tmp_path / "lake"))
@@ -341,7 +324,7 @@ def test_mmf_nightly_on_spark_with_the_hierarchy_writes_the_local_tables(night, 
         for t in (lake, on_spark)
     ]
     pd.testing.assert_frame_equal(*portfolio, check_exact=False, rtol=1e-9)
-    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("mmf").experiment_id])
     assert runs and {r.data.tags.get("mmf.engine") for r in runs} == {"spark"}
     assert any("hierarchy_mase_total_mint_shrink" in r.data.metrics for r in runs)

@@ -4,9 +4,6 @@ choices, backtest metrics and forecasts, whichever engine ran the per-series wor
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +27,6 @@ SETTINGS = {
     "workers": 2,
     "cleaning": {"min_length": 168},
 }
-MMF = str(Path(sys.executable).with_name("mmf"))
 TOL = 1e-6
 
 
@@ -169,28 +165,15 @@ def test_engines_agree(outcome, spark):
 
 @pytest.mark.spark
 @pytest.mark.slow  # the same comparison runs on the standalone cluster (tests/test_spark_cluster.py)
-def test_nightly_cli_on_spark_matches_local(outcome, dataset, tmp_path, spark_submit_args):
+def test_nightly_cli_on_spark_matches_local(outcome, dataset, tmp_path, spark_nightly):
     """``mmf nightly --engine spark`` in its own process (its own JVM, on a machine whose
     local time zone is not UTC) writes the Gold tables the local engine writes."""
     _, source = dataset
     local = outcome("local")
     conf = tmp_path / "conf.yaml"
     conf.write_text(yaml.safe_dump({**SETTINGS, "nightly": {"source": str(source)}}))
-    env = {
-        **os.environ,
-        "MMF_LAKEHOUSE": str(tmp_path / "lake"),
-        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
-        "SPARK_MASTER": "local[2]",
-        "PYSPARK_SUBMIT_ARGS": spark_submit_args,
-        "TZ": "Asia/Kolkata",  # a machine clock off UTC by a non-whole hour: nothing may shift
-    }
-    proc = subprocess.run(
-        [MMF, "nightly", "--engine", "spark", "--conf", str(conf)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
+    # a machine clock off UTC by a non-whole hour: nothing may shift
+    proc = spark_nightly(conf, tmp_path, timeout=400, TZ="Asia/Kolkata")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "train      done" in proc.stdout and "forecast   done" in proc.stdout
     import mlflow
