@@ -103,6 +103,7 @@ def run_policy(
             "night": k,
             "wall_s": wall,
             "train_s": sum((rep.train.timings if rep.train is not None else {}).values()),
+            "steps_s": dict(rep.timings),  # ingest, refine, monitor, train, forecast, aggregate
             "failed": rep.failure,
             "n_refit": metrics.get("n_refit"),
             "n_carried": metrics.get("n_carried"),

@@ -33,6 +33,8 @@ exits non-zero.
 from __future__ import annotations
 
 import logging
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -67,6 +69,16 @@ class NightlyReport:
     failed: bool = False
     failure: str = ""
     missing: dict[str, str] = field(default_factory=dict)  # series left without the next horizon -> why
+    timings: dict[str, float] = field(default_factory=dict)  # step -> wall seconds (the steps run)
+
+    @contextmanager
+    def timed(self, step: str):
+        """Adds the wall time of the block to ``timings[step]``."""
+        clock = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[step] = self.timings.get(step, 0.0) + time.perf_counter() - clock
 
 
 def nightly(
@@ -83,13 +95,14 @@ def nightly(
     with lakehouse_lock(lake, lock_timeout_s):
         if config.nightly.source:
             tell("ingest", 0, 0)
-            report.ingest = ingest(
-                lake,
-                config.nightly.source,
-                strict=False,
-                extra_columns=config.ingest.extra_columns,
-                batch_rows=config.batch_rows,
-            )
+            with report.timed("ingest"):
+                report.ingest = ingest(
+                    lake,
+                    config.nightly.source,
+                    strict=False,
+                    extra_columns=config.ingest.extra_columns,
+                    batch_rows=config.batch_rows,
+                )
             rep = report.ingest
             report.steps["ingest"] = (
                 (
@@ -110,7 +123,8 @@ def nightly(
         else:
             report.steps["ingest"] = "skipped: no nightly.source configured"
 
-        report.refine = refine(lake, config, progress=progress)
+        with report.timed("refine"):
+            report.refine = refine(lake, config, progress=progress)
         report.steps["refine"] = (
             f"skipped: silver already built from bronze version {report.refine.bronze_version}"
             if report.refine.skipped
@@ -118,10 +132,13 @@ def nightly(
         )
 
         if config.monitoring.enabled:
-            _monitor_step(lake, config, report)
-        _train_step(lake, config, report, progress)
+            with report.timed("monitor"):
+                _monitor_step(lake, config, report)
+        with report.timed("train"):
+            _train_step(lake, config, report, progress)
         if report.monitor is not None:
-            _record_drift(lake, config, report)
+            with report.timed("monitor"):
+                _record_drift(lake, config, report)
         tell("forecast", 0, 0)
         _forecast_step(lake, config, report, horizon)
     return report
@@ -178,7 +195,8 @@ def _record_drift(lake: Lakehouse, config: Config, report: NightlyReport) -> Non
 def _forecast_step(lake: Lakehouse, config: Config, report: NightlyReport, horizon: int | None) -> None:
     """The next horizon of every clean series (:mod:`training.jobs.forecast`), then the
     portfolio; a series left without it fails the nightly, named with the reason."""
-    fc = report.forecast = forecast_job.forecast(lake, config, horizon=horizon)
+    with report.timed("forecast"):
+        fc = report.forecast = forecast_job.forecast(lake, config, horizon=horizon)
     if fc.skipped:
         report.steps["forecast"] = (
             f"skipped: champion version {fc.model_version} already forecast on silver version {fc.silver_version}"
@@ -192,11 +210,13 @@ def _forecast_step(lake: Lakehouse, config: Config, report: NightlyReport, horiz
     if fc.n_rows == 0:
         report.steps["aggregate"] = "skipped: nothing was forecast"
     elif config.hierarchy.enabled:
-        _hierarchy_step(lake, config, report)
+        with report.timed("hierarchy"):
+            _hierarchy_step(lake, config, report)
     elif lake.txn_version(GOLD_PORTFOLIO, forecast_job.APP_PORTFOLIO) == fc.delivery and fc.skipped:
         report.steps["aggregate"] = f"skipped: portfolio of version {version} is current"
     else:
-        forecast_job.aggregate(lake, config, version, delivery=fc.delivery)
+        with report.timed("aggregate"):
+            forecast_job.aggregate(lake, config, version, delivery=fc.delivery)
         report.steps["aggregate"] = f"done: portfolio for version {version}"
     if fc.missing:
         report.missing = dict(fc.missing)
