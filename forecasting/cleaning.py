@@ -56,6 +56,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+from numpy.lib.stride_tricks import sliding_window_view
 
 from forecasting import contract as C
 from forecasting.demand import INTERMITTENT, LUMPY, demand_class
@@ -319,10 +320,16 @@ def _seasonal_z(y: np.ndarray, season: int, seasons: int = 7) -> tuple[np.ndarra
     padded = np.full(rows * season, np.nan)
     padded[:n] = y
     by_phase = padded.reshape(rows, season)
-    med = pd.DataFrame(by_phase).rolling(seasons, center=True, min_periods=1).median().to_numpy()
-    resid = by_phase - med
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
+        # the centred rolling median of each phase over the seasons (as pandas'
+        # rolling(seasons, center=True, min_periods=1).median(), NaNs skipped) in one
+        # numpy call: pandas rolls each of the season's columns on its own, 8x slower
+        before = seasons // 2
+        window = np.full((rows + seasons - 1, season), np.nan)
+        window[before : before + rows] = by_phase
+        med = np.nanmedian(sliding_window_view(window, seasons, axis=0), axis=-1)
+        resid = by_phase - med
         centre = np.nanmedian(resid, axis=0)
         col_mad = 1.4826 * np.nanmedian(np.abs(resid - centre), axis=0)
         overall = 1.4826 * np.nanmedian(np.abs(resid - np.nanmedian(resid)))
