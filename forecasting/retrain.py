@@ -113,14 +113,22 @@ def split(pdf: pd.DataFrame) -> tuple[dict[str, Any] | None, pd.DataFrame]:
 def history_hash(rows: pd.DataFrame, upto: Any) -> str:
     """A content hash of a series' silver rows with ``ts <= upto`` (by time; ``ts``,
     ``y`` and ``temperature``): the same rows give the same hash in any process."""
-    ts = pd.to_datetime(rows[C.TS]).astype("datetime64[us]")
-    keep = (ts <= pd.Timestamp(upto)).to_numpy() if upto is not None else np.ones(len(rows), bool)
-    part = rows.loc[keep].assign(**{C.TS: ts[keep]}).sort_values(C.TS, kind="mergesort")
+    ts = pd.to_datetime(rows[C.TS]).to_numpy().astype("datetime64[us]")
+    if upto is not None:
+        (where,) = np.nonzero(ts <= pd.Timestamp(upto).to_datetime64())
+    else:
+        where = np.arange(len(ts))
+    where = where[np.argsort(ts[where], kind="stable")]
     digest = hashlib.sha1()
-    digest.update(part[C.TS].to_numpy("datetime64[us]").astype("int64").tobytes())
+    digest.update(ts[where].astype("int64").tobytes())
     for col in HASHED[1:]:
-        values = part[col] if col in part.columns else pd.Series(np.nan, index=part.index)
-        digest.update(pd.to_numeric(values, errors="coerce").to_numpy(float, na_value=np.nan).tobytes())
+        if col not in rows.columns:
+            digest.update(np.full(len(where), np.nan).tobytes())
+            continue
+        values = rows[col]
+        if not pd.api.types.is_numeric_dtype(values):
+            values = pd.to_numeric(values, errors="coerce")
+        digest.update(values.to_numpy(float, na_value=np.nan)[where].tobytes())
     return digest.hexdigest()
 
 
