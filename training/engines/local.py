@@ -11,6 +11,7 @@ gets ``on_error(series, reason)`` rows instead. BLAS is pinned to one thread per
 
 from __future__ import annotations
 
+import itertools
 import logging
 import multiprocessing as mp
 import os
@@ -23,10 +24,11 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from forecasting.config import Config
 from training import checkpoints
-from training.engines.base import Batch, Engine, GroupFn, GroupJob, concat
+from training.engines.base import Batch, Engine, GroupFn, GroupJob, concat, conform
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +37,8 @@ Tagged = tuple[int, str, pd.DataFrame]  # (batch index, key, rows)
 
 
 def iter_groups(frame: pd.DataFrame, by: str) -> Iterator[Group]:
-    """(key, rows) for each group, without copying the frame per group."""
+    """(key, rows) for each group: the frame sorted by ``by`` once (not at all when it
+    is), each group a slice of it (a view: copy it before changing it)."""
     if frame.empty:
         return
     keys = frame[by].to_numpy()
@@ -44,8 +47,10 @@ def iter_groups(frame: pd.DataFrame, by: str) -> Iterator[Group]:
     bounds = np.flatnonzero(sorted_keys[1:] != sorted_keys[:-1]) + 1
     starts = np.concatenate(([0], bounds))
     ends = np.concatenate((bounds, [len(keys)]))
+    if (np.diff(order) != 1).any():
+        frame = frame.iloc[order]
     for s, e in zip(starts, ends):
-        yield str(sorted_keys[s]), frame.iloc[order[s:e]]
+        yield str(sorted_keys[s]), frame.iloc[s:e]
 
 
 def _driver_alive(pid: int) -> bool:
@@ -86,13 +91,21 @@ def _init_worker(driver_pid: int | None = None, hook: checkpoints.Hook | None = 
         pass
 
 
-def _run_chunk(fn: GroupFn, config: Any, groups: list[Group]) -> list[pd.DataFrame]:
-    """In a worker: ``fn`` on each (key, rows) group."""
+def _run_chunk(
+    fn: GroupFn, config: Any, groups: list[Group], runs: list[int], schema: pa.Schema
+) -> list[pd.DataFrame]:
+    """In a worker: ``fn`` on each (key, rows) group, each result with exactly
+    ``schema``'s columns; the results of each run of ``runs`` consecutive groups (of
+    one batch) come back as one frame, so that the driver handles a frame per chunk,
+    not per series."""
     function = getattr(fn, "__name__", "")
-    out = []
-    for key, g in groups:
-        checkpoints.checkpoint("worker_group", function=function, key=key)
-        out.append(fn(g, config))
+    out, it = [], iter(groups)
+    for n in runs:
+        parts = []
+        for key, g in itertools.islice(it, n):
+            checkpoints.checkpoint("worker_group", function=function, key=key)
+            parts.append(conform(fn(g, config), schema))
+        out.append(concat(parts, schema))
     return out
 
 
@@ -131,11 +144,12 @@ class _Batches:
                 yield tag, gkey, g
             del frame
 
-    def add(self, tag: int, results: list[pd.DataFrame]) -> Iterator[tuple[Any, pd.DataFrame]]:
-        """Record a group's results; yields its batch when that was the last one left."""
+    def add(self, tag: int, results: list[pd.DataFrame], n: int = 1) -> Iterator[tuple[Any, pd.DataFrame]]:
+        """Record the results of ``n`` groups of batch ``tag``; yields the batch when
+        they were the last ones left."""
         self.parts[tag].extend(results)
-        self.left[tag] -= 1
-        self.done += 1
+        self.left[tag] -= n
+        self.done += n
         self.job.report(self.done, max(self.total, self.done))
         if self.left[tag] == 0:
             yield self._complete(tag)
@@ -183,7 +197,7 @@ class LocalEngine(Engine):
         groups = state.groups(batches)
         if self.workers == 1:
             for tag, _key, g in groups:
-                yield from state.add(tag, [job.conform(job.fn(g, job.config))])
+                yield from state.add(tag, [job.conform(job.fn(g.copy(), job.config))])
             yield from state.rest()
             return
         retry: list[Tagged] = []
@@ -200,7 +214,7 @@ class LocalEngine(Engine):
         groups of the chunks a dead worker lost (the whole pool's, when it breaks) go
         to ``retry``."""
         source = _chunks(groups, self.chunk_series)
-        pending: dict[Future, list[Tagged]] = {}
+        pending: dict[Future, tuple[list[Tagged], list[tuple[int, int]]]] = {}
         pool = self._pool(self.workers)
         try:
             exhausted = False
@@ -211,24 +225,26 @@ class LocalEngine(Engine):
                         exhausted = True
                         break
                     chunk = [(key, g) for _, key, g in batch]
-                    pending[pool.submit(_run_chunk, job.fn, job.config, chunk)] = batch
+                    runs = [(tag, len(list(run))) for tag, run in itertools.groupby(t for t, _, _ in batch)]
+                    fut = pool.submit(_run_chunk, job.fn, job.config, chunk, [n for _, n in runs], job.schema)
+                    pending[fut] = (batch, runs)
                 if not pending:
                     break
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                 broken = False
                 for fut in finished:
-                    batch = pending.pop(fut)
+                    batch, runs = pending.pop(fut)
                     try:
                         results = fut.result()
                     except BrokenProcessPool:
                         broken = True
                         retry.extend(batch)
                         continue
-                    for (tag, _, _), r in zip(batch, results):
-                        yield from state.add(tag, [job.conform(r)])
+                    for (tag, n), r in zip(runs, results):
+                        yield from state.add(tag, [r], n)
                 if broken:
                     # the pool is unusable: every chunk still in flight is lost with it
-                    for batch in pending.values():
+                    for batch, _ in pending.values():
                         retry.extend(batch)
                     pending.clear()
                     pool.shutdown(wait=False, cancel_futures=True)
@@ -247,7 +263,9 @@ class LocalEngine(Engine):
             for tag, key, g in retry:
                 pool = pool or self._pool(1)
                 try:
-                    result = job.conform(pool.submit(_run_chunk, job.fn, job.config, [(key, g)]).result()[0])
+                    result = pool.submit(
+                        _run_chunk, job.fn, job.config, [(key, g)], [1], job.schema
+                    ).result()[0]
                 except BrokenProcessPool:
                     pool.shutdown(wait=False, cancel_futures=True)
                     pool = None
