@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from forecasting import contract as C
 from forecasting.generator import generate, write
 from training.cli import cli
-from training.jobs.monitor import DRIFT_METRIC, DRIFT_TAG, monitor
+from training.jobs.monitor import DRIFT_METRIC, DRIFT_TAG, drift_rows, monitor
 from training.jobs.nightly import nightly
 from training.tables import Lakehouse
 
@@ -54,6 +54,7 @@ def two_nights(tmp_path, config):
             "workers": 1,
             "mlflow.sample_plots": 0,
             "monitoring.factor": 2.0,
+            "monitoring.min_days": 0,  # flagged on its first 12 hours (see the test of min_days)
         }
     )
     lake = Lakehouse.from_config(cfg)
@@ -130,6 +131,22 @@ def test_second_night_scores_the_first_nights_forecasts_and_flags_the_shift(two_
     run = mlflow.MlflowClient().get_run(second.train.run_id)
     assert run.data.tags[DRIFT_TAG] == "1" and run.data.metrics[DRIFT_METRIC] == 1.0
     assert second.monitor.drifted == 1 and second.monitor.drifted_ids == [SHIFTED]
+
+
+def test_drift_waits_for_min_days_of_actuals(two_nights):
+    """The shift is flagged from its first 12 hours of actuals with min_days 0, not
+    with min_days 1 (12 hours cover half a day); ratios are the same either way."""
+    cfg, lake, *_ = two_nights
+    acc = lake.read("gold/accuracy")
+    ends = lake.read("silver/series").set_index(C.SERIES_ID)["end"].astype("datetime64[us]")
+    version = lake.version("silver/readings")
+    rows = {
+        d: drift_rows(lake, cfg.replace(**{"monitoring.min_days": d}), acc, ends, version) for d in (0, 1)
+    }
+    assert rows[0].loc[rows[0]["drifted"], C.SERIES_ID].tolist() == [SHIFTED]
+    assert not rows[1]["drifted"].any()
+    np.testing.assert_allclose(rows[0]["ratio"], rows[1]["ratio"])
+    assert rows[0].set_index(C.SERIES_ID).at[SHIFTED, "ratio"] > cfg.monitoring.factor
 
 
 def test_rerunning_monitor_writes_nothing_new(two_nights):

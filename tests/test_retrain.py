@@ -116,7 +116,7 @@ def _settings(lake_root, raw) -> dict:
         "nightly": {"source": str(raw)},
         "cleaning": {"min_length": 168},
         "backtest": {"windows": 1},
-        "monitoring": {"factor": 4.0},
+        "monitoring": {"factor": 4.0, "min_days": 0},  # the shift flagged on its first 12 hours
         "retrain": {"policy": "changed"},
         "mlflow": {"sample_plots": 0, "tracking_uri": f"sqlite:///{lake_root / 'mlflow.db'}"},
     }

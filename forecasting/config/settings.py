@@ -240,6 +240,12 @@ class Monitoring(Section):
     )
     days: int = setting(7, "live error is measured over the last this many days of actuals", ge=1)
     factor: Number = setting(1.5, "a series drifted when its live MASE > factor x its backtest MASE", gt=0)
+    min_days: int = setting(
+        3,
+        "drift is flagged only once a series' scored actuals in the window cover this\n"
+        "many days (at most `days`): a day or two of error is mostly noise; 0: from the first",
+        ge=0,
+    )
 
 
 class Hierarchy(Section):

@@ -147,11 +147,15 @@ class BatchPlan:
 def lookback(config: Config, freq: str | None) -> pd.Timedelta:
     """How far before a series' silver end the forecasts scored may start: the drift
     window (``monitoring.days``) plus the horizon, so every step in the window is scored."""
+    return pd.Timedelta(days=int(config.monitoring.days)) + _step(freq) * int(config.horizon)
+
+
+def _step(freq: str | None) -> pd.Timedelta:
+    """One step of ``freq`` (hourly when unknown; about 31 days for calendar months)."""
     try:
-        step = pd.Timedelta(pd.tseries.frequencies.to_offset(freq or "h"))
-    except (ValueError, TypeError):  # a calendar frequency (months): about 31 days a step
-        step = pd.Timedelta(days=31)
-    return pd.Timedelta(days=int(config.monitoring.days)) + step * int(config.horizon)
+        return pd.Timedelta(pd.tseries.frequencies.to_offset(freq or "h"))
+    except (ValueError, TypeError):  # a calendar frequency (months)
+        return pd.Timedelta(days=31)
 
 
 def batch_frame(lake: Lakehouse, config: Config, plan: BatchPlan, silver_version: int, freq) -> pd.DataFrame:
@@ -322,7 +326,14 @@ def drift_rows(
         ratio = live["mase"].to_numpy(float) / live["backtest_mase"].to_numpy(float)
     live["ratio"] = np.where((live["backtest_mase"] == 0) & (live["mase"] == 0), 1.0, ratio)
     live["factor"] = float(config.monitoring.factor)
-    live["drifted"] = np.nan_to_num(live["ratio"].to_numpy(float), nan=0.0) > live["factor"]
+    # the days the window's scored actuals cover (first scored step to the series'
+    # latest reading, one step included): drift needs monitoring.min_days of them
+    covered = live[C.SERIES_ID].map(ends).to_numpy("datetime64[us]") - live["window_start"].to_numpy(
+        "datetime64[us]"
+    )
+    need = pd.Timedelta(days=min(int(config.monitoring.min_days), int(config.monitoring.days)))
+    enough = covered + _step(config.freq).to_timedelta64() >= need.to_timedelta64()
+    live["drifted"] = (np.nan_to_num(live["ratio"].to_numpy(float), nan=0.0) > live["factor"]) & enough
     live["silver_version"] = int(silver_version)
     return live
 
