@@ -17,7 +17,9 @@ On it:
   (``champion_source`` says which);
 * the challenger's chosen model (model and parameters from its ``model_json``; each
   member of an ensemble) is refit on the same data, up to the same cutoff, and forecast
-  the same steps. That refit never sees the window, but the challenger's *choice* of
+  the same steps; a challenger that carried the champion's model over (a partial
+  ``retrain.policy``: the same chosen model and backtest, :func:`_same_fit`) is that
+  model, so it is scored on the champion's Gold forecast too (a tie, no refit). That refit never sees the window, but the challenger's *choice* of
   model and its tuned parameters did: its backtest windows end at its own, newer, data
   end, and usually cover the gate window. ``challenger_saw_window`` records it per
   series, so the comparison is held out for the champion and only in its fit for the
@@ -130,10 +132,21 @@ def plan(
                 "champion": champ.at[sid, "model_json"] if champ is not None and sid in champ.index else "",
                 "champion_forecast": own.get(sid),
                 "selection_cutoff": _earliest_cutoff(row["backtest_json"]),
+                "same_fit": _same_fit(row, champ, sid),
             }
             entry[PLAN_COLUMN] = json.dumps(payload, allow_nan=True)
         rows.append(entry)
     return pd.DataFrame(rows, columns=[SERIES_ID, "window_start", PLAN_COLUMN, "reason"])
+
+
+def _same_fit(row: pd.Series, champ: pd.DataFrame | None, sid: str) -> bool:
+    """Whether the challenger's model of a series is the champion's, carried over
+    (``retrain.policy`` other than full): the same chosen model with the same backtest,
+    which only a carried row keeps (a series fitted again is backtested on newer data)."""
+    if champ is None or sid not in champ.index or not row.get("backtest_json"):
+        return False
+    theirs = champ.loc[sid]
+    return bool(row["backtest_json"] == theirs["backtest_json"] and row["model"] == theirs["model"])
 
 
 def _cold_in_champion(champion: pd.DataFrame | None, forecasts: pd.DataFrame) -> set[str]:
@@ -333,7 +346,11 @@ def _compare(pdf: pd.DataFrame, config: Config) -> dict[str, Any]:
     history = data.head(int(np.searchsorted(data.ts, cutoff, side="right")))
     if len(history.y) < 2:
         raise NotComparable("fewer than 2 readings up to the champion's cutoff")
-    challenger = refit(payload["challenger"], history, h, levels, config)
+    if payload.get("same_fit") and payload.get("champion_forecast"):
+        # the champion's own model, carried over: the same forecast, a tie without a refit
+        challenger = _aligned(payload["champion_forecast"], steps)
+    else:
+        challenger = refit(payload["challenger"], history, h, levels, config)
     if payload.get("champion_forecast"):
         champion, row["champion_source"] = _aligned(payload["champion_forecast"], steps), GOLD
     elif payload.get("champion"):

@@ -215,6 +215,29 @@ def test_the_second_night_refits_what_changed_and_carries_the_rest(second_night)
         assert set(fc["fit"]) == {C.TRAINED}
 
 
+def test_the_gate_scores_a_carried_model_as_the_champions_own(second_night):
+    """A carried series' challenger is the champion's model: the gate scores both on the
+    champion's Gold forecast (an exact tie, no refit); the series fitted again are
+    compared as refits."""
+    lake = Lakehouse(str(second_night[0]))
+    sel = lake.read("gold/selection")
+    newest = sel.groupby("run_id")["created_at"].min().idxmax()
+    last = sel[sel["run_id"] == newest].set_index(C.SERIES_ID)
+    gate = lake.read("gold/gate")
+    gate = gate[gate["run_id"] == newest].set_index(C.SERIES_ID)
+    compared = gate[gate["n_points"] > 0]
+    assert (compared["n_points"] == ARRIVED).all() and set(compared["champion_source"]) == {"gold"}
+    carried = compared.index[last.reindex(compared.index)["refit"] == C.CARRIED]
+    assert len(carried) == N_OLD - 2
+    pd.testing.assert_series_equal(
+        compared.loc[carried, "challenger_metric"],
+        compared.loc[carried, "champion_metric"],
+        check_names=False,
+    )
+    # the drifted series' new model is refit and scored on its own forecast
+    assert compared.at[SHIFTED, "challenger_metric"] != compared.at[SHIFTED, "champion_metric"]
+
+
 def test_a_partial_retrain_nightly_killed_mid_train_restarts_to_the_same_gold(
     first_night, second_night, tmp_path
 ):
