@@ -17,9 +17,10 @@ On it:
   (``champion_source`` says which);
 * the challenger's chosen model (model and parameters from its ``model_json``; each
   member of an ensemble) is refit on the same data, up to the same cutoff, and forecast
-  the same steps; a challenger that carried the champion's model over (a partial
+  the same steps. A challenger that carried the champion's model over (a partial
   ``retrain.policy``: the same chosen model and backtest, :func:`_same_fit`) is that
-  model, so it is scored on the champion's Gold forecast too (a tie, no refit). That refit never sees the window, but the challenger's *choice* of
+  model: the series is left out as a tie (no refit), so the decision turns on the
+  series fitted again. That refit never sees the window, but the challenger's *choice* of
   model and its tuned parameters did: its backtest windows end at its own, newer, data
   end, and usually cover the gate window. ``challenger_saw_window`` records it per
   series, so the comparison is held out for the champion and only in its fit for the
@@ -70,6 +71,7 @@ COLD_CHAMPION = "the champion forecast it by cold start (a profile of similar me
 NO_CHAMPION_MODEL = "the champion has no model for this series"
 NO_ACTUALS = "no actuals after the champion's cutoff yet"
 NOTHING_TO_SCORE = "no step with actuals and both forecasts"
+CARRIED_CHAMPION = "carried over from the champion: the same model, a tie"
 GOLD, REFIT = "gold", "refit"
 
 
@@ -125,6 +127,8 @@ def plan(
             entry["reason"] = NO_CHAMPION_MODEL
         elif pd.isna(row["end"]) or pd.Timestamp(row["end"]) <= pd.Timestamp(cutoff):
             entry["reason"] = NO_ACTUALS
+        elif _same_fit(row, champ, sid):
+            entry["reason"] = CARRIED_CHAMPION
         else:
             payload = {
                 "cutoff": pd.Timestamp(cutoff).isoformat(),
@@ -132,7 +136,6 @@ def plan(
                 "champion": champ.at[sid, "model_json"] if champ is not None and sid in champ.index else "",
                 "champion_forecast": own.get(sid),
                 "selection_cutoff": _earliest_cutoff(row["backtest_json"]),
-                "same_fit": _same_fit(row, champ, sid),
             }
             entry[PLAN_COLUMN] = json.dumps(payload, allow_nan=True)
         rows.append(entry)
@@ -346,11 +349,7 @@ def _compare(pdf: pd.DataFrame, config: Config) -> dict[str, Any]:
     history = data.head(int(np.searchsorted(data.ts, cutoff, side="right")))
     if len(history.y) < 2:
         raise NotComparable("fewer than 2 readings up to the champion's cutoff")
-    if payload.get("same_fit") and payload.get("champion_forecast"):
-        # the champion's own model, carried over: the same forecast, a tie without a refit
-        challenger = _aligned(payload["champion_forecast"], steps)
-    else:
-        challenger = refit(payload["challenger"], history, h, levels, config)
+    challenger = refit(payload["challenger"], history, h, levels, config)
     if payload.get("champion_forecast"):
         champion, row["champion_source"] = _aligned(payload["champion_forecast"], steps), GOLD
     elif payload.get("champion"):

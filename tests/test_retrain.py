@@ -22,6 +22,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
+from forecasting import comparison
 from forecasting import contract as C
 from forecasting.config import load_config
 from forecasting.generator import generate, write
@@ -215,27 +216,23 @@ def test_the_second_night_refits_what_changed_and_carries_the_rest(second_night)
         assert set(fc["fit"]) == {C.TRAINED}
 
 
-def test_the_gate_scores_a_carried_model_as_the_champions_own(second_night):
-    """A carried series' challenger is the champion's model: the gate scores both on the
-    champion's Gold forecast (an exact tie, no refit); the series fitted again are
-    compared as refits."""
+def test_the_gate_leaves_a_carried_model_out_as_a_tie(second_night):
+    """A carried series' challenger is the champion's model: the gate leaves it out as a
+    tie (no refit); the series fitted again are compared on the champion's window."""
     lake = Lakehouse(str(second_night[0]))
     sel = lake.read("gold/selection")
     newest = sel.groupby("run_id")["created_at"].min().idxmax()
     last = sel[sel["run_id"] == newest].set_index(C.SERIES_ID)
     gate = lake.read("gold/gate")
     gate = gate[gate["run_id"] == newest].set_index(C.SERIES_ID)
-    compared = gate[gate["n_points"] > 0]
-    assert (compared["n_points"] == ARRIVED).all() and set(compared["champion_source"]) == {"gold"}
-    carried = compared.index[last.reindex(compared.index)["refit"] == C.CARRIED]
+    carried = last.index[last["refit"] == C.CARRIED]
     assert len(carried) == N_OLD - 2
-    pd.testing.assert_series_equal(
-        compared.loc[carried, "challenger_metric"],
-        compared.loc[carried, "champion_metric"],
-        check_names=False,
-    )
-    # the drifted series' new model is refit and scored on its own forecast
-    assert compared.at[SHIFTED, "challenger_metric"] != compared.at[SHIFTED, "champion_metric"]
+    assert set(gate.loc[carried, "reason"]) == {comparison.CARRIED_CHAMPION}
+    assert (gate.loc[carried, "n_points"] == 0).all() and gate.loc[carried, "challenger_metric"].isna().all()
+    for sid in (SHIFTED, REVISED):  # fitted again: compared on the 12 hours that arrived
+        assert gate.at[sid, "reason"] == "" and gate.at[sid, "n_points"] == ARRIVED, sid
+        assert gate.at[sid, "champion_source"] == "gold"
+    assert gate.at[SHIFTED, "challenger_metric"] != gate.at[SHIFTED, "champion_metric"]
 
 
 def test_a_partial_retrain_nightly_killed_mid_train_restarts_to_the_same_gold(
