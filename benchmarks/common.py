@@ -48,14 +48,20 @@ def git_sha() -> str:
 
 
 def save(
-    name: str, payload: dict, markdown: str, folder: Path = RESULTS, argv: list[str] | None = None
+    name: str,
+    payload: dict,
+    markdown: str,
+    folder: Path = RESULTS,
+    argv: list[str] | None = None,
+    module: str | None = None,
 ) -> None:
     """``folder/<name>.json`` (command, machine, commit and ``payload``) and ``<name>.md``;
-    ``argv``: the script's arguments (default ``sys.argv[1:]``)."""
+    ``argv``: the script's arguments (default ``sys.argv[1:]``); ``module``: the script's
+    (``benchmarks.<name>`` by default)."""
     folder.mkdir(parents=True, exist_ok=True)
     args = sys.argv[1:] if argv is None else argv
     payload = {
-        "command": "python -m " + " ".join([f"benchmarks.{name}", *args]),
+        "command": "python -m " + " ".join([module or f"benchmarks.{name}", *args]),
         "machine": machine(),
         "git": git_sha(),
         **payload,

@@ -174,14 +174,18 @@ def markdown(r: dict, command: str) -> str:
         f"- held-out MASE: full {s['full_mase']:.4f}, changed {s['changed_mase']:.4f} "
         f"(**{s['mase_change']:+.2%}**); target at most +1%.",
         "",
-        "| policy | night | wall s | train s | refit | carried | drifted | MASE | series |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| policy | night | wall s | ingest s | refine s | monitor s | train s | forecast s | refit | carried "
+        "| drifted | MASE | series |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for policy, res in r["policies"].items():
         for n in res["nights"]:
+            steps = n.get("steps_s", {})
+            step = " | ".join(f"{steps.get(k, float('nan')):.1f}" for k in ("ingest", "refine", "monitor"))
             lines.append(
-                f"| {policy} | {n['night']} | {n['wall_s']:.1f} | {n['train_s']:.1f} | {n['n_refit']} | "
-                f"{n['n_carried']} | {n['n_drifted']} | {n['mase']:.4f} | {n['series']} |"
+                f"| {policy} | {n['night']} | {n['wall_s']:.1f} | {step} | {n['train_s']:.1f} | "
+                f"{steps.get('forecast', float('nan')):.1f} | {n['n_refit']} | {n['n_carried']} | "
+                f"{n['n_drifted']} | {n['mase']:.4f} | {n['series']} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -193,6 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--nights", type=int, default=7)
     ap.add_argument("--conf", help="YAML settings applied to both policies (the defaults otherwise)")
     ap.add_argument("--work", help="folder for the lakehouses (a temporary one by default)")
+    ap.add_argument("--out", default="retrain", help="results name: benchmarks/results/OUT.{json,md}")
     args = ap.parse_args(argv)
     conf = yaml.safe_load(Path(args.conf).read_text()) if args.conf else {}
     conf.setdefault("horizon", H)
@@ -203,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
     command = "python -m benchmarks.retrain " + " ".join(
         argv if argv is not None else __import__("sys").argv[1:]
     )
-    save("retrain", r, markdown(r, command.strip()), argv=argv)
+    save(args.out, r, markdown(r, command.strip()), argv=argv, module="benchmarks.retrain")
     print(markdown(r, command.strip()))
 
 
