@@ -11,6 +11,7 @@ puts a series on its grid either way.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 
 import numpy as np
@@ -94,6 +95,7 @@ def future_timestamps(end, freq: str | pd.DateOffset, steps) -> np.ndarray:
     return out.reshape(ends.shape + k.shape)
 
 
+@functools.lru_cache(maxsize=256)  # pure; called for every series, and to_offset is slow
 def seasonalities_for(freq: str) -> tuple[int, ...]:
     """Season lengths in steps for a pandas frequency alias, main season first.
 

@@ -102,36 +102,79 @@ class MonitorReport:
 # -- per series (runs on the engine's workers) -------------------------------------------
 def score_series(group: pd.DataFrame, config: Config) -> pd.DataFrame:
     """gold/accuracy rows of one series: its forecast rows (``_kind = forecast``) joined to
-    its actuals (``_kind = actual``, silver rows, the whole history for the scale)."""
+    its actuals (``_kind = actual``, silver rows, the whole history for the scale).
+
+    In numpy where it can be (it runs once per series and night): the forecast steps
+    found among the observed actuals, in the forecast rows' order, ``lead`` the dense
+    rank of the step's time within its delivery (model version, cutoff)."""
     levels = list(config.levels)
     schema = C.accuracy_schema(levels)
-    actual = group[group[KIND] == "actual"].sort_values(C.TS)
-    fc = group[group[KIND] == "forecast"]
-    if fc.empty or actual.empty:
+    kind = group[KIND].to_numpy()
+    is_fc, is_actual = kind == "forecast", kind == "actual"
+    if not is_fc.any() or not is_actual.any():
         return schema.empty_table().to_pandas()
-    fc = fc.assign(lead=fc.groupby(["model_version", "cutoff"])[C.TS].rank(method="dense").astype("int64"))
-    observed = actual[(actual["is_filled"] != 1) & np.isfinite(actual[C.Y].astype(float))]
-    rows = fc.drop(columns=[C.Y]).merge(observed[[C.TS, C.Y]], on=C.TS, how="inner")
-    if rows.empty:
+    ts = group[C.TS].to_numpy("datetime64[us]")
+    y_col = pd.to_numeric(group[C.Y], errors="coerce").to_numpy(float, na_value=np.nan)
+    order = np.argsort(ts[is_actual], kind="stable")
+    ts_all, y_all = ts[is_actual][order], y_col[is_actual][order]
+    filled = group["is_filled"].to_numpy(float, na_value=np.nan)[is_actual][order]
+    seen = (filled != 1) & np.isfinite(y_all)
+    obs_ts, obs_y = ts_all[seen], y_all[seen]
+    fc = group.loc[is_fc]
+    fc_ts = ts[is_fc]
+    lead = _dense_rank(fc["model_version"].to_numpy(), fc["cutoff"].to_numpy("datetime64[us]"), fc_ts)
+    pos = np.searchsorted(obs_ts, fc_ts)
+    found = pos < len(obs_ts)
+    found[found] = obs_ts[pos[found]] == fc_ts[found]
+    if not found.any():
         return schema.empty_table().to_pandas()
+    rows = fc.iloc[np.flatnonzero(found)].reset_index(drop=True)
+    y = obs_y[pos[found]]
+    cutoffs = rows["cutoff"].to_numpy("datetime64[us]")
     m = seasonalities_for(config.freq)[0] if config.freq else 1
-    ts_all = actual[C.TS].to_numpy(dtype="datetime64[us]")
-    y_all = actual[C.Y].to_numpy(dtype=float)
-    scales = {c: mase_scale(y_all[ts_all <= np.datetime64(c, "us")], m) for c in rows["cutoff"].unique()}
-    y, yhat = rows[C.Y].to_numpy(float), rows["yhat"].to_numpy(float)
+    scale = np.empty(len(rows))
+    for c in np.unique(cutoffs):
+        scale[cutoffs == c] = mase_scale(y_all[ts_all <= c], m)
+    yhat = rows["yhat"].to_numpy(float, na_value=np.nan)
     err = yhat - y
-    scale = rows["cutoff"].map(scales).to_numpy(float)
-    rows["mae"], rows["bias"], rows["scale"], rows["n"] = np.abs(err), err, scale, 1
-    with np.errstate(invalid="ignore"):
-        rows["mase"] = np.abs(err) / scale
-    for lv in levels:
-        lo, hi = rows[f"yhat_lower_{lv}"].to_numpy(float), rows[f"yhat_upper_{lv}"].to_numpy(float)
-        inside = ((y >= lo) & (y <= hi)).astype(float)
-        rows[f"coverage_{lv}"] = np.where(np.isnan(lo) | np.isnan(hi), np.nan, inside)
+    out = {name: rows[name] for name in ("model_version", "run_id", "model", "fit", "cutoff", "created_at")}
     created = pd.to_datetime(rows["created_at"], utc=True)
-    rows["forecast_day"] = created.dt.date
-    rows[C.BUCKET] = C.bucket_of(rows[C.SERIES_ID].to_numpy())
-    return rows[schema.names]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out |= {
+            C.SERIES_ID: rows[C.SERIES_ID],
+            "forecast_day": created.dt.date,
+            "lead": lead[found],
+            C.TS: rows[C.TS],
+            C.Y: y,
+            "yhat": yhat,
+            "n": np.ones(len(rows), dtype="int64"),
+            "mae": np.abs(err),
+            "mase": np.abs(err) / scale,
+            "bias": err,
+            "scale": scale,
+        }
+        for lv in levels:
+            lo = rows[f"yhat_lower_{lv}"].to_numpy(float, na_value=np.nan)
+            hi = rows[f"yhat_upper_{lv}"].to_numpy(float, na_value=np.nan)
+            inside = ((y >= lo) & (y <= hi)).astype(float)
+            out[f"coverage_{lv}"] = np.where(np.isnan(lo) | np.isnan(hi), np.nan, inside)
+    out[C.BUCKET] = C.bucket_of(rows[C.SERIES_ID].to_numpy())
+    return pd.DataFrame(out, columns=schema.names)
+
+
+def _dense_rank(version: np.ndarray, cutoff: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """Per row, the dense rank (1, 2, ...) of ``ts`` among the rows of its (version,
+    cutoff)."""
+    codes = pd.factorize(version)[0]
+    order = np.lexsort((ts, cutoff, codes))
+    c, k, t = codes[order], cutoff[order], ts[order]
+    start = np.r_[True, (c[1:] != c[:-1]) | (k[1:] != k[:-1])]
+    step = start | np.r_[True, t[1:] != t[:-1]]
+    count = np.cumsum(step)
+    ranks = count - count[start][np.cumsum(start) - 1] + 1
+    out = np.empty(len(ts), dtype="int64")
+    out[order] = ranks
+    return out
 
 
 # -- the job -------------------------------------------------------------------------------
