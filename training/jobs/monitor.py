@@ -51,7 +51,7 @@ from mlflow.tracking import MlflowClient
 from forecasting import contract as C
 from forecasting.config import Config
 from forecasting.errors import TableError
-from forecasting.frequency import seasonalities_for
+from forecasting.frequency import seasonalities_for, step_of
 from forecasting.metrics import mase_scale
 from registry.connection import configure
 from training.engines import get_engine
@@ -196,7 +196,7 @@ def lookback(config: Config, freq: str | None) -> pd.Timedelta:
 def _step(freq: str | None) -> pd.Timedelta:
     """One step of ``freq`` (hourly when unknown; about 31 days for calendar months)."""
     try:
-        return pd.Timedelta(pd.tseries.frequencies.to_offset(freq or "h"))
+        return step_of(freq or "h")
     except (ValueError, TypeError):  # a calendar frequency (months)
         return pd.Timedelta(days=31)
 
