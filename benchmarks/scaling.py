@@ -271,6 +271,17 @@ def _loop_one(g):
     return process_series(g, _CFG)
 
 
+def loop_map(groups: list, cfg=None) -> list:
+    """``process_series`` on each group in a fork pool (chunks of 8), as the loop cells
+    run it (benchmarks/engine_overhead.py's loop side)."""
+    import multiprocessing as mp
+
+    global _CFG
+    _CFG = cfg or loop_config()
+    with mp.get_context("fork").Pool(os.cpu_count()) as pool:
+        return pool.map(_loop_one, groups, chunksize=8)
+
+
 def cell_loop(a) -> dict:
     """The plain loop over silver, bucket range by bucket range, in one fork pool."""
     import multiprocessing as mp
