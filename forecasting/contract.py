@@ -212,7 +212,10 @@ FULL, NEW, PREVIOUS_FAILED, DRIFTED, CHANGED, STALE, CARRIED = (
     "stale",
     "carried",
 )
-RETRAIN_REASONS = (FULL, NEW, PREVIOUS_FAILED, DRIFTED, CHANGED, STALE, CARRIED)
+# a series forecast by a cold-start profile last time is fitted again (it may have
+# graduated): the reason says so rather than ``failed``
+COLD_START_REFIT = COLD_START
+RETRAIN_REASONS = (FULL, NEW, COLD_START_REFIT, PREVIOUS_FAILED, DRIFTED, CHANGED, STALE, CARRIED)
 RETRAIN_RESULT = pa.schema([*TRAIN_RESULT, *RETRAIN_COLUMNS])
 
 # gold/models: every training run's TRAIN_RESULT rows, committed batch by batch as the

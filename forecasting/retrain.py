@@ -5,7 +5,8 @@
 * ``full``: every series is backtested, chosen and fitted again
   (:func:`forecasting.pipeline.process_series`), ``refit = full``;
 * ``changed``: a series is fitted again when it is ``new`` (no previous model),
-  its previous model ``failed``, it ``drifted`` (gold/drift of the latest monitoring),
+  it was forecast by a ``cold_start`` profile last time (it may have graduated), its
+  previous model ``failed``, it ``drifted`` (gold/drift of the latest monitoring),
   its history was ``changed`` (its silver rows up to the previous model's end hash to
   another value than that model's ``history_hash``: a revision of history, not the
   readings appended after it) or it is ``stale`` (its silver end is more than
@@ -146,6 +147,8 @@ def decide(prev: dict[str, Any] | None, rows: pd.DataFrame, config: Config) -> s
         return C.FULL
     if prev is None:
         return C.NEW
+    if prev.get("status") == C.COLD_START:
+        return C.COLD_START_REFIT
     if prev.get("status") not in (C.OK, C.FALLBACK) or not prev.get("model_json"):
         return C.PREVIOUS_FAILED
     if _uses_global(prev["model_json"]):

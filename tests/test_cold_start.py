@@ -231,7 +231,8 @@ def _selection(lake: Lakehouse, run_id: str) -> pd.DataFrame:
 def test_new_meters_get_cold_start_forecasts_then_graduate(tmp_path, config):
     """Night 1: three new meters with 3 days each get cold-start forecasts (site, region,
     fleet profile), a meter with one reading is quarantined; night 2, a week later: they
-    graduate to per-series models, and the gate leaves them out of its comparison."""
+    graduate to per-series models (under `retrain.policy: changed`, refit `cold_start`, the
+    others carried), and the gate leaves them out of its comparison."""
     feed = Feed(tmp_path / "raw", n_series=8, days=21)
     old = sorted(feed.gen.readings[C.SERIES_ID].unique())[:-3]
     feed.release("history", (0, 12), old)
@@ -255,10 +256,12 @@ def test_new_meters_get_cold_start_forecasts_then_graduate(tmp_path, config):
     assert set(cold["model"]) == {f"cold_profile:{s}" for s in new.values()}
 
     feed.release("week", (13, 19), list(feed.gen.readings[C.SERIES_ID].unique()))
-    again = nightly(lake, cfg)
+    again = nightly(lake, cfg.replace(**{"retrain.policy": "changed"}))  # graduates under it too
     assert not again.failed, again.failure
     sel = _selection(lake, again.train.run_id)
     assert set(sel.loc[list(new), "status"]) <= {C.OK, C.FALLBACK}, sel.loc[list(new)]
+    assert (sel.loc[list(new), "refit"] == C.COLD_START_REFIT).all(), sel.loc[list(new), "refit"]
+    assert (sel.loc[old, "refit"] == C.CARRIED).all(), sel.loc[old, "refit"]
     assert C.COLD_START not in again.train.status_counts
     gate = lake.read("gold/gate")
     gate = gate[gate["run_id"] == again.train.run_id].set_index(C.SERIES_ID)

@@ -81,6 +81,11 @@ def test_the_reasons_in_their_order_and_the_carried_row():
     assert decide(prev, new, cfg) == C.CARRIED
     assert decide(prev | {"drifted": True}, new, cfg) == C.DRIFTED
     assert decide(prev | {"status": C.FAILED}, new, cfg) == C.PREVIOUS_FAILED
+    assert (
+        decide(prev | {"status": C.COLD_START, "model_json": ""}, new, cfg)
+        == C.COLD_START_REFIT
+        == "cold_start"
+    )
     revised = new.copy()
     revised.loc[3, C.Y] += 1.0
     assert decide(prev, revised, cfg) == C.CHANGED
