@@ -60,12 +60,13 @@ from forecasting.models.calibrated import AdjustedForecaster
 from forecasting.pipeline import failed_result, process_series
 from forecasting.refit import refit_member
 from forecasting.results import json_default
-from forecasting.series import SeriesData, prepare
+from forecasting.series import SeriesData, is_naive_datetime, prepare
 
 CARRY_COLUMN = "_carry"  # the previous row of the series (JSON), on an extra row of its group
 CARRY_FIELDS = [*C.TRAIN_RESULT.names, "run_id", "from_run", "fitted_end", "history_hash"]
 UPDATED = ("ets", "theta")  # models whose state is moved on without estimating anything
 HASHED = (C.TS, C.Y, "temperature")  # the silver columns a history hash covers
+FLAGS = ("is_filled", "is_outlier")  # the boolean silver columns
 DAY = pd.Timedelta("1D")
 
 
@@ -104,7 +105,10 @@ def split(pdf: pd.DataFrame) -> tuple[dict[str, Any] | None, pd.DataFrame]:
     if CARRY_COLUMN not in pdf.columns:
         return None, pdf
     is_carry = pdf[CARRY_COLUMN].notna().to_numpy()
-    rows = pdf.loc[~is_carry].drop(columns=[CARRY_COLUMN])
+    rows = pdf.loc[~is_carry, [c for c in pdf.columns if c != CARRY_COLUMN]]
+    for flag in FLAGS:  # the carry row's null made them objects: booleans again (null: False)
+        if flag in rows.columns and rows[flag].dtype == object:
+            rows[flag] = rows[flag].to_numpy() == True  # noqa: E712 - elementwise: None is False
     if not is_carry.any():
         return None, rows
     return json.loads(pdf.loc[is_carry, CARRY_COLUMN].iloc[0]), rows
@@ -114,7 +118,10 @@ def split(pdf: pd.DataFrame) -> tuple[dict[str, Any] | None, pd.DataFrame]:
 def history_hash(rows: pd.DataFrame, upto: Any) -> str:
     """A content hash of a series' silver rows with ``ts <= upto`` (by time; ``ts``,
     ``y`` and ``temperature``): the same rows give the same hash in any process."""
-    ts = pd.to_datetime(rows[C.TS]).to_numpy().astype("datetime64[us]")
+    column = rows[C.TS]
+    ts = (column.to_numpy() if is_naive_datetime(column) else pd.to_datetime(column).to_numpy()).astype(
+        "datetime64[us]"
+    )
     if upto is not None:
         (where,) = np.nonzero(ts <= pd.Timestamp(upto).to_datetime64())
     else:
@@ -155,7 +162,7 @@ def decide(prev: dict[str, Any] | None, rows: pd.DataFrame, config: Config) -> s
         return C.NEW  # global weights are trained again: the model refers to the new ones
     if prev.get("drifted"):
         return C.DRIFTED
-    end = pd.to_datetime(rows[C.TS]).max()
+    end = rows[C.TS].max() if is_naive_datetime(rows[C.TS]) else pd.to_datetime(rows[C.TS]).max()
     prev_end = pd.Timestamp(prev["end"]) if prev.get("end") else None
     if prev_end is None or end < prev_end:
         return C.CHANGED
