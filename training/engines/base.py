@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -261,8 +262,22 @@ def conform_rows(rows: pd.DataFrame, schema: pa.Schema) -> pd.DataFrame:
 
 
 def concat(parts: list[pd.DataFrame], schema: pa.Schema) -> pd.DataFrame:
-    """The non-empty ``parts`` as one frame (``schema``'s empty frame when there is none)."""
+    """The non-empty ``parts`` as one frame (``schema``'s empty frame when there is none).
+
+    Parts with the same columns and numpy dtypes (the usual case: conformed results of
+    one function) are joined column by column with numpy, the frame ``pd.concat`` makes:
+    pandas checks every value of an all-null object column (a null ``reason`` of every
+    clean series) in Python before joining it, which took half of refine's driver time
+    at 10,000 series."""
     parts = [p for p in parts if len(p)]
     if not parts:
         return schema.empty_table().to_pandas()
-    return pd.concat(parts, ignore_index=True)
+    first = parts[0]
+    dtypes = list(first.dtypes)
+    same = all(list(p.columns) == list(first.columns) and list(p.dtypes) == dtypes for p in parts) and all(
+        isinstance(d, np.dtype) for d in dtypes
+    )
+    if len(parts) == 1 or not same or first.columns.has_duplicates:
+        return pd.concat(parts, ignore_index=True)
+    columns = {name: np.concatenate([p[name].to_numpy() for p in parts]) for name in first.columns}
+    return pd.DataFrame(columns, columns=first.columns)
