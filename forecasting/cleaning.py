@@ -160,10 +160,10 @@ def _clean(sid: str, pdf: pd.DataFrame, config: Any) -> pd.DataFrame:
             "temperature": _temperature(reg["t"].to_numpy(dtype=float)),
             "is_filled": missing,
             "is_outlier": is_outlier,
-            "_reason": pd.Series([None] * n, dtype=object),
-            "_detail": pd.Series([None] * n, dtype=object),
+            "_reason": np.full(n, None, dtype=object),
+            "_detail": np.full(n, None, dtype=object),
             "_n_duplicates": np.full(n, n_dup, dtype="int64"),
-            "_demand_class": pd.Series([kind] * n, dtype=object),
+            "_demand_class": np.full(n, kind, dtype=object),
         }
     )
 
@@ -173,7 +173,7 @@ def _readings(pdf: pd.DataFrame) -> pd.DataFrame:
     (temperature), without rows lacking a timestamp. Quarantines ``all_missing`` and
     ``future_timestamps``."""
     sort_cols = [c for c in ("_ingested_at", "_row") if c in pdf.columns]
-    df = pdf.sort_values(sort_cols, kind="stable") if sort_cols else pdf
+    df = pdf.sort_values(sort_cols, kind="stable") if sort_cols and not _in_order(pdf, sort_cols) else pdf
     y = pd.to_numeric(df[C.Y], errors="coerce").to_numpy(dtype=float)
     finite = np.isfinite(y)
     if not finite.any():
@@ -189,6 +189,33 @@ def _readings(pdf: pd.DataFrame) -> pd.DataFrame:
     temp = df["temperature"].to_numpy(dtype=float) if "temperature" in df else np.full(len(df), np.nan)
     frame = pd.DataFrame({"ts": stamps, "y": np.where(finite, y, np.nan), "t": temp})
     return frame[frame["ts"].notna()]
+
+
+def _in_order(pdf: pd.DataFrame, columns: list[str]) -> bool:
+    """Whether the rows are already sorted by ``columns`` (as a batch's rows of one
+    series come: ingested in order, numbered in read order), without nulls: then the
+    stable sort would leave them as they are."""
+    keys = [_sort_key(pdf[c]) for c in columns]
+    if any(k is None for k in keys):
+        return False
+    ok = np.ones(max(len(pdf) - 1, 0), dtype=bool)
+    decided = np.zeros_like(ok)  # the pair differs on an earlier key
+    for k in keys:
+        falls, rises = k[1:] < k[:-1], k[1:] > k[:-1]
+        ok &= decided | ~falls
+        decided |= falls | rises
+    return bool(ok.all())
+
+
+def _sort_key(column: pd.Series) -> np.ndarray | None:
+    """The integers ``column`` sorts by (datetimes, naive or not, as their ticks); None
+    for another type or with a null."""
+    dtype = column.dtype
+    if isinstance(dtype, pd.DatetimeTZDtype) or (isinstance(dtype, np.dtype) and dtype.kind == "M"):
+        return None if column.isna().any() else np.asarray(column.array.asi8)
+    if isinstance(dtype, np.dtype) and dtype.kind in "iu":
+        return column.to_numpy()
+    return None
 
 
 def _dedupe(frame: pd.DataFrame, how: str) -> tuple[pd.DataFrame, int]:
@@ -328,15 +355,28 @@ def _seasonal_z(y: np.ndarray, season: int, seasons: int = 7) -> tuple[np.ndarra
         before = seasons // 2
         window = np.full((rows + seasons - 1, season), np.nan)
         window[before : before + rows] = by_phase
-        med = np.nanmedian(sliding_window_view(window, seasons, axis=0), axis=-1)
+        med = _nanmedian_last(sliding_window_view(window, seasons, axis=0))
         resid = by_phase - med
-        centre = np.nanmedian(resid, axis=0)
-        col_mad = 1.4826 * np.nanmedian(np.abs(resid - centre), axis=0)
+        centre = _nanmedian_last(resid.T)
+        col_mad = 1.4826 * _nanmedian_last(np.abs(resid - centre).T)
         overall = 1.4826 * np.nanmedian(np.abs(resid - np.nanmedian(resid)))
         scale = np.fmax(np.nan_to_num(col_mad), 0.5 * overall)
         z = np.where(scale > 0, (resid - centre) / scale, 0.0)
     med = np.where(np.isfinite(med), med, by_phase).ravel()[:n]
     return med, np.nan_to_num(z.ravel()[:n])
+
+
+def _nanmedian_last(a: np.ndarray) -> np.ndarray:
+    """``np.nanmedian(a, axis=-1)``, the same values, from one sort (NaNs sort last): the
+    middle of each row's non-NaN values, the mean of the two middle ones for an even
+    count, NaN for none. numpy's nanmedian of short rows goes through masked arrays,
+    ten times slower, and cleaning takes a few thousand such medians per series."""
+    flat = np.sort(a.reshape(-1, a.shape[-1]), axis=-1)
+    count = (~np.isnan(flat)).sum(axis=1)
+    rows = np.arange(len(flat))
+    low, high = flat[rows, np.maximum((count - 1) // 2, 0)], flat[rows, count // 2 - (count == 0)]
+    out = np.where(count % 2 == 1, low, (low + high) / 2)
+    return np.where(count > 0, out, np.nan).reshape(a.shape[:-1])
 
 
 def _fill(y: np.ndarray, missing: np.ndarray, max_gap: int, season: int) -> np.ndarray:
