@@ -111,8 +111,7 @@ def plan(
     champ = champion[champion["status"].isin(USABLE)].set_index(SERIES_ID) if champion is not None else None
     cold = _cold_in_champion(champion, forecasts)
     cutoffs = champion_cutoffs(chal["end"], champ["end"] if champ is not None else None, forecasts)
-    own = _own_forecasts(forecasts, cutoffs)
-    rows = []
+    rows, compared = [], []
     for sid, row in chal.iterrows():
         cutoff = cutoffs.get(sid)
         entry: dict[str, Any] = {
@@ -130,15 +129,20 @@ def plan(
         elif _same_fit(row, champ, sid):
             entry["reason"] = CARRIED_CHAMPION
         else:
-            payload = {
-                "cutoff": pd.Timestamp(cutoff).isoformat(),
-                "challenger": row["model_json"],
-                "champion": champ.at[sid, "model_json"] if champ is not None and sid in champ.index else "",
-                "champion_forecast": own.get(sid),
-                "selection_cutoff": _earliest_cutoff(row["backtest_json"]),
-            }
-            entry[PLAN_COLUMN] = json.dumps(payload, allow_nan=True)
+            compared.append((entry, row, cutoff))
         rows.append(entry)
+    # the champion's own forecasts only of the series compared (a partial retrain carries most)
+    own = _own_forecasts(forecasts, cutoffs[cutoffs.index.isin([e[SERIES_ID] for e, _, _ in compared])])
+    for entry, row, cutoff in compared:
+        sid = entry[SERIES_ID]
+        payload = {
+            "cutoff": pd.Timestamp(cutoff).isoformat(),
+            "challenger": row["model_json"],
+            "champion": champ.at[sid, "model_json"] if champ is not None and sid in champ.index else "",
+            "champion_forecast": own.get(sid),
+            "selection_cutoff": _earliest_cutoff(row["backtest_json"]),
+        }
+        entry[PLAN_COLUMN] = json.dumps(payload, allow_nan=True)
     return pd.DataFrame(rows, columns=[SERIES_ID, "window_start", PLAN_COLUMN, "reason"])
 
 

@@ -162,7 +162,9 @@ def compare_with_champion(
         # a batch without a usable series (or none at all) reads nothing: an empty "in" list fails in Arrow
         forecasts = lake.read(GOLD_FORECASTS, filters=where) if ids else _no_forecasts(lake)
         planned = comparison.plan(chal, champion_of(plan.ranges[i]), forecasts, cfg)
-        return comparison.attach_all(plan.load(i), planned)
+        # the silver rows only when a series is compared (the others get a row carrying their reason)
+        compared = planned[comparison.PLAN_COLUMN].notna().any()
+        return comparison.attach_all(plan.load(i) if compared else planned[[C.SERIES_ID]], planned)
 
     on_error = partial(comparison.failed_comparison, config=cfg)
     batches = ((i, partial(load, i)) for i in range(plan.n) if i not in done)
