@@ -120,31 +120,42 @@ def score_series(group: pd.DataFrame, config: Config) -> pd.DataFrame:
     filled = group["is_filled"].to_numpy(float, na_value=np.nan)[is_actual][order]
     seen = (filled != 1) & np.isfinite(y_all)
     obs_ts, obs_y = ts_all[seen], y_all[seen]
-    fc = group.loc[is_fc]
-    fc_ts = ts[is_fc]
-    lead = _dense_rank(fc["model_version"].to_numpy(), fc["cutoff"].to_numpy("datetime64[us]"), fc_ts)
+    where_fc = np.flatnonzero(is_fc)
+    fc_ts = ts[where_fc]
+    lead = _dense_rank(
+        group["model_version"].to_numpy()[where_fc],
+        group["cutoff"].to_numpy("datetime64[us]")[where_fc],
+        fc_ts,
+    )
     pos = np.searchsorted(obs_ts, fc_ts)
     found = pos < len(obs_ts)
     found[found] = obs_ts[pos[found]] == fc_ts[found]
     if not found.any():
         return schema.empty_table().to_pandas()
-    rows = fc.iloc[np.flatnonzero(found)].reset_index(drop=True)
+    rows = where_fc[found]  # the group's rows scored, as numpy columns (no frame per series)
+
+    def column(name: str, **how: Any) -> np.ndarray:
+        return group[name].to_numpy(**how)[rows]
+
     y = obs_y[pos[found]]
-    cutoffs = rows["cutoff"].to_numpy("datetime64[us]")
+    cutoffs = column("cutoff", dtype="datetime64[us]")
     m = seasonalities_for(config.freq)[0] if config.freq else 1
     scale = np.empty(len(rows))
     for c in np.unique(cutoffs):
         scale[cutoffs == c] = mase_scale(y_all[ts_all <= c], m)
-    yhat = rows["yhat"].to_numpy(float, na_value=np.nan)
+    yhat = column("yhat", dtype=float, na_value=np.nan)
     err = yhat - y
-    out = {name: rows[name] for name in ("model_version", "run_id", "model", "fit", "cutoff", "created_at")}
-    created = pd.to_datetime(rows["created_at"], utc=True)
+    out = {
+        name: group[name].array[rows]
+        for name in ("model_version", "run_id", "model", "fit", "cutoff", "created_at")
+    }
+    created = pd.DatetimeIndex(pd.to_datetime(group["created_at"].iloc[rows], utc=True))
     with np.errstate(invalid="ignore", divide="ignore"):
         out |= {
-            C.SERIES_ID: rows[C.SERIES_ID],
-            "forecast_day": created.dt.date,
+            C.SERIES_ID: column(C.SERIES_ID),
+            "forecast_day": created.date,
             "lead": lead[found],
-            C.TS: rows[C.TS],
+            C.TS: ts[rows],
             C.Y: y,
             "yhat": yhat,
             "n": np.ones(len(rows), dtype="int64"),
@@ -154,11 +165,11 @@ def score_series(group: pd.DataFrame, config: Config) -> pd.DataFrame:
             "scale": scale,
         }
         for lv in levels:
-            lo = rows[f"yhat_lower_{lv}"].to_numpy(float, na_value=np.nan)
-            hi = rows[f"yhat_upper_{lv}"].to_numpy(float, na_value=np.nan)
+            lo = column(f"yhat_lower_{lv}", dtype=float, na_value=np.nan)
+            hi = column(f"yhat_upper_{lv}", dtype=float, na_value=np.nan)
             inside = ((y >= lo) & (y <= hi)).astype(float)
             out[f"coverage_{lv}"] = np.where(np.isnan(lo) | np.isnan(hi), np.nan, inside)
-    out[C.BUCKET] = C.bucket_of(rows[C.SERIES_ID].to_numpy())
+    out[C.BUCKET] = C.bucket_of(out[C.SERIES_ID])
     return pd.DataFrame(out, columns=schema.names)
 
 
