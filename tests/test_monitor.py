@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from forecasting import contract as C
 from forecasting.generator import generate, write
 from training.cli import cli
-from training.jobs.monitor import DRIFT_METRIC, DRIFT_TAG, drift_rows, monitor
+from training.jobs.monitor import DRIFT_METRIC, DRIFT_TAG, _days_over, drift_rows, monitor
 from training.jobs.nightly import nightly
 from training.tables import Lakehouse
 
@@ -147,6 +147,31 @@ def test_drift_waits_for_min_days_of_actuals(two_nights):
     assert not rows[1]["drifted"].any()
     np.testing.assert_allclose(rows[0]["ratio"], rows[1]["ratio"])
     assert rows[0].set_index(C.SERIES_ID).at[SHIFTED, "ratio"] > cfg.monitoring.factor
+
+
+def test_drift_is_sustained_error_not_one_bad_day():
+    """Drift needs each of the last min_days days over factor x the backtest MASE: one
+    bad day (a holiday: every model misses it) among good ones is not drift, three bad
+    days in a row are; a series with fewer days than that is not flagged yet."""
+    hours = pd.date_range("2026-03-01", periods=24 * 4, freq="h")
+    day = (hours - hours[0]).days
+
+    def series(sid: str, daily_mase: list[float], n_days: int = 4) -> pd.DataFrame:
+        keep = day < n_days
+        return pd.DataFrame({C.SERIES_ID: sid, C.TS: hours[keep], "mase": np.asarray(daily_mase)[day[keep]]})
+
+    rows = pd.concat(
+        [
+            series("holiday", [1.0, 1.0, 6.0, 1.0]),  # its mean over the window is 2.25x, still not drift
+            series("shift", [1.0, 2.0, 2.0, 2.0]),
+            series("new", [2.0, 2.0, 2.0, 2.0], n_days=2),
+        ],
+        ignore_index=True,
+    )
+    live = pd.DataFrame({C.SERIES_ID: ["holiday", "shift", "new"], "backtest_mase": 1.0})
+    assert _days_over(rows, live, 1.5, 3).tolist() == [False, True, False]
+    assert _days_over(rows, live, 1.5, 1).tolist() == [False, True, True]
+    assert _days_over(rows, live, 2.5, 3).tolist() == [False, False, False]
 
 
 def test_rerunning_monitor_writes_nothing_new(two_nights):

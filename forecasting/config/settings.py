@@ -239,11 +239,17 @@ class Monitoring(Section):
         "and flag drift (gold/drift); the nightly runs it before training",
     )
     days: int = setting(7, "live error is measured over the last this many days of actuals", ge=1)
-    factor: Number = setting(1.5, "a series drifted when its live MASE > factor x its backtest MASE", gt=0)
+    factor: Number = setting(
+        1.5,
+        "a series drifted when its live MASE > factor x its backtest MASE on each of its\n"
+        "last `min_days` days of actuals (sustained: one bad day is not drift)",
+        gt=0,
+    )
     min_days: int = setting(
         3,
         "drift is flagged only once a series' scored actuals in the window cover this\n"
-        "many days (at most `days`): a day or two of error is mostly noise; 0: from the first",
+        "many days (at most `days`) and each of the last that many is over `factor`:\n"
+        "a day or two of error is mostly noise; 0: from the first (its last day over)",
         ge=0,
     )
 

@@ -385,11 +385,29 @@ def drift_rows(
     covered = live[C.SERIES_ID].map(ends).to_numpy("datetime64[us]") - live["window_start"].to_numpy(
         "datetime64[us]"
     )
-    need = pd.Timedelta(days=min(int(config.monitoring.min_days), int(config.monitoring.days)))
-    enough = covered + _step(config.freq).to_timedelta64() >= need.to_timedelta64()
-    live["drifted"] = (np.nan_to_num(live["ratio"].to_numpy(float), nan=0.0) > live["factor"]) & enough
+    days = min(int(config.monitoring.min_days), int(config.monitoring.days))
+    enough = covered + _step(config.freq).to_timedelta64() >= pd.Timedelta(days=days).to_timedelta64()
+    sustained = _days_over(rows, live, float(config.monitoring.factor), max(days, 1))
+    live["drifted"] = sustained & enough
     live["silver_version"] = int(silver_version)
     return live
+
+
+def _days_over(rows: pd.DataFrame, live: pd.DataFrame, factor: float, days: int) -> np.ndarray:
+    """Per row of ``live``: whether each of the series' last ``days`` days of scored
+    actuals (by the actual's date) has a mean live MASE above ``factor`` x its backtest
+    MASE (and it has that many): drift is sustained error, so one bad day in the window
+    (a holiday, a storm: an error of every model at once) does not refit the fleet."""
+    backtest = live.set_index(C.SERIES_ID)["backtest_mase"]
+    daily = rows.groupby([C.SERIES_ID, rows[C.TS].dt.floor("D")])["mase"].mean().reset_index()
+    base = daily[C.SERIES_ID].map(backtest).to_numpy(float)
+    value = daily["mase"].to_numpy(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where((base == 0) & (value == 0), 1.0, value / base)
+    daily["over"] = np.nan_to_num(ratio, nan=0.0) > factor
+    last = daily.groupby(C.SERIES_ID).tail(days).groupby(C.SERIES_ID)["over"].agg(["all", "size"])
+    hit = last["all"] & (last["size"] >= days)
+    return live[C.SERIES_ID].map(hit).eq(True).to_numpy(bool)
 
 
 def backtest_mase(lake: Lakehouse, live: pd.DataFrame) -> np.ndarray:
