@@ -60,7 +60,7 @@ from forecasting.models.calibrated import AdjustedForecaster
 from forecasting.pipeline import failed_result, process_series
 from forecasting.refit import refit_member
 from forecasting.results import json_default
-from forecasting.series import SeriesData, is_naive_datetime, prepare
+from forecasting.series import SeriesData, as_datetimes, prepare
 
 CARRY_COLUMN = "_carry"  # the previous row of the series (JSON), on an extra row of its group
 CARRY_FIELDS = [*C.TRAIN_RESULT.names, "run_id", "from_run", "fitted_end", "history_hash"]
@@ -118,10 +118,7 @@ def split(pdf: pd.DataFrame) -> tuple[dict[str, Any] | None, pd.DataFrame]:
 def history_hash(rows: pd.DataFrame, upto: Any) -> str:
     """A content hash of a series' silver rows with ``ts <= upto`` (by time; ``ts``,
     ``y`` and ``temperature``): the same rows give the same hash in any process."""
-    column = rows[C.TS]
-    ts = (column.to_numpy() if is_naive_datetime(column) else pd.to_datetime(column).to_numpy()).astype(
-        "datetime64[us]"
-    )
+    ts = as_datetimes(rows[C.TS]).to_numpy().astype("datetime64[us]")
     if upto is not None:
         (where,) = np.nonzero(ts <= pd.Timestamp(upto).to_datetime64())
     else:
@@ -162,7 +159,7 @@ def decide(prev: dict[str, Any] | None, rows: pd.DataFrame, config: Config) -> s
         return C.NEW  # global weights are trained again: the model refers to the new ones
     if prev.get("drifted"):
         return C.DRIFTED
-    end = rows[C.TS].max() if is_naive_datetime(rows[C.TS]) else pd.to_datetime(rows[C.TS]).max()
+    end = as_datetimes(rows[C.TS]).max()
     prev_end = pd.Timestamp(prev["end"]) if prev.get("end") else None
     if prev_end is None or end < prev_end:
         return C.CHANGED
