@@ -19,7 +19,8 @@ actuals (steps of the newest delivery of each cutoff, so a re-delivered cutoff c
 once) against the backtest error of the model that forecast it (the mean MASE over the
 windows of the chosen model in gold/backtest of the forecast's training run, or
 gold/selection's ``metric_value`` when the run's metric is MASE and gold/backtest has no
-rows): ``drifted`` when live MASE > ``monitoring.factor`` x backtest MASE. One row per
+rows): ``drifted`` when the live MASE of each of the series' last ``monitoring.min_days``
+days is > ``monitoring.factor`` x backtest MASE (:func:`_days_over`). One row per
 series and monitoring run, the run being the silver/readings version scored.
 
 Batches: the bucket ranges of silver/readings at its pinned version, about
@@ -387,10 +388,16 @@ def drift_rows(
     )
     days = min(int(config.monitoring.min_days), int(config.monitoring.days))
     enough = covered + _step(config.freq).to_timedelta64() >= pd.Timedelta(days=days).to_timedelta64()
-    sustained = _days_over(rows, live, float(config.monitoring.factor), max(days, 1))
+    sustained = _days_over(rows, live, float(config.monitoring.factor), _drift_days(config))
     live["drifted"] = sustained & enough
     live["silver_version"] = int(silver_version)
     return live
+
+
+def _drift_days(config: Config) -> int:
+    """The days of actuals each over the factor that drift needs: ``monitoring.min_days``
+    (at most ``days``), at least one."""
+    return max(min(int(config.monitoring.min_days), int(config.monitoring.days)), 1)
 
 
 def _days_over(rows: pd.DataFrame, live: pd.DataFrame, factor: float, days: int) -> np.ndarray:
@@ -485,7 +492,12 @@ def fleet(lake: Lakehouse, config: Config, top: int = 10) -> dict[str, Any]:
     levels = list(config.levels)
     last = lake.txn_version(GOLD_DRIFT, APP_MONITOR)
     view: dict[str, Any] = {"silver_version": last, "days": config.monitoring.days}
-    view |= {"factor": float(config.monitoring.factor), "series": 0, "drifted": 0}
+    view |= {
+        "factor": float(config.monitoring.factor),
+        "min_days": _drift_days(config),
+        "series": 0,
+        "drifted": 0,
+    }
     if last is None:
         view["note"] = "no monitoring run yet: run `mmf monitor --score` or `mmf nightly`"
         return view
@@ -535,7 +547,8 @@ def fleet_text(view: dict[str, Any]) -> list[str]:
     f = view.get("fleet") or {}
     lines = [
         f"live accuracy on silver version {view['silver_version']} (last {view['days']} days of actuals): "
-        f"{view['series']} series, {view['drifted']} drifted (live MASE > {view['factor']:g} x backtest MASE)",
+        f"{view['series']} series, {view['drifted']} drifted (live MASE > {view['factor']:g} x backtest MASE "
+        f"on each of the last {view['min_days']} day(s))",
         "fleet: " + "  ".join(f"{k.upper()} {_num(f.get(k))}" for k in ("mae", "mase", "bias")),
         "coverage vs nominal: "
         + ", ".join(

@@ -137,7 +137,9 @@ class LiveAccuracy(_Out):
         description='share of actuals inside each interval level (`"80"`, `"95"`)'
     )
     backtest_mase: Metric = Field(description="the forecasting model's backtest MASE")
-    drifted: bool = Field(description="live MASE above monitoring.factor x backtest MASE")
+    drifted: bool = Field(
+        description="live MASE above monitoring.factor x backtest MASE on each of the last monitoring.min_days days"
+    )
 
 
 class Forecast(_Out):
