@@ -148,6 +148,11 @@ class Engine:
         """The engine as ``config`` sets it up (:func:`training.engines.get_engine`)."""
         raise NotImplementedError
 
+    @classmethod
+    def warm(cls) -> None:
+        """Start, in the background, what the engine's first job would wait for (a
+        job of several steps calls it first); nothing by default."""
+
     def map_groups(
         self,
         frame: Any,

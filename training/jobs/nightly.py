@@ -40,6 +40,7 @@ from typing import Any, Callable
 
 from forecasting.config import Config
 from training.checkpoints import checkpoint
+from training.engines import engine_class
 from training.jobs import forecast as forecast_job
 from training.jobs import hierarchy as hierarchy_job
 from training.jobs import monitor as monitor_job
@@ -93,6 +94,7 @@ def nightly(
     tell = progress or (lambda step, done, total: None)
 
     with lakehouse_lock(lake, lock_timeout_s):
+        engine_class(config.engine).warm()  # the workers' server starts during ingest
         if config.nightly.source:
             tell("ingest", 0, 0)
             with report.timed("ingest"):
