@@ -253,7 +253,11 @@ def count_groups(frame: Any, by: str) -> int:
 
 
 def conform(df: pd.DataFrame, schema: pa.Schema) -> pd.DataFrame:
-    """Exactly ``schema``'s columns, in order (a missing column is an error of ``fn``)."""
+    """Exactly ``schema``'s columns, in order (a missing column is an error of ``fn``);
+    ``df`` itself when it has them (selecting copies the frame: a tenth of a carried
+    series' time)."""
+    if list(df.columns) == schema.names:
+        return df
     missing = [n for n in schema.names if n not in df.columns]
     if missing:
         raise ValueError(f"group function returned no column(s) {missing}; expected {schema.names}")
