@@ -96,6 +96,9 @@ def _plain(value: Any) -> Any:
 def with_carry(readings: pd.DataFrame, carry: pd.DataFrame) -> pd.DataFrame:
     """``readings`` with the carry rows of its series appended (:func:`carry_rows`)."""
     carry = carry[carry[C.SERIES_ID].isin(readings[C.SERIES_ID].unique())]
+    # flags False on the carry rows: a null would make the columns objects, which each
+    # group would have to turn back into booleans (:func:`split`; Spark's rows still do)
+    carry = carry.assign(**{f: False for f in FLAGS if f in readings.columns})
     out = readings.assign(**{CARRY_COLUMN: pd.Series(pd.NA, index=readings.index, dtype="string")})
     return pd.concat([out, carry.astype({CARRY_COLUMN: "string"})], ignore_index=True)
 
@@ -105,7 +108,8 @@ def split(pdf: pd.DataFrame) -> tuple[dict[str, Any] | None, pd.DataFrame]:
     if CARRY_COLUMN not in pdf.columns:
         return None, pdf
     is_carry = pdf[CARRY_COLUMN].notna().to_numpy()
-    rows = pdf.loc[~is_carry, [c for c in pdf.columns if c != CARRY_COLUMN]]
+    rows = pdf.take(np.flatnonzero(~is_carry))  # one copy (loc[mask, columns] made two)
+    del rows[CARRY_COLUMN]
     for flag in FLAGS:  # the carry row's null made them objects: booleans again (null: False)
         if flag in rows.columns and rows[flag].dtype == object:
             rows[flag] = rows[flag].to_numpy() == True  # noqa: E712 - elementwise: None is False
