@@ -56,15 +56,26 @@ def iter_groups(frame: pd.DataFrame, by: str) -> Iterator[Group]:
 
 
 def preload() -> list[str]:
-    """What the forkserver imports once, for every worker it forks: the driver's main
-    module and the modules of this product the driver has imported. A worker starts by
-    importing the driver's main module (multiprocessing's ``prepare``), which for the
-    ``mmf`` command or a job script imports the jobs, MLflow and hierarchicalforecast:
+    """What the forkserver imports once, for every worker it forks: what each worker
+    would import first anyway. A worker starts by importing the driver's main module
+    (multiprocessing's ``prepare``), which for the ``mmf`` command, a job script or
+    ``python -m benchmarks...`` imports the jobs, MLflow and hierarchicalforecast:
     seconds of CPU per worker and per pool, a third of a nightly's worker time at 2,000
-    meters when each job started its pool's workers bare. Forked from a server that has
-    them, a worker finds them imported."""
-    own = sorted(m for m in list(sys.modules) if m.partition(".")[0] in OWN)
-    return ["__main__", "forecasting.pipeline", *own]
+    meters when each pool's workers did it. A main module run by name (``python -m``)
+    is preloaded by that name; one run from a file (``mmf``, a script) by the product
+    modules the driver has imported, what that file imports (Python 3.11's forkserver
+    does not pass the file itself to its ``__main__`` preload). ``python -m pytest``
+    and interactive drivers, whose workers import no main module, preload nothing more:
+    a test session's imports stay its own."""
+    main = sys.modules.get("__main__")
+    name = getattr(getattr(main, "__spec__", None), "name", None) or ""
+    if name:  # as multiprocessing does: a package's __main__ is not imported again (it runs)
+        extra = [] if name == "__main__" or name.endswith(".__main__") else [name]
+    elif getattr(main, "__file__", None):
+        extra = sorted(m for m in list(sys.modules) if m.partition(".")[0] in OWN)
+    else:
+        extra = []
+    return ["forecasting.pipeline", *extra]
 
 
 def _driver_alive(pid: int) -> bool:
