@@ -152,3 +152,46 @@ def test_the_installed_hook_reaches_the_workers(checkpoint_hook):
     assert dead["reason"].str.contains("worker process died twice").all()
     rest = _canon(out[out["reason"].isna()])
     pd.testing.assert_frame_equal(rest, _expected(frame[~frame["key"].isin(["K02", "K07"])]))
+
+
+PROBE = """
+import sys
+import training.jobs.nightly  # noqa: F401 - what a job's main module imports
+from training.engines.local import LocalEngine, preload
+
+
+def imported(_):
+    return "probe_main" in sys.modules, "training.jobs.nightly" in sys.modules
+
+
+if __name__ == "__main__":
+    print(preload())
+    pool = LocalEngine(workers=2)._pool(1)
+    print(pool.submit(imported, 0).result())
+    pool.shutdown()
+"""
+
+
+def test_workers_find_the_main_module_of_python_m_imported(tmp_path):
+    """A driver run as ``python -m MODULE``: its workers are forked from a server that
+    imported MODULE (and so the jobs) under its own name, once; without the preload a
+    worker imports it again as ``__mp_main__`` and never under its name."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "probe_main.py").write_text(PROBE)
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), root])}
+    out = subprocess.run(
+        [sys.executable, "-m", "probe_main"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert lines[-2] == "['forecasting.pipeline', 'probe_main']"
+    assert lines[-1] == "(True, True)"
