@@ -149,9 +149,9 @@ class Engine:
         raise NotImplementedError
 
     @classmethod
-    def warm(cls) -> None:
-        """Start, in the background, what the engine's first job would wait for (a
-        job of several steps calls it first); nothing by default."""
+    def warm(cls, config: Config) -> None:
+        """Start, in the background, what the engine's first job under ``config`` would
+        wait for (a job of several steps calls it first); nothing by default."""
 
     def map_groups(
         self,

@@ -34,8 +34,8 @@ from training.engines.base import Batch, Engine, GroupFn, GroupJob, concat, conf
 log = logging.getLogger(__name__)
 
 Group = tuple[str, pd.DataFrame]  # (key, rows)
-OWN = ("forecasting", "training", "registry")  # this product's packages
 Tagged = tuple[int, str, pd.DataFrame]  # (batch index, key, rows)
+OWN = ("forecasting", "training", "registry")  # this product's packages
 
 
 def iter_groups(frame: pd.DataFrame, by: str) -> Iterator[Group]:
@@ -201,9 +201,12 @@ class LocalEngine(Engine):
         return cls(workers=config.workers)
 
     @classmethod
-    def warm(cls) -> None:
+    def warm(cls, config: Config) -> None:
         """The forkserver started now: it imports :func:`preload`'s modules while the
-        driver goes on (the nightly's ingest), not when the first pool waits for it."""
+        driver goes on (the nightly's ingest), not when the first pool waits for it;
+        not at all with one worker (the series run in the driver, no pool)."""
+        if cls.from_config(config).workers == 1:
+            return
         cls._context()
         from multiprocessing import forkserver
 

@@ -94,7 +94,7 @@ def nightly(
     tell = progress or (lambda step, done, total: None)
 
     with lakehouse_lock(lake, lock_timeout_s):
-        engine_class(config.engine).warm()  # the workers' server starts during ingest
+        engine_class(config.engine).warm(config)  # the workers' server starts during ingest
         if config.nightly.source:
             tell("ingest", 0, 0)
             with report.timed("ingest"):
