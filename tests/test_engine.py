@@ -156,7 +156,6 @@ def test_the_installed_hook_reaches_the_workers(checkpoint_hook):
 
 PROBE = """
 import sys
-import training.jobs.nightly  # noqa: F401 - what a job's main module imports
 from training.engines.local import LocalEngine, preload
 
 
@@ -165,17 +164,22 @@ def imported(_):
 
 
 if __name__ == "__main__":
-    print(preload())
+    import training.jobs.nightly  # noqa: F401 - what a job's main imports (a worker's run of this file does not)
+
+    extra = preload()
+    print("probe_main" in extra, "training.jobs.nightly" in extra)
     pool = LocalEngine(workers=2)._pool(1)
     print(pool.submit(imported, 0).result())
     pool.shutdown()
 """
 
 
-def test_workers_find_the_main_module_of_python_m_imported(tmp_path):
+def test_workers_of_a_python_m_driver_find_its_imports_without_importing_it(tmp_path):
     """A driver run as ``python -m MODULE``: its workers are forked from a server that
-    imported MODULE (and so the jobs) under its own name, once; without the preload a
-    worker imports it again as ``__mp_main__`` and never under its name."""
+    imported the product modules the driver imported (here only under its ``__main__``
+    guard, which a worker's run of MODULE skips: a worker that has them got them from the
+    server), but not MODULE itself: a worker runs it again as ``__mp_main__``, and
+    ``runpy`` warns in every worker when it finds MODULE imported already."""
     import subprocess
     import sys
     from pathlib import Path
@@ -193,5 +197,6 @@ def test_workers_find_the_main_module_of_python_m_imported(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
-    assert lines[-2] == "['forecasting.pipeline', 'probe_main']"
-    assert lines[-1] == "(True, True)"
+    assert lines[-2] == "False True"  # preloaded: the jobs, not the main module
+    assert lines[-1] == "(False, True)"  # the worker has the jobs, runs main as __mp_main__
+    assert "RuntimeWarning" not in out.stderr, out.stderr

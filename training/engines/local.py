@@ -57,22 +57,25 @@ def iter_groups(frame: pd.DataFrame, by: str) -> Iterator[Group]:
 
 def preload() -> list[str]:
     """What the forkserver imports once, for every worker it forks: what each worker
-    would import first anyway. A worker starts by importing the driver's main module
-    (multiprocessing's ``prepare``), which for the ``mmf`` command, a job script or
-    ``python -m benchmarks...`` imports the jobs, MLflow and hierarchicalforecast:
-    seconds of CPU per worker and per pool, a third of a nightly's worker time at 2,000
-    meters when each pool's workers did it. A main module run by name (``python -m``)
-    is preloaded by that name; one run from a file (``mmf``, a script) by the product
-    modules the driver has imported, what that file imports (Python 3.11's forkserver
-    does not pass the file itself to its ``__main__`` preload). ``python -m pytest``
-    and interactive drivers, whose workers import no main module, preload nothing more:
-    a test session's imports stay its own."""
+    would import first anyway. A worker starts by running the driver's main module again
+    as ``__mp_main__`` (multiprocessing's ``prepare``), which for the ``mmf`` command, a
+    job script or ``python -m benchmarks...`` imports the jobs, MLflow and
+    hierarchicalforecast: seconds of CPU per worker and per pool, a third of a nightly's
+    worker time at 2,000 meters when each pool's workers did it. So when the driver has a
+    main module (run from a file or by name), the product modules the driver has imported
+    are preloaded, and the main module's run in the worker finds them imported. The main
+    module itself is not: a worker runs it again anyway, and one run by name that is
+    already imported makes ``runpy`` warn in every worker. (Python 3.11's forkserver never
+    preloads a main file itself: it filters the preparation data for ``main_path``, a key
+    named ``init_main_from_path``.) ``python -m pytest`` and interactive drivers, whose
+    workers run no main module, preload nothing more: a test session's imports stay its
+    own."""
     main = sys.modules.get("__main__")
     name = getattr(getattr(main, "__spec__", None), "name", None) or ""
-    if name:  # as multiprocessing does: a package's __main__ is not imported again (it runs)
-        extra = [] if name == "__main__" or name.endswith(".__main__") else [name]
-    elif getattr(main, "__file__", None):
-        extra = sorted(m for m in list(sys.modules) if m.partition(".")[0] in OWN)
+    # as multiprocessing does: a package's __main__ is not run again in the workers
+    runs_again = not (name == "__main__" or name.endswith(".__main__"))
+    if runs_again and (name or getattr(main, "__file__", None)):
+        extra = sorted(m for m in list(sys.modules) if m.partition(".")[0] in OWN and m != name)
     else:
         extra = []
     return ["forecasting.pipeline", *extra]
