@@ -353,6 +353,18 @@ def gold_digest(frame: pd.DataFrame) -> str:
     return hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes()).hexdigest()
 
 
+def without_timings(candidates: str | None) -> str | None:
+    """``candidates_json`` without each candidate's ``fit_s`` (two identical trainings
+    time their fits differently)."""
+    if not candidates:
+        return candidates
+    parsed = json.loads(candidates)
+    for c in parsed.values():
+        if isinstance(c, dict):
+            c.pop("fit_s", None)
+    return json.dumps(parsed, sort_keys=True)
+
+
 def cell_state(a) -> dict:
     """What a lakehouse ended with: Gold digests and rows, MLflow runs and versions."""
     from registry.connection import configure
@@ -366,6 +378,8 @@ def cell_state(a) -> dict:
             frame = lake.read(name)
             if name == "gold/models":  # the run's batch numbering may differ; the rows may not
                 frame = frame.drop(columns=["batch"], errors="ignore")
+                if "candidates_json" in frame:  # each candidate's fit_s is a timing, not a result
+                    frame["candidates_json"] = frame["candidates_json"].map(without_timings)
             out[name] = {
                 "rows": len(frame),
                 "digest": gold_digest(frame),
@@ -680,6 +694,7 @@ def run_all(a, env: dict[str, str], extra_pids: list[int]) -> list[dict]:
     def record(*rows: dict) -> None:
         with done_file.open("a") as fh:
             for r in rows:
+                r.setdefault("git", git_sha())  # cells of one record may come from several runs
                 cells.append(r)
                 fh.write(json.dumps(r, default=str) + "\n")
                 short = {k: v for k, v in r.items() if k not in ("models", "lakehouse", "tables")}
@@ -864,10 +879,12 @@ def _f(c: dict, k: str, fmt: str = "{:.2f}") -> str:
 
 def markdown(p: dict) -> str:
     m = p["machine"]
+    shas = sorted({c["git"] for c in p["cells"] + p["restarts"] if c.get("git")} - {p["git"]})
+    commit = f"commit {p['git']}" + (f" (cells resumed from {', '.join(shas)}: see each row)" if shas else "")
     lines = [
         "# Scaling: platform vs plain loop (issue #12)",
         "",
-        f"Machine: {m['cores']} cores, {m['memory_gib']} GiB, {m['cpu']}; commit {p['git']}. Hourly generated meters "
+        f"Machine: {m['cores']} cores, {m['memory_gib']} GiB, {m['cpu']}; {commit}. Hourly generated meters "
         f"x {p['days']} days, one backtest window, horizon {p['horizon']}"
         + (f", Spark cells on {p['cluster']}" if p.get("cluster") else "")
         + ".",
@@ -879,8 +896,8 @@ def markdown(p: dict) -> str:
         "own process (driver), its process tree, and the cluster's JVMs when there is one.",
         "",
         "| tool | engine | series | rep | wall s | total wall s | cost/series core-s | driver peak MB | tree peak MB "
-        "| cluster peak MB | loop wall s | overhead vs loop | MASE |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| cluster peak MB | loop wall s | overhead vs loop | MASE | commit |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in p["cells"]:
         lines.append(
@@ -888,7 +905,7 @@ def markdown(p: dict) -> str:
             f"| {c.get('rep', 0)} | {_f(c, 'wall_s')} | {_f(c, 'total_wall_s')} | {_f(c, 'cost_per_series_s', '{:.4f}')} "
             f"| {_f(c, 'driver_peak_rss_mb', '{:.0f}')} | {_f(c, 'tree_peak_rss_mb', '{:.0f}')} "
             f"| {_f(c, 'cluster_peak_rss_mb', '{:.0f}')} | {_f(c, 'loop_wall_s')} | {_f(c, 'overhead_vs_loop', '{:.3f}')} "
-            f"| {_f(c, 'mase', '{:.3f}')} |"
+            f"| {_f(c, 'mase', '{:.3f}')} | {c.get('git', '')} |"
         )
     plat = [c for c in p["cells"] if c["tool"] == "platform"]
     if plat:
@@ -925,8 +942,8 @@ def restart_md(restarts: list[dict]) -> list[str]:
         "full train on a copy of the same lakehouse. Gold compared sorted, without run_id and created_at.",
         "",
         "| engine | series | full train s | killed at s | done at kill | restart s | restart / full | Gold identical "
-        "| MLflow runs (full / restarted) | model versions (full / restarted) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| MLflow runs (full / restarted) | model versions (full / restarted) | commit |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in restarts:
         same = ", ".join(
@@ -936,7 +953,8 @@ def restart_md(restarts: list[dict]) -> list[str]:
         lines.append(
             f"| {r['engine']} | {r['n_series']:,} | {r['full_train_s']:.2f} | {r.get('kill_kill_s', '')} "
             f"| {r.get('kill_share_done', 'not killed')} | {r['restart_train_s']:.2f} | {r['restart_vs_full']:.3f} | {same} "
-            f"| {fs['mlflow_runs']} / {rs['mlflow_runs']} | {fs['model_versions']} / {rs['model_versions']} |"
+            f"| {fs['mlflow_runs']} / {rs['mlflow_runs']} | {fs['model_versions']} / {rs['model_versions']} "
+            f"| {r.get('git', '')} |"
         )
     return lines
 
