@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from forecasting.choice import Candidate, decide, preferred
@@ -13,7 +14,7 @@ from forecasting.config import from_dict
 from forecasting.contract import OK
 from forecasting.errors import ConfigError
 from forecasting.generator import generate
-from forecasting.models import get_model
+from forecasting.models import get_model, load_fitted
 from forecasting.pipeline import process_series
 
 
@@ -60,6 +61,70 @@ def test_bad_params_are_refused():
         get_model("seasonal_window", seasons=0)
     with pytest.raises(ConfigError, match="method"):
         get_model("seasonal_window", method="mode")
+
+
+def _weekly_load(days: int = 30):
+    """Hourly load from a Monday: 1 on weekdays, 5 at weekends, +3 at 08:00 every day."""
+    ts = pd.date_range("2024-01-01", periods=24 * days, freq="h")
+    y = np.where(ts.dayofweek >= 5, 5.0, 1.0) + (ts.hour == 8) * 3.0
+    return ts.to_numpy(), y
+
+
+def test_daytype_pools_the_days_of_each_steps_own_type():
+    ts, y = _weekly_load()
+    cut = 24 * 26  # the history ends on Friday 26 January: the next 48 steps are the weekend
+    model = get_model("seasonal_window", season_length=24, freq="h", spread=0, daytype="split")
+    model.fit(y[:cut], None, ts[:cut])
+    assert model.next_phase_ == 5 * 24  # Saturday 00:00
+    fc = model.predict(72, level=[80])
+    np.testing.assert_allclose(fc["mean"], y[cut : cut + 72])  # Sat, Sun at 5 (+3), Monday at 1 (+3)
+    assert np.all(fc["lo-80"] <= fc["mean"]) and np.all(fc["mean"] <= fc["hi-80"])
+    blind = get_model("seasonal_window", season_length=24, freq="h").fit(y[:cut], None, ts[:cut]).predict(72)
+    assert blind["mean"][0] == 1.0  # every day pooled: the weekday level (10 of 14 days)
+
+
+def test_auto_splits_the_day_types_only_where_the_other_days_of_a_type_forecast_it_better():
+    ts, y = _weekly_load()
+    rng = np.random.default_rng(1)
+    noisy = y + rng.gamma(2, 0.3, len(y))
+    auto = dict(season_length=24, freq="h", daytype="auto")
+    assert get_model("seasonal_window", **auto).fit(noisy, None, ts).next_phase_ is not None
+    # the same noise on one daily profile for every day: no weekly rhythm to pay for fewer days
+    flat = 1.0 + (pd.DatetimeIndex(ts).hour == 8) * 3.0 + rng.gamma(2, 0.3, len(y))
+    model = get_model("seasonal_window", **auto).fit(flat, None, ts)
+    assert model.next_phase_ is None
+    blind = get_model("seasonal_window", season_length=24, freq="h").fit(flat, None, ts)
+    np.testing.assert_allclose(model.predict(48)["mean"], blind.predict(48)["mean"])
+
+
+def test_daytype_pools_every_day_without_timestamps_or_a_daily_season():
+    ts, y = _weekly_load()
+    blind = get_model("seasonal_window", season_length=24, freq="h").fit(y).predict(48)["mean"]
+    for model, args in (
+        (get_model("seasonal_window", season_length=24, freq="h", daytype="split"), (y,)),
+        (get_model("seasonal_window", season_length=12, freq="h", daytype="split"), (y, None, ts)),
+    ):
+        model.fit(*args)
+        assert model.next_phase_ is None
+    no_ts = (
+        get_model("seasonal_window", season_length=24, freq="h", daytype="split").fit(y).predict(48)["mean"]
+    )
+    np.testing.assert_allclose(no_ts, blind)
+
+
+def test_a_daytype_model_round_trips_and_an_older_state_still_loads():
+    ts, y = _weekly_load()
+    model = get_model("seasonal_window", season_length=24, freq="h", daytype="split").fit(
+        y[:-30], None, ts[:-30]
+    )
+    again = load_fitted(json.dumps(model.to_dict()))
+    np.testing.assert_allclose(again.predict(48)["mean"], model.predict(48)["mean"])
+    old = get_model("seasonal_window", season_length=24, freq="h").fit(y).to_dict()
+    del old["state"]["next_phase"]  # a state written before day types existed
+    np.testing.assert_allclose(
+        load_fitted(json.dumps(old)).predict(24)["mean"],
+        get_model("seasonal_window", season_length=24, freq="h").fit(y).predict(24)["mean"],
+    )
 
 
 def _cand(name, score):

@@ -289,9 +289,10 @@ class Forecaster:
         return {f.key: f.encode(getattr(self, f.attr)) for f in self.state_fields}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        """Restore what ``get_state`` returned."""
+        """Restore what ``get_state`` returned (an optional field may be absent: a state
+        written before the field existed)."""
         for f in self.state_fields:
-            setattr(self, f.attr, f.decode(state[f.key]))
+            setattr(self, f.attr, f.decode(state.get(f.key) if f.optional else state[f.key]))
         self.forget()
 
     # -- shared -------------------------------------------------------------------
