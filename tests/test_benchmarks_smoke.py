@@ -182,3 +182,15 @@ def test_hierarchy_benchmark_regroups_meters_under_the_sites_and_regions_asked()
     assert regroup(gen.readings, None, None) is gen.readings
     with pytest.raises(ValueError, match="--sites 41: expected 1 to the number of meters"):
         regroup(gen.readings, sites=41, regions=None)
+
+
+def test_daytype_benchmark_scores_the_variants_on_the_last_two_weeks(tmp_path):
+    from benchmarks.daytype import main
+
+    results = main(["--edrp", "0", "--generated", "4", "--days", "44", "--out", str(tmp_path / "daytype")])
+    r = results["generated"]
+    assert set(r["by_week"]) == {"development", "held out"} and len(r["days"]) == 14
+    assert set(r["by_week"]["held out"]) == {"ignore", "split", "auto", "weekly_naive"}
+    # the generated meters have weekend profiles: auto splits some of them
+    assert 0 < r["auto_split_share"]["held out"] <= 1
+    assert (tmp_path / "daytype.md").read_text().startswith("# daytype")
