@@ -18,6 +18,7 @@ Results: benchmarks/results/daytype.{json,md}.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
         clock = time.perf_counter()
         frame, freq, m = load(which, n, a.days, a.data)
         results[which] = {**summary(score(frame, freq, m)), "wall_s": time.perf_counter() - clock}
-    args = list(argv) if argv is not None else __import__("sys").argv[1:]
+    args = list(argv) if argv is not None else sys.argv[1:]
     command = " ".join(["python -m benchmarks.daytype", *args])
     text = markdown(results, command)
     save(a.out, {"results": results}, text, argv=args, module="benchmarks.daytype")

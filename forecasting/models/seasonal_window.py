@@ -31,9 +31,9 @@ import numpy as np
 from forecasting.errors import ModelError
 from forecasting.frequency import is_calendar, step_of
 from forecasting.models.base import Field, Forecaster, Param, check_h, clean_y
+from forecasting.models.cold_profile import phases
 
-DAY_NS = 86_400 * 10**9
-MONDAY_NS = 4 * DAY_NS  # 1970-01-05, a Monday, in nanoseconds since the epoch
+DAY = np.timedelta64(1, "D")
 
 
 class SeasonalWindow(Forecaster):
@@ -113,11 +113,10 @@ class SeasonalWindow(Forecaster):
         not apply (no timestamps, a calendar frequency, a season other than a day)."""
         if ts is None or len(ts) != n or n == 0 or is_calendar(self.freq):
             return None
-        step = step_of(self.freq).value
-        if step <= 0 or DAY_NS % step or self.season * step != DAY_NS:
+        if self.season * step_of(self.freq).to_timedelta64() != DAY:
             return None
-        last = np.asarray(ts[-1:], dtype="datetime64[ns]").astype(np.int64)[0]
-        return int(((last + step - MONDAY_NS) // step) % (7 * self.season))
+        week = 7 * self.season
+        return int((phases(ts[-1:], self.freq, week)[0] + 1) % week)
 
     def _weekend(self) -> np.ndarray | None:
         """(k, m) booleans: each cell of the window on a Saturday or Sunday (None: day
