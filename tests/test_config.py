@@ -202,6 +202,16 @@ INVALID = [
     ("mlflow:\n  registered_model: ' '", "mlflow.registered_model", " ", "a non-empty name"),
     ("storage_options:\n  allow_http: true", "storage_options", {"allow_http": True}, "strings"),
     ("model_params:\n  foo: {}", "model_params", "foo", "keys among"),
+    # each model checks its own parameters when the config loads, not per series in training
+    (
+        "model_params:\n  seasonal_window: {daytype: sometimes}",
+        "model_params.seasonal_window.daytype",
+        "sometimes",
+        "one of 'ignore', 'split', 'auto'",
+    ),
+    ("model_params:\n  ets: {damped: 1}", "model_params.ets.damped", 1, "true or false"),
+    ("model_params:\n  theta: {thetta: 2}", "model_params.theta.thetta", 2, "one of theta, deseasonalize"),
+    ("model_params:\n  global_gbm: {num_leaves: 0}", "model_params.global_gbm.num_leaves", 0, ">= "),
 ]
 
 

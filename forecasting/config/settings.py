@@ -518,10 +518,15 @@ class Config(Section):
     @field_validator("model_params")
     @classmethod
     def _params_of_known_models(cls, params: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        known = sorted(all_models())
-        for name in params:
+        known = all_models()
+        for name, values in params.items():
             if name not in known:
-                raise refuse(f"keys among {', '.join(known)}", name)
+                raise refuse(f"keys among {', '.join(sorted(known))}", name)
+            try:  # the model checks its own parameters: a bad one fails here, not per series
+                known[name](**values)
+            except ConfigError as err:
+                key = err.key if err.key.startswith(f"{name}.") else f"{name}.{err.key}"
+                raise ConfigError(f"model_params.{key}", err.value, err.allowed) from None
         return params
 
     # -- derived --------------------------------------------------------------------
