@@ -38,6 +38,7 @@ import pandas as pd
 
 from forecasting.contract import SERIES_ID, TS
 from forecasting.errors import ConfigError, DataContractError
+from forecasting.frequency import freq_of
 
 KINDS = ("future_known", "past_only")
 KEYS = ("series", "site", "region", "none")
@@ -318,7 +319,6 @@ def attach(
         out[HOLIDAY] = holiday_flags(out[TS].to_numpy(), config.country, config.holiday_region)
     if not config.covariates:
         return out
-    span = issue_rows or backtest_span(config)
     payload: dict[str, dict[str, pd.DataFrame]] = {}
     for spec, col, sid, idx, issues in _each_series(out, series, covs, config):
         if issues is None:
@@ -326,6 +326,7 @@ def attach(
         ts = out[TS].to_numpy()[idx]
         out.loc[out.index[idx], col] = as_of_own_time(issues, ts)
         if spec.kind == "future_known":
+            span = issue_rows or backtest_span(config, ts)
             start = ts[max(0, len(ts) - span)]
             ahead = issues[(issues[ISSUED_AT] < issues[TS]) & (issues[TS] > start)]
             payload.setdefault(str(sid), {})[col] = ahead[[TS, ISSUED_AT, VALUE]]
@@ -351,9 +352,14 @@ def _each_series(out: pd.DataFrame, series: pd.DataFrame, covs: pd.DataFrame, co
             yield spec, col, sid, idx, by_key.get(keys.get(str(sid), ""))
 
 
-def backtest_span(config: Any) -> int:
-    """Rows at the end of a series that backtest (and tuning) windows forecast."""
-    windows = config.backtest.windows + (config.tune.windows if config.tune.enabled else 0)
+def backtest_span(config: Any, ts: np.ndarray | None = None) -> int:
+    """Rows at the end of a series (its timestamps ``ts``) that backtest (and tuning)
+    windows forecast: a partial retrain may choose on more windows
+    (``Config.selection_windows``)."""
+    windows = config.backtest.windows
+    if ts is not None and len(ts) >= 2:
+        windows = config.selection_windows(config.freq or freq_of(np.sort(ts)))
+    windows += config.tune.windows if config.tune.enabled else 0
     return config.horizon + config.backtest_step * windows + 1
 
 

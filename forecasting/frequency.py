@@ -95,6 +95,18 @@ def future_timestamps(end, freq: str | pd.DateOffset, steps) -> np.ndarray:
     return out.reshape(ends.shape + k.shape)
 
 
+@functools.lru_cache(maxsize=256)
+def steps_per_week(freq: str) -> int | None:
+    """Steps of ``freq`` in one week (``"h"`` → 168, ``"30min"`` → 336, ``"D"`` → 7,
+    business days → 5), or ``None`` when a step is longer than a day or does not divide
+    it (no weekly cycle within the data's steps)."""
+    off = pd.tseries.frequencies.to_offset(freq)
+    if isinstance(off, pd.offsets.Tick):
+        td, day = pd.Timedelta(off), pd.Timedelta(days=1)
+        return int(7 * day // td) if td <= day and day % td == pd.Timedelta(0) else None
+    return 5 if off.name.split("-")[0] in ("B", "C") and off.n == 1 else None
+
+
 @functools.lru_cache(maxsize=256)  # pure; called for every series, and to_offset is slow
 def seasonalities_for(freq: str) -> tuple[int, ...]:
     """Season lengths in steps for a pandas frequency alias, main season first.

@@ -16,6 +16,10 @@
   and only its model's state is brought up to the new readings (:func:`carry`);
 * ``drifted+stale``: as ``changed`` without the revision check.
 
+Under a partial policy a series fitted again is chosen on more backtest windows than
+``full`` uses (:func:`chosen_on`: by default those covering a week), since its model is
+then carried for days, over weekdays and weekends.
+
 Carrying a model over (:func:`carry`): each model of the chosen one (each member of an
 ensemble) is updated with the readings after its end, without estimating anything:
 
@@ -54,6 +58,8 @@ from forecasting import contract as C
 from forecasting.backtest import check_forecast
 from forecasting.choice import ENSEMBLE
 from forecasting.config import Config
+from forecasting.errors import FrequencyError
+from forecasting.frequency import freq_of
 from forecasting.models import EnsembleForecaster, load_fitted, model_class
 from forecasting.models.base import one_thread
 from forecasting.models.calibrated import AdjustedForecaster
@@ -191,11 +197,42 @@ def retrain_series(pdf: pd.DataFrame, config: Config) -> pd.DataFrame:
         except Exception:  # noqa: BLE001 - the series is trained instead
             reason = C.PREVIOUS_FAILED
     if out is None:
-        out = process_series(rows, config).iloc[0].to_dict()
+        out = process_series(rows, chosen_on(config, rows)).iloc[0].to_dict()
         out.update(from_run=None, fitted_end=out["end"])
     out["refit"] = reason
     out["history_hash"] = history_hash(rows, out["end"]) if out.get("end") is not None and len(rows) else None
     return pa.Table.from_pylist([_clean(out)], schema=C.RETRAIN_RESULT).to_pandas()
+
+
+_WINDOWED: dict[tuple[int, int], tuple[Config, Config]] = {}
+
+
+def chosen_on(config: Config, rows: pd.DataFrame) -> Config:
+    """``config`` with the backtest windows a series fitted under a partial policy is
+    chosen on (:meth:`~forecasting.config.settings.Config.selection_windows`: a week of
+    windows by default), as many as its ``rows`` hold but at least ``backtest.windows``
+    (a series too short for those fails as under ``full``). Its model is carried for
+    days after this choice, over weekdays and weekends, while ``full`` chooses again
+    every night on the latest windows."""
+    base = config.backtest.windows
+    if config.retrain.policy == C.FULL or len(rows) == 0:
+        return config
+    ts = np.sort(as_datetimes(rows[C.TS]).to_numpy().astype("datetime64[us]"))
+    try:
+        want = config.selection_windows(config.freq or freq_of(ts))
+    except FrequencyError:  # too short to tell: process_series says what is wrong
+        return config
+    step = config.backtest_step
+    held = (len(ts) - 3 * config.horizon) // step + 1  # the oldest window trains on 2 x horizon
+    windows = max(base, min(want, held))
+    if windows == base:
+        return config
+    key = (id(config), windows)
+    if key not in _WINDOWED:  # one validated copy per run's config and count, not per series
+        if len(_WINDOWED) > 16:
+            _WINDOWED.clear()
+        _WINDOWED[key] = (config, config.replace(**{"backtest.windows": windows}))
+    return _WINDOWED[key][1]
 
 
 def failed_retrain(series_id: str, reason: str, config: Config) -> pd.DataFrame:

@@ -215,11 +215,18 @@ def run_description(
     """The run's description: the data, the candidates, the backtest and the engine."""
     which = f"{len(series_ids)} chosen series" if series_ids else "every clean series"
     tuned = ", tuned with Hyperopt" if config.tune.enabled else ""
+    partial = ""
+    if config.retrain.policy != "full":
+        n = config.retrain.backtest_windows
+        on = f"{max(n, config.backtest.windows)} windows" if n else "the windows covering a week"
+        partial = (
+            f" (retrain.policy {config.retrain.policy}: series fitted again chosen on {on}, others carried)"
+        )
     return (
         f"Training of {which} of silver/readings version {int(silver_version)} "
         f"(lakehouse {config.lakehouse}), one model per series: candidates "
         f"{', '.join(config.models)}{tuned}, chosen by {config.backtest.metric} on a "
-        f"{config.backtest.windows}-window rolling-origin backtest of {config.horizon} steps; "
+        f"{config.backtest.windows}-window rolling-origin backtest of {config.horizon} steps{partial}; "
         f"engine {engine}. The fitted models are registered as one many-models pyfunc "
         f"({config.mlflow.registered_model}), promoted to champion by the gate."
     )

@@ -361,3 +361,41 @@ def test_batches_holding_drifted_series_are_trained_first(tmp_path):
     assert job.order(lake, job.Retrain("base", 3), plan, [0, 1, 2, 3]) == [2, 3, 0, 1]
     assert job.order(lake, job.Retrain("base", 2), plan, [0, 1, 3]) == [0, 1, 3]  # another night's drift
     assert job.order(lake, job.Retrain(None, None), plan, [1, 0]) == [1, 0]
+
+
+# -- the windows a partial retrain chooses on ------------------------------------------
+def _windows(row) -> int:
+    return len({w["window"] for w in json.loads(row["backtest_json"])})
+
+
+def test_a_partial_retrain_chooses_on_a_week_of_windows_as_far_as_the_history_holds():
+    """Its choice is carried for days, over weekdays and the weekend: it is made on the
+    windows covering a week (7 of 24 hours), not on the two latest days as ``full``."""
+    cfg = load_config(
+        horizon=24,
+        models=["seasonal_naive", "ets"],
+        **{"cleaning.min_length": 48, "retrain.policy": "changed"},
+    )
+    assert cfg.backtest.windows == 2 and cfg.retrain.backtest_windows is None
+    long, short = _series("long", 24 * 10), _series("short", 24 * 5)
+    row = retrain_series(long, cfg).iloc[0]
+    assert row["status"] == C.OK and row["refit"] == C.NEW and _windows(row) == 7
+    # 5 days: the oldest window needs 2 days to train on, so 3 windows fit (not 7, and
+    # not a failure)
+    row = retrain_series(short, cfg).iloc[0]
+    assert row["status"] == C.OK and _windows(row) == 3
+    assert _windows(retrain_series(long, cfg.replace(**{"retrain.policy": "full"})).iloc[0]) == 2
+    assert _windows(retrain_series(long, cfg.replace(**{"retrain.backtest_windows": 4})).iloc[0]) == 4
+    # never fewer than backtest.windows; a series too short for those is treated as under full
+    assert _windows(retrain_series(long, cfg.replace(**{"retrain.backtest_windows": 1})).iloc[0]) == 2
+    tiny = retrain_series(_series("tiny", 80), cfg).iloc[0]
+    as_full = retrain_series(_series("tiny", 80), cfg.replace(**{"retrain.policy": "full"})).iloc[0]
+    assert tiny["status"] == as_full["status"] == C.FALLBACK and tiny["reason"] == as_full["reason"]
+    # the rule by frequency: a week of steps in windows of backtest.step (horizon by default)
+    assert cfg.selection_windows("h") == 7 and cfg.selection_windows("30min") == 14
+    assert cfg.replace(horizon=48).selection_windows("30min") == 7
+    assert cfg.replace(horizon=48).selection_windows("h") == 4
+    assert cfg.replace(horizon=7).selection_windows("D") == 2  # one window is a week
+    assert cfg.replace(horizon=1).selection_windows("D") == 7
+    assert cfg.selection_windows("W-SUN") == cfg.selection_windows("MS") == 2
+    assert cfg.replace(models=["seasonal_naive", "global_gbm"]).selection_windows("h") == 2

@@ -18,9 +18,11 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 from forecasting.config.validation import Section, refuse, set_dotted, setting, validated
 from forecasting.demand import DEMAND_CLASSES, INTERMITTENT, LUMPY
 from forecasting.errors import ConfigError
+from forecasting.frequency import steps_per_week
 from forecasting.hierarchy import LEVEL_NAMES, METHODS
 from forecasting.metrics import POINT_METRICS
 from forecasting.models import MODELS, all_models, unavailable_reason
+from forecasting.models.global_models import GLOBAL_MODELS
 from forecasting.tuning import load_search_spaces
 
 # The one registry of engines: name -> "module:class", imported only when chosen (the
@@ -301,6 +303,15 @@ class Retrain(Section):
         "than this many days before its series' silver end is fitted again; null = never",
         gt=0,
     )
+    backtest_windows: int | None = setting(
+        None,
+        "with a partial policy, the backtest windows a series fitted again is chosen on (its\n"
+        "model is then carried for days): null = enough windows of backtest.step to cover a\n"
+        "week of steps (7 at horizon 24 hourly), so a choice made on weekdays does not meet\n"
+        "its first weekend; at least backtest.windows, at most what the series' history\n"
+        "holds; with a global model in `models` backtest.windows (its driver trains per window)",
+        ge=1,
+    )
 
 
 class Tune(Section):
@@ -533,6 +544,21 @@ class Config(Section):
     @property
     def backtest_step(self) -> int:
         return self.backtest.step or self.horizon
+
+    def selection_windows(self, freq: str) -> int:
+        """The backtest windows a series of ``freq`` is chosen on: ``backtest.windows``;
+        under a partial ``retrain.policy`` ``retrain.backtest_windows`` (null: the windows
+        of ``backtest_step`` that cover a week of steps), at least ``backtest.windows``.
+        A global model in ``models`` keeps ``backtest.windows`` (the driver trains it
+        once per window of the run)."""
+        base = self.backtest.windows
+        if self.retrain.policy == "full" or any(name in GLOBAL_MODELS for name in self.models):
+            return base
+        want = self.retrain.backtest_windows
+        if want is None:
+            week = steps_per_week(freq)
+            want = -(-week // self.backtest_step) if week else base
+        return max(base, want)
 
     def candidates(self, demand_class: str | None) -> list[str]:
         """The candidate models of a series of ``demand_class``: ``models``, or for the
