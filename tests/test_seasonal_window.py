@@ -79,7 +79,11 @@ def test_daytype_pools_the_days_of_each_steps_own_type():
     fc = model.predict(72, level=[80])
     np.testing.assert_allclose(fc["mean"], y[cut : cut + 72])  # Sat, Sun at 5 (+3), Monday at 1 (+3)
     assert np.all(fc["lo-80"] <= fc["mean"]) and np.all(fc["mean"] <= fc["hi-80"])
-    blind = get_model("seasonal_window", season_length=24, freq="h").fit(y[:cut], None, ts[:cut]).predict(72)
+    blind = (
+        get_model("seasonal_window", season_length=24, freq="h", daytype="ignore")
+        .fit(y[:cut], None, ts[:cut])
+        .predict(72)
+    )
     assert blind["mean"][0] == 1.0  # every day pooled: the weekday level (10 of 14 days)
 
 
@@ -89,17 +93,23 @@ def test_auto_splits_the_day_types_only_where_the_other_days_of_a_type_forecast_
     noisy = y + rng.gamma(2, 0.3, len(y))
     auto = dict(season_length=24, freq="h", daytype="auto")
     assert get_model("seasonal_window", **auto).fit(noisy, None, ts).next_phase_ is not None
+    # auto is the default
+    assert (
+        get_model("seasonal_window", season_length=24, freq="h").fit(noisy, None, ts).next_phase_ is not None
+    )
     # the same noise on one daily profile for every day: no weekly rhythm to pay for fewer days
     flat = 1.0 + (pd.DatetimeIndex(ts).hour == 8) * 3.0 + rng.gamma(2, 0.3, len(y))
     model = get_model("seasonal_window", **auto).fit(flat, None, ts)
     assert model.next_phase_ is None
-    blind = get_model("seasonal_window", season_length=24, freq="h").fit(flat, None, ts)
+    blind = get_model("seasonal_window", season_length=24, freq="h", daytype="ignore").fit(flat, None, ts)
     np.testing.assert_allclose(model.predict(48)["mean"], blind.predict(48)["mean"])
 
 
 def test_daytype_pools_every_day_without_timestamps_or_a_daily_season():
     ts, y = _weekly_load()
-    blind = get_model("seasonal_window", season_length=24, freq="h").fit(y).predict(48)["mean"]
+    blind = (
+        get_model("seasonal_window", season_length=24, freq="h", daytype="ignore").fit(y).predict(48)["mean"]
+    )
     for model, args in (
         (get_model("seasonal_window", season_length=24, freq="h", daytype="split"), (y,)),
         (get_model("seasonal_window", season_length=12, freq="h", daytype="split"), (y, None, ts)),
