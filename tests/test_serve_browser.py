@@ -103,6 +103,19 @@ def _wait(driver, seconds: float = 30):
     return WebDriverWait(driver, seconds, ignored_exceptions=(StaleElementReferenceException,))
 
 
+def _choose(driver, select_id: str, value: str) -> None:
+    """Select ``value`` in the ``<select>`` ``select_id``, found again when the page
+    re-rendered it under the click (a stale element is "not yet")."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    def chosen(d) -> bool:
+        Select(d.find_element(By.ID, select_id)).select_by_value(value)
+        return True
+
+    _wait(driver).until(chosen)
+
+
 def _browser(tmp_path):
     missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).exists()]
     if missing:
@@ -305,7 +318,6 @@ def test_forecast_page_names_an_unknown_series(served, tmp_path):
 
 def test_explorer_orders_sorts_filters_and_exports_the_series_table(served, lake, selection, tmp_path):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select
 
     every = list(selection.index)
     natural = sorted(every, key=natural_key)
@@ -322,7 +334,7 @@ def test_explorer_orders_sorts_filters_and_exports_the_series_table(served, lake
         driver.get(served + "/")
         wait.until(lambda d: _table_ids(d) == natural)  # X1, X2, … X10, not X1, X10, X11 … X2
 
-        Select(driver.find_element(By.ID, "sort")).select_by_value("error:asc")
+        _choose(driver, "sort", "error:asc")
         wait.until(lambda d: _table_ids(d) == by_error)
         errors = [float(e) for e in _table_ids(driver, "error") if e]
         np.testing.assert_allclose(errors, selection.loc[by_error[: len(errors)], "metric_value"])
@@ -332,7 +344,7 @@ def test_explorer_orders_sorts_filters_and_exports_the_series_table(served, lake
         _shot(driver, "page_explorer.png", tmp_path)
 
         # filter by model (the counts come from the whole run), then by status
-        Select(driver.find_element(By.ID, "filter-model")).select_by_value(model)
+        _choose(driver, "filter-model", model)
         wanted = [s for s in by_error if selection.at[s, "model"] == model]
         wait.until(lambda d: _table_ids(d) == wanted)
         assert {c.text for c in driver.find_elements(By.CSS_SELECTOR, "#series-list td.model")} == {model}
@@ -346,8 +358,8 @@ def test_explorer_orders_sorts_filters_and_exports_the_series_table(served, lake
             [float(r["metric_value"]) for r in rows], selection.loc[wanted, "metric_value"]
         )
 
-        Select(driver.find_element(By.ID, "filter-model")).select_by_value("")
-        Select(driver.find_element(By.ID, "filter-status")).select_by_value("quarantined")
+        _choose(driver, "filter-model", "")
+        _choose(driver, "filter-status", "quarantined")
         wait.until(lambda d: _table_ids(d) == lake.quarantined)
         driver.find_element(By.ID, "export-table").click()
         rows = _download(tmp_path, "series.csv")
@@ -418,7 +430,6 @@ def test_candidate_overlays_from_the_stored_backtest_forecasts(served, lake, sel
     kept) over the actuals of each window: a line per model, the chosen one's bands, a
     model hidden and shown again, another window, its errors, and the CSV."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select
 
     target = "X2"
     chosen = selection.at[target, "model"]
@@ -468,7 +479,7 @@ def test_candidate_overlays_from_the_stored_backtest_forecasts(served, lake, sel
         wait.until(lambda d: overlay(d).get_attribute("data-models") == chosen)
         driver.find_element(By.CSS_SELECTOR, f'#overlay-models input[data-model="{other}"]').click()
         wait.until(lambda d: len(overlay(d).get_attribute("data-models").split(",")) == 2)
-        Select(driver.find_element(By.ID, "overlay-window")).select_by_value(str(windows[0]))
+        _choose(driver, "overlay-window", str(windows[0]))
         wait.until(lambda d: overlay(d).get_attribute("data-window") == str(windows[0]))
 
         driver.find_element(By.ID, "export-overlay").click()
@@ -489,7 +500,6 @@ def test_candidate_overlays_from_the_stored_backtest_forecasts(served, lake, sel
 
 def test_portfolio_chart_by_total_region_and_site(served, lake, tmp_path):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select
 
     port = lake.lake.read("gold/portfolio")
     days = port.loc[port["level"] == "total", "day"].nunique()
@@ -505,7 +515,7 @@ def test_portfolio_chart_by_total_region_and_site(served, lake, tmp_path):
         assert driver.find_elements(By.CSS_SELECTOR, "#portfolio-chart polygon") == []
 
         assert _select_values(driver, "portfolio-level") == ["total", "region", "site"]
-        Select(driver.find_element(By.ID, "portfolio-level")).select_by_value("region")
+        _choose(driver, "portfolio-level", "region")
         regions = sorted(port.loc[port["level"] == "region", "key"].unique())
         wait.until(
             lambda d: (
@@ -611,7 +621,6 @@ def served_hierarchy(lake, tmp_path_factory):
 
 def test_hierarchy_chart_shows_any_level_and_node(served_hierarchy, tmp_path):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select
 
     url, hlake = served_hierarchy
     h = hlake.read("gold/hierarchy")
@@ -630,18 +639,18 @@ def test_hierarchy_chart_shows_any_level_and_node(served_hierarchy, tmp_path):
         assert driver.find_elements(By.CSS_SELECTOR, '#hierarchy-chart path[data-key="base"]')
         assert _select_values(driver, "hierarchy-level") == ["total", "region", "site", "series"]
 
-        Select(driver.find_element(By.ID, "hierarchy-level")).select_by_value("site")
+        _choose(driver, "hierarchy-level", "site")
         sites = sorted(h.loc[h["level"] == "site", "node"].unique(), key=natural_key)
         wait.until(lambda d: (chart(d) or [None])[0] == "site")
         wait.until(lambda d: _select_values(d, "hierarchy-node") == sites)
-        Select(driver.find_element(By.ID, "hierarchy-node")).select_by_value(sites[-1])
+        _choose(driver, "hierarchy-node", sites[-1])
         wait.until(lambda d: (chart(d) or [None, None])[1] == sites[-1])
         wait.until(lambda d: sites[-1] in d.find_element(By.ID, "hierarchy-summary").text)
         _shot(driver.find_element(By.ID, "hierarchy"), "page_hierarchy.png", tmp_path)
 
         _no_console_errors(driver)
         selected = wait.until(lambda d: d.execute_script("return state.selected"))
-        Select(driver.find_element(By.ID, "hierarchy-level")).select_by_value("series")
+        _choose(driver, "hierarchy-level", "series")
         if selected in set(h.loc[h["level"] == "series", "node"]):
             wait.until(lambda d: (chart(d) or [None, None])[1] == selected)
         else:  # a quarantined series has no forecast: the page says so
