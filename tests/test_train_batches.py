@@ -252,3 +252,32 @@ def test_the_bucket_is_crc32_of_the_id_whatever_form_the_ids_come_in():
         zlib.crc32(s.encode()) % C.N_BUCKETS for s in ("None", "12", "12")
     ]
     assert C.bucket_of([]).size == 0 and C.bucket_of(pa.chunked_array([], pa.string())).size == 0
+
+
+def _model_rows(ids: list[str]) -> pa.Table:
+    schema = Lakehouse("unused").schema("gold/models")
+    return pa.table(
+        {f.name: pa.array(ids) if f.name == "series_id" else pa.nulls(len(ids), f.type) for f in schema}
+    )
+
+
+def test_a_lakehouse_builds_a_snapshots_dataset_once_and_never_a_stale_one(tmp_path):
+    """Batch reads of one snapshot share its dataset; another version, or a table made
+    again under the same path (its versions start over), gets its own."""
+    import pickle
+
+    lake = Lakehouse(str(tmp_path / "lake"))
+
+    def ids(version=None, buckets=(0, 1 << 20)) -> list[str]:
+        return sorted(lake.read_buckets("gold/models", buckets, version, columns=["series_id"])["series_id"])
+
+    lake.write("gold/models", _model_rows(["a", "b", "c"]))
+    assert ids() == ids() == ["a", "b", "c"] and len(lake._datasets) == 1
+    lake.write("gold/models", _model_rows(["d", "e"]))
+    assert ids() == ["a", "b", "c", "d", "e"] and ids(0) == ["a", "b", "c"] and len(lake._datasets) == 2
+    assert sorted(lake.read("gold/models", 1, columns=["series_id"])["series_id"]) == ids()
+    shutil.rmtree(tmp_path / "lake" / "gold" / "models")
+    lake.write("gold/models", _model_rows(["z"]))  # version 0 again, other rows
+    assert ids() == ids(0) == ["z"]
+    again = pickle.loads(pickle.dumps(lake))  # what a worker gets: no datasets
+    assert not again._datasets and again.root == lake.root and ids() == ["z"]
