@@ -157,6 +157,11 @@ def _mmf(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
     return mmf(*args, env=env, timeout=600)
 
 
+def _batches_committed(lake: Lakehouse, name: str) -> list[int]:
+    """The batch of each commit of a training run to table ``name``, sorted (twice if twice)."""
+    return sorted(int(c["mmf.batch"]) for c in lake.history(name) if "mmf.batch" in c)
+
+
 def test_a_train_killed_after_a_batch_resumes_in_its_own_run(batched, silver, tmp_path):
     many, _, rep_many, _, n = batched
     lake_root = _copy(silver, tmp_path / "lake")
@@ -170,6 +175,8 @@ def test_a_train_killed_after_a_batch_resumes_in_its_own_run(batched, silver, tm
     lake = Lakehouse(str(lake_root))
     at_kill = set(lake.read("gold/models")["batch"])
     assert 2 <= len(at_kill) < n and not lake.exists("gold/selection")
+    # each committed batch's backtest forecasts were derived as it committed, not at the end
+    assert _batches_committed(lake, "gold/backtest_forecasts") == sorted(at_kill)
 
     again = _mmf("train", "--conf", str(conf), env={})
     assert again.returncode == 0, again.stderr[-3000:]
@@ -184,7 +191,8 @@ def test_a_train_killed_after_a_batch_resumes_in_its_own_run(batched, silver, tm
     got, want = _tables(lake_root), _tables(many)
     for name in GOLD:
         pd.testing.assert_frame_equal(got[name], want[name], check_dtype=False, obj=name)
-    # the batches committed before the kill were not trained again
+    # the batches committed before the kill were not trained again, nor derived again
+    assert _batches_committed(lake, "gold/backtest_forecasts") == list(range(n))
     models = lake.read("gold/models")
     first = models[models["batch"].isin(at_kill)]["created_at"].max()
     assert (models[~models["batch"].isin(at_kill)]["created_at"] > first).all()

@@ -8,8 +8,10 @@ its own (:meth:`Lakehouse.read_buckets`). The engine maps
 (:meth:`Engine.map_batches`); as each batch completes, the engine commits its
 TRAIN_RESULT rows to ``gold/models`` (with the run id, silver version and batch index:
 a sink, :class:`training.engines.base.Sink`) and derives its backtest rows in
-``gold/backtest`` from them (:meth:`Engine.derive`), each in a commit of its own (on
-Spark both are written by the executors: no result comes to the driver). Then the
+``gold/backtest`` and its backtest forecasts in ``gold/backtest_forecasts`` from them
+(:meth:`Engine.derive`), each in a commit of its own (on Spark all three are written by
+the executors: no result comes to the driver), so a restarted job redoes none of the
+committed batches' work. Then the
 stages after the engine (:mod:`training.jobs.train_gold`), each through the engine: the
 MLflow run's metrics, summed up by the engine over the run's ``gold/models`` rows
 (:meth:`Engine.aggregate`; a Spark aggregation on Spark), logged with the run's
@@ -104,8 +106,10 @@ from training.jobs.refine import refine_in_progress
 from training.jobs.train_gold import (  # noqa: F401 - the after-engine stages, importable from here too
     champion_results,
     compare_with_champion,
+    derive_backtest_forecasts,
     gate_run,
     record_run,
+    stores_backtest_forecasts,
     with_series,
     write_gold_selection,
     write_gold_training,
@@ -324,7 +328,8 @@ def train_batches(
 ) -> None:
     """Map ``process_series`` over the plan's batches not in gold/models yet; the engine
     commits each batch's rows to gold/models as it completes (:func:`models_sink`), then
-    derives its gold/backtest rows from them (:func:`derive_backtest`): on Spark neither
+    derives its gold/backtest rows from them (:func:`derive_backtest`) and its
+    gold/backtest_forecasts rows (:func:`derive_backtest_forecasts`): on Spark none
     comes back to the driver."""
     done = done_batches(lake, GOLD_MODELS, run_id, plan) if resumed else set()
     if resumed:  # a batch killed between its two commits: its backtest rows from gold/models
@@ -355,9 +360,14 @@ def train_batches(
         total=total,
         sink=partial(models_sink, lake, run_id, plan),
     )
+    with_forecasts = None  # gold/models' schema is known once the first batch committed
     for i, written in stream:
         if written.version is not None:
             derive_backtest(engine, lake, run_id, plan, i, written.version)
+            if with_forecasts is None:
+                with_forecasts = stores_backtest_forecasts(lake, cfg)
+            if with_forecasts:
+                derive_backtest_forecasts(engine, lake, cfg, run_id, plan, i, written.version)
         committed += 1
         if committed < plan.n:
             checkpoint("mid_train", batches_done=committed)

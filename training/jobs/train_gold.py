@@ -22,10 +22,12 @@ on the executors and the driver gets only counts and sums.
   Once decided, the run's ``gold/gate`` rows get ``promoted`` in one replace-where
   commit made by the engine (:func:`finish_gold_gate`: application transaction
   ``mmf-gate``, ``mmf.run_id``).
-* ``gold/backtest_forecasts`` (:func:`write_gold_backtest_forecasts`): per batch the
+* ``gold/backtest_forecasts`` (:func:`derive_backtest_forecasts`): per batch the
   engine derives the rows from the ``forecasts_json`` of the run's ``gold/models`` rows
   (on Spark the executors read and write them) and commits them (``mmf.train_run``, the
-  batch); the batches the table holds rows of are skipped, so a restart never duplicates.
+  batch), as the batch commits in the training loop, like gold/backtest;
+  :func:`write_gold_backtest_forecasts` after the engine does the batches the table
+  holds no rows of (a killed job's), so a restart never duplicates and redoes none.
 * ``gold/selection`` (:func:`write_gold_selection`): per batch the engine derives the
   rows from the run's ``gold/models`` rows and the batch's ``silver/quarantine`` rows
   (:meth:`Engine.derive_all`) and commits them; the last commit carries the application
@@ -289,28 +291,43 @@ def write_gold_backtest_forecasts(
     engine: Engine, lake: Lakehouse, cfg: Config, run_id: str, plan: Plan
 ) -> None:
     """The run's backtest forecasts (``backtest.store_forecasts``) in
-    gold/backtest_forecasts: per batch, derived by the engine from the ``forecasts_json``
-    of the run's gold/models rows of the batch (on Spark by the executors) and committed
-    on their own (commit metadata ``mmf.train_run`` and the batch), skipping the batches
-    the table holds rows of; nothing with ``none``."""
-    if cfg.backtest.store_forecasts == "none" or not lake.exists(GOLD_MODELS):
+    gold/backtest_forecasts of the batches the table holds no rows of yet: each batch's
+    are derived as it commits (:func:`derive_backtest_forecasts`, from the training
+    loop), so this only catches up what a killed job left (or a batch without rows)."""
+    if not stores_backtest_forecasts(lake, cfg):
         return
-    if C.FORECASTS_JSON not in {f.name for f in lake.table(GOLD_MODELS).schema().to_arrow()}:
-        return  # the run's rows were all written before gold/models had the column
     done = (
         done_batches(lake, GOLD_BACKTEST_FORECASTS, run_id, plan)
         if lake.exists(GOLD_BACKTEST_FORECASTS)
         else set()
     )
+    for i in range(plan.n):
+        if i not in done:
+            derive_backtest_forecasts(engine, lake, cfg, run_id, plan, i)
+
+
+def stores_backtest_forecasts(lake: Lakehouse, cfg: Config) -> bool:
+    """Whether the run's gold/models rows give gold/backtest_forecasts rows: the config
+    keeps them and gold/models has the column (a table older than it has none)."""
+    if cfg.backtest.store_forecasts == "none" or not lake.exists(GOLD_MODELS):
+        return False
+    return C.FORECASTS_JSON in {f.name for f in lake.table(GOLD_MODELS).schema().to_arrow()}
+
+
+def derive_backtest_forecasts(
+    engine: Engine, lake: Lakehouse, cfg: Config, run_id: str, plan: Plan, i: int, version: int | None = None
+) -> None:
+    """Batch ``i``'s gold/backtest_forecasts rows, derived by the engine from the
+    ``forecasts_json`` of the run's gold/models rows of the batch (at ``version``: the
+    commit that wrote them; ``None``: the latest; on Spark the executors read and write
+    them), in a commit of their own (``mmf.train_run`` and the batch)."""
     where = (("run_id", "=", run_id),)
     rows = partial(backtest_forecast_rows, run_id=run_id, levels=tuple(cfg.levels))
-    schema = lake.schema(GOLD_BACKTEST_FORECASTS)
-    for i in range(plan.n):
-        if i in done:
-            continue
-        source = TableBatch(lake, GOLD_MODELS, plan.ranges[i], None, (C.SERIES_ID, C.FORECASTS_JSON), where)
-        meta = {"mmf.train_run": run_id, "mmf.batch": i, "mmf.batches": plan.n}
-        engine.derive(source, rows, schema, Sink(lake, GOLD_BACKTEST_FORECASTS, metadata=meta))
+    source = TableBatch(lake, GOLD_MODELS, plan.ranges[i], version, (C.SERIES_ID, C.FORECASTS_JSON), where)
+    meta = {"mmf.train_run": run_id, "mmf.batch": i, "mmf.batches": plan.n}
+    engine.derive(
+        source, rows, lake.schema(GOLD_BACKTEST_FORECASTS), Sink(lake, GOLD_BACKTEST_FORECASTS, metadata=meta)
+    )
 
 
 def write_gold_selection(
