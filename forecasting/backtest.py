@@ -19,6 +19,18 @@ from forecasting.metrics import evaluate
 from forecasting.models.base import Forecaster
 
 
+def _min_train(horizon: int, min_train: int | None) -> int:
+    """The fewest training points of the oldest window: ``min_train``, else ``2 * horizon``."""
+    return max(int(2 * horizon if min_train is None else min_train), 1)
+
+
+def windows_held(n: int, horizon: int, step: int, min_train: int | None = None) -> int:
+    """The most backtest windows a series of ``n`` observations holds under the rule of
+    :func:`window_cutoffs` (0: not even one)."""
+    room = n - _min_train(horizon, min_train) - horizon
+    return room // step + 1 if room >= 0 else 0
+
+
 def window_cutoffs(n: int, horizon: int, windows: int, step: int, min_train: int | None = None) -> list[int]:
     """Train-end indices (exclusive) of the backtest windows, oldest first.
 
@@ -38,9 +50,7 @@ def window_cutoffs(n: int, horizon: int, windows: int, step: int, min_train: int
     for key, value in (("horizon", horizon), ("windows", windows), ("step", step)):
         if int(value) < 1:
             raise ValueError(f"{key}={value!r}: expected an integer >= 1")
-    if min_train is None:
-        min_train = 2 * horizon
-    min_train = max(int(min_train), 1)
+    min_train = _min_train(horizon, min_train)
     needed = min_train + horizon + step * (windows - 1)
     if n < needed:
         raise DataContractError(

@@ -55,7 +55,7 @@ import pandas as pd
 import pyarrow as pa
 
 from forecasting import contract as C
-from forecasting.backtest import check_forecast
+from forecasting.backtest import check_forecast, windows_held
 from forecasting.choice import ENSEMBLE
 from forecasting.config import Config
 from forecasting.errors import FrequencyError
@@ -211,7 +211,8 @@ def chosen_on(config: Config, rows: pd.DataFrame) -> Config:
     """``config`` with the backtest windows a series fitted under a partial policy is
     chosen on (:meth:`~forecasting.config.settings.Config.selection_windows`: a week of
     windows by default), as many as its ``rows`` hold but at least ``backtest.windows``
-    (a series too short for those fails as under ``full``). Its model is carried for
+    (a series too short for those fails as under ``full``; with ``tune.enabled`` the
+    tuning windows keep their room before them). Its model is carried for
     days after this choice, over weekdays and weekends, while ``full`` chooses again
     every night on the latest windows."""
     base = config.backtest.windows
@@ -222,9 +223,10 @@ def chosen_on(config: Config, rows: pd.DataFrame) -> Config:
         want = config.selection_windows(config.freq or freq_of(ts))
     except FrequencyError:  # too short to tell: process_series says what is wrong
         return config
-    step = config.backtest_step
-    held = (len(ts) - 3 * config.horizon) // step + 1  # the oldest window trains on 2 x horizon
-    windows = max(base, min(want, held))
+    h, step = config.horizon, config.backtest_step
+    # with tuning, its windows keep their room before the oldest selection window
+    room = 3 * h + step * (config.tune.windows - 1) if config.tune.enabled else None
+    windows = max(base, min(want, windows_held(len(ts), h, step, room)))
     if windows == base:
         return config
     key = (id(config), windows)

@@ -399,3 +399,9 @@ def test_a_partial_retrain_chooses_on_a_week_of_windows_as_far_as_the_history_ho
     assert cfg.replace(horizon=1).selection_windows("D") == 7
     assert cfg.selection_windows("W-SUN") == cfg.selection_windows("MS") == 2
     assert cfg.replace(models=["seasonal_naive", "global_gbm"]).selection_windows("h") == 2
+    # with tuning, the tuning windows (3 days here) keep their room before the oldest
+    # selection window: 10 days hold 5 selection windows (7 without tuning)
+    tuned = cfg.replace(**{"tune.enabled": True, "tune.max_evals": 2, "tune.windows": 3})
+    row = retrain_series(long, tuned).iloc[0]
+    assert row["status"] == C.OK and _windows(row) == 5
+    assert "skipped" not in json.dumps(json.loads(row["tuned_json"]))

@@ -22,7 +22,7 @@ from forecasting.frequency import steps_per_week
 from forecasting.hierarchy import LEVEL_NAMES, METHODS
 from forecasting.metrics import POINT_METRICS
 from forecasting.models import MODELS, all_models, unavailable_reason
-from forecasting.models.global_models import GLOBAL_MODELS
+from forecasting.models.global_models import is_global
 from forecasting.tuning import load_search_spaces
 
 # The one registry of engines: name -> "module:class", imported only when chosen (the
@@ -552,7 +552,7 @@ class Config(Section):
         A global model in ``models`` keeps ``backtest.windows`` (the driver trains it
         once per window of the run)."""
         base = self.backtest.windows
-        if self.retrain.policy == "full" or any(name in GLOBAL_MODELS for name in self.models):
+        if self.retrain.policy == "full" or any(is_global(name) for name in self.models):
             return base
         want = self.retrain.backtest_windows
         if want is None:
