@@ -135,12 +135,13 @@ def _clean(sid: str, pdf: pd.DataFrame, config: Any) -> pd.DataFrame:
         raise _Quarantined(
             "too_large", f"{len(pdf)} rows > cleaning.max_points_per_series={cfg.max_points_per_series}"
         )
-    frame = _readings(pdf)
-    frame, n_dup = _dedupe(frame, cfg.duplicates)
-    frame = _on_grid(frame, config.freq)
-    steps = grid(frame["ts"].iloc[0], frame["ts"].iloc[-1], config.freq)
-    reg = frame.set_index("ts").reindex(steps)
-    y = reg["y"].to_numpy(dtype=float)
+    ts, y, t = _readings(pdf)
+    ts, y, t, n_dup = _dedupe(ts, y, t, cfg.duplicates)
+    keep = _on_grid(ts, config.freq)
+    if keep is not None:
+        ts, y, t = ts[keep], y[keep], t[keep]
+    steps = grid(pd.Timestamp(ts[0]), pd.Timestamp(ts[-1]), config.freq)
+    y, t = _regular(steps.to_numpy(dtype="datetime64[us]"), ts, y, t)
     missing = ~np.isfinite(y)
     _check_gaps(missing, cfg.max_missing_share)
     _check_values(y[~missing], config, keeps_zero(config))
@@ -157,7 +158,7 @@ def _clean(sid: str, pdf: pd.DataFrame, config: Any) -> pd.DataFrame:
             C.SERIES_ID: np.full(n, sid, dtype=object),
             C.TS: steps.to_numpy(dtype="datetime64[us]"),
             C.Y: filled,
-            "temperature": _temperature(reg["t"].to_numpy(dtype=float)),
+            "temperature": _temperature(t),
             "is_filled": missing,
             "is_outlier": is_outlier,
             "_reason": np.full(n, None, dtype=object),
@@ -168,10 +169,11 @@ def _clean(sid: str, pdf: pd.DataFrame, config: Any) -> pd.DataFrame:
     )
 
 
-def _readings(pdf: pd.DataFrame) -> pd.DataFrame:
-    """Rule 1: the rows in ingestion order as ``ts``, ``y`` (non-finite -> NaN) and ``t``
-    (temperature), without rows lacking a timestamp. Quarantines ``all_missing`` and
-    ``future_timestamps``."""
+def _readings(pdf: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rule 1: the rows in ingestion order as ``ts`` (datetime64[us]), ``y`` (non-finite
+    -> NaN) and ``t`` (temperature) arrays, without rows lacking a timestamp.
+    Quarantines ``all_missing`` and ``future_timestamps``. In numpy, as the rules after
+    it: cleaning runs once per series and night, and a frame per step cost most of it."""
     sort_cols = [c for c in ("_ingested_at", "_row") if c in pdf.columns]
     df = pdf.sort_values(sort_cols, kind="stable") if sort_cols and not _in_order(pdf, sort_cols) else pdf
     y = pd.to_numeric(df[C.Y], errors="coerce").to_numpy(dtype=float)
@@ -187,8 +189,11 @@ def _readings(pdf: pd.DataFrame) -> pd.DataFrame:
             f"{int(future.sum())} reading(s) later than now + 1 day ({limit}); the latest is {stamps[future].max()}",
         )
     temp = df["temperature"].to_numpy(dtype=float) if "temperature" in df else np.full(len(df), np.nan)
-    frame = pd.DataFrame({"ts": stamps, "y": np.where(finite, y, np.nan), "t": temp})
-    return frame[frame["ts"].notna()]
+    y = np.where(finite, y, np.nan)
+    dated = ~np.isnat(stamps)
+    if dated.all():
+        return stamps, y, temp
+    return stamps[dated], y[dated], temp[dated]
 
 
 def _in_order(pdf: pd.DataFrame, columns: list[str]) -> bool:
@@ -218,33 +223,59 @@ def _sort_key(column: pd.Series) -> np.ndarray | None:
     return None
 
 
-def _dedupe(frame: pd.DataFrame, how: str) -> tuple[pd.DataFrame, int]:
-    """Rule 2: one row per timestamp, in time order, and how many rows were duplicates.
-    ``how`` is ``last`` (the last ingested wins) or ``mean``."""
-    n_dup = int(frame.duplicated("ts").sum())
-    if n_dup:
-        if how == "mean":
-            frame = frame.groupby("ts", as_index=False).agg(y=("y", "mean"), t=("t", "mean"))
-        else:
-            frame = frame.drop_duplicates("ts", keep="last")
-    return frame.sort_values("ts", kind="stable").reset_index(drop=True), n_dup
+def _dedupe(
+    ts: np.ndarray, y: np.ndarray, t: np.ndarray, how: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Rule 2: one reading per timestamp, in time order, and how many rows were
+    duplicates. ``how`` is ``last`` (the last ingested wins) or ``mean`` (of the values
+    present, NaN where none is)."""
+    ticks = ts.view("int64")
+    if len(ticks) < 2 or bool((ticks[1:] > ticks[:-1]).all()):  # in order, no duplicate
+        return ts, y, t, 0
+    if how == "mean":
+        stamps, inverse = np.unique(ts, return_inverse=True)
+        n_dup = len(ts) - len(stamps)
+        return stamps, _group_mean(inverse, y, len(stamps)), _group_mean(inverse, t, len(stamps)), n_dup
+    stamps, first = np.unique(ts[::-1], return_index=True)  # the first from the end: the last ingested
+    keep = len(ts) - 1 - first
+    return stamps, y[keep], t[keep], len(ts) - len(stamps)
 
 
-def _on_grid(frame: pd.DataFrame, freq: str) -> pd.DataFrame:
-    """Rule 3: quarantines ``irregular`` series, drops the few off-grid readings of the others."""
-    ts = frame["ts"].to_numpy()
+def _group_mean(groups: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    """Per group ``0..n-1``, the mean of its values that are not NaN (NaN for none)."""
+    present = ~np.isnan(values)
+    total = np.bincount(groups, weights=np.where(present, values, 0.0), minlength=n)
+    count = np.bincount(groups, weights=present.astype(float), minlength=n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / count, np.nan)
+
+
+def _on_grid(ts: np.ndarray, freq: str) -> np.ndarray | None:
+    """Rule 3: quarantines ``irregular`` series; the readings of the others to keep
+    (``None``: all), dropping the few off-grid ones."""
     modal = modal_step(ts)
     if modal is not None and modal not in grid_steps(ts[0], ts[-1], freq):
         raise _Quarantined(
             "irregular", f"readings are mostly {alias(modal)} apart, not the collection's frequency {freq}"
         )
     if len(ts) < 2:
-        return frame
+        return None
     on = on_grid(ts, freq)
     off_grid = int((~on).sum())
     if off_grid > 0.01 * len(ts):
         raise _Quarantined("irregular", f"{off_grid} of {len(ts)} timestamps are off the {freq} grid")
-    return frame[on]
+    return on if off_grid else None
+
+
+def _regular(
+    steps: np.ndarray, ts: np.ndarray, y: np.ndarray, t: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``y`` and ``t`` on the grid ``steps`` (sorted, as ``ts``): NaN where no reading is."""
+    pos = np.minimum(np.searchsorted(steps, ts), len(steps) - 1)
+    hit = steps[pos] == ts
+    y_on, t_on = np.full(len(steps), np.nan), np.full(len(steps), np.nan)
+    y_on[pos[hit]], t_on[pos[hit]] = y[hit], t[hit]
+    return y_on, t_on
 
 
 def _check_gaps(missing: np.ndarray, max_share: float) -> None:
@@ -328,8 +359,10 @@ def _outliers(
 
 def _temperature(t: np.ndarray) -> np.ndarray:
     """The temperature on the grid, interpolated (and extended at both ends) when any is known."""
-    if np.isfinite(t).any():
-        t = pd.Series(t).interpolate(limit_direction="both").to_numpy()
+    known = ~np.isnan(t)
+    if known.any() and not known.all():  # pandas' linear interpolate(limit_direction="both"), in numpy
+        steps = np.arange(len(t))
+        t = np.interp(steps, steps[known], t[known])
     return t
 
 
