@@ -146,15 +146,14 @@ def score_series(group: pd.DataFrame, config: Config) -> pd.DataFrame:
         scale[cutoffs == c] = mase_scale(y_all[ts_all <= c], m)
     yhat = column("yhat", dtype=float, na_value=np.nan)
     err = yhat - y
-    out = {
-        name: group[name].array[rows]
-        for name in ("model_version", "run_id", "model", "fit", "cutoff", "created_at")
-    }
-    created = pd.DatetimeIndex(pd.to_datetime(group["created_at"].iloc[rows], utc=True))
+    # plain numpy columns: a frame of extension arrays cost most of the scoring
+    out = {name: column(name, dtype=object) for name in ("model_version", "run_id", "model", "fit")}
+    created = group["created_at"].array[rows]
+    out |= {"cutoff": cutoffs, "created_at": created}
     with np.errstate(invalid="ignore", divide="ignore"):
         out |= {
             C.SERIES_ID: column(C.SERIES_ID),
-            "forecast_day": created.date,
+            "forecast_day": _utc_dates(created),
             "lead": lead[found],
             C.TS: ts[rows],
             C.Y: y,
@@ -171,7 +170,19 @@ def score_series(group: pd.DataFrame, config: Config) -> pd.DataFrame:
             inside = ((y >= lo) & (y <= hi)).astype(float)
             out[f"coverage_{lv}"] = np.where(np.isnan(lo) | np.isnan(hi), np.nan, inside)
     out[C.BUCKET] = C.bucket_of(out[C.SERIES_ID])
-    return pd.DataFrame(out, columns=schema.names)
+    return pd.DataFrame(
+        {name: out[name] for name in schema.names}
+    )  # columns= would build a Series of them first
+
+
+def _utc_dates(created) -> np.ndarray:
+    """The UTC dates (``datetime.date``) of the times ``created``, each made once."""
+    if isinstance(created.dtype, pd.DatetimeTZDtype):
+        ticks = np.asarray(created.tz_convert("UTC").tz_localize(None), dtype="datetime64[us]")
+    else:
+        ticks = np.asarray(pd.to_datetime(created, utc=True).tz_localize(None), dtype="datetime64[us]")
+    days, where = np.unique(ticks.astype("datetime64[D]"), return_inverse=True)
+    return np.array([d.item() for d in days] + [None], dtype=object)[:-1][where]
 
 
 def _dense_rank(version: np.ndarray, cutoff: np.ndarray, ts: np.ndarray) -> np.ndarray:
