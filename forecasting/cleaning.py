@@ -140,8 +140,8 @@ def _clean(sid: str, pdf: pd.DataFrame, config: Any) -> pd.DataFrame:
     keep = _on_grid(ts, config.freq)
     if keep is not None:
         ts, y, t = ts[keep], y[keep], t[keep]
-    steps = grid(pd.Timestamp(ts[0]), pd.Timestamp(ts[-1]), config.freq)
-    y, t = _regular(steps.to_numpy(dtype="datetime64[us]"), ts, y, t)
+    steps = grid(pd.Timestamp(ts[0]), pd.Timestamp(ts[-1]), config.freq).to_numpy(dtype="datetime64[us]")
+    y, t = _regular(steps, ts, y, t)
     missing = ~np.isfinite(y)
     _check_gaps(missing, cfg.max_missing_share)
     _check_values(y[~missing], config, keeps_zero(config))
@@ -156,7 +156,7 @@ def _clean(sid: str, pdf: pd.DataFrame, config: Any) -> pd.DataFrame:
     return pd.DataFrame(
         {
             C.SERIES_ID: np.full(n, sid, dtype=object),
-            C.TS: steps.to_numpy(dtype="datetime64[us]"),
+            C.TS: steps,
             C.Y: filled,
             "temperature": _temperature(t),
             "is_filled": missing,

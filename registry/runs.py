@@ -217,11 +217,11 @@ def run_description(
     tuned = ", tuned with Hyperopt" if config.tune.enabled else ""
     partial = ""
     if config.retrain.policy != "full":
-        on = (
-            f"up to {config.selection_windows(config.freq)} windows (as many as its history holds)"
-            if config.freq
-            else "the windows covering a week"
-        )
+        n = config.retrain.backtest_windows
+        if config.freq:
+            on = f"up to {config.selection_windows(config.freq)} windows (as many as its history holds)"
+        else:  # the frequency not known yet: the setting as written
+            on = f"{max(n, config.backtest.windows)} windows" if n else "the windows covering a week"
         partial = (
             f" (retrain.policy {config.retrain.policy}: series fitted again chosen on {on}, others carried)"
         )

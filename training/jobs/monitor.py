@@ -170,9 +170,8 @@ def score_series(group: pd.DataFrame, config: Config) -> pd.DataFrame:
             inside = ((y >= lo) & (y <= hi)).astype(float)
             out[f"coverage_{lv}"] = np.where(np.isnan(lo) | np.isnan(hi), np.nan, inside)
     out[C.BUCKET] = C.bucket_of(out[C.SERIES_ID])
-    return pd.DataFrame(
-        {name: out[name] for name in schema.names}
-    )  # columns= would build a Series of them first
+    # ordered here: pd.DataFrame(out, columns=...) would build a Series of the dict first
+    return pd.DataFrame({name: out[name] for name in schema.names})
 
 
 def _utc_dates(created) -> np.ndarray:
@@ -182,7 +181,7 @@ def _utc_dates(created) -> np.ndarray:
     else:
         ticks = np.asarray(pd.to_datetime(created, utc=True).tz_localize(None), dtype="datetime64[us]")
     days, where = np.unique(ticks.astype("datetime64[D]"), return_inverse=True)
-    return np.array([d.item() for d in days] + [None], dtype=object)[:-1][where]
+    return np.array([d.item() for d in days], dtype=object)[where]
 
 
 def _dense_rank(version: np.ndarray, cutoff: np.ndarray, ts: np.ndarray) -> np.ndarray:
