@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from benchmarks.common import save
+from benchmarks.common import git_sha, save
 from forecasting import contract as C
 from forecasting.config import load_config
 from forecasting.generator import generate, write
@@ -66,13 +66,22 @@ def score(lake: Lakehouse, truth: pd.DataFrame, cutoff: pd.Timestamp) -> dict:
 
 
 def run_policy(
-    policy: str, gen, first_end: pd.Timestamp, nights: int, conf: dict, work: Path
+    policy: str, gen, first_end: pd.Timestamp, nights: int, conf: dict, work: Path, done: int | None = None
 ) -> Iterator[dict]:
     """The first nightly and ``nights`` more, one new day each, with ``policy``: yields
     ``{"first_s": ...}`` after the first, then each night's figures, so that the caller
-    can alternate the policies night by night (one machine's drift weighs on both)."""
+    can alternate the policies night by night (one machine's drift weighs on both).
+    ``done``: resume a stopped run whose lakehouse holds the first nightly and ``done``
+    nights (nothing is yielded for those)."""
     root, raw = work / policy, work / policy / "raw"
-    raw.mkdir(parents=True)
+    raw.mkdir(parents=True, exist_ok=done is not None)
+    if done is not None:
+        released = sorted(int(f.stem.split("-")[1]) for f in raw.glob("day-*.parquet"))
+        if released[-1:] != ([done] if done else []):
+            raise SystemExit(
+                f"--resume: {raw} holds days {released} but progress.json records {done} nights of "
+                f"{policy!r}: a night was cut off; roll its lakehouse back to night {done} or start over"
+            )
     r = gen.readings
 
     def release(name: str, rows: pd.DataFrame) -> None:
@@ -87,12 +96,13 @@ def run_policy(
     }
     cfg = load_config(**_flat(settings))
     lake = Lakehouse.from_config(cfg)
-    release("history", r[r[C.TS] <= first_end])
-    clock = time.perf_counter()
-    first = nightly(lake, cfg)
-    assert not first.failed, first.failure
-    yield {"first_s": time.perf_counter() - clock}
-    for k in range(1, nights + 1):
+    if done is None:
+        release("history", r[r[C.TS] <= first_end])
+        clock = time.perf_counter()
+        first = nightly(lake, cfg)
+        assert not first.failed, first.failure
+        yield {"first_s": time.perf_counter() - clock}
+    for k in range((done or 0) + 1, nights + 1):
         end = first_end + pd.Timedelta(days=k)
         release(f"day-{k}", r[(r[C.TS] > end - pd.Timedelta(days=1)) & (r[C.TS] <= end)])
         clock = time.perf_counter()
@@ -108,6 +118,7 @@ def run_policy(
             "n_refit": metrics.get("n_refit"),
             "n_carried": metrics.get("n_carried"),
             "n_drifted": metrics.get("n_drifted"),
+            "git": git_sha(),
             **score(lake, r, end),
         }
         print(
@@ -127,7 +138,10 @@ def _flat(data: dict, prefix: str = "") -> dict:
     return out
 
 
-def run(n_series: int, days: int, nights: int, conf: dict, work: Path) -> dict:
+def run(n_series: int, days: int, nights: int, conf: dict, work: Path, resume: bool = False) -> dict:
+    """``resume``: go on with the run stopped in ``work`` (its ``progress.json``): the
+    nights it recorded are kept, the next ones run on the current code (each night
+    records the commit it ran on)."""
     gen = generate(n_series=n_series, days=days, freq="h", seed=7, clean=True)
     end = gen.readings[C.TS].max()
     first_end = end - pd.Timedelta(days=nights + 1)
@@ -139,15 +153,34 @@ def run(n_series: int, days: int, nights: int, conf: dict, work: Path) -> dict:
         "order": "alternated",
         "policies": {},
     }
-    runs = {p: run_policy(p, gen, first_end, nights, conf, work) for p in POLICIES}
-    for policy, steps in runs.items():
-        out["policies"][policy] = {**next(steps), "nights": []}
-    for _ in range(nights):  # full's night k, then changed's night k
+    done = None
+    if resume:
+        out = json.loads((work / "progress.json").read_text())
+        asked = {"series": n_series, "days": days, "nights": nights, "conf": conf}
+        held = {k: out.get(k) for k in asked}
+        if held != asked:
+            raise SystemExit(f"--resume: {work} holds a run of {held}, not {asked}")
+        counts = {p: len(out["policies"][p]["nights"]) for p in POLICIES}
+        done = min(counts.values())
+        if max(counts.values()) != done:
+            raise SystemExit(f"--resume: the policies' nights differ in {work}/progress.json: {counts}")
+        out.setdefault("resumed", []).append({"after_night": done, "git": git_sha()})
+    runs = {p: run_policy(p, gen, first_end, nights, conf, work, done) for p in POLICIES}
+    if done is None:
+        for policy, steps in runs.items():
+            out["policies"][policy] = {**next(steps), "nights": []}
+    for _ in range(nights - (done or 0)):  # full's night k, then changed's night k
         for policy, steps in runs.items():
             out["policies"][policy]["nights"].append(next(steps))
         (work / "progress.json").write_text(json.dumps(out, default=str))
+    out["summary"] = summary(out)
+    return out
+
+
+def summary(out: dict) -> dict:
+    """Nightly time and held-out MASE over the nights, ``changed`` against ``full``."""
     full, changed = (pd.DataFrame(out["policies"][p]["nights"]) for p in POLICIES)
-    out["summary"] = {
+    return {
         "full_wall_s": float(full["wall_s"].sum()),
         "changed_wall_s": float(changed["wall_s"].sum()),
         "time_share": float(changed["wall_s"].sum() / full["wall_s"].sum()),
@@ -156,7 +189,6 @@ def run(n_series: int, days: int, nights: int, conf: dict, work: Path) -> dict:
         "changed_mase": float(changed["mase"].mean()),
         "mase_change": float(changed["mase"].mean() / full["mase"].mean() - 1),
     }
-    return out
 
 
 def markdown(r: dict, command: str) -> str:
@@ -173,10 +205,15 @@ def markdown(r: dict, command: str) -> str:
         f"(**{s['time_share']:.0%}** of full; training step alone {s['train_share']:.0%}); target <= 25%.",
         f"- held-out MASE: full {s['full_mase']:.4f}, changed {s['changed_mase']:.4f} "
         f"(**{s['mase_change']:+.2%}**); target at most +1%.",
+        *(
+            f"- resumed after night {x['after_night']} on commit {x['git'][:7]} (`--resume`): "
+            "the nights before it ran earlier, on the commit in their row"
+            for x in r.get("resumed", [])
+        ),
         "",
         "| policy | night | wall s | ingest s | refine s | monitor s | train s | forecast s | refit | carried "
-        "| drifted | MASE | series |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| drifted | MASE | series | commit |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for policy, res in r["policies"].items():
         for n in res["nights"]:
@@ -185,7 +222,7 @@ def markdown(r: dict, command: str) -> str:
             lines.append(
                 f"| {policy} | {n['night']} | {n['wall_s']:.1f} | {step} | {n['train_s']:.1f} | "
                 f"{steps.get('forecast', float('nan')):.1f} | {n['n_refit']} | {n['n_carried']} | "
-                f"{n['n_drifted']} | {n['mase']:.4f} | {n['series']} |"
+                f"{n['n_drifted']} | {n['mase']:.4f} | {n['series']} | {n.get('git', '?')[:7]} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -198,13 +235,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--conf", help="YAML settings applied to both policies (the defaults otherwise)")
     ap.add_argument("--work", help="folder for the lakehouses (a temporary one by default)")
     ap.add_argument("--out", default="retrain", help="results name: benchmarks/results/OUT.{json,md}")
+    ap.add_argument(
+        "--resume",
+        action="store_true",
+        help="go on with the stopped run in --work (its progress.json and lakehouses) from its next night",
+    )
     args = ap.parse_args(argv)
+    if args.resume and not args.work:
+        ap.error("--resume needs --work: the folder of the run to go on with")
     conf = yaml.safe_load(Path(args.conf).read_text()) if args.conf else {}
     conf.setdefault("horizon", H)
     conf.setdefault("mlflow", {}).setdefault("sample_plots", 0)
     with tempfile.TemporaryDirectory(prefix="mmf-retrain-") as tmp:
         work = Path(args.work) if args.work else Path(tmp)
-        r = run(args.series, args.days, args.nights, conf, work)
+        r = run(args.series, args.days, args.nights, conf, work, args.resume)
     command = "python -m benchmarks.retrain " + " ".join(
         argv if argv is not None else __import__("sys").argv[1:]
     )
