@@ -212,7 +212,9 @@ def markdown(r: dict, command: str) -> str:
         f"(**{s['mase_change']:+.2%}**); target at most +1%.",
         *(
             f"- resumed on commit {x['git'][:7]} (`--resume`) after nights "
-            + ", ".join(f"{n} of {p}" for p, n in x["after_nights"].items())
+            + ", ".join(
+                f"{n} of {p}" for p, n in x.get("after_nights", {"both": x.get("after_night")}).items()
+            )
             + ": the nights before ran earlier, on the commit in their row"
             for x in r.get("resumed", [])
         ),
