@@ -40,13 +40,15 @@ def chosen_backtest(results: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index(C.SERIES_ID)
 
 
+# per_series.parquet's first columns; the chosen model's backtest metrics follow them
+PER_SERIES_BASE = (C.SERIES_ID, "status", "reason", "model", "metric", "metric_value", "n_obs", "end")
+
+
 def per_series_table(results: pd.DataFrame, bt: pd.DataFrame | None = None) -> pd.DataFrame:
     """What ``per_series.parquet`` holds: one row per series with its status and the
     chosen model's mean backtest metrics (``bt``: :func:`chosen_backtest` of ``results``,
     when already computed)."""
-    base = results[
-        [C.SERIES_ID, "status", "reason", "model", "metric", "metric_value", "n_obs", "end"]
-    ].copy()
+    base = results[list(PER_SERIES_BASE)].copy()
     bt = chosen_backtest(results) if bt is None else bt
     if len(bt.columns):
         base = base.merge(bt, left_on=C.SERIES_ID, right_index=True, how="left")

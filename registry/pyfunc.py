@@ -889,27 +889,68 @@ def _windows(counts: np.ndarray, rows: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if cum[b - 1] > (cum[a - 1] if a else 0)]
 
 
+@dataclass(frozen=True)
+class StagedModels:
+    """A run's ``models.parquet`` rows already spilled batch by batch (:func:`stage_models`,
+    one file per batch, in the run's order) and the :class:`BundleStats` of each batch:
+    :func:`write_models` only merges them."""
+
+    paths: tuple[Path, ...]
+    stats: tuple[dict, ...]
+
+
+def stage_models(results: pd.DataFrame, config: Config, path: str | Path) -> dict:
+    """One batch's :func:`models_table` rows spilled to ``path`` (sorted, as
+    :func:`write_models` spills a frame) for a later :class:`StagedModels`; returns the
+    batch's :class:`BundleStats` as a dict."""
+    stats = BundleStats()
+    stats.add(results)
+    _spill(models_table(results, config), Path(path))
+    return {"n_series": stats.n_series, "metric_sum": stats.metric_sum, "metric_count": stats.metric_count}
+
+
+def _staged_run(path: Path) -> tuple[_Run, np.ndarray]:
+    """A spilled file as a :class:`_Run` (its row groups' bucket ranges) and its bucket counts."""
+    with pq.ParquetFile(path) as f:
+        buckets = f.read(columns=[C.BUCKET]).column(C.BUCKET).to_numpy()
+        sizes = [f.metadata.row_group(g).num_rows for g in range(f.num_row_groups)]
+    starts = np.cumsum([0, *sizes[:-1]]).astype(int) if sizes else np.zeros(0, dtype=int)
+    ends = starts + np.asarray(sizes, dtype=int) - 1
+    run = _Run(path, buckets[starts] if len(buckets) else starts, buckets[ends] if len(buckets) else ends)
+    return run, np.bincount(buckets, minlength=C.N_BUCKETS)
+
+
 def write_models(
-    results: pd.DataFrame | Iterable[pd.DataFrame], config: Config, path: str | Path
+    results: pd.DataFrame | Iterable[pd.DataFrame] | StagedModels, config: Config, path: str | Path
 ) -> BundleStats:
     """Write ``models.parquet`` (:func:`models_table` rows) of ``results``: one frame of
     TRAIN_RESULT rows, or an iterable of them (e.g. a training run's batches), read one at
-    a time. Rows are sorted by bucket then series id, in row groups of at most
-    :data:`BUNDLE_GROUP_ROWS` series, so each covers a narrow bucket range and a lookup
-    reads little. The sort is external: each frame's rows are spilled to disk sorted,
-    then merged a bucket range of about :data:`_WINDOW_ROWS` rows at a time, so memory
-    is bounded by a frame and a window, never by the number of series. Returns what the
-    version's tags say of ``results``."""
+    a time, or a run's :class:`StagedModels`. Rows are sorted by bucket then series id,
+    in row groups of at most :data:`BUNDLE_GROUP_ROWS` series, so each covers a narrow
+    bucket range and a lookup reads little. The sort is external: each frame's rows are
+    spilled to disk sorted (staged ones were), then merged a bucket range of about
+    :data:`_WINDOW_ROWS` rows at a time, so memory is bounded by a frame and a window,
+    never by the number of series. Returns what the version's tags say of ``results``."""
     stats = BundleStats()
     counts = np.zeros(C.N_BUCKETS, dtype=np.int64)
     with tempfile.TemporaryDirectory(prefix="mmf-models-spill-") as spill:
         runs: list[_Run] = []
-        for i, frame in enumerate(_frames(results)):
-            stats.add(frame)
-            table = models_table(frame, config)
-            if table.num_rows:
-                runs.append(_spill(table, Path(spill) / f"{i:06d}.parquet"))
-                counts += np.bincount(table.column(C.BUCKET).to_numpy(), minlength=C.N_BUCKETS)
+        if isinstance(results, StagedModels):
+            for part, batch in zip(results.paths, results.stats):
+                stats.n_series += batch["n_series"]
+                stats.metric_sum += batch["metric_sum"]
+                stats.metric_count += batch["metric_count"]
+                run, n = _staged_run(part)
+                if n.sum():
+                    runs.append(run)
+                    counts += n
+        else:
+            for i, frame in enumerate(_frames(results)):
+                stats.add(frame)
+                table = models_table(frame, config)
+                if table.num_rows:
+                    runs.append(_spill(table, Path(spill) / f"{i:06d}.parquet"))
+                    counts += np.bincount(table.column(C.BUCKET).to_numpy(), minlength=C.N_BUCKETS)
         with pq.ParquetWriter(path, MODELS_SCHEMA, compression="zstd") as writer:
             if not runs:
                 return stats
@@ -1003,7 +1044,7 @@ def code_paths(folder: str | Path) -> list[str]:
 
 
 def log_many_models(
-    results: pd.DataFrame | Iterable[pd.DataFrame] | None,
+    results: pd.DataFrame | Iterable[pd.DataFrame] | StagedModels | None,
     config: Config,
     silver_version: int,
     global_store: str | Path | None = None,
@@ -1012,7 +1053,8 @@ def log_many_models(
     """Log every usable series' model as one pyfunc (artifact ``model``) in the active
     run and register it as a new version of ``config.mlflow.registered_model``.
     ``results``: the run's TRAIN_RESULT rows, as one frame or an iterable of frames (one
-    per batch; other columns are ignored), read once (:func:`write_models`).
+    per batch; other columns are ignored), read once, or the run's :class:`StagedModels`
+    (:func:`write_models`).
     ``global_store``: the ``global_models.npz`` of the run's global models (their
     weights, stored once), when any was trained.
     ``reference``: register a *reference* bundle instead: no ``models.parquet``; the

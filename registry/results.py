@@ -31,7 +31,7 @@ from forecasting.config import Config
 from forecasting.errors import RegistryError
 from registry.aggregates import ExactSum
 from registry.connection import set_uris
-from registry.metrics import USABLE, chosen_backtest, finite_metric_values, per_series_table
+from registry.metrics import PER_SERIES_BASE, USABLE, chosen_backtest, finite_metric_values, per_series_table
 from registry.plots import plot_error_histogram, plot_errors, plot_forecasts, sample_series
 
 RESULTS_FILE = "results.parquet"  # the engine's TRAIN_RESULT rows, for resuming a killed job
@@ -42,6 +42,24 @@ RESULTS_REF = "results.ref.json"
 TABLE_MAX_ROWS = 20_000  # per_series.json (mlflow.log_table) only below this size
 # ids -> rows of those series (history: silver rows ``series_id, ts, y``; results: TRAIN_RESULT)
 Lookup = Callable[[Sequence[str]], pd.DataFrame]
+
+
+@dataclass(frozen=True)
+class StagedResults:
+    """A run's ``results.parquet`` and ``per_series.parquet`` already written batch by
+    batch (:func:`stage_results`, two files per batch, in the run's order):
+    :func:`log_results` only copies them into the run's files."""
+
+    results: tuple[Path, ...]
+    per_series: tuple[Path, ...]
+
+
+def stage_results(batch: pd.DataFrame, results_path: Path, per_series_path: Path) -> None:
+    """One batch's rows of ``results.parquet`` and of ``per_series.parquet``, as
+    :func:`log_results` writes them, in files of their own (a :class:`StagedResults`)."""
+    cols = batch.reindex(columns=list(C.TRAIN_RESULT_CORE.names))  # a column the rows lack is written null
+    pq.write_table(pa.Table.from_pandas(cols, schema=C.TRAIN_RESULT_CORE, preserve_index=False), results_path)
+    per_series_table(batch).to_parquet(per_series_path, index=False)
 
 
 @dataclass
@@ -68,6 +86,21 @@ class RunTotals:
         bt = chosen_backtest(usable) if bt is None else bt.loc[bt.index.isin(usable[C.SERIES_ID])]
         for col in bt.columns:
             values = pd.to_numeric(bt[col], errors="coerce").dropna()
+            if len(values):
+                self.bt_sums.setdefault(col, ExactSum()).add(values.tolist())
+                self.bt_counts[col] += len(values)
+
+    def add_per_series(self, rows: pd.DataFrame) -> None:
+        """Count one batch from its ``per_series.parquet`` rows (:func:`stage_results`):
+        the same totals as :meth:`add` of its TRAIN_RESULT rows, without their JSON."""
+        self.n_series += len(rows)
+        self.status.update(rows["status"].astype(str).tolist())
+        usable = rows[rows["status"].isin(USABLE)]
+        self.chosen.update(m for m in usable["model"].tolist() if m)
+        self.metric_values.append(finite_metric_values(usable).to_numpy(dtype=float))
+        self.usable_ids.append(usable[C.SERIES_ID].astype(str).to_numpy())
+        for col in rows.columns[len(PER_SERIES_BASE) :]:
+            values = pd.to_numeric(usable[col], errors="coerce").dropna()
             if len(values):
                 self.bt_sums.setdefault(col, ExactSum()).add(values.tolist())
                 self.bt_counts[col] += len(values)
@@ -102,7 +135,7 @@ class RunTotals:
 
 
 def log_results(
-    results: pd.DataFrame | Iterable[pd.DataFrame],
+    results: pd.DataFrame | Iterable[pd.DataFrame] | StagedResults,
     config: Config,
     history: pd.DataFrame | Lookup | None = None,
     n_quarantined: int | None = None,
@@ -112,7 +145,8 @@ def log_results(
     """Log a training job's results to the active run in a few calls.
 
     ``results``: the TRAIN_RESULT rows, one frame or an iterable of batches of them
-    (read once, one batch at a time). Metrics: ``n_series``, ``n_ok``, ``n_fallback``,
+    (read once, one batch at a time), or a run's :class:`StagedResults` (its files only
+    copied). Metrics: ``n_series``, ``n_ok``, ``n_fallback``,
     ``n_failed``, ``n_quarantined`` (when given), ``metric_value_mean``/
     ``metric_value_median`` (ok and fallback series), ``backtest.<m>`` (mean over series
     of the chosen model's backtest metric ``m``) and ``chosen.<model>`` (series per
@@ -139,7 +173,10 @@ def log_results(
         lookup = lookup or (lambda ids: frame[frame[C.SERIES_ID].astype(str).isin(set(ids))])
     with tempfile.TemporaryDirectory(prefix="mmf-run-") as tmp:
         folder = Path(tmp)
-        totals, n_rows = _write_batches(results, folder)
+        if isinstance(results, StagedResults):
+            totals, n_rows = _copy_staged(results, folder)
+        else:
+            totals, n_rows = _write_batches(results, folder)
         metrics = totals.metrics(n_quarantined) if metrics is None else dict(metrics)
         mlflow.log_metrics(metrics)
         mlflow.log_artifact(str(folder / PER_SERIES_FILE))
@@ -180,9 +217,23 @@ def _write_batches(batches: Iterable[pd.DataFrame], folder: Path) -> tuple[RunTo
     return totals, n_rows
 
 
-def _merge_parts(parts: list[Path], path: Path) -> int:
+def _copy_staged(staged: StagedResults, folder: Path) -> tuple[RunTotals, int]:
+    """:func:`_write_batches` of a :class:`StagedResults`: its files copied into the two
+    files in ``folder`` (kept: a failed log is tried again from them), the totals
+    counted from its per-series rows."""
+    totals = RunTotals()
+    with pq.ParquetWriter(folder / RESULTS_FILE, C.TRAIN_RESULT_CORE, compression="zstd") as writer:
+        for part in staged.results:
+            writer.write_table(pq.read_table(part, schema=C.TRAIN_RESULT_CORE))
+    for part in staged.per_series:
+        totals.add_per_series(pd.read_parquet(part))
+    return totals, _merge_parts(list(staged.per_series), folder / PER_SERIES_FILE, keep=True)
+
+
+def _merge_parts(parts: list[Path], path: Path, keep: bool = False) -> int:
     """The parts' rows in one Parquet file with the union of their columns (in order of
-    first appearance); returns the rows written. Parts are removed as they are copied."""
+    first appearance); returns the rows written. Parts are removed as they are copied
+    (unless ``keep``)."""
     fields: dict[str, pa.Field] = {}
     for part in parts:
         for f in pq.read_schema(part):
@@ -201,7 +252,8 @@ def _merge_parts(parts: list[Path], path: Path) -> int:
             ]
             writer.write_table(pa.Table.from_arrays(cols, schema=schema))
             n += len(table)
-            part.unlink()
+            if not keep:
+                part.unlink()
     return n
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from mlflow import MlflowClient
@@ -22,6 +23,7 @@ from mlflow import MlflowClient
 from forecasting.config import load_config
 from forecasting.generator import generate, write
 from tests.reliability.reliability_support import mmf
+from training.engines.base import TableBatch
 from training.jobs.ingest import ingest
 from training.jobs.refine import refine
 from training.jobs.train import train
@@ -177,6 +179,9 @@ def test_a_train_killed_after_a_batch_resumes_in_its_own_run(batched, silver, tm
     assert 2 <= len(at_kill) < n and not lake.exists("gold/selection")
     # each committed batch's backtest forecasts were derived as it committed, not at the end
     assert _batches_committed(lake, "gold/backtest_forecasts") == sorted(at_kill)
+    # and its parts staged for the steps after the engine (training/jobs/train_parts.py)
+    (run_dir,) = (lake_root / "_runs").iterdir()
+    assert {int(f.stem) for f in (run_dir / "parts").glob("*.json")} == at_kill
 
     again = _mmf("train", "--conf", str(conf), env={})
     assert again.returncode == 0, again.stderr[-3000:]
@@ -196,6 +201,7 @@ def test_a_train_killed_after_a_batch_resumes_in_its_own_run(batched, silver, tm
     models = lake.read("gold/models")
     first = models[models["batch"].isin(at_kill)]["created_at"].max()
     assert (models[~models["batch"].isin(at_kill)]["created_at"] > first).all()
+    assert not run_dir.exists()  # the parts go once the run is recorded
     assert lake.txn_version("gold/selection", "mmf-train") == rep_many.silver_version
     assert lake.history("gold/selection")[0]["mmf.run_id"] == run.info.run_id
     metrics = (
@@ -206,6 +212,63 @@ def test_a_train_killed_after_a_batch_resumes_in_its_own_run(batched, silver, tm
     for key, value in rep_many.metrics.items():
         if not key.startswith("gate."):
             assert metrics[key] == pytest.approx(value, rel=1e-12), key
+
+
+def test_a_runs_parts_give_the_files_and_figures_its_gold_models_rows_give(batched, tmp_path):
+    """The staged path (train_parts) against the path reading gold/models back: the same
+    results.parquet, per_series.parquet, metrics, bundle rows and figures, gate facts
+    and retrain counts."""
+    from registry import pyfunc
+    from registry.aggregates import Totals, challenger_facts
+    from registry.results import StagedResults, _copy_staged, _write_batches
+    from training.engines import get_engine
+    from training.jobs import retrain
+    from training.jobs.train_gold import METRIC_COLUMNS, run_sources
+    from training.jobs.train_parts import RunParts
+    from training.jobs.train_plan import Plan, run_batches
+
+    many, _, rep, _, n = batched
+    cfg = _config(many, 1000)
+    lake = Lakehouse.from_config(cfg)
+    plan = Plan(lake, rep.silver_version, lake.batches(SILVER_READINGS, rep.silver_version, 1000))
+    parts = RunParts(tmp_path / "parts", cfg)
+    parts.catch_up(lake, rep.run_id, plan)
+    assert len(list((tmp_path / "parts").glob("*.json"))) == plan.n == n
+
+    (tmp_path / "staged").mkdir()
+    (tmp_path / "read").mkdir()
+    staged, n_staged = _copy_staged(parts.results(plan), tmp_path / "staged")
+    read, n_read = _write_batches(run_batches(lake, rep.run_id, plan), tmp_path / "read")
+    assert n_staged == n_read == rep.metrics["n_series"]
+    for name in ("results.parquet", "per_series.parquet"):
+        assert pq.read_table(tmp_path / "staged" / name).equals(pq.read_table(tmp_path / "read" / name)), name
+    assert staged.metrics(3) == read.metrics(3)
+    assert isinstance(parts.results(plan), StagedResults)
+
+    a = pyfunc.write_models(parts.models(plan), cfg, tmp_path / "staged" / "models.parquet")
+    b = pyfunc.write_models(run_batches(lake, rep.run_id, plan), cfg, tmp_path / "read" / "models.parquet")
+    assert a == b and a.n_series > 0
+    got = pq.read_table(tmp_path / "staged" / "models.parquet")
+    assert got.equals(pq.read_table(tmp_path / "read" / "models.parquet"))
+
+    engine = get_engine(cfg)
+    sources = run_sources(lake, rep.run_id, plan, "gold/models", METRIC_COLUMNS)
+    want = engine.aggregate(sources, lambda rows: challenger_facts(rows, cfg.backtest.metric))
+    totals = Totals()
+    totals.add(parts.challenger_facts(plan))
+    assert totals.stats() == want and want["challenger_metric"].n > 0
+    wanted = retrain.counts(
+        engine.aggregate(
+            [
+                TableBatch(
+                    lake, "gold/models", r, None, ("series_id", "refit"), (("run_id", "=", rep.run_id),)
+                )
+                for r in plan.ranges
+            ],
+            retrain.retrain_facts,
+        )
+    )
+    assert retrain.counts(parts.refit_stats(plan)) == wanted and wanted["n_refit"] == rep.metrics["n_series"]
 
 
 @pytest.mark.slow  # a train killed after two batches resumes in its own run: the test above, by default

@@ -163,12 +163,16 @@ def counts(stats) -> dict[str, float]:
     return out
 
 
-def log_counts(lake: Lakehouse, engine: Engine, plan: Plan, run_id: str) -> dict[str, float]:
-    """The run's counts, summed up by the engine over its gold/models rows and logged
-    to the active MLflow run; returns them."""
-    where = (("run_id", "=", run_id),)
-    sources = [TableBatch(lake, GOLD_MODELS, r, None, (C.SERIES_ID, "refit"), where) for r in plan.ranges]
-    out = counts(engine.aggregate(sources, retrain_facts))
+def log_counts(lake: Lakehouse, engine: Engine, plan: Plan, run_id: str, parts=None) -> dict[str, float]:
+    """The run's counts, summed up by the engine over its gold/models rows (or from the
+    run's staged ``parts``) and logged to the active MLflow run; returns them."""
+    if parts is not None:
+        stats = parts.refit_stats(plan)
+    else:
+        where = (("run_id", "=", run_id),)
+        sources = [TableBatch(lake, GOLD_MODELS, r, None, (C.SERIES_ID, "refit"), where) for r in plan.ranges]
+        stats = engine.aggregate(sources, retrain_facts)
+    out = counts(stats)
     mlflow.log_metrics(out)
     return out
 

@@ -114,6 +114,7 @@ from training.jobs.train_gold import (  # noqa: F401 - the after-engine stages, 
     write_gold_selection,
     write_gold_training,
 )
+from training.jobs.train_parts import RunParts, read_batch
 from training.jobs.train_plan import (  # noqa: F401 - what the stages share, importable from here too
     APP_GATE,
     APP_ID,
@@ -247,6 +248,7 @@ def train(
         run_id = run.info.run_id
         if selection_done(lake, run_id):
             recovery.close_recovered(cfg, run_id, "closed after a restart: its Gold rows were written")
+            RunParts.of(lake, cfg, run_id).remove()
         elif mv is None:
             return _train(lake, cfg, plan, engine, progress, resume=run_id)
         else:
@@ -270,19 +272,29 @@ def _train(
         if glob is not None:
             lap("global_s")
         cold = cold_start.prepare(lake, cfg, plan, engine, tell)  # None: no series too short
-        train_batches(lake, cfg, plan, engine, run_id, glob, tell, resumed=resume is not None, cold=cold)
+        # the local engine's batches leave what the steps below need of them in the run's parts
+        parts = RunParts.of(lake, cfg, run_id) if engine.name != "spark" else None
+        train_batches(
+            lake, cfg, plan, engine, run_id, glob, tell, resumed=resume is not None, cold=cold, parts=parts
+        )
         lap("engine_s")
         tell("MLflow run, registry and gold tables", 0, 0)
-        metrics = record_run(lake, cfg, engine, plan, run_id)
-        metrics.update(retrain.log_counts(lake, engine, plan, run_id))
+        if parts is not None:
+            parts.catch_up(lake, run_id, plan)
+        metrics = record_run(lake, cfg, engine, plan, run_id, parts)
+        metrics.update(retrain.log_counts(lake, engine, plan, run_id, parts))
         checkpoint("before_register")
-        mv = _register(lake, cfg, plan, run_id, metrics, glob)
+        mv = _register(lake, cfg, plan, run_id, metrics, glob, parts)
         checkpoint("after_register")
-        decision = gate_run(lake, cfg, engine, plan, run_id, str(mv.version)) if mv is not None else None
+        decision = (
+            gate_run(lake, cfg, engine, plan, run_id, str(mv.version), parts) if mv is not None else None
+        )
         checkpoint("after_gate")
         lap("mlflow_s")
         write_gold_training(lake, cfg, run_id, plan, decision, engine)
         checkpoint("after_gold_selection")
+        if parts is not None:
+            parts.remove()
         lap("gold_write_s")
     return _report(lake, run_id, plan, cfg, mv, decision, metrics, timings)
 
@@ -324,13 +336,14 @@ def series_step(config: Config) -> str:
 
 # -- the batches -----------------------------------------------------------------------
 def train_batches(
-    lake, cfg, plan: Plan, engine: Engine, run_id: str, glob, tell, resumed: bool, cold=None
+    lake, cfg, plan: Plan, engine: Engine, run_id: str, glob, tell, resumed: bool, cold=None, parts=None
 ) -> None:
     """Map ``process_series`` over the plan's batches not in gold/models yet; the engine
     commits each batch's rows to gold/models as it completes (:func:`models_sink`), then
     derives its gold/backtest rows from them (:func:`derive_backtest`) and its
     gold/backtest_forecasts rows (:func:`derive_backtest_forecasts`): on Spark none
-    comes back to the driver."""
+    comes back to the driver. ``parts``: the run's :class:`RunParts`, each committed
+    batch staged there (the local engine)."""
     done = done_batches(lake, GOLD_MODELS, run_id, plan) if resumed else set()
     if resumed:  # a batch killed between its two commits: its backtest rows from gold/models
         for i in sorted(done - done_batches(lake, GOLD_BACKTEST, run_id, plan)):
@@ -368,6 +381,8 @@ def train_batches(
                 with_forecasts = stores_backtest_forecasts(lake, cfg)
             if with_forecasts:
                 derive_backtest_forecasts(engine, lake, cfg, run_id, plan, i, written.version)
+            if parts is not None:
+                parts.stage(i, read_batch(lake, run_id, plan, i, written.version))
         committed += 1
         if committed < plan.n:
             checkpoint("mid_train", batches_done=committed)
@@ -476,17 +491,19 @@ def _global_models(cfg: Config, plan: Plan, engine: Engine, run_id: str, progres
     return glob
 
 
-def _register(lake: Lakehouse, cfg: Config, plan: Plan, run_id: str, metrics: dict[str, float], glob):
-    """The run's many-models version (``None`` when no series has a usable model)."""
+def _register(
+    lake: Lakehouse, cfg: Config, plan: Plan, run_id: str, metrics: dict[str, float], glob, parts=None
+):
+    """The run's many-models version (``None`` when no series has a usable model);
+    an embedded bundle from the run's ``parts`` when staged."""
     if not sum(metrics.get(f"n_{s}", 0) for s in (C.OK, C.FALLBACK, C.COLD_START)):
         return None
     store = glob.store_path if glob is not None else None  # global weights, stored once in the pyfunc
     if pyfunc.bundle_kind(cfg) == pyfunc.REFERENCE:  # the version refers to the run's gold/models rows
         ref = pyfunc.ModelsRef(lake.root, run_id, int(lake.version(GOLD_MODELS)))
         return pyfunc.log_many_models(None, cfg, plan.version, global_store=store, reference=ref)
-    return pyfunc.log_many_models(
-        run_batches(lake, run_id, plan), cfg, silver_version=plan.version, global_store=store
-    )
+    rows = parts.models(plan) if parts is not None else run_batches(lake, run_id, plan)
+    return pyfunc.log_many_models(rows, cfg, silver_version=plan.version, global_store=store)
 
 
 def _report(lake, run_id, plan: Plan, cfg: Config, mv, decision, metrics, timings) -> TrainReport:
@@ -555,6 +572,7 @@ def _resume(lake: Lakehouse, cfg: Config, plan: Plan, run, mv, engine: Engine) -
         checkpoint("after_gate")
         write_gold_training(lake, cfg, run_id, plan, decision, engine)
         checkpoint("after_gold_selection")
+    RunParts.of(lake, cfg, run_id).remove()  # what the killed job staged
     metrics = {k: float(v) for k, v in run.data.metrics.items()}
     return _report(lake, run_id, plan, cfg, mv, decision, metrics, {})
 

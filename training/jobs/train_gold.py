@@ -50,6 +50,7 @@ from forecasting.results import backtest_forecast_rows
 from registry import promotion, pyfunc
 from registry.aggregates import (
     METRIC_VALUE,
+    Totals,
     challenger_facts,
     gate_facts,
     gate_summary,
@@ -95,10 +96,22 @@ def run_sources(lake: Lakehouse, run_id: str, plan: Plan, table: str, columns) -
 
 
 # -- the run's metrics -----------------------------------------------------------------
-def record_run(lake: Lakehouse, cfg: Config, engine: Engine, plan: Plan, run_id: str) -> dict[str, float]:
+def record_run(
+    lake: Lakehouse, cfg: Config, engine: Engine, plan: Plan, run_id: str, parts=None
+) -> dict[str, float]:
     """The run's metrics, summed up by the engine over its gold/models rows, logged to
-    the active run with its artifacts; returns them."""
+    the active run with its artifacts; returns them. With the run's ``parts``
+    (:class:`~training.jobs.train_parts.RunParts`, the local engine): the artifacts
+    copied from them and the metrics counted from their per-series rows."""
     n_quarantined = plan.n_quarantined()
+    if parts is not None:
+        return log_results(
+            parts.results(plan),
+            cfg,
+            history=plan.history,
+            n_quarantined=n_quarantined,
+            lookup=partial(run_rows, lake, run_id),
+        )
     stats = engine.aggregate(
         run_sources(lake, run_id, plan, GOLD_MODELS, METRIC_COLUMNS), run_facts, medians=[METRIC_VALUE]
     )
@@ -117,14 +130,20 @@ def record_run(lake: Lakehouse, cfg: Config, engine: Engine, plan: Plan, run_id:
 
 
 # -- the gate --------------------------------------------------------------------------
-def gate_run(lake: Lakehouse, cfg: Config, engine: Engine, plan: Plan, run_id: str, version: str):
+def gate_run(lake: Lakehouse, cfg: Config, engine: Engine, plan: Plan, run_id: str, version: str, parts=None):
     """The gate on ``version``: with a champion, on the comparison of each batch's
-    series the engine committed to gold/gate, summed up by the engine."""
+    series the engine committed to gold/gate, summed up by the engine; without one, on
+    the challenger's metric (from the run's ``parts`` when staged)."""
     metric = cfg.backtest.metric
     found = promotion.champion_run(cfg, version)
     if found is None:
-        sources = run_sources(lake, run_id, plan, GOLD_MODELS, METRIC_COLUMNS)
-        stats = engine.aggregate(sources, partial(challenger_facts, metric=metric))
+        if parts is not None:
+            totals = Totals()
+            totals.add(parts.challenger_facts(plan))
+            stats = totals.stats()
+        else:
+            sources = run_sources(lake, run_id, plan, GOLD_MODELS, METRIC_COLUMNS)
+            stats = engine.aggregate(sources, partial(challenger_facts, metric=metric))
         first = stats["challenger_metric"].mean if "challenger_metric" in stats else None
         return promotion.decide(cfg, version, first)
     compare_with_champion(lake, cfg, engine, plan, run_id, version, found)

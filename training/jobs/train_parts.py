@@ -1,0 +1,143 @@
+"""A training run's parts (the local engine): what the steps after the engine need of a
+batch, derived from its ``gold/models`` rows as the batch commits and kept in files of
+its own, so that those steps only merge files, and a restarted job derives them for the
+batches it trains, not again for those the killed job committed.
+
+Per batch ``i`` (:meth:`RunParts.stage`, one read of the batch's rows):
+
+* ``results-i.parquet`` and ``per_series-i.parquet``: the batch's rows of the run's
+  ``results.parquet`` and ``per_series.parquet`` (:func:`registry.results.stage_results`);
+  the run's metrics are counted from the per-series rows (no backtest JSON parsed again);
+* ``models-i.parquet``: its rows of the bundle's ``models.parquet``, sorted and spilled
+  (:func:`registry.pyfunc.stage_models`), with their bundle figures in ``i.json`` (an
+  embedded bundle only: a reference bundle reads gold/models);
+* in ``i.json`` too: the facts the gate needs without a champion (the challenger's
+  metric per usable series) and the retrain counts (``refit.<reason>``), summed up.
+
+``i.json`` is written last: a batch is staged when it exists. The folder is
+``<lakehouse>/_runs/<run_id>/parts`` when the lakehouse is a local path (a restart finds
+it), a folder under the system's temporary directory otherwise (a restart stages again
+what it lacks: the result is the same, only slower). The batches committed without
+parts (a job killed between the two, or run by an older version) are staged from
+``gold/models`` before the steps after the engine (:meth:`RunParts.catch_up`); the
+folder is removed when the run is recorded.
+
+The Spark engine keeps its own path: the executors write the run's files from the table.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+
+from forecasting import contract as C
+from forecasting.config import Config
+from registry.aggregates import Stat, challenger_facts, facts
+from registry.pyfunc import REFERENCE, StagedModels, bundle_kind, stage_models
+from registry.results import StagedResults, artifact_path, stage_results
+from training.jobs.train_plan import RESULT_COLUMNS, Plan
+from training.tables import GOLD_MODELS, Lakehouse
+
+REFIT = "refit"
+
+
+class RunParts:
+    """The parts folder of one run (see the module's docstring)."""
+
+    def __init__(self, folder: Path, config: Config) -> None:
+        self.folder = folder
+        self.config = config
+        self.embedded = bundle_kind(config) != REFERENCE  # a reference bundle copies no models
+
+    @classmethod
+    def of(cls, lake: Lakehouse, config: Config, run_id: str) -> RunParts:
+        root = artifact_path(lake.root)
+        base = root / "_runs" if root is not None else Path(tempfile.gettempdir()) / "mmf-runs"
+        return cls(base / run_id / "parts", config)
+
+    def _path(self, kind: str, i: int) -> Path:
+        return self.folder / f"{kind}-{i:06d}.parquet"
+
+    def _info(self, i: int) -> Path:
+        return self.folder / f"{i:06d}.json"
+
+    def staged(self, i: int) -> bool:
+        return self._info(i).exists()
+
+    def stage(self, i: int, rows: pd.DataFrame) -> None:
+        """Batch ``i``'s parts from its TRAIN_RESULT rows (with ``refit`` when the run's
+        rows have it), sorted by series id as :func:`~training.jobs.train_plan.batch_rows`
+        reads them."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        stage_results(rows, self._path("results", i), self._path("per_series", i))
+        bundle = stage_models(rows, self.config, self._path("models", i)) if self.embedded else {}
+        chal = challenger_facts(rows, self.config.backtest.metric)["value"].to_numpy(dtype=float)
+        reasons = rows[REFIT] if REFIT in rows.columns else pd.Series(None, index=rows.index, dtype=object)
+        refit = reasons.fillna(C.FULL).astype(str).value_counts()  # as retrain.retrain_facts counts them
+        info = {
+            "bundle": bundle,
+            "challenger": chal.tolist(),
+            "refit": {str(k): int(v) for k, v in refit.items()},
+        }
+        tmp = self._info(i).with_suffix(".tmp")
+        tmp.write_text(json.dumps(info))
+        tmp.replace(self._info(i))
+
+    def catch_up(self, lake: Lakehouse, run_id: str, plan: Plan) -> None:
+        """Stage the batches without parts from the run's gold/models rows."""
+        for i in range(plan.n):
+            if not self.staged(i):
+                self.stage(i, read_batch(lake, run_id, plan, i))
+
+    def _infos(self, n: int) -> list[dict]:
+        return [json.loads(self._info(i).read_text()) for i in range(n)]
+
+    def results(self, plan: Plan) -> StagedResults:
+        """The run's results files, in the plan's order."""
+        n = range(plan.n)
+        return StagedResults(
+            tuple(self._path("results", i) for i in n), tuple(self._path("per_series", i) for i in n)
+        )
+
+    def models(self, plan: Plan) -> StagedModels:
+        """The run's spilled bundle rows and their figures, in the plan's order."""
+        infos = self._infos(plan.n)
+        return StagedModels(
+            tuple(self._path("models", i) for i in range(plan.n)), tuple(x["bundle"] for x in infos)
+        )
+
+    def challenger_facts(self, plan: Plan) -> pd.DataFrame:
+        """The gate's facts without a champion (``challenger_metric`` per usable series)."""
+        values = [v for x in self._infos(plan.n) for v in x["challenger"]]
+        return facts(["challenger_metric"] * len(values), values)
+
+    def refit_stats(self, plan: Plan) -> dict[str, Stat]:
+        """The retrain counts as :meth:`~training.engines.base.Engine.aggregate` sums up
+        their facts (``refit.<reason>``: the series per reason)."""
+        by: Counter = Counter()
+        for x in self._infos(plan.n):
+            by.update(x["refit"])
+        return {f"refit.{k}": Stat(count=int(n)) for k, n in by.items()}
+
+    def remove(self) -> None:
+        """The run's parts folder, gone (the run is recorded), and the run's folder
+        when nothing else is in it."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+        try:
+            self.folder.parent.rmdir()
+        except OSError:
+            pass
+
+
+def read_batch(lake: Lakehouse, run_id: str, plan: Plan, i: int, version: int | None = None) -> pd.DataFrame:
+    """Batch ``i``'s TRAIN_RESULT rows of the run (with ``refit`` when gold/models has it),
+    by series id, at ``version`` of gold/models (``None``: the latest)."""
+    names = {f.name for f in lake.table(GOLD_MODELS).schema().to_arrow()}
+    cols = RESULT_COLUMNS + ([REFIT] if REFIT in names else [])
+    rows = lake.read_buckets(GOLD_MODELS, plan.ranges[i], version, cols, [("run_id", "=", run_id)])
+    return rows.sort_values(C.SERIES_ID, ignore_index=True)
