@@ -77,30 +77,31 @@ class RunTotals:
 
     def add(self, results: pd.DataFrame, bt: pd.DataFrame | None = None) -> None:
         """Count one batch (``bt``: its :func:`chosen_backtest`, when already computed)."""
-        self.n_series += len(results)
-        self.status.update(results["status"].astype(str).tolist())
-        usable = results[results["status"].isin(USABLE)]
-        self.chosen.update(m for m in usable["model"].tolist() if m)
-        self.metric_values.append(finite_metric_values(usable).to_numpy(dtype=float))
-        self.usable_ids.append(usable[C.SERIES_ID].astype(str).to_numpy())
-        bt = chosen_backtest(usable) if bt is None else bt.loc[bt.index.isin(usable[C.SERIES_ID])]
-        for col in bt.columns:
-            values = pd.to_numeric(bt[col], errors="coerce").dropna()
-            if len(values):
-                self.bt_sums.setdefault(col, ExactSum()).add(values.tolist())
-                self.bt_counts[col] += len(values)
+        usable = self._count(results)
+        self._sum_backtest(
+            chosen_backtest(usable) if bt is None else bt.loc[bt.index.isin(usable[C.SERIES_ID])]
+        )
 
     def add_per_series(self, rows: pd.DataFrame) -> None:
         """Count one batch from its ``per_series.parquet`` rows (:func:`stage_results`):
         the same totals as :meth:`add` of its TRAIN_RESULT rows, without their JSON."""
+        usable = self._count(rows)
+        self._sum_backtest(usable[list(rows.columns[len(PER_SERIES_BASE) :])])
+
+    def _count(self, rows: pd.DataFrame) -> pd.DataFrame:
+        """The batch's series, statuses, chosen models and metric values counted; its usable rows."""
         self.n_series += len(rows)
         self.status.update(rows["status"].astype(str).tolist())
         usable = rows[rows["status"].isin(USABLE)]
         self.chosen.update(m for m in usable["model"].tolist() if m)
         self.metric_values.append(finite_metric_values(usable).to_numpy(dtype=float))
         self.usable_ids.append(usable[C.SERIES_ID].astype(str).to_numpy())
-        for col in rows.columns[len(PER_SERIES_BASE) :]:
-            values = pd.to_numeric(usable[col], errors="coerce").dropna()
+        return usable
+
+    def _sum_backtest(self, bt: pd.DataFrame) -> None:
+        """The usable series' chosen backtest metrics (a column per metric) summed up."""
+        for col in bt.columns:
+            values = pd.to_numeric(bt[col], errors="coerce").dropna()
             if len(values):
                 self.bt_sums.setdefault(col, ExactSum()).add(values.tolist())
                 self.bt_counts[col] += len(values)
