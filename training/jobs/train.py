@@ -114,7 +114,7 @@ from training.jobs.train_gold import (  # noqa: F401 - the after-engine stages, 
     write_gold_selection,
     write_gold_training,
 )
-from training.jobs.train_parts import RunParts, read_batch
+from training.jobs.train_parts import RunParts
 from training.jobs.train_plan import (  # noqa: F401 - what the stages share, importable from here too
     APP_GATE,
     APP_ID,
@@ -382,7 +382,7 @@ def train_batches(
             if with_forecasts:
                 derive_backtest_forecasts(engine, lake, cfg, run_id, plan, i, written.version)
             if parts is not None:
-                parts.stage(i, read_batch(lake, run_id, plan, i, written.version))
+                parts.stage(i, parts.read(lake, run_id, plan, i, written.version))
         committed += 1
         if committed < plan.n:
             checkpoint("mid_train", batches_done=committed)

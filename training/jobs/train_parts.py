@@ -53,6 +53,7 @@ class RunParts:
         self.folder = folder
         self.config = config
         self.embedded = bundle_kind(config) != REFERENCE  # a reference bundle copies no models
+        self._columns: list[str] | None = None  # what read() reads of gold/models, found once
 
     @classmethod
     def of(cls, lake: Lakehouse, config: Config, run_id: str) -> RunParts:
@@ -92,7 +93,22 @@ class RunParts:
         """Stage the batches without parts from the run's gold/models rows."""
         for i in range(plan.n):
             if not self.staged(i):
-                self.stage(i, read_batch(lake, run_id, plan, i))
+                self.stage(i, self.read(lake, run_id, plan, i))
+
+    def read(
+        self, lake: Lakehouse, run_id: str, plan: Plan, i: int, version: int | None = None
+    ) -> pd.DataFrame:
+        """Batch ``i``'s TRAIN_RESULT rows of the run (with ``refit`` when gold/models has
+        it), by series id, at ``version`` of gold/models (``None``: the latest). The
+        table's columns are looked up once per run, not per batch (it does not change
+        within a run)."""
+        if self._columns is None:
+            names = {f.name for f in lake.table(GOLD_MODELS).schema().to_arrow()}
+            self._columns = RESULT_COLUMNS + ([REFIT] if REFIT in names else [])
+        rows = lake.read_buckets(
+            GOLD_MODELS, plan.ranges[i], version, self._columns, [("run_id", "=", run_id)]
+        )
+        return rows.sort_values(C.SERIES_ID, ignore_index=True)
 
     def _infos(self, n: int) -> list[dict]:
         return [json.loads(self._info(i).read_text()) for i in range(n)]
@@ -132,12 +148,3 @@ class RunParts:
             self.folder.parent.rmdir()
         except OSError:
             pass
-
-
-def read_batch(lake: Lakehouse, run_id: str, plan: Plan, i: int, version: int | None = None) -> pd.DataFrame:
-    """Batch ``i``'s TRAIN_RESULT rows of the run (with ``refit`` when gold/models has it),
-    by series id, at ``version`` of gold/models (``None``: the latest)."""
-    names = {f.name for f in lake.table(GOLD_MODELS).schema().to_arrow()}
-    cols = RESULT_COLUMNS + ([REFIT] if REFIT in names else [])
-    rows = lake.read_buckets(GOLD_MODELS, plan.ranges[i], version, cols, [("run_id", "=", run_id)])
-    return rows.sort_values(C.SERIES_ID, ignore_index=True)
