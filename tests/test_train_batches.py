@@ -24,6 +24,7 @@ from forecasting.config import load_config
 from forecasting.generator import generate, write
 from tests.reliability.reliability_support import mmf
 from training.engines.base import TableBatch
+from training.jobs import train_gold
 from training.jobs.ingest import ingest
 from training.jobs.refine import refine
 from training.jobs.train import train
@@ -116,12 +117,21 @@ def batched(silver, tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     many, one = _copy(silver, root / "many"), _copy(silver, root / "one")
     try:
+        mp.setattr(train_gold, "SELECTION_ROWS", 6)  # gold/selection in commits of a few batches
         cfg, rep_many = _train(many, 1000, mp)
+        mp.setattr(train_gold, "SELECTION_ROWS", 10**6)
         _, rep_one = _train(one, 10**6, mp)
     finally:
         mp.undo()
     n = len(Lakehouse(str(many)).batches(SILVER_READINGS, rep_many.silver_version, 1000))
     return many, one, rep_many, rep_one, n
+
+
+def test_selection_groups_are_consecutive_batches_of_bounded_rows():
+    rows = {0: 3, 1: 3, 2: 5, 3: 0, 5: 2, 6: 9, 7: 1}.get
+    assert train_gold.selection_groups([0, 1, 2, 3, 5, 6, 7], rows, 6) == [[0, 1], [2, 3], [5], [6], [7]]
+    assert train_gold.selection_groups([0, 1, 2, 3], rows, 100) == [[0, 1, 2, 3]]
+    assert train_gold.selection_groups([], rows, 6) == []
 
 
 def test_a_train_in_many_batches_equals_a_train_in_one(batched):
@@ -130,7 +140,7 @@ def test_a_train_in_many_batches_equals_a_train_in_one(batched):
     lake = Lakehouse(str(many))
     assert set(lake.read("gold/models")["batch"]) == set(range(n)) - _empty(lake, n)
     commits = [c for c in lake.history("gold/selection") if c.get("mmf.batches") == str(n)]
-    assert len(commits) >= 2 and sum("mmf.run_id" in c for c in commits) == 1
+    assert 2 <= len(commits) < n and sum("mmf.run_id" in c for c in commits) == 1
     assert lake.history("gold/selection")[0]["mmf.run_id"] == rep_many.run_id
     got, want = _tables(many), _tables(one)
     for name in GOLD:

@@ -291,7 +291,7 @@ def _train(
         )
         checkpoint("after_gate")
         lap("mlflow_s")
-        write_gold_training(lake, cfg, run_id, plan, decision, engine)
+        write_gold_training(lake, cfg, run_id, plan, decision, engine, parts)
         checkpoint("after_gold_selection")
         if parts is not None:
             parts.remove()

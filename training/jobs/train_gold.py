@@ -28,9 +28,12 @@ on the executors and the driver gets only counts and sums.
   batch), as the batch commits in the training loop, like gold/backtest;
   :func:`write_gold_backtest_forecasts` after the engine does the batches the table
   holds no rows of (a killed job's), so a restart never duplicates and redoes none.
-* ``gold/selection`` (:func:`write_gold_selection`): per batch the engine derives the
-  rows from the run's ``gold/models`` rows and the batch's ``silver/quarantine`` rows
-  (:meth:`Engine.derive_all`) and commits them; the last commit carries the application
+* ``gold/selection`` (:func:`write_gold_selection`): with the run's parts (the local
+  engine, :mod:`training.jobs.train_parts`), the staged selection rows of consecutive
+  batches and their ``silver/quarantine`` rows in one commit per group (at most
+  :data:`SELECTION_ROWS` rows); otherwise per batch the engine derives the rows from the
+  run's ``gold/models`` rows and the batch's ``silver/quarantine`` rows
+  (:meth:`Engine.derive_all`) and commits them. The last commit carries the application
   transaction ``mmf-train`` and ``mmf.run_id``.
 """
 
@@ -38,7 +41,7 @@ from __future__ import annotations
 
 import logging
 from functools import partial
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import pandas as pd
 from mlflow.exceptions import MlflowException
@@ -60,10 +63,11 @@ from registry.aggregates import (
 from registry.results import load_results, log_results
 from training.checkpoints import checkpoint
 from training.engines import get_engine
-from training.engines.base import Engine, Sink, TableBatch
+from training.engines.base import Engine, Sink, TableBatch, concat, conform_rows
 from training.jobs.train_plan import (
     APP_GATE,
     APP_ID,
+    RETRAIN_SELECTION,
     SELECTION_COLUMNS,
     Plan,
     batch_rows,
@@ -82,11 +86,14 @@ from training.tables import (
     Lakehouse,
 )
 
+if TYPE_CHECKING:
+    from training.jobs.train_parts import RunParts
+
 log = logging.getLogger(__name__)
+SELECTION_ROWS = 200_000  # most staged rows in one gold/selection commit (bounds what it holds)
 SERIES_IN_REPORT = 20_000  # a decision's per-series rows read back for the report up to this many series
 METRIC_COLUMNS = (C.SERIES_ID, "status", "model", "metric", "metric_value", "backtest_json")
 QUARANTINE_COLUMNS = (C.SERIES_ID, "reason", "detail")
-RETRAIN_SELECTION = ("refit", "from_run")  # gold/models columns behind refit and from_version
 
 
 def run_sources(lake: Lakehouse, run_id: str, plan: Plan, table: str, columns) -> list[TableBatch]:
@@ -294,16 +301,23 @@ def with_series(lake: Lakehouse, plan: Plan, run_id: str, decision):
 
 # -- Gold ------------------------------------------------------------------------------
 def write_gold_training(
-    lake: Lakehouse, cfg: Config, run_id: str, plan: Plan, decision=None, engine: Engine | None = None
+    lake: Lakehouse,
+    cfg: Config,
+    run_id: str,
+    plan: Plan,
+    decision=None,
+    engine: Engine | None = None,
+    parts: RunParts | None = None,
 ) -> None:
     """The run's gold/backtest_forecasts rows, the gate's ``promoted`` on its gold/gate
-    rows and its gold/selection rows (each: the batches the table does not hold yet);
-    gold/backtest was written with the batches. A retry never duplicates."""
+    rows and its gold/selection rows (each: the batches the table does not hold yet;
+    gold/selection from the run's ``parts`` when staged); gold/backtest was written with
+    the batches. A retry never duplicates."""
     engine = get_engine(cfg) if engine is None else engine
     write_gold_backtest_forecasts(engine, lake, cfg, run_id, plan)
     finish_gold_gate(engine, lake, run_id, decision)
     checkpoint("after_gold_backtest")
-    write_gold_selection(engine, lake, run_id, plan, now(), pyfunc.versions_by_run(cfg))
+    write_gold_selection(engine, lake, run_id, plan, now(), pyfunc.versions_by_run(cfg), parts)
 
 
 def write_gold_backtest_forecasts(
@@ -356,29 +370,75 @@ def write_gold_selection(
     plan: Plan,
     created: pd.Timestamp,
     versions: dict[str, str] | None = None,
+    parts: RunParts | None = None,
 ) -> None:
-    """The run's gold/selection rows, a commit per batch derived by the engine (its
-    series' results and its quarantined series), skipping the batches the table holds;
-    the last commit carries the application transaction ``mmf-train`` and ``mmf.run_id``.
-    ``versions`` (run id -> its registered version) gives ``from_version``."""
+    """The run's gold/selection rows of the batches the table does not hold yet, the
+    last commit carrying the application transaction ``mmf-train`` and ``mmf.run_id``.
+    ``versions`` (run id -> its registered version) gives ``from_version``. With the
+    run's ``parts`` (the local engine), from the staged selection rows, several batches a
+    commit (:func:`selection_groups`); otherwise a commit per batch derived by the engine
+    from the run's gold/models rows (on Spark the executors read and write them)."""
     done = done_batches(lake, GOLD_SELECTION, run_id, plan) if lake.exists(GOLD_SELECTION) else set()
     schema = lake.schema(GOLD_SELECTION)
-    for i in range(plan.n):
-        if i not in done:
-            engine.derive_all(
-                selection_sources(lake, run_id, plan, i, versions or {}),
-                schema,
-                selection_sink(lake, run_id, plan, i, created),
-            )
+    todo = [i for i in range(plan.n) if i not in done]
+    if parts is not None:
+        for group in selection_groups(todo, parts.selection_rows, SELECTION_ROWS):
+            _commit_selection_group(lake, run_id, plan, group, created, versions or {}, parts, schema)
+        return
+    extra = None
+    for i in todo:
+        if extra is None:  # the table's columns, looked up once per run
+            names = {f.name for f in lake.table(GOLD_MODELS).schema().to_arrow()}
+            extra = tuple(c for c in RETRAIN_SELECTION if c in names)
+        engine.derive_all(
+            selection_sources(lake, run_id, plan, i, versions or {}, extra),
+            schema,
+            selection_sink(lake, run_id, plan, i, created),
+        )
 
 
-def selection_sources(lake: Lakehouse, run_id: str, plan: Plan, i: int, versions: dict[str, str]) -> list:
+def selection_groups(todo: list[int], rows_of: Callable[[int], int], limit: int) -> list[list[int]]:
+    """``todo``'s batches in groups of consecutive batches committed together, each of at
+    most ``limit`` staged rows (``rows_of(i)``; a larger batch alone)."""
+    groups: list[list[int]] = []
+    size = 0
+    for i in todo:
+        n = rows_of(i)
+        if groups and groups[-1][-1] == i - 1 and size + n <= limit:
+            groups[-1].append(i)
+            size += n
+        else:
+            groups.append([i])
+            size = n
+    return groups
+
+
+def _commit_selection_group(
+    lake: Lakehouse,
+    run_id: str,
+    plan: Plan,
+    group: list[int],
+    created: pd.Timestamp,
+    versions: dict[str, str],
+    parts: RunParts,
+    schema,
+) -> None:
+    """One gold/selection commit of consecutive batches ``group``: their staged rows and
+    their silver/quarantine rows (one read over the group's buckets)."""
+    frames = [conform_rows(selected(parts.selection(group), versions, run_id), schema)]
+    if lake.exists(SILVER_QUARANTINE):
+        rows = plan.quarantine_batch(group[0], QUARANTINE_COLUMNS, last=group[-1])()
+        frames.append(conform_rows(quarantined(rows), schema))
+    selection_sink(lake, run_id, plan, group[-1], created).commit(concat(frames, schema))
+
+
+def selection_sources(
+    lake: Lakehouse, run_id: str, plan: Plan, i: int, versions: dict[str, str], extra: tuple[str, ...]
+) -> list:
     """Where batch ``i``'s gold/selection rows come from: the run's gold/models rows of
-    the batch (with the retrain columns when the table has them) and the batch's
+    the batch (with ``extra``: the retrain columns gold/models has) and the batch's
     silver/quarantine rows, each with how to make them."""
     where = (("run_id", "=", run_id),)
-    names = {f.name for f in lake.table(GOLD_MODELS).schema().to_arrow()}
-    extra = tuple(c for c in RETRAIN_SELECTION if c in names)
     source = TableBatch(lake, GOLD_MODELS, plan.ranges[i], None, (*SELECTION_COLUMNS, *extra), where)
     parts = [(source, partial(selected, versions=versions, run_id=run_id))]
     if lake.exists(SILVER_QUARANTINE):

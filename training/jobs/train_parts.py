@@ -11,6 +11,10 @@ Per batch ``i`` (:meth:`RunParts.stage`, one read of the batch's rows):
 * ``models-i.parquet``: its rows of the bundle's ``models.parquet``, sorted and spilled
   (:func:`registry.pyfunc.stage_models`), with their bundle figures in ``i.json`` (an
   embedded bundle only: a reference bundle reads gold/models);
+* ``selection-i.parquet``: its rows of ``gold/selection`` but ``from_version`` (the
+  run's own version is known only once registered): the selection columns with
+  ``refit`` and ``from_run`` when the run has them, so that gold/selection is written
+  from the parts in a few commits (:func:`training.jobs.train_gold.write_gold_selection`);
 * in ``i.json`` too: the facts the gate needs without a champion (the challenger's
   metric per usable series) and the retrain counts (``refit.<reason>``), summed up.
 
@@ -34,13 +38,14 @@ from collections import Counter
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 
 from forecasting import contract as C
 from forecasting.config import Config
 from registry.aggregates import Stat, challenger_facts, facts
 from registry.pyfunc import REFERENCE, StagedModels, bundle_kind, stage_models
 from registry.results import StagedResults, artifact_path, stage_results
-from training.jobs.train_plan import RESULT_COLUMNS, Plan
+from training.jobs.train_plan import RESULT_COLUMNS, RETRAIN_SELECTION, SELECTION_COLUMNS, Plan
 from training.tables import GOLD_MODELS, Lakehouse
 
 REFIT = "refit"
@@ -68,14 +73,18 @@ class RunParts:
         return self.folder / f"{i:06d}.json"
 
     def staged(self, i: int) -> bool:
-        return self._info(i).exists()
+        """Whether batch ``i`` is staged (its ``i.json``, written last; and its selection
+        rows, which parts staged by an older release lack)."""
+        return self._info(i).exists() and self._path("selection", i).exists()
 
     def stage(self, i: int, rows: pd.DataFrame) -> None:
-        """Batch ``i``'s parts from its TRAIN_RESULT rows (with ``refit`` when the run's
-        rows have it), sorted by series id as :func:`~training.jobs.train_plan.batch_rows`
-        reads them."""
+        """Batch ``i``'s parts from its TRAIN_RESULT rows (with ``refit`` and ``from_run``
+        when the run's rows have them), sorted by series id as
+        :func:`~training.jobs.train_plan.batch_rows` reads them."""
         self.folder.mkdir(parents=True, exist_ok=True)
         stage_results(rows, self._path("results", i), self._path("per_series", i))
+        keep = SELECTION_COLUMNS + [c for c in RETRAIN_SELECTION if c in rows.columns]
+        rows[keep].to_parquet(self._path("selection", i), index=False)
         bundle = stage_models(rows, self.config, self._path("models", i)) if self.embedded else {}
         chal = challenger_facts(rows, self.config.backtest.metric)["value"].to_numpy(dtype=float)
         reasons = rows[REFIT] if REFIT in rows.columns else pd.Series(None, index=rows.index, dtype=object)
@@ -98,13 +107,13 @@ class RunParts:
     def read(
         self, lake: Lakehouse, run_id: str, plan: Plan, i: int, version: int | None = None
     ) -> pd.DataFrame:
-        """Batch ``i``'s TRAIN_RESULT rows of the run (with ``refit`` when gold/models has
-        it), by series id, at ``version`` of gold/models (``None``: the latest). The
-        table's columns are looked up once per run, not per batch (it does not change
-        within a run)."""
+        """Batch ``i``'s TRAIN_RESULT rows of the run (with ``refit`` and ``from_run``
+        when gold/models has them), by series id, at ``version`` of gold/models (``None``:
+        the latest). The table's columns are looked up once per run, not per batch (it
+        does not change within a run)."""
         if self._columns is None:
             names = {f.name for f in lake.table(GOLD_MODELS).schema().to_arrow()}
-            self._columns = RESULT_COLUMNS + ([REFIT] if REFIT in names else [])
+            self._columns = RESULT_COLUMNS + [c for c in RETRAIN_SELECTION if c in names]
         rows = lake.read_buckets(
             GOLD_MODELS, plan.ranges[i], version, self._columns, [("run_id", "=", run_id)]
         )
@@ -126,6 +135,14 @@ class RunParts:
         return StagedModels(
             tuple(self._path("models", i) for i in range(plan.n)), tuple(x["bundle"] for x in infos)
         )
+
+    def selection_rows(self, i: int) -> int:
+        """How many staged gold/selection rows batch ``i`` has (from the file's footer)."""
+        return pq.ParquetFile(self._path("selection", i)).metadata.num_rows
+
+    def selection(self, batches: list[int]) -> pd.DataFrame:
+        """The staged gold/selection rows (without ``from_version``) of ``batches``."""
+        return pd.concat([pd.read_parquet(self._path("selection", i)) for i in batches], ignore_index=True)
 
     def challenger_facts(self, plan: Plan) -> pd.DataFrame:
         """The gate's facts without a champion (``challenger_metric`` per usable series)."""

@@ -20,6 +20,8 @@ APP_ID = "mmf-train"
 APP_GATE = "mmf-gate"
 RESULT_COLUMNS = list(C.TRAIN_RESULT_CORE.names)  # the backtest forecasts are read only for their table
 SELECTION_COLUMNS = [C.SERIES_ID, "status", "reason", "model", "metric", "metric_value"]
+# the gold/models columns behind gold/selection's refit and from_version
+RETRAIN_SELECTION = ("refit", "from_run")
 
 
 @dataclass
@@ -49,12 +51,14 @@ class Plan:
         """Batch ``i``'s silver rows, read here."""
         return self.batch(i)()
 
-    def quarantine_batch(self, i: int, columns: Sequence[str] | None = None) -> TableBatch:
-        """Batch ``i``'s rows of silver/quarantine (the latest version), as engines read them."""
+    def quarantine_batch(
+        self, i: int, columns: Sequence[str] | None = None, last: int | None = None
+    ) -> TableBatch:
+        """Batch ``i``'s rows of silver/quarantine (the latest version), as engines read
+        them; with ``last``, those of batches ``i`` to ``last`` in one read."""
         cols = tuple(columns) if columns else None
-        return TableBatch(
-            self.lake, SILVER_QUARANTINE, self.ranges[i], None, cols, tuple(self._filters() or ())
-        )
+        buckets = (self.ranges[i][0], self.ranges[i if last is None else last][1])
+        return TableBatch(self.lake, SILVER_QUARANTINE, buckets, None, cols, tuple(self._filters() or ()))
 
     def quarantine(self, i: int) -> pd.DataFrame:
         """Batch ``i``'s rows of silver/quarantine."""
