@@ -295,6 +295,11 @@ class Lakehouse:
         return table_schema(name, self.levels)
 
     def table(self, name: str, version: int | str | dt.datetime | None = None) -> DeltaTable:
+        if isinstance(version, int) and not isinstance(version, bool):
+            try:  # straight at the version: one log replay instead of the latest's and then the version's
+                return DeltaTable(self.uri(name), version=version, storage_options=self.storage_options)
+            except Exception:
+                pass  # no such table or version, or a corrupt commit: the checks below say which
         try:
             t = DeltaTable(self.uri(name), storage_options=self.storage_options)
         except TableNotFoundError:
