@@ -23,6 +23,7 @@ from functools import partial
 from typing import Any, Callable
 
 import pandas as pd
+import pyarrow.compute as pc
 
 from forecasting import cold_start
 from forecasting import contract as C
@@ -65,16 +66,14 @@ class ColdStart:
 
 
 def any_cold(lake: Lakehouse, config: Config, plan: Plan) -> bool:
-    """Whether silver/series holds a series cold start forecasts (read a range at a time,
-    two columns, until one is found)."""
+    """Whether silver/series holds a series cold start forecasts: fewer observed (not
+    filled) points than ``cleaning.min_length``; one streaming scan of two columns,
+    stopped at the first match."""
     if not config.cold_start.enabled or not lake.exists(SILVER_SERIES):
         return False
-    for buckets in plan.ranges:
-        rows = lake.read_buckets(SILVER_SERIES, buckets, columns=["n_obs", "n_filled"])
-        n = rows["n_obs"].fillna(0) - rows["n_filled"].fillna(0)
-        if (n < config.cleaning.min_length).any():
-            return True
-    return False
+    observed = pc.subtract(pc.coalesce(pc.field("n_obs"), 0), pc.coalesce(pc.field("n_filled"), 0))
+    short = pc.less(observed, config.cleaning.min_length)
+    return any(b.num_rows for b in lake.scan(SILVER_SERIES, ["n_obs"], short))
 
 
 def with_attrs(lake: Lakehouse, plan: Plan, buckets: tuple[int, int]) -> pd.DataFrame:

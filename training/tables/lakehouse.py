@@ -16,7 +16,7 @@ import threading
 import uuid
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -397,6 +397,16 @@ class Lakehouse:
             while len(self._datasets) > DATASETS_KEPT:
                 self._datasets.popitem(last=False)
         return built
+
+    def scan(
+        self, name: str, columns: Sequence[str], where: pc.Expression, version: int | None = None
+    ) -> Iterator[pa.RecordBatch]:
+        """The rows of a table where ``where`` holds, record batch by record batch (a
+        streaming scan: what a caller looking for the first match holds is one batch)."""
+        if not self.exists(name):
+            return iter(())
+        dataset = self._dataset(name, self.table(name, version))
+        return iter(dataset.scanner(columns=list(columns), filter=where).to_batches())
 
     def n_rows(self, name: str, version: int | None = None) -> int:
         """Rows of a table at a version, from the Delta log's file statistics (no data read)."""
