@@ -343,6 +343,7 @@ def cell_train(a) -> dict:
         "wall_s": round(time.perf_counter() - t0, 2),
         "run_id": rep.run_id,
         "model_version": rep.model_version,
+        "timings": {k: round(v, 2) for k, v in rep.timings.items()},  # fitting vs the steps after it
     }
 
 
@@ -577,7 +578,9 @@ def restart_check(a, n: int, engine: str, env: dict[str, str], extra_pids: list[
         "full_train_s": full["wall_s"],
         "full_driver_peak_rss_mb": full["driver_peak_rss_mb"],
         **{f"kill_{k}": v for k, v in kill.items()},
+        "full_timings": full.get("timings"),
         "restart_train_s": again["wall_s"],
+        "restart_timings": again.get("timings"),
         "restart_driver_peak_rss_mb": again["driver_peak_rss_mb"],
         "restart_vs_full": round(again["wall_s"] / full["wall_s"], 3),
         "gold_identical": identical,
