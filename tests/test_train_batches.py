@@ -281,6 +281,34 @@ def test_a_runs_parts_give_the_files_and_figures_its_gold_models_rows_give(batch
     assert retrain.counts(parts.refit_stats(plan)) == wanted and wanted["n_refit"] == rep.metrics["n_series"]
 
 
+def test_a_kept_sink_keeps_the_rows_a_read_of_its_commit_gives(batched, tmp_path):
+    """The local training loop derives gold/backtest, gold/backtest_forecasts and the parts
+    from the rows its gold/models sink kept as it committed them (KeptSink): the same
+    rows, columns and types as reading that commit back."""
+    from training.engines.base import KeptSink
+
+    many, _, rep, _, _ = batched
+    rows = Lakehouse(str(many)).read("gold/models", filters=[("run_id", "=", rep.run_id)])
+    batch = rows[rows["batch"] == rows["batch"].min()]
+    results = batch.drop(columns=["run_id", "silver_version", "batch", "created_at", "bucket"])
+    assert len(results) > 0
+    lake = Lakehouse(str(tmp_path / "lake"))
+    kept: dict = {}
+    constants = {
+        "run_id": "r1",
+        "silver_version": 3,
+        "batch": 0,
+        "created_at": pd.Timestamp.now("UTC"),
+        "bucket": None,
+    }
+    sink = KeptSink(lake, "gold/models", constants, {"mmf.batch": 0}, create=True, kept=kept, key=0)
+    # shuffled, so that the kept rows must be in the order the table stores them
+    written = sink.commit(results.sample(frac=1.0, random_state=1).reset_index(drop=True))
+    assert written.version == 0 and set(kept) == {0}
+    back = lake.read_buckets("gold/models", (0, 2**31 - 1), version=written.version)
+    pd.testing.assert_frame_equal(kept[0], back)
+
+
 @pytest.mark.slow  # a train killed after two batches resumes in its own run: the test above, by default
 def test_a_killed_train_with_a_global_model_resumes_with_the_models_it_trained(silver, tmp_path):
     """global_gbm trains on the first batches (a sample: the others get it as a failed

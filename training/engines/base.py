@@ -108,6 +108,23 @@ class Sink:
         return replace(summary, version=int(version))
 
 
+@dataclass(frozen=True)
+class KeptSink(Sink):
+    """A :class:`Sink` that also keeps the rows it committed, as the table stores them
+    (:meth:`~training.tables.Lakehouse.as_written`), in ``kept`` under ``key``: for a
+    job that derives more from a batch's committed rows on this machine (the local
+    engine), so that it does not read them back from the table."""
+
+    kept: dict = field(default_factory=dict)
+    key: Any = None
+
+    def commit(self, rows: pd.DataFrame) -> Summary:
+        summary = super().commit(rows)
+        if summary.version is not None:
+            self.kept[self.key] = self.lake.as_written(self.table, rows.assign(**self.columns))
+        return summary
+
+
 SinkFn = Callable[[Any], Sink]  # batch key -> the sink of that batch's results
 
 

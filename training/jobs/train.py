@@ -99,7 +99,7 @@ from registry.results import load_results
 from training import global_models
 from training.checkpoints import checkpoint
 from training.engines import get_engine
-from training.engines.base import Engine, Sink, TableBatch
+from training.engines.base import Engine, KeptSink, Sink, TableBatch
 from training.jobs import cold_start, retrain
 from training.jobs.covariates import with_covariates
 from training.jobs.refine import refine_in_progress
@@ -359,6 +359,14 @@ def train_batches(
         tell(step, n_done, n_total)
 
     tell(step, 0, total)
+    # the local engine (parts): each batch's committed rows kept here for what is derived
+    # from them (gold/backtest, gold/backtest_forecasts, the parts) instead of read back
+    kept: dict[int, pd.DataFrame] = {}
+    sink = (
+        partial(models_sink, lake, run_id, plan)
+        if parts is None
+        else partial(_kept_sink, lake, run_id, plan, kept)
+    )
     batches = ((i, batch_source(lake, cfg, plan, engine, (glob, ctx, cold), i)) for i in todo)
     if cold is not None:  # the cold-start series' profiles joined to their rows
         batches = ((i, cold.batch(engine, plan, i, source)) for i, source in batches)
@@ -371,18 +379,24 @@ def train_batches(
         on_error=retrain.on_error(cfg),
         progress=on_progress,
         total=total,
-        sink=partial(models_sink, lake, run_id, plan),
+        sink=sink,
     )
     with_forecasts = None  # gold/models' schema is known once the first batch committed
     for i, written in stream:
+        rows = kept.pop(i, None)  # None: read from gold/models at the batch's commit
         if written.version is not None:
-            derive_backtest(engine, lake, run_id, plan, i, written.version)
+            derive_backtest(engine, lake, run_id, plan, i, written.version, rows)
             if with_forecasts is None:
                 with_forecasts = stores_backtest_forecasts(lake, cfg)
             if with_forecasts:
-                derive_backtest_forecasts(engine, lake, cfg, run_id, plan, i, written.version)
+                derive_backtest_forecasts(engine, lake, cfg, run_id, plan, i, written.version, rows)
             if parts is not None:
-                parts.stage(i, parts.read(lake, run_id, plan, i, written.version))
+                staged = (
+                    parts.read(lake, run_id, plan, i, written.version)
+                    if rows is None
+                    else parts.select(lake, rows)
+                )
+                parts.stage(i, staged)
         committed += 1
         if committed < plan.n:
             checkpoint("mid_train", batches_done=committed)
@@ -427,14 +441,30 @@ def models_sink(lake: Lakehouse, run_id: str, plan: Plan, i: int) -> Sink:
     return Sink(lake, GOLD_MODELS, columns, meta, create=True)
 
 
+def _kept_sink(lake: Lakehouse, run_id: str, plan: Plan, kept: dict, i: int) -> KeptSink:
+    """:func:`models_sink` keeping the rows it commits in ``kept`` (under ``i``)."""
+    sink = models_sink(lake, run_id, plan, i)
+    return KeptSink(sink.lake, sink.table, sink.columns, sink.metadata, create=sink.create, kept=kept, key=i)
+
+
 def derive_backtest(
-    engine: Engine, lake: Lakehouse, run_id: str, plan: Plan, i: int, version: int | None = None
+    engine: Engine,
+    lake: Lakehouse,
+    run_id: str,
+    plan: Plan,
+    i: int,
+    version: int | None = None,
+    rows: pd.DataFrame | None = None,
 ) -> None:
     """Batch ``i``'s gold/backtest rows (when it has any), in a commit of their own,
     derived by the engine from the run's gold/models rows of the batch (at ``version``:
-    the commit that wrote them; ``None``: the latest)."""
+    the commit that wrote them; ``None``: the latest; or ``rows``: those rows, kept by
+    the local engine as it committed them)."""
     where = (("run_id", "=", run_id),)
-    source = TableBatch(lake, GOLD_MODELS, plan.ranges[i], version, (C.SERIES_ID, "backtest_json"), where)
+    columns = (C.SERIES_ID, "backtest_json")
+    source = TableBatch(lake, GOLD_MODELS, plan.ranges[i], version, columns, where)
+    if rows is not None:
+        source = partial(rows.__getitem__, list(columns))
     meta = {"mmf.train_run": run_id, "mmf.batch": i, "mmf.batches": plan.n}
     rows = partial(backtest_rows, run_id=run_id)
     engine.derive(source, rows, lake.schema(GOLD_BACKTEST), Sink(lake, GOLD_BACKTEST, metadata=meta))

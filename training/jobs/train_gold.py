@@ -348,15 +348,26 @@ def stores_backtest_forecasts(lake: Lakehouse, cfg: Config) -> bool:
 
 
 def derive_backtest_forecasts(
-    engine: Engine, lake: Lakehouse, cfg: Config, run_id: str, plan: Plan, i: int, version: int | None = None
+    engine: Engine,
+    lake: Lakehouse,
+    cfg: Config,
+    run_id: str,
+    plan: Plan,
+    i: int,
+    version: int | None = None,
+    kept: pd.DataFrame | None = None,
 ) -> None:
     """Batch ``i``'s gold/backtest_forecasts rows, derived by the engine from the
     ``forecasts_json`` of the run's gold/models rows of the batch (at ``version``: the
     commit that wrote them; ``None``: the latest; on Spark the executors read and write
-    them), in a commit of their own (``mmf.train_run`` and the batch)."""
+    them; or ``kept``: those rows, kept by the local engine as it committed them), in a
+    commit of their own (``mmf.train_run`` and the batch)."""
     where = (("run_id", "=", run_id),)
     rows = partial(backtest_forecast_rows, run_id=run_id, levels=tuple(cfg.levels))
-    source = TableBatch(lake, GOLD_MODELS, plan.ranges[i], version, (C.SERIES_ID, C.FORECASTS_JSON), where)
+    columns = (C.SERIES_ID, C.FORECASTS_JSON)
+    source = TableBatch(lake, GOLD_MODELS, plan.ranges[i], version, columns, where)
+    if kept is not None:
+        source = partial(kept.__getitem__, list(columns))
     meta = {"mmf.train_run": run_id, "mmf.batch": i, "mmf.batches": plan.n}
     engine.derive(
         source, rows, lake.schema(GOLD_BACKTEST_FORECASTS), Sink(lake, GOLD_BACKTEST_FORECASTS, metadata=meta)

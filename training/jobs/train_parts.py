@@ -111,13 +111,20 @@ class RunParts:
         when gold/models has them), by series id, at ``version`` of gold/models (``None``:
         the latest). The table's columns are looked up once per run, not per batch (it
         does not change within a run)."""
+        rows = lake.read_buckets(
+            GOLD_MODELS, plan.ranges[i], version, self._columns_of(lake), [("run_id", "=", run_id)]
+        )
+        return rows.sort_values(C.SERIES_ID, ignore_index=True)
+
+    def select(self, lake: Lakehouse, rows: pd.DataFrame) -> pd.DataFrame:
+        """What :meth:`read` reads of a batch, from its gold/models ``rows`` as committed."""
+        return rows[self._columns_of(lake)].sort_values(C.SERIES_ID, ignore_index=True)
+
+    def _columns_of(self, lake: Lakehouse) -> list[str]:
         if self._columns is None:
             names = {f.name for f in lake.table(GOLD_MODELS).schema().to_arrow()}
             self._columns = RESULT_COLUMNS + [c for c in RETRAIN_SELECTION if c in names]
-        rows = lake.read_buckets(
-            GOLD_MODELS, plan.ranges[i], version, self._columns, [("run_id", "=", run_id)]
-        )
-        return rows.sort_values(C.SERIES_ID, ignore_index=True)
+        return self._columns
 
     def _infos(self, n: int) -> list[dict]:
         return [json.loads(self._info(i).read_text()) for i in range(n)]

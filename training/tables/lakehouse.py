@@ -474,6 +474,11 @@ class Lakehouse:
         return [commit_info(c) for c in self.table(name).history(limit)]
 
     # -- writing ---------------------------------------------------------------------
+    def as_written(self, name: str, df: pd.DataFrame) -> pd.DataFrame:
+        """``df`` as :meth:`write` stores it in ``name`` and a read gives it back: cast to
+        the table's contract, bucketed and ordered as written (no read of the table)."""
+        return _prepare(name, df, self.schema(name), ()).to_pandas()
+
     def write(
         self,
         name: str,
