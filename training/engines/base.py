@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -117,6 +117,11 @@ class KeptSink(Sink):
 
     kept: dict = field(default_factory=dict)
     key: Any = None
+
+    @classmethod
+    def keeping(cls, sink: Sink, kept: dict, key: Any) -> KeptSink:
+        """``sink`` (every setting of it) keeping its rows in ``kept`` under ``key``."""
+        return cls(**{f.name: getattr(sink, f.name) for f in fields(Sink)}, kept=kept, key=key)
 
     def commit(self, rows: pd.DataFrame) -> Summary:
         summary = super().commit(rows)

@@ -99,7 +99,7 @@ from registry.results import load_results
 from training import global_models
 from training.checkpoints import checkpoint
 from training.engines import get_engine
-from training.engines.base import Engine, KeptSink, Sink, TableBatch
+from training.engines.base import Engine, KeptSink, Sink
 from training.jobs import cold_start, retrain
 from training.jobs.covariates import with_covariates
 from training.jobs.refine import refine_in_progress
@@ -124,6 +124,7 @@ from training.jobs.train_plan import (  # noqa: F401 - what the stages share, im
     backtest_rows,
     batch_rows,
     done_batches,
+    models_source,
     now,
     run_batches,
     run_results,
@@ -383,20 +384,15 @@ def train_batches(
     )
     with_forecasts = None  # gold/models' schema is known once the first batch committed
     for i, written in stream:
-        rows = kept.pop(i, None)  # None: read from gold/models at the batch's commit
+        rows = kept.pop(i, None)  # None (no parts): derived from gold/models at the batch's commit
         if written.version is not None:
             derive_backtest(engine, lake, run_id, plan, i, written.version, rows)
             if with_forecasts is None:
                 with_forecasts = stores_backtest_forecasts(lake, cfg)
             if with_forecasts:
                 derive_backtest_forecasts(engine, lake, cfg, run_id, plan, i, written.version, rows)
-            if parts is not None:
-                staged = (
-                    parts.read(lake, run_id, plan, i, written.version)
-                    if rows is None
-                    else parts.select(lake, rows)
-                )
-                parts.stage(i, staged)
+            if parts is not None:  # with parts the sink kept every batch it committed
+                parts.stage(i, parts.select(lake, rows))
         committed += 1
         if committed < plan.n:
             checkpoint("mid_train", batches_done=committed)
@@ -443,8 +439,7 @@ def models_sink(lake: Lakehouse, run_id: str, plan: Plan, i: int) -> Sink:
 
 def _kept_sink(lake: Lakehouse, run_id: str, plan: Plan, kept: dict, i: int) -> KeptSink:
     """:func:`models_sink` keeping the rows it commits in ``kept`` (under ``i``)."""
-    sink = models_sink(lake, run_id, plan, i)
-    return KeptSink(sink.lake, sink.table, sink.columns, sink.metadata, create=sink.create, kept=kept, key=i)
+    return KeptSink.keeping(models_sink(lake, run_id, plan, i), kept, i)
 
 
 def derive_backtest(
@@ -454,17 +449,13 @@ def derive_backtest(
     plan: Plan,
     i: int,
     version: int | None = None,
-    rows: pd.DataFrame | None = None,
+    kept: pd.DataFrame | None = None,
 ) -> None:
     """Batch ``i``'s gold/backtest rows (when it has any), in a commit of their own,
     derived by the engine from the run's gold/models rows of the batch (at ``version``:
-    the commit that wrote them; ``None``: the latest; or ``rows``: those rows, kept by
+    the commit that wrote them; ``None``: the latest; or ``kept``: those rows, kept by
     the local engine as it committed them)."""
-    where = (("run_id", "=", run_id),)
-    columns = (C.SERIES_ID, "backtest_json")
-    source = TableBatch(lake, GOLD_MODELS, plan.ranges[i], version, columns, where)
-    if rows is not None:
-        source = partial(rows.__getitem__, list(columns))
+    source = models_source(lake, run_id, plan, i, version, (C.SERIES_ID, "backtest_json"), kept)
     meta = {"mmf.train_run": run_id, "mmf.batch": i, "mmf.batches": plan.n}
     rows = partial(backtest_rows, run_id=run_id)
     engine.derive(source, rows, lake.schema(GOLD_BACKTEST), Sink(lake, GOLD_BACKTEST, metadata=meta))

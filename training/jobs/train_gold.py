@@ -67,12 +67,13 @@ from training.engines.base import Engine, Sink, TableBatch, concat, conform_rows
 from training.jobs.train_plan import (
     APP_GATE,
     APP_ID,
-    RETRAIN_SELECTION,
     SELECTION_COLUMNS,
     Plan,
     batch_rows,
     done_batches,
+    models_source,
     now,
+    retrain_columns,
     run_batches,
     run_rows,
 )
@@ -362,12 +363,8 @@ def derive_backtest_forecasts(
     commit that wrote them; ``None``: the latest; on Spark the executors read and write
     them; or ``kept``: those rows, kept by the local engine as it committed them), in a
     commit of their own (``mmf.train_run`` and the batch)."""
-    where = (("run_id", "=", run_id),)
     rows = partial(backtest_forecast_rows, run_id=run_id, levels=tuple(cfg.levels))
-    columns = (C.SERIES_ID, C.FORECASTS_JSON)
-    source = TableBatch(lake, GOLD_MODELS, plan.ranges[i], version, columns, where)
-    if kept is not None:
-        source = partial(kept.__getitem__, list(columns))
+    source = models_source(lake, run_id, plan, i, version, (C.SERIES_ID, C.FORECASTS_JSON), kept)
     meta = {"mmf.train_run": run_id, "mmf.batch": i, "mmf.batches": plan.n}
     engine.derive(
         source, rows, lake.schema(GOLD_BACKTEST_FORECASTS), Sink(lake, GOLD_BACKTEST_FORECASTS, metadata=meta)
@@ -396,11 +393,8 @@ def write_gold_selection(
         for group in selection_groups(todo, parts.selection_rows, SELECTION_ROWS):
             _commit_selection_group(lake, run_id, plan, group, created, versions or {}, parts, schema)
         return
-    extra = None
+    extra = tuple(retrain_columns(lake)) if todo else ()  # looked up once per run
     for i in todo:
-        if extra is None:  # the table's columns, looked up once per run
-            names = {f.name for f in lake.table(GOLD_MODELS).schema().to_arrow()}
-            extra = tuple(c for c in RETRAIN_SELECTION if c in names)
         engine.derive_all(
             selection_sources(lake, run_id, plan, i, versions or {}, extra),
             schema,

@@ -45,7 +45,13 @@ from forecasting.config import Config
 from registry.aggregates import Stat, challenger_facts, facts
 from registry.pyfunc import REFERENCE, StagedModels, bundle_kind, stage_models
 from registry.results import StagedResults, artifact_path, stage_results
-from training.jobs.train_plan import RESULT_COLUMNS, RETRAIN_SELECTION, SELECTION_COLUMNS, Plan
+from training.jobs.train_plan import (
+    RESULT_COLUMNS,
+    RETRAIN_SELECTION,
+    SELECTION_COLUMNS,
+    Plan,
+    retrain_columns,
+)
 from training.tables import GOLD_MODELS, Lakehouse
 
 REFIT = "refit"
@@ -122,8 +128,7 @@ class RunParts:
 
     def _columns_of(self, lake: Lakehouse) -> list[str]:
         if self._columns is None:
-            names = {f.name for f in lake.table(GOLD_MODELS).schema().to_arrow()}
-            self._columns = RESULT_COLUMNS + [c for c in RETRAIN_SELECTION if c in names]
+            self._columns = RESULT_COLUMNS + retrain_columns(lake)
         return self._columns
 
     def _infos(self, n: int) -> list[dict]:

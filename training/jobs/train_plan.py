@@ -7,7 +7,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from functools import partial
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -81,6 +82,30 @@ class Plan:
         """The index of the batch each series id falls in."""
         los = np.array([lo for lo, _ in self.ranges])
         return np.searchsorted(los, C.bucket_of(ids), side="right") - 1
+
+
+def retrain_columns(lake: Lakehouse) -> list[str]:
+    """The retrain columns (:data:`RETRAIN_SELECTION`) gold/models has (a table written
+    before the partial retrain has none until its next write)."""
+    names = {f.name for f in lake.table(GOLD_MODELS).schema().to_arrow()}
+    return [c for c in RETRAIN_SELECTION if c in names]
+
+
+def models_source(
+    lake: Lakehouse,
+    run_id: str,
+    plan: Plan,
+    i: int,
+    version: int | None,
+    columns: Sequence[str],
+    kept: pd.DataFrame | None = None,
+) -> Callable[[], pd.DataFrame]:
+    """Where an engine gets ``columns`` of the run's gold/models rows of batch ``i``: the
+    table at ``version`` (``None``: the latest), or ``kept``: those rows as the local
+    engine's sink kept them when it committed them (no read)."""
+    if kept is not None:
+        return partial(kept.__getitem__, list(columns))
+    return TableBatch(lake, GOLD_MODELS, plan.ranges[i], version, tuple(columns), (("run_id", "=", run_id),))
 
 
 def done_batches(lake: Lakehouse, name: str, run_id: str, plan: Plan) -> set[int]:
