@@ -211,11 +211,20 @@ def cell_platform(a) -> dict:
 
     cfg = cell_config(a.lake, a.engine, models_of(a.models), a.batch_rows, a.spark_master)
     lake = Lakehouse.from_config(cfg)
-    phase("generate")
-    data = write_meters(a.work / f"meters_{a.n}x{a.days}", a.n, a.days)
-    t0 = time.perf_counter()
-    ingest_refine(lake, cfg, data)
-    t1 = time.perf_counter()
+    if a.prepared:  # the parent copied a prepared lakehouse (bronze and silver) here
+        expected = a.n * a.days * 24
+        if lake.n_rows(SILVER) != expected:
+            raise SystemExit(
+                f"--prepared lakehouse {a.lake}: silver/readings has {lake.n_rows(SILVER):,} rows, "
+                f"expected {expected:,} ({a.n:,} hourly meters x {a.days} days)"
+            )
+        t0 = t1 = time.perf_counter()
+    else:
+        phase("generate")
+        data = write_meters(a.work / f"meters_{a.n}x{a.days}", a.n, a.days)
+        t0 = time.perf_counter()
+        ingest_refine(lake, cfg, data)
+        t1 = time.perf_counter()
     phase("train")
     rep = train(lake, cfg)
     t2 = time.perf_counter()
@@ -231,8 +240,10 @@ def cell_platform(a) -> dict:
         "engine": a.engine,
         "n_series": a.n,
         "wall_s": round(t3 - t1, 2),
-        "total_wall_s": round(t3 - t0, 2),
-        "ingest_refine_s": round(t1 - t0, 2),
+        # a prepared cell did not ingest nor refine: no total
+        "total_wall_s": None if a.prepared else round(t3 - t0, 2),
+        "ingest_refine_s": None if a.prepared else round(t1 - t0, 2),
+        "prepared": bool(a.prepared),
         "train_s": round(t2 - t1, 2),
         "forecast_s": round(t3 - t2, 2),
         "engine_s": round(rep.timings.get("engine_s", 0), 2),
@@ -506,12 +517,15 @@ def child(argv: list[str]) -> None:
     ap.add_argument("--models", nargs="+", default=["default"])
     ap.add_argument("--batch-rows", type=int, default=None)
     ap.add_argument("--spark-master", default=None)
+    ap.add_argument("--prepared", action="store_true", help="--lake is a prepared copy: skip ingest and refine")
     a = ap.parse_args(argv)
     sys.stdout.write(json.dumps(CELLS[a.tool](a), default=str) + "\n")
 
 
-def cell_args(a, tool: str, n: int, engine: str, lake: Path) -> list[str]:
+def cell_args(a, tool: str, n: int, engine: str, lake: Path, prepared: bool = False) -> list[str]:
     args = [tool, str(n), "--lake", str(lake), "--work", str(a.work), "--days", str(a.days)]
+    if prepared:
+        args.append("--prepared")
     args += ["--engine", engine, "--models", *a.models]
     if a.batch_rows:
         args += ["--batch-rows", str(a.batch_rows)]
@@ -614,9 +628,19 @@ def start_cluster(a):
         sc.EXECUTOR_MEMORY = a.executor_memory or a.worker_memory
     if a.worker_cores:
         sc.WORKER_CORES = a.worker_cores
+    sc.EXECUTOR_JAVA_OPTS = a.executor_java_opts  # the JVM's defaults, not the tests' quick start
     cluster = sc.start_cluster(a.work / "cluster")
     env = cell_env(sc.cluster_env())
-    env["PYSPARK_SUBMIT_ARGS"] = cluster.submit_args({"spark.ui.enabled": "false"})
+    cores = sc.WORKERS * sc.WORKER_CORES
+    conf = {
+        "spark.ui.enabled": "false",
+        # sized for this small cluster, as the engine sizes local[*]: Delta's log replay in
+        # a few tasks instead of 50, and shuffles in four tasks a core instead of 200 (on
+        # two cores each of those tasks costs a driver round trip: 1k series, 272 -> 212 s)
+        "spark.databricks.delta.snapshotPartitions": str(max(2, cores * 2)),
+        "spark.sql.shuffle.partitions": str(cores * 4),
+    }
+    env["PYSPARK_SUBMIT_ARGS"] = cluster.submit_args(conf)
     return cluster, env
 
 
@@ -649,6 +673,12 @@ def parse(argv: list[str] | None = None):
     ap.add_argument("--executor-memory", default=None, help="--cluster: spark.executor.memory")
     ap.add_argument("--worker-cores", type=int, default=None, help="--cluster: each worker's cores")
     ap.add_argument(
+        "--executor-java-opts",
+        default="",
+        help="--cluster: spark.executor.extraJavaOptions (default: none, the JVM's own settings; "
+        "the tests use '-XX:TieredStopAtLevel=1 -XX:+UseSerialGC' to start fast)",
+    )
+    ap.add_argument(
         "--restart-at", type=float, default=None, help="kill train at this share of series, rerun"
     )
     ap.add_argument(
@@ -661,6 +691,14 @@ def parse(argv: list[str] | None = None):
     ap.add_argument("--nodes", type=int, default=10, help="projection: nodes of the cluster")
     ap.add_argument("--node-cores", type=int, default=16, help="projection: cores per node")
     ap.add_argument("--work", type=Path, default=None, help="keep data and lakehouses here")
+    ap.add_argument(
+        "--prepared",
+        nargs="*",
+        default=[],
+        metavar="SERIES=DIR",
+        help="start the platform cells of SERIES from a copy of DIR, a lakehouse `--cell prepare` "
+        "ingested and refined (same series and days), instead of ingesting and refining",
+    )
     ap.add_argument("--keep-lakes", action="store_true", help="keep every cell's lakehouse in --work")
     ap.add_argument("--out", default="scaling", help="result file name")
     ap.add_argument("--out-dir", type=Path, default=RESULTS, help="folder of the result files")
@@ -673,6 +711,13 @@ def parse(argv: list[str] | None = None):
     if a.smoke:
         a.series, a.days, a.baselines, a.models = [20], 21, [], ["cheap"]
     a.series = sorted(set(a.series + ([100_000] if a.large else [])))
+    prepared = {}
+    for item in a.prepared:
+        size, sep, where = item.partition("=")
+        if not sep or not size.isdigit() or not (Path(where) / SILVER / "_delta_log").is_dir():
+            ap.error(f"--prepared {item!r}: expected SERIES=DIR with DIR a lakehouse holding {SILVER}")
+        prepared[int(size)] = Path(where).resolve()
+    a.prepared = prepared
     return a
 
 
@@ -712,11 +757,12 @@ def run_all(a, env: dict[str, str], extra_pids: list[int]) -> list[dict]:
                 if all(("cell", t, engine, n, rep) in have for t in pair):
                     continue
                 shutil.rmtree(lake, ignore_errors=True)
+                if n in a.prepared:  # bronze and silver as `cell prepare` left them
+                    shutil.copytree(a.prepared[n], lake)
                 rows = []
                 for tool in pair:  # A then B, one after the other
-                    r = run_cell(
-                        cell_args(a, tool, n, engine, lake), env, extra_pids if tool != "loop" else []
-                    )
+                    args = cell_args(a, tool, n, engine, lake, prepared=n in a.prepared and tool == "platform")
+                    r = run_cell(args, env, extra_pids if tool != "loop" else [])
                     r.update(
                         rep=rep, pair=engine, cores=cores, cost_per_series_s=round(r["wall_s"] * cores / n, 4)
                     )
@@ -830,8 +876,12 @@ def projection(
         # slope would take the noise of small cells for a trend)
         largest = max(cs, key=lambda c: c["n_series"])
         core_s = largest["wall_s"] * largest["cores"] / largest["n_series"]
-        # the same with ingest and refine (a nightly does both before it trains)
-        core_s_total = largest.get("total_wall_s", largest["wall_s"]) * largest["cores"] / largest["n_series"]
+        # the same with ingest and refine (a nightly does both before it trains); a cell
+        # started from a prepared lakehouse has none: the largest that ran them
+        ran = [c for c in cs if c.get("total_wall_s")] or [largest]
+        whole = max(ran, key=lambda c: c["n_series"])
+        core_s_total = whole.get("total_wall_s") or whole["wall_s"]
+        core_s_total = core_s_total * whole["cores"] / whole["n_series"]
         fits = {
             f: at(f)
             for f in (
@@ -854,6 +904,7 @@ def projection(
             "rows_per_series": round(rows_per_series, 1),
             "core_s_per_series": round(core_s, 5),
             "core_s_per_series_with_ingest": round(core_s_total, 5),
+            "with_ingest_measured_at": whole["n_series"],
             "fits": {f: {"a": round(v[0], 3), "b_per_series": v[1]} for f, v in fits.items()},
             "at": {},
         }
@@ -991,7 +1042,8 @@ def projection_md(pr: dict) -> list[str]:
         lines.append(
             f"{engine}: measured at {', '.join(f'{s:,}' for s in per['measured_sizes'])} series; "
             f"{per['rows_per_series']:,} silver rows and {per['core_s_per_series']:.4f} core-s per series "
-            f"({per.get('core_s_per_series_with_ingest', per['core_s_per_series']):.4f} with ingest and refine); "
+            f"({per.get('core_s_per_series_with_ingest', per['core_s_per_series']):.4f} with ingest and refine"
+            f"{', measured at {:,}'.format(per['with_ingest_measured_at']) if 'with_ingest_measured_at' in per else ''}); "
             "driver memory per 1,000 series "
             f"{per['fits']['driver_peak_rss_mb']['b_per_series'] * 1000:.1f} MB above {per['fits']['driver_peak_rss_mb']['a']:.0f} MB."
         )

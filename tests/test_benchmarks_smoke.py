@@ -41,6 +41,36 @@ def test_scaling_smoke(tmp_path):
     assert projected["batches"] > 0 and projected["wall_s"] > 0 and projected["bundle_bytes"] > 0
 
 
+def test_scaling_starts_a_cell_from_a_prepared_lakehouse_without_touching_it(tmp_path):
+    """--prepared SERIES=DIR: the platform cell trains on a copy of a lakehouse that
+    `--cell prepare` ingested and refined (how the 100,000-series cells skip an hour of
+    ingest and refine), and says so: no total with ingest."""
+    base = tmp_path / "base"
+    prep = subprocess.run(
+        [sys.executable, "-m", "benchmarks.scaling", "--cell", "prepare", "20", "--lake", str(base)]
+        + ["--work", str(tmp_path), "--days", "21", "--models", "cheap"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert prep.returncode == 0, prep.stderr[-3000:]
+    before = sorted(p.relative_to(base) for p in base.rglob("*"))
+    _, result = _scaling(tmp_path / "run", "--prepared", f"20={base}", "--baselines")
+    platform, loop = result["cells"]
+    assert platform["prepared"] and platform["total_wall_s"] is None and platform["ingest_refine_s"] is None
+    assert platform["silver_rows"] == 20 * 21 * 24 and platform["wall_s"] > 0 and loop["wall_s"] > 0
+    assert sorted(p.relative_to(base) for p in base.rglob("*")) == before  # trained on a copy
+    bad = subprocess.run(
+        [sys.executable, "-m", "benchmarks.scaling", "--smoke", "--prepared", f"20={tmp_path / 'nowhere'}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 2 and "expected SERIES=DIR" in bad.stderr and "nowhere" in bad.stderr
+
+
 @pytest.mark.slow
 def test_scaling_restart_smoke(tmp_path):
     """train killed at 80% of its series then run again ends with the Gold of a full run."""
