@@ -517,7 +517,9 @@ def child(argv: list[str]) -> None:
     ap.add_argument("--models", nargs="+", default=["default"])
     ap.add_argument("--batch-rows", type=int, default=None)
     ap.add_argument("--spark-master", default=None)
-    ap.add_argument("--prepared", action="store_true", help="--lake is a prepared copy: skip ingest and refine")
+    ap.add_argument(
+        "--prepared", action="store_true", help="--lake is a prepared copy: skip ingest and refine"
+    )
     a = ap.parse_args(argv)
     sys.stdout.write(json.dumps(CELLS[a.tool](a), default=str) + "\n")
 
@@ -761,7 +763,9 @@ def run_all(a, env: dict[str, str], extra_pids: list[int]) -> list[dict]:
                     shutil.copytree(a.prepared[n], lake)
                 rows = []
                 for tool in pair:  # A then B, one after the other
-                    args = cell_args(a, tool, n, engine, lake, prepared=n in a.prepared and tool == "platform")
+                    args = cell_args(
+                        a, tool, n, engine, lake, prepared=n in a.prepared and tool == "platform"
+                    )
                     r = run_cell(args, env, extra_pids if tool != "loop" else [])
                     r.update(
                         rep=rep, pair=engine, cores=cores, cost_per_series_s=round(r["wall_s"] * cores / n, 4)
