@@ -10,7 +10,9 @@ but per batch:
   (:func:`~training.jobs.forecast.plan` reading only ``series_id, end`` of the versions'
   models); per-series status rows, no readings, no model;
 * the executors read the batch's silver rows (silver/readings at the pinned version, its
-  bucket range: :meth:`SparkEngine.read_batch`) and the models of its series: a
+  bucket range: :meth:`SparkEngine.read_batch`; of a series forecast as trained only those
+  of the week before its model's end, as the local path's ``future_frame``, so the rest is
+  never shuffled) and the models of its series: a
   *reference* bundle's rows of gold/models at the bundle's version and run, read by
   delta-spark and joined to the plan; an *embedded* bundle's ``models.parquet`` has no
   table to join, so the executor's copy of the version looks the series up in it. Each
@@ -343,7 +345,21 @@ class SparkDelivery:
             plan = plan.join(covariates, on=C.SERIES_ID, how="left")
         readings = self.engine.read_batch(
             TableBatch(self.lake, SILVER_READINGS, batch.buckets, version=self.silver_version)
-        ).join(F.broadcast(plan.select(C.SERIES_ID)), on=C.SERIES_ID, how="left_semi")
+        )
+        # A series forecast as trained needs only its last week before its model's end
+        # (the future temperature, as the local path's future_frame reads it); one to
+        # refit needs all of its rows. The rest is never shuffled to the tasks.
+        fits = planned[[C.SERIES_ID, "fit"]].sort_values("fit", key=lambda f: f != C.REFIT, kind="stable")
+        fits = to_spark(spark, fits.drop_duplicates(C.SERIES_ID), PLAN_SCHEMA.remove(1))
+        readings = readings.join(F.broadcast(fits), on=C.SERIES_ID, how="inner")
+        model_ends = [part.models["end"] for part in batch.parts if len(part.models)]
+        first = pd.to_datetime(pd.concat(model_ends)).min() if model_ends else pd.NaT
+        if not pd.isna(first):
+            first = (first - fc.WEEK).to_pydatetime()
+            readings = readings.where(
+                (F.col("fit") == C.REFIT) | (F.col(C.TS) > F.lit(first).cast("timestamp_ntz"))
+            )
+        readings = readings.drop("fit")
         ends = batch.series.loc[batch.series.index.isin(planned[C.SERIES_ID]), "end"]
         since = (ends.min() - fc.WEEK).to_pydatetime()
         recent = readings.where(
