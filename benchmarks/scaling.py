@@ -846,11 +846,14 @@ def report(a, argv: list[str], cells: list[dict]) -> dict:
 # -- the projection ---------------------------------------------------------------------
 def linear(xs: list[float], ys: list[float]) -> tuple[float, float]:
     """``(a, b)`` of ``y = a + b x`` by least squares over the measured points (one
-    size measured: ``a = 0``, ``b = y / x``, i.e. proportional)."""
+    size measured: ``a = 0``, ``b = y / x``, i.e. proportional; a falling fit: ``a`` = the
+    largest value, ``b = 0``, i.e. flat)."""
     xs, ys = np.asarray(xs, float), np.asarray(ys, float)
     if len(set(xs.tolist())) < 2:
         return 0.0, float(ys.mean() / xs.mean())
     b, a0 = np.polyfit(xs, ys, 1)
+    if b < 0:  # a figure that does not grow (bounded memory): no trend below its largest value
+        return float(ys.max()), 0.0
     return float(a0), float(b)
 
 
@@ -1023,7 +1026,7 @@ def projection_md(pr: dict) -> list[str]:
         f"## Projection to {' and '.join(f'{t:,}' for t in pr['targets'])} meters",
         "",
         f"Computed by `projection()` from the cells above: each figure fitted as a + b x series over the measured "
-        f"sizes (one size: proportional), Delta files and commits as a + b x batches (batch_rows {pr['batch_rows']:,}); "
+        f"sizes (one size: proportional; a figure that falls with size: flat at its largest value), Delta files and commits as a + b x batches (batch_rows {pr['batch_rows']:,}); "
         f"wall time = core-seconds per series of the largest cell (fixed costs included; train + forecast, and with ingest + refine) x meters / "
         f"({pr['nodes']} nodes x {pr['node_cores']} cores). Files: live files of the table.",
         "",
