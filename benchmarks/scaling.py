@@ -23,6 +23,8 @@ driver's children), and the CPU time of all of them.
   Also recorded: silver/readings on disk (bytes, rows), the bundle (``models.parquet``
   bytes), the MLflow artifacts (bytes), the live files and commits of every Delta table,
   the number of batches (``batch_rows``) and the MASE of the chosen models.
+  ``--prepared SERIES=DIR``: that size's platform cells start from a copy of a lakehouse
+  ``--cell prepare`` ingested and refined (no ingest or refine figures then).
 - loop: the same ``process_series`` over the same silver rows in a bare fork pool of
   one process per core, read bucket range by bucket range (``batch_rows``) so that it
   also runs at 100,000 (``overhead_vs_loop`` = platform ``wall_s`` / loop wall). Each
