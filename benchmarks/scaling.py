@@ -214,10 +214,10 @@ def cell_platform(a) -> dict:
     cfg = cell_config(a.lake, a.engine, models_of(a.models), a.batch_rows, a.spark_master)
     lake = Lakehouse.from_config(cfg)
     if a.prepared:  # the parent copied a prepared lakehouse (bronze and silver) here
-        expected = a.n * a.days * 24
-        if lake.n_rows(SILVER) != expected:
+        expected, rows = a.n * a.days * 24, lake.n_rows(SILVER)
+        if rows != expected:
             raise SystemExit(
-                f"--prepared lakehouse {a.lake}: silver/readings has {lake.n_rows(SILVER):,} rows, "
+                f"--prepared lakehouse {a.lake}: silver/readings has {rows:,} rows, "
                 f"expected {expected:,} ({a.n:,} hourly meters x {a.days} days)"
             )
         t0 = t1 = time.perf_counter()

@@ -99,7 +99,7 @@ def models_source(
     version: int | None,
     columns: Sequence[str],
     kept: pd.DataFrame | None = None,
-) -> Callable[[], pd.DataFrame]:
+) -> TableBatch | Callable[[], pd.DataFrame]:
     """Where an engine gets ``columns`` of the run's gold/models rows of batch ``i``: the
     table at ``version`` (``None``: the latest), or ``kept``: those rows as the local
     engine's sink kept them when it committed them (no read)."""
