@@ -1,6 +1,6 @@
 """The two plots of a training run: the error distribution over series and a sample of
-series' forecasts against actuals (their last backtest window, the chosen model fitted
-again up to its cutoff) and their next horizon (PNG files; :mod:`registry.results` logs
+series' forecasts against actuals (their last backtest window, as the backtest forecast
+it) and their next horizon (PNG files; :mod:`registry.results` logs
 them under ``plots/``)."""
 
 from __future__ import annotations
@@ -120,10 +120,36 @@ def backtest_cutoff(row: pd.Series, config: Config) -> pd.Timestamp | None:
     return pd.Timestamp(max(cutoffs)) if cutoffs else None
 
 
+def stored_backtest(row: pd.Series, config: Config) -> pd.DataFrame | None:
+    """The chosen model's last backtest window as the backtest forecast it
+    (``forecasts_json``, kept under ``backtest.store_forecasts``): ``ts, y, mean,
+    lo-<lv>, hi-<lv>``; ``None`` when the row has no such window or lacks a level."""
+    try:
+        windows = json.loads(row.get(C.FORECASTS_JSON) or "[]")
+    except (TypeError, ValueError):
+        return None
+    model = row.get("model")
+    windows = [w for w in windows if model in (w.get("models") or {}) and w.get("ts")]
+    if not windows:
+        return None
+    last = max(windows, key=lambda w: pd.Timestamp(w["cutoff"]))
+    forecast = last["models"][model]
+    keys = ["mean", *(f"{side}-{lv}" for lv in sorted(config.levels) for side in ("lo", "hi"))]
+    if any(len(forecast.get(k) or []) != len(last["ts"]) for k in keys):
+        return None
+    values = {k: np.asarray(forecast[k], dtype=float) for k in keys}  # null (non-finite) -> NaN
+    ts = pd.to_datetime(pd.Series(last["ts"])).to_numpy()
+    return pd.DataFrame({C.TS: ts, C.Y: np.asarray(last["y"], dtype=float), **values})
+
+
 def backtest_forecast(row: pd.Series, g: pd.DataFrame, config: Config) -> pd.DataFrame | None:
-    """The chosen model (model and parameters) fitted again up to its last backtest
-    cutoff and forecast over that window: ``ts, mean, lo-<lv>, hi-<lv>`` beside the
-    actuals (``y``), or ``None`` without a cutoff or actuals after it."""
+    """The chosen model's forecast of its last backtest window: ``ts, mean, lo-<lv>,
+    hi-<lv>`` beside the actuals (``y``). The backtest's own forecast where the row keeps
+    it (:func:`stored_backtest`); else the chosen model (model and parameters) fitted
+    again up to that window's cutoff. ``None`` without a cutoff or actuals after it."""
+    stored = stored_backtest(row, config)
+    if stored is not None:
+        return stored
     cutoff = backtest_cutoff(row, config)
     if cutoff is None:
         return None
@@ -182,9 +208,9 @@ def _panel(ax, sid: str, row: pd.Series, g: pd.DataFrame | None, config: Config)
 
 def plot_forecasts(results: pd.DataFrame, config: Config, history: pd.DataFrame, path: Path) -> None:
     """Forecasts against actuals for a sample of series: per series, its last readings,
-    the chosen model's forecast of its last backtest window (the model and parameters
-    fitted again up to that window's cutoff, intervals shaded) over the actuals of that
-    window, and its forecast of the next ``config.horizon`` steps after the data."""
+    the chosen model's forecast of its last backtest window (:func:`backtest_forecast`,
+    intervals shaded) over the actuals of that window, and its forecast of the next
+    ``config.horizon`` steps after the data."""
     ids = sample_series(results, config)
     if not ids:
         return

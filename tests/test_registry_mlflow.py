@@ -92,6 +92,40 @@ def test_forecast_vs_actuals_plots_the_backtest_window_against_its_actuals(confi
     assert path.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_forecast_vs_actuals_draws_the_window_the_backtest_scored_where_the_row_keeps_it(config):
+    """A row with its backtest forecasts (``backtest.store_forecasts: chosen``, the
+    default): the panel draws the chosen model's last window as the backtest forecast
+    it, not a refit; a row without them (or missing a level) is refit."""
+    from forecasting.pipeline import process_series
+
+    n = 24 * 12
+    t = np.arange(n)
+    y = 10 + 3 * np.sin(2 * np.pi * t / 24) + np.random.default_rng(0).normal(0, 0.3, n)
+    g = pd.DataFrame({"series_id": "m-1", "ts": pd.date_range("2024-03-01", periods=n, freq="h"), "y": y})
+    row = process_series(g, config).iloc[0]
+    assert row.status == "ok" and row.model
+    windows = json.loads(row.forecasts_json)
+    last = max(windows, key=lambda w: pd.Timestamp(w["cutoff"]))
+    assert pd.Timestamp(last["cutoff"]) == plots.backtest_cutoff(row, config)
+    # the stored numbers moved, so that a refit could not give them
+    last["models"][row.model]["mean"] = [v + 100.0 for v in last["models"][row.model]["mean"]]
+    kept = row.copy()
+    kept["forecasts_json"] = json.dumps(windows)
+
+    bt = plots.backtest_forecast(kept, g, config)
+    np.testing.assert_allclose(bt["mean"], last["models"][row.model]["mean"])
+    np.testing.assert_allclose(bt["hi-95"], last["models"][row.model]["hi-95"])
+    np.testing.assert_array_equal(bt["ts"].to_numpy(), pd.to_datetime(last["ts"]).to_numpy())
+    np.testing.assert_allclose(bt["y"], g.set_index("ts").loc[pd.to_datetime(last["ts"]), "y"])
+
+    refit = plots.backtest_forecast(row.drop("forecasts_json"), g, config)
+    np.testing.assert_array_equal(refit["ts"].to_numpy(), bt["ts"].to_numpy())
+    assert (np.abs(refit["mean"].to_numpy() - bt["mean"].to_numpy()) > 50).all()
+    del last["models"][row.model]["lo-80"]
+    kept["forecasts_json"] = json.dumps(windows)
+    np.testing.assert_allclose(plots.backtest_forecast(kept, g, config)["mean"], refit["mean"])
+
+
 def test_versions_and_the_model_are_described(config):
     results, history = make_results()
     run_id, _, mv, decision = train_version(config, results, history, silver_version=3)

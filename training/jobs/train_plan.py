@@ -131,9 +131,12 @@ def run_batches(lake: Lakehouse, run_id: str, plan: Plan) -> Iterator[pd.DataFra
 
 
 def run_rows(lake: Lakehouse, run_id: str, ids: Sequence[str]) -> pd.DataFrame:
-    """A run's TRAIN_RESULT rows of a few series."""
+    """A run's TRAIN_RESULT rows of a few series, with their backtest forecasts where
+    gold/models has them (what the run's plot draws: :func:`registry.plots.stored_backtest`)."""
     where = [("run_id", "=", run_id), (C.SERIES_ID, "in", list(ids))]
-    return lake.read(GOLD_MODELS, columns=RESULT_COLUMNS, filters=where)
+    stored = {f.name for f in lake.table(GOLD_MODELS).schema().to_arrow()}  # an older table may lack it
+    extra = [C.FORECASTS_JSON] if C.FORECASTS_JSON in stored else []
+    return lake.read(GOLD_MODELS, columns=RESULT_COLUMNS + extra, filters=where)
 
 
 def run_results(lake: Lakehouse, run_id: str) -> pd.DataFrame:

@@ -271,7 +271,7 @@ def log_run(
         config,
         error_histogram(rows),
         metrics.get("metric_value_median"),
-        sample(engine, lake, config, plan, rows, n_usable),
+        sample(engine, lake, config, plan, rows, n_usable, run_id),
     )
     return metrics
 
@@ -323,19 +323,29 @@ def error_histogram(rows: SparkDataFrame) -> tuple[np.ndarray, np.ndarray] | Non
 
 
 def sample(
-    engine: SparkEngine, lake: Lakehouse, config: Config, plan: Plan, rows: SparkDataFrame, n_usable: int
+    engine: SparkEngine,
+    lake: Lakehouse,
+    config: Config,
+    plan: Plan,
+    rows: SparkDataFrame,
+    n_usable: int,
+    run_id: str,
 ) -> tuple[pd.DataFrame, pd.DataFrame] | None:
-    """The plotted series' TRAIN_RESULT rows and silver rows: the usable series the local
-    engine samples (:func:`registry.plots.sample_ranks`: ranks in id order, looked up by
-    the executors), read by a Spark filter on their ids; ``None`` when none is drawn."""
+    """The plotted series' TRAIN_RESULT rows (with their backtest forecasts, where
+    gold/models has them) and silver rows: the usable series the local engine samples
+    (:func:`registry.plots.sample_ranks`: ranks in id order, looked up by the
+    executors), read by a Spark filter on their ids; ``None`` when none is drawn."""
     ranks = set(sample_ranks(n_usable, config))
     if not ranks:
         return None
     usable = rows.where(F.col("status").isin(list(USABLE))).select(C.SERIES_ID)
     ranked = usable.rdd.map(lambda r: str(r[0])).sortBy(lambda sid: sid).zipWithIndex()
     ids = tuple(sorted(sid for sid, k in ranked.filter(lambda p: p[1] in ranks).collect()))
-    picked = rows.where(F.col(C.SERIES_ID).isin(list(ids))).toPandas()
     where = ((C.SERIES_ID, "in", ids),)
+    stored = {f.name for f in lake.table(GOLD_MODELS).schema().to_arrow()}  # an older table may lack it
+    columns = tuple(RESULT_COLUMNS + [C.FORECASTS_JSON] * (C.FORECASTS_JSON in stored))
+    run = (("run_id", "=", run_id), *where)
+    picked = engine.read_batch(TableBatch(lake, GOLD_MODELS, ALL, None, columns, run)).toPandas()
     history = engine.read_batch(TableBatch(lake, SILVER_READINGS, ALL, plan.version, None, where)).toPandas()
     return picked, history
 
