@@ -98,7 +98,7 @@ from registry.global_models import log_global_models
 from registry.results import load_results
 from training import global_models
 from training.checkpoints import checkpoint
-from training.engines import engine_class, get_engine
+from training.engines import get_engine
 from training.engines.base import Engine, KeptSink, Sink
 from training.jobs import cold_start, retrain
 from training.jobs.covariates import with_covariates
@@ -235,7 +235,6 @@ def train(
     global-model fits) finish; see :func:`series_step`."""
     tell = progress or _silent
     tell("train", 0, 0)
-    engine_class(config.engine).warm(config)  # the workers' server starts while the run is set up
     version = pin_silver(lake, silver_version, series_ids)
     ids = list(series_ids) if series_ids else None
     plan = Plan(lake, version, lake.batches(SILVER_READINGS, version, config.batch_rows), ids)
