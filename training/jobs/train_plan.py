@@ -130,13 +130,18 @@ def run_batches(lake: Lakehouse, run_id: str, plan: Plan) -> Iterator[pd.DataFra
         yield batch_rows(lake, run_id, buckets)
 
 
+def plotted_columns(lake: Lakehouse) -> list[str]:
+    """The gold/models columns of the run's plotted series: TRAIN_RESULT's and the
+    backtest forecasts (what :func:`registry.plots.stored_backtest` draws), which a table
+    older than that column lacks."""
+    stored = {f.name for f in lake.table(GOLD_MODELS).schema().to_arrow()}
+    return RESULT_COLUMNS + [C.FORECASTS_JSON] * (C.FORECASTS_JSON in stored)
+
+
 def run_rows(lake: Lakehouse, run_id: str, ids: Sequence[str]) -> pd.DataFrame:
-    """A run's TRAIN_RESULT rows of a few series, with their backtest forecasts where
-    gold/models has them (what the run's plot draws: :func:`registry.plots.stored_backtest`)."""
+    """A run's rows of a few series (:func:`plotted_columns`)."""
     where = [("run_id", "=", run_id), (C.SERIES_ID, "in", list(ids))]
-    stored = {f.name for f in lake.table(GOLD_MODELS).schema().to_arrow()}  # an older table may lack it
-    extra = [C.FORECASTS_JSON] if C.FORECASTS_JSON in stored else []
-    return lake.read(GOLD_MODELS, columns=RESULT_COLUMNS + extra, filters=where)
+    return lake.read(GOLD_MODELS, columns=plotted_columns(lake), filters=where)
 
 
 def run_results(lake: Lakehouse, run_id: str) -> pd.DataFrame:

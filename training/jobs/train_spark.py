@@ -62,7 +62,7 @@ from training import checkpoints
 from training.engines.base import SinkFn, TableBatch
 from training.engines.spark import SparkEngine, group_udf, read_sources, rows_udf
 from training.jobs import retrain
-from training.jobs.train_plan import RESULT_COLUMNS, Plan
+from training.jobs.train_plan import RESULT_COLUMNS, Plan, plotted_columns
 from training.tables import GOLD_DRIFT, GOLD_FORECASTS, GOLD_GATE, GOLD_MODELS, SILVER_READINGS, Lakehouse
 from training.tables.spark import spark_uri
 from training.tables.spark_session import arrow_to_spark_schema, to_spark
@@ -342,10 +342,10 @@ def sample(
     ranked = usable.rdd.map(lambda r: str(r[0])).sortBy(lambda sid: sid).zipWithIndex()
     ids = tuple(sorted(sid for sid, k in ranked.filter(lambda p: p[1] in ranks).collect()))
     where = ((C.SERIES_ID, "in", ids),)
-    stored = {f.name for f in lake.table(GOLD_MODELS).schema().to_arrow()}  # an older table may lack it
-    columns = tuple(RESULT_COLUMNS + [C.FORECASTS_JSON] * (C.FORECASTS_JSON in stored))
     run = (("run_id", "=", run_id), *where)
-    picked = engine.read_batch(TableBatch(lake, GOLD_MODELS, ALL, None, columns, run)).toPandas()
+    picked = engine.read_batch(
+        TableBatch(lake, GOLD_MODELS, ALL, None, tuple(plotted_columns(lake)), run)
+    ).toPandas()
     history = engine.read_batch(TableBatch(lake, SILVER_READINGS, ALL, plan.version, None, where)).toPandas()
     return picked, history
 
