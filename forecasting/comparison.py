@@ -18,7 +18,7 @@ On it:
 * the challenger's chosen model (model and parameters from its ``model_json``; each
   member of an ensemble) is refit on the same data, up to the same cutoff, and forecast
   the same steps. A challenger that carried the champion's model over (a partial
-  ``retrain.policy``: the same chosen model and backtest, :func:`_same_fit`) is that
+  ``retrain.policy``: the same chosen model and backtest, :func:`_same_fits`) is that
   model: the series is left out as a tie (no refit), so the decision turns on the
   series fitted again. That refit never sees the window, but the challenger's *choice* of
   model and its tuned parameters did: its backtest windows end at its own, newer, data
@@ -111,25 +111,29 @@ def plan(
     champ = champion[champion["status"].isin(USABLE)].set_index(SERIES_ID) if champion is not None else None
     cold = _cold_in_champion(champion, forecasts)
     cutoffs = champion_cutoffs(chal["end"], champ["end"] if champ is not None else None, forecasts)
+    same = _same_fits(chal, champ)
+    firsts: dict[Any, pd.Timestamp | None] = {}  # a fleet shares a few cutoffs: each first step once
     rows, compared = [], []
-    for sid, row in chal.iterrows():
-        cutoff = cutoffs.get(sid)
+    for sid, end, cutoff, carried in zip(chal.index, chal["end"], cutoffs.reindex(chal.index), same):
+        missing = cutoff is None or pd.isna(cutoff)
+        if not missing and cutoff not in firsts:
+            firsts[cutoff] = _first_step(cutoff, config)
         entry: dict[str, Any] = {
             SERIES_ID: sid,
-            "window_start": _first_step(cutoff, config),
+            "window_start": None if missing else firsts[cutoff],
             PLAN_COLUMN: None,
             "reason": "",
         }
         if sid in cold:
             entry["reason"] = COLD_CHAMPION
-        elif cutoff is None or pd.isna(cutoff):
+        elif missing:
             entry["reason"] = NO_CHAMPION_MODEL
-        elif pd.isna(row["end"]) or pd.Timestamp(row["end"]) <= pd.Timestamp(cutoff):
+        elif pd.isna(end) or pd.Timestamp(end) <= pd.Timestamp(cutoff):
             entry["reason"] = NO_ACTUALS
-        elif _same_fit(row, champ, sid):
+        elif carried:
             entry["reason"] = CARRIED_CHAMPION
         else:
-            compared.append((entry, row, cutoff))
+            compared.append((entry, chal.loc[sid], cutoff))
         rows.append(entry)
     # the champion's own forecasts only of the series compared (a partial retrain carries most)
     own = _own_forecasts(forecasts, cutoffs[cutoffs.index.isin([e[SERIES_ID] for e, _, _ in compared])])
@@ -146,14 +150,17 @@ def plan(
     return pd.DataFrame(rows, columns=[SERIES_ID, "window_start", PLAN_COLUMN, "reason"])
 
 
-def _same_fit(row: pd.Series, champ: pd.DataFrame | None, sid: str) -> bool:
-    """Whether the challenger's model of a series is the champion's, carried over
-    (``retrain.policy`` other than full): the same chosen model with the same backtest,
-    which only a carried row keeps (a series fitted again is backtested on newer data)."""
-    if champ is None or sid not in champ.index or not row.get("backtest_json"):
-        return False
-    theirs = champ.loc[sid]
-    return bool(row["backtest_json"] == theirs["backtest_json"] and row["model"] == theirs["model"])
+def _same_fits(chal: pd.DataFrame, champ: pd.DataFrame | None) -> pd.Series:
+    """Per challenger series (``chal``, by series id), whether its model is the
+    champion's (``champ``), carried over (``retrain.policy`` other than full): the same
+    chosen model with the same backtest, which only a carried row keeps (a series fitted
+    again is backtested on newer data)."""
+    if champ is None or not len(chal):
+        return pd.Series(False, index=chal.index)
+    theirs = champ[~champ.index.duplicated()].reindex(chal.index)
+    mine = chal["backtest_json"]
+    kept = mine.notna() & (mine.astype(object) != "")
+    return (kept & (mine == theirs["backtest_json"]) & (chal["model"] == theirs["model"])).astype(bool)
 
 
 def _cold_in_champion(champion: pd.DataFrame | None, forecasts: pd.DataFrame) -> set[str]:
@@ -239,8 +246,8 @@ def attach(readings: pd.DataFrame, planned: pd.DataFrame) -> pd.DataFrame:
 def attach_all(readings: pd.DataFrame, planned: pd.DataFrame) -> pd.DataFrame:
     """:func:`attach`, and for each series planned with a reason only (it cannot be
     compared) its first silver row with a payload carrying that reason: the engine's
-    rows then hold every planned series (no :func:`combine` on the driver), and a
-    series left out costs no fit."""
+    rows then hold every planned series, and a series left out costs no fit (a batch
+    with none compared needs no engine: :func:`left_out`)."""
     out = attach(readings, planned)
     skipped = planned[planned[PLAN_COLUMN].isna() & (planned["reason"] != "")]
     if not len(skipped):
@@ -256,18 +263,16 @@ def attach_all(readings: pd.DataFrame, planned: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([out, first], ignore_index=True)
 
 
-def combine(planned: pd.DataFrame, compared: pd.DataFrame) -> pd.DataFrame:
-    """Every planned series as a GATE_SERIES row: the engine's rows, and the series left
-    out on the driver with their reason."""
-    skipped = planned[~planned[SERIES_ID].isin(set(compared[SERIES_ID])) & (planned["reason"] != "")]
+def left_out(planned: pd.DataFrame) -> pd.DataFrame:
+    """The GATE_SERIES rows of the series planned with a reason only (no payload): what
+    :func:`compare_series` gives them, made without a per-series call (a batch whose
+    series are all left out, as a partial retrain's carried ones are, needs no engine)."""
+    skipped = planned[planned[PLAN_COLUMN].isna() & (planned["reason"] != "")]
     rows = [
-        _row(sid, reason, start)
-        for sid, reason, start in zip(skipped[SERIES_ID], skipped["reason"], skipped["window_start"])
+        _row(sid, r, start)
+        for sid, r, start in zip(skipped[SERIES_ID], skipped["reason"], skipped["window_start"])
     ]
-    parts = [p for p in (compared, gate_frame(rows)) if len(p)]
-    if not parts:
-        return gate_frame([])
-    return pd.concat(parts, ignore_index=True).sort_values(SERIES_ID, ignore_index=True)
+    return gate_frame(rows)
 
 
 # -- the per-series function -----------------------------------------------------------
@@ -479,11 +484,11 @@ __all__ = [
     "Comparison",
     "NotComparable",
     "attach",
-    "combine",
     "compare_series",
     "failed_comparison",
     "future_exog",
     "gate_frame",
+    "left_out",
     "plan",
     "refit",
 ]

@@ -243,6 +243,59 @@ def test_the_window_starts_at_the_latest_champion_forecast_the_actuals_passed():
     )
 
 
+def test_series_left_out_get_the_rows_the_per_series_comparison_gives_them(cfg):
+    """The plan's reasons (carried from the champion, no champion model, no actuals yet)
+    and, for a batch where nothing is compared, the rows ``left_out`` makes on the
+    driver: the same as :func:`~forecasting.comparison.compare_series` gives each of
+    those series through the engine (``attach_all``)."""
+    cfg = cfg.replace(freq="h")
+    cut = START + pd.Timedelta("13D 23h")
+    backtest = json.dumps([{"cutoff": str(cut - pd.Timedelta("1D")), "model": "seasonal_naive"}])
+
+    def rows(ids, ends, backtests, model="seasonal_naive"):
+        return pd.DataFrame(
+            {
+                C.SERIES_ID: ids,
+                "status": C.OK,
+                "end": ends,
+                "backtest_json": backtests,
+                "model": model,
+                "model_json": "{}",
+            }
+        )
+
+    later = cut + pd.Timedelta("1D")
+    challenger = rows(["carried", "new", "waiting"], [later, later, cut], [backtest, backtest, backtest])
+    champion = rows(["carried", "waiting"], [cut, cut], [backtest, "[]"])
+    forecasts = pd.DataFrame(
+        {
+            C.SERIES_ID: ["carried", "waiting"],
+            "cutoff": [cut, cut],
+            C.TS: cut + pd.Timedelta("1h"),
+            "yhat": 1.0,
+        }
+    )
+    planned = comparison.plan(challenger, champion, forecasts, cfg)
+    assert planned[comparison.PLAN_COLUMN].isna().all()
+    reasons = planned.set_index(C.SERIES_ID)["reason"].to_dict()
+    assert reasons == {
+        "carried": comparison.CARRIED_CHAMPION,
+        "new": comparison.NO_CHAMPION_MODEL,
+        "waiting": comparison.NO_ACTUALS,
+    }
+    direct = comparison.left_out(planned).sort_values(C.SERIES_ID, ignore_index=True)
+    attached = comparison.attach_all(planned[[C.SERIES_ID]], planned)
+    through = pd.concat(
+        [comparison.compare_series(g, cfg) for _, g in attached.groupby(C.SERIES_ID)], ignore_index=True
+    )
+    pd.testing.assert_frame_equal(direct, through.sort_values(C.SERIES_ID, ignore_index=True))
+    assert direct.set_index(C.SERIES_ID).at["carried", "window_start"] == cut + pd.Timedelta("1h")
+    # the same model with another backtest (fitted again): compared, not carried
+    refitted = challenger.assign(backtest_json=backtest.replace("seasonal_naive", "x"))
+    again = comparison.plan(refitted, champion, forecasts, cfg).set_index(C.SERIES_ID)
+    assert again.at["carried", "reason"] == "" and again[comparison.PLAN_COLUMN].notna().sum() == 1
+
+
 def test_future_regressor_is_last_weeks_value():
     from forecasting.series import SeriesData
 

@@ -171,7 +171,9 @@ def compare_with_champion(
     the champion's window (:mod:`forecasting.comparison`), batch by batch: each batch's
     plan from the two runs' results and the champion's Gold forecasts of the batch's
     series, the refits mapped over its series by the engine, which commits the batch's
-    rows to gold/gate (:func:`gate_sink`). The batches gold/gate holds are skipped."""
+    rows to gold/gate (:func:`gate_sink`); a batch with no series to refit (all carried
+    from the champion, new or without actuals yet) has its rows committed to the same
+    sink without the engine. The batches gold/gate holds are skipped."""
     champion, champion_run = found
     done = done_batches(lake, GOLD_GATE, run_id, plan) if lake.exists(GOLD_GATE) else set()
     sink = partial(gate_sink, lake, run_id, plan, (str(version), champion, cfg.backtest.metric, now()))
@@ -184,24 +186,38 @@ def compare_with_champion(
         return
     champion_of = champion_results(lake, cfg, champion_run)
 
-    def load(i: int) -> pd.DataFrame:
+    def planned(i: int) -> pd.DataFrame:
         chal = batch_rows(lake, run_id, plan.ranges[i])
         ids = chal.loc[chal["status"].isin(comparison.USABLE), C.SERIES_ID].tolist()
         where = [("model_version", "=", champion), (C.SERIES_ID, "in", ids)]
         # a batch without a usable series (or none at all) reads nothing: an empty "in" list fails in Arrow
         forecasts = lake.read(GOLD_FORECASTS, filters=where) if ids else _no_forecasts(lake)
-        planned = comparison.plan(chal, champion_of(plan.ranges[i]), forecasts, cfg)
-        # the silver rows only when a series is compared (the others get a row carrying their reason)
-        compared = planned[comparison.PLAN_COLUMN].notna().any()
-        return comparison.attach_all(plan.load(i) if compared else planned[[C.SERIES_ID]], planned)
+        return comparison.plan(chal, champion_of(plan.ranges[i]), forecasts, cfg)
+
+    def batches():
+        """The batches with a series to compare, for the engine; a batch whose series
+        are all left out (a partial retrain's carried series, new ones) gets its rows
+        committed here as it comes, without the engine's per-series calls."""
+        for i in range(plan.n):
+            if i in done:
+                continue
+            rows = planned(i)
+            if rows[comparison.PLAN_COLUMN].notna().any():
+                yield i, partial(_attached, plan, i, rows)
+            else:
+                sink(i).commit(comparison.left_out(rows))
 
     on_error = partial(comparison.failed_comparison, config=cfg)
-    batches = ((i, partial(load, i)) for i in range(plan.n) if i not in done)
     stream = engine.map_batches(
-        batches, C.SERIES_ID, comparison.compare_series, C.GATE_SERIES, cfg, on_error=on_error, sink=sink
+        batches(), C.SERIES_ID, comparison.compare_series, C.GATE_SERIES, cfg, on_error=on_error, sink=sink
     )
     for _ in stream:
         pass
+
+
+def _attached(plan: Plan, i: int, planned: pd.DataFrame) -> pd.DataFrame:
+    """Batch ``i``'s silver rows with its comparison plan, read when the engine is ready."""
+    return comparison.attach_all(plan.load(i), planned)
 
 
 def _no_forecasts(lake: Lakehouse) -> pd.DataFrame:
