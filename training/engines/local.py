@@ -1,8 +1,8 @@
 """The embedded default engine: a process pool on this machine.
 
-Groups are streamed to the pool in small chunks of whole series (at most a few chunks
-in flight per worker), so memory holds the input frame plus the results, not a copy
-per worker. :meth:`LocalEngine.stream` (``map_batches``) keeps one pool across a stream
+Groups are streamed to the pool in small chunks of whole series (a bounded number in
+flight: :attr:`LocalEngine.in_flight`), so memory holds the input frame plus the
+results, not a copy per worker. :meth:`LocalEngine.stream` (``map_batches``) keeps one pool across a stream
 of batches, loading the next batch while the last chunks of the previous one run, and
 hands back each batch's results as it completes. A worker that dies (OOM killer, SIGKILL) fails only the chunk it held: its
 series are retried one by one in a fresh pool, and a series that kills its worker again
@@ -195,9 +195,21 @@ class _Batches:
 class LocalEngine(Engine):
     name = "local"
 
-    def __init__(self, workers: int | None = None, chunk_series: int = 8) -> None:
+    def __init__(self, workers: int | None = None, chunk_series: int = 8, queued_series: int = 512) -> None:
         self.workers = workers or os.cpu_count() or 1
         self.chunk_series = chunk_series
+        self.queued_series = queued_series
+
+    @property
+    def in_flight(self) -> int:
+        """The chunks submitted to the pool and not yet collected: two per worker, or
+        enough for ``queued_series`` series when that is more. The driver submits only
+        between its own steps, and after each completed batch the job it streams to
+        commits and derives that batch's rows (a second or two a batch): with two
+        chunks of cheap series (a carried model, a score) each the workers ran dry in
+        that time; a queue of a few hundred series keeps them going. What it costs is
+        the queued series' input rows (a few hundred series' silver rows, pickled)."""
+        return max(2 * self.workers, -(-self.queued_series // self.chunk_series))
 
     @classmethod
     def from_config(cls, config: Config) -> LocalEngine:
@@ -264,7 +276,7 @@ class LocalEngine(Engine):
         try:
             exhausted = False
             while pending or not exhausted:
-                while not exhausted and len(pending) < 2 * self.workers:
+                while not exhausted and len(pending) < self.in_flight:
                     batch = next(source, None)
                     if batch is None:
                         exhausted = True
