@@ -224,3 +224,32 @@ def test_daytype_benchmark_scores_the_variants_on_the_last_two_weeks(tmp_path):
     # the generated meters have weekend profiles: auto splits some of them
     assert 0 < r["auto_split_share"]["held out"] <= 1
     assert (tmp_path / "daytype.md").read_text().startswith("# daytype")
+
+
+def test_retrain_night_times_one_more_night_of_a_finished_week_on_copies(tmp_path):
+    """benchmarks.retrain_night: night ``nights + 1`` of each policy of a finished
+    ``benchmarks.retrain`` week, on copies of its lakehouses (the week's own untouched)."""
+    from benchmarks import retrain
+
+    week = tmp_path / "week"
+    week.mkdir()
+    conf = {"horizon": 24, "mlflow": {"sample_plots": 0}}
+    retrain.run(6, 10, 1, conf, week)  # what `python -m benchmarks.retrain` runs, tiny
+    before = sorted(p.name for p in (week / "changed" / "raw").iterdir())
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.retrain_night", "--work", str(week), "--label", "smoke"]
+        + ["--scratch", str(tmp_path / "copies"), "--results", str(tmp_path / "results")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads((tmp_path / "results" / "retrain_night.json").read_text())
+    runs = {r["policy"]: r for r in got["runs"]}
+    assert list(runs) == ["full", "changed"] and {r["night"] for r in got["runs"]} == {2}
+    assert not runs["full"]["failed"] and not runs["changed"]["failed"]
+    assert runs["full"]["n_refit"] == 6 and runs["changed"]["n_carried"] + runs["changed"]["n_refit"] == 6
+    assert runs["changed"]["wall_s"] > 0 and runs["changed"]["steps_s"]["train"] > 0
+    assert sorted(p.name for p in (week / "changed" / "raw").iterdir()) == before  # the week untouched
+    assert (tmp_path / "copies" / "changed" / "raw" / "day-2.parquet").exists()
