@@ -84,9 +84,11 @@ def settings(conf: dict, root: Path, policy: str) -> dict:
     )
 
 
-def one_night(week: dict, gen, work: Path, scratch: Path, policy: str) -> dict:
-    """Night ``nights + 1`` of ``policy`` on a copy of its folder: its figures."""
-    root = scratch / policy
+def one_night(week: dict, gen, work: Path, scratch: Path, policy: str, k: int = 1) -> dict:
+    """Night ``nights + 1`` of ``policy`` on a copy of its folder (``k``: the round, in
+    the copy's name: MLflow keeps one store per tracking URI in a process, and a store
+    whose SQLite file was replaced under it can no longer write): its figures."""
+    root = scratch / f"{policy}-{k}"
     copy_policy(work / policy, root)
     night = int(week["nights"]) + 1
     end = gen.readings[C.TS].max()
@@ -155,18 +157,26 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"{work}: nights recorded {done}, not {week['nights']} for each of {policies}")
     scratch = Path(args.scratch) if args.scratch else work / "night-copies"
     gen = generate(n_series=week["series"], days=week["days"], freq="h", seed=7, clean=True)
-    runs = []
-    for _ in range(args.repeat):
-        for policy in policies:
-            run = {"label": args.label, **one_night(week, gen, work, scratch, policy)}
-            print(json.dumps(run, default=str), flush=True)
-            runs.append(run)
+    runs: list[dict] = []
     r = {"series": week["series"], "days": week["days"], "nights": week["nights"], "runs": runs}
     command = "python -m benchmarks.retrain_night " + " ".join(
         argv if argv is not None else __import__("sys").argv[1:]
     )
     folder = Path(args.results) if args.results else RESULTS
-    save(args.out, r, markdown(r, command.strip()), folder, argv=argv, module="benchmarks.retrain_night")
+    for k in range(1, args.repeat + 1):
+        for policy in policies:
+            run = {"label": args.label, **one_night(week, gen, work, scratch, policy, k)}
+            print(json.dumps(run, default=str), flush=True)
+            runs.append(run)
+            # saved after each run: a run cut off loses only itself
+            save(
+                args.out,
+                r,
+                markdown(r, command.strip()),
+                folder,
+                argv=argv,
+                module="benchmarks.retrain_night",
+            )
     print(markdown(r, command.strip()))
 
 

@@ -237,7 +237,17 @@ def test_retrain_night_times_one_more_night_of_a_finished_week_on_copies(tmp_pat
     retrain.run(6, 10, 1, conf, week)  # what `python -m benchmarks.retrain` runs, tiny
     before = sorted(p.name for p in (week / "changed" / "raw").iterdir())
     out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.retrain_night", "--work", str(week), "--label", "smoke"]
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.retrain_night",
+            "--work",
+            str(week),
+            "--label",
+            "smoke",
+            "--repeat",
+            "2",
+        ]
         + ["--scratch", str(tmp_path / "copies"), "--results", str(tmp_path / "results")],
         cwd=ROOT,
         capture_output=True,
@@ -246,10 +256,11 @@ def test_retrain_night_times_one_more_night_of_a_finished_week_on_copies(tmp_pat
     )
     assert out.returncode == 0, out.stderr[-3000:]
     got = json.loads((tmp_path / "results" / "retrain_night.json").read_text())
-    runs = {r["policy"]: r for r in got["runs"]}
-    assert list(runs) == ["full", "changed"] and {r["night"] for r in got["runs"]} == {2}
+    assert [r["policy"] for r in got["runs"]] == ["full", "changed"] * 2  # a second round in the same process
+    assert {r["night"] for r in got["runs"]} == {2}
+    runs = {r["policy"]: r for r in got["runs"][2:]}
     assert not runs["full"]["failed"] and not runs["changed"]["failed"]
     assert runs["full"]["n_refit"] == 6 and runs["changed"]["n_carried"] + runs["changed"]["n_refit"] == 6
     assert runs["changed"]["wall_s"] > 0 and runs["changed"]["steps_s"]["train"] > 0
     assert sorted(p.name for p in (week / "changed" / "raw").iterdir()) == before  # the week untouched
-    assert (tmp_path / "copies" / "changed" / "raw" / "day-2.parquet").exists()
+    assert (tmp_path / "copies" / "changed-2" / "raw" / "day-2.parquet").exists()
