@@ -233,7 +233,7 @@ def batch_frame(lake: Lakehouse, config: Config, plan: BatchPlan, silver_version
         return pd.DataFrame({C.SERIES_ID: pd.Series([], dtype=object), KIND: pd.Series([], dtype=object)})
     plan.since = plan.ends.min() - lookback(config, freq)
     # an older table may lack columns (fit, a level's bounds): those are null here
-    held = {f.name for f in lake.table(GOLD_FORECASTS).schema().to_arrow()}
+    held = lake.stored_columns(GOLD_FORECASTS)
     fc = lake.read(
         GOLD_FORECASTS,
         columns=[c for c in fc_cols if c in held],

@@ -95,7 +95,7 @@ def drift_version(lake: Lakehouse) -> int | None:
 
 def previous_columns(lake: Lakehouse) -> list[str]:
     """The carry fields gold/models holds (an older table lacks the retrain columns)."""
-    names = {f.name for f in lake.table(GOLD_MODELS).schema().to_arrow()}
+    names = lake.stored_columns(GOLD_MODELS)
     return [c for c in PREVIOUS_COLUMNS if c in names]
 
 

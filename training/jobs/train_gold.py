@@ -361,7 +361,7 @@ def stores_backtest_forecasts(lake: Lakehouse, cfg: Config) -> bool:
     keeps them and gold/models has the column (a table older than it has none)."""
     if cfg.backtest.store_forecasts == "none" or not lake.exists(GOLD_MODELS):
         return False
-    return C.FORECASTS_JSON in {f.name for f in lake.table(GOLD_MODELS).schema().to_arrow()}
+    return C.FORECASTS_JSON in lake.stored_columns(GOLD_MODELS)
 
 
 def derive_backtest_forecasts(

@@ -87,7 +87,7 @@ class Plan:
 def retrain_columns(lake: Lakehouse) -> list[str]:
     """The retrain columns (:data:`RETRAIN_SELECTION`) gold/models has (a table written
     before the partial retrain has none until its next write)."""
-    names = {f.name for f in lake.table(GOLD_MODELS).schema().to_arrow()}
+    names = lake.stored_columns(GOLD_MODELS)
     return [c for c in RETRAIN_SELECTION if c in names]
 
 
@@ -134,8 +134,7 @@ def plotted_columns(lake: Lakehouse) -> list[str]:
     """The gold/models columns of the run's plotted series: TRAIN_RESULT's and the
     backtest forecasts (what :func:`registry.plots.stored_backtest` draws), which a table
     older than that column lacks."""
-    stored = {f.name for f in lake.table(GOLD_MODELS).schema().to_arrow()}
-    return RESULT_COLUMNS + [C.FORECASTS_JSON] * (C.FORECASTS_JSON in stored)
+    return RESULT_COLUMNS + [C.FORECASTS_JSON] * (C.FORECASTS_JSON in lake.stored_columns(GOLD_MODELS))
 
 
 def run_rows(lake: Lakehouse, run_id: str, ids: Sequence[str]) -> pd.DataFrame:

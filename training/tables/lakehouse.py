@@ -294,6 +294,11 @@ class Lakehouse:
     def schema(self, name: str) -> pa.Schema:
         return table_schema(name, self.levels)
 
+    def stored_columns(self, name: str) -> set[str]:
+        """The column names table ``name`` holds now (its Delta schema, not
+        :meth:`schema`'s: a table written by an older release may lack newer columns)."""
+        return {f.name for f in self.table(name).schema().to_arrow()}
+
     def table(self, name: str, version: int | str | dt.datetime | None = None) -> DeltaTable:
         if isinstance(version, int) and not isinstance(version, bool):
             try:  # straight at the version: one log replay instead of the latest's and then the version's
