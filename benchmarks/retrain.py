@@ -92,14 +92,7 @@ def run_policy(
     def release(name: str, rows: pd.DataFrame) -> None:
         write(dataclasses.replace(gen, readings=rows.reset_index(drop=True)), raw / f"{name}.parquet")
 
-    settings = {
-        **conf,
-        "lakehouse": str(root / "lake"),
-        "nightly": {"source": str(raw)},
-        "retrain": {**conf.get("retrain", {}), "policy": policy},
-        "mlflow": {**conf.get("mlflow", {}), "tracking_uri": f"sqlite:///{root / 'mlflow.db'}"},
-    }
-    cfg = load_config(**_flat(settings))
+    cfg = load_config(**settings(conf, root, policy))
     lake = Lakehouse.from_config(cfg)
     if done is None:
         release("history", r[r[C.TS] <= first_end])
@@ -131,6 +124,20 @@ def run_policy(
             flush=True,
         )
         yield night
+
+
+def settings(conf: dict, root: Path, policy: str) -> dict:
+    """The run's settings (``conf``) for ``policy`` on the folder ``root`` (its lakehouse,
+    source folder ``raw`` and MLflow store), flat as :func:`load_config` takes them."""
+    return _flat(
+        {
+            **conf,
+            "lakehouse": str(root / "lake"),
+            "nightly": {"source": str(root / "raw")},
+            "retrain": {**conf.get("retrain", {}), "policy": policy},
+            "mlflow": {**conf.get("mlflow", {}), "tracking_uri": f"sqlite:///{root / 'mlflow.db'}"},
+        }
+    )
 
 
 def _flat(data: dict, prefix: str = "") -> dict:

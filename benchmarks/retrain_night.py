@@ -36,6 +36,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks.common import RESULTS, git_sha, save
+from benchmarks.retrain import settings
 from forecasting import contract as C
 from forecasting.config import load_config
 from forecasting.generator import generate, write
@@ -67,21 +68,6 @@ def copy_policy(src: Path, dst: Path) -> None:
         db.commit()
     finally:
         db.close()
-
-
-def settings(conf: dict, root: Path, policy: str) -> dict:
-    """The week's settings for ``policy`` on the folder ``root`` (as benchmarks.retrain)."""
-    from benchmarks.retrain import _flat
-
-    return _flat(
-        {
-            **conf,
-            "lakehouse": str(root / "lake"),
-            "nightly": {"source": str(root / "raw")},
-            "retrain": {**conf.get("retrain", {}), "policy": policy},
-            "mlflow": {**conf.get("mlflow", {}), "tracking_uri": f"sqlite:///{root / 'mlflow.db'}"},
-        }
-    )
 
 
 def one_night(week: dict, gen, work: Path, scratch: Path, policy: str, k: int = 1) -> dict:
