@@ -55,6 +55,7 @@ from forecasting.choice import ENSEMBLE, short_reason
 from forecasting.config import Config
 from forecasting.contract import COLD_START, FALLBACK, GATE_SERIES, OK, SERIES_ID, TS
 from forecasting.frequency import future_timestamps
+from forecasting.jsontext import loads
 from forecasting.metrics import evaluate, score
 from forecasting.models import EnsembleForecaster, Forecaster, get_model
 from forecasting.models.base import one_thread
@@ -226,7 +227,7 @@ def _own_forecasts(forecasts: pd.DataFrame, cutoffs: pd.Series) -> dict[str, dic
 def _earliest_cutoff(backtest_json: str | None) -> str | None:
     """The earliest backtest cutoff of any candidate: the challenger's choice saw every
     actual after it."""
-    cutoffs = [w.get("cutoff") for w in json.loads(backtest_json or "[]") if w.get("cutoff")]
+    cutoffs = [w.get("cutoff") for w in loads(backtest_json or "[]") if w.get("cutoff")]
     return min(cutoffs, key=pd.Timestamp) if cutoffs else None
 
 
@@ -333,7 +334,7 @@ def _skipped(pdf: pd.DataFrame) -> dict[str, Any] | None:
     values = pdf[PLAN_COLUMN].dropna() if PLAN_COLUMN in pdf.columns else pd.Series(dtype=object)
     if values.empty:
         return None
-    payload = json.loads(values.iloc[0])
+    payload = loads(values.iloc[0])
     return payload if SKIP in payload else None
 
 
@@ -341,7 +342,7 @@ def _payload(pdf: pd.DataFrame) -> dict[str, Any]:
     values = pdf[PLAN_COLUMN].dropna() if PLAN_COLUMN in pdf.columns else pd.Series(dtype=object)
     if values.empty:
         raise NotComparable("no comparison plan came with this series")
-    return json.loads(values.iloc[0])
+    return loads(values.iloc[0])
 
 
 def _compare(pdf: pd.DataFrame, config: Config) -> dict[str, Any]:
@@ -426,7 +427,7 @@ def refit(
     """
     if not model_json:
         raise NotComparable("no model to refit")
-    spec = json.loads(model_json)
+    spec = loads(model_json)
     if spec.get("model") == ENSEMBLE:
         model: Any = EnsembleForecaster(
             [_fit_spec(m, history, config) for m in spec["members"]], spec["method"]

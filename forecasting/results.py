@@ -17,6 +17,7 @@ import pyarrow as pa
 from forecasting.choice import Candidate, Decision
 from forecasting.config import Config
 from forecasting.contract import FAILED, FORECASTS_JSON, SERIES_ID, TRAIN_RESULT
+from forecasting.jsontext import loads
 from forecasting.series import SeriesData
 
 
@@ -136,7 +137,7 @@ def backtest_forecast_rows(results: pd.DataFrame, run_id: str, levels: Sequence[
     }
     values: dict[str, list] = {"yhat": [], **{c: [] for c in bounds}}
     for sid, payload in zip(results[SERIES_ID], results[FORECASTS_JSON]):
-        for w in json.loads(payload or "[]"):
+        for w in loads(payload or "[]"):
             h = len(w["ts"])
             for model, forecast in w["models"].items():
                 cols["series_id"] += [sid] * h

@@ -60,6 +60,7 @@ from forecasting.choice import ENSEMBLE
 from forecasting.config import Config
 from forecasting.errors import FrequencyError
 from forecasting.frequency import freq_of
+from forecasting.jsontext import loads
 from forecasting.models import EnsembleForecaster, load_fitted, model_class
 from forecasting.models.base import one_thread
 from forecasting.models.calibrated import AdjustedForecaster
@@ -121,7 +122,7 @@ def split(pdf: pd.DataFrame) -> tuple[dict[str, Any] | None, pd.DataFrame]:
             rows[flag] = rows[flag].to_numpy() == True  # noqa: E712 - elementwise: None is False
     if not is_carry.any():
         return None, rows
-    return json.loads(pdf.loc[is_carry, CARRY_COLUMN].iloc[0]), rows
+    return loads(pdf.loc[is_carry, CARRY_COLUMN].iloc[0]), rows
 
 
 # -- the decision ----------------------------------------------------------------------
@@ -148,7 +149,7 @@ def history_hash(rows: pd.DataFrame, upto: Any) -> str:
 
 
 def _uses_global(model_json: str) -> bool:
-    data = json.loads(model_json)
+    data = loads(model_json)
     members = data.get("members") if data.get("model") == ENSEMBLE else [data]
     return any(model_class(m["model"]).is_global for m in members or [])
 

@@ -3,7 +3,6 @@ nothing logged here; :mod:`registry.results` logs them)."""
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
@@ -11,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from forecasting import contract as C
+from forecasting.jsontext import loads
 
 USABLE = (C.OK, C.FALLBACK, C.COLD_START)  # the statuses whose series get a model
 # (cold_start: a profile of similar meters, no backtest: its metric_value is null)
@@ -25,7 +25,7 @@ def chosen_backtest(results: pd.DataFrame) -> pd.DataFrame:
         if not model or not payload:
             continue
         sums: dict[str, list[float]] = {}
-        for entry in json.loads(payload):
+        for entry in loads(payload):
             if entry.get("model") != model:
                 continue
             for key, value in entry.items():

@@ -72,7 +72,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -104,6 +103,7 @@ from forecasting.covariates import HOLIDAY, exog_columns
 from forecasting.covariates import column as cov_column
 from forecasting.errors import RegistryError
 from forecasting.frequency import future_timestamps
+from forecasting.jsontext import loads
 from forecasting.models import load_fitted
 from forecasting.models.global_models import load as load_global_weights
 from registry.aliases import champion_info, require_version, version_info
@@ -147,6 +147,7 @@ _SCORING_REQUIREMENTS = (
     "numpy",
     "pandas",
     "pyarrow",
+    "orjson",  # forecasting.jsontext decodes the model JSON
     "scipy",
     "statsmodels",
     "prophet",
@@ -782,7 +783,7 @@ def _future_exog(sid: str, rows: pd.DataFrame, h: int, ks: np.ndarray | None) ->
 # -- logging ---------------------------------------------------------------------------
 def _freq_of(sid: str, text: str, default: str | None) -> str:
     """A series' freq: its model_json's (or its first member's), else ``default``."""
-    data = json.loads(text)
+    data = loads(text)
     freq = data.get("freq") or next((m.get("freq") for m in data.get("members") or [] if m.get("freq")), None)
     freq = freq or default
     if not freq:

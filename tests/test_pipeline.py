@@ -174,6 +174,25 @@ def test_the_backtest_forecasts_kept_follow_store_forecasts():
     assert (last["yhat"] - last["y"]).abs().mean() == pytest.approx(want)
 
 
+def test_the_stored_json_decodes_to_what_the_standard_library_gives():
+    """:func:`forecasting.jsontext.loads` (orjson) on a result row's JSON columns gives
+    what ``json.loads`` gives; texts with the NaN / Infinity tokens ``json.dumps``
+    writes (a model's parameters may hold them) too; bad JSON is a JSONDecodeError."""
+    from forecasting.jsontext import loads
+
+    out = process_series(
+        make_series(), cfg(models=["seasonal_naive", "ets"], backtest={"store_forecasts": "all"})
+    )
+    for col in ("model_json", "backtest_json", "candidates_json", "forecasts_json", "tuned_json"):
+        text = out.loc[0, col]
+        assert text and loads(text) == json.loads(text), col
+    odd = json.dumps({"phi": float("nan"), "bounds": [float("-inf"), float("inf")], "n": 3})
+    got = loads(odd)
+    assert math.isnan(got["phi"]) and got["bounds"] == [-math.inf, math.inf] and got["n"] == 3
+    with pytest.raises(json.JSONDecodeError, match="line 1 column 2"):
+        loads("{not json")
+
+
 def test_failed_row_has_the_schema_too():
     out = process_series(make_series().iloc[0:0], cfg())
     assert out.dtypes.to_dict() == result_frame_empty().dtypes.to_dict()

@@ -13,11 +13,11 @@ A new model is one module declaring its ``parameters`` and ``state_fields`` (see
 from __future__ import annotations
 
 import importlib.util
-import json
 from typing import Any
 
 from forecasting.choice import ENSEMBLE
 from forecasting.errors import ModelError, UnknownModelError
+from forecasting.jsontext import loads
 from forecasting.models.arima import ARIMA
 from forecasting.models.base import FORMAT_VERSION, Forecaster, check_format
 from forecasting.models.calibrated import AdjustedForecaster, with_adjustment
@@ -107,7 +107,7 @@ def load_fitted(model_json: str) -> Forecaster | EnsembleForecaster | AdjustedFo
     :class:`~forecasting.models.calibrated.AdjustedForecaster`, which applies them."""
     if not model_json:
         raise ModelError("empty model_json: the series has no fitted model (status failed)")
-    data = json.loads(model_json)
+    data = loads(model_json)
     if data.get("model") == ENSEMBLE:
         check_format(data, "ensemble")
         base: Any = EnsembleForecaster([load_model(m) for m in data["members"]], data["method"])

@@ -5,7 +5,6 @@ run's rows read back from ``gold/models`` by batch, and the done-set of a Gold t
 from __future__ import annotations
 
 import datetime as dt
-import json
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable, Iterator, Sequence
@@ -14,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from forecasting import contract as C
+from forecasting.jsontext import loads
 from training.engines.base import TableBatch
 from training.tables import GOLD_MODELS, SILVER_QUARANTINE, SILVER_READINGS, SILVER_SERIES, Lakehouse
 
@@ -157,7 +157,7 @@ def now() -> pd.Timestamp:
 def backtest_rows(results: pd.DataFrame, run_id: str) -> pd.DataFrame:
     rows = []
     for sid, payload in zip(results[C.SERIES_ID], results["backtest_json"]):
-        for r in json.loads(payload or "[]"):
+        for r in loads(payload or "[]"):
             rows.append({**r, C.SERIES_ID: sid, "run_id": run_id})
     frame = pd.DataFrame(rows)
     if len(frame):
