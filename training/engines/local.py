@@ -40,13 +40,16 @@ OWN = ("forecasting", "training", "registry")  # this product's packages
 
 def iter_groups(frame: pd.DataFrame, by: str) -> Iterator[Group]:
     """(key, rows) for each group: the frame sorted by ``by`` once (not at all when it
-    is), each group a slice of it (a view: copy it before changing it)."""
+    is), each group a slice of it (a view: copy it before changing it). The keys are
+    sorted as integer codes (``pd.factorize``, sorted): an argsort of Python strings
+    took four times as long, and a batch is grouped at every step of a night."""
     if frame.empty:
         return
     keys = frame[by].to_numpy()
-    order = np.argsort(keys, kind="stable")
-    sorted_keys = keys[order]
-    bounds = np.flatnonzero(sorted_keys[1:] != sorted_keys[:-1]) + 1
+    codes, _ = pd.factorize(keys, sort=True)
+    order = np.argsort(codes, kind="stable")
+    sorted_keys, sorted_codes = keys[order], codes[order]
+    bounds = np.flatnonzero(sorted_codes[1:] != sorted_codes[:-1]) + 1
     starts = np.concatenate(([0], bounds))
     ends = np.concatenate((bounds, [len(keys)]))
     if (np.diff(order) != 1).any():
