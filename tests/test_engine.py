@@ -89,6 +89,24 @@ def test_same_as_pandas_groupby(workers, shuffle):
     assert seen[-1] == (30, 30)
 
 
+def test_the_queue_is_bounded_by_series_and_by_rows():
+    """Chunks in flight: at most ``queued_series`` series' worth, and past two chunks per
+    worker fewer than ``queued_rows`` input rows (``2 x batch_rows`` from a config); the
+    tightest bound still gives every group's result."""
+    from forecasting.config import from_dict
+
+    engine = LocalEngine(workers=2, chunk_series=8, queued_series=64, queued_rows=100)
+    assert engine.in_flight == 8
+    assert engine.room(3, 10_000) and not engine.room(4, 100) and engine.room(4, 99)
+    assert not engine.room(8, 0)
+    assert LocalEngine(workers=2, queued_series=64).room(7, 10**9)  # no row bound
+    assert LocalEngine.from_config(from_dict({"batch_rows": 5000, "workers": 2})).queued_rows == 10_000
+    frame = _frame(40, seed=3)
+    tight = LocalEngine(workers=2, chunk_series=2, queued_rows=1)
+    out = tight.map_groups(frame, "key", running_total, SCHEMA, None)
+    pd.testing.assert_frame_equal(_canon(out), _expected(frame))
+
+
 def test_empty_input_gives_the_schema():
     empty = _frame().iloc[:0]
     for workers in (1, 2):

@@ -198,25 +198,44 @@ class _Batches:
 class LocalEngine(Engine):
     name = "local"
 
-    def __init__(self, workers: int | None = None, chunk_series: int = 8, queued_series: int = 512) -> None:
+    def __init__(
+        self,
+        workers: int | None = None,
+        chunk_series: int = 8,
+        queued_series: int = 1024,
+        queued_rows: int | None = None,
+    ) -> None:
         self.workers = workers or os.cpu_count() or 1
         self.chunk_series = chunk_series
         self.queued_series = queued_series
+        self.queued_rows = queued_rows
 
     @property
     def in_flight(self) -> int:
-        """The chunks submitted to the pool and not yet collected: two per worker, or
-        enough for ``queued_series`` series when that is more. The driver submits only
-        between its own steps, and after each completed batch the job it streams to
-        commits and derives that batch's rows (a second or two a batch): with two
-        chunks of cheap series (a carried model, a score) each the workers ran dry in
-        that time; a queue of a few hundred series keeps them going. What it costs is
-        the queued series' input rows (a few hundred series' silver rows, pickled)."""
+        """The most chunks submitted to the pool and not yet collected: two per worker,
+        or enough for ``queued_series`` series when that is more. The driver submits
+        only between its own steps, and after each completed batch the job it streams to
+        commits and derives that batch's rows (two or three seconds a batch at 10,000
+        meters): with two chunks of cheap series (a carried model, a score) each the
+        workers ran dry in that time; a queue of a thousand such series (two seconds of
+        the pool's work) keeps them going. What it costs is memory: the queued series'
+        rows (the chunks hold slices of their batches, so those batches stay loaded),
+        bounded by ``queued_rows`` too (:meth:`room`)."""
         return max(2 * self.workers, -(-self.queued_series // self.chunk_series))
+
+    def room(self, chunks: int, rows: int) -> bool:
+        """Whether another chunk may be submitted with ``chunks`` chunks of ``rows``
+        input rows in flight: fewer than :attr:`in_flight` chunks and, past two chunks
+        per worker, fewer than ``queued_rows`` rows when that is set (:meth:`from_config`
+        sets two batches' rows, ``2 x batch_rows``: a job holds a few batches at most,
+        however long its series are)."""
+        if chunks >= self.in_flight:
+            return False
+        return chunks < 2 * self.workers or self.queued_rows is None or rows < self.queued_rows
 
     @classmethod
     def from_config(cls, config: Config) -> LocalEngine:
-        return cls(workers=config.workers)
+        return cls(workers=config.workers, queued_rows=2 * int(config.batch_rows))
 
     @classmethod
     def warm(cls, config: Config) -> None:
@@ -275,11 +294,12 @@ class LocalEngine(Engine):
         to ``retry``."""
         source = _chunks(groups, self.chunk_series)
         pending: dict[Future, tuple[list[Tagged], list[tuple[int, int]]]] = {}
+        rows: dict[Future, int] = {}  # each pending chunk's input rows
         pool = self._pool(self.workers)
         try:
             exhausted = False
             while pending or not exhausted:
-                while not exhausted and len(pending) < self.in_flight:
+                while not exhausted and self.room(len(pending), sum(rows.values())):
                     batch = next(source, None)
                     if batch is None:
                         exhausted = True
@@ -288,12 +308,14 @@ class LocalEngine(Engine):
                     runs = [(tag, len(list(run))) for tag, run in itertools.groupby(t for t, _, _ in batch)]
                     fut = pool.submit(_run_chunk, job.fn, job.config, chunk, [n for _, n in runs], job.schema)
                     pending[fut] = (batch, runs)
+                    rows[fut] = sum(len(g) for _, g in chunk)
                 if not pending:
                     break
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                 broken = False
                 for fut in finished:
                     batch, runs = pending.pop(fut)
+                    rows.pop(fut, None)
                     try:
                         results = fut.result()
                     except BrokenProcessPool:
@@ -307,6 +329,7 @@ class LocalEngine(Engine):
                     for batch, _ in pending.values():
                         retry.extend(batch)
                     pending.clear()
+                    rows.clear()
                     pool.shutdown(wait=False, cancel_futures=True)
                     pool = self._pool(self.workers)
         finally:
