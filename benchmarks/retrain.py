@@ -10,7 +10,9 @@ night one new day of readings lands in the source folder and the real nightly ru
 (:func:`training.jobs.nightly.nightly`: ingest -> refine -> monitor -> train -> forecast),
 timed as a whole and its training step on its own; the two policies' nights alternate
 (full's night k, then changed's night k), each policy's progress written to
-``WORK/progress.json`` after every pair. The night's Gold forecasts (the next
+``WORK/progress.json`` after each of its nights, with a snapshot of its folder
+(``WORK/snapshots/<policy>-<night>``: its Parquet files hard-linked, the rest copied)
+from which ``--resume`` rolls back a night that was cut off. The night's Gold forecasts (the next
 24 hours of every series, from the current silver version) are then scored on the day
 that follows, which no model has seen: MASE scaled by the series' in-sample daily
 seasonal naive MAE up to the cutoff. Target (issue 16): ``changed`` takes at most 25% of
@@ -23,6 +25,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -40,6 +44,7 @@ from training.jobs.nightly import nightly
 from training.tables import Lakehouse
 
 POLICIES = ("full", "changed")
+SNAPSHOTS = "snapshots"  # each policy's folder after its last recorded night (--resume)
 H = 24  # one day of hours
 
 
@@ -65,15 +70,55 @@ def score(lake: Lakehouse, truth: pd.DataFrame, cutoff: pd.Timestamp) -> dict:
     return {"mase": float(mase.mean()), "series": int(len(mase)), "points": int(len(both))}
 
 
+def snapshot(work: Path, policy: str, night: int) -> Path:
+    """``WORK/snapshots/<policy>-<night>``: the policy's folder after that night (0: the
+    first nightly), replacing its older snapshot. Parquet files (nearly all the bytes:
+    Delta's data files, raw days, staged parts) are written once and never changed, so
+    they are hard-linked; every other file (Delta logs, the MLflow SQLite store, the
+    lock) is copied."""
+    folder = work / SNAPSHOTS
+    dst, tmp = folder / f"{policy}-{night}", folder / f".{policy}-{night}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(work / policy, tmp, copy_function=_link_parquet)
+    shutil.rmtree(dst, ignore_errors=True)
+    tmp.rename(dst)
+    for old in folder.glob(f"{policy}-*"):
+        if old != dst:
+            shutil.rmtree(old)
+    return dst
+
+
+def roll_back(work: Path, policy: str, done: int) -> bool:
+    """The policy's folder replaced by its snapshot after night ``done`` (``False``: no
+    such snapshot)."""
+    snap = work / SNAPSHOTS / f"{policy}-{done}"
+    if not snap.is_dir():
+        return False
+    shutil.rmtree(work / policy)
+    shutil.copytree(snap, work / policy, copy_function=_link_parquet)
+    return True
+
+
+def _link_parquet(src: str, dst: str) -> None:
+    if src.endswith(".parquet"):
+        os.link(src, dst)
+    else:
+        shutil.copy2(src, dst)
+
+
+def released_days(raw: Path) -> list[int]:
+    return sorted(int(f.stem.split("-")[1]) for f in raw.glob("day-*.parquet"))
+
+
 def check_released(raw: Path, done: int, policy: str) -> None:
     """A resumed policy's raw folder holds exactly the days of its recorded nights."""
-    released = sorted(int(f.stem.split("-")[1]) for f in raw.glob("day-*.parquet"))
+    released = released_days(raw)
     if released[-1:] != ([done] if done else []):
         raise SystemExit(
             f"--resume: {raw} holds days {released} but progress.json records {done} nights of "
-            f"{policy!r}: a night was cut off; roll its lakehouse back to night {done} (truncate its "
-            "tables' Delta logs: a RESTORE keeps ingest's application transactions, so the day would be "
-            "skipped) or start over"
+            f"{policy!r}: a night was cut off and {SNAPSHOTS}/{policy}-{done} is missing; roll its "
+            f"lakehouse back to night {done} (truncate its tables' Delta logs: a RESTORE keeps ingest's "
+            "application transactions, so the day would be skipped) or start over"
         )
 
 
@@ -174,19 +219,31 @@ def run(n_series: int, days: int, nights: int, conf: dict, work: Path, resume: b
             raise SystemExit(f"--resume: {work} holds a run of {held}, not {asked}")
         done = {p: len(out["policies"][p]["nights"]) for p in POLICIES}
         for p in POLICIES:
+            if released_days(work / p / "raw")[-1:] != ([done[p]] if done[p] else []):
+                if roll_back(work, p, done[p]):  # a night cut off: its folder as after night done
+                    print(f"{p}: rolled back to its snapshot after night {done[p]}", flush=True)
             check_released(work / p / "raw", done[p], p)
         out.setdefault("resumed", []).append({"after_nights": done, "git": git_sha()})
     runs = {p: run_policy(p, gen, first_end, nights, conf, work, done and done[p]) for p in POLICIES}
     if done is None:
         for policy, steps in runs.items():
             out["policies"][policy] = {**next(steps), "nights": []}
+        _record(work, out, POLICIES, 0)
     for k in range(1, nights + 1):  # full's night k, then changed's night k
         for policy, steps in runs.items():
             if done is None or k > done[policy]:
                 out["policies"][policy]["nights"].append(next(steps))
-        (work / "progress.json").write_text(json.dumps(out, default=str))
+                _record(work, out, (policy,), k)
     out["summary"] = summary(out)
     return out
+
+
+def _record(work: Path, out: dict, policies, night: int) -> None:
+    """progress.json written (each policy's nights so far), then the policies' snapshots
+    after ``night``: a night is recorded before it can be rolled back to."""
+    (work / "progress.json").write_text(json.dumps(out, default=str))
+    for policy in policies:
+        snapshot(work, policy, night)
 
 
 def summary(out: dict) -> dict:

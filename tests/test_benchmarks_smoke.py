@@ -4,6 +4,8 @@ benchmarks/results/, never asserted here."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -229,7 +231,10 @@ def test_daytype_benchmark_scores_the_variants_on_the_last_two_weeks(tmp_path):
 def test_retrain_night_times_one_more_night_of_a_finished_week_on_copies(tmp_path):
     """benchmarks.retrain_night: night ``nights + 1`` of each policy of a finished
     ``benchmarks.retrain`` week, on copies of its lakehouses (the week's own untouched)."""
+    import pandas as pd
+
     from benchmarks import retrain
+    from training.tables import Lakehouse
 
     week = tmp_path / "week"
     week.mkdir()
@@ -264,3 +269,23 @@ def test_retrain_night_times_one_more_night_of_a_finished_week_on_copies(tmp_pat
     assert runs["changed"]["wall_s"] > 0 and runs["changed"]["steps_s"]["train"] > 0
     assert sorted(p.name for p in (week / "changed" / "raw").iterdir()) == before  # the week untouched
     assert (tmp_path / "copies" / "changed-2" / "raw" / "day-2.parquet").exists()
+
+    # each policy's snapshot after its last recorded night: --resume rolls a cut night back to it
+    snaps = week / retrain.SNAPSHOTS
+    assert sorted(p.name for p in snaps.iterdir()) == ["changed-1", "full-1"]
+    folder, snap = week / "changed", snaps / "changed-1"
+    data = next((folder / "lake").rglob("*.parquet"))
+    twin = snap / data.relative_to(folder)
+    assert os.path.samefile(data, twin)  # Parquet files linked, never rewritten
+    assert not os.path.samefile(folder / "mlflow.db", snap / "mlflow.db")  # the SQLite store copied
+    lake = Lakehouse(str(folder / "lake"))
+    versions = {t: lake.version(t) for t in ("silver/readings", "gold/models", "gold/forecasts")}
+    forecasts = lake.read("gold/forecasts")
+    shutil.copy(folder / "raw" / "day-1.parquet", folder / "raw" / "day-2.parquet")  # night 2 cut off
+    shutil.rmtree(folder / "lake" / "silver")
+    assert retrain.released_days(folder / "raw") == [1, 2]
+    assert retrain.roll_back(week, "changed", 1) and not retrain.roll_back(week, "changed", 2)
+    assert retrain.released_days(folder / "raw") == [1]
+    lake = Lakehouse(str(folder / "lake"))
+    assert {t: lake.version(t) for t in versions} == versions
+    pd.testing.assert_frame_equal(lake.read("gold/forecasts"), forecasts)
