@@ -7,8 +7,8 @@ decoder matters: ``orjson`` parses these payloads two to four times as fast as t
 standard library. It rejects the ``NaN`` and ``Infinity`` tokens that ``json.dumps``
 writes for non-finite floats, which older rows may hold: those texts are decoded by
 the standard library, to the same values. (One difference: an integer past 64 bits,
-which these payloads never hold, comes back as a float.) Encoding stays ``json.dumps`` (stored texts
-keep their exact form).
+which these payloads never hold, comes back as a float.) Encoding stays ``json.dumps``
+(stored texts keep their exact form).
 """
 
 from __future__ import annotations
