@@ -110,10 +110,16 @@ def released_days(raw: Path) -> list[int]:
     return sorted(int(f.stem.split("-")[1]) for f in raw.glob("day-*.parquet"))
 
 
+def cut_off(raw: Path, done: int) -> bool:
+    """Whether a policy's raw folder holds other days than its ``done`` recorded nights
+    (a night released and cut off before it was recorded)."""
+    return released_days(raw)[-1:] != ([done] if done else [])
+
+
 def check_released(raw: Path, done: int, policy: str) -> None:
     """A resumed policy's raw folder holds exactly the days of its recorded nights."""
-    released = released_days(raw)
-    if released[-1:] != ([done] if done else []):
+    if cut_off(raw, done):
+        released = released_days(raw)
         raise SystemExit(
             f"--resume: {raw} holds days {released} but progress.json records {done} nights of "
             f"{policy!r}: a night was cut off and {SNAPSHOTS}/{policy}-{done} is missing; roll its "
@@ -219,9 +225,8 @@ def run(n_series: int, days: int, nights: int, conf: dict, work: Path, resume: b
             raise SystemExit(f"--resume: {work} holds a run of {held}, not {asked}")
         done = {p: len(out["policies"][p]["nights"]) for p in POLICIES}
         for p in POLICIES:
-            if released_days(work / p / "raw")[-1:] != ([done[p]] if done[p] else []):
-                if roll_back(work, p, done[p]):  # a night cut off: its folder as after night done
-                    print(f"{p}: rolled back to its snapshot after night {done[p]}", flush=True)
+            if cut_off(work / p / "raw", done[p]) and roll_back(work, p, done[p]):
+                print(f"{p}: rolled back to its snapshot after night {done[p]}", flush=True)
             check_released(work / p / "raw", done[p], p)
         out.setdefault("resumed", []).append({"after_nights": done, "git": git_sha()})
     runs = {p: run_policy(p, gen, first_end, nights, conf, work, done and done[p]) for p in POLICIES}

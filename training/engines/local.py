@@ -293,13 +293,13 @@ class LocalEngine(Engine):
         groups of the chunks a dead worker lost (the whole pool's, when it breaks) go
         to ``retry``."""
         source = _chunks(groups, self.chunk_series)
-        pending: dict[Future, tuple[list[Tagged], list[tuple[int, int]]]] = {}
-        rows: dict[Future, int] = {}  # each pending chunk's input rows
+        # each pending chunk: its groups, its runs of groups per batch, its input rows
+        pending: dict[Future, tuple[list[Tagged], list[tuple[int, int]], int]] = {}
         pool = self._pool(self.workers)
         try:
             exhausted = False
             while pending or not exhausted:
-                while not exhausted and self.room(len(pending), sum(rows.values())):
+                while not exhausted and self.room(len(pending), sum(n for _, _, n in pending.values())):
                     batch = next(source, None)
                     if batch is None:
                         exhausted = True
@@ -307,15 +307,13 @@ class LocalEngine(Engine):
                     chunk = [(key, g) for _, key, g in batch]
                     runs = [(tag, len(list(run))) for tag, run in itertools.groupby(t for t, _, _ in batch)]
                     fut = pool.submit(_run_chunk, job.fn, job.config, chunk, [n for _, n in runs], job.schema)
-                    pending[fut] = (batch, runs)
-                    rows[fut] = sum(len(g) for _, g in chunk)
+                    pending[fut] = (batch, runs, sum(len(g) for _, g in chunk))
                 if not pending:
                     break
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                 broken = False
                 for fut in finished:
-                    batch, runs = pending.pop(fut)
-                    rows.pop(fut, None)
+                    batch, runs, _ = pending.pop(fut)
                     try:
                         results = fut.result()
                     except BrokenProcessPool:
@@ -326,10 +324,9 @@ class LocalEngine(Engine):
                         yield from state.add(tag, [r], n)
                 if broken:
                     # the pool is unusable: every chunk still in flight is lost with it
-                    for batch, _ in pending.values():
+                    for batch, _, _ in pending.values():
                         retry.extend(batch)
                     pending.clear()
-                    rows.clear()
                     pool.shutdown(wait=False, cancel_futures=True)
                     pool = self._pool(self.workers)
         finally:
