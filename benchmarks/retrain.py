@@ -2,8 +2,11 @@
 with ``retrain.policy: full`` against ``changed``.
 
     python -m benchmarks.retrain [--series 10000] [--days 60] [--nights 7] [--conf FILE] [--work DIR]
+    python -m benchmarks.retrain --data EDRP.parquet --series 200 --days 60 [--nights 7] ...
 
-Generated hourly meters (:func:`forecasting.generator.generate`, clean). Per policy, on a
+Generated hourly meters (:func:`forecasting.generator.generate`, clean), or with
+``--data`` real readings (the EDRP households: the first ``--series`` by number, the last
+``--days`` whole days of the file; the horizon is one day of their steps). Per policy, on a
 lakehouse of its own: the history up to ``nights + 1`` days before the end is ingested and
 a first nightly trains every series (both policies alike; timed, not compared); then each
 night one new day of readings lands in the source folder and the real nightly runs
@@ -13,9 +16,9 @@ timed as a whole and its training step on its own; the two policies' nights alte
 ``WORK/progress.json`` after each of its nights, with a snapshot of its folder
 (``WORK/snapshots/<policy>-<night>``: its Parquet files hard-linked, the rest copied)
 from which ``--resume`` rolls back a night that was cut off. The night's Gold forecasts (the next
-24 hours of every series, from the current silver version) are then scored on the day
-that follows, which no model has seen: MASE scaled by the series' in-sample daily
-seasonal naive MAE up to the cutoff. Target (issue 16): ``changed`` takes at most 25% of
+day of every series, from the current silver version) are then scored on the day that
+follows, which no model has seen: MASE scaled by the series' in-sample daily seasonal
+naive MAE up to the cutoff. Target (issue 16): ``changed`` takes at most 25% of
 ``full``'s nightly time, with held-out MASE at most 1% worse over the nights.
 Results: benchmarks/results/retrain.{json,md}.
 """
@@ -29,7 +32,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -45,28 +48,74 @@ from training.tables import Lakehouse
 
 POLICIES = ("full", "changed")
 SNAPSHOTS = "snapshots"  # each policy's folder after its last recorded night (--resume)
-H = 24  # one day of hours
+H = 24  # one day of hours: the generated meters' horizon and season
+DAY = pd.Timedelta(days=1)
 
 
-def scale_of(history: pd.DataFrame) -> pd.Series:
+@dataclasses.dataclass
+class Source:
+    """The readings the nights are cut from, and how a cut is written to the source folder."""
+
+    readings: pd.DataFrame
+    release: Callable[[pd.DataFrame, Path], None]  # (rows, path)
+    season: int  # steps in a day: the horizon, and the lag of MASE's scale
+    label: str
+
+
+def generated_source(n_series: int, days: int) -> Source:
+    """Clean generated hourly meters (seed 7), written with their site attributes."""
+    gen = generate(n_series=n_series, days=days, freq="h", seed=7, clean=True)
+
+    def release(rows: pd.DataFrame, path: Path) -> None:
+        write(dataclasses.replace(gen, readings=rows.reset_index(drop=True)), path)
+
+    return Source(gen.readings, release, H, f"{n_series} generated hourly meters x {days} days")
+
+
+def data_source(path: Path, n_series: int | None, days: int) -> Source:
+    """The first ``n_series`` series of ``path`` (by number for ids like ``H12``, the EDRP
+    households), their last ``days`` whole days; written as ``series_id, ts, y``."""
+    frame = pd.read_parquet(path, columns=[C.SERIES_ID, C.TS, C.Y])
+    ids = frame[C.SERIES_ID].unique()
+    keep = sorted(ids, key=lambda s: (int(s[1:]) if s[1:].isdigit() else float("inf"), s))[:n_series]
+    frame = frame[frame[C.SERIES_ID].isin(keep)].sort_values([C.SERIES_ID, C.TS], ignore_index=True)
+    step = pd.Timedelta(frame[C.TS].diff()[frame[C.SERIES_ID].eq(frame[C.SERIES_ID].shift())].mode().iloc[0])
+    if DAY % step:
+        raise SystemExit(
+            f"--data {path}: a step of {step} does not divide a day; a day-ahead horizon needs one"
+        )
+    end = frame[C.TS].max().floor("D") + DAY  # the end of the last whole day
+    if frame[C.TS].max() < end - step:
+        end -= DAY
+    frame = frame[(frame[C.TS] >= end - days * DAY) & (frame[C.TS] < end)].reset_index(drop=True)
+
+    def release(rows: pd.DataFrame, path: Path) -> None:
+        rows.reset_index(drop=True).to_parquet(path, index=False)
+
+    label = f"{frame[C.SERIES_ID].nunique()} series of {path.name} (every {step}) x {days} days"
+    return Source(frame, release, int(DAY / step), label)
+
+
+def scale_of(history: pd.DataFrame, season: int = H) -> pd.Series:
     """Per series, the in-sample daily seasonal naive MAE of its history."""
 
     def one(y: pd.Series) -> float:
         v = y.to_numpy(float)
-        d = np.abs(v[H:] - v[:-H])
+        d = np.abs(v[season:] - v[:-season])
+        d = d[~np.isnan(d)]
         return float(d.mean()) if len(d) and d.mean() > 0 else float("nan")
 
     return history.sort_values(C.TS).groupby(C.SERIES_ID)[C.Y].apply(one)
 
 
-def score(lake: Lakehouse, truth: pd.DataFrame, cutoff: pd.Timestamp) -> dict:
+def score(lake: Lakehouse, truth: pd.DataFrame, cutoff: pd.Timestamp, season: int = H) -> dict:
     """The mean MASE of the newest delivery's forecasts on the day after ``cutoff``."""
     fc = lake.read("gold/forecasts", columns=[C.SERIES_ID, C.TS, "yhat", "silver_version"])
     fc = fc[fc["silver_version"] == lake.version("silver/readings")]
-    day = truth[(truth[C.TS] > cutoff) & (truth[C.TS] <= cutoff + pd.Timedelta(hours=H))]
-    both = fc.merge(day[[C.SERIES_ID, C.TS, C.Y]], on=[C.SERIES_ID, C.TS])
+    day = truth[(truth[C.TS] > cutoff) & (truth[C.TS] <= cutoff + DAY)]
+    both = fc.merge(day[[C.SERIES_ID, C.TS, C.Y]], on=[C.SERIES_ID, C.TS]).dropna(subset=[C.Y])
     mae = (both["yhat"] - both[C.Y]).abs().groupby(both[C.SERIES_ID]).mean()
-    mase = (mae / scale_of(truth[truth[C.TS] <= cutoff]).reindex(mae.index)).dropna()
+    mase = (mae / scale_of(truth[truth[C.TS] <= cutoff], season).reindex(mae.index)).dropna()
     return {"mase": float(mase.mean()), "series": int(len(mase)), "points": int(len(both))}
 
 
@@ -129,7 +178,13 @@ def check_released(raw: Path, done: int, policy: str) -> None:
 
 
 def run_policy(
-    policy: str, gen, first_end: pd.Timestamp, nights: int, conf: dict, work: Path, done: int | None = None
+    policy: str,
+    src: Source,
+    first_end: pd.Timestamp,
+    nights: int,
+    conf: dict,
+    work: Path,
+    done: int | None = None,
 ) -> Iterator[dict]:
     """The first nightly and ``nights`` more, one new day each, with ``policy``: yields
     ``{"first_s": ...}`` after the first, then each night's figures, so that the caller
@@ -138,10 +193,10 @@ def run_policy(
     nights (nothing is yielded for those; ``0``: only the first nightly)."""
     root, raw = work / policy, work / policy / "raw"
     raw.mkdir(parents=True, exist_ok=done is not None)
-    r = gen.readings
+    r = src.readings
 
     def release(name: str, rows: pd.DataFrame) -> None:
-        write(dataclasses.replace(gen, readings=rows.reset_index(drop=True)), raw / f"{name}.parquet")
+        src.release(rows, raw / f"{name}.parquet")
 
     cfg = load_config(**settings(conf, root, policy))
     lake = Lakehouse.from_config(cfg)
@@ -168,7 +223,7 @@ def run_policy(
             "n_carried": metrics.get("n_carried"),
             "n_drifted": metrics.get("n_drifted"),
             "git": git_sha(),
-            **score(lake, r, end),
+            **score(lake, r, end, src.season),
         }
         print(
             f"{policy} night {k}: {wall:.1f} s, MASE {night['mase']:.4f}, refit {night['n_refit']}",
@@ -201,18 +256,30 @@ def _flat(data: dict, prefix: str = "") -> dict:
     return out
 
 
-def run(n_series: int, days: int, nights: int, conf: dict, work: Path, resume: bool = False) -> dict:
+def run(
+    n_series: int | None,
+    days: int,
+    nights: int,
+    conf: dict,
+    work: Path,
+    resume: bool = False,
+    data: Path | None = None,
+) -> dict:
     """``resume``: go on with the run stopped in ``work`` (its ``progress.json``): the
     nights it recorded are kept (each policy's own count: one may be a night ahead), the
-    next ones run on the current code (each night records the commit it ran on)."""
-    gen = generate(n_series=n_series, days=days, freq="h", seed=7, clean=True)
-    end = gen.readings[C.TS].max()
+    next ones run on the current code (each night records the commit it ran on).
+    ``data``: real readings instead of generated meters (:func:`data_source`)."""
+    src = generated_source(n_series, days) if data is None else data_source(data, n_series, days)
+    conf = {**conf, "horizon": conf.get("horizon", src.season)}
+    end = src.readings[C.TS].max()
     first_end = end - pd.Timedelta(days=nights + 1)
     out = {
         "series": n_series,
         "days": days,
         "nights": nights,
         "conf": conf,
+        **({"data": str(data)} if data is not None else {}),
+        "source": src.label,
         "order": "alternated",
         "policies": {},
     }
@@ -220,6 +287,7 @@ def run(n_series: int, days: int, nights: int, conf: dict, work: Path, resume: b
     if resume:
         out = json.loads((work / "progress.json").read_text())
         asked = {"series": n_series, "days": days, "nights": nights, "conf": conf}
+        asked["data"] = str(data) if data is not None else None
         held = {k: out.get(k) for k in asked}
         if held != asked:
             raise SystemExit(f"--resume: {work} holds a run of {held}, not {asked}")
@@ -229,7 +297,7 @@ def run(n_series: int, days: int, nights: int, conf: dict, work: Path, resume: b
                 print(f"{p}: rolled back to its snapshot after night {done[p]}", flush=True)
             check_released(work / p / "raw", done[p], p)
         out.setdefault("resumed", []).append({"after_nights": done, "git": git_sha()})
-    runs = {p: run_policy(p, gen, first_end, nights, conf, work, done and done[p]) for p in POLICIES}
+    runs = {p: run_policy(p, src, first_end, nights, conf, work, done and done[p]) for p in POLICIES}
     if done is None:
         for policy, steps in runs.items():
             out["policies"][policy] = {**next(steps), "nights": []}
@@ -272,7 +340,8 @@ def markdown(r: dict, command: str) -> str:
         "",
         f"Command: `{command}`",
         "",
-        f"- {r['series']} generated hourly meters x {r['days']} days; {r['nights']} nights of one new day each "
+        f"- {r.get('source') or str(r['series']) + ' generated hourly meters x ' + str(r['days']) + ' days'}; "
+        f"{r['nights']} nights of one new day each "
         "after a first nightly (full for both); the policies' nights alternated (full's night k, then changed's); "
         "each night's forecasts scored on the next day (held out).",
         f"- nightly time over the nights: full {s['full_wall_s']:.1f} s, changed {s['changed_wall_s']:.1f} s "
@@ -306,7 +375,10 @@ def markdown(r: dict, command: str) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--series", type=int, default=10_000)
+    ap.add_argument(
+        "--series", type=int, default=None, help="meters generated (10,000), or with --data its first N"
+    )
+    ap.add_argument("--data", type=Path, help="real readings (series_id, ts, y), e.g. the EDRP households")
     ap.add_argument("--days", type=int, default=60)
     ap.add_argument("--nights", type=int, default=7)
     ap.add_argument("--conf", help="YAML settings applied to both policies (the defaults otherwise)")
@@ -321,11 +393,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.resume and not args.work:
         ap.error("--resume needs --work: the folder of the run to go on with")
     conf = yaml.safe_load(Path(args.conf).read_text()) if args.conf else {}
-    conf.setdefault("horizon", H)
     conf.setdefault("mlflow", {}).setdefault("sample_plots", 0)
     with tempfile.TemporaryDirectory(prefix="mmf-retrain-") as tmp:
         work = Path(args.work) if args.work else Path(tmp)
-        r = run(args.series, args.days, args.nights, conf, work, args.resume)
+        series = args.series or (None if args.data else 10_000)
+        r = run(series, args.days, args.nights, conf, work, args.resume, args.data)
     command = "python -m benchmarks.retrain " + " ".join(
         argv if argv is not None else __import__("sys").argv[1:]
     )

@@ -289,3 +289,51 @@ def test_retrain_night_times_one_more_night_of_a_finished_week_on_copies(tmp_pat
     lake = Lakehouse(str(folder / "lake"))
     assert {t: lake.version(t) for t in versions} == versions
     pd.testing.assert_frame_equal(lake.read("gold/forecasts"), forecasts)
+
+
+def test_retrain_runs_on_real_readings_with_a_day_of_their_steps(tmp_path):
+    """benchmarks.retrain --data: the first households by number, the last whole days,
+    a horizon of one day of their steps (48 half-hours), scored on the day after."""
+    import numpy as np
+    import pandas as pd
+
+    from benchmarks import retrain
+
+    ts = pd.date_range("2009-03-01", "2009-03-13 11:30", freq="30min")  # 12 whole days and half of one
+    rng = np.random.default_rng(3)
+    frame = pd.concat(
+        pd.DataFrame(
+            {
+                "series_id": sid,
+                "ts": ts,
+                "y": 1 + np.sin(np.arange(len(ts)) * 2 * np.pi / 48) ** 2 + rng.random(len(ts)) * 0.1,
+                "household_idx": k,
+            }
+        )
+        for k, sid in enumerate(["H10", "H2", "H1"])
+    )
+    path = tmp_path / "households.parquet"
+    frame.to_parquet(path, index=False)
+
+    src = retrain.data_source(path, 2, 10)
+    assert src.season == 48 and sorted(src.readings["series_id"].unique()) == ["H1", "H2"]
+    assert src.readings["ts"].min() == pd.Timestamp("2009-03-03") and src.readings[
+        "ts"
+    ].max() == pd.Timestamp("2009-03-12 23:30")
+    assert list(src.readings.columns) == ["series_id", "ts", "y"]
+
+    work = tmp_path / "week"
+    work.mkdir()
+    r = retrain.run(2, 10, 1, {"mlflow": {"sample_plots": 0}}, work, data=path)
+    assert r["conf"]["horizon"] == 48 and r["data"] == str(path) and "households.parquet" in r["source"]
+    for policy in retrain.POLICIES:
+        (night,) = r["policies"][policy]["nights"]
+        assert not night["failed"] and night["series"] == 2 and night["points"] == 2 * 48
+        assert 0 < night["mase"] < 5
+    raw = sorted(p.name for p in (work / "full" / "raw").iterdir())
+    assert raw == ["day-1.parquet", "history.parquet"]
+    day = pd.read_parquet(work / "full" / "raw" / "day-1.parquet")
+    assert day["ts"].min() == pd.Timestamp("2009-03-11") and len(day) == 2 * 48  # the day after the history
+    assert "households.parquet" in retrain.markdown(r, "cmd")
+    with pytest.raises(SystemExit, match="holds a run of"):  # a resume asks for the same data
+        retrain.run(2, 10, 1, {"mlflow": {"sample_plots": 0}}, work, resume=True)
