@@ -92,7 +92,8 @@ def data_source(path: Path, n_series: int | None, days: int) -> Source:
     def release(rows: pd.DataFrame, path: Path) -> None:
         rows.reset_index(drop=True).to_parquet(path, index=False)
 
-    label = f"{frame[C.SERIES_ID].nunique()} series of {path.name} (every {step}) x {days} days"
+    every = pd.tseries.frequencies.to_offset(step).freqstr
+    label = f"{frame[C.SERIES_ID].nunique()} series of {path.name} (every {every}) x {days} days"
     return Source(frame, release, int(DAY / step), label)
 
 
