@@ -70,6 +70,12 @@ def save(
     (folder / f"{name}.md").write_text(markdown)
 
 
+def first_ids(ids, n: int | None) -> list[str]:
+    """The first ``n`` of ``ids`` by number (ids like ``H12``: the real EDRP households;
+    ids without a number after their first letter come last, by name); all with ``None``."""
+    return sorted(ids, key=lambda s: (int(s[1:]) if s[1:].isdigit() else float("inf"), s))[:n]
+
+
 def first_series(data: Path, n_series: int | None, folder: Path) -> Path:
     """``data`` itself, or (with ``n_series``) a copy in ``folder`` holding only its first
     ``n_series`` series by number (ids like ``H12``: the real EDRP households)."""
@@ -78,7 +84,7 @@ def first_series(data: Path, n_series: int | None, folder: Path) -> Path:
     import pandas as pd
 
     frame = pd.read_parquet(data)
-    keep = sorted(frame["series_id"].unique(), key=lambda s: int(s[1:]))[:n_series]
+    keep = first_ids(frame["series_id"].unique(), n_series)
     path = folder / "subset.parquet"
     frame[frame["series_id"].isin(keep)].to_parquet(path)
     return path

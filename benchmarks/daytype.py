@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks.common import save
+from benchmarks.common import first_ids, save
 from benchmarks.real_data import DEFAULT_DATA
 from forecasting.generator import generate
 from forecasting.models import get_model
@@ -44,7 +44,7 @@ def load(which: str, n: int, days: int, data: Path) -> tuple[pd.DataFrame, str, 
     """(series_id, ts, y) rows, the frequency and the steps per day."""
     if which == "edrp":
         frame = pd.read_parquet(data, columns=["series_id", "ts", "y"])
-        keep = sorted(frame["series_id"].unique(), key=lambda s: int(s[1:]))[:n]
+        keep = first_ids(frame["series_id"].unique(), n)
         return frame[frame["series_id"].isin(keep)], "30min", 48
     rows = generate(n_series=n, days=days, freq="h", seed=7, clean=True).readings
     return rows[["series_id", "ts", "y"]], "h", 24

@@ -39,9 +39,10 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from benchmarks.common import git_sha, save
+from benchmarks.common import first_ids, git_sha, save
 from forecasting import contract as C
 from forecasting.config import load_config
+from forecasting.frequency import modal_step
 from forecasting.generator import generate, write
 from training.jobs.nightly import nightly
 from training.tables import Lakehouse
@@ -76,11 +77,9 @@ def data_source(path: Path, n_series: int | None, days: int) -> Source:
     """The first ``n_series`` series of ``path`` (by number for ids like ``H12``, the EDRP
     households), their last ``days`` whole days; written as ``series_id, ts, y``."""
     frame = pd.read_parquet(path, columns=[C.SERIES_ID, C.TS, C.Y])
-    ids = frame[C.SERIES_ID].unique()
-    keep = sorted(ids, key=lambda s: (int(s[1:]) if s[1:].isdigit() else float("inf"), s))[:n_series]
-    frame = frame[frame[C.SERIES_ID].isin(keep)].sort_values([C.SERIES_ID, C.TS], ignore_index=True)
-    step = pd.Timedelta(frame[C.TS].diff()[frame[C.SERIES_ID].eq(frame[C.SERIES_ID].shift())].mode().iloc[0])
-    if DAY % step:
+    frame = frame[frame[C.SERIES_ID].isin(first_ids(frame[C.SERIES_ID].unique(), n_series))]
+    step = modal_step(frame[C.TS].to_numpy())
+    if step is None or DAY % step:
         raise SystemExit(
             f"--data {path}: a step of {step} does not divide a day; a day-ahead horizon needs one"
         )
@@ -287,8 +286,7 @@ def run(
     done: dict[str, int] | None = None
     if resume:
         out = json.loads((work / "progress.json").read_text())
-        asked = {"series": n_series, "days": days, "nights": nights, "conf": conf}
-        asked["data"] = str(data) if data is not None else None
+        asked = {"series": n_series, "days": days, "nights": nights, "conf": conf, "data": data and str(data)}
         held = {k: out.get(k) for k in asked}
         if held != asked:
             raise SystemExit(f"--resume: {work} holds a run of {held}, not {asked}")
