@@ -391,6 +391,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.resume and not args.work:
         ap.error("--resume needs --work: the folder of the run to go on with")
+    if args.data and not args.data.is_file():
+        ap.error(f"--data {args.data}: no such file (the EDRP households: ../shared/data/*.parquet)")
     conf = yaml.safe_load(Path(args.conf).read_text()) if args.conf else {}
     conf.setdefault("mlflow", {}).setdefault("sample_plots", 0)
     with tempfile.TemporaryDirectory(prefix="mmf-retrain-") as tmp:
